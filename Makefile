@@ -1,0 +1,174 @@
+# Slipway: one non-recursive Makefile.
+#
+#   make               build every binary into build/bin (warnings are errors)
+#   make SANITIZE=1    the same with AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test          install what is missing, build, run unit + integration tests
+#   make demo          install what is missing, build, run the local stack demo
+#   make bench         run every benchmark (bench/run all)
+#   make fuzz          build the libFuzzer harnesses (clang)
+#   make clean         remove build/
+#   V=1                show the commands
+
+SHELL := /bin/bash
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
+SANITIZE ?= 0
+
+PKGS := grpc libprotobuf-c libpq libsodium libcrypto libarchive jansson
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ls3 -lpthread -lm
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wformat=2 -Wvla -Werror
+OPT ?= -O2 -g
+VERSION := 0.1.0
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -DSLIPWAY_VERSION=\"$(VERSION)\" $(OPT) -fno-strict-aliasing -MMD -MP \
+               -Ilib -Ibuild/gen $(PKG_CFLAGS)
+LDFLAGS_BASE :=
+
+ifeq ($(SANITIZE),1)
+OBJ := build/obj-san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+else
+OBJ := build/obj
+SANFLAGS :=
+endif
+
+CFLAGS_ALL = $(CFLAGS_BASE) $(SANFLAGS) $(CFLAGS)
+LDFLAGS_ALL = $(LDFLAGS_BASE) $(SANFLAGS) $(LDFLAGS)
+
+# ---- protobuf ----
+PROTOS := $(wildcard proto/slipway/v1/*.proto) proto/grpc/health/v1/health.proto
+TEST_PROTOS := $(wildcard tests/proto/slipway/test/v1/*.proto)
+GEN_C := $(patsubst proto/%.proto,build/gen/%.pb-c.c,$(PROTOS)) \
+         $(patsubst tests/proto/%.proto,build/gen/%.pb-c.c,$(TEST_PROTOS))
+GEN_H := $(GEN_C:.c=.h)
+
+build/gen/%.pb-c.c build/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p build/gen
+	@echo "  PROTOC  $<"
+	$(Q)protoc-c --proto_path=proto --c_out=build/gen $<
+
+build/gen/slipway/test/%.pb-c.c build/gen/slipway/test/%.pb-c.h: tests/proto/slipway/test/%.proto
+	@mkdir -p build/gen
+	@echo "  PROTOC  $<"
+	$(Q)protoc-c --proto_path=tests/proto --c_out=build/gen $<
+
+.SECONDARY: $(GEN_C) $(GEN_H)
+
+# ---- objects ----
+# Generated code is compiled without our warning set (it is not ours).
+$(OBJ)/gen/%.o: build/gen/%.c | $(GEN_H)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS_ALL) -w -c -o $@ $<
+
+$(OBJ)/%.o: %.c | $(GEN_H)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS_ALL) $(WARN) -c -o $@ $<
+
+PROTO_OBJS := $(patsubst build/gen/%.c,$(OBJ)/gen/%.o,$(filter-out build/gen/slipway/test/%,$(GEN_C)))
+TEST_PROTO_OBJS := $(patsubst build/gen/%.c,$(OBJ)/gen/%.o,$(filter build/gen/slipway/test/%,$(GEN_C)))
+
+LIB_SRCS := $(wildcard lib/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(OBJ)/%.o)
+LIBA := $(OBJ)/libslipway.a
+
+$(LIBA): $(LIB_OBJS) $(PROTO_OBJS)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# The mode (sanitized or not) of the binaries in build/bin: relink on change.
+MODE_STAMP := build/.mode-$(SANITIZE)
+$(MODE_STAMP):
+	@mkdir -p build && rm -f build/.mode-* && touch $@
+
+# ---- binaries ----
+SERVICES := $(notdir $(wildcard services/*))
+SERVICE_BINS := $(SERVICES:%=build/bin/slipway-%)
+CLI_SRCS := $(wildcard cli/*.c)
+CLI_OBJS := $(CLI_SRCS:%.c=$(OBJ)/%.o)
+
+build/bin/slipway: $(CLI_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/bin
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJS) $(LIBA) $(PKG_LIBS)
+
+define service_rule
+build/bin/slipway-$(1): $$(patsubst %.c,$$(OBJ)/%.o,$$(wildcard services/$(1)/*.c)) $$(LIBA) $$(MODE_STAMP)
+	@mkdir -p build/bin
+	@echo "  LINK    $$@"
+	$$(Q)$$(CC) $$(LDFLAGS_ALL) -o $$@ $$(patsubst %.c,$$(OBJ)/%.o,$$(wildcard services/$(1)/*.c)) $$(LIBA) $$(PKG_LIBS)
+endef
+$(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
+
+# ---- tests ----
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRCS))
+IT_SRCS := $(wildcard tests/integration/it_*.c)
+IT_BINS := $(patsubst tests/integration/%.c,build/tests/%,$(IT_SRCS))
+IT_COMMON := $(filter-out tests/integration/it_%,$(wildcard tests/integration/*.c))
+IT_COMMON_OBJS := $(IT_COMMON:%.c=$(OBJ)/%.o)
+TESTSVC_SRCS := $(wildcard tests/testsvc/*.c)
+TESTSVC_OBJS := $(TESTSVC_SRCS:%.c=$(OBJ)/%.o)
+
+build/tests/test_%: $(OBJ)/tests/unit/test_%.o $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBA) $(PKG_LIBS) -lcmocka
+
+build/tests/it_%: $(OBJ)/tests/integration/it_%.o $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
+
+build/tests/slipway-testsvc: $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS)
+
+TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc)
+
+# ---- top-level targets ----
+.PHONY: all bins tests test unit integration demo bench fuzz clean bootstrap
+
+all: bins tests
+
+bins: build/bin/slipway $(SERVICE_BINS)
+
+tests: $(TEST_BINS)
+
+bootstrap:
+	$(Q)scripts/bootstrap
+
+# `make test` installs what is missing first, so a new machine needs nothing else.
+test: bootstrap
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)SANITIZE=$(SANITIZE) tests/run
+
+unit: all
+	$(Q)SANITIZE=$(SANITIZE) tests/run unit
+
+integration: all
+	$(Q)SANITIZE=$(SANITIZE) tests/run integration
+
+demo: bootstrap
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)scripts/demo
+
+bench: bootstrap
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)bench/run all
+
+fuzz:
+	$(Q)$(MAKE) --no-print-directory -f tests/fuzz/Makefile
+
+clean:
+	rm -rf build
+
+-include $(shell find build/obj build/obj-san -name '*.d' 2>/dev/null)

@@ -1,0 +1,146 @@
+/*
+ * pki.c - `slipway pki init|issue`: the deployment CA and its certificates.
+ *
+ *   slipway pki init --dir D [--trust-domain slipway] [--days N]
+ *   slipway pki issue --dir D (--service NAME | --agent REGION/HOST | --user NAME)
+ *                     --out PREFIX [--dns NAME]... [--ip ADDR]... [--days N]
+ *
+ * Every certificate carries exactly one URI SAN, the principal's SPIFFE ID.
+ * Service and agent certificates also get DNS localhost and IP 127.0.0.1
+ * unless --dns/--ip are given, and may serve TLS.
+ */
+#include "cfg.h"
+#include "cli.h"
+#include "err.h"
+#include "pki.h"
+#include "spiffe.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static int parse_days(const char *s, int *out)
+{
+	long long v;
+	if (cfg_parse_ll(s, &v) != 0 || v < 1 || v > 36500)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+static int cmd_init(struct cli *c, int argc, char **argv)
+{
+	(void)c;
+	static const struct option lo[] = { { "dir", required_argument, 0, 'd' },
+					    { "trust-domain", required_argument, 0, 't' },
+					    { "days", required_argument, 0, 'n' },
+					    { 0, 0, 0, 0 } };
+	const char *dir = NULL, *td = "slipway";
+	int days = 3650, o;
+	char err[512];
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'd': dir = optarg; break;
+		case 't': td = optarg; break;
+		case 'n':
+			if (parse_days(optarg, &days) != 0)
+				return cli_usage("--days wants 1..36500");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (dir == NULL)
+		return cli_usage("usage: slipway pki init --dir DIR [--trust-domain TD] [--days N]");
+	if (pki_init(dir, td, days, err, sizeof err) != 0)
+		return cli_fail("pki init: %s", err);
+	printf("created CA for trust domain %s in %s (ca.crt, ca.key)\n", td, dir);
+	return CLI_OK;
+}
+
+static int cmd_issue(struct cli *c, int argc, char **argv)
+{
+	(void)c;
+	static const struct option lo[] = { { "dir", required_argument, 0, 'd' },
+					    { "service", required_argument, 0, 's' },
+					    { "agent", required_argument, 0, 'a' },
+					    { "user", required_argument, 0, 'u' },
+					    { "out", required_argument, 0, 'o' },
+					    { "dns", required_argument, 0, 'D' },
+					    { "ip", required_argument, 0, 'I' },
+					    { "days", required_argument, 0, 'n' },
+					    { 0, 0, 0, 0 } };
+	const char *dir = NULL, *out = NULL, *name = NULL;
+	enum spiffe_kind kind = SPIFFE_OTHER;
+	int kinds = 0, ndns = 0, nip = 0, o;
+	struct pki_issue_req r;
+	char err[512], td[128], id[SPIFFE_ID_MAX + 1];
+
+	memset(&r, 0, sizeof r);
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'd': dir = optarg; break;
+		case 'o': out = optarg; break;
+		case 's': kind = SPIFFE_SERVICE; name = optarg; kinds++; break;
+		case 'a': kind = SPIFFE_AGENT; name = optarg; kinds++; break;
+		case 'u': kind = SPIFFE_USER; name = optarg; kinds++; break;
+		case 'D':
+			if (ndns == PKI_MAX_SANS)
+				return cli_usage("too many --dns");
+			r.dns[ndns++] = optarg;
+			break;
+		case 'I':
+			if (nip == PKI_MAX_SANS)
+				return cli_usage("too many --ip");
+			r.ips[nip++] = optarg;
+			break;
+		case 'n':
+			if (parse_days(optarg, &r.days) != 0)
+				return cli_usage("--days wants 1..36500");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (dir == NULL || out == NULL || kinds != 1)
+		return cli_usage("usage: slipway pki issue --dir DIR (--service NAME | --agent "
+				 "REGION/HOST | --user NAME) --out PREFIX [--dns N] [--ip A]");
+	if (kind == SPIFFE_AGENT) {
+		const char *slash = strchr(name, '/');
+		if (slash == NULL || strchr(slash + 1, '/') != NULL)
+			return cli_usage("--agent wants REGION/HOST");
+	} else if (!spiffe_segment_ok(name)) {
+		return cli_usage("invalid name '%s': use letters, digits, '.', '-' and '_'", name);
+	}
+	if (pki_trust_domain(dir, td, sizeof td, err, sizeof err) != 0)
+		return cli_fail("%s", err);
+	if (spiffe_format(id, sizeof id, td, kind, name) != 0)
+		return cli_usage("invalid name '%s'", name);
+	r.dir = dir;
+	r.out_prefix = out;
+	r.common_name = name;
+	r.uris[0] = id;
+	if (kind != SPIFFE_USER) {
+		r.server = 1;
+		if (ndns == 0 && nip == 0) {
+			r.dns[0] = "localhost";
+			r.ips[0] = "127.0.0.1";
+		}
+	} else if (ndns || nip) {
+		return cli_usage("user certificates carry no DNS or IP names");
+	}
+	if (pki_issue(&r, err, sizeof err) != 0)
+		return cli_fail("pki issue: %s", err);
+	printf("issued %s: %s.crt, %s.key\n", id, out, out);
+	return CLI_OK;
+}
+
+int cli_cmd_pki(struct cli *c, int argc, char **argv);
+int cli_cmd_pki(struct cli *c, int argc, char **argv)
+{
+	static const struct cli_cmd cmds[] = {
+		{ "init", cmd_init, "create a CA in --dir" },
+		{ "issue", cmd_issue, "issue a service, agent or user certificate" },
+	};
+	return cli_dispatch(c, "pki", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+}

@@ -1,0 +1,226 @@
+/*
+ * rpc.h - Slipway's gRPC layer on gRPC C core and protobuf-c.
+ *
+ * Server: one generic server routes "/package.Service/Method" to handlers by
+ * protobuf-c's generated ProtobufCServiceDescriptor (no protoc plugin). The
+ * descriptor has no streaming flag, so each handler table entry says whether
+ * the method is unary, server-streaming or client-streaming.
+ *
+ * Threads: completion-queue threads only move events. Handlers run on a
+ * bounded worker pool, where they may block (libpq, libs3); only handlers
+ * flagged RPC_INLINE, which promise never to block, run on the CQ thread.
+ * A handler may also defer a unary call and finish it later from any thread
+ * (long polls), which holds no thread while it waits.
+ *
+ * Every server requires a client certificate from the deployment CA (see
+ * tls.h). Before any handler runs, the caller's SPIFFE ID is read from the
+ * auth property peer_spiffe_id (and nothing else) and validated; a call
+ * without exactly one valid SPIFFE ID is answered UNAUTHENTICATED.
+ *
+ * Every call carries x-request-id: read from the request (when well formed)
+ * or generated, sent back in the response headers, set as the log request
+ * id while the handler runs, and forwarded by the client on downstream calls.
+ *
+ * Client: long-lived channels, unary and streaming calls with deadlines, and
+ * deadline/cancellation propagation from a server call to downstream calls.
+ */
+#ifndef SLIPWAY_RPC_H
+#define SLIPWAY_RPC_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct rpc_server;
+struct rpc_ctx;
+struct rpc_client;
+struct rpc_stream;
+
+enum rpc_kind { RPC_UNARY = 0, RPC_SERVER_STREAM = 1, RPC_CLIENT_STREAM = 2 };
+
+enum {
+	RPC_INLINE = 1, /* the handler never blocks: run it on the CQ thread */
+};
+
+/* Returned by a handler that called rpc_defer(): the call stays open until
+ * rpc_finish(). */
+#define RPC_DEFERRED 1
+
+/*
+ * A handler. For RPC_UNARY, req is the unpacked request and resp an
+ * initialised response that the handler fills (pointing into the request,
+ * static data or rpc_alloc memory). For RPC_SERVER_STREAM, resp is NULL and
+ * the handler calls rpc_send() for each message. For RPC_CLIENT_STREAM, req
+ * is NULL and the handler reads with rpc_recv(), then fills resp.
+ * Returns 0, a negative SW_E* code (message via rpc_errorf), or RPC_DEFERRED.
+ */
+typedef int (*rpc_handler_fn)(struct rpc_ctx *ctx, const ProtobufCMessage *req,
+			      ProtobufCMessage *resp, void *svc_data);
+
+struct rpc_method {
+	const char *name; /* the method's name in the service descriptor */
+	enum rpc_kind kind;
+	unsigned flags;   /* RPC_INLINE */
+	rpc_handler_fn fn;
+};
+
+struct rpc_server_opts {
+	const char *service;      /* name for logs ("audit") */
+	const char *listen;       /* "127.0.0.1:7443"; port 0 picks a free one */
+	const char *ca_pem;       /* PEM text, copied: the deployment CA */
+	const char *cert_pem;     /* the server's certificate chain */
+	const char *key_pem;      /* the server's private key */
+	const char *trust_domain; /* callers outside it are UNAUTHENTICATED */
+	size_t max_msg_bytes;     /* receive and send cap per message */
+	int cq_threads;           /* threads polling the completion queue (>= 1) */
+	int workers;              /* handler threads (>= 1) */
+	int max_queue;            /* handler jobs waiting; past it RESOURCE_EXHAUSTED */
+	int requests_per_method;  /* posted requests kept per method (>= 1) */
+};
+
+/* Creates a server (not yet listening). Returns 0 and *out (free with
+ * rpc_server_free), or SW_EINVAL with a message. Main thread. */
+int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
+		   char *err, size_t errlen);
+
+/* Registers the handlers for service sd; svc_data is passed to each. Every
+ * entry must name a method of sd; methods without an entry answer
+ * UNIMPLEMENTED. Borrows sd, methods and svc_data for the server's life.
+ * Before rpc_server_start. */
+int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *sd,
+			   const struct rpc_method *methods, size_t n, void *svc_data,
+			   char *err, size_t errlen);
+
+/* Called from rpc_server_shutdown right after the server stops accepting
+ * calls, so that a service can finish its deferred calls (long polls) now
+ * instead of at the grace deadline. Any thread may run it. */
+void rpc_server_on_drain(struct rpc_server *srv, void (*fn)(void *), void *arg);
+
+/* Binds, starts the threads and begins serving. *bound_port receives the
+ * port actually bound. Fails (SW_EUNAVAIL) if the port is taken: address
+ * reuse between processes is disabled. */
+int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t errlen);
+
+/* Graceful stop: stops accepting calls, lets in-flight calls finish for up
+ * to grace_ms, then cancels what is left, drains the completion queue and
+ * joins every thread. Returns the number of calls that had to be cancelled.
+ * Main thread. */
+int rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
+
+/* Frees a server after rpc_server_shutdown (or one never started). NULL ok. */
+void rpc_server_free(struct rpc_server *srv);
+
+/* Number of calls currently being handled (for tests and health). */
+int rpc_server_inflight(struct rpc_server *srv);
+
+/* ---- inside a handler (the call's thread unless noted) ---- */
+
+/* The caller's SPIFFE ID: valid for the call, never NULL or empty. */
+const char *rpc_peer(const struct rpc_ctx *ctx);
+
+/* The call's request id (never empty). */
+const char *rpc_request_id(const struct rpc_ctx *ctx);
+
+/* The method path, e.g. "/slipway.v1.Audit/Append". */
+const char *rpc_method_path(const struct rpc_ctx *ctx);
+
+/* Milliseconds left before the caller's deadline (INT64_MAX when none). */
+int64_t rpc_remaining_ms(const struct rpc_ctx *ctx);
+
+/* Returns 1 once the client has cancelled or the deadline has passed. Any
+ * thread. For unary calls this is known only for deadlines. */
+int rpc_cancelled(const struct rpc_ctx *ctx);
+
+/* Memory freed when the call ends (after the response is sent). Returns
+ * zeroed memory, or NULL when the per-call cap (max message size * 2 plus
+ * 1 MiB) is reached. */
+void *rpc_alloc(struct rpc_ctx *ctx, size_t n);
+char *rpc_strdup(struct rpc_ctx *ctx, const char *s);
+/* Copies n bytes; the result is NUL-terminated. */
+char *rpc_memdup(struct rpc_ctx *ctx, const void *p, size_t n);
+
+/* Sets the status message sent to the client and returns code, so handlers
+ * write: return rpc_errorf(ctx, SW_EINVAL, "app: %s", why). The message is
+ * for people: never put secret values in it. */
+int rpc_errorf(struct rpc_ctx *ctx, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Server streaming: sends one message and waits until the transport took it
+ * (flow control). Returns 0, SW_ECANCELLED when the client went away, or
+ * SW_ELIMIT when the message is over the size cap. Worker thread only. */
+int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg);
+
+/* Client streaming: receives the next message. Returns 1 and *msg (free
+ * with protobuf_c_message_free_unpacked(msg, NULL)), 0 at the end of the
+ * stream, SW_ECANCELLED, or SW_EINVAL when the bytes do not decode. Worker
+ * thread only. */
+int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg);
+
+/* Defers a unary call: the handler returns RPC_DEFERRED and later, from any
+ * thread, fills the response (from rpc_response) and calls rpc_finish. */
+int rpc_defer(struct rpc_ctx *ctx);
+ProtobufCMessage *rpc_response(struct rpc_ctx *ctx);
+void rpc_finish(struct rpc_ctx *ctx, int code);
+
+/* ---- client ---- */
+
+struct rpc_client_opts {
+	const char *target;       /* "127.0.0.1:7443" */
+	const char *ca_pem;       /* PEM text of the CA that signed the server */
+	const char *cert_pem;     /* our certificate (mTLS) */
+	const char *key_pem;      /* our private key */
+	const char *server_name;  /* expected name in the server cert; NULL = host */
+	size_t max_msg_bytes;     /* receive/send cap; 0 = 16 MiB */
+	int own_connection;       /* 1 = do not share the TCP connection */
+};
+
+/* Creates a long-lived channel. Returns 0 and *out (free with
+ * rpc_client_free), or SW_EINVAL. Thread-safe to use from many threads. */
+int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out,
+		   char *err, size_t errlen);
+void rpc_client_free(struct rpc_client *c);
+
+struct rpc_call_opts {
+	int64_t timeout_ms;          /* 0 = 10 s default; a deadline is always set */
+	struct rpc_ctx *parent;      /* propagate deadline, cancellation and request id */
+	const char *request_id;      /* else the parent's, else the thread's, else new */
+	int wait_for_ready;          /* wait for the server instead of failing fast */
+};
+
+/*
+ * Unary call of method `method` of service sd. On success returns 0 and
+ * *resp (free with protobuf_c_message_free_unpacked). On failure returns the
+ * SW_E* code mapped from the gRPC status, with the server's message (or a
+ * transport reason) in err. opts may be NULL. Any thread.
+ */
+int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const char *method,
+	     const ProtobufCMessage *req, ProtobufCMessage **resp,
+	     const struct rpc_call_opts *opts, char *err, size_t errlen);
+
+/* Streaming calls (client- or server-streaming) on their own queue. */
+int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
+		    const char *method, const struct rpc_call_opts *opts,
+		    struct rpc_stream **out, char *err, size_t errlen);
+/* Sends one request message. 0, or SW_ECANCELLED if the call already ended
+ * (rpc_stream_finish then tells why). */
+int rpc_stream_send(struct rpc_stream *s, const ProtobufCMessage *msg);
+/* Half-closes: no more requests. */
+int rpc_stream_close_send(struct rpc_stream *s);
+/* Receives one response: 1 and *msg, 0 at the end (then call finish), or a
+ * negative code. */
+int rpc_stream_recv(struct rpc_stream *s, ProtobufCMessage **msg);
+/* Cancels the call (any time before finish). */
+void rpc_stream_cancel(struct rpc_stream *s);
+/* Waits for the final status, frees s, and returns 0 or the mapped SW_E*
+ * code with the message in err. */
+int rpc_stream_finish(struct rpc_stream *s, char *err, size_t errlen);
+
+/* Generates a fresh request id (32 hex characters) into out[33]. */
+void rpc_new_request_id(char out[33]);
+
+/* Process-wide set-up and tear-down of gRPC (idempotent, counted). Routes
+ * gRPC's own log lines into log.h. */
+void rpc_init(void);
+void rpc_shutdown(void);
+
+#endif

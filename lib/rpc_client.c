@@ -1,0 +1,429 @@
+/*
+ * rpc_client.c - the client half of rpc.h: long-lived mTLS channels, unary
+ * calls as one batch on a per-call pluck queue, and streaming calls whose
+ * operations are plucked one at a time by the calling thread.
+ *
+ * Deadlines are always set. A call made from inside a handler passes the
+ * server call as parent, so the downstream call inherits the caller's
+ * deadline and is cancelled with it, and carries the same x-request-id.
+ */
+#include "err.h"
+#include "log.h"
+#include "rpc.h"
+#include "rpc_internal.h"
+#include "tls.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_TIMEOUT_MS 10000
+#define DEFAULT_MAX_MSG (16u << 20)
+
+struct rpc_client {
+	grpc_channel *ch;
+	size_t max_msg;
+};
+
+struct rpc_stream {
+	struct rpc_client *c;
+	grpc_call *call;
+	grpc_completion_queue *cq;
+	const ProtobufCMethodDescriptor *md;
+	grpc_metadata send_md[1];
+	char rid[65];
+	grpc_metadata_array init_md, trail_md;
+	int got_init_md;
+	grpc_status_code status;
+	grpc_slice details;
+	const char *error_string;
+	int status_tag;
+	int op_tag;
+};
+
+int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, char *err,
+		   size_t errlen)
+{
+	*out = NULL;
+	if (opts->target == NULL || opts->ca_pem == NULL)
+		return sw_errf(err, errlen, SW_EINVAL, "target and CA are required");
+	struct rpc_client *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	c->max_msg = opts->max_msg_bytes ? opts->max_msg_bytes : DEFAULT_MAX_MSG;
+	grpc_channel_credentials *creds =
+		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem);
+	if (creds == NULL) {
+		free(c);
+		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
+	}
+	grpc_arg args[7];
+	size_t n = 0;
+	memset(args, 0, sizeof args);
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	args[n++].value.integer = (int)c->max_msg;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+	args[n++].value.integer = (int)c->max_msg;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_KEEPALIVE_TIME_MS;
+	args[n++].value.integer = 30000;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+	args[n++].value.integer = 10000;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_ENABLE_RETRIES;
+	args[n++].value.integer = 0;
+	if (opts->server_name != NULL) {
+		args[n].type = GRPC_ARG_STRING;
+		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		args[n++].value.string = (char *)opts->server_name;
+	}
+	if (opts->own_connection) {
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+		args[n++].value.integer = 1;
+	}
+	grpc_channel_args chargs = { n, args };
+	c->ch = grpc_channel_create(opts->target, creds, &chargs);
+	grpc_channel_credentials_release(creds);
+	if (c->ch == NULL) {
+		free(c);
+		return sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", opts->target);
+	}
+	*out = c;
+	return 0;
+}
+
+void rpc_client_free(struct rpc_client *c)
+{
+	if (c == NULL)
+		return;
+	grpc_channel_destroy(c->ch);
+	free(c);
+}
+
+static const ProtobufCMethodDescriptor *find_method(const ProtobufCServiceDescriptor *sd,
+						    const char *method, char *path, size_t plen)
+{
+	const ProtobufCMethodDescriptor *md =
+		protobuf_c_service_descriptor_get_method_by_name(sd, method);
+	if (md != NULL)
+		snprintf(path, plen, "/%s/%s", sd->name, md->name);
+	return md;
+}
+
+static void pick_request_id(const struct rpc_call_opts *o, char rid[65])
+{
+	const char *r = NULL;
+	if (o != NULL && o->request_id != NULL && o->request_id[0])
+		r = o->request_id;
+	else if (o != NULL && o->parent != NULL)
+		r = rpc_request_id(o->parent);
+	else if (log_request_id()[0])
+		r = log_request_id();
+	if (r != NULL)
+		snprintf(rid, 65, "%s", r);
+	else
+		rpc_new_request_id(rid);
+}
+
+static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, const char *path,
+			      const struct rpc_call_opts *o)
+{
+	int64_t t = (o != NULL && o->timeout_ms > 0) ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+				       gpr_time_from_millis(t, GPR_TIMESPAN));
+	grpc_call *parent = (o != NULL && o->parent != NULL) ? rpc_ctx_call(o->parent) : NULL;
+	grpc_slice method = grpc_slice_from_copied_string(path);
+	grpc_call *call = grpc_channel_create_call(c->ch, parent,
+						   parent ? GRPC_PROPAGATE_DEFAULTS : 0, cq,
+						   method, NULL, dl, NULL);
+	grpc_slice_unref(method);
+	return call;
+}
+
+/* Turns a finished call's status into an SW_E* code and a message. */
+static int status_to_err(grpc_status_code st, grpc_slice details, const char *error_string,
+			 char *err, size_t errlen)
+{
+	if (st == GRPC_STATUS_OK)
+		return 0;
+	size_t n = GRPC_SLICE_LENGTH(details);
+	if (error_string != NULL)
+		log_debug("rpc client error detail", "status=%s detail=%s",
+			  sw_grpc_status_name((int)st), error_string);
+	if (n > 0)
+		sw_errf(err, errlen, 0, "%s: %.*s", sw_grpc_status_name((int)st), (int)n,
+			(const char *)GRPC_SLICE_START_PTR(details));
+	else
+		sw_errf(err, errlen, 0, "%s", sw_grpc_status_name((int)st));
+	return sw_err_from_grpc((int)st);
+}
+
+static grpc_byte_buffer *pack_msg(const ProtobufCMessage *msg, size_t cap)
+{
+	size_t n = protobuf_c_message_get_packed_size(msg);
+	if (n > cap)
+		return NULL;
+	grpc_slice s = grpc_slice_malloc(n);
+	protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	return bb;
+}
+
+static ProtobufCMessage *unpack_msg(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
+{
+	grpc_byte_buffer_reader r;
+	if (!grpc_byte_buffer_reader_init(&r, bb))
+		return NULL;
+	grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+	grpc_byte_buffer_reader_destroy(&r);
+	ProtobufCMessage *m =
+		protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+	grpc_slice_unref(s);
+	return m;
+}
+
+int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const char *method,
+	     const ProtobufCMessage *req, ProtobufCMessage **resp,
+	     const struct rpc_call_opts *opts, char *err, size_t errlen)
+{
+	char path[256], rid[65];
+	int rc = 0;
+	grpc_completion_queue *cq = NULL;
+	grpc_call *call = NULL;
+	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
+	grpc_metadata_array init_md, trail_md;
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	const char *error_string = NULL;
+
+	*resp = NULL;
+	grpc_metadata_array_init(&init_md);
+	grpc_metadata_array_init(&trail_md);
+	const ProtobufCMethodDescriptor *md = find_method(sd, method, path, sizeof path);
+	if (md == NULL) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "%s has no method %s", sd->name, method);
+		goto out;
+	}
+	if (req->descriptor != md->input) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "%s wants %s", path, md->input->name);
+		goto out;
+	}
+	send_bb = pack_msg(req, c->max_msg);
+	if (send_bb == NULL) {
+		rc = sw_errf(err, errlen, SW_ELIMIT, "request larger than %zu bytes", c->max_msg);
+		goto out;
+	}
+	pick_request_id(opts, rid);
+	cq = grpc_completion_queue_create_for_pluck(NULL);
+	call = create_call(c, cq, path, opts);
+	if (call == NULL) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
+		goto out;
+	}
+	grpc_metadata smd[1];
+	memset(smd, 0, sizeof smd);
+	smd[0].key = grpc_slice_from_static_string("x-request-id");
+	smd[0].value = grpc_slice_from_static_string(rid);
+
+	grpc_op ops[6];
+	memset(ops, 0, sizeof ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = 1;
+	ops[0].data.send_initial_metadata.metadata = smd;
+	if (opts != NULL && opts->wait_for_ready)
+		ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = send_bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &recv_bb;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
+	ops[5].data.recv_status_on_client.status = &status;
+	ops[5].data.recv_status_on_client.status_details = &details;
+	ops[5].data.recv_status_on_client.error_string = &error_string;
+	int tag = 1;
+	grpc_call_error ce = grpc_call_start_batch(call, ops, 6, &tag, NULL);
+	if (ce != GRPC_CALL_OK) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "call refused by gRPC (%d)", (int)ce);
+		goto out;
+	}
+	grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	rc = status_to_err(status, details, error_string, err, errlen);
+	if (rc != 0)
+		goto out;
+	if (recv_bb == NULL) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "%s: OK without a response message", path);
+		goto out;
+	}
+	*resp = unpack_msg(md->output, recv_bb);
+	if (*resp == NULL)
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "%s: the response does not decode", path);
+out:
+	if (send_bb)
+		grpc_byte_buffer_destroy(send_bb);
+	if (recv_bb)
+		grpc_byte_buffer_destroy(recv_bb);
+	grpc_slice_unref(details);
+	gpr_free((void *)error_string);
+	grpc_metadata_array_destroy(&init_md);
+	grpc_metadata_array_destroy(&trail_md);
+	if (call)
+		grpc_call_unref(call);
+	if (cq) {
+		grpc_completion_queue_shutdown(cq);
+		while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+						   NULL)
+			       .type != GRPC_QUEUE_SHUTDOWN)
+			;
+		grpc_completion_queue_destroy(cq);
+	}
+	return rc;
+}
+
+/* Runs one batch on the stream and waits for it; returns ev.success. */
+static int stream_op(struct rpc_stream *s, const grpc_op *ops, size_t n)
+{
+	if (grpc_call_start_batch(s->call, ops, n, &s->op_tag, NULL) != GRPC_CALL_OK)
+		return 0;
+	grpc_event ev = grpc_completion_queue_pluck(s->cq, &s->op_tag,
+						    gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	return ev.success;
+}
+
+int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
+		    const char *method, const struct rpc_call_opts *opts,
+		    struct rpc_stream **out, char *err, size_t errlen)
+{
+	char path[256];
+	*out = NULL;
+	const ProtobufCMethodDescriptor *md = find_method(sd, method, path, sizeof path);
+	if (md == NULL)
+		return sw_errf(err, errlen, SW_EINVAL, "%s has no method %s", sd->name, method);
+	struct rpc_stream *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	s->c = c;
+	s->md = md;
+	s->details = grpc_empty_slice();
+	grpc_metadata_array_init(&s->init_md);
+	grpc_metadata_array_init(&s->trail_md);
+	pick_request_id(opts, s->rid);
+	s->cq = grpc_completion_queue_create_for_pluck(NULL);
+	s->call = create_call(c, s->cq, path, opts);
+	if (s->call == NULL) {
+		grpc_completion_queue_destroy(s->cq);
+		free(s);
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
+	}
+	s->send_md[0].key = grpc_slice_from_static_string("x-request-id");
+	s->send_md[0].value = grpc_slice_from_static_string(s->rid);
+	grpc_op op;
+	memset(&op, 0, sizeof op);
+	op.op = GRPC_OP_SEND_INITIAL_METADATA;
+	op.data.send_initial_metadata.count = 1;
+	op.data.send_initial_metadata.metadata = s->send_md;
+	if (opts != NULL && opts->wait_for_ready)
+		op.flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+	/* The status batch stays outstanding until finish. */
+	grpc_op st;
+	memset(&st, 0, sizeof st);
+	st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	st.data.recv_status_on_client.trailing_metadata = &s->trail_md;
+	st.data.recv_status_on_client.status = &s->status;
+	st.data.recv_status_on_client.status_details = &s->details;
+	st.data.recv_status_on_client.error_string = &s->error_string;
+	grpc_call_start_batch(s->call, &st, 1, &s->status_tag, NULL);
+	stream_op(s, &op, 1); /* failure shows up in the final status */
+	*out = s;
+	return 0;
+}
+
+int rpc_stream_send(struct rpc_stream *s, const ProtobufCMessage *msg)
+{
+	grpc_byte_buffer *bb = pack_msg(msg, s->c->max_msg);
+	if (bb == NULL)
+		return SW_ELIMIT;
+	grpc_op op;
+	memset(&op, 0, sizeof op);
+	op.op = GRPC_OP_SEND_MESSAGE;
+	op.data.send_message.send_message = bb;
+	int ok = stream_op(s, &op, 1);
+	grpc_byte_buffer_destroy(bb);
+	return ok ? 0 : SW_ECANCELLED;
+}
+
+int rpc_stream_close_send(struct rpc_stream *s)
+{
+	grpc_op op;
+	memset(&op, 0, sizeof op);
+	op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	return stream_op(s, &op, 1) ? 0 : SW_ECANCELLED;
+}
+
+int rpc_stream_recv(struct rpc_stream *s, ProtobufCMessage **msg)
+{
+	grpc_byte_buffer *bb = NULL;
+	grpc_op ops[2];
+	size_t n = 0;
+	memset(ops, 0, sizeof ops);
+	*msg = NULL;
+	if (!s->got_init_md) {
+		ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+		ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+		s->got_init_md = 1;
+	}
+	ops[n].op = GRPC_OP_RECV_MESSAGE;
+	ops[n++].data.recv_message.recv_message = &bb;
+	int ok = stream_op(s, ops, n);
+	if (!ok || bb == NULL) {
+		if (bb)
+			grpc_byte_buffer_destroy(bb);
+		return 0; /* end of stream or failure: finish tells */
+	}
+	*msg = unpack_msg(s->md->output, bb);
+	grpc_byte_buffer_destroy(bb);
+	if (*msg == NULL) {
+		grpc_call_cancel_with_status(s->call, GRPC_STATUS_INTERNAL,
+					     "response does not decode", NULL);
+		return SW_EINTERNAL;
+	}
+	return 1;
+}
+
+void rpc_stream_cancel(struct rpc_stream *s)
+{
+	grpc_call_cancel(s->call, NULL);
+}
+
+int rpc_stream_finish(struct rpc_stream *s, char *err, size_t errlen)
+{
+	grpc_completion_queue_pluck(s->cq, &s->status_tag, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+				    NULL);
+	int rc = status_to_err(s->status, s->details, s->error_string, err, errlen);
+	grpc_slice_unref(s->details);
+	gpr_free((void *)s->error_string);
+	grpc_metadata_array_destroy(&s->init_md);
+	grpc_metadata_array_destroy(&s->trail_md);
+	grpc_call_unref(s->call);
+	grpc_completion_queue_shutdown(s->cq);
+	while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL)
+		       .type != GRPC_QUEUE_SHUTDOWN)
+		;
+	grpc_completion_queue_destroy(s->cq);
+	free(s);
+	return rc;
+}

@@ -1,0 +1,345 @@
+/*
+ * svc.c - the shared daemon skeleton of svc.h, including the
+ * grpc.health.v1.Health service.
+ */
+#include "svc.h"
+#include "err.h"
+#include "log.h"
+#include "tls.h"
+
+#include "grpc/health/v1/health.pb-c.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_DRAIN 8
+#define PROBE_CACHE_MS 1000
+
+struct svc {
+	char name[32];
+	const struct svc_config *c;
+	struct rpc_server *srv;
+	svc_probe_fn probe;
+	void *probe_arg;
+	pthread_mutex_t mu;
+	int64_t probe_at_ms;
+	int probe_ok;
+	atomic_int draining;
+	void (*drain_fn[MAX_DRAIN])(void *);
+	void *drain_arg[MAX_DRAIN];
+	int ndrain;
+	pthread_t sig2;
+	int sig2_started;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
+		  int argc, char **argv, int *exit_code, char *err, size_t errlen)
+{
+	*exit_code = -1;
+	int rc = cfg_parse(env_prefix, opts, n, argc, argv, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (rc == CFG_HELP) {
+		char prog[64];
+		snprintf(prog, sizeof prog, "slipway-%s", name);
+		cfg_print_help(stdout, prog, env_prefix, opts, n);
+		*exit_code = 0;
+		return 0;
+	}
+	/* Find the log level among the options (SVC_COMMON_OPTS has it). */
+	enum log_level lvl = LOG_INFO;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(opts[i].name, "log-level") == 0) {
+			const char *v = *(char **)opts[i].dst;
+			if (v != NULL && log_level_parse(v, &lvl) != 0)
+				return sw_errf(err, errlen, SW_EINVAL, "--log-level: unknown level '%s'", v);
+		}
+	}
+	if (rc == CFG_CHECK) {
+		cfg_print_values(stdout, opts, n);
+		printf("configuration ok\n");
+		*exit_code = 0;
+		return 0;
+	}
+	log_init(name, lvl);
+
+	/* Signals are handled by svc_wait only: block them before any thread
+	 * (gRPC's included) starts, so every thread inherits the mask. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	/* Services hold key material: never write it to a core file. */
+	struct rlimit rl = { 0, 0 };
+	setrlimit(RLIMIT_CORE, &rl);
+
+	rpc_init();
+	return 0;
+}
+
+/* ---- grpc.health.v1.Health ---- */
+
+static int serving(struct svc *s, char *why, size_t whylen)
+{
+	if (atomic_load(&s->draining)) {
+		snprintf(why, whylen, "shutting down");
+		return 0;
+	}
+	if (s->probe == NULL)
+		return 1;
+	pthread_mutex_lock(&s->mu);
+	int64_t t = now_ms();
+	int ok = s->probe_ok;
+	int fresh = s->probe_at_ms != 0 && t - s->probe_at_ms < PROBE_CACHE_MS;
+	pthread_mutex_unlock(&s->mu);
+	if (fresh)
+		return ok;
+	ok = s->probe(s->probe_arg, why, whylen) == 0;
+	pthread_mutex_lock(&s->mu);
+	s->probe_ok = ok;
+	s->probe_at_ms = now_ms();
+	pthread_mutex_unlock(&s->mu);
+	if (!ok)
+		log_warn("not serving", "reason=%s", why);
+	return ok;
+}
+
+static int health_status(struct svc *s, const char *service)
+{
+	char why[256] = "";
+	if (service[0] != '\0' && strcmp(service, s->name) != 0)
+		return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+	return serving(s, why, sizeof why)
+		       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+		       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+static int health_check(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
+			ProtobufCMessage *respm, void *data)
+{
+	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)reqm;
+	Grpc__Health__V1__HealthCheckResponse *resp = (void *)respm;
+	int st = health_status(data, req->service);
+	if (st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN)
+		return rpc_errorf(ctx, SW_ENOTFOUND, "unknown service '%s'", req->service);
+	resp->status = st;
+	return 0;
+}
+
+static int health_watch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
+			ProtobufCMessage *respm, void *data)
+{
+	(void)respm;
+	struct svc *s = data;
+	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)reqm;
+	int last = -1;
+	while (!rpc_cancelled(ctx) && !atomic_load(&s->draining)) {
+		int st = health_status(s, req->service);
+		if (st != last) {
+			Grpc__Health__V1__HealthCheckResponse r =
+				GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+			r.status = st;
+			if (rpc_send(ctx, &r.base) != 0)
+				return SW_ECANCELLED;
+			last = st;
+		}
+		struct timespec ts = { 0, 200 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
+static const struct rpc_method health_methods[] = {
+	{ "Check", RPC_UNARY, 0, health_check },
+	{ "Watch", RPC_SERVER_STREAM, 0, health_watch },
+};
+
+/* ---- life cycle ---- */
+
+static void on_drain(void *arg)
+{
+	struct svc *s = arg;
+	atomic_store(&s->draining, 1);
+	for (int i = 0; i < s->ndrain; i++)
+		s->drain_fn[i](s->drain_arg[i]);
+}
+
+int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, void *probe_arg,
+	    struct svc **out, char *err, size_t errlen)
+{
+	int rc = 0;
+	char *ca = NULL, *cert = NULL, *key = NULL;
+	struct svc *s = NULL;
+
+	*out = NULL;
+	if ((rc = tls_read_pem(c->ca, &ca, err, errlen)) != 0 ||
+	    (rc = tls_read_pem(c->cert, &cert, err, errlen)) != 0 ||
+	    (rc = tls_read_pem(c->key, &key, err, errlen)) != 0)
+		goto out;
+	s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	snprintf(s->name, sizeof s->name, "%s", name);
+	s->c = c;
+	s->probe = probe;
+	s->probe_arg = probe_arg;
+	pthread_mutex_init(&s->mu, NULL);
+	atomic_init(&s->draining, 0);
+	struct rpc_server_opts o = {
+		.service = name,
+		.listen = c->listen,
+		.ca_pem = ca,
+		.cert_pem = cert,
+		.key_pem = key,
+		.trust_domain = c->trust_domain,
+		.max_msg_bytes = (size_t)c->max_msg,
+		.cq_threads = (int)c->cq_threads,
+		.workers = (int)c->workers,
+		.max_queue = (int)c->max_queue,
+		.requests_per_method = 8,
+	};
+	if ((rc = rpc_server_new(&o, &s->srv, err, errlen)) != 0)
+		goto out;
+	rpc_server_on_drain(s->srv, on_drain, s);
+	rc = rpc_server_add_service(s->srv, &grpc__health__v1__health__descriptor, health_methods,
+				    2, s, err, errlen);
+	if (rc != 0)
+		goto out;
+	*out = s;
+	s = NULL;
+out:
+	if (key != NULL) {
+		memset(key, 0, strlen(key));
+		free(key);
+	}
+	free(ca);
+	free(cert);
+	svc_free(s);
+	return rc;
+}
+
+struct rpc_server *svc_server(struct svc *s)
+{
+	return s->srv;
+}
+
+void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg)
+{
+	if (s->ndrain < MAX_DRAIN) {
+		s->drain_fn[s->ndrain] = fn;
+		s->drain_arg[s->ndrain++] = arg;
+	}
+}
+
+int svc_write_file_atomic(const char *path, const char *text, char *err, size_t errlen)
+{
+	char tmp[4096];
+	int n = snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof tmp)
+		return sw_errf(err, errlen, SW_EINVAL, "path too long");
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return sw_errf(err, errlen, SW_EIO, "open %s: %s", tmp, strerror(errno));
+	size_t len = strlen(text);
+	ssize_t w = write(fd, text, len);
+	int bad = (w < 0 || (size_t)w != len) || fsync(fd) != 0;
+	close(fd);
+	if (bad || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return sw_errf(err, errlen, SW_EIO, "write %s failed", path);
+	}
+	return 0;
+}
+
+int svc_start(struct svc *s, char *err, size_t errlen)
+{
+	int port = 0;
+	int rc = rpc_server_start(s->srv, &port, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (s->c->port_file != NULL && s->c->port_file[0] != '\0') {
+		char text[32];
+		snprintf(text, sizeof text, "%d\n", port);
+		if ((rc = svc_write_file_atomic(s->c->port_file, text, err, errlen)) != 0)
+			return rc;
+	}
+	log_info("serving", "listen=%s port=%d pid=%d", s->c->listen, port, (int)getpid());
+	return 0;
+}
+
+static void *second_signal(void *arg)
+{
+	(void)arg;
+	sigset_t set;
+	int sig;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	if (sigwait(&set, &sig) == 0) {
+		log_warn("second signal: exiting now", "signal=%d", sig);
+		_exit(1);
+	}
+	return NULL;
+}
+
+int svc_wait(struct svc *s)
+{
+	sigset_t set;
+	int sig = 0;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_info("SIGHUP ignored: restart to reload configuration", NULL);
+			continue;
+		}
+		break;
+	}
+	log_info("shutting down", "signal=%d grace_ms=%lld", sig, s->c->grace_ms);
+	if (pthread_create(&s->sig2, NULL, second_signal, NULL) == 0) {
+		pthread_detach(s->sig2);
+		s->sig2_started = 1;
+	}
+	return sig;
+}
+
+void svc_stop(struct svc *s)
+{
+	int cancelled = rpc_server_shutdown(s->srv, (int)s->c->grace_ms);
+	log_info("stopped serving", "cancelled_calls=%d", cancelled);
+}
+
+void svc_free(struct svc *s)
+{
+	if (s == NULL)
+		return;
+	rpc_server_free(s->srv);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}

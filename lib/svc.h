@@ -1,0 +1,102 @@
+/*
+ * svc.h - the daemon skeleton every Slipway service shares: the common
+ * configuration options, signal handling, the mTLS server with the health
+ * service, the port file and ordered shutdown. A service's main.c reads:
+ *
+ *   config -> logging -> svc_start (listeners) -> own start-up (database,
+ *   S3, threads) -> svc_wait (signals) -> svc_stop -> own tear-down
+ *
+ * so that main.c holds start-up, signals and shutdown only.
+ */
+#ifndef SLIPWAY_SVC_H
+#define SLIPWAY_SVC_H
+
+#include "cfg.h"
+#include "rpc.h"
+
+#include <stddef.h>
+
+struct svc_config {
+	char *listen;
+	char *port_file;
+	char *ca;
+	char *cert;
+	char *key;
+	char *trust_domain;
+	char *log_level;
+	long long workers;
+	long long cq_threads;
+	long long max_msg;
+	long long max_queue;
+	long long grace_ms;
+};
+
+/* The options every service has, to put first in its table. */
+#define SVC_COMMON_OPTS(c)                                                                     \
+	{ "listen", CFG_STR, "127.0.0.1:0", 0, 0, 0,                                            \
+	  "address to listen on (host:port; port 0 picks a free one)", &(c)->listen },            \
+	{ "port-file", CFG_PATH, NULL, 0, 0, 0,                                                  \
+	  "write the bound port here once serving", &(c)->port_file },                           \
+	{ "ca", CFG_PATH, NULL, 0, 0, CFG_REQUIRED, "deployment CA certificate (PEM)", &(c)->ca }, \
+	{ "cert", CFG_PATH, NULL, 0, 0, CFG_REQUIRED, "this service's certificate (PEM)",         \
+	  &(c)->cert },                                                                           \
+	{ "key", CFG_PATH, NULL, 0, 0, CFG_REQUIRED,                                             \
+	  "this service's private key (PEM, mode 0600)", &(c)->key },                             \
+	{ "trust-domain", CFG_STR, "slipway", 0, 0, 0, "SPIFFE trust domain of callers",        \
+	  &(c)->trust_domain },                                                                   \
+	{ "log-level", CFG_STR, "info", 0, 0, 0, "debug, info, warn or error", &(c)->log_level }, \
+	{ "workers", CFG_INT, "16", 1, 1024, 0, "handler threads (blocking work)", &(c)->workers }, \
+	{ "cq-threads", CFG_INT, "1", 1, 64, 0, "completion-queue threads", &(c)->cq_threads },  \
+	{ "max-msg", CFG_SIZE, "4MiB", 1024, 64LL << 20, 0, "largest gRPC message accepted or sent", \
+	  &(c)->max_msg },                                                                        \
+	{ "max-queue", CFG_INT, "1024", 1, 1000000, 0,                                           \
+	  "calls waiting for a handler thread before RESOURCE_EXHAUSTED", &(c)->max_queue },     \
+	{ "shutdown-grace", CFG_MS, "10s", 0, 600000, 0,                                         \
+	  "how long in-flight calls may run after SIGTERM", &(c)->grace_ms }
+
+/* Health probe: returns 0 when the service can do its work, else a
+ * negative code with the reason in why. Called from a worker thread. */
+typedef int (*svc_probe_fn)(void *arg, char *why, size_t whylen);
+
+struct svc;
+
+/*
+ * Parses the configuration and handles --help / --check-config (printing to
+ * stdout; *exit_code is then set and the caller exits with it). Otherwise
+ * starts logging as `name`, blocks SIGTERM/SIGINT/SIGHUP for every thread,
+ * disables core dumps and initialises gRPC. Returns 0, or a negative code
+ * with a message in err (the caller prints it and exits 2).
+ */
+int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
+		  int argc, char **argv, int *exit_code, char *err, size_t errlen);
+
+/* Creates the mTLS server from the common options, with the health service
+ * registered (probe may be NULL: always SERVING). Returns a new svc (free
+ * with svc_free). Add the service's own handlers with svc_server() before
+ * svc_start. */
+int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, void *probe_arg,
+	    struct svc **out, char *err, size_t errlen);
+
+struct rpc_server *svc_server(struct svc *s);
+
+/* Adds a function run when shutdown begins (before in-flight calls drain),
+ * e.g. to end long polls. At most 8. */
+void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg);
+
+/* Starts serving and writes the port file. */
+int svc_start(struct svc *s, char *err, size_t errlen);
+
+/* Blocks until SIGTERM or SIGINT. A second signal during shutdown exits
+ * the process at once with status 1. Returns the signal number. */
+int svc_wait(struct svc *s);
+
+/* Ordered shutdown: stop accepting, drain in-flight calls for up to the
+ * grace period, then cancel the rest and join the RPC threads. */
+void svc_stop(struct svc *s);
+
+void svc_free(struct svc *s);
+
+/* Writes text to path atomically (temporary file + rename), mode 0644. */
+int svc_write_file_atomic(const char *path, const char *text, char *err, size_t errlen);
+
+#endif
