@@ -58,7 +58,7 @@ build/gen/slipway/test/%.pb-c.c build/gen/slipway/test/%.pb-c.h: tests/proto/sli
 	@echo "  PROTOC  $<"
 	$(Q)protoc-c --proto_path=tests/proto --c_out=build/gen $<
 
-.SECONDARY: $(GEN_C) $(GEN_H)
+.SECONDARY:
 
 # ---- objects ----
 # Generated code is compiled without our warning set (it is not ours).

@@ -155,14 +155,16 @@ static void format_kv(struct out *o, const char *fmt, va_list ap)
 		}
 		while (*p >= '0' && *p <= '9')
 			p++;
+		long lit_p = -1; /* literal precision, -1 when none */
 		if (*p == '.') {
 			p++;
+			lit_p = 0;
 			if (*p == '*') {
 				star_p = 1;
 				p++;
 			}
 			while (*p >= '0' && *p <= '9')
-				p++;
+				lit_p = lit_p * 10 + (*p++ - '0');
 		}
 		int lmod = 0; /* 0 int, 1 h, 2 hh, 3 l, 4 ll, 5 z, 6 j, 7 t */
 		if (*p == 'h') {
@@ -243,18 +245,15 @@ static void format_kv(struct out *o, const char *fmt, va_list ap)
 			FMT1(va_arg(ap, int));
 			break;
 		case 's': {
+			/* Strings go straight to the escaper (widths are ignored), so
+			 * long values are cut only by the line limit, visibly. */
 			const char *s = va_arg(ap, const char *);
 			if (s == NULL)
 				s = "(null)";
-			if (star_w && star_p)
-				n = snprintf(tmp, sizeof tmp, spec, w, pr, s);
-			else if (star_w)
-				n = snprintf(tmp, sizeof tmp, spec, w, s);
-			else if (star_p)
-				n = snprintf(tmp, sizeof tmp, spec, pr, s);
-			else
-				n = snprintf(tmp, sizeof tmp, spec, s);
-			break;
+			long maxlen = star_p ? pr : lit_p;
+			size_t len = maxlen >= 0 ? strnlen(s, (size_t)maxlen) : strlen(s);
+			put_value(o, s, len);
+			continue;
 		}
 		default:
 			put(o, "<badfmt>", 8);

@@ -1,0 +1,450 @@
+/*
+ * db.c - the libpq pool, migrations and transactions of db.h.
+ */
+#include "db.h"
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct db_conn {
+	PGconn *pg;
+	int in_use;
+	int broken;
+};
+
+struct db {
+	char *url, *schema, *app_name;
+	int connect_timeout_s, retries, statement_timeout_ms;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int n;
+	struct db_conn *conns;
+};
+
+static int schema_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 63 || !((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+			return 0;
+	return 1;
+}
+
+int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (o->url == NULL || o->url[0] == '\0')
+		return sw_errf(err, errlen, SW_EINVAL, "no database URL configured");
+	if (o->schema == NULL || !schema_ok(o->schema))
+		return sw_errf(err, errlen, SW_EINVAL, "invalid schema name");
+	struct db *db = calloc(1, sizeof *db);
+	if (db == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	db->n = o->pool_size > 0 ? o->pool_size : 4;
+	db->conns = calloc((size_t)db->n, sizeof *db->conns);
+	db->url = strdup(o->url);
+	db->schema = strdup(o->schema);
+	db->app_name = strdup(o->app_name ? o->app_name : "slipway");
+	db->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
+	db->retries = o->retries > 0 ? o->retries : 3;
+	db->statement_timeout_ms = o->statement_timeout_ms > 0 ? o->statement_timeout_ms : 30000;
+	if (!db->conns || !db->url || !db->schema || !db->app_name) {
+		db_close(db);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
+	pthread_mutex_init(&db->mu, NULL);
+	pthread_cond_init(&db->cv, NULL);
+	*out = db;
+	return 0;
+}
+
+void db_close(struct db *db)
+{
+	if (db == NULL)
+		return;
+	for (int i = 0; db->conns && i < db->n; i++)
+		if (db->conns[i].pg)
+			PQfinish(db->conns[i].pg);
+	free(db->conns);
+	if (db->url) {
+		memset(db->url, 0, strlen(db->url)); /* may hold a password */
+		free(db->url);
+	}
+	free(db->schema);
+	free(db->app_name);
+	pthread_mutex_destroy(&db->mu);
+	pthread_cond_destroy(&db->cv);
+	free(db);
+}
+
+int db_err_from_sqlstate(const char *st)
+{
+	if (st == NULL || strlen(st) != 5)
+		return SW_EUNAVAIL; /* no SQLSTATE: the connection failed */
+	if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+	    strcmp(st, "57P03") == 0 || strcmp(st, "53300") == 0)
+		return SW_EUNAVAIL;
+	if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0)
+		return SW_EABORTED;
+	if (strcmp(st, "23505") == 0)
+		return SW_EEXIST;
+	if (strcmp(st, "57014") == 0)
+		return SW_ETIMEDOUT;
+	if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0)
+		return SW_EINVAL;
+	return SW_EINTERNAL;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* Sets the session's search_path and timeouts (parameterized). */
+static int session_setup(struct db *db, PGconn *pg, char *err, size_t errlen)
+{
+	char tmo[24];
+	snprintf(tmo, sizeof tmo, "%d", db->statement_timeout_ms);
+	const char *vals[2] = { db->schema, tmo };
+	PGresult *r = PQexecParams(pg,
+				   "SELECT set_config('search_path', $1, false), "
+				   "set_config('statement_timeout', $2, false)",
+				   2, NULL, vals, NULL, NULL, 0);
+	int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+	if (!ok)
+		sw_errf(err, errlen, 0, "session set-up: %s", PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)
+								    ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)
+								    : PQerrorMessage(pg));
+	PQclear(r);
+	return ok ? 0 : SW_EUNAVAIL;
+}
+
+/* Server notices go to the log, never straight to stderr. */
+static void on_notice(void *arg, const char *message)
+{
+	(void)arg;
+	log_debug("database notice", "notice=%.*s", (int)strcspn(message, "\n"), message);
+}
+
+/* Makes c->pg a healthy connection, retrying with backoff. */
+static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errlen)
+{
+	char tmo[16];
+	snprintf(tmo, sizeof tmo, "%d", db->connect_timeout_s);
+	const char *keys[] = { "dbname", "connect_timeout", "application_name", NULL };
+	const char *vals[] = { db->url, tmo, db->app_name, NULL };
+	int backoff = 100;
+	for (int attempt = 0; attempt < db->retries; attempt++) {
+		if (c->pg != NULL) {
+			PQfinish(c->pg);
+			c->pg = NULL;
+		}
+		c->pg = PQconnectdbParams(keys, vals, 1);
+		if (c->pg != NULL)
+			PQsetNoticeProcessor(c->pg, on_notice, NULL);
+		if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_OK &&
+		    session_setup(db, c->pg, err, errlen) == 0) {
+			c->broken = 0;
+			return 0;
+		}
+		if (c->pg != NULL && PQstatus(c->pg) != CONNECTION_OK) {
+			/* First line only: libpq's message names host and port, not secrets. */
+			const char *m = PQerrorMessage(c->pg);
+			sw_errf(err, errlen, 0, "database unreachable: %.*s", (int)strcspn(m, "\n"), m);
+		}
+		if (attempt + 1 < db->retries) {
+			sleep_ms(backoff);
+			backoff *= 2;
+		}
+	}
+	if (c->pg != NULL) {
+		PQfinish(c->pg);
+		c->pg = NULL;
+	}
+	return SW_EUNAVAIL;
+}
+
+int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *err, size_t errlen)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += (time_t)(timeout_ms / 1000);
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	struct db_conn *c = NULL;
+	pthread_mutex_lock(&db->mu);
+	for (;;) {
+		for (int i = 0; i < db->n && c == NULL; i++)
+			if (!db->conns[i].in_use)
+				c = &db->conns[i];
+		if (c != NULL)
+			break;
+		if (pthread_cond_timedwait(&db->cv, &db->mu, &dl) == ETIMEDOUT) {
+			pthread_mutex_unlock(&db->mu);
+			return sw_errf(err, errlen, SW_ETIMEDOUT, "no free database connection");
+		}
+	}
+	c->in_use = 1;
+	pthread_mutex_unlock(&db->mu);
+
+	if (c->pg == NULL || c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+		int rc = connect_conn(db, c, err, errlen);
+		if (rc != 0) {
+			db_release(db, c);
+			return rc;
+		}
+	}
+	*out = c;
+	return 0;
+}
+
+void db_release(struct db *db, struct db_conn *c)
+{
+	if (c == NULL)
+		return;
+	/* A connection left inside a transaction (a bug) is not reused. */
+	if (c->pg != NULL && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		c->broken = 1;
+	pthread_mutex_lock(&db->mu);
+	c->in_use = 0;
+	pthread_cond_signal(&db->cv);
+	pthread_mutex_unlock(&db->mu);
+}
+
+PGconn *db_pg(struct db_conn *c)
+{
+	return c->pg;
+}
+
+int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
+	    const int *lens, const int *fmts, int binary_result, PGresult **res, char *err,
+	    size_t errlen)
+{
+	if (res != NULL)
+		*res = NULL;
+	PGresult *r = PQexecParams(c->pg, sql, n, NULL, vals, lens, fmts, binary_result);
+	ExecStatusType st = PQresultStatus(r);
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+		if (res != NULL)
+			*res = r;
+		else
+			PQclear(r);
+		return 0;
+	}
+	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	int code = db_err_from_sqlstate(state);
+	if (PQstatus(c->pg) != CONNECTION_OK) {
+		c->broken = 1;
+		code = SW_EUNAVAIL;
+	}
+	if (msg == NULL) {
+		const char *m = PQerrorMessage(c->pg);
+		sw_errf(err, errlen, 0, "database: %.*s", (int)strcspn(m, "\n"), m);
+	} else {
+		sw_errf(err, errlen, 0, "database: %s (%s)", msg, state ? state : "?");
+	}
+	if (code == SW_EINTERNAL)
+		log_error("database error", "sqlstate=%s message=%s", state ? state : "?",
+			  msg ? msg : "?");
+	PQclear(r);
+	return code;
+}
+
+int db_q(struct db_conn *c, const char *sql, int n, const char *const *vals, PGresult **res,
+	 char *err, size_t errlen)
+{
+	return db_exec(c, sql, n, vals, NULL, NULL, 0, res, err, errlen);
+}
+
+int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *err,
+	  size_t errlen)
+{
+	int rc = 0;
+	for (int attempt = 0; attempt < 5; attempt++) {
+		struct db_conn *c = NULL;
+		rc = db_acquire(db, &c, 10000, err, errlen);
+		if (rc != 0)
+			return rc;
+		const char *begin = isolation && strcmp(isolation, "serializable") == 0
+					    ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
+					    : "BEGIN";
+		rc = db_q(c, begin, 0, NULL, NULL, err, errlen);
+		if (rc == 0)
+			rc = fn(c, arg, err, errlen);
+		if (rc == 0) {
+			rc = db_q(c, "COMMIT", 0, NULL, NULL, err, errlen);
+			if (rc == SW_EUNAVAIL)
+				sw_errf(err, errlen, 0, "database connection lost during commit: "
+							"outcome unknown");
+		} else if (PQstatus(c->pg) == CONNECTION_OK) {
+			char ignored[64];
+			db_q(c, "ROLLBACK", 0, NULL, NULL, ignored, sizeof ignored);
+		}
+		db_release(db, c);
+		if (rc != SW_EABORTED)
+			return rc;
+		sleep_ms(5 << attempt);
+	}
+	return rc;
+}
+
+int db_ping(struct db *db, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	int rc = db_acquire(db, &c, 2000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = db_q(c, "SELECT 1", 0, NULL, NULL, err, errlen);
+	db_release(db, c);
+	return rc;
+}
+
+int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	PGresult *r = NULL;
+	char *ident = NULL, sql[512], lockkey[96];
+	int rc = db_acquire(db, &c, 10000, err, errlen);
+	if (rc != 0)
+		return rc;
+	ident = PQescapeIdentifier(c->pg, db->schema, strlen(db->schema));
+	if (ident == NULL) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot quote the schema name");
+		goto out;
+	}
+	snprintf(lockkey, sizeof lockkey, "slipway.migrate.%s", db->schema);
+	const char *lk[1] = { lockkey };
+	if ((rc = db_q(c, "SELECT pg_advisory_lock(hashtext($1))", 1, lk, NULL, err, errlen)) != 0)
+		goto out;
+	/* The schema name is a validated identifier, quoted by libpq: the only
+	 * non-constant SQL text in the tree. */
+	snprintf(sql, sizeof sql,
+		 "CREATE SCHEMA IF NOT EXISTS %s; "
+		 "CREATE TABLE IF NOT EXISTS %s.schema_migrations ("
+		 " version integer PRIMARY KEY, name text NOT NULL,"
+		 " applied_at timestamptz NOT NULL DEFAULT now())",
+		 ident, ident);
+	r = PQexec(c->pg, sql);
+	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "create schema %s: %s", db->schema,
+			     PQresultErrorMessage(r));
+		goto unlock;
+	}
+	PQclear(r);
+	r = NULL;
+	if ((rc = db_q(c, "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL, &r,
+		       err, errlen)) != 0)
+		goto unlock;
+	int64_t have = db_int64(r, 0, 0);
+	PQclear(r);
+	r = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (m[i].version <= have)
+			continue;
+		if ((rc = db_q(c, "BEGIN", 0, NULL, NULL, err, errlen)) != 0)
+			goto unlock;
+		r = PQexec(c->pg, m[i].sql);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+			rc = sw_errf(err, errlen, SW_EINTERNAL, "migration %d (%s): %s", m[i].version,
+				     m[i].name, PQresultErrorMessage(r));
+			PQclear(r);
+			r = NULL;
+			db_q(c, "ROLLBACK", 0, NULL, NULL, NULL, 0);
+			goto unlock;
+		}
+		PQclear(r);
+		r = NULL;
+		char v[24];
+		const char *vals[2] = { db_i64(v, m[i].version), m[i].name };
+		rc = db_q(c, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, vals,
+			  NULL, err, errlen);
+		if (rc == 0)
+			rc = db_q(c, "COMMIT", 0, NULL, NULL, err, errlen);
+		if (rc != 0) {
+			db_q(c, "ROLLBACK", 0, NULL, NULL, NULL, 0);
+			goto unlock;
+		}
+		log_info("migration applied", "schema=%s version=%d name=%s", db->schema,
+			 m[i].version, m[i].name);
+	}
+unlock:
+	db_q(c, "SELECT pg_advisory_unlock(hashtext($1))", 1, lk, NULL, NULL, 0);
+out:
+	PQclear(r);
+	PQfreemem(ident);
+	db_release(db, c);
+	return rc;
+}
+
+const char *db_text(const PGresult *r, int row, int col)
+{
+	if (r == NULL || row >= PQntuples(r) || col >= PQnfields(r) || PQgetisnull(r, row, col))
+		return "";
+	return PQgetvalue(r, row, col);
+}
+
+int db_isnull(const PGresult *r, int row, int col)
+{
+	return r == NULL || row >= PQntuples(r) || col >= PQnfields(r) || PQgetisnull(r, row, col);
+}
+
+int64_t db_int64(const PGresult *r, int row, int col)
+{
+	const char *s = db_text(r, row, col);
+	if (*s == '\0')
+		return 0;
+	return strtoll(s, NULL, 10);
+}
+
+int db_bool(const PGresult *r, int row, int col)
+{
+	return db_text(r, row, col)[0] == 't';
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int db_bytea(const PGresult *r, int row, int col, uint8_t *out, size_t cap)
+{
+	const char *s = db_text(r, row, col);
+	if (s[0] != '\\' || s[1] != 'x')
+		return s[0] == '\0' ? 0 : -1;
+	s += 2;
+	size_t n = strlen(s);
+	if (n % 2 != 0 || n / 2 > cap)
+		return -1;
+	for (size_t i = 0; i < n / 2; i++) {
+		int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return (int)(n / 2);
+}
+
+const char *db_i64(char buf[24], int64_t v)
+{
+	snprintf(buf, 24, "%lld", (long long)v);
+	return buf;
+}

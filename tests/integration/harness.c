@@ -1,0 +1,228 @@
+/*
+ * harness.c - see harness.h.
+ */
+#include "harness.h"
+#include "pki.h"
+#include "tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *h_env(const char *name)
+{
+	const char *v = getenv(name);
+	if (v == NULL || *v == '\0') {
+		fprintf(stderr, "harness: %s is not set (run through tests/run)\n", name);
+		exit(1);
+	}
+	return v;
+}
+
+const char *h_tmpdir(const char *tag)
+{
+	static char buf[8][512];
+	static int next;
+	char *out = buf[next++ % 8];
+	const char *base = getenv("SLIPWAY_TEST_TMP");
+	snprintf(out, 512, "%s/%s.XXXXXX", base ? base : "/tmp", tag);
+	if (mkdtemp(out) == NULL) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	chmod(out, 0755);
+	return out;
+}
+
+char *h_read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return NULL;
+	size_t cap = 4096, len = 0;
+	char *b = malloc(cap);
+	size_t r;
+	while (b != NULL && (r = fread(b + len, 1, cap - len - 1, f)) > 0) {
+		len += r;
+		if (len + 1 == cap) {
+			char *nb = realloc(b, cap *= 2);
+			if (nb == NULL) {
+				free(b);
+				b = NULL;
+			}
+			b = nb;
+		}
+	}
+	fclose(f);
+	if (b != NULL)
+		b[len] = '\0';
+	return b;
+}
+
+int h_grep_count(const char *path, const char *needle)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	char line[8192];
+	int n = 0;
+	while (fgets(line, sizeof line, f) != NULL)
+		if (strstr(line, needle) != NULL)
+			n++;
+	fclose(f);
+	return n;
+}
+
+void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const char *second_uri,
+	     int server)
+{
+	struct pki_issue_req r;
+	char err[256];
+	memset(&r, 0, sizeof r);
+	r.dir = pki_dir;
+	r.out_prefix = out_prefix;
+	r.common_name = "test";
+	int k = 0;
+	if (uri)
+		r.uris[k++] = uri;
+	if (second_uri)
+		r.uris[k++] = second_uri;
+	r.dns[0] = "localhost";
+	r.ips[0] = "127.0.0.1";
+	r.server = server;
+	if (pki_issue(&r, err, sizeof err) != 0) {
+		fprintf(stderr, "harness: issue %s: %s\n", out_prefix, err);
+		exit(1);
+	}
+}
+
+struct rpc_client *h_client(const char *target, const char *ca, const char *cert, const char *key)
+{
+	char *ca_pem = NULL, *cert_pem = NULL, *key_pem = NULL, err[256];
+	struct rpc_client *c = NULL;
+	if (tls_read_pem(ca, &ca_pem, err, sizeof err) != 0 ||
+	    (cert && tls_read_pem(cert, &cert_pem, err, sizeof err) != 0) ||
+	    (key && tls_read_pem(key, &key_pem, err, sizeof err) != 0)) {
+		fprintf(stderr, "harness: %s\n", err);
+		exit(1);
+	}
+	/* Each test client gets its own connection, so handshakes are not
+	 * shared between clients with different certificates. */
+	struct rpc_client_opts o = { .target = target, .ca_pem = ca_pem, .cert_pem = cert_pem,
+				     .key_pem = key_pem, .own_connection = 1 };
+	if (rpc_client_new(&o, &c, err, sizeof err) != 0) {
+		fprintf(stderr, "harness: client: %s\n", err);
+		exit(1);
+	}
+	free(ca_pem);
+	free(cert_pem);
+	free(key_pem);
+	return c;
+}
+
+long long h_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void h_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static int status_of(int st)
+{
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	if (WIFSIGNALED(st))
+		return 128 + WTERMSIG(st);
+	return -1;
+}
+
+int h_wait(struct h_proc *p, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	int st;
+	for (;;) {
+		pid_t r = waitpid(p->pid, &st, WNOHANG);
+		if (r == p->pid) {
+			p->pid = 0;
+			return status_of(st);
+		}
+		if (r < 0)
+			return -1;
+		if (h_now_ms() > end)
+			return -1;
+		h_sleep_ms(10);
+	}
+}
+
+int h_start(struct h_proc *p, char *const argv[], const char *port_file, const char *log)
+{
+	memset(p, 0, sizeof *p);
+	snprintf(p->log, sizeof p->log, "%s", log);
+	if (port_file != NULL) {
+		snprintf(p->port_file, sizeof p->port_file, "%s", port_file);
+		unlink(port_file);
+	}
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	p->pid = pid;
+	if (port_file == NULL)
+		return 0;
+	for (int i = 0; i < 2000; i++) {
+		char *s = h_read_file(port_file);
+		if (s != NULL && s[0] != '\0') {
+			p->port = (int)strtol(s, NULL, 10);
+			free(s);
+			return 0;
+		}
+		free(s);
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			p->pid = 0;
+			return -1;
+		}
+		h_sleep_ms(10);
+	}
+	return -1;
+}
+
+int h_stop(struct h_proc *p, int sig, int timeout_ms)
+{
+	if (p->pid <= 0)
+		return -1;
+	kill(p->pid, sig);
+	int rc = h_wait(p, timeout_ms);
+	if (rc == -1 && p->pid > 0) {
+		kill(p->pid, SIGKILL);
+		h_wait(p, 5000);
+	}
+	return rc;
+}

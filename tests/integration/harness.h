@@ -1,0 +1,63 @@
+/*
+ * harness.h - helpers for integration tests over the real stack.
+ *
+ * Tests run under tests/run, which brings up a stack (scripts/stack up)
+ * and exports its environment (SLIPWAY_PKI_DIR, SLIPWAY_PGURL, SLIPWAY_S3_*,
+ * SLIPWAY_<SERVICE>_ADDR, ...). These helpers start and stop processes,
+ * issue certificates and make mTLS clients.
+ */
+#ifndef SLIPWAY_HARNESS_H
+#define SLIPWAY_HARNESS_H
+
+#include "rpc.h"
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Returns getenv(name) or fails the test run when it is missing. */
+const char *h_env(const char *name);
+
+/* A fresh directory under $SLIPWAY_TEST_TMP (or /tmp); static storage. */
+const char *h_tmpdir(const char *tag);
+
+/* Reads a whole file into a new string (free()). NULL when missing. */
+char *h_read_file(const char *path);
+
+/* Counts the lines of path that contain needle. */
+int h_grep_count(const char *path, const char *needle);
+
+/* Issues a certificate for `uri` (a full SPIFFE ID, or NULL for none) and
+ * optional second_uri in the CA at pki_dir, into <out_prefix>.crt/.key. */
+void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const char *second_uri,
+	     int server);
+
+/* Client credentials from files; cert/key may be NULL (no client cert). */
+struct rpc_client *h_client(const char *target, const char *ca, const char *cert,
+			    const char *key);
+
+/* A child process. */
+struct h_proc {
+	pid_t pid;
+	int port;
+	char log[512];
+	char port_file[512];
+};
+
+/* Starts argv[0] with argv (NULL-terminated) and waits up to 20 s for the
+ * --port-file it was given (port_file may be NULL: no wait). stderr and
+ * stdout go to log. Returns 0, or -1 if it exited or never wrote the file. */
+int h_start(struct h_proc *p, char *const argv[], const char *port_file, const char *log);
+
+/* Sends sig and waits up to timeout_ms for the exit. Returns the exit
+ * status (0-255), 128+signal if killed by a signal, or -1 on timeout. */
+int h_stop(struct h_proc *p, int sig, int timeout_ms);
+
+/* Waits for exit without signalling. Same return values as h_stop. */
+int h_wait(struct h_proc *p, int timeout_ms);
+
+/* Milliseconds on the monotonic clock. */
+long long h_now_ms(void);
+
+void h_sleep_ms(int ms);
+
+#endif
