@@ -172,3 +172,28 @@ clean:
 	rm -rf build
 
 -include $(shell find build/obj build/obj-san -name '*.d' 2>/dev/null)
+
+# ---- benchmarks (built by bench/run, not by `all`) ----
+BENCH_C_SRCS := $(wildcard bench/*.c)
+BENCH_C_BINS := $(patsubst bench/%.c,build/bench/bench-%,$(BENCH_C_SRCS))
+
+build/bench/bench-%: $(OBJ)/bench/%.o $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/bench
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS)
+
+CXX ?= g++
+build/bench/cxx/slipway/test/v1/echo.grpc.pb.cc: tests/proto/slipway/test/v1/echo.proto
+	@mkdir -p build/bench/cxx
+	@echo "  PROTOC  $< (C++)"
+	$(Q)protoc --proto_path=tests/proto --cpp_out=build/bench/cxx --grpc_out=build/bench/cxx \
+		--plugin=protoc-gen-grpc=$$(command -v grpc_cpp_plugin) $<
+
+build/bench/echo_server_cxx: bench/cxx/echo_server.cc build/bench/cxx/slipway/test/v1/echo.grpc.pb.cc
+	@echo "  CXX     $@"
+	$(Q)$(CXX) -std=c++17 -O2 -Ibuild/bench/cxx -o $@ bench/cxx/echo_server.cc \
+		build/bench/cxx/slipway/test/v1/echo.pb.cc build/bench/cxx/slipway/test/v1/echo.grpc.pb.cc \
+		$$(pkg-config --cflags --libs grpc++ protobuf) -lpthread
+
+.PHONY: bench-bins
+bench-bins: all $(BENCH_C_BINS) build/bench/echo_server_cxx
