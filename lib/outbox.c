@@ -1,0 +1,328 @@
+/*
+ * outbox.c - the transactional outbox and its relay (see outbox.h).
+ */
+#include "outbox.h"
+#include "err.h"
+#include "log.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct outbox_relay {
+	struct outbox_relay_opts o;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int kicked;
+	int stopping;
+	int64_t stop_deadline;
+	unsigned long long delivered;
+};
+
+static int64_t real_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void outbox_detail(struct outbox_event *e, const char *key, const char *value)
+{
+	if (e->ndetails < OUTBOX_MAX_DETAILS) {
+		e->keys[e->ndetails] = key;
+		e->values[e->ndetails] = value ? value : "";
+		e->ndetails++;
+	}
+}
+
+int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
+	       size_t errlen)
+{
+	Slipway__V1__AuditEvent ev = SLIPWAY__V1__AUDIT_EVENT__INIT;
+	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS];
+	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS];
+	char id[33];
+
+	if (e->event_id != NULL && e->event_id[0] != '\0')
+		snprintf(id, sizeof id, "%s", e->event_id);
+	else
+		rpc_new_request_id(id);
+	ev.event_id = id;
+	ev.actor = (char *)(e->actor ? e->actor : "");
+	ev.service = (char *)service;
+	ev.action = (char *)(e->action ? e->action : "");
+	ev.resource = (char *)(e->resource ? e->resource : "");
+	ev.outcome = e->outcome;
+	ev.request_id = (char *)(e->request_id ? e->request_id : log_request_id());
+	ev.time_unix_ms = real_ms();
+	for (size_t i = 0; i < e->ndetails; i++) {
+		slipway__v1__key_value__init(&kv[i]);
+		kv[i].key = (char *)e->keys[i];
+		kv[i].value = (char *)e->values[i];
+		kvp[i] = &kv[i];
+	}
+	ev.n_details = e->ndetails;
+	ev.details = kvp;
+
+	size_t n = slipway__v1__audit_event__get_packed_size(&ev);
+	uint8_t *buf = malloc(n ? n : 1);
+	if (buf == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	slipway__v1__audit_event__pack(&ev, buf);
+	const char *vals[2] = { id, (const char *)buf };
+	int lens[2] = { 0, (int)n };
+	int fmts[2] = { 0, 1 };
+	int rc = db_exec(c, "INSERT INTO outbox (event_id, event) VALUES ($1, $2)", 2, vals, lens,
+			 fmts, 0, NULL, err, errlen);
+	free(buf);
+	return rc;
+}
+
+/* Waits up to ms for a kick or stop. */
+static void nap(struct outbox_relay *r, int ms)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&r->mu);
+	while (!r->kicked && !r->stopping)
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)
+			break;
+	r->kicked = 0;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static uint64_t be64(const char *p)
+{
+	const unsigned char *u = (const unsigned char *)p;
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | u[i];
+	return v;
+}
+
+/* One delivery round: returns the number of events delivered, 0 when the
+ * outbox is empty, or a negative code. */
+static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t errlen)
+{
+	PGresult *res = NULL;
+	char lim[24];
+	int rc = db_exec(c, "SELECT id, event FROM outbox ORDER BY id LIMIT $1::int", 1,
+			 (const char *[]){ db_i64(lim, r->o.batch) }, NULL, NULL, 1, &res, err,
+			 errlen);
+	if (rc != 0)
+		return rc;
+	int rows = PQntuples(res);
+	if (rows == 0) {
+		PQclear(res);
+		return 0;
+	}
+	int n = 0;
+	Slipway__V1__AuditEvent **evs = calloc((size_t)rows, sizeof *evs);
+	size_t idlen = (size_t)rows * 22 + 3;
+	char *ids = malloc(idlen);
+	size_t off = 0;
+	if (evs == NULL || ids == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	ids[off++] = '{';
+	for (int i = 0; i < rows; i++) {
+		uint64_t id = be64(PQgetvalue(res, i, 0));
+		off += (size_t)snprintf(ids + off, idlen - off, "%s%llu", i ? "," : "",
+					(unsigned long long)id);
+		evs[n] = slipway__v1__audit_event__unpack(NULL, (size_t)PQgetlength(res, i, 1),
+							  (const uint8_t *)PQgetvalue(res, i, 1));
+		if (evs[n] == NULL) {
+			/* Cannot happen unless the table was edited by hand: keep it
+			 * out of the way rather than block every later event. */
+			log_error("outbox event does not decode; skipped", "id=%llu",
+				  (unsigned long long)id);
+			continue;
+		}
+		n++;
+	}
+	ids[off++] = '}';
+	ids[off] = '\0';
+	if (n > 0) {
+		Slipway__V1__AppendBatchRequest req = SLIPWAY__V1__APPEND_BATCH_REQUEST__INIT;
+		req.n_events = (size_t)n;
+		req.events = evs;
+		ProtobufCMessage *resp = NULL;
+		struct rpc_call_opts co = { .timeout_ms = 10000 };
+		rc = rpc_call(r->o.audit, &slipway__v1__audit__descriptor, "AppendBatch", &req.base,
+			      &resp, &co, err, errlen);
+		if (resp != NULL)
+			protobuf_c_message_free_unpacked(resp, NULL);
+		if (rc != 0)
+			goto out;
+	}
+	rc = db_q(c, "DELETE FROM outbox WHERE id = ANY($1::bigint[])", 1, (const char *[]){ ids },
+		  NULL, err, errlen);
+	if (rc == 0) {
+		rc = n;
+		pthread_mutex_lock(&r->mu);
+		r->delivered += (unsigned long long)n;
+		pthread_mutex_unlock(&r->mu);
+	}
+out:
+	for (int i = 0; evs != NULL && i < n; i++)
+		slipway__v1__audit_event__free_unpacked(evs[i], NULL);
+	free(evs);
+	free(ids);
+	PQclear(res);
+	return rc;
+}
+
+static void *relay_main(void *arg)
+{
+	struct outbox_relay *r = arg;
+	struct db_conn *c = NULL;
+	int have_lock = 0, backoff = 100, last_failed = 0;
+	char err[512];
+
+	for (;;) {
+		pthread_mutex_lock(&r->mu);
+		int stopping = r->stopping;
+		int64_t deadline = r->stop_deadline;
+		pthread_mutex_unlock(&r->mu);
+		if (stopping && mono_ms() > deadline)
+			break;
+		if (c == NULL) {
+			if (db_acquire(r->o.db, &c, 2000, err, sizeof err) != 0) {
+				c = NULL;
+				if (stopping)
+					break;
+				nap(r, backoff);
+				continue;
+			}
+			have_lock = 0;
+		}
+		if (!have_lock) {
+			PGresult *res = NULL;
+			int rc = db_q(c,
+				      "SELECT pg_try_advisory_lock(hashtext('slipway.outbox.' || "
+				      "current_schema()))",
+				      0, NULL, &res, err, sizeof err);
+			have_lock = rc == 0 && db_bool(res, 0, 0);
+			PQclear(res);
+			if (rc != 0) {
+				db_release(r->o.db, c);
+				c = NULL;
+			}
+			if (!have_lock) {
+				if (stopping)
+					break;
+				nap(r, r->o.idle_ms);
+				continue;
+			}
+		}
+		int rc = deliver(r, c, err, sizeof err);
+		if (rc > 0) {
+			if (last_failed)
+				log_info("audit delivery resumed", NULL);
+			backoff = 100;
+			last_failed = 0;
+			continue;
+		}
+		if (rc == 0) {
+			if (stopping)
+				break; /* drained */
+			nap(r, r->o.idle_ms);
+			continue;
+		}
+		if (!last_failed)
+			log_warn("audit delivery failing; will retry", "error=%s", err);
+		last_failed = 1;
+		if (rc == SW_EUNAVAIL && PQstatus(db_pg(c)) != CONNECTION_OK) {
+			db_release(r->o.db, c); /* reconnects; the lock went with the session */
+			c = NULL;
+		}
+		if (stopping)
+			break;
+		nap(r, backoff);
+		backoff = backoff * 2 > r->o.max_backoff_ms ? r->o.max_backoff_ms : backoff * 2;
+	}
+	if (c != NULL) {
+		if (have_lock)
+			db_q(c,
+			     "SELECT pg_advisory_unlock(hashtext('slipway.outbox.' || current_schema()))",
+			     0, NULL, NULL, err, sizeof err);
+		db_release(r->o.db, c);
+	}
+	return NULL;
+}
+
+int outbox_relay_start(const struct outbox_relay_opts *o, struct outbox_relay **out, char *err,
+		       size_t errlen)
+{
+	*out = NULL;
+	if (o->db == NULL || o->audit == NULL)
+		return sw_errf(err, errlen, SW_EINVAL, "outbox relay needs a database and an audit client");
+	struct outbox_relay *r = calloc(1, sizeof *r);
+	if (r == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	r->o = *o;
+	if (r->o.batch <= 0)
+		r->o.batch = 256;
+	if (r->o.idle_ms <= 0)
+		r->o.idle_ms = 200;
+	if (r->o.max_backoff_ms <= 0)
+		r->o.max_backoff_ms = 5000;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
+		free(r);
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the outbox relay thread");
+	}
+	*out = r;
+	return 0;
+}
+
+void outbox_relay_kick(struct outbox_relay *r)
+{
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->kicked = 1;
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void outbox_relay_stop(struct outbox_relay *r, int timeout_ms)
+{
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stopping = 1;
+	r->stop_deadline = mono_ms() + timeout_ms;
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->thread, NULL);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r);
+}
+
+unsigned long long outbox_relay_delivered(struct outbox_relay *r)
+{
+	pthread_mutex_lock(&r->mu);
+	unsigned long long n = r->delivered;
+	pthread_mutex_unlock(&r->mu);
+	return n;
+}

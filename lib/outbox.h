@@ -1,0 +1,82 @@
+/*
+ * outbox.h - the transactional outbox: audit events written in the same
+ * transaction as the state change they describe, delivered to the audit
+ * service later by a relay thread.
+ *
+ * A service adds OUTBOX_MIGRATION to its migrations, calls outbox_add()
+ * inside its transactions, and runs one relay. The relay sends pending
+ * events in insertion order with AppendBatch (idempotent by event id, so a
+ * retry after a lost reply changes nothing), deletes them once the audit
+ * service acknowledged them, and backs off while the audit service is
+ * unreachable: audit downtime delays the log but loses nothing. Replicas
+ * share the outbox; a session advisory lock lets one relay at a time
+ * deliver, which keeps each producer's events in order.
+ */
+#ifndef SLIPWAY_OUTBOX_H
+#define SLIPWAY_OUTBOX_H
+
+#include "db.h"
+#include "rpc.h"
+
+#include "slipway/v1/audit.pb-c.h"
+
+#include <stddef.h>
+
+/* The outbox table, for a service's migration list. */
+#define OUTBOX_MIGRATION_SQL                                                   \
+	"CREATE TABLE outbox ("                                                \
+	" id bigserial PRIMARY KEY,"                                           \
+	" event_id text NOT NULL UNIQUE,"                                      \
+	" event bytea NOT NULL,"                                               \
+	" created_at timestamptz NOT NULL DEFAULT now())"
+
+#define OUTBOX_MAX_DETAILS 32
+
+/* A convenient way to build an event. Strings are borrowed. */
+struct outbox_event {
+	const char *event_id;   /* NULL: a random one is generated */
+	const char *actor;      /* SPIFFE ID that caused it */
+	const char *action;     /* "release.create" */
+	const char *resource;   /* "release/web@1.2.0" */
+	Slipway__V1__Outcome outcome;
+	const char *request_id; /* NULL: the thread's (log_request_id) */
+	size_t ndetails;
+	const char *keys[OUTBOX_MAX_DETAILS];
+	const char *values[OUTBOX_MAX_DETAILS];
+};
+
+/* Adds a detail key/value (borrowed) to e; ignored past the cap. */
+void outbox_detail(struct outbox_event *e, const char *key, const char *value);
+
+/*
+ * Records the event in the outbox on connection c, which should be inside
+ * the transaction that makes the change (db_tx). `service` is the producing
+ * service's name. Returns 0 or an SW_E* code with err.
+ */
+int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
+	       size_t errlen);
+
+struct outbox_relay;
+
+struct outbox_relay_opts {
+	struct db *db;              /* the service's database (the outbox table) */
+	struct rpc_client *audit;   /* channel to the audit service (borrowed) */
+	int batch;                  /* events per AppendBatch; 0 = 256 */
+	int idle_ms;                /* poll interval when idle; 0 = 200 */
+	int max_backoff_ms;         /* 0 = 5000 */
+};
+
+/* Starts the relay thread. Returns 0 and *out (stop with outbox_relay_stop). */
+int outbox_relay_start(const struct outbox_relay_opts *o, struct outbox_relay **out, char *err,
+		       size_t errlen);
+
+/* Wakes the relay now (call after committing events). Any thread. */
+void outbox_relay_kick(struct outbox_relay *r);
+
+/* Delivers what it can for up to timeout_ms, then stops the thread. NULL ok. */
+void outbox_relay_stop(struct outbox_relay *r, int timeout_ms);
+
+/* Number of events delivered since start (tests, metrics). */
+unsigned long long outbox_relay_delivered(struct outbox_relay *r);
+
+#endif
