@@ -443,6 +443,26 @@ int db_bytea(const PGresult *r, int row, int col, uint8_t *out, size_t cap)
 	return (int)(n / 2);
 }
 
+char *db_values_sql(const char *head, size_t rows, size_t cols, const char *tail)
+{
+	size_t cap = strlen(head) + strlen(tail) + rows * (cols * 9 + 4) + 8;
+	char *sql = malloc(cap);
+	if (sql == NULL)
+		return NULL;
+	size_t off = (size_t)snprintf(sql, cap, "%s ", head);
+	size_t k = 1;
+	for (size_t r = 0; r < rows; r++) {
+		sql[off++] = r ? ',' : '(';
+		if (r)
+			sql[off++] = '(';
+		for (size_t c = 0; c < cols; c++)
+			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu", c ? "," : "", k++);
+		sql[off++] = ')';
+	}
+	snprintf(sql + off, cap - off, " %s", tail);
+	return sql;
+}
+
 const char *db_i64(char buf[24], int64_t v)
 {
 	snprintf(buf, 24, "%lld", (long long)v);

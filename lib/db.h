@@ -91,6 +91,11 @@ int db_isnull(const PGresult *r, int row, int col);
  * length or -1 when it does not fit or is malformed. */
 int db_bytea(const PGresult *r, int row, int col, uint8_t *out, size_t cap);
 
+/* Builds "<head> ($1,$2),($3,$4) <tail>" for a multi-row statement of
+ * rows x cols parameters (placeholders only, never values) into a new
+ * string (free()). NULL when out of memory. */
+char *db_values_sql(const char *head, size_t rows, size_t cols, const char *tail);
+
 /* Formats an int64 for use as a text parameter into buf[24]. */
 const char *db_i64(char buf[24], int64_t v);
 

@@ -232,6 +232,24 @@ void *rpc_alloc(struct rpc_ctx *ctx, size_t n)
 	return p;
 }
 
+struct rpc_mark rpc_arena_mark(struct rpc_ctx *ctx)
+{
+	struct rpc_mark m = { ctx->arena, ctx->arena ? ctx->arena->used : 0, ctx->arena_total };
+	return m;
+}
+
+void rpc_arena_release(struct rpc_ctx *ctx, struct rpc_mark m)
+{
+	while (ctx->arena != NULL && ctx->arena != m.block) {
+		struct arena_block *b = ctx->arena;
+		ctx->arena = b->next;
+		free(b);
+	}
+	if (ctx->arena != NULL)
+		ctx->arena->used = m.used;
+	ctx->arena_total = m.total;
+}
+
 char *rpc_memdup(struct rpc_ctx *ctx, const void *p, size_t n)
 {
 	char *d = rpc_alloc(ctx, n + 1);

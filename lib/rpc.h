@@ -139,6 +139,17 @@ char *rpc_strdup(struct rpc_ctx *ctx, const char *s);
 /* Copies n bytes; the result is NUL-terminated. */
 char *rpc_memdup(struct rpc_ctx *ctx, const void *p, size_t n);
 
+/* Marks the arena so that later allocations can be released together (long
+ * streams that build one message per round). */
+struct rpc_mark {
+	void *block;
+	size_t used;
+	size_t total;
+};
+struct rpc_mark rpc_arena_mark(struct rpc_ctx *ctx);
+/* Frees everything allocated since mark m. */
+void rpc_arena_release(struct rpc_ctx *ctx, struct rpc_mark m);
+
 /* Sets the status message sent to the client and returns code, so handlers
  * write: return rpc_errorf(ctx, SW_EINVAL, "app: %s", why). The message is
  * for people: never put secret values in it. */

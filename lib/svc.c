@@ -253,6 +253,30 @@ void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg)
 	}
 }
 
+int svc_client(const struct svc_config *c, const char *target, struct rpc_client **out, char *err,
+	       size_t errlen)
+{
+	char *ca = NULL, *cert = NULL, *key = NULL;
+	int rc;
+	*out = NULL;
+	if (target == NULL || target[0] == '\0')
+		return sw_errf(err, errlen, SW_EINVAL, "no address given");
+	if ((rc = tls_read_pem(c->ca, &ca, err, errlen)) == 0 &&
+	    (rc = tls_read_pem(c->cert, &cert, err, errlen)) == 0 &&
+	    (rc = tls_read_pem(c->key, &key, err, errlen)) == 0) {
+		struct rpc_client_opts o = { .target = target, .ca_pem = ca, .cert_pem = cert,
+					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg };
+		rc = rpc_client_new(&o, out, err, errlen);
+	}
+	if (key != NULL) {
+		memset(key, 0, strlen(key));
+		free(key);
+	}
+	free(ca);
+	free(cert);
+	return rc;
+}
+
 int svc_write_file_atomic(const char *path, const char *text, char *err, size_t errlen)
 {
 	char tmp[4096];

@@ -10,7 +10,6 @@
 #include "err.h"
 #include "log.h"
 #include "spiffe.h"
-#include "tls.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -139,25 +138,11 @@ int main(int argc, char **argv)
 	    s3_new(&so, &a.s3, err, sizeof err) != 0 || aud_keys_load(&a, err, sizeof err) != 0)
 		goto fail;
 	if (c->policy_addr && c->policy_addr[0]) {
-		char *ca = NULL, *cert = NULL, *key = NULL;
-		int rc = tls_read_pem(c->svc.ca, &ca, err, sizeof err);
-		if (rc == 0)
-			rc = tls_read_pem(c->svc.cert, &cert, err, sizeof err);
-		if (rc == 0)
-			rc = tls_read_pem(c->svc.key, &key, err, sizeof err);
-		struct rpc_client_opts co = { .target = c->policy_addr, .ca_pem = ca, .cert_pem = cert,
-					      .key_pem = key };
-		if (rc == 0)
-			rc = rpc_client_new(&co, &a.policy, err, sizeof err);
-		struct authz_opts ao = { .policy = a.policy };
-		if (rc == 0)
-			rc = authz_new(&ao, &a.authz, err, sizeof err);
-		free(ca);
-		free(cert);
-		if (key)
-			sodium_memzero(key, strlen(key));
-		free(key);
-		if (rc != 0)
+		struct authz_opts ao = { 0 };
+		if (svc_client(&c->svc, c->policy_addr, &a.policy, err, sizeof err) != 0)
+			goto fail;
+		ao.policy = a.policy;
+		if (authz_new(&ao, &a.authz, err, sizeof err) != 0)
 			goto fail;
 	} else {
 		log_warn("no --policy-addr: every read of the log will be denied", NULL);

@@ -1,0 +1,61 @@
+/*
+ * clients.c - the orchestrator's channels to the other services and its
+ * audit events (through the outbox).
+ */
+#include "err.h"
+#include "log.h"
+#include "orch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int orch_clients_open(struct orch *o, char *err, size_t errlen)
+{
+	struct orch_config *c = &o->c;
+	int rc;
+	if ((rc = svc_client(&c->svc, c->audit_addr, &o->audit, err, errlen)) != 0 ||
+	    (rc = svc_client(&c->svc, c->policy_addr, &o->policy, err, errlen)) != 0 ||
+	    (rc = svc_client(&c->svc, c->artifact_addr, &o->artifact, err, errlen)) != 0)
+		return rc;
+	if (c->secrets_addr && c->secrets_addr[0] &&
+	    (rc = svc_client(&c->svc, c->secrets_addr, &o->secrets, err, errlen)) != 0)
+		return rc;
+	struct authz_opts ao = { .policy = o->policy };
+	if ((rc = authz_new(&ao, &o->authz, err, errlen)) != 0)
+		return rc;
+	struct outbox_relay_opts ro = { .db = o->db, .audit = o->audit };
+	return outbox_relay_start(&ro, &o->relay, err, errlen);
+}
+
+void orch_clients_close(struct orch *o)
+{
+	outbox_relay_stop(o->relay, 5000);
+	o->relay = NULL;
+	authz_free(o->authz);
+	o->authz = NULL;
+	rpc_client_free(o->audit);
+	rpc_client_free(o->policy);
+	rpc_client_free(o->artifact);
+	rpc_client_free(o->secrets);
+	o->audit = o->policy = o->artifact = o->secrets = NULL;
+}
+
+int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char *action,
+	       const char *resource, int outcome, const char *k1, const char *v1, const char *k2,
+	       const char *v2, char *err, size_t errlen)
+{
+	struct outbox_event e = {
+		.actor = actor,
+		.action = action,
+		.resource = resource,
+		.outcome = (Slipway__V1__Outcome)outcome,
+	};
+	if (k1 != NULL)
+		outbox_detail(&e, k1, v1);
+	if (k2 != NULL)
+		outbox_detail(&e, k2, v2);
+	int rc = outbox_add(c, "orchestrator", &e, err, errlen);
+	if (rc == 0)
+		outbox_relay_kick(o->relay);
+	return rc;
+}

@@ -1,0 +1,750 @@
+/*
+ * deploy.c - deployment requests: validation, release resolution, the
+ * target plan, the policy gate, the bounded queue and idempotency; manual
+ * rollback; cancel, pause and resume.
+ */
+#include "err.h"
+#include "log.h"
+#include "orch.h"
+
+#include "slipway/v1/artifact.pb-c.h"
+#include "slipway/v1/policy.pb-c.h"
+#include "slipway/v1/secrets.pb-c.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+int64_t orch_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void orch_new_id(char out[ORCH_ID_MAX], const char *prefix)
+{
+	unsigned char b[6];
+	if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+		memset(b, 0, sizeof b);
+	/* Sortable by time to the second, unique by 48 random bits. */
+	time_t t = time(NULL);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	snprintf(out, ORCH_ID_MAX, "%.4s%04d%02d%02d-%02d%02d%02d-%02x%02x%02x%02x%02x%02x", prefix,
+		 (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100, tm.tm_mday % 100,
+		 tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100, b[0], b[1], b[2], b[3], b[4],
+		 b[5]);
+}
+
+int orch_name_ok(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > max || s[0] == '-')
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			return 0;
+	return 1;
+}
+
+static int version_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 128 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || strchr("._+-", s[i])))
+			return 0;
+	return 1;
+}
+
+static int token_ok(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || strchr("._:-", s[i])))
+			return 0;
+	return 1;
+}
+
+int orch_authorize(struct orch *o, struct rpc_ctx *ctx, const char *action, const char *app,
+		   const char *env, char *err, size_t errlen)
+{
+	struct authz_req q = { rpc_peer(ctx), action, "deployment", app, env, NULL };
+	char why[512];
+	int rc = authz_check(o->authz, ctx, &q, why, sizeof why);
+	if (rc == SW_EPERM)
+		return sw_errf(err, errlen, rc, "permission denied: %s may not %s in %s/%s: %s",
+			       rpc_peer(ctx), action, app, env, why);
+	if (rc != 0)
+		return sw_errf(err, errlen, rc, "cannot authorize: %s", why);
+	return 0;
+}
+
+/* ---- the release ---- */
+
+struct release {
+	char version[130];
+	char digest[80];
+	Slipway__V1__Release *pb; /* for the policy facts (provenance) */
+};
+
+static int resolve_release(struct orch *o, struct rpc_ctx *ctx, const char *app,
+			   const char *version, const char *digest, struct release *out, char *err,
+			   size_t errlen)
+{
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts co = { .timeout_ms = 10000, .parent = ctx };
+	int rc;
+	memset(out, 0, sizeof *out);
+	if (version != NULL && version[0]) {
+		Slipway__V1__ResolveRequest req = SLIPWAY__V1__RESOLVE_REQUEST__INIT;
+		req.app = (char *)app;
+		req.version = (char *)version;
+		rc = rpc_call(o->artifact, &slipway__v1__artifact__descriptor, "Resolve", &req.base,
+			      &m, &co, err, errlen);
+		if (rc != 0)
+			return rc == SW_ENOTFOUND
+				       ? sw_errf(err, errlen, SW_ENOTFOUND, "no release %s@%s", app, version)
+				       : rc;
+		out->pb = (void *)m;
+	} else {
+		Slipway__V1__GetProvenanceRequest req = SLIPWAY__V1__GET_PROVENANCE_REQUEST__INIT;
+		req.digest = (char *)digest;
+		rc = rpc_call(o->artifact, &slipway__v1__artifact__descriptor, "GetProvenance",
+			      &req.base, &m, &co, err, errlen);
+		if (rc != 0)
+			return rc == SW_ENOTFOUND
+				       ? sw_errf(err, errlen, SW_ENOTFOUND, "no release with digest %s", digest)
+				       : rc;
+		Slipway__V1__GetProvenanceResponse *p = (void *)m;
+		for (size_t i = 0; i < p->n_releases; i++)
+			if (strcmp(p->releases[i]->app, app) == 0) {
+				/* Keep that release: unpack a copy of it. */
+				size_t len = slipway__v1__release__get_packed_size(p->releases[i]);
+				uint8_t *buf = malloc(len ? len : 1);
+				if (buf != NULL) {
+					slipway__v1__release__pack(p->releases[i], buf);
+					out->pb = slipway__v1__release__unpack(NULL, len, buf);
+					free(buf);
+				}
+				break;
+			}
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (out->pb == NULL)
+			return sw_errf(err, errlen, SW_ENOTFOUND, "digest %s is not a release of %s", digest,
+				       app);
+	}
+	snprintf(out->version, sizeof out->version, "%s", out->pb->version);
+	snprintf(out->digest, sizeof out->digest, "%s", out->pb->digest);
+	return 0;
+}
+
+static void release_free(struct release *r)
+{
+	if (r->pb != NULL)
+		slipway__v1__release__free_unpacked(r->pb, NULL);
+	r->pb = NULL;
+}
+
+/* ---- strategy and failure policy ---- */
+
+static int check_plan(const Slipway__V1__CreateDeploymentRequest *req, json_t **strategy,
+		      json_t **failure, char *err, size_t errlen)
+{
+	uint32_t batch = 0, percent = 0, max_unavail = 0;
+	int64_t pause = 0;
+	if (req->strategy != NULL) {
+		if (req->strategy->kind_case != SLIPWAY__V1__STRATEGY__KIND_ROLLING)
+			return sw_errf(err, errlen, SW_EINVAL, "strategy: only rolling is supported");
+		const Slipway__V1__RollingStrategy *r = req->strategy->rolling;
+		batch = r->batch_size;
+		percent = r->batch_percent;
+		max_unavail = r->max_unavailable;
+		pause = r->pause_ms;
+		if (batch > 10000)
+			return sw_errf(err, errlen, SW_EINVAL, "strategy.rolling.batch_size: at most 10000");
+		if (percent > 100)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "strategy.rolling.batch_percent must be 1..100");
+		if (batch != 0 && percent != 0)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "strategy.rolling: give batch_size or batch_percent, not both");
+		if (max_unavail > 10000)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "strategy.rolling.max_unavailable: at most 10000");
+		if (pause < 0 || pause > 3600000)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "strategy.rolling.pause_ms must be 0..3600000");
+	}
+	if (batch == 0 && percent == 0)
+		percent = 25;
+	*strategy = json_pack("{s:s,s:i,s:i,s:i,s:I}", "kind", "rolling", "batch_size", (int)batch,
+			      "batch_percent", (int)percent, "max_unavailable", (int)max_unavail,
+			      "pause_ms", (json_int_t)pause);
+
+	int action = SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK;
+	uint32_t max_failed = 0, max_failed_pct = 0, retries = 0;
+	int64_t backoff = 1000, deadline = 300000;
+	const Slipway__V1__FailurePolicy *f = req->failure_policy;
+	if (f != NULL) {
+		action = (int)f->action;
+		if (action != SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK &&
+		    action != SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_PAUSE &&
+		    action != SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ABORT) {
+			json_decref(*strategy);
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "failure_policy.action must be rollback, pause or abort");
+		}
+		max_failed = f->max_failed;
+		max_failed_pct = f->max_failed_percent;
+		retries = f->retries;
+		if (f->retry_backoff_ms)
+			backoff = f->retry_backoff_ms;
+		if (f->progress_deadline_ms)
+			deadline = f->progress_deadline_ms;
+		const char *bad = max_failed_pct > 100				? "max_failed_percent must be 0..100"
+				  : retries > 10				? "retries must be 0..10"
+				  : backoff < 0 || backoff > 600000		? "retry_backoff_ms must be 0..600000"
+				  : deadline < 1000 || deadline > 86400000 ? "progress_deadline_ms must be 1000..86400000"
+										: NULL;
+		if (bad != NULL) {
+			json_decref(*strategy);
+			return sw_errf(err, errlen, SW_EINVAL, "failure_policy.%s", bad);
+		}
+	}
+	*failure = json_pack("{s:i,s:i,s:i,s:i,s:I,s:I}", "action", action, "max_failed",
+			     (int)max_failed, "max_failed_percent", (int)max_failed_pct, "retries",
+			     (int)retries, "retry_backoff_ms", (json_int_t)backoff,
+			     "progress_deadline_ms", (json_int_t)deadline);
+	return 0;
+}
+
+/* ---- the policy gate ---- */
+
+int orch_evaluate(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *app,
+		  const char *env, const char *version, const char *digest, const char *requester,
+		  const Slipway__V1__Provenance *prov, int break_glass, const char *bg_reason,
+		  int64_t requested_ms, char *reason, size_t rlen, char *err, size_t errlen)
+{
+	Slipway__V1__DeploymentFacts f = SLIPWAY__V1__DEPLOYMENT_FACTS__INIT;
+	f.deployment_id = (char *)id;
+	f.app = (char *)app;
+	f.environment = (char *)env;
+	f.version = (char *)version;
+	f.digest = (char *)digest;
+	f.requester = (char *)requester;
+	f.provenance = (Slipway__V1__Provenance *)prov;
+	f.break_glass = break_glass;
+	f.break_glass_reason = (char *)bg_reason;
+	f.requested_unix_ms = requested_ms;
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts co = { .timeout_ms = 10000, .parent = ctx };
+	int rc = rpc_call(o->policy, &slipway__v1__policy__descriptor, "EvaluateDeployment", &f.base,
+			  &m, &co, err, errlen);
+	if (rc != 0)
+		return rc;
+	Slipway__V1__EvaluateDeploymentResponse *r = (void *)m;
+	size_t off = 0;
+	reason[0] = '\0';
+	for (size_t i = 0; i < r->n_reasons && off + 1 < rlen; i++) {
+		int n = snprintf(reason + off, rlen - off, "%s%s", i ? "; " : "", r->reasons[i]);
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	for (size_t i = 0; i < r->n_missing && off + 1 < rlen; i++) {
+		const Slipway__V1__ApprovalRequirement *q = r->missing[i];
+		int n = snprintf(reason + off, rlen - off, "%swaiting for %u of %u approvals%s%s",
+				 off ? "; " : "", q->required - q->have, q->required,
+				 q->group[0] ? " from " : "", q->group);
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	int verdict = (int)r->verdict;
+	protobuf_c_message_free_unpacked(m, NULL);
+	if (verdict != SLIPWAY__V1__VERDICT__VERDICT_ALLOWED &&
+	    verdict != SLIPWAY__V1__VERDICT__VERDICT_NEEDS_APPROVAL &&
+	    verdict != SLIPWAY__V1__VERDICT__VERDICT_DENIED)
+		return sw_errf(err, errlen, SW_EINTERNAL, "the policy service gave no verdict");
+	return verdict;
+}
+
+/* Whether the app has secrets the agents must fetch. */
+static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app, const char *env)
+{
+	if (o->secrets == NULL)
+		return 0;
+	Slipway__V1__SecretScope scope = SLIPWAY__V1__SECRET_SCOPE__INIT;
+	Slipway__V1__ListSecretsRequest req = SLIPWAY__V1__LIST_SECRETS_REQUEST__INIT;
+	scope.app = (char *)app;
+	scope.environment = (char *)env;
+	req.scope = &scope;
+	req.page_size = 1;
+	ProtobufCMessage *m = NULL;
+	char err[256];
+	struct rpc_call_opts co = { .timeout_ms = 5000, .parent = ctx };
+	if (rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "ListSecrets", &req.base, &m, &co,
+		     err, sizeof err) != 0) {
+		log_warn("cannot list secrets; deploying without", "app=%s error=%s", app, err);
+		return 0;
+	}
+	int has = ((Slipway__V1__ListSecretsResponse *)m)->n_secrets > 0;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return has;
+}
+
+/* ---- creation ---- */
+
+struct create_tx {
+	struct orch *o;
+	const char *id, *app, *env, *requester, *idem;
+	const char *version, *digest;
+	int state, priority, is_rollback, break_glass, has_secrets;
+	const char *rollback_of, *bg_reason, *reason, *note;
+	char *strategy, *failure;
+	PGresult *agents; /* id, region */
+	uint8_t *prov;    /* packed Provenance of the release (for re-evaluation) */
+	size_t prov_len;
+	int batch_size, total_batches;
+	char existing[ORCH_ID_MAX];
+};
+
+static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct create_tx *t = arg;
+	PGresult *r = NULL;
+	char now[24], st[8], pr[8], nb[16];
+	int64_t ms = orch_now_ms();
+	t->existing[0] = '\0';
+	if (t->idem[0]) {
+		int rc = db_q(c, "SELECT id FROM deployments WHERE requester = $1 AND idempotency_key = $2",
+			      2, (const char *[]){ t->requester, t->idem }, &r, err, errlen);
+		if (rc != 0)
+			return rc;
+		if (PQntuples(r) == 1) {
+			snprintf(t->existing, sizeof t->existing, "%s", db_text(r, 0, 0));
+			PQclear(r);
+			return 0;
+		}
+		PQclear(r);
+		r = NULL;
+	}
+	/* The queue is bounded (counted inside the transaction). */
+	int rc = db_q(c, "SELECT count(*) FROM deployments WHERE state IN (1, 2)", 0, NULL, &r, err,
+		      errlen);
+	if (rc != 0)
+		return rc;
+	int64_t waiting = db_int64(r, 0, 0);
+	PQclear(r);
+	r = NULL;
+	if (waiting >= t->o->c.max_queue)
+		return sw_errf(err, errlen, SW_ELIMIT,
+			       "the deployment queue is full (%lld waiting); try again later",
+			       (long long)waiting);
+	snprintf(st, sizeof st, "%d", t->state);
+	snprintf(pr, sizeof pr, "%d", t->priority);
+	snprintf(nb, sizeof nb, "%d", t->total_batches);
+	const char *v[18] = { t->id, t->app, t->env, t->version, t->digest, st, t->strategy,
+			      t->failure, pr, t->requester, t->idem, db_i64(now, ms),
+			      t->is_rollback ? "true" : "false", t->rollback_of,
+			      t->break_glass ? "true" : "false", t->bg_reason, t->reason, nb };
+	const char *v20[20];
+	int lens[20] = { 0 }, fmts[20] = { 0 };
+	memcpy(v20, v, sizeof v);
+	v20[18] = t->has_secrets ? "true" : "false";
+	v20[19] = t->prov ? (const char *)t->prov : "";
+	lens[19] = (int)t->prov_len;
+	fmts[19] = 1;
+	rc = db_exec(c,
+		     "INSERT INTO deployments (id, app, environment, version, digest, state, strategy,"
+		     " failure, priority, requester, idempotency_key, created_ms, is_rollback,"
+		     " rollback_of, break_glass, break_glass_reason, reason, total_batches, has_secrets,"
+		     " provenance, next_eval_ms) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8::json,"
+		     " $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12)",
+		     20, v20, lens, fmts, 0, NULL, err, errlen);
+	if (rc != 0)
+		return rc;
+	/* Targets, region by region, in batches that never span a region. */
+	int batch = 0, in_batch = 0;
+	const char *region = NULL;
+	for (int i = 0; i < PQntuples(t->agents); i++) {
+		const char *agent = db_text(t->agents, i, 0), *reg = db_text(t->agents, i, 1);
+		if (region == NULL || strcmp(region, reg) != 0 || in_batch == t->batch_size) {
+			batch++;
+			in_batch = 0;
+			region = reg;
+		}
+		in_batch++;
+		char task[512], b[16];
+		snprintf(task, sizeof task, "%s:deploy:%s", t->id, agent);
+		snprintf(b, sizeof b, "%d", batch);
+		rc = db_q(c,
+			  "INSERT INTO targets (deployment_id, agent_id, batch, state, task_id,"
+			  " updated_ms) VALUES ($1, $2, $3, 1, $4, $5)",
+			  5, (const char *[]){ t->id, agent, b, task, now }, NULL, err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	char detail[600];
+	const char *note = t->note ? t->note : "";
+	snprintf(detail, sizeof detail, "%s@%s (%s) to %s by %s%s%s", t->app, t->version, t->digest,
+		 t->env, t->requester, note[0] ? ": " : "", note);
+	rc = orch_timeline(c, t->id, t->is_rollback ? "rollback requested" : "created", detail, err,
+			   errlen);
+	if (rc == 0)
+		rc = orch_timeline(c, t->id,
+				   t->state == OS_PENDING_APPROVAL ? "waiting for approval" : "queued",
+				   t->reason, err, errlen);
+	char res[200];
+	snprintf(res, sizeof res, "deployment/%s", t->id);
+	if (rc == 0)
+		rc = orch_audit(t->o, c, t->requester, t->is_rollback ? "rollback.request" : "deploy.request",
+				res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "release", detail, "state",
+				t->state == OS_PENDING_APPROVAL ? "pending_approval" : "queued", err, errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, t->id, err, errlen);
+	return rc;
+}
+
+/* Plans and records a deployment of `rel` to app/env. */
+static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *t,
+			 struct release *rel, int evaluate, int64_t batch_size, int batch_percent,
+			 char *id_out, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = db_q(c,
+		  "SELECT id, region FROM agents WHERE app = $1 AND environment = $2"
+		  " ORDER BY region, grp, id",
+		  2, (const char *[]){ t->app, t->env }, &t->agents, err, errlen);
+	db_release(o->db, c);
+	if (rc != 0)
+		return rc;
+	int n = PQntuples(t->agents);
+	if (n == 0)
+		return sw_errf(err, errlen, SW_EPRECOND, "no agents serve %s/%s", t->app, t->env);
+	t->batch_size = batch_size > 0 ? (int)batch_size : (n * batch_percent + 99) / 100;
+	if (t->batch_size < 1)
+		t->batch_size = 1;
+	/* Count batches the way create_tx forms them. */
+	int batches = 0, in_batch = 0;
+	const char *region = NULL;
+	for (int i = 0; i < n; i++) {
+		const char *reg = db_text(t->agents, i, 1);
+		if (region == NULL || strcmp(region, reg) != 0 || in_batch == t->batch_size) {
+			batches++;
+			in_batch = 0;
+			region = reg;
+		}
+		in_batch++;
+	}
+	t->total_batches = batches;
+	t->version = rel->version;
+	t->digest = rel->digest;
+	if (rel->pb != NULL && rel->pb->provenance != NULL) {
+		t->prov_len = slipway__v1__provenance__get_packed_size(rel->pb->provenance);
+		t->prov = malloc(t->prov_len ? t->prov_len : 1);
+		if (t->prov == NULL)
+			return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		slipway__v1__provenance__pack(rel->pb->provenance, t->prov);
+	}
+	t->has_secrets = app_has_secrets(o, ctx, t->app, t->env);
+	char reason[1024] = "";
+	t->reason = reason;
+	if (evaluate) {
+		int v = orch_evaluate(o, ctx, t->id, t->app, t->env, rel->version, rel->digest,
+				      t->requester, rel->pb ? rel->pb->provenance : NULL, t->break_glass,
+				      t->bg_reason, orch_now_ms(), reason, sizeof reason, err, errlen);
+		if (v < 0)
+			return sw_errf(err, errlen, v == SW_EPERM ? SW_EUNAVAIL : v,
+				       "policy evaluation failed: %s", err);
+		if (v == SLIPWAY__V1__VERDICT__VERDICT_DENIED) {
+			/* Nothing is created; the denial is recorded by the policy
+			 * service's decision log and here. */
+			struct db_conn *ac = NULL;
+			char res[200], ignored[128];
+			snprintf(res, sizeof res, "deployment/%s", t->id);
+			if (db_acquire(o->db, &ac, 5000, ignored, sizeof ignored) == 0) {
+				db_q(ac, "BEGIN", 0, NULL, NULL, ignored, sizeof ignored);
+				if (orch_audit(o, ac, t->requester, "deploy.request", res,
+					       SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "reason", reason,
+					       "release", rel->digest, ignored, sizeof ignored) == 0)
+					db_q(ac, "COMMIT", 0, NULL, NULL, ignored, sizeof ignored);
+				else
+					db_q(ac, "ROLLBACK", 0, NULL, NULL, ignored, sizeof ignored);
+				db_release(o->db, ac);
+			}
+			return sw_errf(err, errlen, SW_EPERM, "denied by policy: %s", reason);
+		}
+		t->state = v == SLIPWAY__V1__VERDICT__VERDICT_ALLOWED ? OS_QUEUED : OS_PENDING_APPROVAL;
+	} else {
+		t->state = OS_QUEUED;
+	}
+	rc = db_tx(o->db, NULL, create_tx, t, err, errlen);
+	if (rc != 0)
+		return rc == SW_EEXIST ? sw_errf(err, errlen, SW_EABORTED,
+						 "a concurrent request conflicted; retry")
+				       : rc;
+	snprintf(id_out, ORCH_ID_MAX, "%s", t->existing[0] ? t->existing : t->id);
+	orch_engine_kick(o);
+	return 0;
+}
+
+int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
+		char *id_out, char *err, size_t errlen)
+{
+	json_t *strategy = NULL, *failure = NULL;
+	struct release rel = { 0 };
+	char id[ORCH_ID_MAX];
+	int rc;
+
+	if (!orch_name_ok(req->app, 63))
+		return sw_errf(err, errlen, SW_EINVAL, "app: 1-63 characters of [a-z0-9-]");
+	if (!orch_name_ok(req->environment, 63))
+		return sw_errf(err, errlen, SW_EINVAL, "environment: 1-63 characters of [a-z0-9-]");
+	const char *version = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION
+				      ? req->version
+				      : NULL;
+	const char *digest = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST
+				     ? req->digest
+				     : NULL;
+	if (version != NULL && !version_ok(version))
+		return sw_errf(err, errlen, SW_EINVAL, "version: not a valid version name");
+	if (digest != NULL && (strncmp(digest, "sha256:", 7) != 0 || strlen(digest) != 71))
+		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 hex>");
+	if (version == NULL && digest == NULL)
+		return sw_errf(err, errlen, SW_EINVAL, "give a version or a digest");
+	if (req->priority != SLIPWAY__V1__PRIORITY__PRIORITY_NORMAL &&
+	    req->priority != SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX)
+		return sw_errf(err, errlen, SW_EINVAL, "priority must be normal or hotfix");
+	if (!token_ok(req->idempotency_key, 64))
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "idempotency_key: at most 64 characters of [A-Za-z0-9._:-]");
+	if (req->break_glass && (req->break_glass_reason[0] == '\0' ||
+				 strlen(req->break_glass_reason) > 1000))
+		return sw_errf(err, errlen, SW_EINVAL, "break_glass needs a reason (at most 1000 bytes)");
+	if ((rc = check_plan(req, &strategy, &failure, err, errlen)) != 0)
+		return rc;
+	rc = orch_authorize(o, ctx, "deploy", req->app, req->environment, err, errlen);
+	if (rc != 0) {
+		json_decref(strategy);
+		json_decref(failure);
+		return rc;
+	}
+	if ((rc = resolve_release(o, ctx, req->app, version, digest, &rel, err, errlen)) != 0)
+		goto out;
+	orch_new_id(id, "d");
+	struct create_tx t = {
+		.o = o, .id = id, .app = req->app, .env = req->environment,
+		.requester = rpc_peer(ctx), .idem = req->idempotency_key,
+		.priority = (int)req->priority, .break_glass = req->break_glass,
+		.bg_reason = req->break_glass_reason, .rollback_of = "",
+		.note = req->break_glass ? req->break_glass_reason : NULL,
+		.strategy = json_dumps(strategy, JSON_COMPACT), .failure = json_dumps(failure, JSON_COMPACT),
+	};
+	json_t *rs = json_object_get(strategy, "batch_size");
+	json_t *rp = json_object_get(strategy, "batch_percent");
+	rc = create_common(o, ctx, &t, &rel, 1, json_integer_value(rs), (int)json_integer_value(rp),
+			   id_out, err, errlen);
+	free(t.prov);
+	PQclear(t.agents);
+	free(t.strategy);
+	free(t.failure);
+out:
+	release_free(&rel);
+	json_decref(strategy);
+	json_decref(failure);
+	return rc;
+}
+
+int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
+			  char *id_out, char *err, size_t errlen)
+{
+	struct release rel = { 0 };
+	char id[ORCH_ID_MAX], good[80] = "";
+	int rc;
+	if (!orch_name_ok(req->app, 63) || !orch_name_ok(req->environment, 63))
+		return sw_errf(err, errlen, SW_EINVAL, "app and environment: 1-63 characters of [a-z0-9-]");
+	if (req->to_version[0] && !version_ok(req->to_version))
+		return sw_errf(err, errlen, SW_EINVAL, "to_version: not a valid version name");
+	if (strlen(req->reason) > 1000)
+		return sw_errf(err, errlen, SW_EINVAL, "reason: at most 1000 bytes");
+	rc = orch_authorize(o, ctx, "rollback", req->app, req->environment, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (req->to_version[0] == '\0') {
+		struct db_conn *c = NULL;
+		PGresult *r = NULL;
+		if ((rc = db_acquire(o->db, &c, 5000, err, errlen)) != 0)
+			return rc;
+		rc = db_q(c,
+			  "SELECT last_good_digest FROM environments WHERE app = $1 AND environment = $2",
+			  2, (const char *[]){ req->app, req->environment }, &r, err, errlen);
+		db_release(o->db, c);
+		if (rc != 0)
+			return rc;
+		snprintf(good, sizeof good, "%s", db_text(r, 0, 0));
+		PQclear(r);
+		if (good[0] == '\0')
+			return sw_errf(err, errlen, SW_EPRECOND,
+				       "%s/%s has no known-good release to roll back to", req->app,
+				       req->environment);
+	}
+	rc = resolve_release(o, ctx, req->app, req->to_version[0] ? req->to_version : NULL,
+			     good[0] ? good : NULL, &rel, err, errlen);
+	if (rc != 0)
+		return rc;
+	orch_new_id(id, "d");
+	char reason[1100];
+	snprintf(reason, sizeof reason, "manual rollback%s%s", req->reason[0] ? ": " : "",
+		 req->reason);
+	/* A rollback skips analysis: every target at once, abort on failure,
+	 * ahead of the queue; the `rollback` permission is its gate. */
+	struct create_tx t = {
+		.o = o, .id = id, .app = req->app, .env = req->environment,
+		.requester = rpc_peer(ctx), .idem = "", .priority = SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX,
+		.is_rollback = 1, .rollback_of = "", .bg_reason = "", .note = reason,
+		.strategy = strdup("{\"kind\":\"rolling\",\"batch_size\":0,\"batch_percent\":100,"
+				   "\"max_unavailable\":0,\"pause_ms\":0}"),
+		.failure = strdup("{\"action\":2,\"max_failed\":0,\"max_failed_percent\":0,\"retries\":1,"
+				  "\"retry_backoff_ms\":1000,\"progress_deadline_ms\":300000}"),
+	};
+	if (t.strategy == NULL || t.failure == NULL)
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	else
+		rc = create_common(o, ctx, &t, &rel, 0, 0, 100, id_out, err, errlen);
+	free(t.prov);
+	PQclear(t.agents);
+	free(t.strategy);
+	free(t.failure);
+	release_free(&rel);
+	return rc;
+}
+
+int orch_deployment_scope(struct orch *o, const char *id, char *app, char *env, char *err,
+			  size_t errlen)
+{
+	struct db_conn *c = NULL;
+	PGresult *r = NULL;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = db_q(c, "SELECT app, environment FROM deployments WHERE id = $1", 1,
+		  (const char *[]){ id }, &r, err, errlen);
+	db_release(o->db, c);
+	if (rc != 0)
+		return rc;
+	if (PQntuples(r) != 1) {
+		PQclear(r);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
+	}
+	snprintf(app, 64, "%s", db_text(r, 0, 0));
+	snprintf(env, 64, "%s", db_text(r, 0, 1));
+	PQclear(r);
+	return 0;
+}
+
+struct action_tx {
+	struct orch *o;
+	const char *id, *action, *reason, *actor;
+};
+
+static int action_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct action_tx *t = arg;
+	PGresult *r = NULL;
+	char now[24];
+	int rc = db_q(c, "SELECT state FROM deployments WHERE id = $1 FOR UPDATE", 1,
+		      (const char *[]){ t->id }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (PQntuples(r) != 1) {
+		PQclear(r);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", t->id);
+	}
+	int state = (int)db_int64(r, 0, 0);
+	PQclear(r);
+	db_i64(now, orch_now_ms());
+	const char *event;
+	if (strcmp(t->action, "cancel") == 0) {
+		if (state == OS_ROLLING_BACK)
+			return sw_errf(err, errlen, SW_EPRECOND, "a rollback in progress cannot be cancelled");
+		if (state != OS_PENDING_APPROVAL && state != OS_QUEUED && state != OS_RUNNING &&
+		    state != OS_PAUSED)
+			return sw_errf(err, errlen, SW_EPRECOND, "deployment %s has already ended", t->id);
+		rc = db_q(c,
+			  "UPDATE deployments SET state = 7, finished_ms = $2, reason = $3,"
+			  " lease_owner = '' WHERE id = $1",
+			  3, (const char *[]){ t->id, now, t->reason }, NULL, err, errlen);
+		/* Work not started is skipped; running tasks are superseded. */
+		if (rc == 0)
+			rc = db_q(c,
+				  "UPDATE targets SET state = 6, message = 'cancelled', updated_ms = $2"
+				  " WHERE deployment_id = $1 AND state IN (1, 2, 3)",
+				  2, (const char *[]){ t->id, now }, NULL, err, errlen);
+		event = "cancelled";
+	} else if (strcmp(t->action, "pause") == 0) {
+		if (state != OS_RUNNING)
+			return sw_errf(err, errlen, SW_EPRECOND, "only a running deployment can be paused");
+		rc = db_q(c, "UPDATE deployments SET state = 4, reason = $2 WHERE id = $1", 2,
+			  (const char *[]){ t->id, t->reason }, NULL, err, errlen);
+		event = "paused";
+	} else {
+		if (state != OS_PAUSED)
+			return sw_errf(err, errlen, SW_EPRECOND, "only a paused deployment can be resumed");
+		rc = db_q(c,
+			  "UPDATE deployments SET state = 3, reason = '', batch_started_ms = $2"
+			  " WHERE id = $1",
+			  2, (const char *[]){ t->id, now }, NULL, err, errlen);
+		/* Resuming after a failure pause tries the failed targets again. */
+		if (rc == 0)
+			rc = db_q(c,
+				  "UPDATE targets SET state = 1, attempts = 0, next_attempt_ms = 0,"
+				  " updated_ms = $2 WHERE deployment_id = $1 AND phase = 0 AND state = 5",
+				  2, (const char *[]){ t->id, now }, NULL, err, errlen);
+		event = "resumed";
+	}
+	char detail[1200], res[200];
+	snprintf(detail, sizeof detail, "by %s%s%s", t->actor, t->reason[0] ? ": " : "", t->reason);
+	snprintf(res, sizeof res, "deployment/%s", t->id);
+	if (rc == 0)
+		rc = orch_timeline(c, t->id, event, detail, err, errlen);
+	char action[32];
+	snprintf(action, sizeof action, "deploy.%s", t->action);
+	if (rc == 0)
+		rc = orch_audit(t->o, c, t->actor, action, res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS,
+				"reason", t->reason, NULL, NULL, err, errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, t->id, err, errlen);
+	return rc;
+}
+
+int orch_action(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *action,
+		const char *reason, char *err, size_t errlen)
+{
+	char app[64], env[64];
+	if (strlen(reason) > 1000)
+		return sw_errf(err, errlen, SW_EINVAL, "reason: at most 1000 bytes");
+	int rc = orch_deployment_scope(o, id, app, env, err, errlen);
+	if (rc != 0)
+		return rc;
+	if ((rc = orch_authorize(o, ctx, action, app, env, err, errlen)) != 0)
+		return rc;
+	struct action_tx t = { o, id, action, reason, rpc_peer(ctx) };
+	rc = db_tx(o->db, NULL, action_tx, &t, err, errlen);
+	if (rc == 0)
+		orch_engine_kick(o);
+	return rc;
+}

@@ -1,0 +1,195 @@
+/*
+ * orch.h - the orchestrator's shared state and domain functions.
+ *
+ *   schema.c    migrations (tables, the one-active-per-environment index)
+ *   clients.c   calls to artifact (resolve, pins), policy (evaluate), secrets
+ *               (grants) and the outbox relay to audit
+ *   registry.c  agents: registration, heartbeats (kept in memory, flushed to
+ *               the database in batches), loss detection
+ *   waiters.c   long polls: PollTasks calls parked until a task is ready,
+ *               woken through PostgreSQL LISTEN/NOTIFY on every replica
+ *   deploy.c    creating deployments: validation, release resolution,
+ *               targets, the policy gate, queue bound, idempotency
+ *   engine.c    the scheduler: approvals re-evaluated, admission from the
+ *               queue, leases, rolling batches, retries, failure policy,
+ *               rollback, pins
+ *   tasks.c     task dispatch (fencing generations) and agent reports
+ *   views.c     read models: deployment detail, lists, environment status
+ *   rpc.c       the Orchestrator and AgentControl RPCs
+ *   main.c      start-up and shutdown
+ */
+#ifndef SLIPWAY_ORCH_H
+#define SLIPWAY_ORCH_H
+
+#include "authz.h"
+#include "db.h"
+#include "outbox.h"
+#include "rpc.h"
+#include "svc.h"
+
+#include "slipway/v1/orchestrator.pb-c.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Deployment states (the proto's enum values, stored as smallint) and
+ * target states (TargetState values). */
+#define OS_PENDING_APPROVAL ((int)SLIPWAY__V1__DEPLOYMENT_STATE__PENDING_APPROVAL)
+#define OS_QUEUED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__QUEUED)
+#define OS_RUNNING ((int)SLIPWAY__V1__DEPLOYMENT_STATE__RUNNING)
+#define OS_PAUSED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__PAUSED)
+#define OS_SUCCEEDED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__SUCCEEDED)
+#define OS_FAILED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__FAILED)
+#define OS_CANCELLED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__CANCELLED)
+#define OS_ROLLING_BACK ((int)SLIPWAY__V1__DEPLOYMENT_STATE__ROLLING_BACK)
+#define OS_ROLLED_BACK ((int)SLIPWAY__V1__DEPLOYMENT_STATE__ROLLED_BACK)
+#define OT_PENDING ((int)SLIPWAY__V1__TARGET_STATE__TARGET_PENDING)
+#define OT_DISPATCHED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_DISPATCHED)
+#define OT_RUNNING ((int)SLIPWAY__V1__TARGET_STATE__TARGET_RUNNING)
+#define OT_SUCCEEDED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_SUCCEEDED)
+#define OT_FAILED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_FAILED)
+#define OT_SKIPPED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_SKIPPED)
+#define OT_ROLLED_BACK ((int)SLIPWAY__V1__TARGET_STATE__TARGET_ROLLED_BACK)
+
+#define ORCH_ID_MAX 48
+
+struct orch_config {
+	struct svc_config svc;
+	char *pg_url;
+	char *audit_addr, *policy_addr, *artifact_addr, *secrets_addr;
+	char *replica;              /* this replica's name (leases) */
+	long long db_pool;
+	long long heartbeat_ms;     /* interval agents are told to use */
+	long long lease_ms;
+	long long tick_ms;
+	long long max_running;      /* global cap on running deployments */
+	long long max_queue;        /* queued + pending approval, before RESOURCE_EXHAUSTED */
+	long long poll_max_ms;      /* longest long poll */
+	long long grant_ttl_ms;     /* secrets grants */
+};
+
+struct orch_registry;
+struct orch_waiters;
+
+struct orch {
+	struct orch_config c;
+	char trust_domain[128];
+	char self_id[256];      /* spiffe://<td>/service/orchestrator: actor of system events */
+	char replica[64];
+	struct db *db;
+	struct rpc_client *audit, *policy, *artifact, *secrets;
+	struct authz *authz;
+	struct outbox_relay *relay;
+	struct orch_registry *reg;
+	struct orch_waiters *waiters;
+
+	pthread_t engine;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;      /* engine wake-ups */
+	int kicked;
+	atomic_int stopping;
+};
+
+/* ---- schema.c ---- */
+extern const struct db_migration orch_migrations[];
+extern const size_t orch_nmigrations;
+
+/* ---- clients.c ---- */
+int orch_clients_open(struct orch *o, char *err, size_t errlen);
+void orch_clients_close(struct orch *o);
+/* Writes an audit event in the caller's transaction. */
+int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char *action,
+	       const char *resource, int outcome, const char *k1, const char *v1, const char *k2,
+	       const char *v2, char *err, size_t errlen);
+
+/* ---- registry.c ---- */
+int orch_registry_start(struct orch *o, char *err, size_t errlen);
+void orch_registry_stop(struct orch *o);
+/* Records a heartbeat in memory (flushed within a second). Returns 0, or
+ * SW_ENOTFOUND when the agent is not registered (it must re-register).
+ * Never blocks on the database: safe on a completion-queue thread. */
+int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
+		   uint64_t highest_generation);
+/* Registers (or re-registers) an agent. */
+int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		  const Slipway__V1__RegisterRequest *req, char *err, size_t errlen);
+/* Returns 1 when the agent is known and not lost. */
+int orch_agent_online(struct orch *o, const char *agent);
+
+/* ---- waiters.c ---- */
+int orch_waiters_start(struct orch *o, char *err, size_t errlen);
+void orch_waiters_stop(struct orch *o);
+/* Parks a PollTasks call (deferred) until a task is ready or wait_ms. */
+void orch_waiters_park(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		       uint64_t highest_generation, int64_t wait_ms);
+/* Finishes every parked call now (shutdown drain). */
+void orch_waiters_drain(void *o);
+/* Publishes "a task is ready for agent" to every replica (in the caller's
+ * transaction: delivered at commit). */
+int orch_notify_agent(struct db_conn *c, const char *agent, char *err, size_t errlen);
+/* Publishes "deployment changed" so its owner steps it now. */
+int orch_notify_deployment(struct db_conn *c, const char *id, char *err, size_t errlen);
+
+/* ---- tasks.c ---- */
+/* Fills resp with the newest dispatched task for agent above
+ * highest_generation (at most one). Returns the number of tasks. */
+int orch_next_task(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		   uint64_t highest_generation, Slipway__V1__PollTasksResponse *resp, char *err,
+		   size_t errlen);
+int orch_report(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		const Slipway__V1__TaskReport *rep, Slipway__V1__ReportTaskResponse *resp, char *err,
+		size_t errlen);
+
+/* ---- deploy.c ---- */
+int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
+		char *id_out, char *err, size_t errlen);
+int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
+			  char *id_out, char *err, size_t errlen);
+/* Cancel, pause or resume ("cancel", "pause", "resume"). */
+int orch_action(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *action,
+		const char *reason, char *err, size_t errlen);
+/* Asks the policy service whether the caller may `action` deployments in
+ * app/env. 0, or SW_EPERM / SW_EUNAVAIL with a message in err. */
+int orch_authorize(struct orch *o, struct rpc_ctx *ctx, const char *action, const char *app,
+		   const char *env, char *err, size_t errlen);
+/* Asks the policy service about a deployment: returns the verdict (> 0,
+ * slipway.v1.Verdict) with a human reason, or a negative code. */
+int orch_evaluate(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *app,
+		  const char *env, const char *version, const char *digest, const char *requester,
+		  const Slipway__V1__Provenance *prov, int break_glass, const char *bg_reason,
+		  int64_t requested_ms, char *reason, size_t rlen, char *err, size_t errlen);
+/* Looks up a deployment's app and environment (for authorization). */
+int orch_deployment_scope(struct orch *o, const char *id, char *app, char *env, char *err,
+			  size_t errlen);
+
+/* ---- engine.c ---- */
+int orch_engine_start(struct orch *o, char *err, size_t errlen);
+void orch_engine_stop(struct orch *o);
+void orch_engine_kick(struct orch *o);
+/* Appends a timeline line in the caller's transaction. */
+int orch_timeline(struct db_conn *c, const char *id, const char *event, const char *detail,
+		  char *err, size_t errlen);
+
+/* ---- views.c ---- */
+int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
+		    Slipway__V1__DeploymentDetail *out, char *err, size_t errlen);
+int orch_list(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__ListDeploymentsRequest *req,
+	      Slipway__V1__ListDeploymentsResponse *out, char *err, size_t errlen);
+int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char *env,
+		Slipway__V1__EnvironmentStatus *out, char *err, size_t errlen);
+int orch_list_agents(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__ListAgentsRequest *req,
+		     Slipway__V1__ListAgentsResponse *out, char *err, size_t errlen);
+/* Fills a Deployment from a row of the standard deployment column list. */
+extern const char ORCH_DEPLOYMENT_COLS[];
+int orch_deployment_from_row(struct rpc_ctx *ctx, PGresult *r, int row, Slipway__V1__Deployment *d);
+
+/* ---- rpc.c ---- */
+int orch_rpc_register(struct orch *o, struct rpc_server *srv, char *err, size_t errlen);
+
+/* ---- small helpers (deploy.c) ---- */
+int64_t orch_now_ms(void);
+void orch_new_id(char out[ORCH_ID_MAX], const char *prefix);
+int orch_name_ok(const char *s, size_t max);
+
+#endif

@@ -1,0 +1,494 @@
+/*
+ * registry.c - the agents: registration, heartbeats and loss detection.
+ *
+ * Heartbeats are the hottest path (thousands per second): they only touch
+ * an in-memory table under a mutex, so their handler runs on the
+ * completion-queue thread. A flusher writes what changed to PostgreSQL in
+ * one multi-row UPDATE per round (every heartbeat_interval / 2), and marks
+ * agents lost whose last heartbeat is older than three intervals; the
+ * in-flight task of a lost agent counts as failed. Every replica flushes
+ * and detects; both are idempotent.
+ */
+#include "err.h"
+#include "log.h"
+#include "orch.h"
+#include "spiffe.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BUCKETS 65536
+#define FLUSH_CHUNK 500
+
+struct agent_mem {
+	struct agent_mem *next;
+	char *id;
+	int64_t last_ms;
+	uint64_t highest;
+	uint8_t *runtime;  /* packed AgentRuntime */
+	size_t runtime_len;
+	char digest[80];
+	int dirty;
+	int lost;
+};
+
+struct orch_registry {
+	pthread_mutex_t mu;
+	struct agent_mem *buckets[BUCKETS];
+	pthread_t flusher;
+	pthread_cond_t cv;
+};
+
+static uint32_t hash_id(const char *s)
+{
+	uint32_t h = 2166136261u;
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 16777619u;
+	}
+	return h & (BUCKETS - 1);
+}
+
+static struct agent_mem *find(struct orch_registry *r, const char *id)
+{
+	for (struct agent_mem *a = r->buckets[hash_id(id)]; a; a = a->next)
+		if (strcmp(a->id, id) == 0)
+			return a;
+	return NULL;
+}
+
+static struct agent_mem *find_or_add(struct orch_registry *r, const char *id)
+{
+	struct agent_mem *a = find(r, id);
+	if (a != NULL)
+		return a;
+	a = calloc(1, sizeof *a);
+	if (a == NULL || (a->id = strdup(id)) == NULL) {
+		free(a);
+		return NULL;
+	}
+	uint32_t h = hash_id(id);
+	a->next = r->buckets[h];
+	r->buckets[h] = a;
+	return a;
+}
+
+int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
+		   uint64_t highest_generation)
+{
+	struct orch_registry *r = o->reg;
+	uint8_t *packed = NULL;
+	size_t len = 0;
+	if (rt != NULL) {
+		len = slipway__v1__agent_runtime__get_packed_size(rt);
+		if (len > 4096)
+			return SW_EINVAL;
+		packed = malloc(len ? len : 1);
+		if (packed == NULL)
+			return SW_ENOMEM;
+		slipway__v1__agent_runtime__pack(rt, packed);
+	}
+	pthread_mutex_lock(&r->mu);
+	struct agent_mem *a = find(r, agent);
+	if (a == NULL) {
+		pthread_mutex_unlock(&r->mu);
+		free(packed);
+		return SW_ENOTFOUND;
+	}
+	a->last_ms = orch_now_ms();
+	if (highest_generation > a->highest)
+		a->highest = highest_generation;
+	if (packed != NULL) {
+		free(a->runtime);
+		a->runtime = packed;
+		a->runtime_len = len;
+		snprintf(a->digest, sizeof a->digest, "%s", rt->digest);
+	}
+	a->dirty = 1;
+	a->lost = 0;
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+int orch_agent_online(struct orch *o, const char *agent)
+{
+	pthread_mutex_lock(&o->reg->mu);
+	struct agent_mem *a = find(o->reg, agent);
+	int ok = a != NULL && !a->lost;
+	pthread_mutex_unlock(&o->reg->mu);
+	return ok;
+}
+
+static int label_ok(const char *k, const char *v)
+{
+	size_t kl = strlen(k), vl = strlen(v);
+	if (kl == 0 || kl > 63 || vl > 128)
+		return 0;
+	for (size_t i = 0; i < kl; i++)
+		if (!((k[i] >= 'a' && k[i] <= 'z') || (k[i] >= '0' && k[i] <= '9') || k[i] == '.' ||
+		      k[i] == '_' || k[i] == '-'))
+			return 0;
+	for (size_t i = 0; i < vl; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+struct reg_tx {
+	struct orch *o;
+	const char *agent;
+	const Slipway__V1__RegisterRequest *req;
+	const char *app, *env, *region, *grp;
+	char *labels;
+	int is_new;
+	char redispatched[64];
+};
+
+static int register_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct reg_tx *t = arg;
+	const Slipway__V1__RegisterRequest *req = t->req;
+	char now[24];
+	PGresult *r = NULL;
+	int64_t ms = orch_now_ms();
+	const char *v[9] = { t->agent, t->app, t->env, t->region, t->grp, t->labels,
+			     (const char *)req->seal_public_key.data, req->hostname,
+			     db_i64(now, ms) };
+	const char *v9[10];
+	memcpy(v9, v, sizeof v);
+	v9[9] = req->agent_version;
+	int lens[10] = { 0 }, fmts[10] = { 0 };
+	lens[6] = (int)req->seal_public_key.len;
+	fmts[6] = 1;
+	int rc = db_exec(c,
+			 "INSERT INTO agents (id, app, environment, region, grp, labels, seal_key,"
+			 " hostname, registered_ms, last_heartbeat_ms, agent_version)"
+			 " VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9, $9, $10)"
+			 " ON CONFLICT (id) DO UPDATE SET app = $2, environment = $3, region = $4,"
+			 " grp = $5, labels = $6::json, seal_key = $7, hostname = $8,"
+			 " last_heartbeat_ms = $9, agent_version = $10, lost = false"
+			 " RETURNING (xmax = 0)",
+			 10, v9, lens, fmts, 0, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	t->is_new = db_bool(r, 0, 0);
+	PQclear(r);
+	r = NULL;
+	/* A restarted agent lost the task it was running: give it the same task
+	 * again under a new generation (re-running it is harmless). */
+	rc = db_q(c,
+		  "WITH g AS (UPDATE agents SET next_generation = next_generation + 1"
+		  "  WHERE id = $1 AND EXISTS (SELECT 1 FROM targets t JOIN deployments d"
+		  "  ON d.id = t.deployment_id WHERE t.agent_id = $1 AND t.state = 3"
+		  "  AND d.state IN (3, 4, 8)) RETURNING next_generation)"
+		  " UPDATE targets t SET state = 2, generation = g.next_generation,"
+		  " updated_ms = $2, dispatched_ms = $2 FROM g, deployments d"
+		  " WHERE t.agent_id = $1 AND t.state = 3 AND d.id = t.deployment_id"
+		  " AND d.state IN (3, 4, 8) RETURNING t.deployment_id",
+		  2, (const char *[]){ t->agent, now }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (PQntuples(r) > 0) {
+		snprintf(t->redispatched, sizeof t->redispatched, "%s", db_text(r, 0, 0));
+		rc = orch_timeline(c, db_text(r, 0, 0), "task re-sent",
+				   t->agent, err, errlen);
+		if (rc == 0)
+			rc = orch_notify_agent(c, t->agent, err, errlen);
+	}
+	PQclear(r);
+	if (rc == 0 && t->is_new)
+		rc = orch_audit(t->o, c, t->agent, "agent.register", t->agent,
+				SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "app", t->app, "environment",
+				t->env, err, errlen);
+	return rc;
+}
+
+int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		  const Slipway__V1__RegisterRequest *req, char *err, size_t errlen)
+{
+	(void)ctx;
+	struct reg_tx t = { .o = o, .agent = agent, .req = req, .app = "", .env = "", .region = "",
+			    .grp = "" };
+	if (req->seal_public_key.len != 32)
+		return sw_errf(err, errlen, SW_EINVAL, "seal_public_key must be a 32-byte X25519 key");
+	if (req->n_labels > 32)
+		return sw_errf(err, errlen, SW_EINVAL, "at most 32 labels");
+	if (strlen(req->hostname) > 255 || strlen(req->agent_version) > 64)
+		return sw_errf(err, errlen, SW_EINVAL, "hostname or agent_version too long");
+	json_t *labels = json_object();
+	for (size_t i = 0; i < req->n_labels; i++) {
+		const Slipway__V1__KeyValue *kv = req->labels[i];
+		if (!label_ok(kv->key, kv->value)) {
+			json_decref(labels);
+			return sw_errf(err, errlen, SW_EINVAL, "label '%.63s' is not valid", kv->key);
+		}
+		json_object_set_new(labels, kv->key, json_string(kv->value));
+		if (strcmp(kv->key, "app") == 0)
+			t.app = kv->value;
+		else if (strcmp(kv->key, "environment") == 0)
+			t.env = kv->value;
+		else if (strcmp(kv->key, "region") == 0)
+			t.region = kv->value;
+		else if (strcmp(kv->key, "group") == 0)
+			t.grp = kv->value;
+	}
+	if (!orch_name_ok(t.app, 63) || !orch_name_ok(t.env, 63)) {
+		json_decref(labels);
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "labels app and environment are required ([a-z0-9-], 1-63)");
+	}
+	t.labels = json_dumps(labels, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(labels);
+	if (t.labels == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	int rc = db_tx(o->db, NULL, register_tx, &t, err, errlen);
+	free(t.labels);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&o->reg->mu);
+	struct agent_mem *a = find_or_add(o->reg, agent);
+	if (a != NULL) {
+		a->last_ms = orch_now_ms();
+		a->lost = 0;
+	}
+	pthread_mutex_unlock(&o->reg->mu);
+	if (t.redispatched[0])
+		orch_engine_kick(o);
+	log_info("agent registered", "agent=%s app=%s environment=%s new=%d", agent, t.app, t.env,
+		 t.is_new);
+	return 0;
+}
+
+/* Writes dirty heartbeats in chunks of multi-row UPDATEs. */
+static void flush(struct orch *o)
+{
+	struct orch_registry *r = o->reg;
+	char err[256];
+	for (;;) {
+		/* Take up to FLUSH_CHUNK dirty agents. */
+		struct snap {
+			char *id;
+			int64_t ms;
+			uint64_t highest;
+			uint8_t *rt;
+			size_t rtlen;
+			char digest[80];
+		} *s = calloc(FLUSH_CHUNK, sizeof *s);
+		size_t n = 0;
+		if (s == NULL)
+			return;
+		pthread_mutex_lock(&r->mu);
+		for (size_t b = 0; b < BUCKETS && n < FLUSH_CHUNK; b++)
+			for (struct agent_mem *a = r->buckets[b]; a && n < FLUSH_CHUNK; a = a->next) {
+				if (!a->dirty)
+					continue;
+				a->dirty = 0;
+				s[n].id = strdup(a->id);
+				s[n].ms = a->last_ms;
+				s[n].highest = a->highest;
+				if (a->runtime_len > 0) {
+					s[n].rt = malloc(a->runtime_len);
+					if (s[n].rt)
+						memcpy(s[n].rt, a->runtime, a->runtime_len);
+					s[n].rtlen = s[n].rt ? a->runtime_len : 0;
+				}
+				snprintf(s[n].digest, sizeof s[n].digest, "%s", a->digest);
+				n++;
+			}
+		pthread_mutex_unlock(&r->mu);
+		if (n > 0) {
+			char *sql = db_values_sql(
+				"UPDATE agents SET last_heartbeat_ms = greatest(agents.last_heartbeat_ms, v.ms::bigint),"
+				" highest_seen = greatest(agents.highest_seen, v.g::bigint),"
+				" runtime = CASE WHEN length(v.rt::bytea) > 0 THEN v.rt::bytea ELSE agents.runtime END,"
+				" running_digest = v.d, lost = false FROM (VALUES",
+				n, 5, ") AS v(id, ms, g, rt, d) WHERE agents.id = v.id");
+			const char **vals = calloc(n * 5, sizeof *vals);
+			int *lens = calloc(n * 5, sizeof *lens), *fmts = calloc(n * 5, sizeof *fmts);
+			char (*nums)[24] = calloc(n * 2, sizeof *nums);
+			if (sql && vals && lens && fmts && nums) {
+				for (size_t i = 0; i < n; i++) {
+					vals[5 * i] = s[i].id;
+					vals[5 * i + 1] = db_i64(nums[2 * i], s[i].ms);
+					vals[5 * i + 2] = db_i64(nums[2 * i + 1], (int64_t)s[i].highest);
+					vals[5 * i + 3] = s[i].rt ? (const char *)s[i].rt : "";
+					lens[5 * i + 3] = (int)s[i].rtlen;
+					fmts[5 * i + 3] = 1;
+					vals[5 * i + 4] = s[i].digest;
+				}
+				struct db_conn *c = NULL;
+				if (db_acquire(o->db, &c, 2000, err, sizeof err) == 0) {
+					if (db_exec(c, sql, (int)(n * 5), vals, lens, fmts, 0, NULL, err,
+						    sizeof err) != 0)
+						log_warn("heartbeat flush failed", "agents=%zu error=%s", n, err);
+					db_release(o->db, c);
+				}
+			}
+			free(sql);
+			free(vals);
+			free(lens);
+			free(fmts);
+			free(nums);
+		}
+		for (size_t i = 0; i < n; i++) {
+			free(s[i].id);
+			free(s[i].rt);
+		}
+		free(s);
+		if (n < FLUSH_CHUNK)
+			return;
+	}
+}
+
+struct lost_tx {
+	struct orch *o;
+	int64_t cutoff;
+	PGresult *lost;
+};
+
+static int lost_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct lost_tx *t = arg;
+	char cut[24], now[24];
+	PGresult *r = NULL;
+	PQclear(t->lost);
+	t->lost = NULL;
+	int rc = db_q(c,
+		      "UPDATE agents SET lost = true WHERE NOT lost AND last_heartbeat_ms < $1"
+		      " RETURNING id, app, environment",
+		      1, (const char *[]){ db_i64(cut, t->cutoff) }, &t->lost, err, errlen);
+	if (rc != 0 || PQntuples(t->lost) == 0)
+		return rc;
+	for (int i = 0; i < PQntuples(t->lost); i++) {
+		const char *id = db_text(t->lost, i, 0);
+		/* Its in-flight task counts as failed (no retry: the host is gone). */
+		rc = db_q(c,
+			  "UPDATE targets SET state = 5, message = 'agent lost (missed 3 heartbeats)',"
+			  " updated_ms = $2 WHERE agent_id = $1 AND state IN (2, 3)"
+			  " RETURNING deployment_id",
+			  2, (const char *[]){ id, db_i64(now, orch_now_ms()) }, &r, err, errlen);
+		if (rc != 0)
+			return rc;
+		for (int k = 0; k < PQntuples(r) && rc == 0; k++) {
+			rc = orch_timeline(c, db_text(r, k, 0), "agent lost", id, err, errlen);
+			if (rc == 0)
+				rc = orch_notify_deployment(c, db_text(r, k, 0), err, errlen);
+		}
+		PQclear(r);
+		r = NULL;
+		if (rc == 0)
+			rc = orch_audit(t->o, c, t->o->self_id, "agent.lost",
+					id, SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "app",
+					db_text(t->lost, i, 1), "environment", db_text(t->lost, i, 2),
+					err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+static void detect_lost(struct orch *o)
+{
+	char err[256];
+	struct lost_tx t = { .o = o, .cutoff = orch_now_ms() - 3 * o->c.heartbeat_ms };
+	if (db_tx(o->db, NULL, lost_tx, &t, err, sizeof err) != 0) {
+		log_warn("loss detection failed", "error=%s", err);
+	} else if (t.lost != NULL) {
+		pthread_mutex_lock(&o->reg->mu);
+		for (int i = 0; i < PQntuples(t.lost); i++) {
+			struct agent_mem *a = find(o->reg, db_text(t.lost, i, 0));
+			if (a != NULL)
+				a->lost = 1;
+			log_warn("agent lost", "agent=%s", db_text(t.lost, i, 0));
+		}
+		pthread_mutex_unlock(&o->reg->mu);
+		if (PQntuples(t.lost) > 0)
+			orch_engine_kick(o);
+	}
+	PQclear(t.lost);
+}
+
+static void *flusher_main(void *arg)
+{
+	struct orch *o = arg;
+	int64_t period = o->c.heartbeat_ms / 2 > 50 ? o->c.heartbeat_ms / 2 : 50;
+	while (!atomic_load(&o->stopping)) {
+		struct timespec dl;
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += (time_t)(period / 1000);
+		dl.tv_nsec += (long)(period % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&o->reg->mu);
+		if (!atomic_load(&o->stopping))
+			pthread_cond_timedwait(&o->reg->cv, &o->reg->mu, &dl);
+		pthread_mutex_unlock(&o->reg->mu);
+		flush(o);
+		detect_lost(o);
+	}
+	flush(o);
+	return NULL;
+}
+
+int orch_registry_start(struct orch *o, char *err, size_t errlen)
+{
+	struct orch_registry *r = calloc(1, sizeof *r);
+	if (r == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	o->reg = r;
+	/* Agents registered before (with any replica) are known at once. */
+	struct db_conn *c = NULL;
+	PGresult *res = NULL;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc == 0) {
+		rc = db_q(c, "SELECT id, last_heartbeat_ms, lost, highest_seen FROM agents", 0, NULL,
+			  &res, err, errlen);
+		db_release(o->db, c);
+	}
+	if (rc != 0)
+		return rc;
+	for (int i = 0; i < PQntuples(res); i++) {
+		struct agent_mem *a = find_or_add(r, db_text(res, i, 0));
+		if (a == NULL) {
+			PQclear(res);
+			return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		}
+		a->last_ms = db_int64(res, i, 1);
+		a->lost = db_bool(res, i, 2);
+		a->highest = (uint64_t)db_int64(res, i, 3);
+	}
+	PQclear(res);
+	if (pthread_create(&r->flusher, NULL, flusher_main, o) != 0)
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the heartbeat flusher");
+	return 0;
+}
+
+void orch_registry_stop(struct orch *o)
+{
+	struct orch_registry *r = o->reg;
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->flusher, NULL);
+	for (size_t b = 0; b < BUCKETS; b++)
+		for (struct agent_mem *a = r->buckets[b]; a;) {
+			struct agent_mem *next = a->next;
+			free(a->id);
+			free(a->runtime);
+			free(a);
+			a = next;
+		}
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r);
+	o->reg = NULL;
+}

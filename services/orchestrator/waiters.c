@@ -1,0 +1,285 @@
+/*
+ * waiters.c - long polls and cross-replica wake-ups.
+ *
+ * A PollTasks call is deferred (it holds no thread) and parked here. One
+ * waker thread looks tasks up for parked agents when they arrive, when a
+ * task is published for them, and answers them empty at their deadline.
+ *
+ * Publishing uses PostgreSQL NOTIFY inside the transaction that dispatches
+ * the task, so every replica hears of it exactly when it is committed; a
+ * listener connection per replica turns "orch_agent" notifications into
+ * waker checks and "orch_deploy" ones into engine kicks. After the
+ * listener reconnects it re-checks every parked call and kicks the engine,
+ * so a missed notification costs latency, never a task.
+ */
+#include "err.h"
+#include "log.h"
+#include "orch.h"
+#include "spiffe.h"
+
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct waiter {
+	struct waiter *next;
+	struct rpc_ctx *ctx;
+	char agent[SPIFFE_ID_MAX + 1];
+	uint64_t highest;
+	int64_t deadline_ms;
+	int check; /* look its tasks up on the next round */
+};
+
+struct orch_waiters {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct waiter *list;
+	int check_all;
+	int draining;
+	pthread_t waker, listener;
+};
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void orch_waiters_park(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+		       uint64_t highest_generation, int64_t wait_ms)
+{
+	struct orch_waiters *w = o->waiters;
+	struct waiter *x = calloc(1, sizeof *x);
+	if (x == NULL) {
+		rpc_finish(ctx, SW_ENOMEM);
+		return;
+	}
+	int64_t left = rpc_remaining_ms(ctx);
+	if (left != INT64_MAX && left - 500 < wait_ms)
+		wait_ms = left - 500;
+	if (wait_ms < 0)
+		wait_ms = 0;
+	if (wait_ms > o->c.poll_max_ms)
+		wait_ms = o->c.poll_max_ms;
+	x->ctx = ctx;
+	snprintf(x->agent, sizeof x->agent, "%s", agent);
+	x->highest = highest_generation;
+	x->deadline_ms = mono_ms() + wait_ms;
+	x->check = 1;
+	pthread_mutex_lock(&w->mu);
+	if (w->draining) {
+		pthread_mutex_unlock(&w->mu);
+		free(x);
+		rpc_finish(ctx, 0); /* an empty answer: the agent polls again */
+		return;
+	}
+	x->next = w->list;
+	w->list = x;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void mark_agent(struct orch_waiters *w, const char *agent)
+{
+	pthread_mutex_lock(&w->mu);
+	for (struct waiter *x = w->list; x; x = x->next)
+		if (strcmp(x->agent, agent) == 0)
+			x->check = 1;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* Takes the waiters that need an answer or a look-up now. */
+static struct waiter *take_due(struct orch_waiters *w, int64_t now, int all)
+{
+	struct waiter *due = NULL, **pp = &w->list;
+	while (*pp) {
+		struct waiter *x = *pp;
+		if (all || x->check || x->deadline_ms <= now || w->draining) {
+			*pp = x->next;
+			x->next = due;
+			due = x;
+		} else {
+			pp = &x->next;
+		}
+	}
+	return due;
+}
+
+static void *waker_main(void *arg)
+{
+	struct orch *o = arg;
+	struct orch_waiters *w = o->waiters;
+	char err[256];
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		int64_t now = mono_ms();
+		int all = w->check_all;
+		w->check_all = 0;
+		struct waiter *due = take_due(w, now, all);
+		if (due == NULL) {
+			if (w->draining && w->list == NULL)
+				break;
+			int64_t next = now + 1000;
+			for (struct waiter *x = w->list; x; x = x->next)
+				if (x->deadline_ms < next)
+					next = x->deadline_ms;
+			struct timespec dl;
+			clock_gettime(CLOCK_REALTIME, &dl);
+			int64_t wait = next - now;
+			dl.tv_sec += (time_t)(wait / 1000);
+			dl.tv_nsec += (long)(wait % 1000) * 1000000L;
+			if (dl.tv_nsec >= 1000000000L) {
+				dl.tv_sec++;
+				dl.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&w->cv, &w->mu, &dl);
+			continue;
+		}
+		int draining = w->draining;
+		pthread_mutex_unlock(&w->mu);
+		struct waiter *keep = NULL;
+		while (due) {
+			struct waiter *x = due;
+			due = x->next;
+			Slipway__V1__PollTasksResponse *resp = (void *)rpc_response(x->ctx);
+			int n = 0;
+			if (!draining && !rpc_cancelled(x->ctx)) {
+				n = orch_next_task(o, x->ctx, x->agent, x->highest, resp, err, sizeof err);
+				if (n < 0) {
+					log_warn("task look-up failed", "agent=%s error=%s", x->agent, err);
+					n = 0;
+				}
+			}
+			if (n > 0 || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= mono_ms()) {
+				rpc_finish(x->ctx, 0);
+				free(x);
+			} else {
+				x->check = 0;
+				x->next = keep;
+				keep = x;
+			}
+		}
+		pthread_mutex_lock(&w->mu);
+		while (keep) {
+			struct waiter *x = keep;
+			keep = x->next;
+			x->next = w->list;
+			w->list = x;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+int orch_notify_agent(struct db_conn *c, const char *agent, char *err, size_t errlen)
+{
+	return db_q(c, "SELECT pg_notify('orch_agent', $1)", 1, (const char *[]){ agent }, NULL, err,
+		    errlen);
+}
+
+int orch_notify_deployment(struct db_conn *c, const char *id, char *err, size_t errlen)
+{
+	return db_q(c, "SELECT pg_notify('orch_deploy', $1)", 1, (const char *[]){ id }, NULL, err,
+		    errlen);
+}
+
+static void *listener_main(void *arg)
+{
+	struct orch *o = arg;
+	struct orch_waiters *w = o->waiters;
+	struct db_conn *c = NULL;
+	char err[256];
+	while (!atomic_load(&o->stopping)) {
+		if (c == NULL) {
+			if (db_acquire(o->db, &c, 2000, err, sizeof err) != 0 ||
+			    db_q(c, "LISTEN orch_agent", 0, NULL, NULL, err, sizeof err) != 0 ||
+			    db_q(c, "LISTEN orch_deploy", 0, NULL, NULL, err, sizeof err) != 0) {
+				if (c != NULL) {
+					db_release(o->db, c);
+					c = NULL;
+				}
+				struct timespec ts = { 0, 200 * 1000000L };
+				nanosleep(&ts, NULL);
+				continue;
+			}
+			/* Anything published while we were not listening. */
+			pthread_mutex_lock(&w->mu);
+			w->check_all = 1;
+			pthread_cond_signal(&w->cv);
+			pthread_mutex_unlock(&w->mu);
+			orch_engine_kick(o);
+		}
+		PGconn *pg = db_pg(c);
+		struct pollfd pfd = { .fd = PQsocket(pg), .events = POLLIN };
+		int pr = poll(&pfd, 1, 200);
+		if (pr < 0)
+			continue;
+		if (PQconsumeInput(pg) == 0 || PQstatus(pg) != CONNECTION_OK) {
+			log_warn("notification listener lost its connection; reconnecting", NULL);
+			/* Mark it broken so the pool reconnects it. */
+			db_release(o->db, c);
+			c = NULL;
+			continue;
+		}
+		PGnotify *n;
+		int kick = 0;
+		while ((n = PQnotifies(pg)) != NULL) {
+			if (strcmp(n->relname, "orch_agent") == 0)
+				mark_agent(w, n->extra);
+			else
+				kick = 1;
+			PQfreemem(n);
+		}
+		if (kick)
+			orch_engine_kick(o);
+	}
+	if (c != NULL) {
+		db_q(c, "UNLISTEN *", 0, NULL, NULL, err, sizeof err);
+		db_release(o->db, c);
+	}
+	return NULL;
+}
+
+int orch_waiters_start(struct orch *o, char *err, size_t errlen)
+{
+	struct orch_waiters *w = calloc(1, sizeof *w);
+	if (w == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	o->waiters = w;
+	if (pthread_create(&w->waker, NULL, waker_main, o) != 0 ||
+	    pthread_create(&w->listener, NULL, listener_main, o) != 0)
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the long-poll threads");
+	return 0;
+}
+
+void orch_waiters_drain(void *arg)
+{
+	struct orch *o = arg;
+	struct orch_waiters *w = o->waiters;
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->draining = 1;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+void orch_waiters_stop(struct orch *o)
+{
+	struct orch_waiters *w = o->waiters;
+	if (w == NULL)
+		return;
+	orch_waiters_drain(o);
+	pthread_join(w->waker, NULL);
+	pthread_join(w->listener, NULL);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	free(w);
+	o->waiters = NULL;
+}
