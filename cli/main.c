@@ -22,10 +22,12 @@
 
 int cli_cmd_pki(struct cli *c, int argc, char **argv);
 int cli_cmd_health(struct cli *c, int argc, char **argv);
+int cli_cmd_artifact(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
 	{ "health", cli_cmd_health, "check the health of the running services" },
+	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
 };
 
 int cli_fail(const char *fmt, ...)
