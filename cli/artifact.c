@@ -188,6 +188,8 @@ static int key_load(const char *path, struct signing_key *k)
 	int have = 0, rc = CLI_FAIL;
 	struct stat st;
 	memset(k, 0, sizeof *k);
+	if (sodium_init() < 0)
+		return cli_fail("libsodium failed to initialise");
 	FILE *f = fopen(path, "r");
 	if (f == NULL)
 		return cli_fail("--sign %s: %s", path, strerror(errno));

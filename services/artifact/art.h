@@ -168,6 +168,9 @@ int art_release_by_digest(struct art *a, struct rpc_ctx *ctx, const char *digest
  * a live release of app. */
 int art_pins_set(struct art *a, const char *actor, const Slipway__V1__SetPinsRequest *req,
 		 char *err, size_t errlen);
+/* db_tx on the service's database, retried once when it failed on a
+ * connection the server had closed before anything could commit. */
+int art_tx(struct art *a, db_tx_fn fn, void *arg, char *err, size_t errlen);
 /* Writes one audit event in its own transaction (denials, failures). */
 int art_audit_alone(struct art *a, const struct outbox_event *e, char *err, size_t errlen);
 /* Wakes the outbox relay after a commit (no-op without an audit service). */

@@ -221,10 +221,12 @@ static int mark_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 		struct cand *cd = &g->batch[i];
 		char id[24];
 		cd->rels[0] = '\0';
-		if (cd->was_deleting)
-			continue;
-		if ((rc = db_q(c, "UPDATE blobs SET state = 'deleting' WHERE id = $1", 1,
-			       (const char *[]){ db_i64(id, cd->id) }, NULL, err, errlen)) != 0 ||
+		/* An unfinished deletion's releases were collected with its mark;
+		 * collecting again is a no-op then, and keeps a hand-edited row
+		 * from leaving a release pointing at deleted bytes. */
+		if ((!cd->was_deleting &&
+		     (rc = db_q(c, "UPDATE blobs SET state = 'deleting' WHERE id = $1", 1,
+				(const char *[]){ db_i64(id, cd->id) }, NULL, err, errlen)) != 0) ||
 		    (rc = load_releases(g, c, cd, 1, err, errlen)) != 0) {
 			g->after = saved_after;
 			return rc;
@@ -289,7 +291,7 @@ static int collect(struct gc *g, char *err, size_t errlen)
 {
 	int rc = 0;
 	for (int b = 0; b < GC_MAX_BATCHES && !rpc_cancelled(g->ctx); b++) {
-		if ((rc = db_tx(g->a->db, NULL, mark_fn, g, err, errlen)) != 0)
+		if ((rc = art_tx(g->a, mark_fn, g, err, errlen)) != 0)
 			return rc;
 		art_kick(g->a);
 		if (g->nbatch == 0)
@@ -305,7 +307,7 @@ static int collect(struct gc *g, char *err, size_t errlen)
 				return SW_EUNAVAIL;
 			}
 			struct del_tx t = { g, cd, 0 };
-			if ((rc = db_tx(g->a->db, NULL, delete_fn, &t, err, errlen)) != 0)
+			if ((rc = art_tx(g->a, delete_fn, &t, err, errlen)) != 0)
 				return rc;
 			if (t.deleted) {
 				log_info("gc: deleted blob", "digest=%s size=%llu reason=%s",

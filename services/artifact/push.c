@@ -390,7 +390,7 @@ static int claim_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 static int claim(struct push *p)
 {
 	char err[512];
-	int rc = db_tx(p->a->db, NULL, claim_fn, p, err, sizeof err);
+	int rc = art_tx(p->a, claim_fn, p, err, sizeof err);
 	if (rc != 0)
 		return rpc_errorf(p->ctx, rc, "%s", err);
 	p->claimed = 1;
@@ -784,7 +784,7 @@ static int run(struct push *p)
 
 	p->t_stored = mono_ms();
 	char err[512];
-	rc = db_tx(p->a->db, NULL, commit_fn, p, err, sizeof err);
+	rc = art_tx(p->a, commit_fn, p, err, sizeof err);
 	if (rc != 0)
 		return rpc_errorf(p->ctx, rc, "%s", err);
 	p->claimed = 0; /* committed: nothing to give back */

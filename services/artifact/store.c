@@ -129,16 +129,53 @@ int art_release_from_row(struct rpc_ctx *ctx, const PGresult *res, int row,
 	return 0;
 }
 
-/* Runs one read-only statement on a pooled connection. */
+/* Runs one read-only statement on a pooled connection. A pooled session
+ * the server has closed (a restart, a failover) is only noticed when it is
+ * used: such a read is retried once on a fresh connection. */
 static int query(struct art *a, const char *sql, int n, const char *const *vals, PGresult **res,
 		 char *err, size_t errlen)
 {
-	struct db_conn *c = NULL;
-	int rc = db_acquire(a->db, &c, 5000, err, errlen);
-	if (rc != 0)
-		return rc;
-	rc = db_q(c, sql, n, vals, res, err, errlen);
-	db_release(a->db, c);
+	int rc = 0;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct db_conn *c = NULL;
+		rc = db_acquire(a->db, &c, 5000, err, errlen);
+		if (rc != 0)
+			return rc;
+		rc = db_q(c, sql, n, vals, res, err, errlen);
+		db_release(a->db, c);
+		if (rc != SW_EUNAVAIL)
+			break;
+	}
+	return rc;
+}
+
+struct tx_call {
+	db_tx_fn fn;
+	void *arg;
+	int entered;
+	int fn_rc;
+};
+
+static int tx_trampoline(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct tx_call *t = arg;
+	t->entered = 1;
+	t->fn_rc = t->fn(c, t->arg, err, errlen);
+	return t->fn_rc;
+}
+
+int art_tx(struct art *a, db_tx_fn fn, void *arg, char *err, size_t errlen)
+{
+	int rc = 0;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct tx_call t = { fn, arg, 0, 0 };
+		rc = db_tx(a->db, NULL, tx_trampoline, &t, err, errlen);
+		/* Retry only when the transaction cannot have committed: it never
+		 * started (BEGIN failed) or one of its statements failed. A lost
+		 * COMMIT has an unknown outcome and is reported as it is. */
+		if (rc != SW_EUNAVAIL || (t.entered && t.fn_rc == 0))
+			break;
+	}
 	return rc;
 }
 
@@ -351,7 +388,7 @@ int art_pins_set(struct art *a, const char *actor, const Slipway__V1__SetPinsReq
 		 char *err, size_t errlen)
 {
 	struct pins_tx t = { actor, req };
-	int rc = db_tx(a->db, NULL, pins_fn, &t, err, errlen);
+	int rc = art_tx(a, pins_fn, &t, err, errlen);
 	if (rc == 0)
 		art_kick(a);
 	return rc;
@@ -366,7 +403,7 @@ static int audit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 
 int art_audit_alone(struct art *a, const struct outbox_event *e, char *err, size_t errlen)
 {
-	int rc = db_tx(a->db, NULL, audit_fn, (void *)e, err, errlen);
+	int rc = art_tx(a, audit_fn, (void *)e, err, errlen);
 	if (rc == 0)
 		art_kick(a);
 	else
