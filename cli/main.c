@@ -26,6 +26,7 @@ int cli_cmd_audit(struct cli *c, int argc, char **argv);
 int cli_cmd_policy(struct cli *c, int argc, char **argv);
 int cli_cmd_approve(struct cli *c, int argc, char **argv);
 int cli_cmd_reject(struct cli *c, int argc, char **argv);
+int cli_cmd_artifact(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
@@ -34,6 +35,7 @@ static const struct cli_cmd groups[] = {
 	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy" },
 	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval" },
 	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)" },
+	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
 };
 
 int cli_fail(const char *fmt, ...)

@@ -36,11 +36,15 @@ struct req {
 	int fd;
 	uint64_t fd_left;
 	int fd_error;
+	/* put_stream */
+	s3_fill_fn fill;
+	uint64_t fill_left;
 	/* get */
 	s3_data_fn fn;
 	void *arg;
-	/* head */
+	/* head, and the ETag of any response */
 	uint64_t size;
+	char etag[80];
 	/* get_small */
 	uint8_t *buf;
 	size_t cap, len;
@@ -130,6 +134,16 @@ static S3Status on_props(const S3ResponseProperties *p, void *cb)
 	struct req *r = cb;
 	r->last_progress = mono_ms();
 	r->size = p->contentLength;
+	if (p->eTag != NULL) {
+		const char *e = p->eTag;
+		size_t n = strlen(e);
+		if (n >= 2 && e[0] == '"' && e[n - 1] == '"') {
+			e++;
+			n -= 2;
+		}
+		if (n < sizeof r->etag)
+			snprintf(r->etag, sizeof r->etag, "%.*s", (int)n, e);
+	}
 	return S3StatusOK;
 }
 
@@ -154,6 +168,20 @@ static int on_put_data(int size, char *buf, void *cb)
 		r->mem_off += n;
 		return (int)n;
 	}
+	if (r->fill != NULL) {
+		if (r->fill_left == 0)
+			return 0;
+		size_t cap = r->fill_left < (uint64_t)size ? (size_t)r->fill_left : (size_t)size;
+		int got = r->fill((uint8_t *)buf, cap, r->arg);
+		/* Time the producer took is not S3's: restart the stall clock. */
+		r->last_progress = mono_ms();
+		if (got <= 0 || (size_t)got > cap) {
+			r->aborted = 1;
+			return -1; /* aborts the request before the body is complete */
+		}
+		r->fill_left -= (uint64_t)got;
+		return got;
+	}
 	if (r->fd_left == 0)
 		return 0;
 	size_t want = r->fd_left < (uint64_t)size ? (size_t)r->fd_left : (size_t)size;
@@ -174,7 +202,10 @@ static S3Status on_get_data(int size, const char *buf, void *cb)
 	struct req *r = cb;
 	r->last_progress = mono_ms();
 	if (r->fn != NULL) {
-		if (r->fn((const uint8_t *)buf, (size_t)size, r->arg) != 0) {
+		int stop = r->fn((const uint8_t *)buf, (size_t)size, r->arg);
+		/* A slow consumer is not a stalled S3: restart the stall clock. */
+		r->last_progress = mono_ms();
+		if (stop != 0) {
 			r->aborted = 1;
 			return S3StatusAbortedByCallback;
 		}
@@ -240,6 +271,8 @@ static int drive(struct s3 *s, S3RequestContext *ctx, struct req *r, int64_t dea
 static int status_err(struct s3 *s, const char *what, const char *key, struct req *r, char *err,
 		      size_t errlen)
 {
+	if (r->fd_error)
+		return sw_errf(err, errlen, SW_EIO, "%s %s: reading the local file failed", what, key);
 	switch (r->status) {
 	case S3StatusOK:
 		return 0;
@@ -260,9 +293,6 @@ static int status_err(struct s3 *s, const char *what, const char *key, struct re
 	case S3StatusErrorInvalidDigest:
 		return sw_errf(err, errlen, SW_EDATALOSS, "%s %s: S3 saw damaged bytes", what, key);
 	default:
-		if (r->fd_error)
-			return sw_errf(err, errlen, SW_EIO, "%s %s: reading the local file failed", what,
-				       key);
 		return sw_errf(err, errlen, SW_EUNAVAIL, "%s %s at %s: %s%s%s", what, key, s->host,
 			       S3_get_status_name(r->status), r->errbuf[0] ? ": " : "", r->errbuf);
 	}
@@ -290,11 +320,13 @@ static int do_put(struct s3 *s, const char *key, struct req *r, uint64_t len,
 		return sw_errf(err, errlen, SW_EINVAL, "invalid object key");
 	if ((rc = begin(&ctx, err, errlen)) != 0)
 		return rc;
-	md5_base64(md5, b64);
 	S3PutProperties props;
 	memset(&props, 0, sizeof props);
 	props.contentType = "application/octet-stream";
-	props.md5 = b64;
+	if (md5 != NULL) {
+		md5_base64(md5, b64);
+		props.md5 = b64;
+	}
 	props.expires = -1;
 	S3PutObjectHandler h = { { on_props, on_complete }, on_put_data };
 	S3_put_object(&s->bc, key, len, &props, ctx, &h, r);
@@ -318,6 +350,23 @@ int s3_put(struct s3 *s, const char *key, const void *data, size_t len, char *er
 	r.fd = -1;
 	EVP_Digest(data, len, md5, &ml, EVP_md5(), NULL);
 	return do_put(s, key, &r, len, md5, err, errlen);
+}
+
+int s3_put_stream(struct s3 *s, const char *key, uint64_t len, s3_fill_fn fn, void *arg,
+		  struct s3_object_info *info, char *err, size_t errlen)
+{
+	struct req r;
+	memset(&r, 0, sizeof r);
+	r.fd = -1;
+	r.fill = fn;
+	r.fill_left = len;
+	r.arg = arg;
+	int rc = do_put(s, key, &r, len, NULL, err, errlen);
+	if (rc == 0 && info != NULL) {
+		info->size = len;
+		snprintf(info->etag, sizeof info->etag, "%s", r.etag);
+	}
+	return rc;
 }
 
 int s3_put_fd(struct s3 *s, const char *key, int fd, uint64_t len, const uint8_t md5[16],
@@ -381,6 +430,16 @@ int s3_get_small(struct s3 *s, const char *key, size_t cap, uint8_t **out, size_
 
 int s3_head(struct s3 *s, const char *key, uint64_t *size, char *err, size_t errlen)
 {
+	struct s3_object_info info;
+	int rc = s3_stat(s, key, &info, err, errlen);
+	if (rc == 0 && size != NULL)
+		*size = info.size;
+	return rc;
+}
+
+int s3_stat(struct s3 *s, const char *key, struct s3_object_info *info, char *err,
+	    size_t errlen)
+{
 	S3RequestContext *ctx = NULL;
 	struct req r;
 	int rc;
@@ -396,8 +455,10 @@ int s3_head(struct s3 *s, const char *key, uint64_t *size, char *err, size_t err
 	if (rc != 0)
 		return rc;
 	rc = status_err(s, "head", key, &r, err, errlen);
-	if (rc == 0 && size != NULL)
-		*size = r.size;
+	if (rc == 0) {
+		info->size = r.size;
+		snprintf(info->etag, sizeof info->etag, "%s", r.etag);
+	}
 	return rc;
 }
 

@@ -70,6 +70,34 @@ int s3_get_small(struct s3 *s, const char *key, size_t cap, uint8_t **out, size_
 /* Size of key (SW_ENOTFOUND when absent). size may be NULL. */
 int s3_head(struct s3 *s, const char *key, uint64_t *size, char *err, size_t errlen);
 
+/* What a HEAD (or a PUT's response) says about an object. */
+struct s3_object_info {
+	uint64_t size;
+	char etag[80]; /* the ETag without its quotes ("" when none was sent); for an
+			* object stored by a single PUT it is the hex MD5 of its bytes */
+};
+
+/* Like s3_head, with the ETag. */
+int s3_stat(struct s3 *s, const char *key, struct s3_object_info *info, char *err,
+	    size_t errlen);
+
+/* Supplies upload data for s3_put_stream: writes up to cap bytes into buf
+ * and returns how many (> 0), or a negative value to abort the upload. It
+ * may block while the data is produced; time spent here is not counted as
+ * an S3 stall. */
+typedef int (*s3_fill_fn)(uint8_t *buf, size_t cap, void *arg);
+
+/*
+ * Uploads exactly len bytes produced by fn under key in one PUT, for
+ * callers that stream data whose MD5 they only know at the end (so no
+ * Content-MD5 is sent). When fn aborts, the request is abandoned before
+ * its body is complete, so a conforming server stores nothing, and this
+ * returns SW_ECANCELLED. On success, info (may be NULL) receives the ETag
+ * the server returned, for the caller to compare with its own MD5.
+ */
+int s3_put_stream(struct s3 *s, const char *key, uint64_t len, s3_fill_fn fn, void *arg,
+		  struct s3_object_info *info, char *err, size_t errlen);
+
 /* Deletes key (absent keys are not an error). */
 int s3_delete(struct s3 *s, const char *key, char *err, size_t errlen);
 
