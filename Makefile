@@ -6,6 +6,7 @@
 #   make demo          install what is missing, build, run the local stack demo
 #   make bench         run every benchmark (bench/run all)
 #   make fuzz          build the libFuzzer harnesses (clang)
+#   make bundles       the demo application's release bundles (build/demo/web-*.tar.gz)
 #   make clean         remove build/
 #   V=1                show the commands
 
@@ -107,6 +108,17 @@ build/bin/slipway-$(1): $$(patsubst %.c,$$(OBJ)/%.o,$$(wildcard services/$(1)/*.
 endef
 $(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
 
+# ---- the demo application and its release bundles ----
+DEMO_BUNDLES := build/demo/web-1.0.0.tar.gz build/demo/web-2.0.0.tar.gz build/demo/web-3.0.0.tar.gz
+
+build/demo/demo-app: $(OBJ)/compose/demo-app/main.o $(MODE_STAMP)
+	@mkdir -p build/demo
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $<
+
+$(DEMO_BUNDLES) &: build/demo/demo-app scripts/make-bundles
+	$(Q)scripts/make-bundles
+
 # ---- tests ----
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRCS))
@@ -134,10 +146,26 @@ build/tests/slipway-testsvc: $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_S
 
 TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc)
 
-# ---- top-level targets ----
-.PHONY: all bins tests test unit integration demo bench fuzz clean bootstrap
+# The agent's tests link its domain code (everything but main.c) as a library.
+$(OBJ)/tests/unit/test_agent_%.o $(OBJ)/tests/integration/it_agent_%.o: CFLAGS_ALL += -Iservices/agent
+AGENT_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(filter-out services/agent/main.c,$(wildcard services/agent/*.c)))
 
-all: bins tests
+build/tests/test_agent_%: $(OBJ)/tests/unit/test_agent_%.o $(AGENT_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
+
+build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
+
+# ---- top-level targets ----
+.PHONY: all bins tests test unit integration demo bench fuzz clean bootstrap bundles
+
+all: bins tests bundles
+
+bundles: $(DEMO_BUNDLES)
 
 bins: build/bin/slipway $(SERVICE_BINS)
 

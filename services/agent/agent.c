@@ -1,0 +1,142 @@
+/*
+ * agent.c - the agent object: its root, its keys, its identity and its
+ * clients of the artifact, secrets and orchestrator services. The
+ * supervised application is not the agent's to stop on exit: agent_free
+ * leaves it running.
+ */
+#include "agent.h"
+#include "err.h"
+#include "log.h"
+#include "sealed.h"
+#include "tls.h"
+
+#include <sodium.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int new_client(const char *addr, const char *ca, const char *cert, const char *key,
+		      int own, struct rpc_client **out, char *err, size_t errlen)
+{
+	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
+				     .key_pem = key, .max_msg_bytes = 8u << 20,
+				     .own_connection = own };
+	char e2[256];
+	int rc = rpc_client_new(&o, out, e2, sizeof e2);
+	if (rc != 0)
+		return sw_errf(err, errlen, rc, "client for %s: %s", addr, e2);
+	return 0;
+}
+
+int agent_new(const struct agent_config *cfg, struct agent **out, char *err, size_t errlen)
+{
+	int rc = 0;
+	char *ca = NULL, *cert = NULL, *key = NULL;
+	char path[AGENT_PATH_MAX];
+	struct agent *a = NULL;
+
+	*out = NULL;
+	if (agent_labels_get(&cfg->labels, "app") == NULL ||
+	    agent_labels_get(&cfg->labels, "environment") == NULL)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "labels app and environment are required (--label app=web "
+			       "--label environment=prod, or SLIPWAY_AGENT_LABELS)");
+	if (cfg->artifact_addr == NULL || cfg->artifact_addr[0] == '\0')
+		return sw_errf(err, errlen, SW_EINVAL, "--artifact-addr is required");
+	if (sealed_init() != 0)
+		return sw_errf(err, errlen, SW_EINTERNAL, "libsodium did not initialise");
+	if ((a = calloc(1, sizeof *a)) == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	a->cfg = cfg;
+	a->store.lock_fd = -1;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_mutex_init(&a->probe_mu, NULL);
+	pthread_mutex_init(&a->exec_mu, NULL);
+	pthread_cond_init(&a->cond, NULL);
+	atomic_init(&a->stopping, 0);
+
+	if ((rc = agent_store_open(cfg->root, &a->store, err, errlen)) != 0)
+		goto out;
+	if (cfg->hostname != NULL && cfg->hostname[0] != '\0')
+		snprintf(a->hostname, sizeof a->hostname, "%s", cfg->hostname);
+	else if (gethostname(a->hostname, sizeof a->hostname - 1) != 0)
+		snprintf(a->hostname, sizeof a->hostname, "unknown");
+	if ((rc = agent_cert_spiffe_id(cfg->cert, a->keys.self_id, sizeof a->keys.self_id, err,
+				       errlen)) != 0)
+		goto out;
+
+	/* The X25519 key secrets are sealed to: created 0600 on first start. */
+	if ((a->keys.seal_sk = sodium_malloc(SEALED_X25519_BYTES)) == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of secure memory");
+		goto out;
+	}
+	if (cfg->seal_key != NULL && cfg->seal_key[0] != '\0')
+		snprintf(path, sizeof path, "%s", cfg->seal_key);
+	else
+		agent_store_path(&a->store, path, sizeof path, "seal.key");
+	if ((rc = sealed_x25519_load(path, 1, a->keys.seal_pk, a->keys.seal_sk, err, errlen)) != 0)
+		goto out;
+
+	/* Secrets are only ever accepted when signed by the pinned key. */
+	if (cfg->secrets_sign_key != NULL && cfg->secrets_sign_key[0] != '\0') {
+		if ((rc = agent_sign_key_parse(cfg->secrets_sign_key, a->keys.sign_pk, err,
+					       errlen)) != 0)
+			goto out;
+		a->keys.have_sign_pk = 1;
+	} else if (cfg->secrets_addr != NULL && cfg->secrets_addr[0] != '\0') {
+		rc = sw_errf(err, errlen, SW_EINVAL,
+			     "--secrets-addr is set but --secrets-sign-key is not: the agent "
+			     "refuses secrets it cannot verify");
+		goto out;
+	}
+
+	if ((rc = tls_read_pem(cfg->ca, &ca, err, errlen)) != 0 ||
+	    (rc = tls_read_pem(cfg->cert, &cert, err, errlen)) != 0 ||
+	    (rc = tls_read_pem(cfg->key, &key, err, errlen)) != 0)
+		goto out;
+	if ((rc = new_client(cfg->artifact_addr, ca, cert, key, 0, &a->artifact, err, errlen)) != 0)
+		goto out;
+	if (cfg->secrets_addr != NULL && cfg->secrets_addr[0] != '\0' &&
+	    (rc = new_client(cfg->secrets_addr, ca, cert, key, 0, &a->secrets, err, errlen)) != 0)
+		goto out;
+	/* The long poll gets its own connection, so that a slow pull never
+	 * shares a TCP connection with it. */
+	if (cfg->orchestrator_addr != NULL && cfg->orchestrator_addr[0] != '\0' &&
+	    (rc = new_client(cfg->orchestrator_addr, ca, cert, key, 1, &a->orch, err, errlen)) != 0)
+		goto out;
+	*out = a;
+	a = NULL;
+out:
+	if (key != NULL) {
+		sodium_memzero(key, strlen(key));
+		free(key);
+	}
+	free(ca);
+	free(cert);
+	agent_free(a);
+	return rc;
+}
+
+void agent_free(struct agent *a)
+{
+	if (a == NULL)
+		return;
+	agent_sup_stop(a);
+	rpc_client_free(a->orch);
+	rpc_client_free(a->secrets);
+	rpc_client_free(a->artifact);
+	if (a->keys.seal_sk != NULL) {
+		sodium_memzero(a->keys.seal_sk, SEALED_X25519_BYTES);
+		sodium_free(a->keys.seal_sk);
+	}
+	/* Forget the live process without stopping it. */
+	agent_manifest_free(a->live.m);
+	agent_store_close(&a->store);
+	pthread_cond_destroy(&a->cond);
+	pthread_mutex_destroy(&a->exec_mu);
+	pthread_mutex_destroy(&a->probe_mu);
+	pthread_mutex_destroy(&a->mu);
+	free(a);
+}

@@ -1,0 +1,690 @@
+/*
+ * control.c - the agent's side of service AgentControl
+ * (proto/slipway/v1/orchestrator.proto).
+ *
+ * Three threads:
+ *
+ *   heartbeat  RegisterAgent at start and whenever an answer says
+ *              `reregister` (or the orchestrator does not know us), then
+ *              Heartbeat every heartbeat_interval_ms with the runtime and
+ *              the highest generation seen.
+ *   poll       PollTasks long poll (wait_ms, deadline a few seconds later),
+ *              fencing: a task below the highest generation seen is
+ *              ignored; a new highest generation is persisted (fsync)
+ *              before the task is accepted; a task already finished is
+ *              not redone, its recorded result is reported again.
+ *   worker     runs one task at a time: ReportTask(STARTED), the executor,
+ *              the result recorded durably, ReportTask(SUCCEEDED|FAILED)
+ *              retried with backoff until acknowledged. An answer with
+ *              `superseded`, or a newer task arriving, stops the task at
+ *              its next safe point, with nothing more reported.
+ *
+ * The orchestrator being down is never fatal: every call backs off and
+ * tries again. Nothing here is a test hook: the protocol is the product.
+ */
+#include "agent.h"
+#include "err.h"
+#include "log.h"
+
+#include "slipway/v1/orchestrator.pb-c.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_TASKS_PER_POLL 64
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 10000
+#define CALL_TIMEOUT_MS 10000
+#define QUIET_LOG_MS 60000
+
+struct agent_control {
+	struct agent *a;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	atomic_int stop;
+	pthread_t hb, poll, work;
+	int hb_started, poll_started, work_started;
+
+	int registered;
+	int need_register;
+	long long interval_ms;
+
+	struct agent_task pending;     /* the newest task waiting to run */
+	int have_pending;
+	struct agent_task rereport;    /* a finished task delivered again */
+	int have_rereport;
+	struct agent_task cur;         /* the task the worker runs */
+	int running;
+	int worker_done;
+
+	struct rpc_stream *poll_stream; /* for cancelling the long poll */
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static void wait_ms(struct agent_control *c, long long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->mu);
+	if (!atomic_load(&c->stop))
+		pthread_cond_timedwait(&c->cond, &c->mu, &ts);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static long long next_backoff(long long b)
+{
+	b = b < BACKOFF_MIN_MS ? BACKOFF_MIN_MS : b * 2;
+	return b > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b;
+}
+
+/* Adds up to 25% of jitter so that many agents do not retry in step. */
+static long long jitter(long long ms)
+{
+	unsigned r = (unsigned)agent_now_ms() * 2654435761u;
+	return ms + (long long)(r % (unsigned)(ms / 4 + 1));
+}
+
+/* Logs a failing call on the first failure and then at most once a minute. */
+struct quiet {
+	int failing;
+	int64_t last_ms;
+	unsigned suppressed;
+};
+
+static void quiet_fail(struct quiet *q, const char *what, const char *err)
+{
+	int64_t now = agent_now_ms();
+	if (!q->failing || now - q->last_ms >= QUIET_LOG_MS) {
+		log_warn("orchestrator call failed; retrying", "call=%s error=%s suppressed=%u", what,
+			 err, q->suppressed);
+		q->last_ms = now;
+		q->suppressed = 0;
+	} else {
+		q->suppressed++;
+	}
+	q->failing = 1;
+}
+
+static void quiet_ok(struct quiet *q, const char *what)
+{
+	if (q->failing)
+		log_info("orchestrator reachable again", "call=%s", what);
+	q->failing = 0;
+}
+
+/* Pointers into rt: valid while rt lives. */
+static void fill_runtime(const struct agent_runtime *rt, char *endpoint, size_t elen,
+			 Slipway__V1__AgentRuntime *pr)
+{
+	slipway__v1__agent_runtime__init(pr);
+	pr->app = (char *)rt->app;
+	pr->version = (char *)rt->version;
+	pr->digest = (char *)rt->digest;
+	pr->process = (Slipway__V1__ProcessState)rt->process;
+	pr->healthy = rt->healthy;
+	pr->health_detail = (char *)rt->health_detail;
+	pr->restarts = rt->restarts;
+	pr->health_checked_unix_ms = rt->health_checked_unix_ms;
+	if (rt->port > 0)
+		snprintf(endpoint, elen, "127.0.0.1:%d", rt->port);
+	else
+		endpoint[0] = '\0';
+	pr->endpoint = endpoint;
+}
+
+static uint64_t highest_generation(struct agent_control *c)
+{
+	pthread_mutex_lock(&c->mu);
+	uint64_t g = c->a->store.generation;
+	pthread_mutex_unlock(&c->mu);
+	return g;
+}
+
+/* Errors that mean "the orchestrator does not know this agent". */
+static int unknown_agent(int rc)
+{
+	return rc == SW_ENOTFOUND || rc == SW_EPRECOND;
+}
+
+/* ------------------------------------------------------- register, heartbeat */
+
+static int do_register(struct agent_control *c, char *err, size_t errlen)
+{
+	struct agent *a = c->a;
+	struct agent_runtime rt;
+	char endpoint[64];
+	Slipway__V1__RegisterRequest req = SLIPWAY__V1__REGISTER_REQUEST__INIT;
+	Slipway__V1__KeyValue kv[AGENT_MAX_LABELS], *kvp[AGENT_MAX_LABELS];
+	Slipway__V1__AgentRuntime prt;
+	ProtobufCMessage *resp = NULL;
+
+	for (size_t i = 0; i < a->cfg->labels.n; i++) {
+		slipway__v1__key_value__init(&kv[i]);
+		kv[i].key = (char *)a->cfg->labels.v[i].key;
+		kv[i].value = (char *)a->cfg->labels.v[i].value;
+		kvp[i] = &kv[i];
+	}
+	req.n_labels = a->cfg->labels.n;
+	req.labels = kvp;
+	req.seal_public_key.data = a->keys.seal_pk;
+	req.seal_public_key.len = sizeof a->keys.seal_pk;
+	req.hostname = a->hostname;
+	req.agent_version = SLIPWAY_VERSION;
+	agent_runtime(a, &rt);
+	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
+	req.runtime = &prt;
+	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
+	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "RegisterAgent",
+			  &req.base, &resp, &o, err, errlen);
+	if (rc != 0)
+		return rc;
+	Slipway__V1__RegisterResponse *r = (void *)resp;
+	if (r->agent_id != NULL && r->agent_id[0] != '\0' && strcmp(r->agent_id, a->keys.self_id) != 0)
+		log_warn("the orchestrator registered another identity", "registered=%s ours=%s",
+			 r->agent_id, a->keys.self_id);
+	pthread_mutex_lock(&c->mu);
+	if (r->heartbeat_interval_ms >= 100 && r->heartbeat_interval_ms <= 600000)
+		c->interval_ms = r->heartbeat_interval_ms;
+	c->registered = 1;
+	c->need_register = 0;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+	log_info("registered with the orchestrator", "agent=%s interval_ms=%lld labels=%zu",
+		 a->keys.self_id, c->interval_ms, a->cfg->labels.n);
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return 0;
+}
+
+static int do_heartbeat(struct agent_control *c, char *err, size_t errlen)
+{
+	struct agent *a = c->a;
+	struct agent_runtime rt;
+	char endpoint[64];
+	Slipway__V1__HeartbeatRequest req = SLIPWAY__V1__HEARTBEAT_REQUEST__INIT;
+	Slipway__V1__AgentRuntime prt;
+	ProtobufCMessage *resp = NULL;
+	agent_runtime(a, &rt);
+	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
+	req.runtime = &prt;
+	req.highest_generation = highest_generation(c);
+	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
+	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "Heartbeat", &req.base,
+			  &resp, &o, err, errlen);
+	if (rc != 0)
+		return rc;
+	Slipway__V1__HeartbeatResponse *r = (void *)resp;
+	pthread_mutex_lock(&c->mu);
+	if (r->heartbeat_interval_ms >= 100 && r->heartbeat_interval_ms <= 600000)
+		c->interval_ms = r->heartbeat_interval_ms;
+	if (r->reregister) {
+		c->need_register = 1;
+		log_info("the orchestrator asks this agent to register again", NULL);
+	}
+	pthread_mutex_unlock(&c->mu);
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return 0;
+}
+
+static void *hb_main(void *arg)
+{
+	struct agent_control *c = arg;
+	struct quiet q = { 0 };
+	long long backoff = 0;
+	char err[256];
+	log_set_request_id(NULL);
+	while (!atomic_load(&c->stop)) {
+		pthread_mutex_lock(&c->mu);
+		int reg = !c->registered || c->need_register;
+		long long interval = c->interval_ms;
+		pthread_mutex_unlock(&c->mu);
+		if (reg) {
+			int rc = do_register(c, err, sizeof err);
+			if (rc != 0) {
+				quiet_fail(&q, "RegisterAgent", err);
+				backoff = next_backoff(backoff);
+				wait_ms(c, jitter(backoff));
+				continue;
+			}
+			quiet_ok(&q, "RegisterAgent");
+			backoff = 0;
+			continue; /* the first heartbeat follows at once */
+		}
+		int rc = do_heartbeat(c, err, sizeof err);
+		if (rc != 0) {
+			quiet_fail(&q, "Heartbeat", err);
+			if (unknown_agent(rc)) {
+				pthread_mutex_lock(&c->mu);
+				c->need_register = 1;
+				pthread_mutex_unlock(&c->mu);
+			}
+		} else {
+			quiet_ok(&q, "Heartbeat");
+		}
+		pthread_mutex_lock(&c->mu);
+		reg = c->need_register;
+		pthread_mutex_unlock(&c->mu);
+		if (!reg)
+			wait_ms(c, interval);
+	}
+	return NULL;
+}
+
+/* --------------------------------------------------------------- polling */
+
+/* Copies a Task into t. Returns 0, or SW_EINVAL when a field does not fit
+ * (t->task_id is still set when that one fits, so the task can be failed). */
+static int copy_task(const Slipway__V1__Task *in, struct agent_task *t)
+{
+	memset(t, 0, sizeof *t);
+	if (in->task_id == NULL || in->task_id[0] == '\0' || strlen(in->task_id) > AGENT_ID_MAX)
+		return SW_ERANGE;
+	snprintf(t->task_id, sizeof t->task_id, "%s", in->task_id);
+	t->generation = in->generation;
+	t->kind = (int)in->kind;
+	t->attempt = in->attempt;
+	t->deadline_unix_ms = in->deadline_unix_ms;
+	t->has_secrets = in->has_secrets;
+	atomic_init(&t->superseded, 0);
+	const char *f[5] = { in->deployment_id, in->app, in->environment, in->version, in->digest };
+	char *d[5] = { t->deployment_id, t->app, t->environment, t->version, t->digest };
+	size_t cap[5] = { sizeof t->deployment_id, sizeof t->app, sizeof t->environment,
+			  sizeof t->version, sizeof t->digest };
+	int rc = 0;
+	for (int i = 0; i < 5; i++) {
+		const char *s = f[i] ? f[i] : "";
+		if (strlen(s) >= cap[i])
+			rc = SW_EINVAL;
+		snprintf(d[i], cap[i], "%s", s);
+	}
+	/* An over-long field: the executor fails the task on its digest. */
+	if (rc != 0)
+		snprintf(t->digest, sizeof t->digest, "invalid");
+	return 0;
+}
+
+static void copy_task_struct(struct agent_task *dst, const struct agent_task *src)
+{
+	memcpy(dst, src, sizeof *dst);
+	atomic_init(&dst->superseded, 0);
+}
+
+/* Applies the fencing rules to one delivered task. c->mu held. */
+static void accept_task(struct agent_control *c, const struct agent_task *t)
+{
+	struct agent_store *s = &c->a->store;
+	char err[256];
+	switch (agent_fence_classify(s, t, c->running ? &c->cur : NULL,
+				     c->have_pending ? &c->pending : NULL)) {
+	case AGENT_FENCE_STALE:
+		log_info("ignoring a stale task", "task=%s generation=%" PRIu64 " highest=%" PRIu64,
+			 t->task_id, t->generation, s->generation);
+		return;
+	case AGENT_FENCE_CONFLICT:
+		log_warn("ignoring a task that reuses a generation",
+			 "task=%s generation=%" PRIu64 " holder=%s", t->task_id, t->generation,
+			 s->generation_task);
+		return;
+	case AGENT_FENCE_BUSY:
+		return;
+	case AGENT_FENCE_REREPORT:
+		if (c->have_rereport && strcmp(c->rereport.task_id, t->task_id) == 0)
+			return;
+		log_info("task delivered again: reporting its recorded result",
+			 "task=%s generation=%" PRIu64, t->task_id, t->generation);
+		copy_task_struct(&c->rereport, t);
+		c->have_rereport = 1;
+		pthread_cond_broadcast(&c->cond);
+		return;
+	case AGENT_FENCE_RESUME:
+		/* Accepted before but never finished (the agent stopped or
+		 * crashed): do it now; a deploy is safe to run again. */
+		log_info("resuming a task accepted before", "task=%s generation=%" PRIu64,
+			 t->task_id, t->generation);
+		break;
+	case AGENT_FENCE_NEW:
+		if (agent_store_set_generation(s, t->generation, t->task_id, err, sizeof err) != 0) {
+			log_error("cannot persist the task generation: not accepting the task",
+				  "task=%s error=%s", t->task_id, err);
+			return;
+		}
+		break;
+	}
+	if (c->have_pending)
+		log_info("a newer task replaces one that had not started", "dropped=%s task=%s",
+			 c->pending.task_id, t->task_id);
+	copy_task_struct(&c->pending, t);
+	c->have_pending = 1;
+	if (c->running)
+		log_info("a newer task supersedes the running one", "running=%s task=%s",
+			 c->cur.task_id, t->task_id);
+	pthread_cond_broadcast(&c->cond);
+}
+
+static int poll_once(struct agent_control *c, int *ntasks, char *err, size_t errlen)
+{
+	struct agent *a = c->a;
+	struct rpc_stream *s = NULL;
+	ProtobufCMessage *m = NULL;
+	long long wait = a->cfg->poll_wait_ms;
+	struct rpc_call_opts o = { .timeout_ms = wait + 5000 };
+	*ntasks = 0;
+	int rc = rpc_stream_open(a->orch, &slipway__v1__agent_control__descriptor, "PollTasks", &o,
+				 &s, err, errlen);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&c->mu);
+	c->poll_stream = s;
+	if (atomic_load(&c->stop))
+		rpc_stream_cancel(s);
+	pthread_mutex_unlock(&c->mu);
+
+	Slipway__V1__PollTasksRequest req = SLIPWAY__V1__POLL_TASKS_REQUEST__INIT;
+	req.wait_ms = wait;
+	req.highest_generation = highest_generation(c);
+	if (rpc_stream_send(s, &req.base) == 0)
+		rpc_stream_close_send(s);
+	int got = rpc_stream_recv(s, &m);
+	if (got == 1) {
+		/* A unary answer: read to the end so the status arrives. */
+		ProtobufCMessage *extra = NULL;
+		if (rpc_stream_recv(s, &extra) == 1) {
+			protobuf_c_message_free_unpacked(extra, NULL);
+			rpc_stream_cancel(s);
+		}
+	}
+	pthread_mutex_lock(&c->mu);
+	c->poll_stream = NULL;
+	pthread_mutex_unlock(&c->mu);
+	rc = rpc_stream_finish(s, err, errlen);
+	if (rc == 0 && got == 1) {
+		Slipway__V1__PollTasksResponse *r = (void *)m;
+		size_t n = r->n_tasks > MAX_TASKS_PER_POLL ? MAX_TASKS_PER_POLL : r->n_tasks;
+		struct agent_task *v = calloc(n ? n : 1, sizeof *v);
+		size_t nv = 0;
+		for (size_t i = 0; v != NULL && i < n; i++) {
+			if (copy_task(r->tasks[i], &v[nv]) != 0) {
+				log_warn("ignoring a task without a usable id", NULL);
+				continue;
+			}
+			/* Keep them in generation order. */
+			for (size_t j = nv; j > 0 && v[j - 1].generation > v[j].generation; j--) {
+				struct agent_task tmp;
+				copy_task_struct(&tmp, &v[j]);
+				copy_task_struct(&v[j], &v[j - 1]);
+				copy_task_struct(&v[j - 1], &tmp);
+			}
+			nv++;
+		}
+		pthread_mutex_lock(&c->mu);
+		for (size_t i = 0; i < nv; i++)
+			accept_task(c, &v[i]);
+		pthread_mutex_unlock(&c->mu);
+		free(v);
+		*ntasks = (int)nv;
+	} else if (rc == 0) {
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "empty answer");
+	}
+	if (m != NULL)
+		protobuf_c_message_free_unpacked(m, NULL);
+	return rc;
+}
+
+static void *poll_main(void *arg)
+{
+	struct agent_control *c = arg;
+	struct quiet q = { 0 };
+	long long backoff = 0;
+	char err[256];
+	log_set_request_id(NULL);
+	while (!atomic_load(&c->stop)) {
+		pthread_mutex_lock(&c->mu);
+		while (!c->registered && !atomic_load(&c->stop))
+			pthread_cond_wait(&c->cond, &c->mu);
+		pthread_mutex_unlock(&c->mu);
+		if (atomic_load(&c->stop))
+			break;
+		int64_t t0 = agent_now_ms();
+		int n = 0;
+		int rc = poll_once(c, &n, err, sizeof err);
+		if (atomic_load(&c->stop))
+			break;
+		if (rc != 0) {
+			quiet_fail(&q, "PollTasks", err);
+			if (unknown_agent(rc)) {
+				pthread_mutex_lock(&c->mu);
+				c->need_register = 1;
+				pthread_cond_broadcast(&c->cond);
+				pthread_mutex_unlock(&c->mu);
+			}
+			backoff = next_backoff(backoff);
+			wait_ms(c, jitter(backoff));
+			continue;
+		}
+		quiet_ok(&q, "PollTasks");
+		backoff = 0;
+		/* An orchestrator that answers an empty poll at once is not long
+		 * polling: do not spin on it. */
+		if (n == 0 && agent_now_ms() - t0 < 1000)
+			wait_ms(c, 1000);
+	}
+	return NULL;
+}
+
+/* ----------------------------------------------------------------- worker */
+
+static int task_cancel(struct agent *a, const struct agent_task *t, void *arg)
+{
+	(void)a;
+	struct agent_control *c = arg;
+	if (atomic_load(&c->stop) || atomic_load(&t->superseded))
+		return 1;
+	pthread_mutex_lock(&c->mu);
+	int newer = c->have_pending && c->pending.generation > t->generation;
+	pthread_mutex_unlock(&c->mu);
+	return newer;
+}
+
+enum { REPORT_ACKED = 0, REPORT_SUPERSEDED = 1, REPORT_GAVE_UP = 2 };
+
+/* Reports until acknowledged. Gives up when the agent stops (the result is
+ * recorded: it is reported again when the task is delivered again), when
+ * a newer task arrives, or on an answer that retrying cannot change. */
+static int report(struct agent_control *c, struct agent_task *t, int result, const char *msg,
+		  int64_t duration_ms)
+{
+	struct agent *a = c->a;
+	long long backoff = 0;
+	struct quiet q = { 0 };
+	char err[256];
+	for (int attempt = 1;; attempt++) {
+		struct agent_runtime rt;
+		char endpoint[64];
+		Slipway__V1__AgentRuntime prt;
+		Slipway__V1__TaskReport req = SLIPWAY__V1__TASK_REPORT__INIT;
+		ProtobufCMessage *resp = NULL;
+		agent_runtime(a, &rt);
+		fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
+		req.task_id = t->task_id;
+		req.generation = t->generation;
+		req.result = (Slipway__V1__TaskResult)result;
+		req.message = (char *)msg;
+		req.runtime = &prt;
+		req.duration_ms = duration_ms;
+		struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
+		int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "ReportTask",
+				  &req.base, &resp, &o, err, sizeof err);
+		if (rc == 0) {
+			Slipway__V1__ReportTaskResponse *r = (void *)resp;
+			int sup = r->superseded;
+			log_info("task reported", "task=%s generation=%" PRIu64 " result=%d accepted=%d superseded=%d",
+				 t->task_id, t->generation, result, (int)r->accepted, sup);
+			protobuf_c_message_free_unpacked(resp, NULL);
+			if (sup) {
+				atomic_store(&t->superseded, 1);
+				return REPORT_SUPERSEDED;
+			}
+			return REPORT_ACKED;
+		}
+		if (rc == SW_EINVAL || rc == SW_ENOTFOUND || rc == SW_EPERM || rc == SW_EPRECOND ||
+		    rc == SW_EEXIST || rc == SW_EUNIMPL) {
+			log_warn("the orchestrator refused the report", "task=%s error=%s", t->task_id,
+				 err);
+			return REPORT_GAVE_UP;
+		}
+		quiet_fail(&q, "ReportTask", err);
+		if (atomic_load(&c->stop) || task_cancel(a, t, c))
+			return REPORT_GAVE_UP;
+		backoff = next_backoff(backoff);
+		wait_ms(c, jitter(backoff));
+		if (atomic_load(&c->stop) || task_cancel(a, t, c))
+			return REPORT_GAVE_UP;
+		(void)attempt;
+	}
+}
+
+static void *work_main(void *arg)
+{
+	struct agent_control *c = arg;
+	struct agent *a = c->a;
+	char err[256];
+	log_set_request_id(NULL);
+	for (;;) {
+		pthread_mutex_lock(&c->mu);
+		while (!c->have_pending && !c->have_rereport && !atomic_load(&c->stop))
+			pthread_cond_wait(&c->cond, &c->mu);
+		if (atomic_load(&c->stop)) {
+			pthread_mutex_unlock(&c->mu);
+			break;
+		}
+		if (c->have_rereport) {
+			struct agent_task t;
+			copy_task_struct(&t, &c->rereport);
+			c->have_rereport = 0;
+			pthread_mutex_unlock(&c->mu);
+			int result;
+			char msg[AGENT_MSG_MAX];
+			if (agent_store_get_result(&a->store, t.task_id, t.generation, &result, msg,
+						   sizeof msg) == 0)
+				report(c, &t, result, msg, 0);
+			continue;
+		}
+		copy_task_struct(&c->cur, &c->pending);
+		c->have_pending = 0;
+		c->running = 1;
+		pthread_mutex_unlock(&c->mu);
+
+		struct agent_task *t = &c->cur;
+		struct agent_result res;
+		log_set_request_id(t->task_id);
+		int r = report(c, t, SLIPWAY__V1__TASK_RESULT__TASK_STARTED, "", 0);
+		if (r != REPORT_SUPERSEDED && !task_cancel(a, t, c)) {
+			if (agent_exec(a, t, task_cancel, c, &res) == 0) {
+				if (agent_store_put_result(&a->store, t->task_id, t->generation,
+							   res.result, res.message, err,
+							   sizeof err) != 0)
+					log_error("cannot record the task result", "task=%s error=%s",
+						  t->task_id, err);
+				report(c, t, res.result, res.message, res.duration_ms);
+			}
+		} else {
+			log_info("task superseded before it started", "task=%s", t->task_id);
+		}
+		log_set_request_id(NULL);
+		pthread_mutex_lock(&c->mu);
+		c->running = 0;
+		pthread_mutex_unlock(&c->mu);
+	}
+	pthread_mutex_lock(&c->mu);
+	c->worker_done = 1;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* ------------------------------------------------------------- life cycle */
+
+int agent_control_start(struct agent *a, char *err, size_t errlen)
+{
+	struct agent_control *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	if (a->orch == NULL) {
+		free(c);
+		return sw_errf(err, errlen, SW_EINVAL, "--orchestrator-addr is required");
+	}
+	c->a = a;
+	c->interval_ms = a->cfg->heartbeat_ms;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	atomic_init(&c->stop, 0);
+	a->control = c;
+	if (pthread_create(&c->work, NULL, work_main, c) == 0)
+		c->work_started = 1;
+	if (pthread_create(&c->poll, NULL, poll_main, c) == 0)
+		c->poll_started = 1;
+	if (pthread_create(&c->hb, NULL, hb_main, c) == 0)
+		c->hb_started = 1;
+	if (!c->work_started || !c->poll_started || !c->hb_started) {
+		agent_control_stop(a);
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the control threads");
+	}
+	return 0;
+}
+
+int agent_control_stop(struct agent *a)
+{
+	struct agent_control *c = a->control;
+	int rc = 0;
+	if (c == NULL)
+		return 0;
+	atomic_store(&c->stop, 1);
+	pthread_mutex_lock(&c->mu);
+	if (c->poll_stream != NULL)
+		rpc_stream_cancel(c->poll_stream);
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+	if (c->poll_started)
+		pthread_join(c->poll, NULL);
+	if (c->hb_started)
+		pthread_join(c->hb, NULL);
+	if (c->work_started) {
+		/* The task reaches a safe point, or completes if it is past its
+		 * switch; either way within the shutdown grace. */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += a->cfg->shutdown_grace_ms / 1000;
+		ts.tv_nsec += (a->cfg->shutdown_grace_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&c->mu);
+		while (!c->worker_done) {
+			if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
+				break;
+		}
+		int done = c->worker_done;
+		pthread_mutex_unlock(&c->mu);
+		if (!done) {
+			log_error("the running task did not reach a safe point within the grace period",
+				  "grace_ms=%lld", a->cfg->shutdown_grace_ms);
+			return SW_ETIMEDOUT; /* the caller exits without freeing */
+		}
+		pthread_join(c->work, NULL);
+	}
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+	a->control = NULL;
+	return rc;
+}

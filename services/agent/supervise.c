@@ -1,0 +1,487 @@
+/*
+ * supervise.c - the live release: the process that serves now.
+ *
+ * The supervisor thread wakes a few times a second. A live process that
+ * ended is restarted after an exponential backoff (reset once it has stayed
+ * up for the crash-loop window); too many restarts inside the window puts
+ * it in PROCESS_CRASHLOOP, which heartbeats report, while the agent keeps
+ * trying at the longest backoff. A running process is probed every
+ * live_interval_ms and the result is what heartbeats call "healthy".
+ *
+ * run/app.json records the live process (pid, start time, port, release,
+ * version, secrets directory) so that a restarted agent adopts the running
+ * application instead of starting a second copy: the agent is not in the
+ * serving path, and restarting it must not take production down.
+ *
+ * Locking: agent.mu guards `live`. A probe runs without agent.mu (it may
+ * take seconds) but holds agent.probe_mu, which agent_promote takes before
+ * freeing the manifest the probe may be reading.
+ */
+#include "agent.h"
+#include "err.h"
+#include "log.h"
+
+#include <jansson.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TICK_MS 100
+
+static const char *const inherited_env[] = { "PATH", "LANG", "LC_ALL", "TZ", "HOME",
+					      "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS" };
+
+int agent_build_env(struct agent *a, const struct agent_manifest *m, const char *hex,
+		    const char *version, int port, const char *secrets_dir, int with_secrets,
+		    struct agent_env *out, char *err, size_t errlen)
+{
+	char buf[AGENT_PATH_MAX];
+	int rc = 0;
+	memset(out, 0, sizeof *out);
+	if (m->nsecrets > 0 && with_secrets) {
+		if (secrets_dir == NULL || secrets_dir[0] == '\0') {
+			rc = sw_errf(err, errlen, SW_EPRECOND, "the release needs secrets it does not have");
+			goto out;
+		}
+		if ((rc = agent_secrets_env(secrets_dir, out, err, errlen)) != 0)
+			goto out;
+	}
+	for (size_t i = 0; i < sizeof inherited_env / sizeof inherited_env[0]; i++) {
+		const char *v = getenv(inherited_env[i]);
+		if (v == NULL && strcmp(inherited_env[i], "PATH") == 0)
+			v = "/usr/local/bin:/usr/bin:/bin";
+		if (v != NULL && (rc = agent_env_add(out, inherited_env[i], v)) != 0)
+			goto out;
+	}
+	const char *app = agent_labels_get(&a->cfg->labels, "app");
+	snprintf(buf, sizeof buf, "%d", port);
+	if ((rc = agent_env_add(out, "PORT", buf)) != 0 ||
+	    (rc = agent_env_add(out, "SLIPWAY_APP", app ? app : "")) != 0 ||
+	    (rc = agent_env_add(out, "SLIPWAY_VERSION", version)) != 0)
+		goto out;
+	snprintf(buf, sizeof buf, "sha256:%s", hex);
+	if ((rc = agent_env_add(out, "SLIPWAY_DIGEST", buf)) != 0)
+		goto out;
+	agent_store_path(&a->store, buf, sizeof buf, "releases/%s", hex);
+	if ((rc = agent_env_add(out, "SLIPWAY_RELEASE_DIR", buf)) != 0)
+		goto out;
+	if (secrets_dir != NULL && secrets_dir[0] != '\0' &&
+	    (rc = agent_env_add(out, "SLIPWAY_SECRETS_DIR", secrets_dir)) != 0)
+		goto out;
+	for (size_t i = 0; i < m->nenv; i++) {
+		const char *eq = strchr(m->env[i], '=');
+		char name[160];
+		snprintf(name, sizeof name, "%.*s", (int)(eq - m->env[i]), m->env[i]);
+		if ((rc = agent_env_add(out, name, eq + 1)) != 0)
+			goto out;
+	}
+out:
+	if (rc != 0) {
+		if (rc == SW_ENOMEM || rc == SW_ELIMIT)
+			sw_errf(err, errlen, rc, "environment too large");
+		agent_env_free(out);
+	}
+	return rc;
+}
+
+int agent_start_release(struct agent *a, const struct agent_manifest *m, const char *hex,
+			const char *version, int port, const char *secrets_dir,
+			struct agent_proc *p, char *err, size_t errlen)
+{
+	char cwd[AGENT_PATH_MAX], logp[AGENT_PATH_MAX];
+	struct agent_env env;
+	if (agent_store_path(&a->store, cwd, sizeof cwd, "releases/%s/%s", hex, m->workdir) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "working directory path too long");
+	agent_store_path(&a->store, logp, sizeof logp, "logs/app.log");
+	int rc = agent_build_env(a, m, hex, version, port, secrets_dir, 1, &env, err, errlen);
+	if (rc != 0)
+		return rc;
+	struct agent_spawn sp = { .argv = m->argv, .envp = env.envp, .cwd = cwd, .log_path = logp };
+	rc = agent_proc_spawn(&sp, p, err, errlen);
+	agent_env_free(&env);
+	if (rc == 0) {
+		p->port = port;
+		log_info("release started", "release=%.12s version=%s pid=%d port=%d", hex, version,
+			 (int)p->pid, port);
+	}
+	return rc;
+}
+
+void agent_save_live_locked(struct agent *a)
+{
+	char path[AGENT_PATH_MAX], pidp[AGENT_PATH_MAX], err[256];
+	struct agent_live *l = &a->live;
+	agent_store_path(&a->store, path, sizeof path, "run/app.json");
+	agent_store_path(&a->store, pidp, sizeof pidp, "run/app.pid");
+	if (!l->have) {
+		unlink(path);
+		unlink(pidp);
+		return;
+	}
+	json_t *j = json_pack("{s:I, s:I, s:i, s:s, s:s, s:s}", "pid", (json_int_t)l->proc.pid,
+			      "start_time", (json_int_t)l->proc.start_time, "port", l->proc.port,
+			      "release", l->hex, "version", l->version, "secrets_dir", l->secrets_dir);
+	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	if (text == NULL || agent_write_file_sync(path, text, strlen(text), err, sizeof err) != 0)
+		log_error("cannot record the live process", "path=%s", path);
+	free(text);
+	json_decref(j);
+	if (l->proc.pid > 0) {
+		char num[32];
+		int n = snprintf(num, sizeof num, "%d\n", (int)l->proc.pid);
+		agent_write_file_sync(pidp, num, (size_t)n, err, sizeof err);
+	} else {
+		unlink(pidp);
+	}
+}
+
+int agent_load_release(struct agent *a, const char *hex, struct agent_manifest **m, char *err,
+		       size_t errlen)
+{
+	char dir[AGENT_PATH_MAX];
+	agent_store_path(&a->store, dir, sizeof dir, "releases/%s", hex);
+	int rc = agent_manifest_load(dir, m, err, errlen);
+	if (rc == 0 && (rc = agent_manifest_resolve(*m, dir)) != 0) {
+		agent_manifest_free(*m);
+		*m = NULL;
+		sw_errf(err, errlen, rc, "out of memory");
+	}
+	return rc;
+}
+
+/* Reads run/app.json. Returns 0 when it describes release hex. */
+static int read_app_json(struct agent *a, const char *hex, struct agent_proc *p, char *version,
+			 size_t vlen, char *secrets_dir, size_t slen)
+{
+	char path[AGENT_PATH_MAX];
+	agent_store_path(&a->store, path, sizeof path, "run/app.json");
+	json_error_t je;
+	json_t *j = json_load_file(path, 0, &je);
+	if (j == NULL)
+		return SW_ENOTFOUND;
+	json_int_t pid = 0, st = 0;
+	int port = 0;
+	const char *rel = NULL, *ver = NULL, *sd = NULL;
+	int rc = SW_EINVAL;
+	if (json_unpack(j, "{s:I, s:I, s:i, s:s, s:s, s:s}", "pid", &pid, "start_time", &st,
+			"port", &port, "release", &rel, "version", &ver, "secrets_dir", &sd) == 0 &&
+	    strcmp(rel, hex) == 0 && pid >= 0 && pid < (1 << 30) && port >= 0 && port < 65536 &&
+	    strlen(ver) <= AGENT_VERSION_MAX) {
+		memset(p, 0, sizeof *p);
+		p->pid = (pid_t)pid;
+		p->start_time = (uint64_t)st;
+		p->port = port;
+		p->is_child = 0;
+		snprintf(version, vlen, "%s", ver);
+		snprintf(secrets_dir, slen, "%s", sd);
+		rc = 0;
+	}
+	json_decref(j);
+	return rc;
+}
+
+int agent_adopt(struct agent *a, char *err, size_t errlen)
+{
+	char hex[AGENT_HEX_LEN + 1];
+	struct agent_manifest *m = NULL;
+	struct agent_live *l = &a->live;
+	int rc;
+
+	if (agent_store_link(&a->store, "current", hex) != 0) {
+		log_info("nothing deployed yet", NULL);
+		return 0;
+	}
+	if ((rc = agent_load_release(a, hex, &m, err, errlen)) != 0)
+		return rc;
+	pthread_mutex_lock(&a->mu);
+	memset(l, 0, sizeof *l);
+	l->have = 1;
+	l->m = m;
+	snprintf(l->hex, sizeof l->hex, "%s", hex);
+	l->backoff_ms = a->cfg->restart_backoff_ms;
+	struct agent_proc p;
+	memset(&p, 0, sizeof p);
+	int known = read_app_json(a, hex, &p, l->version, sizeof l->version, l->secrets_dir,
+				  sizeof l->secrets_dir) == 0;
+	if (known && p.pid > 0 && agent_proc_alive(&p)) {
+		l->proc = p;
+		l->state = AGENT_PROC_RUNNING;
+		l->up_since_ms = agent_now_ms();
+		l->next_health_ms = agent_now_ms();
+		snprintf(l->health_detail, sizeof l->health_detail, "adopted; not checked yet");
+		log_info("adopted the running release", "release=%.12s version=%s pid=%d port=%d",
+			 hex, l->version, (int)p.pid, p.port);
+	} else {
+		/* Not running (it crashed while the agent was away, or the host
+		 * rebooted): start it again, on its old port when it had one. */
+		memset(&l->proc, 0, sizeof l->proc);
+		l->proc.port = known ? p.port : 0;
+		l->state = AGENT_PROC_STARTING;
+		l->next_restart_ms = agent_now_ms();
+		log_info("the current release is not running: starting it", "release=%.12s", hex);
+	}
+	agent_save_live_locked(a);
+	pthread_mutex_unlock(&a->mu);
+	return 0;
+}
+
+static int crashloop_count(struct agent *a, int64_t now)
+{
+	struct agent_live *l = &a->live;
+	int n = 0;
+	unsigned cap = sizeof l->restart_at / sizeof l->restart_at[0];
+	unsigned n_at = l->nrestart_at < cap ? l->nrestart_at : cap;
+	for (unsigned i = 0; i < n_at; i++)
+		if (now - l->restart_at[i] <= a->cfg->crashloop_window_ms)
+			n++;
+	return n;
+}
+
+/* One supervisor step for a dead or due process. a->mu held. */
+static void restart_step(struct agent *a, int64_t now)
+{
+	struct agent_live *l = &a->live;
+	char err[256];
+	if (l->proc.pid > 0 && !agent_proc_alive(&l->proc)) {
+		log_warn("the application exited; restarting it after a backoff",
+			 "release=%.12s pid=%d status=%d backoff_ms=%lld", l->hex, (int)l->proc.pid,
+			 l->proc.exit_status, l->backoff_ms);
+		/* A process that stayed up for a whole window starts over. */
+		if (l->up_since_ms != 0 && now - l->up_since_ms >= a->cfg->crashloop_window_ms)
+			l->backoff_ms = a->cfg->restart_backoff_ms;
+		l->proc.pid = 0;
+		l->healthy = 0;
+		snprintf(l->health_detail, sizeof l->health_detail, "process exited with status %d",
+			 l->proc.exit_status);
+		l->health_at_ms = agent_wall_ms();
+		l->next_restart_ms = now + l->backoff_ms;
+		l->backoff_ms = l->backoff_ms * 2 > a->cfg->restart_backoff_max_ms
+					? a->cfg->restart_backoff_max_ms
+					: l->backoff_ms * 2;
+		if (l->state != AGENT_PROC_CRASHLOOP)
+			l->state = AGENT_PROC_STARTING;
+		agent_save_live_locked(a);
+	}
+	if (l->proc.pid == 0 && l->next_restart_ms != 0 && now >= l->next_restart_ms) {
+		unsigned cap = sizeof l->restart_at / sizeof l->restart_at[0];
+		l->restart_at[l->nrestart_at % cap] = now;
+		l->nrestart_at++;
+		l->restarts++;
+		l->next_restart_ms = 0;
+		if (crashloop_count(a, now) >= a->cfg->crashloop_restarts &&
+		    l->state != AGENT_PROC_CRASHLOOP) {
+			l->state = AGENT_PROC_CRASHLOOP;
+			log_error("crash loop: the application keeps exiting", "release=%.12s restarts=%u",
+				  l->hex, l->restarts);
+		}
+		int port = l->proc.port;
+		if (port == 0 && agent_free_port(&port, err, sizeof err) != 0)
+			port = 0;
+		struct agent_proc p;
+		if (agent_start_release(a, l->m, l->hex, l->version, port, l->secrets_dir, &p, err,
+					sizeof err) == 0) {
+			l->proc = p;
+			l->up_since_ms = now;
+			l->next_health_ms = now + l->m->health.interval_ms;
+		} else {
+			log_error("cannot restart the application", "release=%.12s error=%s", l->hex,
+				  err);
+			snprintf(l->health_detail, sizeof l->health_detail, "restart failed: %.200s", err);
+			l->next_restart_ms = now + l->backoff_ms;
+			l->backoff_ms = l->backoff_ms * 2 > a->cfg->restart_backoff_max_ms
+						? a->cfg->restart_backoff_max_ms
+						: l->backoff_ms * 2;
+		}
+		agent_save_live_locked(a);
+	}
+	/* Up for a whole window: no longer a crash loop. */
+	if (l->proc.pid > 0 && l->state == AGENT_PROC_CRASHLOOP &&
+	    now - l->up_since_ms >= a->cfg->crashloop_window_ms) {
+		l->state = AGENT_PROC_RUNNING;
+		l->nrestart_at = 0;
+		l->backoff_ms = a->cfg->restart_backoff_ms;
+		log_info("the application is stable again", "release=%.12s", l->hex);
+	}
+	if (l->proc.pid > 0 && l->state == AGENT_PROC_STARTING)
+		l->state = AGENT_PROC_RUNNING;
+}
+
+/* Probes the live process when due. Called without a->mu. */
+static void probe_step(struct agent *a)
+{
+	char hex[AGENT_HEX_LEN + 1], version[AGENT_VERSION_MAX + 1], sd[AGENT_PATH_MAX];
+	char cwd[AGENT_PATH_MAX], logp[AGENT_PATH_MAX], detail[AGENT_MSG_MAX], err[256];
+	pthread_mutex_lock(&a->probe_mu);
+	pthread_mutex_lock(&a->mu);
+	struct agent_live *l = &a->live;
+	int64_t now = agent_now_ms();
+	if (!l->have || l->proc.pid <= 0 || now < l->next_health_ms) {
+		pthread_mutex_unlock(&a->mu);
+		pthread_mutex_unlock(&a->probe_mu);
+		return;
+	}
+	const struct agent_manifest *m = l->m;
+	pid_t pid = l->proc.pid;
+	int port = l->proc.port;
+	snprintf(hex, sizeof hex, "%s", l->hex);
+	snprintf(version, sizeof version, "%s", l->version);
+	snprintf(sd, sizeof sd, "%s", l->secrets_dir);
+	l->next_health_ms = now + m->health.live_interval_ms;
+	pthread_mutex_unlock(&a->mu);
+
+	struct agent_env env = { 0 };
+	int ok = 0;
+	agent_store_path(&a->store, cwd, sizeof cwd, "releases/%s/%s", hex, m->workdir);
+	agent_store_path(&a->store, logp, sizeof logp, "logs/app.log");
+	if (m->health.kind == AGENT_CHECK_COMMAND &&
+	    agent_build_env(a, m, hex, version, port, sd, 0, &env, err, sizeof err) != 0)
+		snprintf(detail, sizeof detail, "health command environment: %.200s", err);
+	else
+		ok = agent_health_probe(&m->health, port, cwd, env.envp, logp, detail, sizeof detail);
+	agent_env_free(&env);
+
+	pthread_mutex_lock(&a->mu);
+	if (l->have && l->proc.pid == pid && strcmp(l->hex, hex) == 0) {
+		if (ok != l->healthy)
+			log_info(ok ? "the application is healthy" : "the application is unhealthy",
+				 "release=%.12s detail=%s", hex, detail);
+		l->healthy = ok;
+		snprintf(l->health_detail, sizeof l->health_detail, "%s", detail);
+		l->health_at_ms = agent_wall_ms();
+	}
+	pthread_mutex_unlock(&a->mu);
+	pthread_mutex_unlock(&a->probe_mu);
+}
+
+static void *sup_main(void *arg)
+{
+	struct agent *a = arg;
+	log_set_request_id(NULL);
+	while (!atomic_load(&a->stopping)) {
+		pthread_mutex_lock(&a->mu);
+		if (a->live.have)
+			restart_step(a, agent_now_ms());
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += TICK_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_unlock(&a->mu);
+		probe_step(a);
+		pthread_mutex_lock(&a->mu);
+		if (!atomic_load(&a->stopping))
+			pthread_cond_timedwait(&a->cond, &a->mu, &ts);
+		pthread_mutex_unlock(&a->mu);
+	}
+	return NULL;
+}
+
+int agent_sup_start(struct agent *a, char *err, size_t errlen)
+{
+	if (pthread_create(&a->sup_thread, NULL, sup_main, a) != 0)
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the supervisor thread");
+	a->sup_started = 1;
+	return 0;
+}
+
+void agent_sup_stop(struct agent *a)
+{
+	if (!a->sup_started)
+		return;
+	atomic_store(&a->stopping, 1);
+	pthread_mutex_lock(&a->mu);
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->mu);
+	pthread_join(a->sup_thread, NULL);
+	a->sup_started = 0;
+}
+
+void agent_promote(struct agent *a, const char *hex, const char *version,
+		   struct agent_manifest *m, const struct agent_proc *p, const char *secrets_dir,
+		   const char *health_detail)
+{
+	struct agent_live *l = &a->live;
+	pthread_mutex_lock(&a->mu);
+	struct agent_proc old = l->proc;
+	struct agent_manifest *old_m = l->m;
+	char old_sd[AGENT_PATH_MAX];
+	snprintf(old_sd, sizeof old_sd, "%s", l->secrets_dir);
+	int had = l->have;
+	memset(l, 0, sizeof *l);
+	l->have = 1;
+	snprintf(l->hex, sizeof l->hex, "%s", hex);
+	snprintf(l->version, sizeof l->version, "%s", version);
+	l->m = m;
+	l->proc = *p;
+	snprintf(l->secrets_dir, sizeof l->secrets_dir, "%s", secrets_dir ? secrets_dir : "");
+	l->state = AGENT_PROC_RUNNING;
+	l->healthy = 1;
+	snprintf(l->health_detail, sizeof l->health_detail, "%s", health_detail);
+	l->health_at_ms = agent_wall_ms();
+	l->next_health_ms = agent_now_ms() + m->health.live_interval_ms;
+	l->backoff_ms = a->cfg->restart_backoff_ms;
+	l->up_since_ms = agent_now_ms();
+	agent_save_live_locked(a);
+	pthread_mutex_unlock(&a->mu);
+
+	if (had && old.pid > 0 && old.pid != p->pid) {
+		long long grace = old_m ? old_m->stop_grace_ms : 10000;
+		log_info("stopping the previous process", "pid=%d grace_ms=%lld", (int)old.pid, grace);
+		if (agent_proc_stop(&old, grace) != 0)
+			log_error("the previous process survived SIGKILL", "pid=%d", (int)old.pid);
+	}
+	if (had && old_sd[0] != '\0' && strcmp(old_sd, secrets_dir ? secrets_dir : "") != 0)
+		agent_secrets_remove(old_sd);
+	pthread_mutex_lock(&a->probe_mu);
+	agent_manifest_free(old_m);
+	pthread_mutex_unlock(&a->probe_mu);
+}
+
+void agent_stop_app(struct agent *a)
+{
+	struct agent_live *l = &a->live;
+	pthread_mutex_lock(&a->probe_mu);
+	pthread_mutex_lock(&a->mu);
+	if (l->have) {
+		if (l->proc.pid > 0)
+			agent_proc_stop(&l->proc, l->m ? l->m->stop_grace_ms : 10000);
+		agent_secrets_remove(l->secrets_dir);
+		agent_manifest_free(l->m);
+		memset(l, 0, sizeof *l);
+		agent_save_live_locked(a);
+	}
+	pthread_mutex_unlock(&a->mu);
+	pthread_mutex_unlock(&a->probe_mu);
+}
+
+void agent_runtime(struct agent *a, struct agent_runtime *rt)
+{
+	memset(rt, 0, sizeof *rt);
+	const char *app = agent_labels_get(&a->cfg->labels, "app");
+	snprintf(rt->app, sizeof rt->app, "%s", app ? app : "");
+	pthread_mutex_lock(&a->mu);
+	const struct agent_live *l = &a->live;
+	if (!l->have) {
+		rt->process = AGENT_PROC_NONE;
+	} else {
+		snprintf(rt->version, sizeof rt->version, "%s", l->version);
+		snprintf(rt->digest, sizeof rt->digest, "sha256:%s", l->hex);
+		rt->process = l->state ? l->state : AGENT_PROC_STARTING;
+		if (l->proc.pid <= 0 && l->state == AGENT_PROC_RUNNING)
+			rt->process = AGENT_PROC_STARTING;
+		rt->healthy = l->healthy && l->proc.pid > 0;
+		snprintf(rt->health_detail, sizeof rt->health_detail, "%s", l->health_detail);
+		rt->restarts = l->restarts;
+		rt->health_checked_unix_ms = l->health_at_ms;
+		rt->port = l->proc.port;
+	}
+	pthread_mutex_unlock(&a->mu);
+}
