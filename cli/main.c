@@ -27,6 +27,15 @@ int cli_cmd_policy(struct cli *c, int argc, char **argv);
 int cli_cmd_approve(struct cli *c, int argc, char **argv);
 int cli_cmd_reject(struct cli *c, int argc, char **argv);
 int cli_cmd_artifact(struct cli *c, int argc, char **argv);
+int cli_cmd_deploy(struct cli *c, int argc, char **argv);
+int cli_cmd_status(struct cli *c, int argc, char **argv);
+int cli_cmd_deployments(struct cli *c, int argc, char **argv);
+int cli_cmd_deployment(struct cli *c, int argc, char **argv);
+int cli_cmd_cancel(struct cli *c, int argc, char **argv);
+int cli_cmd_pause(struct cli *c, int argc, char **argv);
+int cli_cmd_resume(struct cli *c, int argc, char **argv);
+int cli_cmd_rollback(struct cli *c, int argc, char **argv);
+int cli_cmd_agents(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
@@ -36,6 +45,15 @@ static const struct cli_cmd groups[] = {
 	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval" },
 	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)" },
 	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
+	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (a rolling deployment; --wait follows it)" },
+	{ "status", cli_cmd_status, "an environment: current release, active and waiting deployments" },
+	{ "deployments", cli_cmd_deployments, "list deployments" },
+	{ "deployment", cli_cmd_deployment, "show or watch one deployment (targets, timeline)" },
+	{ "cancel", cli_cmd_cancel, "cancel a deployment" },
+	{ "pause", cli_cmd_pause, "pause a running deployment" },
+	{ "resume", cli_cmd_resume, "resume a paused deployment" },
+	{ "rollback", cli_cmd_rollback, "roll an environment back to its last known-good release (or --to)" },
+	{ "agents", cli_cmd_agents, "list agents: labels, health, version, last heartbeat" },
 };
 
 int cli_fail(const char *fmt, ...)

@@ -207,8 +207,13 @@ static int consistent(struct aud *a, const struct cp *ref, uint64_t size,
 			       (unsigned long long)size, (unsigned long long)ref->size);
 	if ((rc = merkle_plan_consistency(ref->size, size, &p)) != 0 ||
 	    (rc = aud_fill_plan(a, &p, err, errlen)) != 0 ||
-	    (rc = merkle_consistency(ref->size, size, &p, proof, &n)) != 0)
-		return rc == SW_EDATALOSS ? rc : sw_errf(err, errlen, rc, "consistency proof: %s", err);
+	    (rc = merkle_consistency(ref->size, size, &p, proof, &n)) != 0) {
+		if (rc == SW_EDATALOSS)
+			return rc;
+		char why[256];
+		snprintf(why, sizeof why, "%s", err);
+		return sw_errf(err, errlen, rc, "consistency proof: %s", why);
+	}
 	if (merkle_verify_consistency(ref->size, size, ref->root, root, proof, n) != 0)
 		return sw_errf(err, errlen, SW_EDATALOSS,
 			       "the log at size %llu is not consistent with the checkpoint at size %llu",

@@ -467,9 +467,12 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 		int v = orch_evaluate(o, ctx, t->id, t->app, t->env, rel->version, rel->digest,
 				      t->requester, rel->pb ? rel->pb->provenance : NULL, t->break_glass,
 				      t->bg_reason, orch_now_ms(), reason, sizeof reason, err, errlen);
-		if (v < 0)
+		if (v < 0) {
+			char why[512];
+			snprintf(why, sizeof why, "%s", err);
 			return sw_errf(err, errlen, v == SW_EPERM ? SW_EUNAVAIL : v,
-				       "policy evaluation failed: %s", err);
+				       "policy evaluation failed: %s", why);
+		}
 		if (v == SLIPWAY__V1__VERDICT__VERDICT_DENIED) {
 			/* Nothing is created; the denial is recorded by the policy
 			 * service's decision log and here. */
