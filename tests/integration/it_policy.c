@@ -549,11 +549,26 @@ static void test_decisions_recorded_and_in_outbox(void **state)
 		 ph_id("service/orchestrator"));
 	assert_memory_equal(v, want, strlen(want));
 	assert_non_null(strstr(v, "deny by default"));
-	/* ... and an audit event with the same id waits in (or went through)
-	 * the outbox. Without an audit service it waits. */
+	/* ... and audited with its reasons: the event (same id as the
+	 * decision) reaches the audit log through the outbox, or waits in the
+	 * outbox when the stack has no audit service. */
 	if (getenv("SLIPWAY_AUDIT_ADDR") == NULL) {
 		sql1("SELECT count(*) FROM policy.outbox WHERE event_id = $1", id, v, sizeof v);
 		assert_string_equal(v, "1");
+	} else {
+		Slipway__V1__AuditEntry *e = ph_audit_find("policy.decision", NULL, id, NULL, NULL);
+		assert_non_null(e);
+		assert_string_equal(e->event->actor, ph_id("user/carol"));
+		assert_string_equal(e->event->resource, "deployment/web/prod");
+		assert_int_equal(e->event->outcome, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED);
+		assert_string_equal(ph_detail(e, "allowed"), "false");
+		assert_string_equal(ph_detail(e, "action"), "deploy");
+		assert_string_equal(ph_detail(e, "caller"), ph_id("service/orchestrator"));
+		assert_non_null(strstr(ph_detail(e, "reasons"), "deny by default"));
+		char rs[24];
+		snprintf(rs, sizeof rs, "%llu", (unsigned long long)rev);
+		assert_string_equal(ph_detail(e, "revision"), rs);
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
 	}
 	/* An allowed push is not recorded (hot path); an allowed secret
 	 * read or deploy is. */
@@ -581,11 +596,27 @@ static void test_decisions_recorded_and_in_outbox(void **state)
 	sql1("SELECT name || ' ' || allowed::text FROM policy.decisions WHERE id = $1",
 	     r->decision_id, v, sizeof v);
 	assert_string_equal(v, "DB_URL true");
+	char fetch_id[64];
+	snprintf(fetch_id, sizeof fetch_id, "%s", r->decision_id);
 	protobuf_c_message_free_unpacked(out, NULL);
-	/* Every apply left a policy.apply event in the outbox too. */
+	/* Policy changes are audited too: the apply of this test's revision. */
 	if (getenv("SLIPWAY_AUDIT_ADDR") == NULL) {
 		sql1("SELECT count(*) FROM policy.outbox", NULL, v, sizeof v);
 		assert_true(num(v) > 0);
+	} else {
+		char rs[24];
+		snprintf(rs, sizeof rs, "%llu", (unsigned long long)rev);
+		Slipway__V1__AuditEntry *e = ph_audit_find("policy.apply", NULL, NULL, "revision", rs);
+		assert_non_null(e);
+		assert_string_equal(e->event->actor, ph_id("user/admin"));
+		assert_int_equal(strlen(ph_detail(e, "sha256")), 64);
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
+		/* An audited allow as well (a secret fetch). */
+		e = ph_audit_find("policy.decision", NULL, fetch_id, NULL, NULL);
+		assert_non_null(e);
+		assert_int_equal(e->event->outcome, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS);
+		assert_string_equal(e->event->resource, "secret/web/prod/DB_URL");
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
 	}
 }
 
