@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -681,6 +682,49 @@ static void test_policy_change_voids_approvals(void **state)
 	assert_non_null(strstr(why, "no longer allowed to approve"));
 }
 
+/* Runs the CLI as user `who` (its certificate from ph_client); returns the
+ * exit status and the output in out. */
+static int cli(const char *who, const char *args, char *out, size_t len)
+{
+	char cmd[2048], log[700];
+	snprintf(log, sizeof log, "%s/cli.out", ph_dir);
+	snprintf(cmd, sizeof cmd,
+		 "build/bin/slipway --cert %s/user_%s.crt --key %s/user_%s.key %s >%s 2>&1", ph_dir,
+		 who, ph_dir, who, args, log);
+	int st = system(cmd);
+	char *o = h_read_file(log);
+	snprintf(out, len, "%s", o ? o : "");
+	free(o);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_approve_reject(void **state)
+{
+	(void)state;
+	char why[2048], out[4096], args[512];
+	apply_with("[{\"name\": \"prod\", \"environments\": [\"prod\"], \"required\": 2}]");
+	struct facts f = { .dep = new_dep() };
+	assert_int_equal(verdict(&f, why, sizeof why, NULL), NEEDS);
+	snprintf(args, sizeof args, "approve %s --comment 'ship it' --digest %s", f.dep, D_A);
+	assert_int_equal(cli("bob", args, out, sizeof out), 0);
+	assert_non_null(strstr(out, "approved"));
+	snprintf(args, sizeof args, "approve %s", f.dep);
+	assert_int_equal(cli("alice", args, out, sizeof out), 1); /* the requester */
+	assert_non_null(strstr(out, "self-approval"));
+	snprintf(args, sizeof args, "-o json policy approvals %s", f.dep);
+	assert_int_equal(cli("bob", args, out, sizeof out), 0);
+	assert_non_null(strstr(out, "\"comment\": \"ship it\""));
+	snprintf(args, sizeof args, "reject %s", f.dep);
+	assert_int_equal(cli("sam", args, out, sizeof out), 2); /* needs a comment */
+	snprintf(args, sizeof args, "-o json reject %s --comment 'not today'", f.dep);
+	assert_int_equal(cli("sam", args, out, sizeof out), 0);
+	assert_non_null(strstr(out, "\"approve\": false"));
+	assert_int_equal(verdict(&f, why, sizeof why, NULL), DENIED);
+	snprintf(args, sizeof args, "approve %s", f.dep);
+	assert_int_equal(cli("sally", args, out, sizeof out), 1);
+	assert_non_null(strstr(out, "rejected"));
+}
+
 static void test_bad_facts(void **state)
 {
 	(void)state;
@@ -724,6 +768,7 @@ int main(void)
 		cmocka_unit_test(test_break_glass),
 		cmocka_unit_test(test_rejection_ends_request),
 		cmocka_unit_test(test_policy_change_voids_approvals),
+		cmocka_unit_test(test_cli_approve_reject),
 		cmocka_unit_test(test_bad_facts),
 	};
 	int rc = cmocka_run_group_tests_name("it_policy_approval", tests, group_setup,
