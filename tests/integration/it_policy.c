@@ -774,6 +774,18 @@ static void test_authz_client_cache_follows_revisions(void **state)
 	assert_int_equal(authz_check(a, NULL, &q, err, sizeof err), SW_EPERM);
 	assert_non_null(strstr(err, "deny by default"));
 	authz_free(a);
+	/* A client that may not ask about others gets denials, not
+	 * "unavailable". */
+	struct rpc_client *u = ph_client("user/bob");
+	struct authz_opts ou = { .policy = u, .cache_ms = -1 };
+	assert_int_equal(authz_new(&ou, &a, err, sizeof err), 0);
+	assert_int_equal(authz_check(a, NULL, &q, err, sizeof err), SW_EPERM);
+	assert_non_null(strstr(err, "refused the question"));
+	struct authz_req self = { ph_id("user/bob"), "read", "release", "web", "", "" };
+	assert_int_equal(authz_check(a, NULL, &self, err, sizeof err), SW_EPERM);
+	assert_non_null(strstr(err, "deny by default"));
+	authz_free(a);
+	rpc_client_free(u);
 	/* With the policy service unreachable the answer is "unavailable". */
 	struct rpc_client *dead = h_client("127.0.0.1:1", ph_ca, h_env("SLIPWAY_CERT"),
 					   h_env("SLIPWAY_KEY"));
