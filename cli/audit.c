@@ -343,7 +343,7 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 /* ---- show / proof ---- */
 
 struct common {
-	const char *addr, *key, *state;
+	const char *addr, *key, *state, *s3_prefix;
 	int trust;
 	long long size;
 };
@@ -355,6 +355,7 @@ static int parse_common(int argc, char **argv, struct common *cm, long long *seq
 					    { "state", required_argument, 0, 's' },
 					    { "trust", no_argument, 0, 't' },
 					    { "size", required_argument, 0, 'z' },
+					    { "s3-prefix", required_argument, 0, 'p' },
 					    { 0, 0, 0, 0 } };
 	int o;
 	memset(cm, 0, sizeof *cm);
@@ -365,6 +366,7 @@ static int parse_common(int argc, char **argv, struct common *cm, long long *seq
 		case 'k': cm->key = optarg; break;
 		case 's': cm->state = optarg; break;
 		case 't': cm->trust = 1; break;
+		case 'p': cm->s3_prefix = optarg; break;
 		case 'z':
 			if (cfg_parse_ll(optarg, &cm->size) != 0 || cm->size < 1)
 				return cli_usage("--size wants a tree size");
@@ -661,7 +663,8 @@ static int verify_fail(struct cli *c, json_t *report, long long seq, const char 
 
 /* Adds S3's checkpoints/latest when the S3 settings are in the
  * environment (an auditor with read access to the bucket). */
-static int s3_checkpoint(const struct note_verifier *v, struct cpref *out, char *err, size_t errlen)
+static int s3_checkpoint(const struct note_verifier *v, const char *prefix, struct cpref *out,
+			 char *err, size_t errlen)
 {
 	const char *host = getenv("SLIPWAY_S3_HOST"), *bucket = getenv("SLIPWAY_S3_BUCKET");
 	const char *ak = getenv("SLIPWAY_S3_ACCESS_KEY"), *sk = getenv("SLIPWAY_S3_SECRET_KEY");
@@ -675,8 +678,10 @@ static int s3_checkpoint(const struct note_verifier *v, struct cpref *out, char 
 	int rc = s3_global_init(err, errlen);
 	if (rc == 0)
 		rc = s3_new(&so, &s, err, errlen);
+	char key[300];
+	snprintf(key, sizeof key, "%slatest", prefix);
 	if (rc == 0)
-		rc = s3_get_small(s, "checkpoints/latest", NOTE_MAX - 1, &buf, &len, err, errlen);
+		rc = s3_get_small(s, key, NOTE_MAX - 1, &buf, &len, err, errlen);
 	s3_free(s);
 	if (rc == SW_ENOTFOUND)
 		return 0;
@@ -688,7 +693,7 @@ static int s3_checkpoint(const struct note_verifier *v, struct cpref *out, char 
 	free(buf);
 	if (note_verify(v, out->note, body, sizeof body, err, errlen) != 0 ||
 	    note_checkpoint_parse(body, origin, sizeof origin, &out->size, out->root, err, errlen) != 0)
-		return sw_errf(err, errlen, SW_EINVAL, "checkpoints/latest on S3: %s", err);
+		return sw_errf(err, errlen, SW_EINVAL, "%s on S3: %s", key, err);
 	out->from = "S3";
 	return 1;
 }
@@ -766,7 +771,8 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 	struct cpref extra[2];
 	size_t nextra = 0;
 	memset(extra, 0, sizeof extra);
-	int s3rc = s3_checkpoint(&v, &extra[nextra], err, sizeof err);
+	int s3rc = s3_checkpoint(&v, cm.s3_prefix ? cm.s3_prefix : "checkpoints/", &extra[nextra], err,
+				 sizeof err);
 	if (s3rc < 0) {
 		rc = verify_fail(c, report, -1, "%s", err);
 		goto out;

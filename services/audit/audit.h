@@ -38,6 +38,7 @@ struct aud_config {
 	char *signing_key;   /* path of the PRIVATE+KEY file */
 	char *origin;        /* checkpoint origin line */
 	char *key_name;      /* signer name (new keys only) */
+	char *cp_prefix;     /* S3 key prefix of the checkpoints, ends in '/' */
 	long long checkpoint_ms;
 	long long max_pending;
 	long long batch_max;

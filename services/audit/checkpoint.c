@@ -165,7 +165,9 @@ static int s3_latest(struct aud *a, struct cp *out, char *err, size_t errlen)
 	uint8_t *buf = NULL;
 	size_t len = 0;
 	memset(out, 0, sizeof *out);
-	int rc = s3_get_small(a->s3, "checkpoints/latest", NOTE_MAX - 1, &buf, &len, err, errlen);
+	char key[300];
+	snprintf(key, sizeof key, "%slatest", a->c.cp_prefix);
+	int rc = s3_get_small(a->s3, key, NOTE_MAX - 1, &buf, &len, err, errlen);
 	if (rc == SW_ENOTFOUND)
 		return 0;
 	if (rc != 0)
@@ -177,7 +179,7 @@ static int s3_latest(struct aud *a, struct cp *out, char *err, size_t errlen)
 	if (note_verify(&a->verifier, out->note, body, sizeof body, err, errlen) != 0 ||
 	    note_checkpoint_parse(body, origin, sizeof origin, &out->size, out->root, err, errlen) != 0)
 		return sw_errf(err, errlen, SW_EDATALOSS,
-			       "checkpoints/latest on S3 is not a checkpoint signed by this log");
+			       "%s on S3 is not a checkpoint signed by this log", key);
 	out->have = 1;
 	return 0;
 }
@@ -271,10 +273,11 @@ static int check_and_sign(struct aud *a, int sign, Slipway__V1__Checkpoint **out
 			rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot sign the checkpoint");
 			goto unlock;
 		}
-		char key[64];
-		snprintf(key, sizeof key, "checkpoints/%020llu", (unsigned long long)size);
+		char key[300], latest_key[300];
+		snprintf(key, sizeof key, "%s%020llu", a->c.cp_prefix, (unsigned long long)size);
+		snprintf(latest_key, sizeof latest_key, "%slatest", a->c.cp_prefix);
 		if ((rc = s3_put(a->s3, key, note, strlen(note), err, errlen)) != 0 ||
-		    (rc = s3_put(a->s3, "checkpoints/latest", note, strlen(note), err, errlen)) != 0)
+		    (rc = s3_put(a->s3, latest_key, note, strlen(note), err, errlen)) != 0)
 			goto unlock;
 		char sz[24], ts[24];
 		const char *v[4] = { db_i64(sz, (int64_t)size), (const char *)root, note,

@@ -137,8 +137,10 @@ char *aud_details_json(const Slipway__V1__AuditEvent *ev, const char **keys, con
 {
 	Slipway__V1__KeyValue *sorted[AUDITLOG_MAX_DETAILS];
 	size_t n = ev->n_details;
-	memcpy(sorted, ev->details, n * sizeof *sorted);
-	qsort(sorted, n, sizeof *sorted, by_key);
+	if (n > 0) {
+		memcpy(sorted, ev->details, n * sizeof *sorted);
+		qsort(sorted, n, sizeof *sorted, by_key);
+	}
 	json_t *arr = json_array();
 	for (size_t i = 0; i < n; i++) {
 		keys[i] = sorted[i]->key;

@@ -100,6 +100,9 @@ int main(int argc, char **argv)
 		  &c->origin },
 		{ "key-name", CFG_STR, "slipway-audit", 0, 0, 0, "name of a newly generated key",
 		  &c->key_name },
+		{ "checkpoint-prefix", CFG_STR, "checkpoints/", 0, 0, 0,
+		  "S3 key prefix for published checkpoints (several logs may share a bucket)",
+		  &c->cp_prefix },
 		{ "checkpoint-interval", CFG_MS, "10s", 100, 86400000, 0,
 		  "how often to sign a checkpoint when the log grew", &c->checkpoint_ms },
 		{ "max-pending", CFG_INT, "20000", 1, 10000000, 0,
@@ -125,6 +128,13 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	snprintf(a.trust_domain, sizeof a.trust_domain, "%s", c->svc.trust_domain);
+	size_t pl = strlen(c->cp_prefix);
+	char probe_key[300];
+	snprintf(probe_key, sizeof probe_key, "%slatest", c->cp_prefix);
+	if (pl == 0 || pl > 200 || c->cp_prefix[pl - 1] != '/' || !s3_key_ok(probe_key)) {
+		snprintf(err, sizeof err, "--checkpoint-prefix must be a key prefix of [a-z0-9/._-] ending in '/'");
+		goto fail;
+	}
 	if (!note_name_ok(c->key_name) || c->origin[0] == '\0' || strchr(c->origin, '\n')) {
 		snprintf(err, sizeof err, "--origin and --key-name must be single printable words");
 		goto fail;
