@@ -747,6 +747,41 @@ static void test_second_replica_follows_and_restart_keeps_state(void **state)
 	assert_int_equal(ph_can(svc, "user/replica", "push", "release", "web", ""), 1);
 }
 
+static void test_start_up_refuses_bad_configuration(void **state)
+{
+	(void)state;
+	char pgurl[700], nodb[700], portfile[700], logf[700], crt[700], key[700];
+	const char *stack = h_env("SLIPWAY_STACK_DIR");
+	snprintf(pgurl, sizeof pgurl,
+		 "postgresql:///slipway?host=%s/pg&port=5432&user=slipway_policy", stack);
+	snprintf(nodb, sizeof nodb, "postgresql:///slipway?host=%s/no-such-dir&port=5432", ph_dir);
+	snprintf(portfile, sizeof portfile, "%s/bad.port", ph_dir);
+	snprintf(logf, sizeof logf, "%s/bad.log", ph_dir);
+	snprintf(crt, sizeof crt, "%s/pki/policy.crt", stack);
+	snprintf(key, sizeof key, "%s/pki/policy.key", stack);
+	const char *bin = getenv("SLIPWAY_POLICY_BIN") ? getenv("SLIPWAY_POLICY_BIN")
+						       : "build/bin/slipway-policy";
+	struct {
+		const char *url, *admins, *want;
+	} bad[] = {
+		{ nodb, "", "start-up failed" },
+		{ pgurl, "alice", "bootstrap admin 'alice'" },
+		{ pgurl, "spiffe://elsewhere/user/admin", "bootstrap admin" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char *argv[] = { (char *)bin, "--listen", "127.0.0.1:0", "--port-file", portfile,
+				 "--ca", ph_ca, "--cert", crt, "--key", key, "--pg-url",
+				 (char *)bad[i].url, "--bootstrap-admins", (char *)bad[i].admins,
+				 NULL };
+		struct h_proc p;
+		assert_int_equal(h_start(&p, argv, NULL, logf), 0);
+		int st = h_wait(&p, 60000);
+		assert_int_not_equal(st, 0);
+		assert_int_not_equal(st, -1);
+		assert_true(h_grep_count(logf, bad[i].want) > 0);
+	}
+}
+
 static void test_authz_client_cache_follows_revisions(void **state)
 {
 	(void)state;
@@ -815,6 +850,7 @@ int main(void)
 		cmocka_unit_test(test_decisions_recorded_and_in_outbox),
 		cmocka_unit_test(test_watch_revision),
 		cmocka_unit_test(test_second_replica_follows_and_restart_keeps_state),
+		cmocka_unit_test(test_start_up_refuses_bad_configuration),
 		cmocka_unit_test(test_authz_client_cache_follows_revisions),
 	};
 	int rc = cmocka_run_group_tests_name("it_policy", tests, group_setup, group_teardown);
