@@ -263,6 +263,59 @@ static void test_escalation_guard(void **state)
 				    "{\"bindings\": [{\"role\": \"builder\", \"principal\": \"spiffe://td/user/b\"}]}",
 				    "spiffe://td/user/a", err, sizeof err),
 			 SW_EPERM);
+	/* Creating a role, even unbound, needs its permissions somewhere. */
+	assert_int_equal(escalation(cur,
+				    "{\"groups\": {\"g\": [\"spiffe://td/user/x\"]},"
+				    " \"roles\": [{\"name\": \"sec\", \"rules\": [{\"actions\": [\"admin\"],"
+				    "  \"kinds\": [\"secret\"]}]}],"
+				    " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\","
+				    " \"scope\": {\"app\": \"web\"}}, {\"role\": \"deployer\", \"group\": \"g\","
+				    " \"scope\": {\"app\": \"web\"}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "$.roles[0].rules[0]"));
+	/* ... but a role within what a holds (at some scope) is fine. */
+	assert_int_equal(escalation(cur,
+				    "{\"groups\": {\"g\": [\"spiffe://td/user/x\"]},"
+				    " \"roles\": [{\"name\": \"d\", \"rules\": [{\"actions\": [\"deploy\"],"
+				    "  \"kinds\": [\"deployment\"], \"environments\": [\"dev\"]}]}],"
+				    " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\","
+				    " \"scope\": {\"app\": \"web\"}}, {\"role\": \"deployer\", \"group\": \"g\","
+				    " \"scope\": {\"app\": \"web\"}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 0);
+	/* Leaving a group a guardrail names lifts the guardrail. */
+	const char *guarded =
+		"{\"groups\": {\"c\": [\"spiffe://td/user/x\", \"spiffe://td/user/y\"]},"
+		" \"guardrails\": [{\"name\": \"no-secrets\", \"groups\": [\"c\"],"
+		"  \"forbid\": {\"actions\": [\"*\"], \"kinds\": [\"secret\"]}}]}";
+	assert_int_equal(escalation(guarded,
+				    "{\"groups\": {\"c\": [\"spiffe://td/user/x\"]},"
+				    " \"guardrails\": [{\"name\": \"no-secrets\", \"groups\": [\"c\"],"
+				    "  \"forbid\": {\"actions\": [\"*\"], \"kinds\": [\"secret\"]}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "$.groups.c: removing spiffe://td/user/y"));
+	/* Dropping someone's auditor binding lifts the auditor guardrail. */
+	assert_int_equal(escalation("{\"bindings\": [{\"role\": \"auditor\", \"principal\": \"spiffe://td/user/e\"}]}",
+				    "{}", "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "auditors-read-only"));
+	/* A guardrail on the actor within the scope means it cannot hand out
+	 * what it forbids, even though a grant covers it. */
+	assert_int_equal(
+		escalation("{\"roles\": [{\"name\": \"pe\", \"rules\": [{\"actions\": [\"apply\"], \"kinds\": [\"policy\"]}]}],"
+			   " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\"}],"
+			   " \"guardrails\": [{\"name\": \"no-web-prod\", \"principals\": [\"spiffe://td/user/a\"],"
+			   "  \"scope\": {\"app\": \"web\"}, \"forbid\": {\"actions\": [\"deploy\"], \"kinds\": [\"deployment\"]}}]}",
+			   "{\"roles\": [{\"name\": \"pe\", \"rules\": [{\"actions\": [\"apply\"], \"kinds\": [\"policy\"]}]}],"
+			   " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\"},"
+			   "  {\"role\": \"deployer\", \"principal\": \"spiffe://td/user/b\"}],"
+			   " \"guardrails\": [{\"name\": \"no-web-prod\", \"principals\": [\"spiffe://td/user/a\"],"
+			   "  \"scope\": {\"app\": \"web\"}, \"forbid\": {\"actions\": [\"deploy\"], \"kinds\": [\"deployment\"]}}]}",
+			   "spiffe://td/user/a", err, sizeof err),
+		SW_EPERM);
+	assert_non_null(strstr(err, "$.bindings[1]"));
 	/* The bootstrap admin holds escalate. */
 	assert_int_equal(escalation(exp, "{\"bindings\": [{\"role\": \"admin\", \"principal\": \"spiffe://td/user/b\"}]}",
 				    "spiffe://td/user/root", err, sizeof err),
