@@ -183,6 +183,11 @@ struct rpc_client_opts {
 	const char *server_name;  /* expected name in the server cert; NULL = host */
 	size_t max_msg_bytes;     /* receive/send cap; 0 = 16 MiB */
 	int own_connection;       /* 1 = do not share the TCP connection */
+	/* 0 (services, agents): every call waits for the channel to be ready
+	 * until its deadline, which also drives reconnection after the server
+	 * restarts. 1 (interactive tools): a call fails at once with
+	 * UNAVAILABLE when the server cannot be reached. */
+	int fail_fast;
 };
 
 /* Creates a long-lived channel. Returns 0 and *out (free with
@@ -195,7 +200,7 @@ struct rpc_call_opts {
 	int64_t timeout_ms;          /* 0 = 10 s default; a deadline is always set */
 	struct rpc_ctx *parent;      /* propagate deadline, cancellation and request id */
 	const char *request_id;      /* else the parent's, else the thread's, else new */
-	int wait_for_ready;          /* wait for the server instead of failing fast */
+	int wait_for_ready;          /* wait even on a fail_fast client */
 };
 
 /*

@@ -29,6 +29,7 @@
 struct rpc_client {
 	grpc_channel *ch;
 	size_t max_msg;
+	int fail_fast;
 };
 
 struct rpc_stream {
@@ -57,6 +58,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	if (c == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	c->max_msg = opts->max_msg_bytes ? opts->max_msg_bytes : DEFAULT_MAX_MSG;
+	c->fail_fast = opts->fail_fast;
 	grpc_channel_credentials *creds =
 		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem);
 	if (creds == NULL) {
@@ -252,7 +254,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
 	ops[0].data.send_initial_metadata.count = 1;
 	ops[0].data.send_initial_metadata.metadata = smd;
-	if (opts != NULL && opts->wait_for_ready)
+	if (!c->fail_fast || (opts != NULL && opts->wait_for_ready))
 		ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send_bb;
@@ -347,7 +349,7 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	op.op = GRPC_OP_SEND_INITIAL_METADATA;
 	op.data.send_initial_metadata.count = 1;
 	op.data.send_initial_metadata.metadata = s->send_md;
-	if (opts != NULL && opts->wait_for_ready)
+	if (!c->fail_fast || (opts != NULL && opts->wait_for_ready))
 		op.flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
 	/* The status batch stays outstanding until finish. */
 	grpc_op st;

@@ -10,6 +10,7 @@
  * and detects; both are idempotent.
  */
 #include "err.h"
+#include "hash.h"
 #include "log.h"
 #include "orch.h"
 #include "spiffe.h"
@@ -36,6 +37,7 @@ struct agent_mem {
 };
 
 struct orch_registry {
+	int64_t started_ms;
 	pthread_mutex_t mu;
 	struct agent_mem *buckets[BUCKETS];
 	pthread_t flusher;
@@ -310,13 +312,20 @@ static void flush(struct orch *o)
 			int *lens = calloc(n * 5, sizeof *lens), *fmts = calloc(n * 5, sizeof *fmts);
 			char (*nums)[24] = calloc(n * 2, sizeof *nums);
 			if (sql && vals && lens && fmts && nums) {
+				/* VALUES columns are text: the runtime travels as bytea hex. */
 				for (size_t i = 0; i < n; i++) {
+					char *hex = malloc(2 * s[i].rtlen + 3);
+					if (hex != NULL) {
+						hex[0] = '\\';
+						hex[1] = 'x';
+						hash_hex(s[i].rt ? s[i].rt : (const uint8_t *)"", s[i].rtlen, hex + 2);
+					}
+					free(s[i].rt);
+					s[i].rt = (uint8_t *)hex;
 					vals[5 * i] = s[i].id;
 					vals[5 * i + 1] = db_i64(nums[2 * i], s[i].ms);
 					vals[5 * i + 2] = db_i64(nums[2 * i + 1], (int64_t)s[i].highest);
-					vals[5 * i + 3] = s[i].rt ? (const char *)s[i].rt : "";
-					lens[5 * i + 3] = (int)s[i].rtlen;
-					fmts[5 * i + 3] = 1;
+					vals[5 * i + 3] = hex ? hex : "\\x";
 					vals[5 * i + 4] = s[i].digest;
 				}
 				struct db_conn *c = NULL;
@@ -393,6 +402,10 @@ static int lost_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 static void detect_lost(struct orch *o)
 {
 	char err[256];
+	/* Right after start, agents have not had the time to reach this
+	 * replica: an orchestrator outage must not read as agents lost. */
+	if (orch_now_ms() - o->reg->started_ms < 3 * o->c.heartbeat_ms)
+		return;
 	struct lost_tx t = { .o = o, .cutoff = orch_now_ms() - 3 * o->c.heartbeat_ms };
 	if (db_tx(o->db, NULL, lost_tx, &t, err, sizeof err) != 0) {
 		log_warn("loss detection failed", "error=%s", err);
@@ -442,6 +455,7 @@ int orch_registry_start(struct orch *o, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
+	r->started_ms = orch_now_ms();
 	o->reg = r;
 	/* Agents registered before (with any replica) are known at once. */
 	struct db_conn *c = NULL;

@@ -117,7 +117,7 @@ struct rpc_client *h_client(const char *target, const char *ca, const char *cert
 	/* Each test client gets its own connection, so handshakes are not
 	 * shared between clients with different certificates. */
 	struct rpc_client_opts o = { .target = target, .ca_pem = ca_pem, .cert_pem = cert_pem,
-				     .key_pem = key_pem, .own_connection = 1 };
+				     .key_pem = key_pem, .own_connection = 1, .fail_fast = 1 };
 	if (rpc_client_new(&o, &c, err, sizeof err) != 0) {
 		fprintf(stderr, "harness: client: %s\n", err);
 		exit(1);
