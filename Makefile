@@ -109,7 +109,7 @@ endef
 $(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
 
 # ---- the demo application and its release bundles ----
-DEMO_BUNDLES := build/demo/web-1.0.0.tar.gz build/demo/web-2.0.0.tar.gz build/demo/web-3.0.0.tar.gz
+DEMO_BUNDLES := build/demo/web-1.0.0.tar.gz build/demo/web-2.0.0.tar.gz build/demo/web-3.0.0.tar.gz build/demo/web-4.0.0.tar.gz
 
 build/demo/demo-app: $(OBJ)/compose/demo-app/main.o $(MODE_STAMP)
 	@mkdir -p build/demo

@@ -176,7 +176,8 @@ void rpc_finish(struct rpc_ctx *ctx, int code);
 /* ---- client ---- */
 
 struct rpc_client_opts {
-	const char *target;       /* "127.0.0.1:7443" */
+	const char *target;       /* "127.0.0.1:7443", or a list of replicas
+				   * "ipv4:10.0.0.1:7443,10.0.0.2:7443" */
 	const char *ca_pem;       /* PEM text of the CA that signed the server */
 	const char *cert_pem;     /* our certificate (mTLS) */
 	const char *key_pem;      /* our private key */

@@ -94,10 +94,32 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	args[n].type = GRPC_ARG_INTEGER;
 	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
 	args[n++].value.integer = 5000;
-	if (opts->server_name != NULL) {
+	/* A list of addresses ("ipv4:10.0.0.1:7443,10.0.0.2:7443", for several
+	 * replicas) has no single authority: check the servers' certificates
+	 * against the first host unless told otherwise. */
+	char first_host[256] = "";
+	const char *server_name = opts->server_name;
+	if (server_name == NULL && (strncmp(opts->target, "ipv4:", 5) == 0 ||
+				    strncmp(opts->target, "ipv6:", 5) == 0) &&
+	    strchr(opts->target, ',') != NULL) {
+		const char *h = opts->target + 5;
+		size_t len = strcspn(h, ",");
+		if (h[0] == '[') { /* [v6]:port */
+			const char *close = memchr(h, ']', len);
+			if (close != NULL)
+				snprintf(first_host, sizeof first_host, "%.*s", (int)(close - h - 1), h + 1);
+		} else {
+			const char *colon = memchr(h, ':', len);
+			snprintf(first_host, sizeof first_host, "%.*s",
+				 (int)(colon ? (size_t)(colon - h) : len), h);
+		}
+		if (first_host[0])
+			server_name = first_host;
+	}
+	if (server_name != NULL) {
 		args[n].type = GRPC_ARG_STRING;
 		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-		args[n++].value.string = (char *)opts->server_name;
+		args[n++].value.string = (char *)server_name;
 	}
 	if (opts->own_connection) {
 		args[n].type = GRPC_ARG_INTEGER;

@@ -112,6 +112,12 @@ int main(void)
 		fprintf(stderr, "demo-app: PORT must be set to a port number\n");
 		return 2;
 	}
+	/* DEMO_START_DELAY_MS: a slow start (tests that need a task in flight). */
+	long delay = strtol(env_or("DEMO_START_DELAY_MS", "0"), NULL, 10);
+	if (delay > 0 && delay <= 60000) {
+		struct timespec ts = { delay / 1000, (delay % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_term;

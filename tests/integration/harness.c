@@ -104,7 +104,8 @@ void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const
 	}
 }
 
-struct rpc_client *h_client(const char *target, const char *ca, const char *cert, const char *key)
+static struct rpc_client *make_client(const char *target, const char *ca, const char *cert,
+				      const char *key, int fail_fast)
 {
 	char *ca_pem = NULL, *cert_pem = NULL, *key_pem = NULL, err[256];
 	struct rpc_client *c = NULL;
@@ -117,7 +118,7 @@ struct rpc_client *h_client(const char *target, const char *ca, const char *cert
 	/* Each test client gets its own connection, so handshakes are not
 	 * shared between clients with different certificates. */
 	struct rpc_client_opts o = { .target = target, .ca_pem = ca_pem, .cert_pem = cert_pem,
-				     .key_pem = key_pem, .own_connection = 1, .fail_fast = 1 };
+				     .key_pem = key_pem, .own_connection = 1, .fail_fast = fail_fast };
 	if (rpc_client_new(&o, &c, err, sizeof err) != 0) {
 		fprintf(stderr, "harness: client: %s\n", err);
 		exit(1);
@@ -126,6 +127,17 @@ struct rpc_client *h_client(const char *target, const char *ca, const char *cert
 	free(cert_pem);
 	free(key_pem);
 	return c;
+}
+
+struct rpc_client *h_client(const char *target, const char *ca, const char *cert, const char *key)
+{
+	return make_client(target, ca, cert, key, 1);
+}
+
+struct rpc_client *h_service_client(const char *target, const char *ca, const char *cert,
+				    const char *key)
+{
+	return make_client(target, ca, cert, key, 0);
 }
 
 long long h_now_ms(void)

@@ -31,9 +31,15 @@ int h_grep_count(const char *path, const char *needle);
 void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const char *second_uri,
 	     int server);
 
-/* Client credentials from files; cert/key may be NULL (no client cert). */
+/* Client credentials from files; cert/key may be NULL (no client cert).
+ * Calls fail at once when the server cannot be reached (like the CLI). */
 struct rpc_client *h_client(const char *target, const char *ca, const char *cert,
 			    const char *key);
+
+/* The same, but calls wait for the server until their deadline and the
+ * channel reconnects after a restart, as services' clients do. */
+struct rpc_client *h_service_client(const char *target, const char *ca, const char *cert,
+				    const char *key);
 
 /* A child process. */
 struct h_proc {

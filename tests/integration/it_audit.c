@@ -355,7 +355,8 @@ static void test_outbox_survives_audit_outage(void **state)
 	struct db *db = NULL;
 	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
 	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
-	struct rpc_client *c = audit_as(prod_crt, prod_key);
+	struct rpc_client *c = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
+						prod_crt, prod_key);
 	struct outbox_relay_opts ro = { .db = db, .audit = c, .batch = 7, .idle_ms = 50,
 					.max_backoff_ms = 300 };
 	struct outbox_relay *r = NULL;
