@@ -22,10 +22,12 @@
 
 int cli_cmd_pki(struct cli *c, int argc, char **argv);
 int cli_cmd_health(struct cli *c, int argc, char **argv);
+int cli_cmd_secrets(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
 	{ "health", cli_cmd_health, "check the health of the running services" },
+	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)" },
 };
 
 int cli_fail(const char *fmt, ...)
