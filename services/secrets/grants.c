@@ -25,7 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LIST_MAX 3000 /* audit detail listing the secrets ("A@3 B@1 ...") */
+/* The audit detail listing the secrets ("A@3 B@1 ..."): the audit service
+ * takes detail values of at most 1024 bytes, so long lists end with
+ * " ...(+N more)" (the count detail has the total). */
+#define LIST_MAX 1000
 
 static void list_add(char *list, size_t *off, const char *name, uint32_t version, size_t *more)
 {
@@ -34,7 +37,7 @@ static void list_add(char *list, size_t *off, const char *name, uint32_t version
 		return;
 	}
 	int n = snprintf(list + *off, LIST_MAX - *off, "%s%s@%u", *off ? " " : "", name, version);
-	if (n < 0 || (size_t)n >= LIST_MAX - *off - 16) {
+	if (n < 0 || (size_t)n >= LIST_MAX - *off - 24) {
 		list[*off] = '\0';
 		*more = 1;
 		return;
