@@ -9,6 +9,9 @@
  *   slipway secrets disable|enable|set-current NAME --scope S --version N
  *   slipway secrets destroy NAME --scope S --version N --yes
  *   slipway secrets rotate-master [--retire]
+ *   slipway secrets keygen --out PREFIX              an agent's X25519 key pair
+ *   slipway secrets grant --deployment D --agent ID --agent-pub F --scope APP/ENV
+ *                         [--ttl DUR] NAME[@VERSION]...   (as the orchestrator)
  *   slipway secrets fetch-check --deployment D --agent ID --agent-key F --pin F
  *
  * `put` reads the value from stdin (without echo on a terminal) or --file,
@@ -16,7 +19,9 @@
  * service's X25519 key (crypto_box_seal) before it leaves the process: the
  * plaintext crosses no other hop. No command prints a value; fetch-check
  * (run with an agent's certificate) opens a bundle as that agent would and
- * prints names, versions and sizes only.
+ * prints names, versions and sizes only. keygen and grant exist for
+ * setting up and checking agents by hand (grant needs the orchestrator's
+ * certificate: the service refuses anyone else).
  */
 #include "cfg.h"
 #include "cli.h"
@@ -34,6 +39,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VALUE_CAP (1u << 20) /* client-side cap; the service enforces its own */
@@ -41,11 +47,15 @@
 enum {
 	A_SCOPE = 1 << 0, A_FILE = 1 << 1, A_CAS = 1 << 2, A_KEEP = 1 << 3, A_VERSION = 1 << 4,
 	A_YES = 1 << 5, A_RETIRE = 1 << 6, A_OUT = 1 << 7, A_STRIP = 1 << 8, A_DEPLOY = 1 << 9,
-	A_AGENTKEY = 1 << 10, A_PIN = 1 << 11, A_AGENT = 1 << 12,
+	A_AGENTKEY = 1 << 10, A_PIN = 1 << 11, A_AGENT = 1 << 12, A_AGENTPUB = 1 << 13,
+	A_TTL = 1 << 14,
 };
 
 struct args {
-	const char *name, *file, *out, *addr, *deployment, *agent, *agent_key, *pin;
+	const char *name, *file, *out, *addr, *deployment, *agent, *agent_key, *agent_pub, *pin;
+	char **rest; /* positional arguments after the options */
+	int nrest;
+	long long ttl_ms;
 	char app[64], env[64];
 	int have_scope, cas, keep, yes, retire, strip;
 	long long cas_version, version;
@@ -59,6 +69,7 @@ static const struct option lo[] = {
 	{ "strip-newline", no_argument, 0, 'n' },   { "deployment", required_argument, 0, 'd' },
 	{ "agent-key", required_argument, 0, 'a' }, { "pin", required_argument, 0, 'p' },
 	{ "addr", required_argument, 0, 'A' },	    { "agent", required_argument, 0, 'g' },
+	{ "agent-pub", required_argument, 0, 'P' }, { "ttl", required_argument, 0, 't' },
 	{ 0, 0, 0, 0 },
 };
 
@@ -78,6 +89,8 @@ static int allowed(int mask, int opt)
 	case 'a': return mask & A_AGENTKEY;
 	case 'p': return mask & A_PIN;
 	case 'g': return mask & A_AGENT;
+	case 'P': return mask & A_AGENTPUB;
+	case 't': return mask & A_TTL;
 	case 'A': return 1;
 	}
 	return 0;
@@ -134,14 +147,22 @@ static int parse(int argc, char **argv, int mask, int names, const char *usage, 
 		case 'a': a->agent_key = optarg; break;
 		case 'p': a->pin = optarg; break;
 		case 'g': a->agent = optarg; break;
+		case 'P': a->agent_pub = optarg; break;
+		case 't':
+			if (cfg_parse_ms(optarg, &v) != 0 || v < 1000)
+				return cli_usage("--ttl wants a duration such as 15m");
+			a->ttl_ms = v;
+			break;
 		case 'A': a->addr = optarg; break;
 		}
 	}
-	if (argc - optind != names)
+	if (names >= 0 ? argc - optind != names : argc - optind < 1)
 		return cli_usage("usage: %s", usage);
 	if (names)
 		a->name = argv[optind];
-	if ((mask & A_SCOPE) && names && !a->have_scope)
+	a->rest = argv + optind;
+	a->nrest = argc - optind;
+	if ((mask & A_SCOPE) && names != 0 && !a->have_scope)
 		return cli_usage("usage: %s", usage);
 	if ((mask & A_VERSION) && a->version == 0)
 		return cli_usage("usage: %s", usage);
@@ -551,6 +572,117 @@ static int cmd_rotate(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+/* ---------------------------------------------------------------- keygen, grant */
+
+static int cmd_keygen(struct cli *c, int argc, char **argv)
+{
+	(void)c;
+	struct args a;
+	char p1[4096], p2[4096], err[512], hex[65];
+	uint8_t pk[32], *sk = NULL;
+	int rc = parse(argc, argv, A_OUT, 0, "slipway secrets keygen --out PREFIX", &a);
+	if (rc != 0)
+		return rc;
+	if (a.out == NULL)
+		return cli_usage("usage: slipway secrets keygen --out PREFIX");
+	snprintf(p1, sizeof p1, "%s.key", a.out);
+	snprintf(p2, sizeof p2, "%s.pub", a.out);
+	sk = sodium_malloc(32);
+	if (sk == NULL)
+		return cli_fail("out of secure memory");
+	crypto_box_keypair(pk, sk);
+	if (sealed_key_write(p1, SEALED_LABEL_X25519_SECRET, sk, 32, err, sizeof err) != 0 ||
+	    sealed_public_key_write(p2, SEALED_LABEL_X25519_PUBLIC, pk, 32, err, sizeof err) != 0)
+		rc = cli_fail("%s", err);
+	sodium_free(sk);
+	if (rc == 0) {
+		cli_hex(pk, 32, hex);
+		printf("written: %s (secret, 0600), %s (public %s)\n", p1, p2, hex);
+	}
+	return rc;
+}
+
+static int cmd_grant(struct cli *c, int argc, char **argv)
+{
+	static const char usage[] =
+		"slipway secrets grant --deployment D --agent SPIFFE-ID --agent-pub F "
+		"--scope APP/ENV [--ttl DUR] NAME[@VERSION]...   (with the orchestrator's certificate)";
+	struct args a;
+	uint8_t pk[32];
+	char err[512];
+	int rc = parse(argc, argv, A_DEPLOY | A_AGENT | A_AGENTPUB | A_SCOPE | A_TTL, -1, usage, &a);
+	if (rc != 0)
+		return rc;
+	if (a.deployment == NULL || a.agent == NULL || a.agent_pub == NULL || !a.have_scope ||
+	    a.env[0] == '\0')
+		return cli_usage("usage: %s", usage);
+	if (sealed_public_key_read(a.agent_pub, SEALED_LABEL_X25519_PUBLIC, pk, 32, err,
+				   sizeof err) != 0)
+		return cli_fail("%s", err);
+	size_t n = (size_t)a.nrest;
+	Slipway__V1__SecretRef *refs = calloc(n, sizeof *refs);
+	Slipway__V1__SecretRef **rp = calloc(n, sizeof *rp);
+	char **names = calloc(n, sizeof *names);
+	ProtobufCMessage *m = NULL;
+	if (refs == NULL || rp == NULL || names == NULL) {
+		rc = cli_fail("out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		long long v = 0;
+		names[i] = strdup(a.rest[i]);
+		char *at = names[i] ? strchr(names[i], '@') : NULL;
+		if (names[i] == NULL) {
+			rc = cli_fail("out of memory");
+			goto out;
+		}
+		if (at != NULL) {
+			*at = '\0';
+			if (cfg_parse_ll(at + 1, &v) != 0 || v < 1 || v > UINT32_MAX) {
+				rc = cli_usage("%s: NAME@VERSION wants a version number", a.rest[i]);
+				goto out;
+			}
+		}
+		slipway__v1__secret_ref__init(&refs[i]);
+		refs[i].name = names[i];
+		refs[i].version = (uint32_t)v;
+		rp[i] = &refs[i];
+	}
+	Slipway__V1__CreateGrantRequest req = SLIPWAY__V1__CREATE_GRANT_REQUEST__INIT;
+	req.deployment_id = (char *)a.deployment;
+	req.agent = (char *)a.agent;
+	req.agent_public_key.data = pk;
+	req.agent_public_key.len = 32;
+	req.secrets = rp;
+	req.n_secrets = n;
+	req.app = a.app;
+	req.environment = a.env;
+	if (a.ttl_ms > 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		req.expires_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + a.ttl_ms;
+	}
+	if ((rc = call(c, &a, "CreateGrant", &req.base, &m)) != 0)
+		goto out;
+	Slipway__V1__CreateGrantResponse *r = (void *)m;
+	char t[32];
+	if (c->output == CLI_JSON)
+		cli_print_json(json_pack("{s:s,s:I}", "grant_id", r->grant_id, "expires_unix_ms",
+					 (json_int_t)r->expires_unix_ms));
+	else
+		printf("grant %s: %zu secrets of %s/%s for %s, deployment %s, until %s\n",
+		       r->grant_id, n, a.app, a.env, a.agent, a.deployment,
+		       cli_time(r->expires_unix_ms, t));
+out:
+	for (size_t i = 0; names != NULL && i < n; i++)
+		free(names[i]);
+	free(names);
+	free(refs);
+	free(rp);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- fetch-check */
 
 static int cmd_fetch_check(struct cli *c, int argc, char **argv)
@@ -632,6 +764,8 @@ int cli_cmd_secrets(struct cli *c, int argc, char **argv)
 		{ "enable", cmd_enable, "deliver a disabled version again" },
 		{ "destroy", cmd_destroy, "erase a version's ciphertext and data key (--yes)" },
 		{ "rotate-master", cmd_rotate, "new master key, rewrap every data key (--retire)" },
+		{ "keygen", cmd_keygen, "make an agent's X25519 key pair (PREFIX.key, PREFIX.pub)" },
+		{ "grant", cmd_grant, "as the orchestrator: grant secrets to an agent for a deployment" },
 		{ "fetch-check", cmd_fetch_check, "as an agent: fetch and verify a bundle, print metadata" },
 	};
 	/* This process may hold a value: no core file. */
