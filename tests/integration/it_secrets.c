@@ -744,6 +744,20 @@ static void test_grant_and_fetch(void **state)
 	expect_fetch("dep-1", "G_DB", 2, newer);
 }
 
+static void test_fetch_after_database_connections_are_lost(void **state)
+{
+	(void)state;
+	/* Fetch prepares its query once per connection: connections replaced
+	 * after a loss prepare it again. */
+	PGresult *r = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+			  " WHERE application_name = 'slipway-secrets'",
+			  0, NULL);
+	assert_true(strtol(PQgetvalue(r, 0, 0), NULL, 10) > 0);
+	PQclear(r);
+	expect_fetch("dep-1", "G_DB", 2, g_db_v2);
+	expect_fetch("dep-1", "G_DB", 2, g_db_v2);
+}
+
 static void test_grant_validation(void **state)
 {
 	(void)state;
@@ -1502,6 +1516,7 @@ int main(void)
 		cmocka_unit_test(test_lifecycle),
 		cmocka_unit_test(test_concurrent_check_and_set),
 		cmocka_unit_test(test_grant_and_fetch),
+		cmocka_unit_test(test_fetch_after_database_connections_are_lost),
 		cmocka_unit_test(test_grant_validation),
 		cmocka_unit_test(test_grant_of_many_secrets),
 		cmocka_unit_test(test_grant_expires),
