@@ -63,14 +63,40 @@ bench_secrets() {
     }
     # EchoRequest{text: "hello"}; FetchRequest{deployment_id: "bench-dep"}
     local echo_payload=0a0568656c6c6f fetch_payload=0a0962656e63682d646570
+    # CPU (ticks of 10 ms) used by the stack's processes, to split a fetch's
+    # cost between the secrets service, PostgreSQL, the audit and policy
+    # services; and by the echo server.
+    ticks() { # PID...
+      local t=0 p
+      for p in "$@"; do
+        [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+      done
+      echo "$t"
+    }
+    pg_pids() { local pm; pm=$(cat "$st/run/postgres.pid"); echo "$pm" $(ps -o pid= --ppid "$pm"); }
+    pg_app() { # APPLICATION_NAME: the backends serving that client
+      psql -X -At "$SLIPWAY_PGURL" -c "SELECT pid FROM pg_stat_activity WHERE application_name = '$1'" | tr '\n' ' '
+    }
+    declare -A cpu
+    local comps="secrets audit policy"
     declare -A rps p50 p99
-    local c r o k errs
+    local c r o k errs t0 t1 comp
     for c in 1 8; do
       for r in $(seq 1 "$REPS"); do
         # Interleaved, so drift in machine load hits both.
         o=$(load "127.0.0.1:$tport" /slipway.test.v1.Echo/Say "$c" "$echo_payload" "$P/admin"); k="e_$c"
         rps[$k]+=" $(field rps "$o")"; p50[$k]+=" $(field p50_us "$o")"; p99[$k]+=" $(field p99_us "$o")"
+        for comp in $comps; do cpu[b_$comp]=$(ticks "$(cat "$st/run/$comp.pid")"); done
+        cpu[b_pg]=$(ticks $(pg_pids))
+        local pgs pga
+        pgs=$(pg_app slipway-secrets); pga=$(pg_app slipway-audit)
+        cpu[b_pgs]=$(ticks $pgs); cpu[b_pga]=$(ticks $pga)
         o=$(load "$SLIPWAY_SECRETS_ADDR" /slipway.v1.Secrets/Fetch "$c" "$fetch_payload" "$tmp/agent"); k="f_$c"
+        for comp in $comps; do cpu[${c}_$comp]=$(( ${cpu[${c}_$comp]:-0} + $(ticks "$(cat "$st/run/$comp.pid")") - cpu[b_$comp] )); done
+        cpu[${c}_pg]=$(( ${cpu[${c}_pg]:-0} + $(ticks $(pg_pids)) - cpu[b_pg] ))
+        cpu[${c}_pgs]=$(( ${cpu[${c}_pgs]:-0} + $(ticks $pgs) - cpu[b_pgs] ))
+        cpu[${c}_pga]=$(( ${cpu[${c}_pga]:-0} + $(ticks $pga) - cpu[b_pga] ))
+        cpu[${c}_calls]=$(awk -v a="${cpu[${c}_calls]:-0}" -v r="$(field rps "$o")" -v s="$SECS" 'BEGIN { printf "%d", a + r * (s + 1) }')
         errs=$(field errors "$o")
         [ "$errs" = 0 ] || { log "secrets: $errs failed fetches: $o"; exit 1; }
         rps[$k]+=" $(field rps "$o")"; p50[$k]+=" $(field p50_us "$o")"; p99[$k]+=" $(field p99_us "$o")"
@@ -96,6 +122,9 @@ bench_secrets() {
         echo "figure echo_rps_$c $er"
         echo "figure echo_p50_us_$c $ep50"
         echo "figure echo_p99_us_$c $ep99"
+        for comp in $comps pg pgs pga; do
+          echo "figure cpu_us_per_fetch_${c}_$comp $(awk -v t="${cpu[${c}_$comp]}" -v n="${cpu[${c}_calls]}" 'BEGIN { if (n == 0) print 0; else printf "%.1f", t * 10000 / n }')"
+        done
         echo "ratio fetch_rps_${c}_vs_echo $(ratio "$fr" "$er")"
         echo "ratio fetch_p99_us_${c}_vs_echo $(ratio "$fp99" "$ep99")"
       done
