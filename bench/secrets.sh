@@ -122,8 +122,10 @@ bench_secrets() {
         echo "figure echo_rps_$c $er"
         echo "figure echo_p50_us_$c $ep50"
         echo "figure echo_p99_us_$c $ep99"
+        local label
         for comp in $comps pg pgs pga; do
-          echo "figure cpu_us_per_fetch_${c}_$comp $(awk -v t="${cpu[${c}_$comp]}" -v n="${cpu[${c}_calls]}" 'BEGIN { if (n == 0) print 0; else printf "%.1f", t * 10000 / n }')"
+          case $comp in pg) label=postgres_all ;; pgs) label=postgres_secrets ;; pga) label=postgres_audit ;; *) label=$comp ;; esac
+          echo "figure cpu_us_per_fetch_${c}_$label $(awk -v t="${cpu[${c}_$comp]}" -v n="${cpu[${c}_calls]}" 'BEGIN { if (n == 0) print 0; else printf "%.1f", t * 10000 / n }')"
         done
         echo "ratio fetch_rps_${c}_vs_echo $(ratio "$fr" "$er")"
         echo "ratio fetch_p99_us_${c}_vs_echo $(ratio "$fp99" "$ep99")"
