@@ -263,6 +263,59 @@ static void test_escalation_guard(void **state)
 				    "{\"bindings\": [{\"role\": \"builder\", \"principal\": \"spiffe://td/user/b\"}]}",
 				    "spiffe://td/user/a", err, sizeof err),
 			 SW_EPERM);
+	/* Creating a role, even unbound, needs its permissions somewhere. */
+	assert_int_equal(escalation(cur,
+				    "{\"groups\": {\"g\": [\"spiffe://td/user/x\"]},"
+				    " \"roles\": [{\"name\": \"sec\", \"rules\": [{\"actions\": [\"admin\"],"
+				    "  \"kinds\": [\"secret\"]}]}],"
+				    " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\","
+				    " \"scope\": {\"app\": \"web\"}}, {\"role\": \"deployer\", \"group\": \"g\","
+				    " \"scope\": {\"app\": \"web\"}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "$.roles[0].rules[0]"));
+	/* ... but a role within what a holds (at some scope) is fine. */
+	assert_int_equal(escalation(cur,
+				    "{\"groups\": {\"g\": [\"spiffe://td/user/x\"]},"
+				    " \"roles\": [{\"name\": \"d\", \"rules\": [{\"actions\": [\"deploy\"],"
+				    "  \"kinds\": [\"deployment\"], \"environments\": [\"dev\"]}]}],"
+				    " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\","
+				    " \"scope\": {\"app\": \"web\"}}, {\"role\": \"deployer\", \"group\": \"g\","
+				    " \"scope\": {\"app\": \"web\"}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 0);
+	/* Leaving a group a guardrail names lifts the guardrail. */
+	const char *guarded =
+		"{\"groups\": {\"c\": [\"spiffe://td/user/x\", \"spiffe://td/user/y\"]},"
+		" \"guardrails\": [{\"name\": \"no-secrets\", \"groups\": [\"c\"],"
+		"  \"forbid\": {\"actions\": [\"*\"], \"kinds\": [\"secret\"]}}]}";
+	assert_int_equal(escalation(guarded,
+				    "{\"groups\": {\"c\": [\"spiffe://td/user/x\"]},"
+				    " \"guardrails\": [{\"name\": \"no-secrets\", \"groups\": [\"c\"],"
+				    "  \"forbid\": {\"actions\": [\"*\"], \"kinds\": [\"secret\"]}}]}",
+				    "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "$.groups.c: removing spiffe://td/user/y"));
+	/* Dropping someone's auditor binding lifts the auditor guardrail. */
+	assert_int_equal(escalation("{\"bindings\": [{\"role\": \"auditor\", \"principal\": \"spiffe://td/user/e\"}]}",
+				    "{}", "spiffe://td/user/a", err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "auditors-read-only"));
+	/* A guardrail on the actor within the scope means it cannot hand out
+	 * what it forbids, even though a grant covers it. */
+	assert_int_equal(
+		escalation("{\"roles\": [{\"name\": \"pe\", \"rules\": [{\"actions\": [\"apply\"], \"kinds\": [\"policy\"]}]}],"
+			   " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\"}],"
+			   " \"guardrails\": [{\"name\": \"no-web-prod\", \"principals\": [\"spiffe://td/user/a\"],"
+			   "  \"scope\": {\"app\": \"web\"}, \"forbid\": {\"actions\": [\"deploy\"], \"kinds\": [\"deployment\"]}}]}",
+			   "{\"roles\": [{\"name\": \"pe\", \"rules\": [{\"actions\": [\"apply\"], \"kinds\": [\"policy\"]}]}],"
+			   " \"bindings\": [{\"role\": \"deployer\", \"principal\": \"spiffe://td/user/a\"},"
+			   "  {\"role\": \"deployer\", \"principal\": \"spiffe://td/user/b\"}],"
+			   " \"guardrails\": [{\"name\": \"no-web-prod\", \"principals\": [\"spiffe://td/user/a\"],"
+			   "  \"scope\": {\"app\": \"web\"}, \"forbid\": {\"actions\": [\"deploy\"], \"kinds\": [\"deployment\"]}}]}",
+			   "spiffe://td/user/a", err, sizeof err),
+		SW_EPERM);
+	assert_non_null(strstr(err, "$.bindings[1]"));
 	/* The bootstrap admin holds escalate. */
 	assert_int_equal(escalation(exp, "{\"bindings\": [{\"role\": \"admin\", \"principal\": \"spiffe://td/user/b\"}]}",
 				    "spiffe://td/user/root", err, sizeof err),
@@ -372,6 +425,93 @@ static void test_diff(void **state)
 	json_decref(b);
 }
 
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t next_rand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* Mutated documents either compile or fail with INVALID_ARGUMENT and a
+ * path; never crash (this test matters most under SANITIZE=1). */
+static void test_compile_survives_mutations(void **state)
+{
+	(void)state;
+	static const char doc[] =
+		"{\"groups\": {\"sre\": [\"spiffe://td/user/a\", \"spiffe://td/user/t/*\"]},"
+		" \"roles\": [{\"name\": \"r\", \"rules\": [{\"actions\": [\"read\"], \"kinds\": [\"secret\"],"
+		"   \"apps\": [\"w*\"], \"names\": [\"DB_*\"]}]}],"
+		" \"bindings\": [{\"role\": \"r\", \"group\": \"sre\", \"scope\": {\"app\": \"web\"},"
+		"   \"expires\": \"2030-01-01T00:00:00Z\"}],"
+		" \"guardrails\": [{\"name\": \"g\", \"groups\": [\"sre\"],"
+		"   \"forbid\": {\"actions\": [\"*\"], \"except_actions\": [\"read\"], \"kinds\": [\"*\"]}}],"
+		" \"approval_policies\": [{\"name\": \"p\", \"environments\": [\"prod\"], \"required\": 2,"
+		"   \"groups\": {\"sre\": 1}, \"wait\": \"10m\", \"approval_ttl\": \"1d\","
+		"   \"freeze\": {\"timezone\": \"Europe/Berlin\", \"weekly\": [{\"start\": \"fri 16:00\","
+		"   \"end\": \"mon 08:00\"}], \"dates\": [{\"start\": \"2026-12-24T00:00\", \"end\": \"2026-12-27T00:00\"}]},"
+		"   \"break_glass\": {\"required\": 1}}]}";
+	static const char alphabet[] = "{}[]\",:*/0123456789aZ -_.\\";
+	char buf[sizeof doc + 8], err[512];
+	struct pol_policy *p = compile_ok(doc);
+	pol_unref(p);
+	int ok = 0, bad = 0;
+	for (int i = 0; i < 4000; i++) {
+		size_t n = sizeof doc - 1;
+		memcpy(buf, doc, n);
+		int edits = 1 + (int)(next_rand() % 3);
+		for (int k = 0; k < edits && n > 0; k++) {
+			size_t at = next_rand() % n;
+			switch (next_rand() % 3) {
+			case 0: buf[at] = alphabet[next_rand() % (sizeof alphabet - 1)]; break;
+			case 1: n = at; break; /* truncate */
+			default: memmove(buf + at, buf + at + 1, n - at - 1); n--; break;
+			}
+		}
+		p = NULL;
+		int rc = pol_compile(buf, n, &B, &p, err, sizeof err);
+		if (rc == 0) {
+			ok++;
+			struct pol_query q = { "spiffe://td/user/a", "read", "secret", "web", "prod",
+					       "DB_X", 1 };
+			struct pol_result r;
+			pol_eval(p, &q, 1, &r);
+			pol_unref(p);
+		} else {
+			assert_int_equal(rc, SW_EINVAL);
+			assert_true(err[0] == '$');
+			assert_null(p);
+			bad++;
+		}
+	}
+	assert_true(ok > 0 && bad > 0);
+}
+
+/* Corrupted TZif files are rejected, never read out of bounds. */
+static void test_tzif_survives_corruption(void **state)
+{
+	(void)state;
+	FILE *f = fopen("/usr/share/zoneinfo/Europe/Berlin", "rb");
+	if (f == NULL)
+		skip();
+	static unsigned char orig[65536], b[65536];
+	size_t n = fread(orig, 1, sizeof orig, f);
+	fclose(f);
+	for (int i = 0; i < 4000; i++) {
+		size_t len = n;
+		memcpy(b, orig, n);
+		for (int k = 0; k < 4; k++)
+			b[next_rand() % len] = (unsigned char)next_rand();
+		if (next_rand() % 4 == 0)
+			len = next_rand() % len;
+		struct pol_tz *tz = calloc(1, sizeof *tz);
+		if (parse_tzif(b, len, tz) == 0)
+			(void)pol_tz_offset(tz, (int64_t)(next_rand() % 4000000000ULL));
+		pol_tz_free(tz);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -383,6 +523,8 @@ int main(void)
 		cmocka_unit_test(test_time_zones_match_libc),
 		cmocka_unit_test(test_posix_rules),
 		cmocka_unit_test(test_diff),
+		cmocka_unit_test(test_compile_survives_mutations),
+		cmocka_unit_test(test_tzif_survives_corruption),
 	};
 	return cmocka_run_group_tests_name("test_policy", tests, NULL, NULL);
 }
