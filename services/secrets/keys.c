@@ -395,8 +395,9 @@ out:
 }
 
 /* Re-reads the keyring file and adopts versions this process does not
- * hold (another replica rotated). At most once per RELOAD_EVERY_MS. */
-static void maybe_reload(struct sec_keys *k)
+ * hold (another replica rotated). Unless forced, at most once per
+ * RELOAD_EVERY_MS. */
+static void reload(struct sec_keys *k, int force)
 {
 	struct master fresh[SEC_MAX_MASTER];
 	size_t n = 0;
@@ -404,7 +405,7 @@ static void maybe_reload(struct sec_keys *k)
 	char err[256];
 
 	pthread_mutex_lock(&k->reload_mu);
-	if (mono_ms() - k->last_reload_ms < RELOAD_EVERY_MS) {
+	if (!force && mono_ms() - k->last_reload_ms < RELOAD_EVERY_MS) {
 		pthread_mutex_unlock(&k->reload_mu);
 		return;
 	}
@@ -456,7 +457,7 @@ int sec_keys_unwrap(struct sec_keys *k, uint32_t version, const uint8_t *aad, si
 		}
 		pthread_rwlock_unlock(&k->lock);
 		if (attempt == 0)
-			maybe_reload(k);
+			reload(k, 0);
 	}
 	return sw_errf(err, errlen, SW_EPRECOND,
 		       "master key %u is not in the keyring (retired, or the keyring is stale)",
@@ -469,6 +470,9 @@ int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen
 	uint32_t v = 0;
 	int rc = 0;
 
+	/* Another replica may have added keys to the shared file: never write
+	 * a keyring that lacks them. */
+	reload(k, 1);
 	pthread_rwlock_wrlock(&k->lock);
 	if (k->nm >= SEC_MAX_MASTER) {
 		rc = sw_errf(err, errlen, SW_ELIMIT,

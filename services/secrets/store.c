@@ -19,6 +19,9 @@
 /* Serializes Put against master key retirement across replicas: puts hold
  * it shared for their transaction, retirement exclusively. */
 #define ROTATION_LOCK "7305729741"
+/* Held (session level) by the one rotation that may run at a time across
+ * replicas. */
+#define ROTATE_ONE_LOCK "7305729742"
 
 const struct db_migration sec_migrations[] = {
 	{ 1, "outbox", OUTBOX_MIGRATION_SQL },
@@ -658,18 +661,34 @@ static int record_key_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	sec_keys_kcv(s->keys, v, kcv);
 	const char *vals[2] = { db_i64(vb, v), (const char *)kcv };
 	int lens[2] = { 0, 16 }, fmts[2] = { 0, 1 };
-	return db_exec(c,
-		       "INSERT INTO master_keys (version, kcv) VALUES ($1, $2)"
-		       " ON CONFLICT (version) DO NOTHING",
-		       2, vals, lens, fmts, 0, NULL, err, errlen);
+	/* A row for this version already means another key claims it: fail. */
+	return db_exec(c, "INSERT INTO master_keys (version, kcv) VALUES ($1, $2)", 2, vals, lens,
+		       fmts, 0, NULL, err, errlen);
 }
 
 int sec_store_rotate(struct sec *s, struct sec_rotation *r, char *err, size_t errlen)
 {
 	struct rewrap_tx t;
+	struct db_conn *lock = NULL;
+	PGresult *lr = NULL;
 	int rc = 0;
 
 	pthread_mutex_lock(&s->rotate_mu);
+	/* One rotation at a time across replicas: they share the keyring file. */
+	rc = db_acquire(s->db, &lock, 10000, err, errlen);
+	if (rc == 0)
+		rc = db_q(lock, "SELECT pg_try_advisory_lock(" ROTATE_ONE_LOCK ")", 0, NULL, &lr, err,
+			  errlen);
+	if (rc == 0 && !db_bool(lr, 0, 0))
+		rc = sw_errf(err, errlen, SW_EABORTED,
+			     "another master key rotation is running (another replica); retry later");
+	PQclear(lr);
+	if (rc != 0) {
+		if (lock != NULL)
+			db_release(s->db, lock);
+		lock = NULL;
+		goto out;
+	}
 	/* 1. Verify: every live data key must unwrap before anything changes. */
 	memset(&t, 0, sizeof t);
 	t.s = s;
@@ -724,6 +743,12 @@ int sec_store_rotate(struct sec *s, struct sec_rotation *r, char *err, size_t er
 		     "writes kept racing the rewrap; %lld data keys still use older master keys",
 		     (long long)rt.left);
 out:
+	if (lock != NULL) {
+		char ignored[128];
+		db_q(lock, "SELECT pg_advisory_unlock(" ROTATE_ONE_LOCK ")", 0, NULL, NULL, ignored,
+		     sizeof ignored);
+		db_release(s->db, lock);
+	}
 	pthread_mutex_unlock(&s->rotate_mu);
 	if (rc == 0)
 		sec_audit_kick(s);

@@ -1067,11 +1067,49 @@ static void test_master_rotation_and_retirement(void **state)
 	assert_int_equal(keyring_keys(), keys_before + 1);
 	expect_fetch("dep-rot", "ROT", 1, val);
 
+	/* One rotation at a time across replicas (an advisory lock). */
+	PGresult *lr = sql("SELECT pg_advisory_lock(7305729742)", 0, NULL);
+	PQclear(lr);
+	assert_int_equal(call(admin, "RotateMaster", &req.base, NULL, err), SW_EABORTED);
+	assert_non_null(strstr(err, "another master key rotation"));
+	lr = sql("SELECT pg_advisory_unlock(7305729742)", 0, NULL);
+	PQclear(lr);
+	/* Another replica sharing the keyring file rotated meanwhile (its key
+	 * is in the file and the database, not in this process): the next
+	 * rotation keeps that key and takes the version after it. */
+	char ring[700], line[200], hex[65];
+	uint8_t other[32], kcv[16];
+	snprintf(ring, sizeof ring, "%s/state/secrets/master.keyring", stack);
+	randombytes_buf(other, sizeof other);
+	sodium_bin2hex(hex, sizeof hex, other, sizeof other);
+	crypto_generichash(kcv, sizeof kcv, (const uint8_t *)"slipway master key check v1", 27, other,
+			   sizeof other);
+	FILE *f = fopen(ring, "a");
+	assert_non_null(f);
+	snprintf(line, sizeof line, "key %u %s\n", newv + 1, hex);
+	fputs(line, f);
+	fclose(f);
+	char vb[24], kh[40];
+	sodium_bin2hex(kh, sizeof kh, kcv, sizeof kcv);
+	snprintf(vb, sizeof vb, "%u", newv + 1);
+	const char *kp[2] = { vb, kh };
+	lr = sql("INSERT INTO secrets.master_keys (version, kcv) VALUES ($1::int, decode($2, 'hex'))",
+		 2, kp);
+	PQclear(lr);
+	req.retire_old = 0;
+	assert_int_equal(call(admin, "RotateMaster", &req.base, &m, err), 0);
+	r = (void *)m;
+	assert_int_equal(r->new_master_version, newv + 2);
+	protobuf_c_message_free_unpacked(m, NULL);
+	assert_int_equal(h_grep_count(ring, line), 1);
+	assert_int_equal(keyring_keys(), keys_before + 3);
+	expect_fetch("dep-rot", "ROT", 1, val);
+
 	/* Rotate again and retire every older key: values still decrypt. */
 	req.retire_old = 1;
 	assert_int_equal(call(admin, "RotateMaster", &req.base, &m, err), 0);
 	r = (void *)m;
-	assert_int_equal(r->new_master_version, newv + 1);
+	assert_int_equal(r->new_master_version, newv + 3);
 	protobuf_c_message_free_unpacked(m, NULL);
 	assert_int_equal(keyring_keys(), 1);
 	expect_fetch("dep-rot", "ROT", 1, val);
@@ -1339,7 +1377,9 @@ static void test_audit_trail(void **state)
 				      "previous_current=2\n", NULL),
 			 1);
 	assert_int_equal(count_events("secret.destroy", OK_, admin_id, res, "version=2\n", NULL), 1);
-	assert_int_equal(count_events("secret.rotate_master", OK_, admin_id, NULL, NULL), 2);
+	assert_int_equal(count_events("secret.rotate_master", OK_, admin_id, NULL, NULL), 3);
+	assert_true(count_events("secret.rotate_master", FAIL_, admin_id, NULL,
+				 "another master key rotation", NULL) >= 1);
 	assert_true(count_events("secret.rotate_master", OK_, admin_id, NULL, "retired_versions=",
 				 NULL) >= 1);
 	/* Grants and fetches, with deployment, agent and the pinned versions. */
