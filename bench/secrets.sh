@@ -14,6 +14,10 @@
 bench_secrets() {
   local tmp; tmp=$(mktemp -d /tmp/slipway-bench-secrets.XXXXXX)
   chmod 755 "$tmp" # PostgreSQL (another user) must reach the stack inside
+  local rc=0
+  # Not `( ... ) || rc=$?`: that would switch errexit off inside the
+  # subshell. bench/run runs with set -e; the subshell sets its own.
+  set +e
   (
     set -euo pipefail
     st="$tmp/stack"
@@ -144,7 +148,8 @@ bench_secrets() {
     awk '{ printf "%-34s %12s\n", $2, $3 }' "$tmp/lines"
     echo "written: $out/secrets.json"
   )
-  local rc=$?
+  rc=$?
+  set -e
   rm -rf "$tmp"
   return $rc
 }
