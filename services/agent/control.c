@@ -60,8 +60,10 @@ struct agent_control {
 	int running;
 	int worker_done;
 
-	struct rpc_stream *poll_stream; /* for cancelling the long poll */
+	struct rpc_stream *inflight[3]; /* calls in flight, by thread: stop cancels them */
 };
+
+enum { SLOT_HB = 0, SLOT_POLL = 1, SLOT_WORK = 2 };
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -150,6 +152,58 @@ static uint64_t highest_generation(struct agent_control *c)
 	return g;
 }
 
+/*
+ * One unary call to the orchestrator, made as a stream so that
+ * agent_control_stop can cancel it. It waits for the orchestrator to be
+ * reachable (wait-for-ready) up to timeout_ms rather than failing fast:
+ * with gRPC core, a channel reconnects only while some call waits on it,
+ * so an agent making fail-fast calls alone might never get its connection
+ * back after an orchestrator restart. Returns 0 and *resp (free with
+ * protobuf_c_message_free_unpacked), or the SW_E* code with err.
+ */
+static int ctl_call(struct agent_control *c, int slot, const char *method,
+		    const ProtobufCMessage *req, ProtobufCMessage **resp, int64_t timeout_ms,
+		    char *err, size_t errlen)
+{
+	struct rpc_stream *s = NULL;
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts o = { .timeout_ms = timeout_ms, .wait_for_ready = 1 };
+	*resp = NULL;
+	int rc = rpc_stream_open(c->a->orch, &slipway__v1__agent_control__descriptor, method, &o,
+				 &s, err, errlen);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&c->mu);
+	c->inflight[slot] = s;
+	if (atomic_load(&c->stop))
+		rpc_stream_cancel(s);
+	pthread_mutex_unlock(&c->mu);
+	if (rpc_stream_send(s, req) == 0)
+		rpc_stream_close_send(s);
+	int got = rpc_stream_recv(s, &m);
+	if (got == 1) {
+		/* A unary answer: read to the end so the status arrives. */
+		ProtobufCMessage *extra = NULL;
+		if (rpc_stream_recv(s, &extra) == 1) {
+			protobuf_c_message_free_unpacked(extra, NULL);
+			rpc_stream_cancel(s);
+		}
+	}
+	pthread_mutex_lock(&c->mu);
+	c->inflight[slot] = NULL;
+	pthread_mutex_unlock(&c->mu);
+	rc = rpc_stream_finish(s, err, errlen);
+	if (rc == 0 && got != 1)
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "%s: empty answer", method);
+	if (rc != 0) {
+		if (m != NULL)
+			protobuf_c_message_free_unpacked(m, NULL);
+		return rc;
+	}
+	*resp = m;
+	return 0;
+}
+
 /* Errors that mean "the orchestrator does not know this agent". */
 static int unknown_agent(int rc)
 {
@@ -183,9 +237,8 @@ static int do_register(struct agent_control *c, char *err, size_t errlen)
 	agent_runtime(a, &rt);
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
-	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "RegisterAgent",
-			  &req.base, &resp, &o, err, errlen);
+	int rc = ctl_call(c, SLOT_HB, "RegisterAgent", &req.base, &resp, CALL_TIMEOUT_MS, err,
+			  errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__RegisterResponse *r = (void *)resp;
@@ -217,9 +270,12 @@ static int do_heartbeat(struct agent_control *c, char *err, size_t errlen)
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
 	req.highest_generation = highest_generation(c);
-	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "Heartbeat", &req.base,
-			  &resp, &o, err, errlen);
+	pthread_mutex_lock(&c->mu);
+	long long timeout = c->interval_ms < 1000 ? 1000 : c->interval_ms;
+	pthread_mutex_unlock(&c->mu);
+	if (timeout > CALL_TIMEOUT_MS)
+		timeout = CALL_TIMEOUT_MS;
+	int rc = ctl_call(c, SLOT_HB, "Heartbeat", &req.base, &resp, timeout, err, errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__HeartbeatResponse *r = (void *)resp;
@@ -373,70 +429,41 @@ static void accept_task(struct agent_control *c, const struct agent_task *t)
 static int poll_once(struct agent_control *c, int *ntasks, char *err, size_t errlen)
 {
 	struct agent *a = c->a;
-	struct rpc_stream *s = NULL;
 	ProtobufCMessage *m = NULL;
 	long long wait = a->cfg->poll_wait_ms;
-	struct rpc_call_opts o = { .timeout_ms = wait + 5000 };
 	*ntasks = 0;
-	int rc = rpc_stream_open(a->orch, &slipway__v1__agent_control__descriptor, "PollTasks", &o,
-				 &s, err, errlen);
-	if (rc != 0)
-		return rc;
-	pthread_mutex_lock(&c->mu);
-	c->poll_stream = s;
-	if (atomic_load(&c->stop))
-		rpc_stream_cancel(s);
-	pthread_mutex_unlock(&c->mu);
-
 	Slipway__V1__PollTasksRequest req = SLIPWAY__V1__POLL_TASKS_REQUEST__INIT;
 	req.wait_ms = wait;
 	req.highest_generation = highest_generation(c);
-	if (rpc_stream_send(s, &req.base) == 0)
-		rpc_stream_close_send(s);
-	int got = rpc_stream_recv(s, &m);
-	if (got == 1) {
-		/* A unary answer: read to the end so the status arrives. */
-		ProtobufCMessage *extra = NULL;
-		if (rpc_stream_recv(s, &extra) == 1) {
-			protobuf_c_message_free_unpacked(extra, NULL);
-			rpc_stream_cancel(s);
+	int rc = ctl_call(c, SLOT_POLL, "PollTasks", &req.base, &m, wait + 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	Slipway__V1__PollTasksResponse *r = (void *)m;
+	size_t n = r->n_tasks > MAX_TASKS_PER_POLL ? MAX_TASKS_PER_POLL : r->n_tasks;
+	struct agent_task *v = calloc(n ? n : 1, sizeof *v);
+	size_t nv = 0;
+	for (size_t i = 0; v != NULL && i < n; i++) {
+		if (copy_task(r->tasks[i], &v[nv]) != 0) {
+			log_warn("ignoring a task without a usable id", NULL);
+			continue;
 		}
+		/* Keep them in generation order. */
+		for (size_t j = nv; j > 0 && v[j - 1].generation > v[j].generation; j--) {
+			struct agent_task tmp;
+			copy_task_struct(&tmp, &v[j]);
+			copy_task_struct(&v[j], &v[j - 1]);
+			copy_task_struct(&v[j - 1], &tmp);
+		}
+		nv++;
 	}
 	pthread_mutex_lock(&c->mu);
-	c->poll_stream = NULL;
+	for (size_t i = 0; i < nv; i++)
+		accept_task(c, &v[i]);
 	pthread_mutex_unlock(&c->mu);
-	rc = rpc_stream_finish(s, err, errlen);
-	if (rc == 0 && got == 1) {
-		Slipway__V1__PollTasksResponse *r = (void *)m;
-		size_t n = r->n_tasks > MAX_TASKS_PER_POLL ? MAX_TASKS_PER_POLL : r->n_tasks;
-		struct agent_task *v = calloc(n ? n : 1, sizeof *v);
-		size_t nv = 0;
-		for (size_t i = 0; v != NULL && i < n; i++) {
-			if (copy_task(r->tasks[i], &v[nv]) != 0) {
-				log_warn("ignoring a task without a usable id", NULL);
-				continue;
-			}
-			/* Keep them in generation order. */
-			for (size_t j = nv; j > 0 && v[j - 1].generation > v[j].generation; j--) {
-				struct agent_task tmp;
-				copy_task_struct(&tmp, &v[j]);
-				copy_task_struct(&v[j], &v[j - 1]);
-				copy_task_struct(&v[j - 1], &tmp);
-			}
-			nv++;
-		}
-		pthread_mutex_lock(&c->mu);
-		for (size_t i = 0; i < nv; i++)
-			accept_task(c, &v[i]);
-		pthread_mutex_unlock(&c->mu);
-		free(v);
-		*ntasks = (int)nv;
-	} else if (rc == 0) {
-		rc = sw_errf(err, errlen, SW_EUNAVAIL, "empty answer");
-	}
-	if (m != NULL)
-		protobuf_c_message_free_unpacked(m, NULL);
-	return rc;
+	free(v);
+	*ntasks = (int)nv;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return 0;
 }
 
 static void *poll_main(void *arg)
@@ -520,9 +547,8 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		req.message = (char *)msg;
 		req.runtime = &prt;
 		req.duration_ms = duration_ms;
-		struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-		int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "ReportTask",
-				  &req.base, &resp, &o, err, sizeof err);
+		int rc = ctl_call(c, SLOT_WORK, "ReportTask", &req.base, &resp, CALL_TIMEOUT_MS, err,
+				  sizeof err);
 		if (rc == 0) {
 			Slipway__V1__ReportTaskResponse *r = (void *)resp;
 			int sup = r->superseded;
@@ -649,8 +675,9 @@ int agent_control_stop(struct agent *a)
 		return 0;
 	atomic_store(&c->stop, 1);
 	pthread_mutex_lock(&c->mu);
-	if (c->poll_stream != NULL)
-		rpc_stream_cancel(c->poll_stream);
+	for (int i = 0; i < 3; i++)
+		if (c->inflight[i] != NULL)
+			rpc_stream_cancel(c->inflight[i]);
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->mu);
 	if (c->poll_started)
