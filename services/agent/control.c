@@ -58,7 +58,7 @@ struct agent_control {
 	int have_rereport;
 	struct agent_task cur;         /* the task the worker runs */
 	int running;
-	int worker_done;
+	int worker_done, hb_done, poll_done;
 
 	struct rpc_stream *inflight[3]; /* calls in flight, by thread: stop cancels them */
 };
@@ -332,6 +332,10 @@ static void *hb_main(void *arg)
 		if (!reg)
 			wait_ms(c, interval);
 	}
+	pthread_mutex_lock(&c->mu);
+	c->hb_done = 1;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
 	return NULL;
 }
 
@@ -504,6 +508,10 @@ static void *poll_main(void *arg)
 		if (n == 0 && agent_now_ms() - t0 < 1000)
 			wait_ms(c, 1000);
 	}
+	pthread_mutex_lock(&c->mu);
+	c->poll_done = 1;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
 	return NULL;
 }
 
@@ -667,10 +675,26 @@ int agent_control_start(struct agent *a, char *err, size_t errlen)
 	return 0;
 }
 
+/* Waits until *flag is set (c->mu held by the caller) or ms pass. */
+static int wait_flag(struct agent_control *c, const int *flag, long long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (!*flag)
+		if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
+			break;
+	return *flag;
+}
+
 int agent_control_stop(struct agent *a)
 {
 	struct agent_control *c = a->control;
-	int rc = 0;
 	if (c == NULL)
 		return 0;
 	atomic_store(&c->stop, 1);
@@ -679,39 +703,30 @@ int agent_control_stop(struct agent *a)
 		if (c->inflight[i] != NULL)
 			rpc_stream_cancel(c->inflight[i]);
 	pthread_cond_broadcast(&c->cond);
+	/* The task reaches a safe point, or completes if it is past its switch,
+	 * within the shutdown grace. A call still waiting for an unreachable
+	 * orchestrator to accept it cannot be cancelled before it starts; those
+	 * threads hold nothing durable, so they get a short while only. */
+	int done = !c->work_started || wait_flag(c, &c->worker_done, a->cfg->shutdown_grace_ms);
+	int rest = (!c->poll_started || wait_flag(c, &c->poll_done, 2000)) &&
+		   (!c->hb_started || wait_flag(c, &c->hb_done, 2000));
 	pthread_mutex_unlock(&c->mu);
+	if (!done) {
+		log_error("the running task did not reach a safe point within the grace period",
+			  "grace_ms=%lld", a->cfg->shutdown_grace_ms);
+		return SW_ETIMEDOUT; /* the caller exits without freeing */
+	}
+	if (!rest)
+		return SW_ETIMEDOUT;
+	if (c->work_started)
+		pthread_join(c->work, NULL);
 	if (c->poll_started)
 		pthread_join(c->poll, NULL);
 	if (c->hb_started)
 		pthread_join(c->hb, NULL);
-	if (c->work_started) {
-		/* The task reaches a safe point, or completes if it is past its
-		 * switch; either way within the shutdown grace. */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += a->cfg->shutdown_grace_ms / 1000;
-		ts.tv_nsec += (a->cfg->shutdown_grace_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_mutex_lock(&c->mu);
-		while (!c->worker_done) {
-			if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
-				break;
-		}
-		int done = c->worker_done;
-		pthread_mutex_unlock(&c->mu);
-		if (!done) {
-			log_error("the running task did not reach a safe point within the grace period",
-				  "grace_ms=%lld", a->cfg->shutdown_grace_ms);
-			return SW_ETIMEDOUT; /* the caller exits without freeing */
-		}
-		pthread_join(c->work, NULL);
-	}
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 	a->control = NULL;
-	return rc;
+	return 0;
 }
