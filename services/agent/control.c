@@ -366,9 +366,9 @@ static int copy_task(const Slipway__V1__Task *in, struct agent_task *t)
 			rc = SW_EINVAL;
 		snprintf(d[i], cap[i], "%s", s);
 	}
-	/* An over-long field: the executor fails the task on its digest. */
+	/* An over-long field: the executor fails the task with this. */
 	if (rc != 0)
-		snprintf(t->digest, sizeof t->digest, "invalid");
+		snprintf(t->invalid, sizeof t->invalid, "a field of the task is too long");
 	return 0;
 }
 
@@ -529,7 +529,7 @@ static int task_cancel(struct agent *a, const struct agent_task *t, void *arg)
 	return newer;
 }
 
-enum { REPORT_ACKED = 0, REPORT_SUPERSEDED = 1, REPORT_GAVE_UP = 2 };
+enum { REPORT_ACKED = 0, REPORT_SUPERSEDED = 1, REPORT_GAVE_UP = 2, REPORT_REFUSED = 3 };
 
 /* Reports until acknowledged. Gives up when the agent stops (the result is
  * recorded: it is reported again when the task is delivered again), when
@@ -573,7 +573,7 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		    rc == SW_EEXIST || rc == SW_EUNIMPL) {
 			log_warn("the orchestrator refused the report", "task=%s error=%s", t->task_id,
 				 err);
-			return REPORT_GAVE_UP;
+			return REPORT_REFUSED;
 		}
 		quiet_fail(&q, "ReportTask", err);
 		if (atomic_load(&c->stop) || task_cancel(a, t, c))
@@ -621,17 +621,17 @@ static void *work_main(void *arg)
 		struct agent_result res;
 		log_set_request_id(t->task_id);
 		int r = report(c, t, SLIPWAY__V1__TASK_RESULT__TASK_STARTED, "", 0);
-		if (r != REPORT_SUPERSEDED && !task_cancel(a, t, c)) {
-			if (agent_exec(a, t, task_cancel, c, &res) == 0) {
-				if (agent_store_put_result(&a->store, t->task_id, t->generation,
-							   res.result, res.message, err,
-							   sizeof err) != 0)
-					log_error("cannot record the task result", "task=%s error=%s",
-						  t->task_id, err);
-				report(c, t, res.result, res.message, res.duration_ms);
-			}
-		} else {
+		if (r == REPORT_SUPERSEDED || task_cancel(a, t, c)) {
 			log_info("task superseded before it started", "task=%s", t->task_id);
+		} else if (r == REPORT_REFUSED) {
+			/* The orchestrator says this agent does not hold the task. */
+			log_warn("task refused by the orchestrator: not run", "task=%s", t->task_id);
+		} else if (agent_exec(a, t, task_cancel, c, &res) == 0) {
+			if (agent_store_put_result(&a->store, t->task_id, t->generation, res.result,
+						   res.message, err, sizeof err) != 0)
+				log_error("cannot record the task result", "task=%s error=%s", t->task_id,
+					  err);
+			report(c, t, res.result, res.message, res.duration_ms);
 		}
 		log_set_request_id(NULL);
 		pthread_mutex_lock(&c->mu);

@@ -67,6 +67,8 @@ static int check_task(struct run *r, char *msg, size_t len)
 	const struct agent_task *t = r->t;
 	const struct agent_labels *lb = &r->a->cfg->labels;
 	const char *app = agent_labels_get(lb, "app"), *env = agent_labels_get(lb, "environment");
+	if (t->invalid[0] != '\0')
+		return sw_errf(msg, len, SW_EINVAL, "invalid task: %s", t->invalid);
 	if (t->kind != AGENT_TASK_DEPLOY && t->kind != AGENT_TASK_ROLLBACK)
 		return sw_errf(msg, len, SW_EINVAL, "unknown task kind %d", t->kind);
 	if (!agent_digest_ok(t->digest, r->hex))
