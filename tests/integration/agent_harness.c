@@ -140,6 +140,50 @@ void ah_evil_bundle(const char *path, const char *evil_name, const char *link_ta
 	archive_write_free(a);
 }
 
+void ah_bundle(const char *path, const char *manifest, const char *app_bin)
+{
+	struct archive *a = archive_write_new();
+	archive_write_add_filter_gzip(a);
+	archive_write_set_format_pax_restricted(a);
+	if (archive_write_open_filename(a, path) != ARCHIVE_OK) {
+		fprintf(stderr, "agent_harness: cannot write %s\n", path);
+		exit(1);
+	}
+	struct archive_entry *e = archive_entry_new();
+	archive_entry_set_pathname(e, "slipway.json");
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0644);
+	archive_entry_set_size(e, (la_int64_t)strlen(manifest));
+	archive_write_header(a, e);
+	archive_write_data(a, manifest, strlen(manifest));
+	archive_entry_clear(e);
+	char *bin = NULL;
+	size_t len = 0;
+	FILE *f = fopen(app_bin, "rb");
+	if (f != NULL) {
+		fseek(f, 0, SEEK_END);
+		long n = ftell(f);
+		fseek(f, 0, SEEK_SET);
+		if (n > 0 && (bin = malloc((size_t)n)) != NULL)
+			len = fread(bin, 1, (size_t)n, f);
+		fclose(f);
+	}
+	if (bin == NULL) {
+		fprintf(stderr, "agent_harness: cannot read %s\n", app_bin);
+		exit(1);
+	}
+	archive_entry_set_pathname(e, "bin/demo-app");
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0755);
+	archive_entry_set_size(e, (la_int64_t)len);
+	archive_write_header(a, e);
+	archive_write_data(a, bin, len);
+	free(bin);
+	archive_entry_free(e);
+	archive_write_close(a);
+	archive_write_free(a);
+}
+
 char *ah_http_get(int port, const char *path, int *status)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -21,6 +21,10 @@ int ah_push(const char *file, const char *app, const char *version, char digest[
  * named evil_name (a file, or a symlink to link_target when not NULL). */
 void ah_evil_bundle(const char *path, const char *evil_name, const char *link_target);
 
+/* Writes a .tar.gz at path holding slipway.json (the text given) and
+ * bin/demo-app (a copy of app_bin, mode 0755). */
+void ah_bundle(const char *path, const char *manifest, const char *app_bin);
+
 /* GET path from 127.0.0.1:port. Returns the body (free()) and *status, or
  * NULL when nothing answers. */
 char *ah_http_get(int port, const char *path, int *status);
