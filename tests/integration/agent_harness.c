@@ -10,6 +10,7 @@
 #include "slipway/v1/artifact.pb-c.h"
 
 #include <archive.h>
+#include <libpq-fe.h>
 #include <archive_entry.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -246,4 +247,39 @@ void ah_kill_group(int pid)
 		h_sleep_ms(50);
 	if (ah_pid_alive(pid))
 		kill(-pid, SIGKILL);
+}
+
+void ah_wait_outbox_drained(int timeout_ms)
+{
+	const char *url = getenv("SLIPWAY_PGURL");
+	if (url == NULL)
+		return;
+	PGconn *c = PQconnectdb(url);
+	if (PQstatus(c) != CONNECTION_OK) {
+		PQfinish(c);
+		return;
+	}
+	long long until = h_now_ms() + timeout_ms;
+	for (;;) {
+		/* Each service keeps its outbox in its own schema. */
+		PGresult *r = PQexec(c, "SELECT table_schema FROM information_schema.tables "
+					"WHERE table_name = 'outbox'");
+		long long pending = 0;
+		for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++) {
+			char *schema = PQescapeIdentifier(c, PQgetvalue(r, i, 0),
+							  strlen(PQgetvalue(r, i, 0)));
+			char q[256];
+			snprintf(q, sizeof q, "SELECT count(*) FROM %s.outbox", schema ? schema : "x");
+			PQfreemem(schema);
+			PGresult *n = PQexec(c, q);
+			if (PQresultStatus(n) == PGRES_TUPLES_OK)
+				pending += strtoll(PQgetvalue(n, 0, 0), NULL, 10);
+			PQclear(n);
+		}
+		PQclear(r);
+		if (pending == 0 || h_now_ms() >= until)
+			break;
+		h_sleep_ms(100);
+	}
+	PQfinish(c);
 }

@@ -33,6 +33,11 @@ char *ah_http_get(int port, const char *path, int *status);
 int ah_read_pid(const char *file);
 int ah_pid_alive(int pid);
 
+/* Waits (up to timeout_ms) until every service's outbox is empty, i.e.
+ * the audit events this test caused are in the audit log, so that the
+ * next test of the suite does not see them arrive. */
+void ah_wait_outbox_drained(int timeout_ms);
+
 /* Stops the process group led by pid (the app an agent left running). */
 void ah_kill_group(int pid);
 

@@ -745,6 +745,7 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	rpc_init();
 	int rc = cmocka_run_group_tests(tests, setup, teardown);
+	ah_wait_outbox_drained(30000);
 	rpc_shutdown();
 	return rc;
 }

@@ -439,6 +439,7 @@ int main(void)
 	log_set_sink(sink, NULL);
 	rpc_init();
 	int rc = cmocka_run_group_tests(tests, setup, teardown);
+	ah_wait_outbox_drained(30000);
 	rpc_shutdown();
 	free(logbuf);
 	return rc;
