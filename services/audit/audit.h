@@ -45,7 +45,21 @@ struct aud_config {
 	long long db_pool;
 };
 
-struct aud_job; /* one append request waiting for its group commit */
+/* Called from the batcher thread once a job's batch committed (rc 0) or
+ * failed (rc < 0, message in err). */
+typedef void (*aud_done_fn)(void *arg, int rc, const char *err);
+
+/* One append request waiting for its group commit (owned by the caller,
+ * e.g. in the call's arena, until done runs). */
+struct aud_job {
+	struct aud_job *next;
+	Slipway__V1__AuditEvent **events;
+	size_t n;
+	Slipway__V1__AppendResponse *results;
+	uint8_t (*hashes)[32];
+	aud_done_fn done;
+	void *arg;
+};
 
 struct aud {
 	struct aud_config c;
@@ -97,14 +111,16 @@ char *aud_details_json(const Slipway__V1__AuditEvent *ev, const char **keys, con
 int aud_store_start(struct aud *a, char *err, size_t errlen);
 void aud_store_stop(struct aud *a);
 
-/* Appends events (already validated) through the group commit and waits.
- * results[i] is filled for each event, its entry_hash pointing into the
- * caller's hashes[i]. Returns 0, SW_ELIMIT (queue full), SW_EUNAVAIL
- * (database down: nothing was appended) or SW_EPRECOND (integrity check
- * failed). Worker threads. */
-int aud_append(struct aud *a, Slipway__V1__AuditEvent **events, size_t n,
-	       Slipway__V1__AppendResponse *results, uint8_t (*hashes)[32], char *err,
-	       size_t errlen);
+/* Queues events (already validated) for the group commit without waiting.
+ * When the batch commits, results[i] is filled for each event (entry_hash
+ * pointing into hashes[i]) and done(arg, 0, "") runs on the batcher thread;
+ * if it fails (database down: nothing appended; SW_EPRECOND: integrity
+ * check failed) done gets the code. Returns 0 when queued, else SW_ELIMIT
+ * (too many waiting) or SW_EUNAVAIL (shutting down) and done never runs.
+ * Any thread; never blocks. */
+int aud_append(struct aud *a, struct aud_job *j, Slipway__V1__AuditEvent **events, size_t n,
+	       Slipway__V1__AppendResponse *results, uint8_t (*hashes)[32], aud_done_fn done,
+	       void *arg, char *err, size_t errlen);
 
 /* Current number of entries. */
 int aud_size(struct aud *a, uint64_t *size, char *err, size_t errlen);

@@ -107,7 +107,7 @@ int main(int argc, char **argv)
 		  "how often to sign a checkpoint when the log grew", &c->checkpoint_ms },
 		{ "max-pending", CFG_INT, "20000", 1, 10000000, 0,
 		  "appends waiting for commit before RESOURCE_EXHAUSTED", &c->max_pending },
-		{ "batch-max", CFG_INT, "1000", 1, 5000, 0, "entries per group commit",
+		{ "batch-max", CFG_INT, "1000", 1, 2000, 0, "entries per group commit",
 		  &c->batch_max },
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];

@@ -27,24 +27,36 @@ static int can_read(struct aud *a, struct rpc_ctx *ctx, const char *action)
 	return authz_require(a->authz, ctx, action, "audit", NULL, NULL, NULL);
 }
 
+/* A group commit finished: answer the deferred call. Batcher thread. */
+static void appended(void *arg, int rc, const char *err)
+{
+	struct rpc_ctx *ctx = arg;
+	rpc_finish(ctx, rc ? rpc_errorf(ctx, rc, "%s", err) : 0);
+}
+
+/* Validation is CPU only and queueing never blocks, so Append runs on the
+ * completion-queue thread and the call waits for its commit without
+ * holding any thread. */
 static int append(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 		  void *data)
 {
 	struct aud *a = data;
 	const Slipway__V1__AppendRequest *req = (const void *)reqm;
-	Slipway__V1__AppendResponse *resp = (void *)respm;
 	char err[256];
 	int rc = aud_validate_event(a, rpc_peer(ctx), req->event, err, sizeof err);
 	if (rc != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
+	struct aud_job *job = rpc_alloc(ctx, sizeof *job);
 	uint8_t(*hash)[32] = rpc_alloc(ctx, 32);
-	if (hash == NULL)
+	Slipway__V1__AuditEvent **ev = rpc_alloc(ctx, sizeof *ev);
+	if (job == NULL || hash == NULL || ev == NULL)
 		return SW_ENOMEM;
-	Slipway__V1__AuditEvent *ev = req->event;
-	rc = aud_append(a, &ev, 1, resp, hash, err, sizeof err);
+	*ev = req->event;
+	rpc_defer(ctx);
+	rc = aud_append(a, job, ev, 1, (void *)respm, hash, appended, ctx, err, sizeof err);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
-	return 0;
+		rpc_finish(ctx, rpc_errorf(ctx, rc, "%s", err));
+	return RPC_DEFERRED;
 }
 
 static int append_batch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
@@ -74,12 +86,16 @@ static int append_batch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Proto
 		slipway__v1__append_response__init(&res[i]);
 		ptrs[i] = &res[i];
 	}
-	int rc = aud_append(a, req->events, n, res, hashes, err, sizeof err);
-	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
+	struct aud_job *job = rpc_alloc(ctx, sizeof *job);
+	if (job == NULL)
+		return SW_ENOMEM;
 	resp->n_results = n;
 	resp->results = ptrs;
-	return 0;
+	rpc_defer(ctx);
+	int rc = aud_append(a, job, req->events, n, res, hashes, appended, ctx, err, sizeof err);
+	if (rc != 0)
+		rpc_finish(ctx, rpc_errorf(ctx, rc, "%s", err));
+	return RPC_DEFERRED;
 }
 
 /* Copies a checkpoint into call memory and frees the original. */
@@ -504,7 +520,7 @@ static int get_log_info(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method methods[] = {
-	{ "Append", RPC_UNARY, 0, append },
+	{ "Append", RPC_UNARY, RPC_INLINE, append },
 	{ "AppendBatch", RPC_UNARY, 0, append_batch },
 	{ "GetEntry", RPC_UNARY, 0, get_entry },
 	{ "ListEntries", RPC_UNARY, 0, list_entries },

@@ -21,16 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-struct aud_job {
-	struct aud_job *next;
-	Slipway__V1__AuditEvent **events;
-	size_t n;
-	Slipway__V1__AppendResponse *results;
-	uint8_t (*hashes)[AUDITLOG_HASH];
-	int done, rc;
-	char err[256];
-	pthread_cond_t cv;
-};
 
 /* ---- a small arena for per-batch and per-page allocations ---- */
 
@@ -170,7 +160,7 @@ int aud_size(struct aud *a, uint64_t *size, char *err, size_t errlen)
 	return rc;
 }
 
-/* ---- the append transaction ---- */
+/* ---- the append pipeline ---- */
 
 struct row {
 	const Slipway__V1__AuditEvent *ev;
@@ -183,14 +173,14 @@ struct row {
 struct batch {
 	struct aud *a;
 	struct aud_job *jobs;
-	/* filled by the transaction (recomputed on a retry) */
+	/* rebuilt on every attempt */
 	struct aud_block *arena;
 	struct row *rows;
 	size_t nrows;
 	struct merkle_node *nodes;
 	size_t nnodes, capnodes;
 	struct merkle_range range;
-	uint64_t size;
+	uint64_t size, old_size;
 	uint8_t last[AUDITLOG_HASH];
 	int failed_nodes;
 };
@@ -216,7 +206,7 @@ static int cmp_str(const void *x, const void *y)
 	return strcmp(*(const char *const *)x, *(const char *const *)y);
 }
 
-/* Existing (event id -> seq, hash) pairs found in the database. */
+/* Event ids already in the log (event id -> seq, hash). */
 struct known {
 	const char *id;
 	uint64_t seq;
@@ -231,151 +221,119 @@ static int cmp_known(const void *x, const void *y)
 static struct known *find_known(struct known *k, size_t n, const char *id)
 {
 	struct known key = { .id = id };
-	return bsearch(&key, k, n, sizeof *k, cmp_known);
+	return n ? bsearch(&key, k, n, sizeof *k, cmp_known) : NULL;
 }
 
-static int insert_rows(struct db_conn *c, struct batch *b, char *err, size_t errlen)
+/* The write: every entry, every finished tree node and the new head in ONE
+ * statement, so it commits (one WAL flush) or fails whole without an
+ * explicit transaction. The primary keys on entries.seq and tree_nodes make
+ * a concurrent writer's batch conflict (SW_EEXIST, retried); the final
+ * division by the number of head rows updated aborts the statement when
+ * the head moved under us (a run-time error, not one the planner folds). */
+static int write_batch(struct db_conn *c, struct batch *b, char *err, size_t errlen)
 {
-	enum { COLS = 13, CHUNK = 400 };
-	char *sql = NULL;
+	enum { EC = 13, NC = 3 };
+	size_t np = b->nrows * EC + b->nnodes * NC + 3;
+	size_t cap = 512 + b->nrows * EC * 9 + b->nnodes * NC * 9;
+	char *sql = malloc(cap);
+	const char **vals = calloc(np, sizeof *vals);
+	int *lens = calloc(np, sizeof *lens), *fmts = calloc(np, sizeof *fmts);
+	char (*nums)[24] = calloc(b->nrows * 4 + b->nnodes * 2 + 2, sizeof *nums);
 	int rc = 0;
-	for (size_t start = 0; start < b->nrows; start += CHUNK) {
-		size_t n = b->nrows - start < CHUNK ? b->nrows - start : CHUNK;
-		size_t cap = 200 + n * COLS * 8;
-		sql = malloc(cap);
-		const char **vals = calloc(n * COLS, sizeof *vals);
-		int *lens = calloc(n * COLS, sizeof *lens);
-		int *fmts = calloc(n * COLS, sizeof *fmts);
-		char (*nums)[24] = calloc(n * 4, sizeof *nums);
-		if (!sql || !vals || !lens || !fmts || !nums) {
-			free(vals);
-			free(lens);
-			free(fmts);
-			free(nums);
-			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-			goto out;
-		}
-		size_t off = (size_t)snprintf(sql, cap,
-					      "INSERT INTO entries (seq, event_id, actor, service, action,"
-					      " resource, outcome, request_id, time_ms, logged_ms, details,"
-					      " prev_hash, entry_hash) VALUES ");
-		for (size_t i = 0; i < n; i++) {
-			const struct row *r = &b->rows[start + i];
-			size_t k = i * COLS;
-			off += (size_t)snprintf(sql + off, cap - off, "%s(", i ? "," : "");
-			for (int col = 0; col < COLS; col++)
-				off += (size_t)snprintf(sql + off, cap - off, "%s$%zu", col ? "," : "",
-							k + (size_t)col + 1);
-			off += (size_t)snprintf(sql + off, cap - off, ")");
-			vals[k + 0] = db_i64(nums[i * 4 + 0], (int64_t)r->seq);
-			vals[k + 1] = r->ev->event_id;
-			vals[k + 2] = r->ev->actor;
-			vals[k + 3] = r->ev->service;
-			vals[k + 4] = r->ev->action;
-			vals[k + 5] = r->ev->resource;
-			vals[k + 6] = db_i64(nums[i * 4 + 1], r->ev->outcome);
-			vals[k + 7] = r->ev->request_id;
-			vals[k + 8] = db_i64(nums[i * 4 + 2], r->ev->time_unix_ms);
-			vals[k + 9] = db_i64(nums[i * 4 + 3], r->logged);
-			vals[k + 10] = r->details;
-			vals[k + 11] = (const char *)r->prev;
-			lens[k + 11] = AUDITLOG_HASH;
-			fmts[k + 11] = 1;
-			vals[k + 12] = (const char *)r->hash;
-			lens[k + 12] = AUDITLOG_HASH;
-			fmts[k + 12] = 1;
-		}
-		rc = db_exec(c, sql, (int)(n * COLS), vals, lens, fmts, 0, NULL, err, errlen);
-		free(vals);
-		free(lens);
-		free(fmts);
-		free(nums);
-		free(sql);
-		sql = NULL;
-		if (rc != 0)
-			goto out;
+	if (!sql || !vals || !lens || !fmts || !nums) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
 	}
-	for (size_t start = 0; start < b->nnodes; start += 2000) {
-		size_t n = b->nnodes - start < 2000 ? b->nnodes - start : 2000;
-		size_t cap = 100 + n * 24;
-		sql = malloc(cap);
-		const char **vals = calloc(n * 3, sizeof *vals);
-		int *lens = calloc(n * 3, sizeof *lens);
-		int *fmts = calloc(n * 3, sizeof *fmts);
-		char (*nums)[24] = calloc(n * 2, sizeof *nums);
-		if (!sql || !vals || !lens || !fmts || !nums) {
-			free(vals);
-			free(lens);
-			free(fmts);
-			free(nums);
-			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-			goto out;
-		}
-		size_t off = (size_t)snprintf(sql, cap, "INSERT INTO tree_nodes (level, idx, hash) VALUES ");
-		for (size_t i = 0; i < n; i++) {
-			const struct merkle_node *nd = &b->nodes[start + i];
-			off += (size_t)snprintf(sql + off, cap - off, "%s($%zu,$%zu,$%zu)", i ? "," : "",
-						3 * i + 1, 3 * i + 2, 3 * i + 3);
-			vals[3 * i] = db_i64(nums[2 * i], nd->level);
-			vals[3 * i + 1] = db_i64(nums[2 * i + 1], (int64_t)nd->index);
-			vals[3 * i + 2] = (const char *)nd->hash;
-			lens[3 * i + 2] = MERKLE_HASH;
-			fmts[3 * i + 2] = 1;
-		}
-		rc = db_exec(c, sql, (int)(n * 3), vals, lens, fmts, 0, NULL, err, errlen);
-		free(vals);
-		free(lens);
-		free(fmts);
-		free(nums);
-		free(sql);
-		sql = NULL;
-		if (rc != 0)
-			goto out;
+	size_t k = 0, off = 0, nn = 0;
+	off += (size_t)snprintf(sql + off, cap - off,
+				"WITH e AS (INSERT INTO entries (seq, event_id, actor, service, action,"
+				" resource, outcome, request_id, time_ms, logged_ms, details, prev_hash,"
+				" entry_hash) VALUES ");
+	for (size_t i = 0; i < b->nrows; i++) {
+		const struct row *r = &b->rows[i];
+		off += (size_t)snprintf(sql + off, cap - off, "%s(", i ? "," : "");
+		for (int col = 0; col < EC; col++)
+			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu", col ? "," : "",
+						k + (size_t)col + 1);
+		off += (size_t)snprintf(sql + off, cap - off, ")");
+		vals[k + 0] = db_i64(nums[nn++], (int64_t)r->seq);
+		vals[k + 1] = r->ev->event_id;
+		vals[k + 2] = r->ev->actor;
+		vals[k + 3] = r->ev->service;
+		vals[k + 4] = r->ev->action;
+		vals[k + 5] = r->ev->resource;
+		vals[k + 6] = db_i64(nums[nn++], r->ev->outcome);
+		vals[k + 7] = r->ev->request_id;
+		vals[k + 8] = db_i64(nums[nn++], r->ev->time_unix_ms);
+		vals[k + 9] = db_i64(nums[nn++], r->logged);
+		vals[k + 10] = r->details;
+		vals[k + 11] = (const char *)r->prev;
+		lens[k + 11] = AUDITLOG_HASH;
+		fmts[k + 11] = 1;
+		vals[k + 12] = (const char *)r->hash;
+		lens[k + 12] = AUDITLOG_HASH;
+		fmts[k + 12] = 1;
+		k += EC;
 	}
+	off += (size_t)snprintf(sql + off, cap - off, "), n AS (INSERT INTO tree_nodes (level, idx, hash) VALUES ");
+	for (size_t i = 0; i < b->nnodes; i++) {
+		const struct merkle_node *nd = &b->nodes[i];
+		off += (size_t)snprintf(sql + off, cap - off, "%s($%zu,$%zu,$%zu)", i ? "," : "", k + 1,
+					k + 2, k + 3);
+		vals[k] = db_i64(nums[nn++], nd->level);
+		vals[k + 1] = db_i64(nums[nn++], (int64_t)nd->index);
+		vals[k + 2] = (const char *)nd->hash;
+		lens[k + 2] = MERKLE_HASH;
+		fmts[k + 2] = 1;
+		k += NC;
+	}
+	snprintf(sql + off, cap - off,
+		 "), h AS (UPDATE head SET size = $%zu, last_hash = $%zu WHERE id = 1 AND size = $%zu"
+		 " RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM h)",
+		 k + 1, k + 2, k + 3);
+	vals[k] = db_i64(nums[nn++], (int64_t)b->size);
+	vals[k + 1] = (const char *)b->last;
+	lens[k + 1] = AUDITLOG_HASH;
+	fmts[k + 1] = 1;
+	vals[k + 2] = db_i64(nums[nn++], (int64_t)b->old_size);
+	k += 3;
+	rc = db_exec(c, sql, (int)k, vals, lens, fmts, 0, NULL, err, errlen);
+	if (rc == SW_EINVAL && strstr(err, "22012") != NULL)
+		rc = sw_errf(err, errlen, SW_EABORTED, "the log head moved during the append");
 out:
 	free(sql);
+	free(vals);
+	free(lens);
+	free(fmts);
+	free(nums);
 	return rc;
 }
 
-static int append_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+/* One attempt at a batch: read the head and the retried ids (one round
+ * trip), build the entries, write them (one round trip). */
+static int append_once(struct aud *a, struct db_conn *c, struct batch *b, char *err, size_t errlen)
 {
-	struct batch *b = arg;
-	struct aud *a = b->a;
 	PGresult *r = NULL;
 	int rc;
 	size_t total = 0;
+	const char **ids = NULL;
 	struct known *known = NULL;
 	size_t nknown = 0;
-	const char **ids = NULL;
 
-	/* A retry starts from scratch. */
 	arena_free(b->arena);
 	b->arena = NULL;
 	b->nrows = 0;
 	b->nnodes = 0;
 	b->failed_nodes = 0;
-
-	if ((rc = db_q(c, "SELECT size, last_hash FROM head WHERE id = 1 FOR UPDATE", 0, NULL, &r,
-		       err, errlen)) != 0)
-		return rc;
-	b->size = (uint64_t)db_int64(r, 0, 0);
-	if (db_bytea(r, 0, 1, b->last, AUDITLOG_HASH) != AUDITLOG_HASH) {
-		PQclear(r);
-		return sw_errf(err, errlen, SW_EDATALOSS, "the log head is damaged");
-	}
-	PQclear(r);
-	r = NULL;
-
 	for (struct aud_job *j = b->jobs; j; j = j->next)
 		total += j->n;
 	ids = calloc(total, sizeof *ids);
+	free(b->rows);
 	b->rows = calloc(total, sizeof *b->rows);
 	if (ids == NULL || b->rows == NULL) {
 		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		goto out;
 	}
-
-	/* Event ids already in the log are answered, not appended again. */
 	size_t k = 0, alen = 3;
 	for (struct aud_job *j = b->jobs; j; j = j->next)
 		for (size_t i = 0; i < j->n; i++) {
@@ -398,25 +356,35 @@ static int append_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	}
 	arr[off++] = '}';
 	arr[off] = '\0';
-	if ((rc = db_q(c, "SELECT event_id, seq, entry_hash FROM entries WHERE event_id = ANY($1::text[])",
-		       1, (const char *[]){ arr }, &r, err, errlen)) != 0)
+	rc = db_q(c,
+		  "SELECT h.size, h.last_hash, e.event_id, e.seq, e.entry_hash FROM head h"
+		  " LEFT JOIN entries e ON e.event_id = ANY($1::text[]) WHERE h.id = 1",
+		  1, (const char *[]){ arr }, &r, err, errlen);
+	if (rc != 0)
 		goto out;
-	nknown = (size_t)PQntuples(r);
-	known = arena_alloc(&b->arena, (nknown ? nknown : 1) * sizeof *known);
+	if (PQntuples(r) < 1 || db_bytea(r, 0, 1, b->last, AUDITLOG_HASH) != AUDITLOG_HASH) {
+		rc = sw_errf(err, errlen, SW_EDATALOSS, "the log head is missing or damaged");
+		goto out;
+	}
+	b->size = b->old_size = (uint64_t)db_int64(r, 0, 0);
+	known = arena_alloc(&b->arena, (size_t)PQntuples(r) * sizeof *known);
+	for (int i = 0; known && i < PQntuples(r); i++) {
+		if (db_isnull(r, i, 2))
+			continue;
+		known[nknown].id = arena_strdup(&b->arena, db_text(r, i, 2));
+		known[nknown].seq = (uint64_t)db_int64(r, i, 3);
+		db_bytea(r, i, 4, known[nknown].hash, AUDITLOG_HASH);
+		nknown++;
+	}
+	PQclear(r);
+	r = NULL;
 	if (known == NULL) {
 		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		goto out;
 	}
-	for (size_t i = 0; i < nknown; i++) {
-		known[i].id = arena_strdup(&b->arena, db_text(r, (int)i, 0));
-		known[i].seq = (uint64_t)db_int64(r, (int)i, 1);
-		db_bytea(r, (int)i, 2, known[i].hash, AUDITLOG_HASH);
-	}
-	PQclear(r);
-	r = NULL;
 	qsort(known, nknown, sizeof *known, cmp_known);
 
-	/* The frontier of the tree at the current size. */
+	/* The frontier of the tree at the current size (cached in memory). */
 	if (a->range_valid && a->range.size == b->size) {
 		b->range = a->range;
 	} else {
@@ -434,21 +402,23 @@ static int append_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 			const Slipway__V1__AuditEvent *ev = j->events[i];
 			Slipway__V1__AppendResponse *res = &j->results[i];
 			struct known *kn = find_known(known, nknown, ev->event_id);
-			if (kn == NULL) {
-				/* A repeat inside this batch answers like a retry. */
-				for (size_t q = 0; q < b->nrows; q++)
-					if (strcmp(b->rows[q].ev->event_id, ev->event_id) == 0) {
-						res->seq = b->rows[q].seq;
-						memcpy(j->hashes[i], b->rows[q].hash, AUDITLOG_HASH);
-						res->duplicate = 1;
-						goto next;
-					}
-			} else {
+			if (kn != NULL) {
 				res->seq = kn->seq;
 				memcpy(j->hashes[i], kn->hash, AUDITLOG_HASH);
 				res->duplicate = 1;
-				goto next;
+				continue;
 			}
+			/* A repeat inside this batch answers like a retry. */
+			int repeat = 0;
+			for (size_t q = 0; q < b->nrows && !repeat; q++)
+				if (strcmp(b->rows[q].ev->event_id, ev->event_id) == 0) {
+					res->seq = b->rows[q].seq;
+					memcpy(j->hashes[i], b->rows[q].hash, AUDITLOG_HASH);
+					res->duplicate = 1;
+					repeat = 1;
+				}
+			if (repeat)
+				continue;
 			struct row *row = &b->rows[b->nrows];
 			const char *keys[AUDITLOG_MAX_DETAILS], *values[AUDITLOG_MAX_DETAILS];
 			char *dj = aud_details_json(ev, keys, values);
@@ -483,26 +453,36 @@ static int append_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 			res->duplicate = 0;
 			b->size++;
 			b->nrows++;
-		next:;
 		}
 	}
 	if (b->failed_nodes) {
 		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		goto out;
 	}
-	if (b->nrows == 0)
-		goto out; /* every event was a retry */
-	if ((rc = insert_rows(c, b, err, errlen)) != 0)
-		goto out;
-	char sz[24];
-	const char *hv[2] = { db_i64(sz, (int64_t)b->size), (const char *)b->last };
-	int hl[2] = { 0, AUDITLOG_HASH }, hf[2] = { 0, 1 };
-	rc = db_exec(c, "UPDATE head SET size = $1, last_hash = $2 WHERE id = 1", 2, hv, hl, hf, 0,
-		     NULL, err, errlen);
+	if (b->nrows > 0)
+		rc = write_batch(c, b, err, errlen);
 out:
 	PQclear(r);
 	free(ids);
 	return rc;
+}
+
+/* Writes a batch, retrying when another replica appended concurrently. */
+static int append_batch(struct aud *a, struct batch *b, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	int rc = db_acquire(a->db, &c, 10000, err, errlen);
+	if (rc != 0)
+		return rc;
+	for (int attempt = 0; attempt < 5; attempt++) {
+		rc = append_once(a, c, b, err, errlen);
+		if (rc != SW_EEXIST && rc != SW_EABORTED)
+			break;
+		a->range_valid = 0; /* someone else moved the head */
+	}
+	db_release(a->db, c);
+	return rc == SW_EEXIST ? sw_errf(err, errlen, SW_EABORTED, "concurrent appends kept conflicting")
+			       : rc;
 }
 
 /* ---- the batcher ---- */
@@ -538,9 +518,7 @@ static void *batcher_main(void *arg)
 			rc = sw_errf(err, sizeof err, SW_EPRECOND,
 				     "the audit log failed its integrity check; appends are stopped");
 		else
-			rc = db_tx(a->db, NULL, append_tx, &b, err, sizeof err);
-
-		pthread_mutex_lock(&a->mu);
+			rc = append_batch(a, &b, err, sizeof err);
 		if (rc == 0) {
 			a->range = b.range;
 			a->range_valid = 1;
@@ -549,64 +527,55 @@ static void *batcher_main(void *arg)
 			if (rc != SW_EPRECOND)
 				log_warn("append batch failed", "events=%lld error=%s", events, err);
 		}
+		pthread_mutex_lock(&a->mu);
+		a->pending -= events;
+		pthread_mutex_unlock(&a->mu);
+		/* Acknowledge only now, after the commit. */
 		for (struct aud_job *j = first; j;) {
 			struct aud_job *next = j->next;
-			j->rc = rc;
-			if (rc != 0)
-				snprintf(j->err, sizeof j->err, "%s", err);
-			j->done = 1;
-			a->pending -= (long long)j->n;
-			pthread_cond_signal(&j->cv);
+			if (rc == 0)
+				for (size_t i = 0; i < j->n; i++) {
+					j->results[i].entry_hash.data = j->hashes[i];
+					j->results[i].entry_hash.len = AUDITLOG_HASH;
+				}
+			j->done(j->arg, rc, rc ? err : "");
 			j = next;
 		}
-		pthread_mutex_unlock(&a->mu);
 		arena_free(b.arena);
 		free(b.rows);
 		free(b.nodes);
 	}
 }
 
-int aud_append(struct aud *a, Slipway__V1__AuditEvent **events, size_t n,
-	       Slipway__V1__AppendResponse *results, uint8_t (*hashes)[AUDITLOG_HASH], char *err,
-	       size_t errlen)
+int aud_append(struct aud *a, struct aud_job *j, Slipway__V1__AuditEvent **events, size_t n,
+	       Slipway__V1__AppendResponse *results, uint8_t (*hashes)[32], aud_done_fn done,
+	       void *arg, char *err, size_t errlen)
 {
-	struct aud_job j;
-	memset(&j, 0, sizeof j);
-	j.events = events;
-	j.n = n;
-	j.results = results;
-	j.hashes = hashes;
-	pthread_cond_init(&j.cv, NULL);
+	memset(j, 0, sizeof *j);
+	j->events = events;
+	j->n = n;
+	j->results = results;
+	j->hashes = hashes;
+	j->done = done;
+	j->arg = arg;
 	pthread_mutex_lock(&a->mu);
 	if (a->stopping) {
 		pthread_mutex_unlock(&a->mu);
-		pthread_cond_destroy(&j.cv);
 		return sw_errf(err, errlen, SW_EUNAVAIL, "the audit service is shutting down");
 	}
 	if (a->pending + (long long)n > a->c.max_pending) {
+		long long p = a->pending;
 		pthread_mutex_unlock(&a->mu);
-		pthread_cond_destroy(&j.cv);
-		return sw_errf(err, errlen, SW_ELIMIT, "too many appends waiting (%lld); retry later",
-			       a->pending);
+		return sw_errf(err, errlen, SW_ELIMIT, "too many appends waiting (%lld); retry later", p);
 	}
 	a->pending += (long long)n;
 	if (a->tail)
-		a->tail->next = &j;
+		a->tail->next = j;
 	else
-		a->head = &j;
-	a->tail = &j;
+		a->head = j;
+	a->tail = j;
 	pthread_cond_signal(&a->cv);
-	while (!j.done)
-		pthread_cond_wait(&j.cv, &a->mu);
 	pthread_mutex_unlock(&a->mu);
-	pthread_cond_destroy(&j.cv);
-	int rc = j.rc;
-	if (rc != 0)
-		return sw_errf(err, errlen, rc, "%s", j.err);
-	for (size_t i = 0; i < n; i++) {
-		results[i].entry_hash.data = j.hashes[i];
-		results[i].entry_hash.len = AUDITLOG_HASH;
-	}
 	return 0;
 }
 
