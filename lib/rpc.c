@@ -868,7 +868,7 @@ void rpc_server_on_drain(struct rpc_server *srv, void (*fn)(void *), void *arg)
 
 int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t errlen)
 {
-	grpc_arg args[6];
+	grpc_arg args[8];
 	memset(args, 0, sizeof args);
 	args[0].type = GRPC_ARG_INTEGER;
 	args[0].key = GRPC_ARG_ALLOW_REUSEPORT;
@@ -888,7 +888,16 @@ int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t 
 	args[5].type = GRPC_ARG_INTEGER;
 	args[5].key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
 	args[5].value.integer = 1;
-	grpc_channel_args chargs = { sizeof args / sizeof args[0], args };
+	size_t nargs = 6;
+	if (srv->o.stream_window > 0) {
+		args[nargs].type = GRPC_ARG_INTEGER;
+		args[nargs].key = GRPC_ARG_HTTP2_BDP_PROBE;
+		args[nargs++].value.integer = 0;
+		args[nargs].type = GRPC_ARG_INTEGER;
+		args[nargs].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+		args[nargs++].value.integer = (int)srv->o.stream_window;
+	}
+	grpc_channel_args chargs = { nargs, args };
 
 	srv->server = grpc_server_create(&chargs, NULL);
 	srv->cq = grpc_completion_queue_create_for_next(NULL);

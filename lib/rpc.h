@@ -76,6 +76,10 @@ struct rpc_server_opts {
 	int workers;              /* handler threads (>= 1) */
 	int max_queue;            /* handler jobs waiting; past it RESOURCE_EXHAUSTED */
 	int requests_per_method;  /* posted requests kept per method (>= 1) */
+	size_t stream_window;     /* 0: gRPC's adaptive HTTP/2 flow-control window (BDP
+				   * probing); > 0: a fixed per-stream window of this many
+				   * bytes, which bounds what a fast sender can make this
+				   * server buffer for a slow handler (big uploads) */
 };
 
 /* Creates a server (not yet listening). Returns 0 and *out (free with
