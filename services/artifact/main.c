@@ -10,6 +10,7 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +189,10 @@ int main(int argc, char **argv)
 		  &c->max_transfers },
 		{ "stream-buffer", CFG_SIZE, "4MiB", 64LL << 10, 256LL << 20, 0,
 		  "memory between a streamed push and its S3 upload", &c->stream_buffer },
+		{ "stream-window", CFG_SIZE, "4MiB", 0, 64LL << 20, 0,
+		  "HTTP/2 window per call (0: gRPC's adaptive one); bounds the memory a fast "
+		  "pusher can fill",
+		  &c->svc.stream_window },
 		{ "chunk-size", CFG_SIZE, "1MiB", 16LL << 10, 16LL << 20, 0,
 		  "bytes per Pull message", &c->chunk_size },
 		{ "gc-grace", CFG_MS, "1h", 0, 30LL * 24 * 3600 * 1000, 0,
@@ -200,6 +205,11 @@ int main(int argc, char **argv)
 	int code = 2, exit_code;
 	struct svc *s = NULL;
 
+	/* Transfers allocate and free 1 MiB buffers on many threads (gRPC's,
+	 * the handlers', the S3 helpers'). With one malloc arena per thread,
+	 * freed buffers pile up in every arena a transfer ever touched; two
+	 * arenas keep peak memory tied to the transfers in progress. */
+	mallopt(M_ARENA_MAX, 2);
 	pthread_mutex_init(&a.mu, NULL);
 	if (svc_configure(ART_SERVICE, "ARTIFACT", opts, nopts, argc, argv, &exit_code, err,
 			  sizeof err) != 0) {
