@@ -22,11 +22,19 @@
 
 int cli_cmd_pki(struct cli *c, int argc, char **argv);
 int cli_cmd_health(struct cli *c, int argc, char **argv);
+int cli_cmd_audit(struct cli *c, int argc, char **argv);
+int cli_cmd_policy(struct cli *c, int argc, char **argv);
+int cli_cmd_approve(struct cli *c, int argc, char **argv);
+int cli_cmd_reject(struct cli *c, int argc, char **argv);
 int cli_cmd_artifact(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
 	{ "health", cli_cmd_health, "check the health of the running services" },
+	{ "audit", cli_cmd_audit, "read, prove and verify the audit log" },
+	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy" },
+	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval" },
+	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)" },
 	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
 };
 

@@ -178,8 +178,11 @@ int cfg_parse(const char *prefix, struct cfg_opt *opts, size_t n, int argc,
 	int want = CFG_RUN;
 	/* Defaults first, then the environment; flags override both below. */
 	for (size_t i = 0; i < n; i++) {
-		if (opts[i].type == CFG_STR || opts[i].type == CFG_PATH)
+		if (opts[i].type == CFG_STR || opts[i].type == CFG_PATH) {
+			/* Destinations start NULL (or hold a previous parse's value). */
+			free(*(char **)opts[i].dst);
 			*(char **)opts[i].dst = NULL;
+		}
 		int rc = store(&opts[i], opts[i].def ? opts[i].def : "", "default",
 			       err, errlen);
 		if (rc != 0 && opts[i].def != NULL)

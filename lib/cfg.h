@@ -36,7 +36,7 @@ struct cfg_opt {
 	long long max;
 	int flags;
 	const char *help;  /* one line */
-	void *dst;         /* const char ** | long long * | int *, by type */
+	void *dst;         /* char ** (NULL at first) | long long * | int *, by type */
 };
 
 /* What cfg_parse asks of its caller besides running normally. */

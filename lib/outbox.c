@@ -164,7 +164,9 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 		req.n_events = (size_t)n;
 		req.events = evs;
 		ProtobufCMessage *resp = NULL;
-		struct rpc_call_opts co = { .timeout_ms = 10000 };
+		/* Wait for the audit service to be reachable (up to the deadline)
+		 * rather than failing fast while it restarts. */
+		struct rpc_call_opts co = { .timeout_ms = 10000, .wait_for_ready = 1 };
 		rc = rpc_call(r->o.audit, &slipway__v1__audit__descriptor, "AppendBatch", &req.base,
 			      &resp, &co, err, errlen);
 		if (resp != NULL)

@@ -63,7 +63,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
 	}
-	grpc_arg args[7];
+	grpc_arg args[10];
 	size_t n = 0;
 	memset(args, 0, sizeof args);
 	args[n].type = GRPC_ARG_INTEGER;
@@ -81,6 +81,17 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	args[n].type = GRPC_ARG_INTEGER;
 	args[n].key = GRPC_ARG_ENABLE_RETRIES;
 	args[n++].value.integer = 0;
+	/* Services restart: reconnect within seconds, not gRPC's default of up
+	 * to two minutes. */
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 200;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 200;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 5000;
 	if (opts->server_name != NULL) {
 		args[n].type = GRPC_ARG_STRING;
 		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;

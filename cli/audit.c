@@ -1,0 +1,954 @@
+/*
+ * audit.c - `slipway audit log|show|proof|checkpoint|verify`.
+ *
+ * Everything that concerns trust is checked here, on the auditor's side,
+ * with the log's public key alone: checkpoint signatures, inclusion proofs
+ * and, in `verify`, the whole hash chain and Merkle tree recomputed from
+ * the exported entries and compared with every signed checkpoint and with
+ * the checkpoints this machine saw before (a local state file).
+ *
+ * The verifier key comes from --verifier-key, SLIPWAY_AUDIT_VERIFIER_KEY,
+ * or the state file; `--trust` accepts the key the service announces the
+ * first time and pins it.
+ */
+#include "auditlog.h"
+#include "cfg.h"
+#include "cli.h"
+#include "err.h"
+#include "hash.h"
+#include "merkle.h"
+#include "note.h"
+#include "s3.h"
+
+#include "slipway/v1/audit.pb-c.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *outcome_name(int o)
+{
+	switch (o) {
+	case SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS: return "success";
+	case SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE: return "failure";
+	case SLIPWAY__V1__OUTCOME__OUTCOME_DENIED: return "denied";
+	default: return "?";
+	}
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* "2026-11-26T17:00:00Z", unix milliseconds, or a duration ago ("15m"). */
+static int parse_time(const char *s, int64_t *out)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	if (end != NULL && *end == '\0') {
+		*out = (int64_t)timegm(&tm) * 1000;
+		return 0;
+	}
+	long long v;
+	if (cfg_parse_ll(s, &v) == 0 && v > 0) {
+		*out = v;
+		return 0;
+	}
+	if (cfg_parse_ms(s, &v) == 0) {
+		*out = now_ms() - v;
+		return 0;
+	}
+	return -1;
+}
+
+static json_t *entry_json(const Slipway__V1__AuditEntry *e)
+{
+	char ph[65], eh[65];
+	const Slipway__V1__AuditEvent *ev = e->event;
+	hash_hex(e->prev_hash.data, e->prev_hash.len > 32 ? 32 : e->prev_hash.len, ph);
+	hash_hex(e->entry_hash.data, e->entry_hash.len > 32 ? 32 : e->entry_hash.len, eh);
+	json_t *d = json_object();
+	for (size_t i = 0; ev && i < ev->n_details; i++)
+		json_object_set_new(d, ev->details[i]->key, json_string(ev->details[i]->value));
+	return json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:o,s:s,s:s}", "seq",
+			 (json_int_t)e->seq, "event_id", ev ? ev->event_id : "", "actor",
+			 ev ? ev->actor : "", "service", ev ? ev->service : "", "action",
+			 ev ? ev->action : "", "resource", ev ? ev->resource : "", "outcome",
+			 outcome_name(ev ? (int)ev->outcome : 0), "request_id",
+			 ev ? ev->request_id : "", "time_unix_ms",
+			 (json_int_t)(ev ? ev->time_unix_ms : 0), "logged_unix_ms",
+			 (json_int_t)e->logged_unix_ms, "details", d, "prev_hash", ph, "entry_hash", eh);
+}
+
+/* ---- verifier key and state file ---- */
+
+struct state {
+	char path[4096];
+	char origin[256];
+	char verifier[256];
+	uint64_t size;          /* newest checkpoint verified before (0 = none) */
+	uint8_t root[32];
+	char note[NOTE_MAX];
+};
+
+static void default_state_path(char *out, size_t len)
+{
+	const char *x = getenv("XDG_CONFIG_HOME"), *h = getenv("HOME");
+	if (x && *x)
+		snprintf(out, len, "%s/slipway/audit-state.json", x);
+	else
+		snprintf(out, len, "%s/.config/slipway/audit-state.json", h ? h : ".");
+}
+
+static int state_load(struct state *st)
+{
+	json_error_t je;
+	json_t *j = json_load_file(st->path, 0, &je);
+	if (j == NULL)
+		return errno == ENOENT || access(st->path, F_OK) != 0 ? 0 : -1;
+	const char *o = json_string_value(json_object_get(j, "origin"));
+	const char *v = json_string_value(json_object_get(j, "verifier_key"));
+	json_t *cp = json_object_get(j, "checkpoint");
+	if (o)
+		snprintf(st->origin, sizeof st->origin, "%s", o);
+	if (v)
+		snprintf(st->verifier, sizeof st->verifier, "%s", v);
+	if (json_is_object(cp)) {
+		const char *r = json_string_value(json_object_get(cp, "root"));
+		const char *n = json_string_value(json_object_get(cp, "note"));
+		st->size = (uint64_t)json_integer_value(json_object_get(cp, "size"));
+		if (r == NULL || hash_unhex(r, st->root, 32) != 0 || n == NULL) {
+			json_decref(j);
+			return -1;
+		}
+		snprintf(st->note, sizeof st->note, "%s", n);
+	}
+	json_decref(j);
+	return 0;
+}
+
+static int mkdirs(const char *path)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	return 0;
+}
+
+static int state_save(const struct state *st)
+{
+	char root[65], tmp[4200];
+	hash_hex(st->root, 32, root);
+	json_t *j = json_pack("{s:s,s:s,s:{s:I,s:s,s:s}}", "origin", st->origin, "verifier_key",
+			      st->verifier, "checkpoint", "size", (json_int_t)st->size, "root", root,
+			      "note", st->note);
+	if (mkdirs(st->path) != 0)
+		return -1;
+	snprintf(tmp, sizeof tmp, "%s.tmp", st->path);
+	int rc = json_dump_file(j, tmp, JSON_INDENT(2));
+	json_decref(j);
+	if (rc != 0 || rename(tmp, st->path) != 0)
+		return -1;
+	return 0;
+}
+
+/* Resolves the verifier key. */
+static int get_verifier(struct cli *c, struct rpc_client *cl, const char *flag, int trust,
+			struct state *st, struct note_verifier *v)
+{
+	char err[256];
+	const char *text = flag ? flag : getenv("SLIPWAY_AUDIT_VERIFIER_KEY");
+	if ((text == NULL || !*text) && st->verifier[0])
+		text = st->verifier;
+	if (text == NULL || !*text) {
+		if (!trust)
+			return cli_fail("no verifier key: pass --verifier-key, set "
+					"SLIPWAY_AUDIT_VERIFIER_KEY, or use --trust to pin the key "
+					"the service announces");
+		Slipway__V1__GetLogInfoRequest req = SLIPWAY__V1__GET_LOG_INFO_REQUEST__INIT;
+		ProtobufCMessage *resp = NULL;
+		struct rpc_call_opts o = cli_call_opts(c);
+		if (rpc_call(cl, &slipway__v1__audit__descriptor, "GetLogInfo", &req.base, &resp, &o,
+			     err, sizeof err) != 0)
+			return cli_fail("get log info: %s", err);
+		snprintf(st->verifier, sizeof st->verifier, "%s",
+			 ((Slipway__V1__GetLogInfoResponse *)resp)->verifier_key);
+		protobuf_c_message_free_unpacked(resp, NULL);
+		text = st->verifier;
+		fprintf(stderr, "slipway: trusting the announced key %s\n", text);
+	}
+	if (note_verifier_parse(text, v, err, sizeof err) != 0)
+		return cli_fail("verifier key: %s", err);
+	if (st->verifier[0] && strcmp(st->verifier, text) != 0 && !trust)
+		return cli_fail("the verifier key differs from the one pinned in %s", st->path);
+	snprintf(st->verifier, sizeof st->verifier, "%s", text);
+	return 0;
+}
+
+/* Verifies a checkpoint note and its fields. */
+static int check_checkpoint(const struct note_verifier *v, const Slipway__V1__Checkpoint *cp,
+			    char *origin, size_t olen, char *err, size_t errlen)
+{
+	char body[NOTE_MAX];
+	uint64_t size;
+	uint8_t root[32];
+	if (note_verify(v, cp->note, body, sizeof body, err, errlen) != 0)
+		return SW_EINVAL;
+	if (note_checkpoint_parse(body, origin, olen, &size, root, err, errlen) != 0)
+		return SW_EINVAL;
+	if (size != cp->size || cp->root_hash.len != 32 || memcmp(root, cp->root_hash.data, 32) != 0)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "the checkpoint's fields disagree with its signed note");
+	return 0;
+}
+
+static int leaf_of(const Slipway__V1__AuditEntry *e, uint8_t leaf[32], uint8_t entry_hash[32],
+		   const uint8_t prev[32])
+{
+	const char *keys[AUDITLOG_MAX_DETAILS], *values[AUDITLOG_MAX_DETAILS];
+	struct auditlog_entry v;
+	uint8_t canon[AUDITLOG_CANON_MAX];
+	size_t len;
+	if (auditlog_from_proto(e, &v, keys, values) != 0 ||
+	    auditlog_canonical(&v, canon, sizeof canon, &len) != 0)
+		return -1;
+	auditlog_hashes(prev, canon, len, entry_hash, leaf);
+	return 0;
+}
+
+/* ---- log ---- */
+
+static int cmd_log(struct cli *c, int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "actor", required_argument, 0, 'a' },	 { "service", required_argument, 0, 's' },
+		{ "action", required_argument, 0, 'x' }, { "resource", required_argument, 0, 'r' },
+		{ "outcome", required_argument, 0, 'o' }, { "request-id", required_argument, 0, 'q' },
+		{ "since", required_argument, 0, 'S' },	 { "until", required_argument, 0, 'U' },
+		{ "limit", required_argument, 0, 'n' },	 { "from-seq", required_argument, 0, 'f' },
+		{ "all", no_argument, 0, 'A' },		 { "addr", required_argument, 0, 'D' },
+		{ 0, 0, 0, 0 }
+	};
+	Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
+	const char *addr = NULL;
+	long long limit = 50, from = 0;
+	int all = 0, o;
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'a': f.actor = optarg; break;
+		case 's': f.service = optarg; break;
+		case 'x': f.action = optarg; break;
+		case 'r': f.resource_prefix = optarg; break;
+		case 'q': f.request_id = optarg; break;
+		case 'D': addr = optarg; break;
+		case 'A': all = 1; break;
+		case 'o':
+			if (!strcmp(optarg, "success")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
+			else if (!strcmp(optarg, "failure")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
+			else if (!strcmp(optarg, "denied")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
+			else return cli_usage("--outcome wants success, failure or denied");
+			break;
+		case 'S':
+			if (parse_time(optarg, &f.from_unix_ms) != 0)
+				return cli_usage("--since wants 2026-11-26T17:00:00Z, unix ms, or 15m");
+			break;
+		case 'U':
+			if (parse_time(optarg, &f.to_unix_ms) != 0)
+				return cli_usage("--until wants 2026-11-26T17:00:00Z, unix ms, or 15m");
+			break;
+		case 'n':
+			if (cfg_parse_ll(optarg, &limit) != 0 || limit < 1 || limit > 1000000)
+				return cli_usage("--limit wants 1..1000000");
+			break;
+		case 'f':
+			if (cfg_parse_ll(optarg, &from) != 0 || from < 0)
+				return cli_usage("--from-seq wants a sequence number");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	struct rpc_client *cl = NULL;
+	if (cli_connect(c, "audit", addr, &cl) != 0)
+		return CLI_FAIL;
+	json_t *arr = json_array();
+	char token[32], err[512], when[32];
+	snprintf(token, sizeof token, "%lld", from);
+	long long shown = 0;
+	int rc = CLI_OK;
+	if (c->output == CLI_TABLE)
+		printf("%-8s %-21s %-8s %-24s %-34s %s\n", "SEQ", "LOGGED", "OUTCOME", "ACTION",
+		       "ACTOR", "RESOURCE");
+	for (;;) {
+		Slipway__V1__ListEntriesRequest req = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
+		req.filter = &f;
+		req.page_token = token;
+		long long want = all ? 1000 : limit - shown;
+		req.page_size = (uint32_t)(want > 1000 ? 1000 : want);
+		ProtobufCMessage *m = NULL;
+		struct rpc_call_opts co = cli_call_opts(c);
+		if (rpc_call(cl, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m, &co,
+			     err, sizeof err) != 0) {
+			rc = cli_fail("audit log: %s", err);
+			break;
+		}
+		Slipway__V1__ListEntriesResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_entries; i++, shown++) {
+			const Slipway__V1__AuditEntry *e = r->entries[i];
+			if (c->output == CLI_JSON)
+				json_array_append_new(arr, entry_json(e));
+			else
+				printf("%-8llu %-21s %-8s %-24s %-34s %s\n", (unsigned long long)e->seq,
+				       cli_time(e->logged_unix_ms, when), outcome_name(e->event->outcome),
+				       e->event->action, e->event->actor, e->event->resource);
+		}
+		int more = r->next_page_token[0] != '\0' && (all || shown < limit);
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (!more)
+			break;
+	}
+	if (c->output == CLI_JSON && rc == CLI_OK)
+		cli_print_json(arr);
+	else
+		json_decref(arr);
+	rpc_client_free(cl);
+	return rc;
+}
+
+/* ---- show / proof ---- */
+
+struct common {
+	const char *addr, *key, *state, *s3_prefix;
+	int trust;
+	long long size;
+};
+
+static int parse_common(int argc, char **argv, struct common *cm, long long *seq, int need_seq)
+{
+	static const struct option lo[] = { { "addr", required_argument, 0, 'D' },
+					    { "verifier-key", required_argument, 0, 'k' },
+					    { "state", required_argument, 0, 's' },
+					    { "trust", no_argument, 0, 't' },
+					    { "size", required_argument, 0, 'z' },
+					    { "s3-prefix", required_argument, 0, 'p' },
+					    { 0, 0, 0, 0 } };
+	int o;
+	memset(cm, 0, sizeof *cm);
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'D': cm->addr = optarg; break;
+		case 'k': cm->key = optarg; break;
+		case 's': cm->state = optarg; break;
+		case 't': cm->trust = 1; break;
+		case 'p': cm->s3_prefix = optarg; break;
+		case 'z':
+			if (cfg_parse_ll(optarg, &cm->size) != 0 || cm->size < 1)
+				return cli_usage("--size wants a tree size");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (need_seq) {
+		if (optind != argc - 1 || cfg_parse_ll(argv[optind], seq) != 0 || *seq < 0)
+			return cli_usage("usage: slipway audit %s SEQ [--size N] [--verifier-key K]",
+					 argv[0]);
+	} else if (optind != argc) {
+		return cli_usage("unexpected argument '%s'", argv[optind]);
+	}
+	return 0;
+}
+
+static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struct state *st,
+		 struct note_verifier *v)
+{
+	memset(st, 0, sizeof *st);
+	if (cm->state)
+		snprintf(st->path, sizeof st->path, "%s", cm->state);
+	else
+		default_state_path(st->path, sizeof st->path);
+	if (state_load(st) != 0)
+		return cli_fail("cannot read the state file %s", st->path);
+	if (cli_connect(c, "audit", cm->addr, cl) != 0)
+		return CLI_FAIL;
+	if (get_verifier(c, *cl, cm->key, cm->trust, st, v) != 0) {
+		rpc_client_free(*cl);
+		*cl = NULL;
+		return CLI_FAIL;
+	}
+	return 0;
+}
+
+/* Fetches one entry, its checkpoint (latest or at size) and the proof, and
+ * checks all three. Prints the result. */
+static int prove(struct cli *c, int argc, char **argv, int show_entry)
+{
+	struct common cm;
+	long long seq = 0;
+	int rc = parse_common(argc, argv, &cm, &seq, 1);
+	if (rc != 0)
+		return rc;
+	struct rpc_client *cl = NULL;
+	struct state st;
+	struct note_verifier v;
+	if (setup(c, &cm, &cl, &st, &v) != 0)
+		return CLI_FAIL;
+	char err[512], origin[256];
+	ProtobufCMessage *em = NULL, *pm = NULL, *cm2 = NULL;
+	struct rpc_call_opts co = cli_call_opts(c);
+	rc = CLI_FAIL;
+	Slipway__V1__GetEntryRequest ger = SLIPWAY__V1__GET_ENTRY_REQUEST__INIT;
+	ger.seq = (uint64_t)seq;
+	if (rpc_call(cl, &slipway__v1__audit__descriptor, "GetEntry", &ger.base, &em, &co, err,
+		     sizeof err) != 0) {
+		cli_fail("get entry %lld: %s", seq, err);
+		goto out;
+	}
+	Slipway__V1__GetEntryResponse *ge = (void *)em;
+	const Slipway__V1__Checkpoint *cp = ge->checkpoint;
+	const Slipway__V1__InclusionProof *proof = ge->proof;
+	if (cm.size > 0) {
+		Slipway__V1__GetCheckpointRequest gc = SLIPWAY__V1__GET_CHECKPOINT_REQUEST__INIT;
+		gc.which_case = SLIPWAY__V1__GET_CHECKPOINT_REQUEST__WHICH_SIZE;
+		gc.size = (uint64_t)cm.size;
+		Slipway__V1__GetInclusionProofRequest gp = SLIPWAY__V1__GET_INCLUSION_PROOF_REQUEST__INIT;
+		gp.seq = (uint64_t)seq;
+		gp.tree_size = (uint64_t)cm.size;
+		if (rpc_call(cl, &slipway__v1__audit__descriptor, "GetCheckpoint", &gc.base, &cm2, &co,
+			     err, sizeof err) != 0 ||
+		    rpc_call(cl, &slipway__v1__audit__descriptor, "GetInclusionProof", &gp.base, &pm,
+			     &co, err, sizeof err) != 0) {
+			cli_fail("%s", err);
+			goto out;
+		}
+		cp = (void *)cm2;
+		proof = (void *)pm;
+	}
+	if (cp == NULL || proof == NULL) {
+		cli_fail("the service returned no checkpoint or proof");
+		goto out;
+	}
+	if (check_checkpoint(&v, cp, origin, sizeof origin, err, sizeof err) != 0) {
+		cli_fail("checkpoint at size %llu: %s", (unsigned long long)cp->size, err);
+		goto out;
+	}
+	uint8_t leaf[32], eh[32], prev[32];
+	memset(prev, 0, 32);
+	if (ge->entry->prev_hash.len == 32)
+		memcpy(prev, ge->entry->prev_hash.data, 32);
+	if (leaf_of(ge->entry, leaf, eh, prev) != 0 ||
+	    (ge->entry->entry_hash.len == 32 && memcmp(eh, ge->entry->entry_hash.data, 32) != 0)) {
+		cli_fail("entry %lld does not match its own hash", seq);
+		goto out;
+	}
+	if (proof->n_hashes > MERKLE_MAX_PROOF || proof->leaf_index != (uint64_t)seq ||
+	    proof->tree_size != cp->size) {
+		cli_fail("the proof is for another leaf or tree");
+		goto out;
+	}
+	uint8_t path[MERKLE_MAX_PROOF][32];
+	for (size_t i = 0; i < proof->n_hashes; i++) {
+		if (proof->hashes[i].len != 32) {
+			cli_fail("malformed proof");
+			goto out;
+		}
+		memcpy(path[i], proof->hashes[i].data, 32);
+	}
+	int ok = merkle_verify_inclusion((uint64_t)seq, cp->size, leaf, path, proof->n_hashes,
+					 cp->root_hash.data) == 0;
+	char lh[65], root[65];
+	hash_hex(leaf, 32, lh);
+	hash_hex(cp->root_hash.data, 32, root);
+	if (c->output == CLI_JSON) {
+		json_t *hs = json_array();
+		for (size_t i = 0; i < proof->n_hashes; i++) {
+			char h[65];
+			hash_hex(path[i], 32, h);
+			json_array_append_new(hs, json_string(h));
+		}
+		json_t *j = json_pack("{s:I,s:I,s:s,s:o,s:s,s:s,s:b}", "seq", (json_int_t)seq,
+				      "tree_size", (json_int_t)cp->size, "leaf_hash", lh, "hashes", hs,
+				      "root", root, "checkpoint", cp->note, "verified", ok);
+		if (show_entry)
+			json_object_set_new(j, "entry", entry_json(ge->entry));
+		cli_print_json(j);
+	} else {
+		if (show_entry) {
+			const Slipway__V1__AuditEvent *e = ge->entry->event;
+			char t1[32], t2[32];
+			printf("seq:         %llu\nevent id:    %s\nactor:       %s\nservice:     %s\n"
+			       "action:      %s\nresource:    %s\noutcome:     %s\nrequest id:  %s\n"
+			       "time:        %s\nlogged:      %s\n",
+			       (unsigned long long)ge->entry->seq, e->event_id, e->actor, e->service,
+			       e->action, e->resource, outcome_name(e->outcome), e->request_id,
+			       cli_time(e->time_unix_ms, t1), cli_time(ge->entry->logged_unix_ms, t2));
+			for (size_t i = 0; i < e->n_details; i++)
+				printf("  %s = %s\n", e->details[i]->key, e->details[i]->value);
+		}
+		printf("leaf index:  %lld\ntree size:   %llu\nleaf hash:   %s\n", seq,
+		       (unsigned long long)cp->size, lh);
+		for (size_t i = 0; i < proof->n_hashes; i++) {
+			char h[65];
+			hash_hex(path[i], 32, h);
+			printf("path[%zu]:%*s%s\n", i, i < 10 ? 4 : 3, "", h);
+		}
+		printf("root:        %s\ncheckpoint (signature verified):\n%s", root, cp->note);
+		printf("inclusion:   %s\n", ok ? "verified" : "FAILED");
+	}
+	rc = ok ? CLI_OK : CLI_FAIL;
+	if (!ok)
+		cli_fail("the inclusion proof of entry %lld does not verify", seq);
+out:
+	if (em)
+		protobuf_c_message_free_unpacked(em, NULL);
+	if (pm)
+		protobuf_c_message_free_unpacked(pm, NULL);
+	if (cm2)
+		protobuf_c_message_free_unpacked(cm2, NULL);
+	rpc_client_free(cl);
+	return rc;
+}
+
+static int cmd_show(struct cli *c, int argc, char **argv)
+{
+	return prove(c, argc, argv, 1);
+}
+
+static int cmd_proof(struct cli *c, int argc, char **argv)
+{
+	return prove(c, argc, argv, 0);
+}
+
+/* ---- checkpoint ---- */
+
+static int cmd_checkpoint(struct cli *c, int argc, char **argv)
+{
+	static const struct option lo[] = { { "addr", required_argument, 0, 'D' },
+					    { "verifier-key", required_argument, 0, 'k' },
+					    { "state", required_argument, 0, 's' },
+					    { "trust", no_argument, 0, 't' },
+					    { "size", required_argument, 0, 'z' },
+					    { "sign", no_argument, 0, 'S' },
+					    { 0, 0, 0, 0 } };
+	struct common cm;
+	int sign = 0, o;
+	memset(&cm, 0, sizeof cm);
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (o) {
+		case 'D': cm.addr = optarg; break;
+		case 'k': cm.key = optarg; break;
+		case 's': cm.state = optarg; break;
+		case 't': cm.trust = 1; break;
+		case 'S': sign = 1; break;
+		case 'z':
+			if (cfg_parse_ll(optarg, &cm.size) != 0 || cm.size < 1)
+				return cli_usage("--size wants a tree size");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	struct rpc_client *cl = NULL;
+	struct state st;
+	struct note_verifier v;
+	if (setup(c, &cm, &cl, &st, &v) != 0)
+		return CLI_FAIL;
+	char err[512], origin[256];
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts co = cli_call_opts(c);
+	int rc;
+	if (sign) {
+		Slipway__V1__SignCheckpointRequest req = SLIPWAY__V1__SIGN_CHECKPOINT_REQUEST__INIT;
+		rc = rpc_call(cl, &slipway__v1__audit__descriptor, "SignCheckpoint", &req.base, &m, &co,
+			      err, sizeof err);
+	} else {
+		Slipway__V1__GetCheckpointRequest req = SLIPWAY__V1__GET_CHECKPOINT_REQUEST__INIT;
+		if (cm.size > 0) {
+			req.which_case = SLIPWAY__V1__GET_CHECKPOINT_REQUEST__WHICH_SIZE;
+			req.size = (uint64_t)cm.size;
+		} else {
+			req.which_case = SLIPWAY__V1__GET_CHECKPOINT_REQUEST__WHICH_LATEST;
+			req.latest = 1;
+		}
+		rc = rpc_call(cl, &slipway__v1__audit__descriptor, "GetCheckpoint", &req.base, &m, &co,
+			      err, sizeof err);
+	}
+	rpc_client_free(cl);
+	if (rc != 0)
+		return cli_fail("checkpoint: %s", err);
+	Slipway__V1__Checkpoint *cp = (void *)m;
+	rc = check_checkpoint(&v, cp, origin, sizeof origin, err, sizeof err);
+	char root[65], when[32];
+	hash_hex(cp->root_hash.data, cp->root_hash.len == 32 ? 32 : 0, root);
+	if (c->output == CLI_JSON)
+		cli_print_json(json_pack("{s:s,s:I,s:s,s:s,s:I,s:b}", "origin", cp->origin, "size",
+					 (json_int_t)cp->size, "root", root, "note", cp->note,
+					 "signed_unix_ms", (json_int_t)cp->signed_unix_ms, "verified",
+					 rc == 0));
+	else
+		printf("%ssize %llu, root %s, signed %s: signature %s\n", cp->note,
+		       (unsigned long long)cp->size, root, cli_time(cp->signed_unix_ms, when),
+		       rc == 0 ? "verified" : "INVALID");
+	protobuf_c_message_free_unpacked(m, NULL);
+	if (rc != 0)
+		return cli_fail("checkpoint signature: %s", err);
+	return CLI_OK;
+}
+
+/* ---- verify ---- */
+
+struct cpref {
+	uint64_t size;
+	uint8_t root[32];
+	const char *from; /* "service", "S3", "state file" */
+	char note[NOTE_MAX];
+};
+
+static int cmp_cpref(const void *a, const void *b)
+{
+	const struct cpref *x = a, *y = b;
+	return (x->size > y->size) - (x->size < y->size);
+}
+
+static int verify_fail(struct cli *c, json_t *report, long long seq, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int verify_fail(struct cli *c, json_t *report, long long seq, const char *fmt, ...)
+{
+	char why[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	if (c->output == CLI_JSON) {
+		json_object_set_new(report, "ok", json_false());
+		if (seq >= 0)
+			json_object_set_new(report, "first_bad_seq", json_integer(seq));
+		json_object_set_new(report, "reason", json_string(why));
+		cli_print_json(report);
+	} else {
+		json_decref(report);
+		if (seq >= 0)
+			printf("FAIL at seq %lld: %s\n", seq, why);
+		else
+			printf("FAIL: %s\n", why);
+	}
+	return CLI_FAIL;
+}
+
+/* Adds S3's checkpoints/latest when the S3 settings are in the
+ * environment (an auditor with read access to the bucket). */
+static int s3_checkpoint(const struct note_verifier *v, const char *prefix, struct cpref *out,
+			 char *err, size_t errlen)
+{
+	const char *host = getenv("SLIPWAY_S3_HOST"), *bucket = getenv("SLIPWAY_S3_BUCKET");
+	const char *ak = getenv("SLIPWAY_S3_ACCESS_KEY"), *sk = getenv("SLIPWAY_S3_SECRET_KEY");
+	if (!host || !bucket || !ak || !sk)
+		return 0;
+	struct s3 *s = NULL;
+	struct s3_opts so = { .host = host, .bucket = bucket, .access_key = ak, .secret_key = sk,
+			      .stall_ms = 3000, .deadline_ms = 10000 };
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = s3_global_init(err, errlen);
+	if (rc == 0)
+		rc = s3_new(&so, &s, err, errlen);
+	char key[300];
+	snprintf(key, sizeof key, "%slatest", prefix);
+	if (rc == 0)
+		rc = s3_get_small(s, key, NOTE_MAX - 1, &buf, &len, err, errlen);
+	s3_free(s);
+	if (rc == SW_ENOTFOUND)
+		return 0;
+	if (rc != 0)
+		return rc;
+	char body[NOTE_MAX], origin[256];
+	memcpy(out->note, buf, len);
+	out->note[len] = '\0';
+	free(buf);
+	if (note_verify(v, out->note, body, sizeof body, err, errlen) != 0 ||
+	    note_checkpoint_parse(body, origin, sizeof origin, &out->size, out->root, err, errlen) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "%s on S3: %s", key, err);
+	out->from = "S3";
+	return 1;
+}
+
+static int cmd_verify(struct cli *c, int argc, char **argv)
+{
+	struct common cm;
+	long long unused;
+	int rc = parse_common(argc, argv, &cm, &unused, 0);
+	if (rc != 0)
+		return rc;
+	struct rpc_client *cl = NULL;
+	struct state st;
+	struct note_verifier v;
+	if (setup(c, &cm, &cl, &st, &v) != 0)
+		return CLI_FAIL;
+	json_t *report = json_object();
+	char err[512], origin[256];
+	struct rpc_call_opts co = cli_call_opts(c);
+	struct cpref *cps = NULL;
+	size_t ncp = 0, capcp = 0;
+	double t_fetch = 0, t_compute = 0, t0 = mono_s();
+	rc = CLI_FAIL;
+
+	/* 1. Every signed checkpoint the service has, checked one by one. */
+	char token[32] = "";
+	for (;;) {
+		Slipway__V1__ListCheckpointsRequest req = SLIPWAY__V1__LIST_CHECKPOINTS_REQUEST__INIT;
+		req.page_token = token;
+		req.page_size = 1000;
+		ProtobufCMessage *m = NULL;
+		if (rpc_call(cl, &slipway__v1__audit__descriptor, "ListCheckpoints", &req.base, &m, &co,
+			     err, sizeof err) != 0) {
+			rc = verify_fail(c, report, -1, "cannot list checkpoints: %s", err);
+			goto out;
+		}
+		Slipway__V1__ListCheckpointsResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_checkpoints; i++) {
+			if (check_checkpoint(&v, r->checkpoints[i], origin, sizeof origin, err,
+					     sizeof err) != 0) {
+				rc = verify_fail(c, report, -1, "checkpoint at size %llu: %s",
+						 (unsigned long long)r->checkpoints[i]->size, err);
+				protobuf_c_message_free_unpacked(m, NULL);
+				goto out;
+			}
+			if (ncp == capcp) {
+				capcp = capcp ? capcp * 2 : 64;
+				struct cpref *n = realloc(cps, capcp * sizeof *n);
+				if (n == NULL) {
+					protobuf_c_message_free_unpacked(m, NULL);
+					rc = cli_fail("out of memory");
+					goto out;
+				}
+				cps = n;
+			}
+			cps[ncp].size = r->checkpoints[i]->size;
+			memcpy(cps[ncp].root, r->checkpoints[i]->root_hash.data, 32);
+			snprintf(cps[ncp].note, sizeof cps[ncp].note, "%s", r->checkpoints[i]->note);
+			cps[ncp++].from = "service";
+			if (st.origin[0] == '\0')
+				snprintf(st.origin, sizeof st.origin, "%s", origin);
+			else if (strcmp(st.origin, origin) != 0) {
+				protobuf_c_message_free_unpacked(m, NULL);
+				rc = verify_fail(c, report, -1, "checkpoint origin '%s' is not '%s'",
+						 origin, st.origin);
+				goto out;
+			}
+		}
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (token[0] == '\0')
+			break;
+	}
+	/* 2. Checkpoints kept outside the service's database. */
+	struct cpref extra[2];
+	size_t nextra = 0;
+	memset(extra, 0, sizeof extra);
+	int s3rc = s3_checkpoint(&v, cm.s3_prefix ? cm.s3_prefix : "checkpoints/", &extra[nextra], err,
+				 sizeof err);
+	if (s3rc < 0) {
+		rc = verify_fail(c, report, -1, "%s", err);
+		goto out;
+	}
+	nextra += (size_t)s3rc;
+	if (st.size > 0) {
+		extra[nextra].size = st.size;
+		memcpy(extra[nextra].root, st.root, 32);
+		snprintf(extra[nextra].note, sizeof extra[nextra].note, "%s", st.note);
+		extra[nextra++].from = "the state file";
+	}
+	for (size_t i = 0; i < nextra; i++) {
+		if (ncp == capcp) {
+			capcp = capcp ? capcp * 2 : 64;
+			struct cpref *n = realloc(cps, capcp * sizeof *n);
+			if (n == NULL) {
+				rc = cli_fail("out of memory");
+				goto out;
+			}
+			cps = n;
+		}
+		cps[ncp++] = extra[i];
+	}
+	qsort(cps, ncp, sizeof *cps, cmp_cpref);
+
+	/* 3. Every entry, recomputed: chain links, entry hashes, and the tree
+	 * root at every checkpoint size. */
+	Slipway__V1__ExportEntriesRequest er = SLIPWAY__V1__EXPORT_ENTRIES_REQUEST__INIT;
+	struct rpc_call_opts eo = cli_call_opts(c);
+	eo.timeout_ms = 3600 * 1000;
+	struct rpc_stream *s = NULL;
+	if (rpc_stream_open(cl, &slipway__v1__audit__descriptor, "ExportEntries", &eo, &s, err,
+			    sizeof err) != 0 ||
+	    rpc_stream_send(s, &er.base) != 0 || rpc_stream_close_send(s) != 0) {
+		if (s)
+			rpc_stream_finish(s, err, sizeof err);
+		rc = verify_fail(c, report, -1, "cannot export entries: %s", err);
+		goto out;
+	}
+	struct merkle_range range;
+	merkle_range_init(&range);
+	uint8_t prev[32];
+	memset(prev, 0, sizeof prev);
+	uint64_t next = 0;
+	size_t ci = 0;
+	long long bad_seq = -1;
+	char why[512] = "";
+	for (;;) {
+		double a0 = mono_s();
+		ProtobufCMessage *m = NULL;
+		int got = rpc_stream_recv(s, &m);
+		double a1 = mono_s();
+		t_fetch += a1 - a0;
+		if (got != 1)
+			break;
+		Slipway__V1__ExportEntriesResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_entries && bad_seq < 0; i++) {
+			const Slipway__V1__AuditEntry *e = r->entries[i];
+			uint8_t leaf[32], eh[32];
+			if (e->seq != next) {
+				bad_seq = (long long)next;
+				snprintf(why, sizeof why,
+					 e->seq > next ? "entry %llu is missing (next entry has seq %llu)"
+						       : "entry %llu is followed by seq %llu (out of order)",
+					 (unsigned long long)next, (unsigned long long)e->seq);
+				break;
+			}
+			if (e->prev_hash.len != 32 || memcmp(e->prev_hash.data, prev, 32) != 0) {
+				bad_seq = (long long)next;
+				snprintf(why, sizeof why, "prev_hash does not link to entry %lld",
+					 (long long)next - 1);
+				break;
+			}
+			if (leaf_of(e, leaf, eh, prev) != 0) {
+				bad_seq = (long long)next;
+				snprintf(why, sizeof why, "entry cannot be encoded (malformed)");
+				break;
+			}
+			if (e->entry_hash.len != 32 || memcmp(e->entry_hash.data, eh, 32) != 0) {
+				bad_seq = (long long)next;
+				snprintf(why, sizeof why,
+					 "the entry's contents do not match its hash (changed after it "
+					 "was logged)");
+				break;
+			}
+			memcpy(prev, eh, 32);
+			merkle_range_append(&range, leaf, NULL, NULL);
+			next++;
+			while (ci < ncp && cps[ci].size == next) {
+				uint8_t root[32];
+				merkle_range_root(&range, root);
+				if (memcmp(root, cps[ci].root, 32) != 0) {
+					bad_seq = (long long)next - 1;
+					snprintf(why, sizeof why,
+						 "the entries up to size %llu do not match the checkpoint "
+						 "signed at that size (from %s): entries before it were "
+						 "rewritten",
+						 (unsigned long long)cps[ci].size, cps[ci].from);
+					break;
+				}
+				ci++;
+			}
+		}
+		protobuf_c_message_free_unpacked(m, NULL);
+		t_compute += mono_s() - a1;
+		if (bad_seq >= 0) {
+			rpc_stream_cancel(s);
+			break;
+		}
+	}
+	int frc = rpc_stream_finish(s, err, sizeof err);
+	if (bad_seq >= 0) {
+		rc = verify_fail(c, report, bad_seq, "%s", why);
+		goto out;
+	}
+	if (frc != 0) {
+		rc = verify_fail(c, report, (long long)next, "export stopped: %s", err);
+		goto out;
+	}
+	while (ci < ncp && cps[ci].size == 0)
+		ci++;
+	if (ci < ncp) {
+		rc = verify_fail(c, report, (long long)next,
+				 "the log has %llu entries but a checkpoint was signed at size %llu "
+				 "(from %s): the log was truncated or rolled back",
+				 (unsigned long long)next, (unsigned long long)cps[ncp - 1].size,
+				 cps[ncp - 1].from);
+		goto out;
+	}
+	/* 4. Success: remember the newest checkpoint for next time. */
+	const struct cpref *latest = ncp ? &cps[ncp - 1] : NULL;
+	if (latest != NULL) {
+		st.size = latest->size;
+		memcpy(st.root, latest->root, 32);
+		snprintf(st.note, sizeof st.note, "%s", latest->note);
+	}
+	if (state_save(&st) != 0)
+		fprintf(stderr, "slipway: warning: cannot write %s\n", st.path);
+	char root[65] = "";
+	if (latest)
+		hash_hex(latest->root, 32, root);
+	if (c->output == CLI_JSON) {
+		json_object_set_new(report, "ok", json_true());
+		json_object_set_new(report, "entries", json_integer((json_int_t)next));
+		json_object_set_new(report, "checkpoints", json_integer((json_int_t)ncp));
+		json_object_set_new(report, "latest_checkpoint_size",
+				    json_integer(latest ? (json_int_t)latest->size : 0));
+		json_object_set_new(report, "latest_root", json_string(root));
+		json_object_set_new(report, "fetch_seconds", json_real(t_fetch));
+		json_object_set_new(report, "compute_seconds", json_real(t_compute));
+		json_object_set_new(report, "total_seconds", json_real(mono_s() - t0));
+		cli_print_json(report);
+	} else {
+		json_decref(report);
+		printf("OK: %llu entries, hash chain intact, %zu checkpoints verified "
+		       "(latest size %llu, root %s); fetch %.2fs, recompute %.2fs\n",
+		       (unsigned long long)next, ncp, latest ? (unsigned long long)latest->size : 0ULL,
+		       root[0] ? root : "-", t_fetch, t_compute);
+	}
+	report = NULL;
+	rc = CLI_OK;
+out:
+	free(cps);
+	rpc_client_free(cl);
+	return rc;
+}
+
+int cli_cmd_audit(struct cli *c, int argc, char **argv);
+int cli_cmd_audit(struct cli *c, int argc, char **argv)
+{
+	static const struct cli_cmd cmds[] = {
+		{ "log", cmd_log, "list entries (filters, pagination)" },
+		{ "show", cmd_show, "show one entry and prove it is in the signed log" },
+		{ "proof", cmd_proof, "print and check an inclusion proof" },
+		{ "checkpoint", cmd_checkpoint, "print and check a signed checkpoint (--sign: sign now)" },
+		{ "verify", cmd_verify, "recompute the whole log and check it against every checkpoint" },
+	};
+	return cli_dispatch(c, "audit", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+}

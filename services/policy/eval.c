@@ -1,0 +1,488 @@
+/*
+ * eval.c - decisions: principal x action x resource against a compiled
+ * policy (deny by default; any matching guardrail wins over every grant),
+ * the reasons that explain them, and the escalation guard of ApplyPolicy.
+ *
+ * The hot path does a handful of hash lookups (bindings of the principal,
+ * of its groups) plus a scan of the prefix bindings and the guardrails; it
+ * never allocates and never blocks.
+ */
+#include "policy.h"
+#include "err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BITS(n) (((n) + 63) / 64)
+
+static int list_match_exact(const struct pol_list *l, const char *s)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i], "*") == 0 || strcmp(l->v[i], s) == 0)
+			return 1;
+	return 0;
+}
+
+static int list_has(const struct pol_list *l, const char *s)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i], s) == 0)
+			return 1;
+	return 0;
+}
+
+/* Empty pattern list = any value. */
+static int list_match_glob(const struct pol_list *l, const char *s)
+{
+	if (l->n == 0)
+		return 1;
+	for (size_t i = 0; i < l->n; i++)
+		if (pol_glob(l->v[i], s))
+			return 1;
+	return 0;
+}
+
+static int rule_match(const struct pol_rule *r, const struct pol_query *q)
+{
+	return list_match_exact(&r->actions, q->action) && !list_has(&r->except_actions, q->action) &&
+	       list_match_exact(&r->kinds, q->kind) && list_match_glob(&r->apps, q->app) &&
+	       list_match_glob(&r->envs, q->env) && list_match_glob(&r->names, q->name);
+}
+
+static int scope_match(const char *app, const char *env, const struct pol_query *q)
+{
+	return (app == NULL || strcmp(app, q->app) == 0) && (env == NULL || strcmp(env, q->env) == 0);
+}
+
+static int prefix_of(const char *prefix, const char *s)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+struct walk {
+	const struct pol_policy *p;
+	const struct pol_query *q;
+	struct pol_result *r;
+	uint64_t roles[BITS(POL_MAX_ROLES + 16)];
+	uint64_t groups[BITS(POL_MAX_GROUPS)];
+};
+
+static void consider(struct walk *w, int bi)
+{
+	const struct pol_binding *b = &w->p->bindings[bi];
+	struct pol_result *r = w->r;
+	int expired = b->expires_ms != 0 && w->q->now_ms >= b->expires_ms;
+	if (!expired)
+		w->roles[b->role_index / 64] |= 1ULL << (b->role_index % 64);
+	if (!scope_match(b->app, b->env, w->q))
+		return;
+	for (size_t i = 0; i < b->role->nrules; i++) {
+		if (!rule_match(&b->role->rules[i], w->q))
+			continue;
+		if (expired) {
+			if (r->nexpired < sizeof r->expired / sizeof r->expired[0])
+				r->expired[r->nexpired++] = b;
+		} else if (r->ngrants < POL_MAX_MATCH) {
+			r->grants[r->ngrants].b = b;
+			r->grants[r->ngrants].rule = (int)i;
+			r->ngrants++;
+		}
+		return;
+	}
+}
+
+static int guard_applies(const struct walk *w, const struct pol_guard *g)
+{
+	const struct pol_policy *p = w->p;
+	const char *who = w->q->principal;
+	int subject = g->principals.n == 0 && g->groups.n == 0 && g->roles.n == 0;
+	for (size_t i = 0; i < g->principals.n && !subject; i++) {
+		const char *s = g->principals.v[i];
+		size_t n = strlen(s);
+		subject = s[n - 1] == '*' ? strncmp(who, s, n - 1) == 0 : strcmp(who, s) == 0;
+	}
+	for (size_t i = 0; i < g->groups.n && !subject; i++) {
+		int gi = pol_group_find(p, g->groups.v[i]);
+		subject = gi >= 0 && (w->groups[gi / 64] >> (gi % 64) & 1);
+	}
+	for (size_t i = 0; i < g->roles.n && !subject; i++) {
+		int ri = pol_role_find(p, g->roles.v[i]);
+		subject = ri >= 0 && (w->roles[ri / 64] >> (ri % 64) & 1);
+	}
+	return subject && scope_match(g->app, g->env, w->q) && rule_match(&g->forbid, w->q);
+}
+
+void pol_eval(const struct pol_policy *p, const struct pol_query *q, int all,
+	      struct pol_result *r)
+{
+	struct walk w;
+	size_t n;
+	(void)all; /* every binding of the principal is visited: guardrails need its roles */
+	memset(w.roles, 0, sizeof w.roles);
+	memset(w.groups, 0, sizeof w.groups);
+	w.p = p;
+	w.q = q;
+	w.r = r;
+	r->allowed = 0;
+	r->ngrants = r->nforbids = r->nexpired = r->ngroups = 0;
+
+	/* Groups of the principal. */
+	const int *gv = pol_index_get(p->member_of, q->principal, &n);
+	for (size_t i = 0; i < n; i++)
+		w.groups[gv[i] / 64] |= 1ULL << (gv[i] % 64);
+	for (size_t i = 0; i < p->nprefix_members; i++)
+		if (prefix_of(p->prefix_member[i], q->principal)) {
+			int g = p->prefix_member_group[i];
+			w.groups[g / 64] |= 1ULL << (g % 64);
+		}
+
+	/* Bindings: to the principal, to a prefix of it, to its groups. */
+	const int *bv = pol_index_get(p->by_principal, q->principal, &n);
+	for (size_t i = 0; i < n; i++)
+		consider(&w, bv[i]);
+	for (size_t i = 0; i < p->nprefix_bindings; i++)
+		if (prefix_of(p->bindings[p->prefix_bindings[i]].subject, q->principal))
+			consider(&w, p->prefix_bindings[i]);
+	for (size_t g = 0; g < p->ngroups; g++) {
+		if (!(w.groups[g / 64] >> (g % 64) & 1))
+			continue;
+		if (r->ngroups < POL_MAX_MATCH)
+			r->groups[r->ngroups++] = (int)g;
+		bv = pol_index_get(p->by_group, p->groups[g].name, &n);
+		for (size_t i = 0; i < n; i++)
+			consider(&w, bv[i]);
+	}
+
+	/* Guardrails override any grant. */
+	for (size_t i = 0; i < p->nguards; i++)
+		if (guard_applies(&w, &p->guards[i]) && r->nforbids < POL_MAX_MATCH)
+			r->forbids[r->nforbids++] = &p->guards[i];
+	r->allowed = r->ngrants > 0 && r->nforbids == 0;
+}
+
+void pol_resource_text(const char *kind, const char *app, const char *env, const char *name,
+		       char *out, size_t len)
+{
+	app = app ? app : "";
+	env = env ? env : "";
+	name = name ? name : "";
+	if (name[0])
+		snprintf(out, len, "%s/%s/%s/%s", kind, app[0] ? app : "-", env[0] ? env : "-", name);
+	else if (env[0])
+		snprintf(out, len, "%s/%s/%s", kind, app[0] ? app : "-", env);
+	else if (app[0])
+		snprintf(out, len, "%s/%s", kind, app);
+	else
+		snprintf(out, len, "%s", kind);
+}
+
+static void scope_text(const char *app, const char *env, char *out, size_t len)
+{
+	if (app == NULL)
+		snprintf(out, len, "globally");
+	else if (env == NULL)
+		snprintf(out, len, "at app %s", app);
+	else
+		snprintf(out, len, "at app %s environment %s", app, env);
+}
+
+static const char *subject_kind(enum pol_subject k)
+{
+	return k == POL_SUBJ_GROUP ? "group" : k == POL_SUBJ_PREFIX ? "principals under" : "principal";
+}
+
+void pol_describe_grant(const struct pol_grant *g, char *out, size_t len)
+{
+	const struct pol_binding *b = g->b;
+	char sc[200];
+	scope_text(b->app, b->env, sc, sizeof sc);
+	snprintf(out, len, "%s: role %s (rule %d) to %s %s%s %s", b->label, b->role->name, g->rule,
+		 subject_kind(b->skind), b->subject, b->skind == POL_SUBJ_PREFIX ? "*" : "", sc);
+}
+
+void pol_describe_guard(const struct pol_guard *g, char *out, size_t len)
+{
+	snprintf(out, len, "guardrail %s%s%s", g->name, g->description ? ": " : "",
+		 g->description ? g->description : "");
+}
+
+size_t pol_reasons(const struct pol_policy *p, const struct pol_query *q,
+		   const struct pol_result *r, char (*out)[POL_REASON_LEN], size_t max)
+{
+	size_t n = 0;
+	char res[300];
+	(void)p;
+	pol_resource_text(q->kind, q->app, q->env, q->name, res, sizeof res);
+	if (r->nforbids > 0) {
+		for (size_t i = 0; i < r->nforbids && n < max; i++) {
+			char d[230];
+			pol_describe_guard(r->forbids[i], d, sizeof d);
+			snprintf(out[n++], POL_REASON_LEN, "denied by %s", d);
+		}
+		return n;
+	}
+	if (r->allowed) {
+		char d[230];
+		pol_describe_grant(&r->grants[0], d, sizeof d);
+		snprintf(out[n++], POL_REASON_LEN, "allowed by %s", d);
+		return n;
+	}
+	if (n < max)
+		snprintf(out[n++], POL_REASON_LEN, "no binding grants %s on %s to %s (deny by default)", q->action,
+			 res, q->principal);
+	for (size_t i = 0; i < r->nexpired && n < max; i++) {
+		char t[32];
+		time_t s = (time_t)(r->expired[i]->expires_ms / 1000);
+		struct tm tm;
+		gmtime_r(&s, &tm);
+		strftime(t, sizeof t, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		snprintf(out[n++], POL_REASON_LEN, "%s (role %s) would allow it but expired at %s",
+			 r->expired[i]->label, r->expired[i]->role->name, t);
+	}
+	return n;
+}
+
+int pol_must_audit(const char *kind, const char *action, int allowed)
+{
+	return !allowed || strcmp(action, "deploy") == 0 || strcmp(action, "approve") == 0 ||
+	       strcmp(kind, "secret") == 0 || strcmp(kind, "policy") == 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* escalation guard                                                    */
+
+static json_t *doc_find(json_t *doc, const char *section, const char *name)
+{
+	json_t *a = json_object_get(doc, section), *e;
+	size_t i;
+	json_array_foreach(a, i, e) {
+		json_t *n = json_object_get(e, "name");
+		if (json_is_string(n) && strcmp(json_string_value(n), name) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+static int same_role(const struct pol_policy *cur, const struct pol_policy *next,
+		     const struct pol_role *r)
+{
+	if (r->builtin)
+		return 1;
+	json_t *a = doc_find(cur->doc, "roles", r->name);
+	json_t *b = doc_find(next->doc, "roles", r->name);
+	return a != NULL && b != NULL && json_equal(a, b);
+}
+
+/* Every member of next's group is a member of cur's group of that name. */
+static int group_not_grown(const struct pol_policy *cur, const struct pol_policy *next,
+			   const char *name)
+{
+	int gn = pol_group_find(next, name), gc = pol_group_find(cur, name);
+	if (gn < 0)
+		return 1;
+	const struct pol_group *n = &next->groups[gn];
+	if (n->n == 0)
+		return 1;
+	if (gc < 0)
+		return 0;
+	const struct pol_group *c = &cur->groups[gc];
+	for (size_t i = 0; i < n->n; i++) {
+		int found = 0;
+		for (size_t k = 0; k < c->n && !found; k++)
+			found = c->m[k].prefix == n->m[i].prefix && strcmp(c->m[k].id, n->m[i].id) == 0;
+		if (!found)
+			return 0;
+	}
+	return 1;
+}
+
+static int same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* next's binding nb grants nothing cur did not already grant. */
+static int already_granted(const struct pol_policy *cur, const struct pol_policy *next,
+			   const struct pol_binding *nb)
+{
+	if (!same_role(cur, next, nb->role))
+		return 0;
+	if (nb->skind == POL_SUBJ_GROUP && !group_not_grown(cur, next, nb->subject))
+		return 0;
+	for (size_t i = 0; i < cur->nbindings; i++) {
+		const struct pol_binding *ob = &cur->bindings[i];
+		if (ob->skind == nb->skind && strcmp(ob->subject, nb->subject) == 0 &&
+		    strcmp(ob->role->name, nb->role->name) == 0 && same_str(ob->app, nb->app) &&
+		    same_str(ob->env, nb->env) &&
+		    (ob->expires_ms == 0 || (nb->expires_ms != 0 && nb->expires_ms <= ob->expires_ms)))
+			return 1;
+	}
+	return 0;
+}
+
+/* want is covered by have: have has "*" or every entry of want. */
+static int covers_exact(const struct pol_list *have, const struct pol_list *want)
+{
+	if (list_has(have, "*"))
+		return 1;
+	for (size_t i = 0; i < want->n; i++)
+		if (!list_has(have, want->v[i]))
+			return 0;
+	return 1;
+}
+
+/* Pattern lists: an empty list (any) covers everything. */
+static int covers_glob(const struct pol_list *have, const struct pol_list *want)
+{
+	if (have->n == 0 || list_has(have, "*"))
+		return 1;
+	if (want->n == 0)
+		return 0;
+	for (size_t i = 0; i < want->n; i++)
+		if (!list_has(have, want->v[i]))
+			return 0;
+	return 1;
+}
+
+/* Binding scope (a, e) contains (app, env). */
+static int scope_contains(const char *a, const char *e, const char *app, const char *env)
+{
+	if (a == NULL)
+		return 1;
+	if (app == NULL || strcmp(a, app) != 0)
+		return 0;
+	return e == NULL || (env != NULL && strcmp(e, env) == 0);
+}
+
+/* The actor's active bindings in cur (exact, prefix, groups). */
+static size_t actor_bindings(const struct pol_policy *cur, const char *actor, int64_t now,
+			     const struct pol_binding **out, size_t max)
+{
+	size_t n = 0, k;
+	const int *v = pol_index_get(cur->by_principal, actor, &k);
+	for (size_t i = 0; i < k && n < max; i++)
+		out[n++] = &cur->bindings[v[i]];
+	for (size_t i = 0; i < cur->nprefix_bindings && n < max; i++)
+		if (prefix_of(cur->bindings[cur->prefix_bindings[i]].subject, actor))
+			out[n++] = &cur->bindings[cur->prefix_bindings[i]];
+	for (size_t g = 0; g < cur->ngroups; g++) {
+		if (!pol_in_group(cur, (int)g, actor))
+			continue;
+		v = pol_index_get(cur->by_group, cur->groups[g].name, &k);
+		for (size_t i = 0; i < k && n < max; i++)
+			out[n++] = &cur->bindings[v[i]];
+	}
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (out[i]->expires_ms == 0 || now < out[i]->expires_ms)
+			out[m++] = out[i];
+	return m;
+}
+
+/* The actor holds rule want at scope (app, env). */
+static int holds_rule(const struct pol_policy *cur, const char *actor, int64_t now,
+		      const struct pol_binding *const *mine, size_t nmine,
+		      const struct pol_rule *want, const char *app, const char *env)
+{
+	int covered = 0;
+	for (size_t i = 0; i < nmine && !covered; i++) {
+		const struct pol_binding *b = mine[i];
+		if (!scope_contains(b->app, b->env, app, env))
+			continue;
+		for (size_t k = 0; k < b->role->nrules && !covered; k++) {
+			const struct pol_rule *h = &b->role->rules[k];
+			covered = covers_exact(&h->actions, &want->actions) &&
+				  covers_exact(&h->kinds, &want->kinds) &&
+				  covers_glob(&h->apps, &want->apps) &&
+				  covers_glob(&h->envs, &want->envs) &&
+				  covers_glob(&h->names, &want->names);
+		}
+	}
+	if (!covered)
+		return 0;
+	/* A guardrail that forbids the actor one of these actions at that
+	 * scope means the actor does not really hold it. */
+	for (size_t a = 0; a < want->actions.n; a++) {
+		for (size_t k = 0; k < want->kinds.n; k++) {
+			const char *ac = want->actions.v[a], *kd = want->kinds.v[k];
+			if (strcmp(ac, "*") == 0 || strcmp(kd, "*") == 0)
+				continue;
+			struct pol_query q = { actor, ac, kd, app ? app : "", env ? env : "", "", now };
+			struct pol_result r;
+			pol_eval(cur, &q, 0, &r);
+			if (r.nforbids > 0)
+				return 0;
+		}
+	}
+	return 1;
+}
+
+static int holds_escalate(const struct pol_policy *cur, const char *actor, int64_t now,
+			  const char *app, const char *env)
+{
+	struct pol_query q = { actor, "escalate", "policy", app ? app : "", env ? env : "", "", now };
+	struct pol_result r;
+	pol_eval(cur, &q, 0, &r);
+	return r.allowed;
+}
+
+int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
+			 const char *actor, int64_t now, char *err, size_t errlen)
+{
+	const struct pol_binding **mb = NULL;
+	int rc = 0;
+
+	/* Removing or changing a guardrail widens what people may do. */
+	json_t *gs = json_object_get(cur->doc, "guardrails"), *g;
+	size_t i;
+	json_array_foreach(gs, i, g) {
+		json_t *name = json_object_get(g, "name");
+		json_t *now_g = json_is_string(name)
+					? doc_find(next->doc, "guardrails", json_string_value(name))
+					: NULL;
+		if ((now_g == NULL || !json_equal(now_g, g)) &&
+		    !holds_escalate(cur, actor, now, NULL, NULL))
+			return sw_errf(err, errlen, SW_EPERM,
+				       "$.guardrails: %s guardrail '%s' needs the escalate permission "
+				       "(escalation guard)",
+				       now_g == NULL ? "removing" : "changing",
+				       json_is_string(name) ? json_string_value(name) : "?");
+	}
+
+	mb = calloc(4096, sizeof *mb);
+	if (mb == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	size_t nmine = actor_bindings(cur, actor, now, mb, 4096);
+	for (size_t b = 0; b < next->nbindings; b++) {
+		const struct pol_binding *nb = &next->bindings[b];
+		if (strncmp(nb->label, "builtin:", 8) == 0)
+			continue; /* built-ins are the same in every revision */
+		if (already_granted(cur, next, nb))
+			continue;
+		if (holds_escalate(cur, actor, now, nb->app, nb->env))
+			continue;
+		for (size_t r = 0; r < nb->role->nrules; r++) {
+			const struct pol_rule *want = &nb->role->rules[r];
+			if (holds_rule(cur, actor, now, mb, nmine, want, nb->app, nb->env))
+				continue;
+			char sc[200], acts[200] = "", kinds[200] = "";
+			scope_text(nb->app, nb->env, sc, sizeof sc);
+			for (size_t k = 0, o = 0; k < want->actions.n && o < sizeof acts; k++)
+				o += (size_t)snprintf(acts + o, sizeof acts - o, "%s%s", k ? "," : "",
+						      want->actions.v[k]);
+			for (size_t k = 0, o = 0; k < want->kinds.n && o < sizeof kinds; k++)
+				o += (size_t)snprintf(kinds + o, sizeof kinds - o, "%s%s", k ? "," : "",
+						      want->kinds.v[k]);
+			rc = sw_errf(err, errlen, SW_EPERM,
+				     "$.%s: binds role '%s' %s, but %s does not hold %s on %s there "
+				     "(escalation guard: needs the escalate permission)",
+				     nb->label, nb->role->name, sc, actor, acts, kinds);
+			goto out;
+		}
+	}
+out:
+	free(mb);
+	return rc;
+}
