@@ -147,8 +147,14 @@ static void *watch_main(void *arg)
 		struct rpc_call_opts co = { .timeout_ms = 24LL * 3600 * 1000 };
 		if (rpc_stream_open(a->o.policy, &slipway__v1__policy__descriptor, "WatchRevision", &co,
 				    &s, err, sizeof err) == 0) {
+			/* authz_free sets stop, then cancels the registered stream under
+			 * smu: check stop under the same lock, so that a stream opened
+			 * while authz_free ran is cancelled too (else recv would block
+			 * until the policy service sends something). */
 			pthread_mutex_lock(&a->smu);
 			a->stream = s;
+			if (atomic_load(&a->stop))
+				rpc_stream_cancel(s);
 			pthread_mutex_unlock(&a->smu);
 			Slipway__V1__WatchRevisionRequest req = SLIPWAY__V1__WATCH_REVISION_REQUEST__INIT;
 			if (rpc_stream_send(s, &req.base) == 0 && rpc_stream_close_send(s) == 0) {
@@ -193,6 +199,8 @@ int authz_new(const struct authz_opts *o, struct authz **out, char *err, size_t 
 	pthread_mutex_init(&a->smu, NULL);
 	atomic_init(&a->stop, 0);
 	if (a->o.cache_ms > 0 && pthread_create(&a->watcher, NULL, watch_main, a) != 0) {
+		pthread_mutex_destroy(&a->mu);
+		pthread_mutex_destroy(&a->smu);
 		free(a);
 		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the revision watch");
 	}
@@ -240,6 +248,14 @@ int authz_check(struct authz *a, struct rpc_ctx *ctx, const struct authz_req *q,
 	struct rpc_call_opts co = { .timeout_ms = a->o.timeout_ms, .parent = ctx };
 	int rc = rpc_call(a->o.policy, &slipway__v1__policy__descriptor, "Authorize", &req.base, &out,
 			  &co, err, sizeof err);
+	if (rc == SW_EPERM || rc == SW_EINVAL) {
+		/* The policy service refused the question itself (this service
+		 * may not ask, or asked something malformed): a denial. */
+		log_warn("authorization question refused: denying", "action=%s kind=%s error=%s",
+			 q->action, q->kind, err);
+		sw_errf(why, whylen, 0, "the policy service refused the question: %s", err);
+		return SW_EPERM;
+	}
 	if (rc != 0) {
 		log_warn("authorization unavailable: denying", "action=%s kind=%s error=%s", q->action,
 			 q->kind, err);

@@ -47,7 +47,9 @@ void authz_free(struct authz *a);
 
 /*
  * Returns 0 when allowed; SW_EPERM when denied, with the policy's reasons
- * in why; SW_EUNAVAIL when the policy service could not answer. ctx (may be
+ * in why (also when the policy service refused the question itself, e.g.
+ * because this service may not ask about others); SW_EUNAVAIL when the
+ * policy service could not answer. ctx (may be
  * NULL) is the handler's call: its deadline and request id carry over.
  * Any thread.
  */

@@ -1,36 +1,1018 @@
 /*
- * approval.c - deployment approval rules (see approval.h).
+ * approval.c - deployment approvals (see approval.h and README.md).
+ *
+ * An approval request is one row per deployment, created by the first
+ * EvaluateDeployment and kept current by later ones (a new digest restarts
+ * the wait timer and leaves earlier approvals behind). Approvals are rows
+ * bound to (deployment, digest, revision, approval-policy hash); they are
+ * counted at evaluation time against the policy then in force, so that a
+ * changed digest, a changed approval policy, an expired approval or an
+ * approver who lost the right no longer counts. Every evaluation, approval
+ * and rejection is recorded and audited in the transaction that makes it.
  */
 #include "approval.h"
+#include "db.h"
 #include "err.h"
+#include "log.h"
+#include "outbox.h"
+#include "spiffe.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_ROWS 1000      /* approvals read per deployment */
+#define MAX_APPROVERS 256  /* distinct approvers counted */
+#define MAX_REASONS 16
+#define MAX_COMMENT 2048
+#define MAX_ID 128
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void fmt_time(int64_t ms, char *out, size_t len)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int printable(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+static int id_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > MAX_ID)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.' ||
+		      s[i] == ':'))
+			return 0;
+	return 1;
+}
+
+static int name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 63)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.'))
+			return 0;
+	return 1;
+}
+
+static int digest_ok(const char *s)
+{
+	if (strncmp(s, "sha256:", 7) != 0 || strlen(s) != 71)
+		return 0;
+	for (int i = 7; i < 71; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static int list_glob(const struct pol_list *l, const char *s)
+{
+	if (l->n == 0)
+		return 1;
+	for (size_t i = 0; i < l->n; i++)
+		if (pol_glob(l->v[i], s))
+			return 1;
+	return 0;
+}
+
+static const struct pol_approval *match_policy(const struct pol_policy *p, const char *app,
+					       const char *env)
+{
+	for (size_t i = 0; i < p->napprovals; i++)
+		if (list_glob(&p->approvals[i].envs, env) && list_glob(&p->approvals[i].apps, app))
+			return &p->approvals[i];
+	return NULL;
+}
+
+/* The builder identity of a release is free text from the CI system: it
+ * names the approver when it equals the SPIFFE ID, or the user name of a
+ * .../user/<name> ID. */
+static int is_builder(const char *builder, const char *approver, const char *td)
+{
+	if (builder == NULL || builder[0] == '\0')
+		return 0;
+	if (strcmp(builder, approver) == 0)
+		return 1;
+	struct spiffe_id id;
+	return spiffe_parse(approver, td, &id, NULL, 0) == 0 && id.kind == SPIFFE_USER &&
+	       strcmp(id.name, builder) == 0;
+}
+
+/* ---- freeze windows ---- */
+
+static const char *const wdays[] = { "mon", "tue", "wed", "thu", "fri", "sat", "sun" };
+
+static void local_text(int64_t local_s, char *out, size_t len)
+{
+	time_t t = (time_t)local_s;
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(out, len, "%Y-%m-%dT%H:%M", &tm);
+}
+
+/* Returns 1 when now falls in a freeze window of a (description in why). */
+static int frozen(const struct pol_approval *a, int64_t now, char *why, size_t len)
+{
+	int64_t t = now / 1000;
+	int64_t local = t + pol_tz_offset(a->tz, t);
+	int64_t days = local >= 0 ? local / 86400 : -((-local + 86399) / 86400);
+	int wd = (int)(((days + 3) % 7 + 7) % 7); /* 1970-01-01 was a Thursday; Monday = 0 */
+	int mow = wd * 1440 + (int)((local - days * 86400) / 60);
+	for (size_t i = 0; i < a->nweekly; i++) {
+		const struct pol_weekly *w = &a->weekly[i];
+		int in = w->start < w->end ? (mow >= w->start && mow < w->end)
+					   : (mow >= w->start || mow < w->end);
+		if (in) {
+			snprintf(why, len, "weekly freeze %s %02d:%02d - %s %02d:%02d (%s)",
+				 wdays[w->start / 1440], w->start % 1440 / 60, w->start % 60,
+				 wdays[(w->end / 1440) % 7], w->end % 1440 / 60, w->end % 60,
+				 a->tz_name);
+			return 1;
+		}
+	}
+	for (size_t i = 0; i < a->ndates; i++) {
+		const struct pol_dates *d = &a->dates[i];
+		if (local >= d->start && local < d->end) {
+			char s[32], e[32];
+			local_text(d->start, s, sizeof s);
+			local_text(d->end, e, sizeof e);
+			snprintf(why, len, "freeze %s - %s (%s)", s, e, a->tz_name);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* ---- counting ---- */
+
+struct row {
+	char approver[SPIFFE_ID_MAX + 1];
+	char digest[80];
+	char hash[65];
+	int approve, bg;
+	int64_t created, expires;
+	uint64_t revision;
+};
+
+struct quorum_out {
+	int met;
+	size_t have_total;
+	uint32_t have[32];
+};
+
+struct matcher {
+	const struct pol_policy *p;
+	const struct pol_quorum *q;
+	const char *const *who;
+	size_t n;
+	int assign[MAX_APPROVERS];
+	uint32_t filled[32];
+	int visited[32];
+	int gidx[32];
+};
+
+static int adj(struct matcher *m, size_t a, size_t g)
+{
+	return m->gidx[g] >= 0 && pol_in_group(m->p, m->gidx[g], m->who[a]);
+}
+
+/* Kuhn's augmenting path with group capacities: places approver a. */
+static int augment(struct matcher *m, size_t a)
+{
+	for (size_t g = 0; g < m->q->ngroups; g++) {
+		if (m->visited[g] || !adj(m, a, g))
+			continue;
+		m->visited[g] = 1;
+		int room = m->filled[g] < m->q->counts[g];
+		for (size_t b = 0; !room && b < m->n; b++)
+			if (b != a && m->assign[b] == (int)g && augment(m, b))
+				room = 1;
+		if (room) {
+			if (m->assign[a] >= 0)
+				m->filled[m->assign[a]]--;
+			m->assign[a] = (int)g;
+			m->filled[g]++;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Group quotas need distinct people: one approver fills one slot at most. */
+static void count_quorum(const struct pol_policy *p, const struct pol_quorum *q,
+			 const char *const *who, size_t n, struct quorum_out *out)
+{
+	struct matcher m = { .p = p, .q = q, .who = who, .n = n };
+	for (size_t i = 0; i < n; i++)
+		m.assign[i] = -1;
+	for (size_t g = 0; g < q->ngroups; g++)
+		m.gidx[g] = pol_group_find(p, q->groups[g]);
+	for (size_t a = 0; a < n; a++) {
+		memset(m.visited, 0, sizeof m.visited);
+		augment(&m, a);
+	}
+	out->have_total = n;
+	out->met = n >= q->required;
+	for (size_t g = 0; g < q->ngroups; g++) {
+		out->have[g] = m.filled[g];
+		if (m.filled[g] < q->counts[g])
+			out->met = 0;
+	}
+}
+
+/* ---- EvaluateDeployment ---- */
+
+struct eval_args {
+	struct pol_service *s;
+	struct pol_policy *p;
+	const Slipway__V1__DeploymentFacts *f;
+	const char *caller;
+	const char *builder, *ref;
+	int64_t now;
+	/* out */
+	int verdict;
+	char reasons[MAX_REASONS][POL_REASON_LEN];
+	size_t nreasons;
+	size_t nmissing;
+	char mgroup[33][64];
+	uint32_t mreq[33], mhave[33];
+	int64_t not_before;
+	char decision_id[33];
+	const struct pol_approval *a;
+	int post_review;
+};
+
+static void reason(struct eval_args *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reason(struct eval_args *e, const char *fmt, ...)
+{
+	if (e->nreasons >= MAX_REASONS)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->reasons[e->nreasons++], POL_REASON_LEN, fmt, ap);
+	va_end(ap);
+}
+
+static int load_rows(struct db_conn *c, const char *dep, struct row **rows, size_t *n, char *err,
+		     size_t errlen)
+{
+	PGresult *r = NULL;
+	char lim[24];
+	int rc = db_q(c,
+		      "SELECT approver, digest, policy_hash, approve, break_glass, created_ms,"
+		      " expires_ms, revision FROM approvals WHERE deployment_id = $1"
+		      " ORDER BY id LIMIT $2::int",
+		      2, (const char *[]){ dep, db_i64(lim, MAX_ROWS) }, &r, err, errlen);
+	*rows = NULL;
+	*n = 0;
+	if (rc != 0)
+		return rc;
+	int nr = PQntuples(r);
+	*rows = calloc((size_t)nr + 1, sizeof **rows);
+	if (*rows == NULL) {
+		PQclear(r);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
+	for (int i = 0; i < nr; i++) {
+		struct row *w = &(*rows)[i];
+		snprintf(w->approver, sizeof w->approver, "%s", db_text(r, i, 0));
+		snprintf(w->digest, sizeof w->digest, "%s", db_text(r, i, 1));
+		snprintf(w->hash, sizeof w->hash, "%s", db_text(r, i, 2));
+		w->approve = db_bool(r, i, 3);
+		w->bg = db_bool(r, i, 4);
+		w->created = db_int64(r, i, 5);
+		w->expires = db_int64(r, i, 6);
+		w->revision = (uint64_t)db_int64(r, i, 7);
+	}
+	*n = (size_t)nr;
+	PQclear(r);
+	return 0;
+}
+
+/* Holds approve on the deployment's app/environment under p. */
+static int may_approve(const struct pol_policy *p, const char *who, const char *app,
+		       const char *env, int64_t now)
+{
+	struct pol_query q = { who, "approve", "deployment", app, env, "", now };
+	struct pol_result r;
+	pol_eval(p, &q, 0, &r);
+	return r.allowed;
+}
+
+static int in_any_group(const struct pol_policy *p, const struct pol_list *groups, const char *who)
+{
+	for (size_t i = 0; i < groups->n; i++) {
+		int g = pol_group_find(p, groups->v[i]);
+		if (g >= 0 && pol_in_group(p, g, who))
+			return 1;
+	}
+	return 0;
+}
+
+/* Decides the verdict from the request row's state and the approvals. */
+static void decide(struct eval_args *e, const char *digest, const char *requester,
+		   int64_t digest_since, int rejected, const char *rejected_by,
+		   const struct row *rows, size_t nrows)
+{
+	const Slipway__V1__DeploymentFacts *f = e->f;
+	const struct pol_policy *p = e->p;
+	char res[300];
+	pol_resource_text("deployment", f->app, f->environment, "", res, sizeof res);
+
+	/* 1. RBAC: the requester must be allowed to deploy here. */
+	struct pol_query q = { requester, "deploy", "deployment", f->app, f->environment, "",
+			       e->now };
+	struct pol_result r;
+	pol_eval(p, &q, 0, &r);
+	if (!r.allowed) {
+		char rs[4][POL_REASON_LEN];
+		size_t n = pol_reasons(p, &q, &r, rs, 4);
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
+		reason(e, "requester %s may not deploy %s: %s", requester, res,
+		       n ? rs[0] : "no rule allows it");
+		return;
+	}
+	if (rejected) {
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
+		reason(e, "rejected by %s", rejected_by);
+		for (size_t i = 0; i < nrows; i++)
+			if (!rows[i].approve)
+				reason(e, "rejection by %s at revision %llu", rows[i].approver,
+				       (unsigned long long)rows[i].revision);
+		return;
+	}
+	const struct pol_approval *a = match_policy(p, f->app, f->environment);
+	e->a = a;
+	if (a == NULL) {
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_ALLOWED;
+		reason(e, "no approval policy applies to %s", res);
+		return;
+	}
+	/* 2. Where the release came from. */
+	if (a->refs.n > 0 && !list_glob(&a->refs, e->ref)) {
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
+		char allowed[300] = "";
+		for (size_t i = 0, o = 0; i < a->refs.n && o < sizeof allowed; i++)
+			o += (size_t)snprintf(allowed + o, sizeof allowed - o, "%s%s", i ? ", " : "",
+					      a->refs.v[i]);
+		reason(e, "approval policy %s allows releases built from %s only; this one is from "
+			  "'%s'",
+		       a->name, allowed, e->ref[0] ? e->ref : "(no ref in its provenance)");
+		return;
+	}
+	/* 3. Freeze windows. */
+	char fz[200];
+	int bg = 0;
+	if (frozen(a, e->now, fz, sizeof fz)) {
+		if (!f->break_glass) {
+			e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
+			reason(e, "deployments to %s are frozen: %s; only break-glass may deploy", res,
+			       fz);
+			return;
+		}
+		if (!a->break_glass) {
+			e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
+			reason(e, "deployments to %s are frozen: %s; approval policy %s does not allow "
+				  "break-glass",
+			       res, fz, a->name);
+			return;
+		}
+		bg = 1;
+		reason(e, "break-glass during %s: reason '%s'", fz, f->break_glass_reason);
+	}
+	/* 4. Who approved this digest, under this approval policy, and counts. */
+	const char *who[MAX_APPROVERS];
+	size_t nwho = 0, old_digest = 0, expired = 0, other_policy = 0, not_bg = 0;
+	for (size_t i = 0; i < nrows; i++) {
+		const struct row *w = &rows[i];
+		if (!w->approve)
+			continue;
+		if (strcmp(w->digest, digest) != 0) {
+			old_digest++;
+			continue;
+		}
+		if (strcmp(w->hash, a->hash) != 0) {
+			other_policy++;
+			continue;
+		}
+		if (w->expires != 0 && e->now >= w->expires) {
+			expired++;
+			continue;
+		}
+		if (bg && !w->bg) {
+			not_bg++;
+			continue;
+		}
+		if (strcmp(w->approver, requester) == 0 ||
+		    is_builder(e->builder, w->approver, p->trust_domain)) {
+			reason(e, "approval by %s does not count: self-approval", w->approver);
+			continue;
+		}
+		if (!may_approve(p, w->approver, f->app, f->environment, e->now)) {
+			reason(e, "approval by %s does not count: no longer allowed to approve %s",
+			       w->approver, res);
+			continue;
+		}
+		if (a->approver_groups.n > 0 && !in_any_group(p, &a->approver_groups, w->approver)) {
+			reason(e, "approval by %s does not count: not in the approver groups",
+			       w->approver);
+			continue;
+		}
+		int dup = 0;
+		for (size_t k = 0; k < nwho && !dup; k++)
+			dup = strcmp(who[k], w->approver) == 0;
+		if (!dup && nwho < MAX_APPROVERS)
+			who[nwho++] = w->approver;
+	}
+	if (old_digest)
+		reason(e, "%zu approval(s) for another digest do not count", old_digest);
+	if (other_policy)
+		reason(e, "%zu approval(s) given under a different approval policy do not count",
+		       other_policy);
+	if (expired)
+		reason(e, "%zu approval(s) expired", expired);
+	if (not_bg)
+		reason(e, "%zu approval(s) were not given for break-glass", not_bg);
+
+	const struct pol_quorum *qu = bg ? &a->bg : &a->quorum;
+	struct quorum_out qo;
+	count_quorum(p, qu, who, nwho, &qo);
+	if (!qo.met) {
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_NEEDS_APPROVAL;
+		for (size_t g = 0; g < qu->ngroups && e->nmissing < 32; g++) {
+			if (qo.have[g] >= qu->counts[g])
+				continue;
+			snprintf(e->mgroup[e->nmissing], 64, "%s", qu->groups[g]);
+			e->mreq[e->nmissing] = qu->counts[g];
+			e->mhave[e->nmissing++] = qo.have[g];
+		}
+		if (qo.have_total < qu->required) {
+			e->mgroup[e->nmissing][0] = '\0';
+			e->mreq[e->nmissing] = qu->required;
+			e->mhave[e->nmissing++] = (uint32_t)qo.have_total;
+		}
+		reason(e, "approval policy %s%s needs %u distinct approval(s) for digest %.19s..., "
+			  "has %zu",
+		       a->name, bg ? " (break-glass quorum)" : "", qu->required, digest,
+		       qo.have_total);
+		return;
+	}
+	/* 5. The wait timer (break-glass skips it). */
+	if (!bg && a->wait_ms > 0 && e->now < digest_since + a->wait_ms) {
+		char t[32];
+		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_NEEDS_APPROVAL;
+		e->not_before = digest_since + a->wait_ms;
+		fmt_time(e->not_before, t, sizeof t);
+		reason(e, "approval policy %s: wait timer runs until %s", a->name, t);
+		return;
+	}
+	e->verdict = SLIPWAY__V1__VERDICT__VERDICT_ALLOWED;
+	reason(e, "approval policy %s satisfied: %zu distinct approval(s) of %u required%s", a->name,
+	       qo.have_total, qu->required, bg ? " (break-glass quorum)" : "");
+	if (bg) {
+		e->post_review = 1;
+		reason(e, "break-glass deployment: flagged for post-review");
+	}
+}
+
+static const char *verdict_name(int v)
+{
+	switch (v) {
+	case SLIPWAY__V1__VERDICT__VERDICT_ALLOWED: return "ALLOWED";
+	case SLIPWAY__V1__VERDICT__VERDICT_NEEDS_APPROVAL: return "NEEDS_APPROVAL";
+	case SLIPWAY__V1__VERDICT__VERDICT_DENIED: return "DENIED";
+	default: return "UNSPECIFIED";
+	}
+}
+
+static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct eval_args *e = arg;
+	const Slipway__V1__DeploymentFacts *f = e->f;
+	PGresult *r = NULL;
+	struct row *rows = NULL;
+	size_t nrows = 0;
+	char nb[24], rb[24], b3[24];
+	int rc;
+
+	/* A retried transaction starts over. */
+	e->nreasons = e->nmissing = 0;
+	e->not_before = 0;
+	e->a = NULL;
+	e->post_review = 0;
+
+	if ((rc = db_q(c,
+		       "SELECT app, environment, digest, requester, state, rejected_by,"
+		       " digest_since_ms, post_review_digest"
+		       " FROM approval_requests WHERE deployment_id = $1 FOR UPDATE",
+		       1, (const char *[]){ f->deployment_id }, &r, err, errlen)) != 0)
+		return rc;
+	db_i64(nb, e->now);
+	const char *bgv = f->break_glass ? "true" : "false";
+	char digest_since_txt[24], requester[SPIFFE_ID_MAX + 1], rejected_by[SPIFFE_ID_MAX + 1] = "";
+	char post_review_digest[80] = "";
+	int rejected = 0;
+	int64_t digest_since = e->now;
+	snprintf(requester, sizeof requester, "%s", f->requester);
+	if (PQntuples(r) == 0) {
+		const char *v[12] = { f->deployment_id, f->app, f->environment, f->version, f->digest,
+				      f->requester, e->builder, e->ref, bgv, f->break_glass_reason,
+				      nb, nb };
+		PQclear(r);
+		r = NULL;
+		rc = db_q(c,
+			  "INSERT INTO approval_requests (deployment_id, app, environment, version,"
+			  " digest, requester, builder, ref, break_glass, break_glass_reason,"
+			  " requested_ms, digest_since_ms, updated_ms)"
+			  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::boolean, $10, $11::bigint,"
+			  " $12::bigint, $11::bigint)",
+			  12, v, NULL, err, errlen);
+		if (rc != 0)
+			return rc;
+	} else {
+		if (strcmp(db_text(r, 0, 0), f->app) != 0 ||
+		    strcmp(db_text(r, 0, 1), f->environment) != 0 ||
+		    strcmp(db_text(r, 0, 3), f->requester) != 0) {
+			rc = sw_errf(err, errlen, SW_EINVAL,
+				     "deployment %s was requested by %s for %s/%s; its app, "
+				     "environment and requester cannot change",
+				     f->deployment_id, db_text(r, 0, 3), db_text(r, 0, 0),
+				     db_text(r, 0, 1));
+			PQclear(r);
+			return rc;
+		}
+		rejected = strcmp(db_text(r, 0, 4), "rejected") == 0;
+		snprintf(rejected_by, sizeof rejected_by, "%s", db_text(r, 0, 5));
+		snprintf(post_review_digest, sizeof post_review_digest, "%s", db_text(r, 0, 7));
+		int new_digest = strcmp(db_text(r, 0, 2), f->digest) != 0;
+		digest_since = new_digest ? e->now : db_int64(r, 0, 6);
+		PQclear(r);
+		r = NULL;
+		db_i64(digest_since_txt, digest_since);
+		const char *v[9] = { f->deployment_id, f->version, f->digest, e->builder, e->ref,
+				     bgv, f->break_glass_reason, digest_since_txt, nb };
+		rc = db_q(c,
+			  "UPDATE approval_requests SET version = $2, digest = $3, builder = $4,"
+			  " ref = $5, break_glass = $6::boolean, break_glass_reason = $7,"
+			  " digest_since_ms = $8::bigint, updated_ms = $9::bigint"
+			  " WHERE deployment_id = $1",
+			  9, v, NULL, err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	if ((rc = load_rows(c, f->deployment_id, &rows, &nrows, err, errlen)) != 0)
+		return rc;
+	decide(e, f->digest, requester, digest_since, rejected, rejected_by, rows, nrows);
+	free(rows);
+
+	if ((rc = db_q(c, "UPDATE approval_requests SET verdict = $2 WHERE deployment_id = $1", 2,
+		       (const char *[]){ f->deployment_id, verdict_name(e->verdict) }, NULL, err,
+		       errlen)) != 0)
+		return rc;
+
+	/* The decision, recorded and audited. */
+	const char *rv[MAX_REASONS];
+	for (size_t i = 0; i < e->nreasons; i++)
+		rv[i] = e->reasons[i];
+	char missing[512] = "";
+	for (size_t i = 0, o = 0; i < e->nmissing && o < sizeof missing; i++)
+		o += (size_t)snprintf(missing + o, sizeof missing - o, "%s%s %u/%u", i ? ", " : "",
+				      e->mgroup[i][0] ? e->mgroup[i] : "total", e->mhave[i],
+				      e->mreq[i]);
+	struct pol_decision d = { .principal = requester, .action = "deploy", .kind = "deployment",
+				  .app = f->app, .env = f->environment, .name = f->deployment_id,
+				  .allowed = e->verdict == SLIPWAY__V1__VERDICT__VERDICT_ALLOWED,
+				  .nreasons = e->nreasons, .reasons = rv, .revision = e->p->revision,
+				  .caller = e->caller, .event_action = "deployment.evaluate" };
+	rpc_new_request_id(d.id);
+	memcpy(e->decision_id, d.id, sizeof d.id);
+	d.ekeys[d.nextra] = "deployment_id", d.evals[d.nextra++] = f->deployment_id;
+	d.ekeys[d.nextra] = "verdict", d.evals[d.nextra++] = verdict_name(e->verdict);
+	d.ekeys[d.nextra] = "digest", d.evals[d.nextra++] = f->digest;
+	d.ekeys[d.nextra] = "version", d.evals[d.nextra++] = f->version;
+	d.ekeys[d.nextra] = "approval_policy", d.evals[d.nextra++] = e->a ? e->a->name : "";
+	d.ekeys[d.nextra] = "missing", d.evals[d.nextra++] = missing;
+	d.ekeys[d.nextra] = "not_before_unix_ms", d.evals[d.nextra++] = db_i64(b3, e->not_before);
+	d.ekeys[d.nextra] = "break_glass", d.evals[d.nextra++] = bgv;
+	d.ekeys[d.nextra] = "post_review", d.evals[d.nextra++] = e->post_review ? "required" : "";
+	if ((rc = pol_record(c, &d, err, errlen)) != 0)
+		return rc;
+
+	/* A break-glass deployment is flagged once per digest for post-review. */
+	if (e->post_review && strcmp(post_review_digest, f->digest) != 0) {
+		char res[400];
+		pol_resource_text("deployment", f->app, f->environment, f->deployment_id, res,
+				  sizeof res);
+		struct outbox_event ev = { .actor = requester,
+					   .action = "deployment.break_glass",
+					   .resource = res,
+					   .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
+		outbox_detail(&ev, "post_review", "required");
+		outbox_detail(&ev, "deployment_id", f->deployment_id);
+		outbox_detail(&ev, "digest", f->digest);
+		outbox_detail(&ev, "reason", f->break_glass_reason);
+		outbox_detail(&ev, "approval_policy", e->a->name);
+		outbox_detail(&ev, "decision_id", d.id);
+		outbox_detail(&ev, "revision", db_i64(rb, (int64_t)e->p->revision));
+		if ((rc = outbox_add(c, "policy", &ev, err, errlen)) != 0)
+			return rc;
+		rc = db_q(c,
+			  "UPDATE approval_requests SET post_review_digest = $2 WHERE deployment_id = $1",
+			  2, (const char *[]){ f->deployment_id, f->digest }, NULL, err, errlen);
+	}
+	return rc;
+}
 
 int pol_evaluate_deployment(struct pol_service *s, struct rpc_ctx *ctx,
 			    const Slipway__V1__DeploymentFacts *f,
 			    Slipway__V1__EvaluateDeploymentResponse *out)
 {
-	(void)s;
-	(void)f;
-	(void)out;
-	return rpc_errorf(ctx, SW_EUNIMPL, "EvaluateDeployment is not implemented yet");
+	char why[200], err[512];
+	if (!id_ok(f->deployment_id))
+		return rpc_errorf(ctx, SW_EINVAL,
+				  "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
+	if (!name_ok(f->app) || !name_ok(f->environment))
+		return rpc_errorf(ctx, SW_EINVAL, "app and environment: [A-Za-z0-9._-]{1,63} required");
+	if (!digest_ok(f->digest))
+		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> required");
+	if (spiffe_parse(f->requester, s->bopts.trust_domain, NULL, why, sizeof why) != 0)
+		return rpc_errorf(ctx, SW_EINVAL, "requester: %s", why);
+	if (!printable(f->version, 128))
+		return rpc_errorf(ctx, SW_EINVAL, "version: at most 128 printable bytes");
+	const char *builder = f->provenance ? f->provenance->builder : "";
+	const char *ref = f->provenance ? f->provenance->ref : "";
+	if (!printable(builder, 256) || !printable(ref, 256))
+		return rpc_errorf(ctx, SW_EINVAL,
+				  "provenance builder and ref: at most 256 printable bytes");
+	if (!printable(f->break_glass_reason, 1024))
+		return rpc_errorf(ctx, SW_EINVAL, "break_glass_reason: at most 1024 printable bytes");
+	if (f->break_glass && f->break_glass_reason[0] == '\0')
+		return rpc_errorf(ctx, SW_EINVAL, "break-glass needs a reason (break_glass_reason)");
+
+	struct eval_args *e = calloc(1, sizeof *e);
+	if (e == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	e->s = s;
+	e->p = pol_current(s);
+	e->f = f;
+	e->caller = rpc_peer(ctx);
+	e->builder = builder;
+	e->ref = ref;
+	e->now = now_ms();
+	int rc = db_tx(s->db, NULL, eval_tx, e, err, sizeof err);
+	if (rc != 0) {
+		rc = rpc_errorf(ctx, rc, "%s", err);
+		goto out;
+	}
+	pol_kick(s);
+	out->verdict = (Slipway__V1__Verdict)e->verdict;
+	out->revision = e->p->revision;
+	out->not_before_unix_ms = e->not_before;
+	out->decision_id = rpc_strdup(ctx, e->decision_id);
+	out->reasons = rpc_alloc(ctx, (e->nreasons + 1) * sizeof(char *));
+	out->missing = rpc_alloc(ctx, (e->nmissing + 1) * sizeof(void *));
+	if (out->decision_id == NULL || out->reasons == NULL || out->missing == NULL) {
+		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < e->nreasons; i++)
+		out->reasons[out->n_reasons++] = rpc_strdup(ctx, e->reasons[i]);
+	for (size_t i = 0; i < e->nmissing; i++) {
+		Slipway__V1__ApprovalRequirement *m = rpc_alloc(ctx, sizeof *m);
+		if (m == NULL) {
+			rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+			goto out;
+		}
+		slipway__v1__approval_requirement__init(m);
+		m->group = rpc_strdup(ctx, e->mgroup[i]);
+		m->required = e->mreq[i];
+		m->have = e->mhave[i];
+		out->missing[out->n_missing++] = m;
+	}
+	log_info("deployment evaluated", "deployment=%s verdict=%s revision=%llu",
+		 f->deployment_id, verdict_name(e->verdict), (unsigned long long)e->p->revision);
+out:
+	pol_unref(e->p);
+	free(e);
+	return rc;
 }
 
-int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *deployment,
-		const char *digest, const char *comment, int approve, Slipway__V1__Approval *out)
+/* ---- Approve / Reject ---- */
+
+static int query(struct pol_service *s, const char *sql, int n, const char *const *vals,
+		 PGresult **r, char *err, size_t errlen);
+
+struct approve_args {
+	struct pol_policy *p;
+	const char *dep, *digest, *comment, *approver;
+	int approve;
+	int64_t now;
+	/* out */
+	char used_digest[80];
+	int64_t expires;
+	int bg;
+	size_t ngroups;
+	const char *groups[POL_MAX_MATCH];
+};
+
+static int approve_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
-	(void)s;
-	(void)deployment;
-	(void)digest;
-	(void)comment;
-	(void)approve;
-	(void)out;
-	return rpc_errorf(ctx, SW_EUNIMPL, "Approve/Reject are not implemented yet");
+	struct approve_args *a = arg;
+	PGresult *r = NULL;
+	int rc;
+	if ((rc = db_q(c,
+		       "SELECT app, environment, digest, requester, builder, state, break_glass"
+		       " FROM approval_requests WHERE deployment_id = $1 FOR UPDATE",
+		       1, (const char *[]){ a->dep }, &r, err, errlen)) != 0)
+		return rc;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no approval request for deployment %s",
+			       a->dep);
+	}
+	char app[64], env[64], requester[SPIFFE_ID_MAX + 1], builder[260];
+	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
+	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
+	snprintf(a->used_digest, sizeof a->used_digest, "%s", db_text(r, 0, 2));
+	snprintf(requester, sizeof requester, "%s", db_text(r, 0, 3));
+	snprintf(builder, sizeof builder, "%s", db_text(r, 0, 4));
+	int rejected = strcmp(db_text(r, 0, 5), "rejected") == 0;
+	a->bg = db_bool(r, 0, 6);
+	PQclear(r);
+	if (rejected)
+		return sw_errf(err, errlen, SW_EPRECOND, "deployment %s was rejected; it is over",
+			       a->dep);
+	if (a->digest[0] != '\0' && strcmp(a->digest, a->used_digest) != 0)
+		return sw_errf(err, errlen, SW_EPRECOND,
+			       "deployment %s is now for digest %s, not %s: look again",
+			       a->dep, a->used_digest, a->digest);
+	if (a->approve && (strcmp(a->approver, requester) == 0 ||
+			   is_builder(builder, a->approver, a->p->trust_domain)))
+		return sw_errf(err, errlen, SW_EPERM,
+			       "%s may not approve deployment %s: self-approval (%s)", a->approver,
+			       a->dep,
+			       strcmp(a->approver, requester) == 0 ? "you requested it"
+								   : "you built the release");
+
+	const struct pol_approval *ap = match_policy(a->p, app, env);
+	a->expires = ap && ap->ttl_ms ? a->now + ap->ttl_ms : 0;
+	a->ngroups = 0;
+	for (size_t g = 0; g < a->p->ngroups && a->ngroups < POL_MAX_MATCH; g++)
+		if (pol_in_group(a->p, (int)g, a->approver))
+			a->groups[a->ngroups++] = a->p->groups[g].name;
+	/* groups as a text[] literal (names are [A-Za-z0-9._-]). */
+	char garr[POL_MAX_MATCH * 66 + 4];
+	size_t o = 0;
+	garr[o++] = '{';
+	for (size_t i = 0; i < a->ngroups; i++)
+		o += (size_t)snprintf(garr + o, sizeof garr - o, "%s\"%s\"", i ? "," : "",
+				      a->groups[i]);
+	snprintf(garr + o, sizeof garr - o, "}");
+	char rev[24], cr[24], ex[24];
+	const char *v[11] = { a->dep, a->approver, a->used_digest, db_i64(rev, (int64_t)a->p->revision),
+			      ap ? ap->hash : "", a->approve ? "true" : "false", a->comment, garr,
+			      a->bg ? "true" : "false", db_i64(cr, a->now), db_i64(ex, a->expires) };
+	if ((rc = db_q(c,
+		       "INSERT INTO approvals (deployment_id, approver, digest, revision, policy_hash,"
+		       " approve, comment, groups, break_glass, created_ms, expires_ms)"
+		       " VALUES ($1, $2, $3, $4::bigint, $5, $6::boolean, $7, $8::text[],"
+		       " $9::boolean, $10::bigint, $11::bigint)",
+		       11, v, NULL, err, errlen)) != 0)
+		return rc;
+	if (!a->approve &&
+	    (rc = db_q(c,
+		       "UPDATE approval_requests SET state = 'rejected', rejected_by = $2,"
+		       " verdict = 'DENIED', updated_ms = $3::bigint WHERE deployment_id = $1",
+		       3, (const char *[]){ a->dep, a->approver, cr }, NULL, err, errlen)) != 0)
+		return rc;
+	char res[400];
+	pol_resource_text("deployment", app, env, a->dep, res, sizeof res);
+	struct outbox_event e = { .actor = a->approver,
+				  .action = a->approve ? "deployment.approve" : "deployment.reject",
+				  .resource = res,
+				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
+	outbox_detail(&e, "deployment_id", a->dep);
+	outbox_detail(&e, "digest", a->used_digest);
+	outbox_detail(&e, "revision", rev);
+	outbox_detail(&e, "comment", a->comment);
+	outbox_detail(&e, "approval_policy", ap ? ap->name : "");
+	outbox_detail(&e, "expires_unix_ms", ex);
+	outbox_detail(&e, "break_glass", a->bg ? "true" : "false");
+	return outbox_add(c, "policy", &e, err, errlen);
 }
 
-int pol_list_approvals(struct pol_service *s, struct rpc_ctx *ctx, const char *deployment,
+int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *dep, const char *digest,
+		const char *comment, int approve, Slipway__V1__Approval *out)
+{
+	char err[512];
+	PGresult *r = NULL;
+	int rc;
+
+	if (!id_ok(dep))
+		return rpc_errorf(ctx, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9._:-] required",
+				  MAX_ID);
+	if (digest[0] != '\0' && !digest_ok(digest))
+		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> or empty");
+	if (!printable(comment, MAX_COMMENT))
+		return rpc_errorf(ctx, SW_EINVAL, "comment: at most %d printable bytes", MAX_COMMENT);
+	if (!approve && comment[0] == '\0')
+		return rpc_errorf(ctx, SW_EINVAL, "a rejection needs a comment");
+
+	/* Where the deployment goes decides who may approve it. */
+	rc = query(s, "SELECT app, environment FROM approval_requests WHERE deployment_id = $1", 1,
+		   (const char *[]){ dep }, &r, err, sizeof err);
+	if (rc != 0)
+		return rpc_errorf(ctx, rc, "%s", err);
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return rpc_errorf(ctx, SW_ENOTFOUND, "no approval request for deployment %s", dep);
+	}
+	char app[64], env[64];
+	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
+	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
+	PQclear(r);
+	if ((rc = pol_require(s, ctx, "approve", "deployment", app, env, NULL)) != 0)
+		return rc;
+
+	struct approve_args *a = calloc(1, sizeof *a);
+	if (a == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	a->p = pol_current(s);
+	a->dep = dep;
+	a->digest = digest;
+	a->comment = comment;
+	a->approver = rpc_peer(ctx);
+	a->approve = approve;
+	a->now = now_ms();
+	rc = db_tx(s->db, NULL, approve_tx, a, err, sizeof err);
+	if (rc == SW_EPERM) {
+		/* A refused self-approval is a recorded denial. */
+		char rerr[512];
+		const char *rv[1] = { err };
+		struct pol_decision d = { .principal = a->approver, .action = "approve",
+					  .kind = "deployment", .app = app, .env = env, .name = dep,
+					  .allowed = 0, .nreasons = 1, .reasons = rv,
+					  .revision = a->p->revision, .caller = a->approver,
+					  .request_id = rpc_request_id(ctx),
+					  .note = "self-approval refused" };
+		rpc_new_request_id(d.id);
+		if (pol_record_now(s, &d, rerr, sizeof rerr) != 0)
+			log_error("cannot record a decision", "error=%s", rerr);
+	}
+	if (rc != 0) {
+		rc = rpc_errorf(ctx, rc, "%s", err);
+		goto out;
+	}
+	pol_kick(s);
+	out->deployment_id = rpc_strdup(ctx, dep);
+	out->approver = rpc_strdup(ctx, a->approver);
+	out->digest = rpc_strdup(ctx, a->used_digest);
+	out->revision = a->p->revision;
+	out->comment = rpc_strdup(ctx, comment);
+	out->approve = approve;
+	out->created_unix_ms = a->now;
+	out->expires_unix_ms = a->expires;
+	out->break_glass = a->bg;
+	out->groups = rpc_alloc(ctx, (a->ngroups + 1) * sizeof(char *));
+	if (out->groups == NULL) {
+		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < a->ngroups; i++)
+		out->groups[out->n_groups++] = rpc_strdup(ctx, a->groups[i]);
+	log_info(approve ? "deployment approved" : "deployment rejected",
+		 "deployment=%s by=%s digest=%s", dep, a->approver, a->used_digest);
+out:
+	pol_unref(a->p);
+	free(a);
+	return rc;
+}
+
+/* ---- ListApprovals ---- */
+
+/* Parses a text[] of simple names ({a,b} or {"a","b"}) into call memory. */
+static int parse_groups(struct rpc_ctx *ctx, const char *arr, Slipway__V1__Approval *out)
+{
+	size_t n = 0, len = strlen(arr);
+	char **v = rpc_alloc(ctx, (len / 2 + 2) * sizeof *v);
+	if (v == NULL)
+		return SW_ENOMEM;
+	const char *p = arr;
+	if (*p == '{')
+		p++;
+	while (*p && *p != '}') {
+		if (*p == ',' || *p == '"') {
+			p++;
+			continue;
+		}
+		const char *e = p;
+		while (*e && *e != ',' && *e != '}' && *e != '"')
+			e++;
+		v[n++] = rpc_memdup(ctx, p, (size_t)(e - p));
+		p = e;
+	}
+	out->groups = v;
+	out->n_groups = n;
+	return 0;
+}
+
+/* Runs one query on a pooled connection. */
+static int query(struct pol_service *s, const char *sql, int n, const char *const *vals,
+		 PGresult **r, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	int rc = db_acquire(s->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = db_q(c, sql, n, vals, r, err, errlen);
+	db_release(s->db, c);
+	return rc;
+}
+
+int pol_list_approvals(struct pol_service *s, struct rpc_ctx *ctx, const char *dep,
 		       Slipway__V1__ListApprovalsResponse *out)
 {
-	(void)s;
-	(void)deployment;
-	(void)out;
-	return rpc_errorf(ctx, SW_EUNIMPL, "ListApprovals is not implemented yet");
+	char err[512], lim[24], app[64], env[64];
+	PGresult *r = NULL;
+	int rc;
+	if (!id_ok(dep))
+		return rpc_errorf(ctx, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9._:-] required",
+				  MAX_ID);
+	rc = query(s, "SELECT app, environment FROM approval_requests WHERE deployment_id = $1", 1,
+		   (const char *[]){ dep }, &r, err, sizeof err);
+	if (rc != 0)
+		return rpc_errorf(ctx, rc, "%s", err);
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return rpc_errorf(ctx, SW_ENOTFOUND, "no approval request for deployment %s", dep);
+	}
+	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
+	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
+	PQclear(r);
+	r = NULL;
+	if ((rc = pol_require(s, ctx, "read", "deployment", app, env, NULL)) != 0)
+		return rc;
+	rc = query(s,
+		   "SELECT approver, digest, revision, comment, approve, created_ms, expires_ms,"
+		   " groups, break_glass FROM approvals WHERE deployment_id = $1 ORDER BY id"
+		   " LIMIT $2::int",
+		   2, (const char *[]){ dep, db_i64(lim, MAX_ROWS) }, &r, err, sizeof err);
+	if (rc != 0)
+		return rpc_errorf(ctx, rc, "%s", err);
+	int n = PQntuples(r);
+	out->approvals = rpc_alloc(ctx, ((size_t)n + 1) * sizeof(void *));
+	if (out->approvals == NULL) {
+		rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		Slipway__V1__Approval *a = rpc_alloc(ctx, sizeof *a);
+		if (a == NULL) {
+			rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
+			goto out;
+		}
+		slipway__v1__approval__init(a);
+		a->deployment_id = rpc_strdup(ctx, dep);
+		a->approver = rpc_strdup(ctx, db_text(r, i, 0));
+		a->digest = rpc_strdup(ctx, db_text(r, i, 1));
+		a->revision = (uint64_t)db_int64(r, i, 2);
+		a->comment = rpc_strdup(ctx, db_text(r, i, 3));
+		a->approve = db_bool(r, i, 4);
+		a->created_unix_ms = db_int64(r, i, 5);
+		a->expires_unix_ms = db_int64(r, i, 6);
+		a->break_glass = db_bool(r, i, 8);
+		if (a->deployment_id == NULL || a->approver == NULL || a->digest == NULL ||
+		    a->comment == NULL || parse_groups(ctx, db_text(r, i, 7), a) != 0) {
+			rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
+			goto out;
+		}
+		out->approvals[out->n_approvals++] = a;
+	}
+out:
+	PQclear(r);
+	return rc;
 }

@@ -61,6 +61,33 @@ static void value(struct out *o, char sign, const char *path, json_t *v)
 	free(s);
 }
 
+static const char *name_of(json_t *e);
+
+/* A whole section added or removed: one line per element or key. */
+static void value_expand(struct out *o, char sign, const char *path, json_t *v)
+{
+	char p[1024];
+	const char *k;
+	json_t *e;
+	size_t i;
+	if (json_is_object(v) && json_object_size(v) > 0) {
+		json_object_foreach(v, k, e) {
+			snprintf(p, sizeof p, "%s.%s", path, k);
+			value(o, sign, p, e);
+		}
+	} else if (json_is_array(v) && json_array_size(v) > 0) {
+		json_array_foreach(v, i, e) {
+			if (name_of(e) != NULL)
+				snprintf(p, sizeof p, "%s[name=%s]", path, name_of(e));
+			else
+				snprintf(p, sizeof p, "%s[%zu]", path, i);
+			value(o, sign, p, e);
+		}
+	} else {
+		value(o, sign, path, v);
+	}
+}
+
 static const char *name_of(json_t *e)
 {
 	json_t *n = json_object_get(e, "name");
@@ -108,9 +135,9 @@ static void walk_object(struct out *o, const char *path, json_t *a, json_t *b)
 		snprintf(p, sizeof p, "%s.%s", path, keys[i]);
 		json_t *x = json_object_get(a, keys[i]), *y = json_object_get(b, keys[i]);
 		if (x == NULL)
-			value(o, '+', p, y);
+			value_expand(o, '+', p, y);
 		else if (y == NULL)
-			value(o, '-', p, x);
+			value_expand(o, '-', p, x);
 		else
 			walk(o, p, x, y);
 	}

@@ -93,7 +93,8 @@ static void consider(struct walk *w, int bi)
 	}
 }
 
-static int guard_applies(const struct walk *w, const struct pol_guard *g)
+/* The guardrail names the walk's principal (directly, by group or role). */
+static int guard_subject(const struct walk *w, const struct pol_guard *g)
 {
 	const struct pol_policy *p = w->p;
 	const char *who = w->q->principal;
@@ -111,50 +112,63 @@ static int guard_applies(const struct walk *w, const struct pol_guard *g)
 		int ri = pol_role_find(p, g->roles.v[i]);
 		subject = ri >= 0 && (w->roles[ri / 64] >> (ri % 64) & 1);
 	}
-	return subject && scope_match(g->app, g->env, w->q) && rule_match(&g->forbid, w->q);
+	return subject;
 }
 
-void pol_eval(const struct pol_policy *p, const struct pol_query *q, int all,
-	      struct pol_result *r)
+static int guard_applies(const struct walk *w, const struct pol_guard *g)
 {
-	struct walk w;
+	return guard_subject(w, g) && scope_match(g->app, g->env, w->q) &&
+	       rule_match(&g->forbid, w->q);
+}
+
+/* Visits every binding of q's principal: its groups and held roles into
+ * w, matching grants into r. */
+static void walk_collect(struct walk *w, const struct pol_policy *p, const struct pol_query *q,
+			 struct pol_result *r)
+{
 	size_t n;
-	(void)all; /* every binding of the principal is visited: guardrails need its roles */
-	memset(w.roles, 0, sizeof w.roles);
-	memset(w.groups, 0, sizeof w.groups);
-	w.p = p;
-	w.q = q;
-	w.r = r;
+	memset(w->roles, 0, sizeof w->roles);
+	memset(w->groups, 0, sizeof w->groups);
+	w->p = p;
+	w->q = q;
+	w->r = r;
 	r->allowed = 0;
 	r->ngrants = r->nforbids = r->nexpired = r->ngroups = 0;
 
 	/* Groups of the principal. */
 	const int *gv = pol_index_get(p->member_of, q->principal, &n);
 	for (size_t i = 0; i < n; i++)
-		w.groups[gv[i] / 64] |= 1ULL << (gv[i] % 64);
+		w->groups[gv[i] / 64] |= 1ULL << (gv[i] % 64);
 	for (size_t i = 0; i < p->nprefix_members; i++)
 		if (prefix_of(p->prefix_member[i], q->principal)) {
 			int g = p->prefix_member_group[i];
-			w.groups[g / 64] |= 1ULL << (g % 64);
+			w->groups[g / 64] |= 1ULL << (g % 64);
 		}
 
 	/* Bindings: to the principal, to a prefix of it, to its groups. */
 	const int *bv = pol_index_get(p->by_principal, q->principal, &n);
 	for (size_t i = 0; i < n; i++)
-		consider(&w, bv[i]);
+		consider(w, bv[i]);
 	for (size_t i = 0; i < p->nprefix_bindings; i++)
 		if (prefix_of(p->bindings[p->prefix_bindings[i]].subject, q->principal))
-			consider(&w, p->prefix_bindings[i]);
+			consider(w, p->prefix_bindings[i]);
 	for (size_t g = 0; g < p->ngroups; g++) {
-		if (!(w.groups[g / 64] >> (g % 64) & 1))
+		if (!(w->groups[g / 64] >> (g % 64) & 1))
 			continue;
 		if (r->ngroups < POL_MAX_MATCH)
 			r->groups[r->ngroups++] = (int)g;
 		bv = pol_index_get(p->by_group, p->groups[g].name, &n);
 		for (size_t i = 0; i < n; i++)
-			consider(&w, bv[i]);
+			consider(w, bv[i]);
 	}
+}
 
+void pol_eval(const struct pol_policy *p, const struct pol_query *q, int all,
+	      struct pol_result *r)
+{
+	struct walk w;
+	(void)all; /* every binding of the principal is visited: guardrails need its roles */
+	walk_collect(&w, p, q, r);
 	/* Guardrails override any grant. */
 	for (size_t i = 0; i < p->nguards; i++)
 		if (guard_applies(&w, &p->guards[i]) && r->nforbids < POL_MAX_MATCH)
@@ -381,15 +395,46 @@ static size_t actor_bindings(const struct pol_policy *cur, const char *actor, in
 	return m;
 }
 
-/* The actor holds rule want at scope (app, env). */
-static int holds_rule(const struct pol_policy *cur, const char *actor, int64_t now,
+static int lists_overlap(const struct pol_list *a, const struct pol_list *b)
+{
+	if (list_has(a, "*") || list_has(b, "*"))
+		return 1;
+	for (size_t i = 0; i < a->n; i++)
+		if (list_has(b, a->v[i]))
+			return 1;
+	return 0;
+}
+
+/* Guardrail g may forbid the walk's principal part of rule want somewhere
+ * within scope (app, env) (NULL = wider). Patterns are ignored: a guardrail
+ * that might apply counts. */
+static int guard_overlaps(const struct walk *w, const struct pol_guard *g,
+			  const struct pol_rule *want, const char *app, const char *env)
+{
+	if (!guard_subject(w, g))
+		return 0;
+	if ((g->app != NULL && app != NULL && strcmp(g->app, app) != 0) ||
+	    (g->env != NULL && env != NULL && strcmp(g->env, env) != 0))
+		return 0;
+	int act = 0;
+	for (size_t i = 0; i < want->actions.n && !act; i++) {
+		const char *a = want->actions.v[i];
+		act = strcmp(a, "*") == 0 || (list_match_exact(&g->forbid.actions, a) &&
+					      !list_has(&g->forbid.except_actions, a));
+	}
+	return act && lists_overlap(&g->forbid.kinds, &want->kinds);
+}
+
+/* The actor (walk w) holds rule want at scope (app, env); with any_scope,
+ * at some scope (for roles, which have none until bound). */
+static int holds_rule(const struct pol_policy *cur, const struct walk *w,
 		      const struct pol_binding *const *mine, size_t nmine,
-		      const struct pol_rule *want, const char *app, const char *env)
+		      const struct pol_rule *want, const char *app, const char *env, int any_scope)
 {
 	int covered = 0;
 	for (size_t i = 0; i < nmine && !covered; i++) {
 		const struct pol_binding *b = mine[i];
-		if (!scope_contains(b->app, b->env, app, env))
+		if (!any_scope && !scope_contains(b->app, b->env, app, env))
 			continue;
 		for (size_t k = 0; k < b->role->nrules && !covered; k++) {
 			const struct pol_rule *h = &b->role->rules[k];
@@ -400,23 +445,26 @@ static int holds_rule(const struct pol_policy *cur, const char *actor, int64_t n
 				  covers_glob(&h->names, &want->names);
 		}
 	}
-	if (!covered)
-		return 0;
-	/* A guardrail that forbids the actor one of these actions at that
-	 * scope means the actor does not really hold it. */
-	for (size_t a = 0; a < want->actions.n; a++) {
-		for (size_t k = 0; k < want->kinds.n; k++) {
-			const char *ac = want->actions.v[a], *kd = want->kinds.v[k];
-			if (strcmp(ac, "*") == 0 || strcmp(kd, "*") == 0)
-				continue;
-			struct pol_query q = { actor, ac, kd, app ? app : "", env ? env : "", "", now };
-			struct pol_result r;
-			pol_eval(cur, &q, 0, &r);
-			if (r.nforbids > 0)
-				return 0;
-		}
-	}
+	if (!covered || any_scope)
+		return covered;
+	/* A guardrail that forbids the actor some of this within that scope
+	 * means the actor does not hold all of it there. */
+	for (size_t g = 0; g < cur->nguards; g++)
+		if (guard_overlaps(w, &cur->guards[g], want, app, env))
+			return 0;
 	return 1;
+}
+
+static void list_text(const struct pol_list *l, char *out, size_t len)
+{
+	size_t o = 0;
+	out[0] = '\0';
+	for (size_t k = 0; k < l->n && o < len; k++) {
+		int n = snprintf(out + o, len - o, "%s%s", k ? "," : "", l->v[k]);
+		if (n < 0)
+			break;
+		o += (size_t)n;
+	}
 }
 
 static int holds_escalate(const struct pol_policy *cur, const char *actor, int64_t now,
@@ -428,11 +476,72 @@ static int holds_escalate(const struct pol_policy *cur, const char *actor, int64
 	return r.allowed;
 }
 
+/* The binding of cur equivalent to ob in next (or wider), if any. */
+static int kept_in(const struct pol_policy *next, const struct pol_binding *ob)
+{
+	for (size_t i = 0; i < next->nbindings; i++) {
+		const struct pol_binding *nb = &next->bindings[i];
+		if (nb->skind == ob->skind && strcmp(nb->subject, ob->subject) == 0 &&
+		    strcmp(nb->role->name, ob->role->name) == 0 && same_str(nb->app, ob->app) &&
+		    same_str(nb->env, ob->env) &&
+		    (nb->expires_ms == 0 || (ob->expires_ms != 0 && ob->expires_ms <= nb->expires_ms)))
+			return 1;
+	}
+	return 0;
+}
+
+/* Changes that lift a guardrail without touching it: members leaving a
+ * group it names, bindings of a role it names going away. */
+static int lifts_guardrail(const struct pol_policy *cur, const struct pol_policy *next,
+			   char *err, size_t errlen)
+{
+	for (size_t g = 0; g < cur->nguards; g++) {
+		const struct pol_guard *gd = &cur->guards[g];
+		for (size_t k = 0; k < gd->groups.n; k++) {
+			int gc = pol_group_find(cur, gd->groups.v[k]);
+			int gn = pol_group_find(next, gd->groups.v[k]);
+			if (gc < 0)
+				continue;
+			for (size_t m = 0; m < cur->groups[gc].n; m++) {
+				const struct pol_member *cm = &cur->groups[gc].m[m];
+				int kept = 0;
+				for (size_t x = 0; gn >= 0 && x < next->groups[gn].n && !kept; x++)
+					kept = next->groups[gn].m[x].prefix == cm->prefix &&
+					       strcmp(next->groups[gn].m[x].id, cm->id) == 0;
+				if (!kept)
+					return sw_errf(err, errlen, SW_EPERM,
+						       "$.groups.%s: removing %s%s lifts guardrail '%s' "
+						       "(escalation guard: needs the escalate permission)",
+						       gd->groups.v[k], cm->id, cm->prefix ? "*" : "",
+						       gd->name);
+			}
+		}
+		for (size_t k = 0; k < gd->roles.n; k++) {
+			for (size_t b = 0; b < cur->nbindings; b++) {
+				const struct pol_binding *ob = &cur->bindings[b];
+				if (strcmp(ob->role->name, gd->roles.v[k]) != 0 ||
+				    strncmp(ob->label, "builtin:", 8) == 0 || kept_in(next, ob))
+					continue;
+				return sw_errf(err, errlen, SW_EPERM,
+					       "$.bindings: removing what was %s (role %s to %s) lifts "
+					       "guardrail '%s' (escalation guard: needs the escalate "
+					       "permission)",
+					       ob->label, ob->role->name, ob->subject, gd->name);
+			}
+		}
+	}
+	return 0;
+}
+
 int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
 			 const char *actor, int64_t now, char *err, size_t errlen)
 {
 	const struct pol_binding **mb = NULL;
 	int rc = 0;
+	char acts[200], kinds[200];
+
+	if (holds_escalate(cur, actor, now, NULL, NULL))
+		return 0;
 
 	/* Removing or changing a guardrail widens what people may do. */
 	json_t *gs = json_object_get(cur->doc, "guardrails"), *g;
@@ -442,19 +551,45 @@ int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *
 		json_t *now_g = json_is_string(name)
 					? doc_find(next->doc, "guardrails", json_string_value(name))
 					: NULL;
-		if ((now_g == NULL || !json_equal(now_g, g)) &&
-		    !holds_escalate(cur, actor, now, NULL, NULL))
+		if (now_g == NULL || !json_equal(now_g, g))
 			return sw_errf(err, errlen, SW_EPERM,
 				       "$.guardrails: %s guardrail '%s' needs the escalate permission "
 				       "(escalation guard)",
 				       now_g == NULL ? "removing" : "changing",
 				       json_is_string(name) ? json_string_value(name) : "?");
 	}
+	if ((rc = lifts_guardrail(cur, next, err, errlen)) != 0)
+		return rc;
 
 	mb = calloc(4096, sizeof *mb);
 	if (mb == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	size_t nmine = actor_bindings(cur, actor, now, mb, 4096);
+	struct walk w;
+	struct pol_result wr;
+	struct pol_query wq = { actor, "", "", "", "", "", now };
+	walk_collect(&w, cur, &wq, &wr);
+
+	/* A new or changed role may carry only what the actor holds somewhere. */
+	for (size_t r = 0; r < next->nroles; r++) {
+		const struct pol_role *role = &next->roles[r];
+		if (same_role(cur, next, role))
+			continue;
+		for (size_t k = 0; k < role->nrules; k++) {
+			if (holds_rule(cur, &w, mb, nmine, &role->rules[k], NULL, NULL, 1))
+				continue;
+			list_text(&role->rules[k].actions, acts, sizeof acts);
+			list_text(&role->rules[k].kinds, kinds, sizeof kinds);
+			rc = sw_errf(err, errlen, SW_EPERM,
+				     "$.roles[%zu].rules[%zu]: role '%s' would carry %s on %s, which %s "
+				     "does not hold (escalation guard: needs the escalate permission)",
+				     r - (next->nroles - (size_t)json_array_size(
+							json_object_get(next->doc, "roles"))),
+				     k, role->name, acts, kinds, actor);
+			goto out;
+		}
+	}
+	/* A binding may hand out only what the actor holds at its scope. */
 	for (size_t b = 0; b < next->nbindings; b++) {
 		const struct pol_binding *nb = &next->bindings[b];
 		if (strncmp(nb->label, "builtin:", 8) == 0)
@@ -465,16 +600,12 @@ int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *
 			continue;
 		for (size_t r = 0; r < nb->role->nrules; r++) {
 			const struct pol_rule *want = &nb->role->rules[r];
-			if (holds_rule(cur, actor, now, mb, nmine, want, nb->app, nb->env))
+			if (holds_rule(cur, &w, mb, nmine, want, nb->app, nb->env, 0))
 				continue;
-			char sc[200], acts[200] = "", kinds[200] = "";
+			char sc[200];
 			scope_text(nb->app, nb->env, sc, sizeof sc);
-			for (size_t k = 0, o = 0; k < want->actions.n && o < sizeof acts; k++)
-				o += (size_t)snprintf(acts + o, sizeof acts - o, "%s%s", k ? "," : "",
-						      want->actions.v[k]);
-			for (size_t k = 0, o = 0; k < want->kinds.n && o < sizeof kinds; k++)
-				o += (size_t)snprintf(kinds + o, sizeof kinds - o, "%s%s", k ? "," : "",
-						      want->kinds.v[k]);
+			list_text(&want->actions, acts, sizeof acts);
+			list_text(&want->kinds, kinds, sizeof kinds);
 			rc = sw_errf(err, errlen, SW_EPERM,
 				     "$.%s: binds role '%s' %s, but %s does not hold %s on %s there "
 				     "(escalation guard: needs the escalate permission)",

@@ -110,6 +110,11 @@ int main(int argc, char **argv)
 	size_t nadmins = 0;
 	struct pol_policy *p = NULL;
 
+	/* Each open WatchRevision stream (one per client service replica)
+	 * holds a worker: this service starts with more of them. */
+	for (size_t i = 0; i < nopts; i++)
+		if (strcmp(opts[i].name, "workers") == 0)
+			opts[i].def = "32";
 	pthread_mutex_init(&s.mu, NULL);
 	pthread_cond_init(&s.cv, NULL);
 	if (svc_configure("policy", "POLICY", opts, nopts, argc, argv, &exit_code, err,

@@ -353,6 +353,10 @@ struct pol_decision {
 	const char *caller;              /* who asked (the RPC peer) */
 	const char *request_id;
 	const char *note;                /* extra detail, e.g. "explain" (may be NULL) */
+	const char *event_action;        /* audit action; NULL = "policy.decision" */
+	size_t nextra;                   /* extra audit details */
+	const char *ekeys[12];
+	const char *evals[12];
 };
 
 /* ---- store.c ---- */

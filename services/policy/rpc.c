@@ -391,6 +391,11 @@ static int get_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobu
 		struct pol_policy *cur = pol_current(s);
 		uint64_t have = cur->revision;
 		pol_unref(cur);
+		if (req->revision > have && pol_refresh(s, err, sizeof err) == 0) {
+			cur = pol_current(s); /* another replica may be ahead */
+			have = cur->revision;
+			pol_unref(cur);
+		}
 		if (req->revision > have)
 			return rpc_errorf(ctx, SW_ENOTFOUND, "no policy revision %llu (current is %llu)",
 					  (unsigned long long)req->revision,
@@ -420,6 +425,8 @@ static int diff_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 
 	if ((rc = require(s, ctx, "read", "policy", NULL, NULL, NULL)) != 0)
 		return rc;
+	if (pol_refresh(s, err, sizeof err) != 0)
+		log_warn("cannot check for a newer revision", "error=%s", err);
 	struct pol_policy *cur = pol_current(s);
 	uint64_t have = cur->revision;
 	pol_unref(cur);

@@ -52,6 +52,39 @@ static const struct db_migration migrations[] = {
 	  " request_id text NOT NULL DEFAULT '');"
 	  "CREATE INDEX decisions_principal ON decisions (principal, decided_at);"
 	  "CREATE INDEX decisions_at ON decisions (decided_at);" OUTBOX_MIGRATION_SQL },
+	{ 2, "approval requests and approvals",
+	  "CREATE TABLE approval_requests ("
+	  " deployment_id text PRIMARY KEY,"
+	  " app text NOT NULL,"
+	  " environment text NOT NULL,"
+	  " version text NOT NULL DEFAULT '',"
+	  " digest text NOT NULL,"
+	  " requester text NOT NULL,"
+	  " builder text NOT NULL DEFAULT '',"
+	  " ref text NOT NULL DEFAULT '',"
+	  " break_glass boolean NOT NULL DEFAULT false,"
+	  " break_glass_reason text NOT NULL DEFAULT '',"
+	  " state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'rejected')),"
+	  " verdict text NOT NULL DEFAULT '',"
+	  " post_review_digest text NOT NULL DEFAULT '',"
+	  " rejected_by text NOT NULL DEFAULT '',"
+	  " requested_ms bigint NOT NULL,"
+	  " digest_since_ms bigint NOT NULL,"
+	  " updated_ms bigint NOT NULL);"
+	  "CREATE TABLE approvals ("
+	  " id bigserial PRIMARY KEY,"
+	  " deployment_id text NOT NULL REFERENCES approval_requests (deployment_id),"
+	  " approver text NOT NULL,"
+	  " digest text NOT NULL,"
+	  " revision bigint NOT NULL,"
+	  " policy_hash text NOT NULL,"
+	  " approve boolean NOT NULL,"
+	  " comment text NOT NULL DEFAULT '',"
+	  " groups text[] NOT NULL,"
+	  " break_glass boolean NOT NULL DEFAULT false,"
+	  " created_ms bigint NOT NULL,"
+	  " expires_ms bigint NOT NULL DEFAULT 0);"
+	  "CREATE INDEX approvals_deployment ON approvals (deployment_id, id);" },
 };
 
 int pol_store_migrate(struct db *db, char *err, size_t errlen)
@@ -345,7 +378,7 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 	pol_resource_text(d->kind, d->app, d->env, d->name, res, sizeof res);
 	struct outbox_event e = { .event_id = d->id,
 				  .actor = d->principal,
-				  .action = "policy.decision",
+				  .action = d->event_action ? d->event_action : "policy.decision",
 				  .resource = res,
 				  .outcome = d->allowed ? SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS
 							: SLIPWAY__V1__OUTCOME__OUTCOME_DENIED,
@@ -358,6 +391,8 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 	outbox_detail(&e, "caller", d->caller ? d->caller : "");
 	if (d->note != NULL)
 		outbox_detail(&e, "note", d->note);
+	for (size_t i = 0; i < d->nextra && i < 12; i++)
+		outbox_detail(&e, d->ekeys[i], d->evals[i]);
 	return outbox_add(c, "policy", &e, err, errlen);
 }
 

@@ -40,7 +40,7 @@ struct pol_tz {
 	struct rule_point start, end;
 };
 
-static int64_t days_from_civil(int64_t y, int m, int d)
+static int64_t civil_days(int64_t y, int m, int d)
 {
 	y -= m <= 2;
 	int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -77,12 +77,12 @@ static int mdays(int64_t y, int m)
 /* Day (days since the epoch) a rule point falls on in year y. */
 static int64_t rule_day(const struct rule_point *r, int64_t y)
 {
-	int64_t jan1 = days_from_civil(y, 1, 1);
+	int64_t jan1 = civil_days(y, 1, 1);
 	if (r->kind == 'J')
 		return jan1 + r->a - 1 + (is_leap(y) && r->a >= 60);
 	if (r->kind == 'N')
 		return jan1 + r->a;
-	int64_t first = days_from_civil(y, r->a, 1);
+	int64_t first = civil_days(y, r->a, 1);
 	int wd = (int)(((first % 7) + 7 + 4) % 7); /* 1970-01-01 was a Thursday (4) */
 	int64_t day = first + (r->c - wd + 7) % 7 + (int64_t)(r->b - 1) * 7;
 	while (day >= first + mdays(y, r->a))

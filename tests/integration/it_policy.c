@@ -549,11 +549,26 @@ static void test_decisions_recorded_and_in_outbox(void **state)
 		 ph_id("service/orchestrator"));
 	assert_memory_equal(v, want, strlen(want));
 	assert_non_null(strstr(v, "deny by default"));
-	/* ... and an audit event with the same id waits in (or went through)
-	 * the outbox. Without an audit service it waits. */
+	/* ... and audited with its reasons: the event (same id as the
+	 * decision) reaches the audit log through the outbox, or waits in the
+	 * outbox when the stack has no audit service. */
 	if (getenv("SLIPWAY_AUDIT_ADDR") == NULL) {
 		sql1("SELECT count(*) FROM policy.outbox WHERE event_id = $1", id, v, sizeof v);
 		assert_string_equal(v, "1");
+	} else {
+		Slipway__V1__AuditEntry *e = ph_audit_find("policy.decision", NULL, id, NULL, NULL);
+		assert_non_null(e);
+		assert_string_equal(e->event->actor, ph_id("user/carol"));
+		assert_string_equal(e->event->resource, "deployment/web/prod");
+		assert_int_equal(e->event->outcome, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED);
+		assert_string_equal(ph_detail(e, "allowed"), "false");
+		assert_string_equal(ph_detail(e, "action"), "deploy");
+		assert_string_equal(ph_detail(e, "caller"), ph_id("service/orchestrator"));
+		assert_non_null(strstr(ph_detail(e, "reasons"), "deny by default"));
+		char rs[24];
+		snprintf(rs, sizeof rs, "%llu", (unsigned long long)rev);
+		assert_string_equal(ph_detail(e, "revision"), rs);
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
 	}
 	/* An allowed push is not recorded (hot path); an allowed secret
 	 * read or deploy is. */
@@ -581,11 +596,27 @@ static void test_decisions_recorded_and_in_outbox(void **state)
 	sql1("SELECT name || ' ' || allowed::text FROM policy.decisions WHERE id = $1",
 	     r->decision_id, v, sizeof v);
 	assert_string_equal(v, "DB_URL true");
+	char fetch_id[64];
+	snprintf(fetch_id, sizeof fetch_id, "%s", r->decision_id);
 	protobuf_c_message_free_unpacked(out, NULL);
-	/* Every apply left a policy.apply event in the outbox too. */
+	/* Policy changes are audited too: the apply of this test's revision. */
 	if (getenv("SLIPWAY_AUDIT_ADDR") == NULL) {
 		sql1("SELECT count(*) FROM policy.outbox", NULL, v, sizeof v);
 		assert_true(num(v) > 0);
+	} else {
+		char rs[24];
+		snprintf(rs, sizeof rs, "%llu", (unsigned long long)rev);
+		Slipway__V1__AuditEntry *e = ph_audit_find("policy.apply", NULL, NULL, "revision", rs);
+		assert_non_null(e);
+		assert_string_equal(e->event->actor, ph_id("user/admin"));
+		assert_int_equal(strlen(ph_detail(e, "sha256")), 64);
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
+		/* An audited allow as well (a secret fetch). */
+		e = ph_audit_find("policy.decision", NULL, fetch_id, NULL, NULL);
+		assert_non_null(e);
+		assert_int_equal(e->event->outcome, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS);
+		assert_string_equal(e->event->resource, "secret/web/prod/DB_URL");
+		slipway__v1__audit_entry__free_unpacked(e, NULL);
 	}
 }
 
@@ -716,6 +747,41 @@ static void test_second_replica_follows_and_restart_keeps_state(void **state)
 	assert_int_equal(ph_can(svc, "user/replica", "push", "release", "web", ""), 1);
 }
 
+static void test_start_up_refuses_bad_configuration(void **state)
+{
+	(void)state;
+	char pgurl[700], nodb[700], portfile[700], logf[700], crt[700], key[700];
+	const char *stack = h_env("SLIPWAY_STACK_DIR");
+	snprintf(pgurl, sizeof pgurl,
+		 "postgresql:///slipway?host=%s/pg&port=5432&user=slipway_policy", stack);
+	snprintf(nodb, sizeof nodb, "postgresql:///slipway?host=%s/no-such-dir&port=5432", ph_dir);
+	snprintf(portfile, sizeof portfile, "%s/bad.port", ph_dir);
+	snprintf(logf, sizeof logf, "%s/bad.log", ph_dir);
+	snprintf(crt, sizeof crt, "%s/pki/policy.crt", stack);
+	snprintf(key, sizeof key, "%s/pki/policy.key", stack);
+	const char *bin = getenv("SLIPWAY_POLICY_BIN") ? getenv("SLIPWAY_POLICY_BIN")
+						       : "build/bin/slipway-policy";
+	struct {
+		const char *url, *admins, *want;
+	} bad[] = {
+		{ nodb, "", "start-up failed" },
+		{ pgurl, "alice", "bootstrap admin 'alice'" },
+		{ pgurl, "spiffe://elsewhere/user/admin", "bootstrap admin" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char *argv[] = { (char *)bin, "--listen", "127.0.0.1:0", "--port-file", portfile,
+				 "--ca", ph_ca, "--cert", crt, "--key", key, "--pg-url",
+				 (char *)bad[i].url, "--bootstrap-admins", (char *)bad[i].admins,
+				 NULL };
+		struct h_proc p;
+		assert_int_equal(h_start(&p, argv, NULL, logf), 0);
+		int st = h_wait(&p, 60000);
+		assert_int_not_equal(st, 0);
+		assert_int_not_equal(st, -1);
+		assert_true(h_grep_count(logf, bad[i].want) > 0);
+	}
+}
+
 static void test_authz_client_cache_follows_revisions(void **state)
 {
 	(void)state;
@@ -743,6 +809,18 @@ static void test_authz_client_cache_follows_revisions(void **state)
 	assert_int_equal(authz_check(a, NULL, &q, err, sizeof err), SW_EPERM);
 	assert_non_null(strstr(err, "deny by default"));
 	authz_free(a);
+	/* A client that may not ask about others gets denials, not
+	 * "unavailable". */
+	struct rpc_client *u = ph_client("user/bob");
+	struct authz_opts ou = { .policy = u, .cache_ms = -1 };
+	assert_int_equal(authz_new(&ou, &a, err, sizeof err), 0);
+	assert_int_equal(authz_check(a, NULL, &q, err, sizeof err), SW_EPERM);
+	assert_non_null(strstr(err, "refused the question"));
+	struct authz_req self = { ph_id("user/bob"), "read", "release", "web", "", "" };
+	assert_int_equal(authz_check(a, NULL, &self, err, sizeof err), SW_EPERM);
+	assert_non_null(strstr(err, "deny by default"));
+	authz_free(a);
+	rpc_client_free(u);
 	/* With the policy service unreachable the answer is "unavailable". */
 	struct rpc_client *dead = h_client("127.0.0.1:1", ph_ca, h_env("SLIPWAY_CERT"),
 					   h_env("SLIPWAY_KEY"));
@@ -772,6 +850,7 @@ int main(void)
 		cmocka_unit_test(test_decisions_recorded_and_in_outbox),
 		cmocka_unit_test(test_watch_revision),
 		cmocka_unit_test(test_second_replica_follows_and_restart_keeps_state),
+		cmocka_unit_test(test_start_up_refuses_bad_configuration),
 		cmocka_unit_test(test_authz_client_cache_follows_revisions),
 	};
 	int rc = cmocka_run_group_tests_name("it_policy", tests, group_setup, group_teardown);

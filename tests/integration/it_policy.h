@@ -12,6 +12,7 @@
 #include "pki.h"
 #include "rpc.h"
 
+#include "slipway/v1/audit.pb-c.h"
 #include "slipway/v1/policy.pb-c.h"
 
 #include <stdio.h>
@@ -195,6 +196,90 @@ static uint64_t ph_revision(struct rpc_client *c)
 	uint64_t r = ((Slipway__V1__GetRevisionResponse *)out)->revision;
 	protobuf_c_message_free_unpacked(out, NULL);
 	return r;
+}
+
+/*
+ * Waits (up to 30 s: the outbox relay delivers asynchronously) until the
+ * audit log holds an entry from the policy service with this action (and
+ * actor, when not NULL) whose
+ * event id is event_id (when not NULL) or which has detail key=value (when
+ * key is not NULL). Returns the entry (free with
+ * slipway__v1__audit_entry__free_unpacked) or NULL. Reads as the stack
+ * admin. Without an audit service in the stack, returns NULL at once.
+ */
+static Slipway__V1__AuditEntry *ph_audit_find(const char *action, const char *actor,
+					      const char *event_id, const char *key,
+					      const char *value) __attribute__((unused));
+static Slipway__V1__AuditEntry *ph_audit_find(const char *action, const char *actor,
+					      const char *event_id, const char *key,
+					      const char *value)
+{
+	const char *addr = getenv("SLIPWAY_AUDIT_ADDR");
+	if (addr == NULL || addr[0] == '\0')
+		return NULL;
+	struct rpc_client *c = h_client(addr, ph_ca, h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
+	Slipway__V1__AuditEntry *found = NULL;
+	long long end = h_now_ms() + 30000;
+	while (found == NULL && h_now_ms() < end) {
+		Slipway__V1__ListEntriesRequest req = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
+		Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
+		f.service = "policy";
+		f.action = (char *)action;
+		f.actor = (char *)(actor ? actor : "");
+		req.filter = &f;
+		req.page_size = 500;
+		char token[256] = "";
+		for (;;) {
+			req.page_token = token;
+			ProtobufCMessage *m = NULL;
+			char err[512];
+			if (rpc_call(c, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m,
+				     NULL, err, sizeof err) != 0) {
+				fprintf(stderr, "ListEntries: %s\n", err);
+				break;
+			}
+			Slipway__V1__ListEntriesResponse *r = (void *)m;
+			for (size_t i = 0; i < r->n_entries && found == NULL; i++) {
+				Slipway__V1__AuditEvent *e = r->entries[i]->event;
+				int ok = e != NULL;
+				if (ok && event_id != NULL)
+					ok = strcmp(e->event_id, event_id) == 0;
+				if (ok && key != NULL) {
+					int have = 0;
+					for (size_t k = 0; k < e->n_details && !have; k++)
+						have = strcmp(e->details[k]->key, key) == 0 &&
+						       strcmp(e->details[k]->value, value) == 0;
+					ok = have;
+				}
+				if (ok) {
+					size_t n = slipway__v1__audit_entry__get_packed_size(r->entries[i]);
+					uint8_t *b = malloc(n + 1);
+					slipway__v1__audit_entry__pack(r->entries[i], b);
+					found = slipway__v1__audit_entry__unpack(NULL, n, b);
+					free(b);
+				}
+			}
+			snprintf(token, sizeof token, "%s", r->next_page_token);
+			protobuf_c_message_free_unpacked(m, NULL);
+			if (found != NULL || token[0] == '\0')
+				break;
+		}
+		if (found == NULL)
+			h_sleep_ms(100);
+	}
+	rpc_client_free(c);
+	return found;
+}
+
+/* A detail's value in an audit entry ("" when absent). */
+static const char *ph_detail(const Slipway__V1__AuditEntry *e, const char *key)
+	__attribute__((unused));
+static const char *ph_detail(const Slipway__V1__AuditEntry *e, const char *key)
+{
+	for (size_t k = 0; e->event && k < e->event->n_details; k++)
+		if (strcmp(e->event->details[k]->key, key) == 0)
+			return e->event->details[k]->value;
+	return "";
 }
 
 #endif
