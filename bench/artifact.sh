@@ -34,7 +34,9 @@ bench_artifact() (
   SLIPWAY_ARTIFACT_S3_HOST=$SLIPWAY_S3_HOST SLIPWAY_ARTIFACT_S3_BUCKET=$SLIPWAY_S3_BUCKET \
   SLIPWAY_ARTIFACT_S3_ACCESS_KEY=$SLIPWAY_S3_ACCESS_KEY SLIPWAY_ARTIFACT_S3_SECRET_KEY=$SLIPWAY_S3_SECRET_KEY \
     build/bin/slipway-artifact --ca "$SLIPWAY_CA" --cert "$tmp/svc.crt" --key "$tmp/svc.key" \
-      --port-file "$tmp/a.port" --state-dir "$tmp/state" --log-level warn 2>"$tmp/artifact.log" &
+      --port-file "$tmp/a.port" --state-dir "$tmp/state" --log-level warn \
+      --policy-addr "$SLIPWAY_POLICY_ADDR" ${SLIPWAY_AUDIT_ADDR:+--audit-addr "$SLIPWAY_AUDIT_ADDR"} \
+      2>"$tmp/artifact.log" &
   apid=$!
   port=$(wait_port "$tmp/a.port") || { log "artifact: service did not start"; return 1; }
   addr=127.0.0.1:$port

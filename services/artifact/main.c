@@ -89,7 +89,6 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_EINVAL, "set --state-dir or --spool-dir");
 	if ((rc = make_dir(a->spool_dir, err, errlen)) != 0)
 		return rc;
-	snprintf(a->trust_domain, sizeof a->trust_domain, "%s", c->svc.trust_domain);
 
 	if ((rc = art_keys_load(c->trusted_keys, &a->keys, err, errlen)) != 0)
 		return rc;
@@ -120,17 +119,11 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		log_warn("no --audit-addr: audit events stay in the outbox until one is configured",
 			 NULL);
 	}
-	if (c->policy_addr[0] != '\0') {
-		if ((rc = client_to(a, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
-			return rc;
-		struct authz_opts ao = { .policy = a->policy_cli };
-		if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
-			return rc;
-	} else {
-		log_warn("no --policy-addr: interim authorization (only the admin user may change "
-			 "anything)",
-			 NULL);
-	}
+	if ((rc = client_to(a, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
+		return rc;
+	struct authz_opts ao = { .policy = a->policy_cli };
+	if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
+		return rc;
 	log_info("artifact store ready", "bucket=%s spool=%s max_blob=%lld trusted_keys=%zu",
 		 c->s3_bucket, a->spool_dir, c->max_blob, art_keys_count(a->keys));
 	return art_rpc_register(a, svc_server(s), err, errlen);
@@ -172,8 +165,8 @@ int main(int argc, char **argv)
 		  "total bound for small S3 requests (HEAD, DELETE)", &c->s3_deadline_ms },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0, "audit service host:port (outbox relay)",
 		  &c->audit_addr },
-		{ "policy-addr", CFG_STR, NULL, 0, 0, 0, "policy service host:port (authorization)",
-		  &c->policy_addr },
+		{ "policy-addr", CFG_STR, NULL, 0, 0, CFG_REQUIRED,
+		  "policy service host:port (every RPC is authorized there)", &c->policy_addr },
 		{ "state-dir", CFG_PATH, NULL, 0, 0, 0, "private directory (holds the spool)",
 		  &c->state_dir },
 		{ "spool-dir", CFG_PATH, NULL, 0, 0, 0,

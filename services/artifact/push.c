@@ -303,6 +303,8 @@ static void audit_failure(struct push *p, const char *action, Slipway__V1__Outco
 	outbox_detail(&e, "app", p->h->app);
 	outbox_detail(&e, "version", p->h->version);
 	outbox_detail(&e, "digest", digest);
+	if (p->want[0] != '\0' && strcmp(p->want, digest) != 0)
+		outbox_detail(&e, "expected_digest", p->want);
 	outbox_detail(&e, "reason", reason);
 	if (p->h->provenance && p->h->provenance->signing_key[0])
 		outbox_detail(&e, "signing_key", p->h->provenance->signing_key);
