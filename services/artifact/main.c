@@ -200,9 +200,14 @@ int main(int argc, char **argv)
 
 	/* Transfers allocate and free 1 MiB buffers on many threads (gRPC's,
 	 * the handlers', the S3 helpers'). With one malloc arena per thread,
-	 * freed buffers pile up in every arena a transfer ever touched; two
-	 * arenas keep peak memory tied to the transfers in progress. */
+	 * freed buffers pile up in every arena a transfer ever touched: two
+	 * arenas keep peak memory tied to the transfers in progress. A fixed
+	 * mmap threshold above the buffer size and a trim threshold of a few
+	 * buffers let them be reused instead of faulting fresh pages in for
+	 * every message. */
 	mallopt(M_ARENA_MAX, 2);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	mallopt(M_TRIM_THRESHOLD, 8 << 20);
 	pthread_mutex_init(&a.mu, NULL);
 	if (svc_configure(ART_SERVICE, "ARTIFACT", opts, nopts, argc, argv, &exit_code, err,
 			  sizeof err) != 0) {
