@@ -176,6 +176,9 @@ struct rpc_client_opts {
 	const char *server_name;  /* expected name in the server cert; NULL = host */
 	size_t max_msg_bytes;     /* receive/send cap; 0 = 16 MiB */
 	int own_connection;       /* 1 = do not share the TCP connection */
+	size_t stream_window;     /* 0: gRPC's adaptive flow-control window; > 0: a
+				   * fixed per-stream window, so a server streaming
+				   * bulk data is not throttled to the estimated BDP */
 };
 
 /* Creates a long-lived channel. Returns 0 and *out (free with

@@ -63,7 +63,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
 	}
-	grpc_arg args[10];
+	grpc_arg args[12];
 	size_t n = 0;
 	memset(args, 0, sizeof args);
 	args[n].type = GRPC_ARG_INTEGER;
@@ -92,6 +92,14 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	args[n].type = GRPC_ARG_INTEGER;
 	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
 	args[n++].value.integer = 5000;
+	if (opts->stream_window > 0) {
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_HTTP2_BDP_PROBE;
+		args[n++].value.integer = 0;
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+		args[n++].value.integer = (int)opts->stream_window;
+	}
 	if (opts->server_name != NULL) {
 		args[n].type = GRPC_ARG_STRING;
 		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
