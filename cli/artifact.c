@@ -54,6 +54,27 @@ static void transfer_malloc_tuning(void)
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
+/* A channel for a bulk transfer: like cli_connect (which also loads the TLS
+ * material), with a fixed HTTP/2 window so that a pull is not throttled to
+ * gRPC's bandwidth-delay estimate. */
+static int transfer_connect(struct cli *c, const char *addr, struct rpc_client **out)
+{
+	struct rpc_client *first = NULL;
+	char err[512];
+	*out = NULL;
+	if (cli_connect(c, "artifact", addr, &first) != 0)
+		return CLI_FAIL;
+	rpc_client_free(first);
+	if (addr == NULL)
+		addr = getenv("SLIPWAY_ARTIFACT_ADDR"); /* cli_connect checked it */
+	struct rpc_client_opts o = { .target = addr, .ca_pem = c->ca_pem, .cert_pem = c->cert_pem,
+				     .key_pem = c->key_pem, .max_msg_bytes = 64u << 20,
+				     .stream_window = 8u << 20 };
+	if (rpc_client_new(&o, out, err, sizeof err) != 0)
+		return cli_fail("%s", err);
+	return 0;
+}
+
 /* ---- output helpers ---- */
 
 static double now_s(void)
@@ -419,7 +440,7 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 		crypto_sign_detached(sig, NULL, (const unsigned char *)digest, strlen(digest),
 				     key.sk);
 
-	if (cli_connect(c, "artifact", addr, &cl) != 0)
+	if (transfer_connect(c, addr, &cl) != 0)
 		goto out;
 	struct rpc_call_opts co = cli_call_opts(c);
 	if (co.timeout_ms < TRANSFER_TIMEOUT_MS)
@@ -649,7 +670,7 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 			goto out;
 		}
 	}
-	if (cli_connect(c, "artifact", addr, &cl) != 0)
+	if (transfer_connect(c, addr, &cl) != 0)
 		goto out;
 	struct rpc_call_opts co = cli_call_opts(c);
 	if (co.timeout_ms < TRANSFER_TIMEOUT_MS)
