@@ -51,6 +51,8 @@ struct ring {
 	uint64_t taken;   /* bytes handed to the PUT so far */
 	int verified;     /* every byte arrived and matched: release the last one */
 	int abort;        /* stop the PUT before its body is complete */
+	int writer_waits; /* the receiver waits for room */
+	int reader_waits; /* the upload waits for data */
 	int done;         /* the PUT returned */
 	int rc;
 	char err[256];
@@ -159,7 +161,9 @@ static int ring_fill(uint8_t *out, size_t cap, void *arg)
 			n = allow < cap ? allow : cap;
 			break;
 		}
+		g->reader_waits = 1;
 		pthread_cond_wait(&g->cv, &g->mu);
+		g->reader_waits = 0;
 	}
 	size_t first = g->cap - g->rpos;
 	if (first > n)
@@ -170,7 +174,10 @@ static int ring_fill(uint8_t *out, size_t cap, void *arg)
 	g->rpos = (g->rpos + n) % g->cap;
 	g->len -= n;
 	g->taken += n;
-	pthread_cond_broadcast(&g->cv);
+	/* Wake the receiver only once there is room for a good burst: a wake-up
+	 * per libcurl buffer costs more than the copy. */
+	if (g->writer_waits && g->cap - g->len >= g->cap / 2)
+		pthread_cond_broadcast(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 	digest_update(&g->md5, out, n);
 	return (int)n;
@@ -190,7 +197,9 @@ static int ring_write(struct ring *g, const uint8_t *p, size_t n, char *err, siz
 		}
 		size_t space = g->cap - g->len;
 		if (space == 0) {
+			g->writer_waits = 1;
 			pthread_cond_wait(&g->cv, &g->mu);
+			g->writer_waits = 0;
 			continue;
 		}
 		size_t k = space < n ? space : n;
@@ -204,8 +213,13 @@ static int ring_write(struct ring *g, const uint8_t *p, size_t n, char *err, siz
 		g->len += k;
 		p += k;
 		n -= k;
-		pthread_cond_broadcast(&g->cv);
+		if (g->reader_waits && g->len >= g->cap / 4)
+			pthread_cond_broadcast(&g->cv);
 	}
+	/* A short tail (or a small blob) below the burst size: let the
+	 * upload decide whether it may take it. */
+	if (g->reader_waits)
+		pthread_cond_broadcast(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 	return rc;
 }
