@@ -699,9 +699,11 @@ static int finish_stream(struct push *p)
 	const char *etag = p->ring.info.etag;
 	/* A single PUT's ETag is the MD5 of what the server stored. */
 	if (strlen(etag) == 32 && strcmp(etag, p->md5hex) != 0) {
-		log_error("S3 stored other bytes than were sent; removing them",
+		/* Not deleted here: a concurrent push of the same digest may own
+		 * the object by now. The row stays pending, so the next push of
+		 * these bytes uploads them again, and GC removes them otherwise. */
+		log_error("S3 stored other bytes than were sent",
 			  "digest=%s etag=%s md5=%s", p->digest, etag, p->md5hex);
-		s3_delete(p->a->s3, p->key, err, sizeof err);
 		return rpc_errorf(p->ctx, SW_EUNAVAIL,
 				  "object storage stored damaged bytes (ETag mismatch); push again");
 	}
