@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NBUF 4 /* chunks in flight between the S3 reader and the sender */
 
@@ -140,6 +141,13 @@ static int send_queued(struct pull *q)
 	return rc;
 }
 
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void audit_corrupt(struct art *a, struct rpc_ctx *ctx, const char *digest,
 			  const char *reason)
 {
@@ -176,6 +184,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	if (offset == b->size)
 		return 0; /* a resumed pull that already has every byte */
 
+	int64_t t0 = mono_ms();
 	q.a = a;
 	q.ctx = ctx;
 	q.offset = offset;
@@ -242,6 +251,10 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	/* Every byte checked out: the held-back last chunk may go. */
 	if (q.len[q.w] > 0 && send_chunk(ctx, q.buf[q.w], q.len[q.w]) != 0)
 		rc = rpc_errorf(ctx, SW_ECANCELLED, "the client went away");
+	else
+		log_info("pulled", "digest=%s offset=%llu bytes=%llu verified=%d ms=%lld", b->digest,
+			 (unsigned long long)offset, (unsigned long long)q.got, q.verify,
+			 (long long)(mono_ms() - t0));
 out:
 	if (started) {
 		pthread_mutex_lock(&q.mu);
