@@ -466,7 +466,7 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 			       "blob %s was garbage-collected while it was pushed; push again",
 			       p->digest);
 
-	char sighex[129];
+	char sighex[2 + 2 * 64 + 1]; /* "\\x" + hex + NUL */
 	const char *sig = NULL;
 	if (pv->signature.len == 64) {
 		sighex[0] = '\\';
