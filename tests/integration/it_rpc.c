@@ -454,10 +454,11 @@ static void test_busy_server_resource_exhausted(void **state)
 	static char saved[64];
 	snprintf(saved, sizeof saved, "%s", addr);
 	snprintf(addr, sizeof addr, "%s", a2);
-	for (int i = 0; i < 2; i++) {
-		pthread_create(&t[i], NULL, inflight_call, &args[i]);
-		h_sleep_ms(150);
-	}
+	pthread_create(&t[0], NULL, inflight_call, &args[0]);
+	for (int i = 0; i < 1000 && h_grep_count(log2, "work started") < 1; i++)
+		h_sleep_ms(10); /* the first call holds the worker */
+	pthread_create(&t[1], NULL, inflight_call, &args[1]);
+	h_sleep_ms(200); /* the second waits in the queue (not observable from here) */
 	int rc = say(c, "Work", NULL, "third", 0, 0, 5000, NULL, err, sizeof err);
 	assert_int_equal(rc, SW_ELIMIT);
 	for (int i = 0; i < 2; i++) {
@@ -483,7 +484,10 @@ static void test_sigterm_lets_inflight_calls_finish(void **state)
 	pthread_t t[4];
 	for (int i = 0; i < 4; i++)
 		pthread_create(&t[i], NULL, inflight_call, &args[i]);
-	h_sleep_ms(300); /* the calls are in their handlers now */
+	/* Signal only once all four calls are in their handlers. */
+	for (int i = 0; i < 1000 && h_grep_count(log2, "work started") < 4; i++)
+		h_sleep_ms(10);
+	assert_int_equal(h_grep_count(log2, "work started"), 4);
 	long long t0 = h_now_ms();
 	kill(p.pid, SIGTERM);
 	for (int i = 0; i < 4; i++) {
