@@ -21,6 +21,7 @@
 #include "s3.h"
 
 #include "slipway/v1/audit.pb-c.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -40,13 +41,6 @@ static const char *outcome_name(int o)
 	case SLIPWAY__V1__OUTCOME__OUTCOME_DENIED: return "denied";
 	default: return "?";
 	}
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static double mono_s(void)
@@ -72,7 +66,7 @@ static int parse_time(const char *s, int64_t *out)
 		return 0;
 	}
 	if (cfg_parse_ms(s, &v) == 0) {
-		*out = now_ms() - v;
+		*out = clock_wall_ms() - v;
 		return 0;
 	}
 	return -1;

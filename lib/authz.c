@@ -7,6 +7,7 @@
 #include "log.h"
 
 #include "slipway/v1/policy.pb-c.h"
+#include "clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -38,13 +39,6 @@ struct authz {
 	struct rpc_stream *stream;
 	pthread_mutex_t smu;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static uint64_t fnv1a(const char *s, size_t n)
 {
@@ -85,7 +79,7 @@ static int cache_lookup(struct authz *a, const char *key, size_t n)
 			if (e->hash == 0)
 				break;
 			if (e->hash == h && strcmp(e->key, key) == 0) {
-				hit = e->revision == a->revision && e->expires_ms > mono_ms();
+				hit = e->revision == a->revision && e->expires_ms > clock_mono_ms();
 				break;
 			}
 		}
@@ -118,7 +112,7 @@ static void cache_store(struct authz *a, const char *key, size_t n, uint64_t rev
 				a->used++;
 			}
 			e->revision = revision;
-			e->expires_ms = mono_ms() + a->o.cache_ms;
+			e->expires_ms = clock_mono_ms() + a->o.cache_ms;
 			break;
 		}
 	}

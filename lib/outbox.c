@@ -5,6 +5,7 @@
 #include "auditlog.h"
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -22,20 +23,6 @@ struct outbox_relay {
 	int64_t stop_deadline;
 	unsigned long long delivered;
 };
-
-static int64_t real_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void outbox_detail(struct outbox_event *e, const char *key, const char *value)
 {
@@ -101,7 +88,7 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 	ev.request_id = (char *)(e->request_id ? e->request_id : log_request_id());
 	if (!auditlog_token_ok(ev.request_id, 0, 64, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._:-"))
 		ev.request_id = "";
-	ev.time_unix_ms = real_ms();
+	ev.time_unix_ms = clock_wall_ms();
 	values = malloc(AUDITLOG_MAX_DETAILS_BYTES + 1);
 	if (values == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -271,7 +258,7 @@ static void *relay_main(void *arg)
 		int stopping = r->stopping;
 		int64_t deadline = r->stop_deadline;
 		pthread_mutex_unlock(&r->mu);
-		if (stopping && mono_ms() > deadline)
+		if (stopping && clock_mono_ms() > deadline)
 			break;
 		if (c == NULL) {
 			if (db_acquire(r->o.db, &c, 2000, err, sizeof err) != 0) {
@@ -386,7 +373,7 @@ void outbox_relay_stop(struct outbox_relay *r, int timeout_ms)
 		return;
 	pthread_mutex_lock(&r->mu);
 	r->stopping = 1;
-	r->stop_deadline = mono_ms() + timeout_ms;
+	r->stop_deadline = clock_mono_ms() + timeout_ms;
 	pthread_cond_signal(&r->cv);
 	pthread_mutex_unlock(&r->mu);
 	pthread_join(r->thread, NULL);

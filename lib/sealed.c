@@ -11,6 +11,7 @@
 #include "err.h"
 
 #include "slipway/v1/secrets.pb-c.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,13 +30,6 @@
 #define TMPFS_MAGIC_ 0x01021994
 #define RAMFS_MAGIC_ 0x858458f6
 #define ID_MAX 256
-
-static int64_t real_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int sealed_init(void)
 {
@@ -409,7 +403,7 @@ static int view_make(const struct sealed_build_req *r, struct view *v, char *err
 	v->b.deployment_id = (char *)r->deployment_id;
 	v->b.agent = (char *)r->agent;
 	v->b.expires_unix_ms = r->expires_unix_ms;
-	v->b.issued_unix_ms = r->issued_unix_ms ? r->issued_unix_ms : real_ms();
+	v->b.issued_unix_ms = r->issued_unix_ms ? r->issued_unix_ms : clock_wall_ms();
 	v->b.nonce.data = v->nonce;
 	v->b.nonce.len = sizeof v->nonce;
 	v->b.n_secrets = r->nitems;
@@ -585,7 +579,7 @@ static void arena_release(struct arena *a)
 static int bundle_check(const Slipway__V1__SecretBundle *b, const struct sealed_expect *x,
 			char *err, size_t errlen)
 {
-	int64_t now = x->now_unix_ms ? x->now_unix_ms : real_ms();
+	int64_t now = x->now_unix_ms ? x->now_unix_ms : clock_wall_ms();
 	if (b->agent == NULL || strcmp(b->agent, x->agent) != 0)
 		return sw_errf(err, errlen, SW_EPERM, "the bundle is for agent %s, not for %s",
 			       b->agent ? b->agent : "?", x->agent);

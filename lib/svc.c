@@ -8,6 +8,7 @@
 #include "tls.h"
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -40,13 +41,6 @@ struct svc {
 	pthread_t sig2;
 	int sig2_started;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
 		  int argc, char **argv, int *exit_code, char *err, size_t errlen)
@@ -108,7 +102,7 @@ static int serving(struct svc *s, char *why, size_t whylen)
 	if (s->probe == NULL)
 		return 1;
 	pthread_mutex_lock(&s->mu);
-	int64_t t = now_ms();
+	int64_t t = clock_mono_ms();
 	int ok = s->probe_ok;
 	int fresh = s->probe_at_ms != 0 && t - s->probe_at_ms < PROBE_CACHE_MS;
 	pthread_mutex_unlock(&s->mu);
@@ -117,7 +111,7 @@ static int serving(struct svc *s, char *why, size_t whylen)
 	ok = s->probe(s->probe_arg, why, whylen) == 0;
 	pthread_mutex_lock(&s->mu);
 	s->probe_ok = ok;
-	s->probe_at_ms = now_ms();
+	s->probe_at_ms = clock_mono_ms();
 	pthread_mutex_unlock(&s->mu);
 	if (!ok)
 		log_warn("not serving", "reason=%s", why);

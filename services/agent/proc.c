@@ -9,6 +9,7 @@
  */
 #include "agent.h"
 #include "err.h"
+#include "clock.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -28,16 +29,12 @@
 
 int64_t agent_now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return clock_mono_ms();
 }
 
 int64_t agent_wall_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return clock_wall_ms();
 }
 
 static void nap_ms(long ms)

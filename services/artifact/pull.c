@@ -13,6 +13,7 @@
 #include "art.h"
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,13 +142,6 @@ static int send_queued(struct pull *q)
 	return rc;
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void audit_corrupt(struct art *a, struct rpc_ctx *ctx, const char *digest,
 			  const char *reason)
 {
@@ -184,7 +178,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	if (offset == b->size)
 		return 0; /* a resumed pull that already has every byte */
 
-	int64_t t0 = mono_ms();
+	int64_t t0 = clock_mono_ms();
 	q.a = a;
 	q.ctx = ctx;
 	q.offset = offset;
@@ -254,7 +248,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	else
 		log_info("pulled", "digest=%s offset=%llu bytes=%llu verified=%d ms=%lld", b->digest,
 			 (unsigned long long)offset, (unsigned long long)q.got, q.verify,
-			 (long long)(mono_ms() - t0));
+			 (long long)(clock_mono_ms() - t0));
 out:
 	if (started) {
 		pthread_mutex_lock(&q.mu);

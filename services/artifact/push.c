@@ -27,6 +27,7 @@
 #include "art.h"
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <sodium.h>
 
@@ -98,13 +99,6 @@ struct push {
 	/* timings for the log line (ms since the push began) */
 	int64_t t0, t_received, t_stored;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- the ring between the receiver and the upload ---- */
 
@@ -759,7 +753,7 @@ static int run(struct push *p)
 
 	if ((rc = receive(p)) != 0)
 		return rc;
-	p->t_received = mono_ms();
+	p->t_received = clock_mono_ms();
 
 	uint8_t sha[DIGEST_SHA256_LEN];
 	char actual[DIGEST_STR_LEN];
@@ -800,7 +794,7 @@ static int run(struct push *p)
 		p->deduplicated = 1;
 	}
 
-	p->t_stored = mono_ms();
+	p->t_stored = clock_mono_ms();
 	char err[512];
 	rc = art_tx(p->a, commit_fn, p, err, sizeof err);
 	if (rc != 0)
@@ -813,7 +807,7 @@ static int run(struct push *p)
 		 h->app, h->version, p->digest, (unsigned long long)p->received,
 		 p->mode == MODE_STREAM ? "stream" : p->mode == MODE_DEDUP ? "dedup" : "spool",
 		 p->release_existed, (long long)(p->t_received - p->t0),
-		 (long long)(p->t_stored - p->t0), (long long)(mono_ms() - p->t0));
+		 (long long)(p->t_stored - p->t0), (long long)(clock_mono_ms() - p->t0));
 	return 0;
 }
 
@@ -830,7 +824,7 @@ int art_push(struct art *a, struct rpc_ctx *ctx, const Slipway__V1__PushHeader *
 	p->media_type = h->media_type[0] ? h->media_type : ART_DEFAULT_MEDIA_TYPE;
 	snprintf(p->want, sizeof p->want, "%s", h->expected_digest);
 	p->hint = h->size_hint;
-	p->t0 = mono_ms();
+	p->t0 = clock_mono_ms();
 
 	int rc = run(p);
 

@@ -14,6 +14,7 @@
 #include "audit.h"
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,13 +25,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- the signing key ---- */
 
@@ -286,7 +280,7 @@ static int check_and_sign(struct aud *a, int sign, Slipway__V1__Checkpoint **out
 			goto unlock;
 		char sz[24], ts[24];
 		const char *v[4] = { db_i64(sz, (int64_t)size), (const char *)root, note,
-				     db_i64(ts, now_ms()) };
+				     db_i64(ts, clock_wall_ms()) };
 		int l[4] = { 0, MERKLE_HASH, 0, 0 }, f[4] = { 0, 1, 0, 0 };
 		if ((rc = db_exec(c,
 				  "INSERT INTO checkpoints (size, root, note, signed_ms)"
@@ -299,7 +293,7 @@ static int check_and_sign(struct aud *a, int sign, Slipway__V1__Checkpoint **out
 		 * put it back, it is consistent with the entries. */
 		char sz[24], ts[24];
 		const char *v[4] = { db_i64(sz, (int64_t)s3c->size), (const char *)s3c->root, s3c->note,
-				     db_i64(ts, now_ms()) };
+				     db_i64(ts, clock_wall_ms()) };
 		int l[4] = { 0, MERKLE_HASH, 0, 0 }, f[4] = { 0, 1, 0, 0 };
 		if ((rc = db_exec(c,
 				  "INSERT INTO checkpoints (size, root, note, signed_ms)"
@@ -330,7 +324,7 @@ int aud_checkpoint_sign(struct aud *a, Slipway__V1__Checkpoint **out, char *err,
 	if (rc == 0 && out != NULL && *out != NULL) {
 		pthread_mutex_lock(&a->cache_mu);
 		a->latest_cp_size = (*out)->size;
-		a->latest_cp_at_ms = now_ms();
+		a->latest_cp_at_ms = clock_wall_ms();
 		pthread_mutex_unlock(&a->cache_mu);
 	}
 	return rc;
@@ -338,7 +332,7 @@ int aud_checkpoint_sign(struct aud *a, Slipway__V1__Checkpoint **out, char *err,
 
 int aud_latest_size(struct aud *a, uint64_t *size, char *err, size_t errlen)
 {
-	int64_t t = now_ms();
+	int64_t t = clock_wall_ms();
 	pthread_mutex_lock(&a->cache_mu);
 	int fresh = a->latest_cp_at_ms != 0 && t - a->latest_cp_at_ms < 1000;
 	*size = a->latest_cp_size;

@@ -14,6 +14,7 @@
 #include "err.h"
 #include "hash.h"
 #include "log.h"
+#include "clock.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -65,13 +66,6 @@ static void arena_free(struct aud_block *b)
 		free(b);
 		b = next;
 	}
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- stored nodes ---- */
@@ -395,7 +389,7 @@ static int append_once(struct aud *a, struct db_conn *c, struct batch *b, char *
 			goto out;
 	}
 
-	int64_t logged = now_ms();
+	int64_t logged = clock_wall_ms();
 	uint8_t canon[AUDITLOG_CANON_MAX];
 	for (struct aud_job *j = b->jobs; j; j = j->next) {
 		for (size_t i = 0; i < j->n; i++) {

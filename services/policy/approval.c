@@ -16,6 +16,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "spiffe.h"
+#include "clock.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -29,13 +30,6 @@
 #define MAX_REASONS 16
 #define MAX_COMMENT 2048
 #define MAX_ID 128
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void fmt_time(int64_t ms, char *out, size_t len)
 {
@@ -703,7 +697,7 @@ int pol_evaluate_deployment(struct pol_service *s, struct rpc_ctx *ctx,
 	e->caller = rpc_peer(ctx);
 	e->builder = builder;
 	e->ref = ref;
-	e->now = now_ms();
+	e->now = clock_wall_ms();
 	int rc = db_tx(s->db, NULL, eval_tx, e, err, sizeof err);
 	if (rc != 0) {
 		rc = rpc_errorf(ctx, rc, "%s", err);
@@ -888,7 +882,7 @@ int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *dep, con
 	a->comment = comment;
 	a->approver = rpc_peer(ctx);
 	a->approve = approve;
-	a->now = now_ms();
+	a->now = clock_wall_ms();
 	rc = db_tx(s->db, NULL, approve_tx, a, err, sizeof err);
 	if (rc == SW_EPERM) {
 		/* A refused self-approval is a recorded denial. */

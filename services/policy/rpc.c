@@ -17,6 +17,7 @@
 #include "spiffe.h"
 
 #include "slipway/v1/policy.pb-c.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,13 +27,6 @@
 #define MAX_FIELD 255
 #define MAX_CONTEXT 32
 #define MAX_REASONS 16
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int ident_ok(const char *s)
 {
@@ -114,7 +108,7 @@ static int require(struct pol_service *s, struct rpc_ctx *ctx, const char *actio
 {
 	struct pol_policy *p = pol_current(s);
 	struct pol_query q = { rpc_peer(ctx), action, kind, app ? app : "", env ? env : "",
-			       name ? name : "", now_ms() };
+			       name ? name : "", clock_wall_ms() };
 	struct pol_result r;
 	char reasons[MAX_REASONS][POL_REASON_LEN], err[512];
 	const char *rv[MAX_REASONS];
@@ -163,7 +157,7 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 	const Slipway__V1__Resource *res = req->resource;
 	const char *caller = rpc_peer(ctx);
 	struct pol_policy *p = pol_current(s);
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	char reasons[MAX_REASONS][POL_REASON_LEN];
 	size_t n;
 	struct pol_decision d = { .caller = caller, .request_id = rpc_request_id(ctx),
@@ -334,7 +328,7 @@ static int apply_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	if ((rc = pol_compile(req->document, len, &s->bopts, &next, err, sizeof err)) != 0)
 		return rpc_errorf(ctx, rc, "invalid policy document: %s", err);
 	cur = pol_current(s);
-	rc = pol_escalation_check(cur, next, rpc_peer(ctx), now_ms(), err, sizeof err);
+	rc = pol_escalation_check(cur, next, rpc_peer(ctx), clock_wall_ms(), err, sizeof err);
 	if (rc != 0) {
 		char rerr[512];
 		const char *rv[1] = { err };
@@ -481,7 +475,7 @@ static int explain(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCM
 		return rc;
 	struct pol_policy *p = pol_current(s);
 	struct pol_query q = { req->principal, action, kind, req->resource->app,
-			       req->resource->environment, req->resource->name, now_ms() };
+			       req->resource->environment, req->resource->name, clock_wall_ms() };
 	struct pol_result r;
 	char reasons[MAX_REASONS][POL_REASON_LEN];
 	pol_eval(p, &q, 1, &r);

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "rpc.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -93,20 +94,6 @@ static const struct db_migration migrations[] = {
 int pol_store_migrate(struct db *db, char *err, size_t errlen)
 {
 	return db_migrate(db, migrations, sizeof migrations / sizeof migrations[0], err, errlen);
-}
-
-static int64_t real_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- current policy ---- */
@@ -263,10 +250,10 @@ static void *watcher_main(void *arg)
 			next_poll = 0; /* notifications may have been missed */
 		}
 		int notified = 0;
-		if (mono_ms() < next_poll) {
+		if (clock_mono_ms() < next_poll) {
 			struct pollfd pf[2] = { { .fd = PQsocket(pg), .events = POLLIN },
 						{ .fd = s->wake[0], .events = POLLIN } };
-			int wait = (int)(next_poll - mono_ms());
+			int wait = (int)(next_poll - clock_mono_ms());
 			if (wait > 0 && poll(pf, 2, wait) < 0 && errno != EINTR)
 				nap_ms(s, 100);
 			if (atomic_load(&s->stop))
@@ -279,10 +266,10 @@ static void *watcher_main(void *arg)
 				PQfreemem(n);
 			}
 		}
-		if (notified || mono_ms() >= next_poll) {
+		if (notified || clock_mono_ms() >= next_poll) {
 			if (pol_refresh(s, err, sizeof err) != 0)
 				log_warn("cannot load the latest policy revision", "error=%s", err);
-			next_poll = mono_ms() + POLL_MS;
+			next_poll = clock_mono_ms() + POLL_MS;
 		}
 	}
 	if (pg != NULL)
@@ -645,7 +632,7 @@ int pol_store_apply(struct pol_service *s, struct pol_policy *next, uint64_t bas
 		/* Install it here at once; other replicas hear the NOTIFY. */
 		next->revision = a.rev;
 		next->applied_by = strdup(actor);
-		next->applied_ms = real_ms();
+		next->applied_ms = clock_wall_ms();
 		pol_ref(next);
 		pol_install(s, next);
 		pol_kick(s);

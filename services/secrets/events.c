@@ -10,6 +10,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -17,9 +18,7 @@
 
 int64_t sec_now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return clock_wall_ms();
 }
 
 const char *sec_resource(char *out, size_t cap, const char *app, const char *env,

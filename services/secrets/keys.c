@@ -19,6 +19,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "clock.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -49,13 +50,6 @@ struct sec_keys {
 	uint8_t sign_pk[32];
 	char key_id[SEALED_KEY_ID_MAX];
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void master_free(struct master *m)
 {
@@ -304,7 +298,7 @@ int sec_keys_load(const struct sec_keys_opts *o, struct sec_keys **out, char *er
 		goto out;
 	sodium_mprotect_readonly(k->seal_sk);
 	sodium_mprotect_readonly(k->sign_sk);
-	k->last_reload_ms = mono_ms();
+	k->last_reload_ms = clock_mono_ms();
 	*out = k;
 	k = NULL;
 out:
@@ -405,11 +399,11 @@ static void reload(struct sec_keys *k, int force)
 	char err[256];
 
 	pthread_mutex_lock(&k->reload_mu);
-	if (!force && mono_ms() - k->last_reload_ms < RELOAD_EVERY_MS) {
+	if (!force && clock_mono_ms() - k->last_reload_ms < RELOAD_EVERY_MS) {
 		pthread_mutex_unlock(&k->reload_mu);
 		return;
 	}
-	k->last_reload_ms = mono_ms();
+	k->last_reload_ms = clock_mono_ms();
 	memset(fresh, 0, sizeof fresh);
 	if (ring_read(k->keyring_path, fresh, &n, &cur, err, sizeof err) != 0) {
 		log_warn("keyring reload failed", "error=%s", err);
