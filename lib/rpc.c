@@ -397,8 +397,7 @@ static int op_wait(struct rpc_ctx *ctx, const grpc_op *ops, size_t n)
 	return ok;
 }
 
-/* Packs msg into a new byte buffer, or returns NULL past the size cap. */
-static grpc_byte_buffer *pack(const ProtobufCMessage *msg, size_t cap)
+grpc_byte_buffer *rpc_pack(const ProtobufCMessage *msg, size_t cap)
 {
 	size_t n = protobuf_c_message_get_packed_size(msg);
 	if (n > cap)
@@ -410,9 +409,7 @@ static grpc_byte_buffer *pack(const ProtobufCMessage *msg, size_t cap)
 	return bb;
 }
 
-/* Unpacks a byte buffer with descriptor d. Returns NULL if it does not
- * decode. */
-static ProtobufCMessage *unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
+ProtobufCMessage *rpc_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
 {
 	grpc_byte_buffer_reader r;
 	if (!grpc_byte_buffer_reader_init(&r, bb))
@@ -429,7 +426,7 @@ int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
 {
 	if (atomic_load(&ctx->cancelled))
 		return SW_ECANCELLED;
-	grpc_byte_buffer *bb = pack(msg, ctx->srv->o.max_msg_bytes);
+	grpc_byte_buffer *bb = rpc_pack(msg, ctx->srv->o.max_msg_bytes);
 	if (bb == NULL)
 		return SW_ELIMIT;
 	grpc_op ops[2];
@@ -463,7 +460,7 @@ int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg)
 		return SW_ECANCELLED;
 	if (ctx->recv_bb == NULL)
 		return atomic_load(&ctx->cancelled) ? SW_ECANCELLED : 0; /* end of stream */
-	ProtobufCMessage *m = unpack(ctx->m->md->input, ctx->recv_bb);
+	ProtobufCMessage *m = rpc_unpack(ctx->m->md->input, ctx->recv_bb);
 	grpc_byte_buffer_destroy(ctx->recv_bb);
 	ctx->recv_bb = NULL;
 	if (m == NULL)
@@ -485,7 +482,7 @@ static void ctx_finish(struct rpc_ctx *ctx, int code)
 	memset(ops, 0, sizeof ops);
 
 	if (code == 0 && ctx->resp != NULL) {
-		ctx->resp_bb = pack(ctx->resp, srv->o.max_msg_bytes);
+		ctx->resp_bb = rpc_pack(ctx->resp, srv->o.max_msg_bytes);
 		if (ctx->resp_bb == NULL)
 			code = rpc_errorf(ctx, SW_ELIMIT, "response larger than %zu bytes",
 					  srv->o.max_msg_bytes);
@@ -546,7 +543,7 @@ static void run_handler(struct rpc_ctx *ctx)
 			rc = rpc_errorf(ctx, SW_EINVAL, "the call carried no request message");
 			goto done;
 		}
-		ctx->req = unpack(md->input, ctx->payload);
+		ctx->req = rpc_unpack(md->input, ctx->payload);
 		grpc_byte_buffer_destroy(ctx->payload);
 		ctx->payload = NULL;
 		if (ctx->req == NULL) {

@@ -215,31 +215,6 @@ static int status_to_err(grpc_status_code st, grpc_slice details, const char *er
 	return sw_err_from_grpc((int)st);
 }
 
-static grpc_byte_buffer *pack_msg(const ProtobufCMessage *msg, size_t cap)
-{
-	size_t n = protobuf_c_message_get_packed_size(msg);
-	if (n > cap)
-		return NULL;
-	grpc_slice s = grpc_slice_malloc(n);
-	protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
-	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-	grpc_slice_unref(s);
-	return bb;
-}
-
-static ProtobufCMessage *unpack_msg(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
-{
-	grpc_byte_buffer_reader r;
-	if (!grpc_byte_buffer_reader_init(&r, bb))
-		return NULL;
-	grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-	grpc_byte_buffer_reader_destroy(&r);
-	ProtobufCMessage *m =
-		protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-	grpc_slice_unref(s);
-	return m;
-}
-
 int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const char *method,
 	     const ProtobufCMessage *req, ProtobufCMessage **resp,
 	     const struct rpc_call_opts *opts, char *err, size_t errlen)
@@ -266,7 +241,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 		rc = sw_errf(err, errlen, SW_EINVAL, "%s wants %s", path, md->input->name);
 		goto out;
 	}
-	send_bb = pack_msg(req, c->max_msg);
+	send_bb = rpc_pack(req, c->max_msg);
 	if (send_bb == NULL) {
 		rc = sw_errf(err, errlen, SW_ELIMIT, "request larger than %zu bytes", c->max_msg);
 		goto out;
@@ -316,7 +291,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "%s: OK without a response message", path);
 		goto out;
 	}
-	*resp = unpack_msg(md->output, recv_bb);
+	*resp = rpc_unpack(md->output, recv_bb);
 	if (*resp == NULL)
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "%s: the response does not decode", path);
 out:
@@ -401,7 +376,7 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 
 int rpc_stream_send(struct rpc_stream *s, const ProtobufCMessage *msg)
 {
-	grpc_byte_buffer *bb = pack_msg(msg, s->c->max_msg);
+	grpc_byte_buffer *bb = rpc_pack(msg, s->c->max_msg);
 	if (bb == NULL)
 		return SW_ELIMIT;
 	grpc_op op;
@@ -441,7 +416,7 @@ int rpc_stream_recv(struct rpc_stream *s, ProtobufCMessage **msg)
 			grpc_byte_buffer_destroy(bb);
 		return 0; /* end of stream or failure: finish tells */
 	}
-	*msg = unpack_msg(s->md->output, bb);
+	*msg = rpc_unpack(s->md->output, bb);
 	grpc_byte_buffer_destroy(bb);
 	if (*msg == NULL) {
 		grpc_call_cancel_with_status(s->call, GRPC_STATUS_INTERNAL,

@@ -72,9 +72,14 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 		return 0;
 	}
 	log_init(name, lvl);
+	svc_process_init();
+	return 0;
+}
 
-	/* Signals are handled by svc_wait only: block them before any thread
-	 * (gRPC's included) starts, so every thread inherits the mask. */
+void svc_process_init(void)
+{
+	/* Signals are handled by one thread (svc_wait): block them before any
+	 * thread (gRPC's included) starts, so every thread inherits the mask. */
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -83,12 +88,11 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	/* Services hold key material: never write it to a core file. */
+	/* Our daemons hold key material: never write it to a core file. */
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
 
 	rpc_init();
-	return 0;
 }
 
 /* ---- grpc.health.v1.Health ---- */

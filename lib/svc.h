@@ -72,6 +72,12 @@ struct svc;
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
 		  int argc, char **argv, int *exit_code, char *err, size_t errlen);
 
+/* The process set-up svc_configure does after logging, for daemons without
+ * a listener (the agent): SIGTERM/SIGINT/SIGHUP blocked for every thread
+ * (wait for them with sigwait), SIGPIPE ignored, no core dumps, gRPC
+ * initialised. Call from main before any thread starts. */
+void svc_process_init(void);
+
 /* Creates the mTLS server from the common options, with the health service
  * registered (probe may be NULL: always SERVING). Returns a new svc (free
  * with svc_free). Add the service's own handlers with svc_server() before

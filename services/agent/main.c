@@ -14,13 +14,13 @@
 #include "err.h"
 #include "log.h"
 #include "rpc.h"
+#include "svc.h"
 
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 static void *second_signal(void *arg)
@@ -161,18 +161,9 @@ int main(int argc, char **argv)
 	/* ---- logging */
 	log_init("agent", lvl);
 
-	/* ---- signals, before any thread (gRPC's included) starts */
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	/* The agent holds its X25519 key and, briefly, secret values. */
-	struct rlimit rl = { 0, 0 };
-	setrlimit(RLIMIT_CORE, &rl);
-	rpc_init();
+	/* ---- signals blocked, no core dumps (the agent holds its X25519 key
+	 * and, briefly, secret values), gRPC: before any thread starts */
+	svc_process_init();
 
 	/* ---- the agent: root, keys, clients; then what already runs */
 	if ((rc = agent_new(&c, &a, err, sizeof err)) != 0) {
@@ -190,6 +181,11 @@ int main(int argc, char **argv)
 		 a->store.root, orch, (int)getpid());
 
 	/* ---- the loop: signals only */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
 	int sig = 0;
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
