@@ -4,6 +4,7 @@
  */
 #include "s3.h"
 #include "err.h"
+#include "clock.h"
 
 #include <libs3.h>
 #include <openssl/evp.h>
@@ -50,13 +51,6 @@ struct req {
 	size_t cap, len;
 	int too_big;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int s3_global_init(char *err, size_t errlen)
 {
@@ -132,7 +126,7 @@ void s3_free(struct s3 *s)
 static S3Status on_props(const S3ResponseProperties *p, void *cb)
 {
 	struct req *r = cb;
-	r->last_progress = mono_ms();
+	r->last_progress = clock_mono_ms();
 	r->size = p->contentLength;
 	if (p->eTag != NULL) {
 		const char *e = p->eTag;
@@ -159,7 +153,7 @@ static void on_complete(S3Status st, const S3ErrorDetails *d, void *cb)
 static int on_put_data(int size, char *buf, void *cb)
 {
 	struct req *r = cb;
-	r->last_progress = mono_ms();
+	r->last_progress = clock_mono_ms();
 	if (r->mem != NULL) {
 		size_t n = r->mem_len - r->mem_off;
 		if (n > (size_t)size)
@@ -174,7 +168,7 @@ static int on_put_data(int size, char *buf, void *cb)
 		size_t cap = r->fill_left < (uint64_t)size ? (size_t)r->fill_left : (size_t)size;
 		int got = r->fill((uint8_t *)buf, cap, r->arg);
 		/* Time the producer took is not S3's: restart the stall clock. */
-		r->last_progress = mono_ms();
+		r->last_progress = clock_mono_ms();
 		if (got <= 0 || (size_t)got > cap) {
 			r->aborted = 1;
 			return -1; /* aborts the request before the body is complete */
@@ -200,11 +194,11 @@ static int on_put_data(int size, char *buf, void *cb)
 static S3Status on_get_data(int size, const char *buf, void *cb)
 {
 	struct req *r = cb;
-	r->last_progress = mono_ms();
+	r->last_progress = clock_mono_ms();
 	if (r->fn != NULL) {
 		int stop = r->fn((const uint8_t *)buf, (size_t)size, r->arg);
 		/* A slow consumer is not a stalled S3: restart the stall clock. */
-		r->last_progress = mono_ms();
+		r->last_progress = clock_mono_ms();
 		if (stop != 0) {
 			r->aborted = 1;
 			return S3StatusAbortedByCallback;
@@ -228,7 +222,7 @@ static int drive(struct s3 *s, S3RequestContext *ctx, struct req *r, int64_t dea
 		 char *err, size_t errlen)
 {
 	int running = 1;
-	r->last_progress = mono_ms();
+	r->last_progress = clock_mono_ms();
 	while (!r->done) {
 		S3Status st = S3_runonce_request_context(ctx, &running);
 		if (st != S3StatusOK && st != S3StatusInterrupted)
@@ -236,7 +230,7 @@ static int drive(struct s3 *s, S3RequestContext *ctx, struct req *r, int64_t dea
 				       S3_get_status_name(st));
 		if (r->done || !running)
 			break;
-		int64_t now = mono_ms();
+		int64_t now = clock_mono_ms();
 		if (now - r->last_progress > s->stall_ms)
 			return sw_errf(err, errlen, SW_EUNAVAIL,
 				       "S3 at %s made no progress for %d ms", s->host, s->stall_ms);
@@ -331,7 +325,7 @@ static int do_put(struct s3 *s, const char *key, struct req *r, uint64_t len,
 	S3PutObjectHandler h = { { on_props, on_complete }, on_put_data };
 	S3_put_object(&s->bc, key, len, &props, ctx, &h, r);
 	/* Large uploads are bounded by progress, not by a total time. */
-	int64_t dl = len > (1u << 20) ? 0 : mono_ms() + s->deadline_ms;
+	int64_t dl = len > (1u << 20) ? 0 : clock_mono_ms() + s->deadline_ms;
 	rc = drive(s, ctx, r, dl, err, errlen);
 	S3_destroy_request_context(ctx);
 	if (rc != 0)
@@ -418,7 +412,7 @@ int s3_get_small(struct s3 *s, const char *key, size_t cap, uint8_t **out, size_
 	if (r.buf == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	r.cap = cap;
-	int rc = do_get(s, key, 0, 0, &r, mono_ms() + s->deadline_ms, err, errlen);
+	int rc = do_get(s, key, 0, 0, &r, clock_mono_ms() + s->deadline_ms, err, errlen);
 	if (rc != 0) {
 		free(r.buf);
 		return rc;
@@ -450,7 +444,7 @@ int s3_stat(struct s3 *s, const char *key, struct s3_object_info *info, char *er
 		return rc;
 	S3ResponseHandler h = { on_props, on_complete };
 	S3_head_object(&s->bc, key, ctx, &h, &r);
-	rc = drive(s, ctx, &r, mono_ms() + s->deadline_ms, err, errlen);
+	rc = drive(s, ctx, &r, clock_mono_ms() + s->deadline_ms, err, errlen);
 	S3_destroy_request_context(ctx);
 	if (rc != 0)
 		return rc;
@@ -474,7 +468,7 @@ int s3_delete(struct s3 *s, const char *key, char *err, size_t errlen)
 		return rc;
 	S3ResponseHandler h = { on_props, on_complete };
 	S3_delete_object(&s->bc, key, ctx, &h, &r);
-	rc = drive(s, ctx, &r, mono_ms() + s->deadline_ms, err, errlen);
+	rc = drive(s, ctx, &r, clock_mono_ms() + s->deadline_ms, err, errlen);
 	S3_destroy_request_context(ctx);
 	if (rc != 0)
 		return rc;
