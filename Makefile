@@ -60,7 +60,10 @@ build/gen/slipway/test/%.pb-c.c build/gen/slipway/test/%.pb-c.h: tests/proto/sli
 	@echo "  PROTOC  $<"
 	$(Q)protoc-c --proto_path=tests/proto --c_out=build/gen $<
 
-.SECONDARY:
+# Generated sources are kept (never deleted as intermediates). Only they:
+# a bare .SECONDARY would make every target secondary, and then a missing
+# sanitized object or mode stamp would not relink build/bin.
+.SECONDARY: $(GEN_C) $(GEN_H)
 
 # ---- objects ----
 # Generated code is compiled without our warning set (it is not ours).
