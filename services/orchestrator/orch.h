@@ -142,6 +142,16 @@ int orch_report(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 		size_t errlen);
 
 /* ---- deploy.c ---- */
+struct json_t;
+/* The checks of a CreateDeployment request that need neither the database
+ * nor another service (names, release, priority, idempotency key, break
+ * glass, strategy and failure policy). On success *strategy and *failure
+ * are new JSON objects (json_decref) with the defaults filled in. Returns 0
+ * or SW_EINVAL naming the field. Any thread. */
+int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, struct json_t **strategy,
+		      struct json_t **failure, char *err, size_t errlen);
+/* The same for a Rollback request. */
+int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size_t errlen);
 int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
 		char *id_out, char *err, size_t errlen);
 int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
