@@ -102,6 +102,13 @@ static int split_plus(char *s, char **f, int max)
 
 static int b64dec(const char *in, uint8_t *out, size_t cap, size_t *len)
 {
+	/* libsodium (1.0.18) reads the text as signed chars and decodes every
+	 * byte >= 0x80 as '/': refuse anything outside the alphabet first, so
+	 * that keys, roots and signatures have exactly one spelling. */
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+				       "0123456789+/=";
+	if (in[strspn(in, alphabet)] != '\0')
+		return -1;
 	return sodium_base642bin(out, cap, in, strlen(in), NULL, len, NULL,
 				 sodium_base64_VARIANT_ORIGINAL) == 0
 		       ? 0
