@@ -214,7 +214,8 @@ int note_verifier_parse(const char *text, struct note_verifier *v, char *err, si
 int note_sign(const struct note_signer *s, const char *body, char *out, size_t outlen)
 {
 	size_t bl = strlen(body);
-	if (bl == 0 || body[bl - 1] != '\n')
+	/* A blank line would end the body early for note_verify. */
+	if (bl == 0 || body[bl - 1] != '\n' || body[0] == '\n' || strstr(body, "\n\n") != NULL)
 		return SW_EINVAL;
 	uint8_t sig[4 + crypto_sign_BYTES];
 	memcpy(sig, s->v.key_id, 4);
