@@ -3,6 +3,7 @@
  * target plan, the policy gate, the bounded queue and idempotency; manual
  * rollback; cancel, pause and resume.
  */
+#include "digest.h"
 #include "err.h"
 #include "log.h"
 #include "orch.h"
@@ -521,8 +522,8 @@ int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, json_t **
 				     : NULL;
 	if (version != NULL && !version_ok(version))
 		return sw_errf(err, errlen, SW_EINVAL, "version: not a valid version name");
-	if (digest != NULL && (strncmp(digest, "sha256:", 7) != 0 || strlen(digest) != 71))
-		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 hex>");
+	if (digest != NULL && digest_parse(digest, NULL) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 lower-case hex>");
 	if (version == NULL && digest == NULL)
 		return sw_errf(err, errlen, SW_EINVAL, "give a version or a digest");
 	if (req->priority != SLIPWAY__V1__PRIORITY__PRIORITY_NORMAL &&
