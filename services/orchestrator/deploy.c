@@ -212,7 +212,8 @@ static int check_plan(const Slipway__V1__CreateDeploymentRequest *req, json_t **
 			backoff = f->retry_backoff_ms;
 		if (f->progress_deadline_ms)
 			deadline = f->progress_deadline_ms;
-		const char *bad = max_failed_pct > 100				? "max_failed_percent must be 0..100"
+		const char *bad = max_failed > 10000				? "max_failed must be 0..10000"
+				  : max_failed_pct > 100			? "max_failed_percent must be 0..100"
 				  : retries > 10				? "retries must be 0..10"
 				  : backoff < 0 || backoff > 600000		? "retry_backoff_ms must be 0..600000"
 				  : deadline < 1000 || deadline > 86400000 ? "progress_deadline_ms must be 1000..86400000"

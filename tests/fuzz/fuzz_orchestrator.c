@@ -14,8 +14,10 @@
  *      reason of 1-1000 bytes when it breaks glass. The strategy and
  *      failure policy come back as JSON within the documented ranges
  *      (exactly one of batch_size and batch_percent set, percents <= 100,
- *      retries <= 10, backoff 0..600000 ms, deadline 1000..86400000 ms,
- *      pause 0..3600000 ms). A refusal says why.
+ *      at most 10000 failed targets tolerated, retries <= 10, backoff
+ *      0..600000 ms, deadline 1000..86400000 ms, pause 0..3600000 ms; all
+ *      of them fit the int the engine reads them into). A refusal says
+ *      why.
  *   1  RollbackRequest: names as above, to_version empty or valid, reason
  *      at most 1000 bytes.
  */
@@ -107,7 +109,7 @@ static void mode_create(const uint8_t *p, size_t n)
 	long long mf = geti(fp, "max_failed"), mfp = geti(fp, "max_failed_percent");
 	long long retries = geti(fp, "retries"), backoff = geti(fp, "retry_backoff_ms");
 	long long deadline = geti(fp, "progress_deadline_ms");
-	FUZZ_CHECK(mf >= 0 && mfp >= 0 && mfp <= 100 && retries >= 0 && retries <= 10 &&
+	FUZZ_CHECK(mf >= 0 && mf <= 10000 && mfp >= 0 && mfp <= 100 && retries >= 0 && retries <= 10 &&
 			   backoff >= 0 && backoff <= 600000 && deadline >= 1000 &&
 			   deadline <= 86400000,
 		   "failure policy ranges");
