@@ -19,6 +19,10 @@
  *   3  the input as a keyring file: when sec_keys_load accepts it, the
  *      current version is held, versions are distinct, and wrapping and
  *      unwrapping a data key works under every version it holds.
+ *   4  a PutSecretRequest through rpc.c's checks (sealed_name_ok,
+ *      sec_scope_ok, the box length): an accepted scope is one or two
+ *      plain segments, a sealed value the input made does not open, and
+ *      the identity always fits the envelope (sec_env_seal succeeds).
  */
 #include "fuzz.h"
 
@@ -206,15 +210,47 @@ static void mode_keyring(struct fz *f)
 	unlink(path);
 }
 
+/* PutSecret's checks (rpc.c), then the envelope under the same identity. */
+static void mode_put(struct fz *f)
+{
+	Slipway__V1__PutSecretRequest *req = slipway__v1__put_secret_request__unpack(NULL, f->n, f->p);
+	if (req == NULL)
+		return;
+	const char *app = req->scope ? req->scope->app : "";
+	const char *env = req->scope ? req->scope->environment : "";
+	if (!sealed_name_ok(req->name) || !sec_scope_ok(app, env) ||
+	    req->sealed_value.len < SEALED_BOX_OVERHEAD)
+		goto out;
+	FUZZ_CHECK(strlen(app) >= 1 && strlen(app) <= SEC_APP_MAX && strlen(env) <= SEC_APP_MAX &&
+			   strchr(app, '/') == NULL && strchr(env, '/') == NULL,
+		   "scope '%s'/'%s'", app, env);
+	uint8_t out[256];
+	size_t outlen = 0;
+	char err[512];
+	int rc = sec_keys_open_sealed(keys, req->sealed_value.data, req->sealed_value.len, out,
+				      sizeof out, &outlen, err, sizeof err);
+	FUZZ_CHECK(rc == SW_EINVAL, "a value the input sealed opened");
+	/* A validated identity always fits the envelope's associated data. */
+	struct sec_ident id = { app, env, req->name, 1 };
+	uint8_t ct[SEC_CT_OVERHEAD + 4], wrapped[SEC_WRAPPED_BYTES];
+	uint32_t mk = 0;
+	FUZZ_CHECK(sec_env_seal(keys, &id, (const uint8_t *)"abcd", 4, ct, wrapped, &mk, err,
+				sizeof err) == 0,
+		   "a validated identity cannot be sealed: %s", err);
+out:
+	slipway__v1__put_secret_request__free_unpacked(req, NULL);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	init();
 	struct fz f = { data, size };
-	switch (fz_u8(&f) % 4) {
+	switch (fz_u8(&f) % 5) {
 	case 0: mode_sealed(&f); break;
 	case 1: mode_envelope(&f); break;
 	case 2: mode_arbitrary(&f); break;
-	default: mode_keyring(&f); break;
+	case 3: mode_keyring(&f); break;
+	default: mode_put(&f); break;
 	}
 	return 0;
 }
