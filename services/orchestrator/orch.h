@@ -106,9 +106,14 @@ int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char 
 /* ---- registry.c ---- */
 int orch_registry_start(struct orch *o, char *err, size_t errlen);
 void orch_registry_stop(struct orch *o);
-/* Records a heartbeat in memory (flushed within a second). Returns 0, or
- * SW_ENOTFOUND when the agent is not registered (it must re-register).
- * Never blocks on the database: safe on a completion-queue thread. */
+/* 1 when an agent's reported runtime may be stored: at most
+ * ORCH_RUNTIME_MAX bytes packed, its digest empty or "sha256:<hex>". */
+#define ORCH_RUNTIME_MAX 4096
+int orch_runtime_ok(const Slipway__V1__AgentRuntime *rt);
+/* Records a heartbeat in memory (flushed within a second). Returns 0,
+ * SW_EINVAL for a runtime orch_runtime_ok refuses, or SW_ENOTFOUND when the
+ * agent is not registered (it must re-register). Never blocks on the
+ * database: safe on a completion-queue thread. */
 int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
 		   uint64_t highest_generation);
 /* Registers (or re-registers) an agent. */

@@ -20,6 +20,9 @@
  *      why.
  *   1  RollbackRequest: names as above, to_version empty or valid, reason
  *      at most 1000 bytes.
+ *   2  HeartbeatRequest: a runtime orch_runtime_ok lets the registry store
+ *      is at most ORCH_RUNTIME_MAX bytes packed and its digest (a text
+ *      column shared by a multi-row UPDATE) is empty or "sha256:<hex>".
  */
 #include "fuzz.h"
 
@@ -136,12 +139,28 @@ static void mode_rollback(const uint8_t *p, size_t n)
 	slipway__v1__rollback_request__free_unpacked(req, NULL);
 }
 
+static void mode_heartbeat(const uint8_t *p, size_t n)
+{
+	Slipway__V1__HeartbeatRequest *req = slipway__v1__heartbeat_request__unpack(NULL, n, p);
+	if (req == NULL)
+		return;
+	const Slipway__V1__AgentRuntime *rt = req->runtime;
+	if (orch_runtime_ok(rt) && rt != NULL) {
+		FUZZ_CHECK(slipway__v1__agent_runtime__get_packed_size(rt) <= ORCH_RUNTIME_MAX,
+			   "runtime size");
+		FUZZ_CHECK(rt->digest[0] == '\0' || digest_parse(rt->digest, NULL) == 0,
+			   "runtime digest '%s' would be stored", rt->digest);
+	}
+	slipway__v1__heartbeat_request__free_unpacked(req, NULL);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz f = { data, size };
-	if (fz_u8(&f) & 1)
-		mode_rollback(f.p, f.n);
-	else
-		mode_create(f.p, f.n);
+	switch (fz_u8(&f) % 3) {
+	case 0: mode_create(f.p, f.n); break;
+	case 1: mode_rollback(f.p, f.n); break;
+	default: mode_heartbeat(f.p, f.n); break;
+	}
 	return 0;
 }
