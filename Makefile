@@ -5,7 +5,7 @@
 #   make test          install what is missing, build, run unit + integration tests
 #   make demo          install what is missing, build, run the local stack demo
 #   make bench         run every benchmark (bench/run all)
-#   make fuzz          build the libFuzzer harnesses (clang)
+#   make fuzz          build the libFuzzer harnesses (clang); make fuzz-run FUZZ=<name> runs one
 #   make bundles       the demo application's release bundles (build/demo/web-*.tar.gz)
 #   make clean         remove build/
 #   V=1                show the commands
@@ -149,6 +149,9 @@ build/tests/slipway-testsvc: $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_S
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS)
 
 TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc)
+# Every fuzz harness also replays its corpus as a unit test (tests/fuzz/rules.mk).
+include tests/fuzz/rules.mk
+TEST_BINS += $(FUZZ_REPLAY_BINS)
 
 # The agent's tests link its domain code (everything but main.c) as a library.
 $(OBJ)/tests/unit/test_agent_%.o $(OBJ)/tests/integration/it_agent_%.o: CFLAGS_ALL += -Iservices/agent
@@ -165,7 +168,7 @@ build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
 
 # ---- top-level targets ----
-.PHONY: all bins tests test unit integration demo bench fuzz clean bootstrap bundles
+.PHONY: all bins tests test unit integration demo bench fuzz fuzz-run clean bootstrap bundles
 
 all: bins tests bundles
 
@@ -199,6 +202,10 @@ bench: bootstrap
 
 fuzz:
 	$(Q)$(MAKE) --no-print-directory -f tests/fuzz/Makefile
+
+# make fuzz-run FUZZ=<name> [FUZZ_TIME=60]: run one harness (tests/fuzz/README.md)
+fuzz-run:
+	$(Q)$(MAKE) --no-print-directory -f tests/fuzz/Makefile fuzz-run
 
 clean:
 	rm -rf build

@@ -125,33 +125,53 @@ static int token_ok(const char *s, size_t min, size_t max, const char *extra)
 	return 1;
 }
 
-/* Printable UTF-8: well-formed sequences, no control characters. */
+size_t auditlog_utf8_char(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+	size_t len;
+	if (c < 0x80)
+		return c != 0;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	/* RFC 3629 section 4: the second byte's range excludes overlong
+	 * forms (E0, F0), surrogates (ED) and code points past U+10FFFF (F4). */
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t k = 2; k < len; k++)
+		if ((p[k] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+/* Printable UTF-8: well-formed sequences (what PostgreSQL text and JSON
+ * accept), no control characters. */
 static int text_ok(const char *s, size_t min, size_t max)
 {
 	size_t n = strlen(s);
 	if (n < min || n > max)
 		return 0;
-	const unsigned char *p = (const unsigned char *)s;
 	for (size_t i = 0; i < n;) {
-		unsigned char c = p[i];
-		size_t len;
+		unsigned char c = (unsigned char)s[i];
 		if (c < 0x20 || c == 0x7f)
 			return 0;
-		if (c < 0x80)
-			len = 1;
-		else if ((c & 0xe0) == 0xc0 && c >= 0xc2)
-			len = 2;
-		else if ((c & 0xf0) == 0xe0)
-			len = 3;
-		else if ((c & 0xf8) == 0xf0 && c <= 0xf4)
-			len = 4;
-		else
+		size_t len = auditlog_utf8_char(s + i);
+		if (len == 0)
 			return 0;
-		if (i + len > n)
-			return 0;
-		for (size_t k = 1; k < len; k++)
-			if ((p[i + k] & 0xc0) != 0x80)
-				return 0;
 		i += len;
 	}
 	return 1;
@@ -168,6 +188,11 @@ int auditlog_check_event(const Slipway__V1__AuditEvent *ev, char *err, size_t er
 			       "event.event_id: 1-64 characters of [A-Za-z0-9._:-] required");
 	if (ev->service[0] == '\0')
 		return sw_errf(err, errlen, SW_EINVAL, "event.service is required");
+	/* The caller's own service name: one SPIFFE path segment, which also
+	 * keeps every valid entry within AUDITLOG_CANON_MAX. */
+	if (!spiffe_segment_ok(ev->service))
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "event.service: 1-63 characters of [A-Za-z0-9._-] required");
 	if (ev->actor[0] == '\0')
 		return sw_errf(err, errlen, SW_EINVAL, "event.actor is required");
 	if (spiffe_parse(ev->actor, NULL, NULL, NULL, 0) != 0)

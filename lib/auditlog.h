@@ -53,6 +53,11 @@ int auditlog_from_proto(const Slipway__V1__AuditEntry *in, struct auditlog_entry
  * 0 or SW_EINVAL naming the field. */
 int auditlog_check_event(const Slipway__V1__AuditEvent *ev, char *err, size_t errlen);
 
+/* The length of the well-formed UTF-8 sequence at the start of s (RFC
+ * 3629: no overlong forms, no surrogates, nothing past U+10FFFF), or 0
+ * when there is none (also at the terminating NUL). Any thread. */
+size_t auditlog_utf8_char(const char *s);
+
 /* Printable UTF-8 of min..max bytes; tokens of [a-z0-9] plus extra. */
 int auditlog_text_ok(const char *s, size_t min, size_t max);
 int auditlog_token_ok(const char *s, size_t min, size_t max, const char *extra);

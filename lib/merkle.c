@@ -33,11 +33,12 @@ void merkle_empty_root(uint8_t out[MERKLE_HASH])
 	hash_sha256("", 0, NULL, 0, NULL, 0, out);
 }
 
-/* Largest power of two strictly less than n (n >= 2). */
+/* Largest power of two strictly less than n (n >= 2). "k < n - k" is
+ * "2k < n" without overflowing: for n > 2^63, 2k wraps to 0 at k = 2^63. */
 static uint64_t split_point(uint64_t n)
 {
 	uint64_t k = 1;
-	while (k << 1 < n)
+	while (k < n - k)
 		k <<= 1;
 	return k;
 }

@@ -102,6 +102,13 @@ static int split_plus(char *s, char **f, int max)
 
 static int b64dec(const char *in, uint8_t *out, size_t cap, size_t *len)
 {
+	/* libsodium (1.0.18) reads the text as signed chars and decodes every
+	 * byte >= 0x80 as '/': refuse anything outside the alphabet first, so
+	 * that keys, roots and signatures have exactly one spelling. */
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+				       "0123456789+/=";
+	if (in[strspn(in, alphabet)] != '\0')
+		return -1;
 	return sodium_base642bin(out, cap, in, strlen(in), NULL, len, NULL,
 				 sodium_base64_VARIANT_ORIGINAL) == 0
 		       ? 0
@@ -207,7 +214,8 @@ int note_verifier_parse(const char *text, struct note_verifier *v, char *err, si
 int note_sign(const struct note_signer *s, const char *body, char *out, size_t outlen)
 {
 	size_t bl = strlen(body);
-	if (bl == 0 || body[bl - 1] != '\n')
+	/* A blank line would end the body early for note_verify. */
+	if (bl == 0 || body[bl - 1] != '\n' || body[0] == '\n' || strstr(body, "\n\n") != NULL)
 		return SW_EINVAL;
 	uint8_t sig[4 + crypto_sign_BYTES];
 	memcpy(sig, s->v.key_id, 4);

@@ -49,8 +49,8 @@ void note_signer_verifier(const struct note_signer *s, struct note_verifier *v);
 int note_verifier_format(const struct note_verifier *v, char *out, size_t outlen);
 int note_verifier_parse(const char *text, struct note_verifier *v, char *err, size_t errlen);
 
-/* Signs body (which must end in '\n') into out: body, blank line, one
- * signature line. */
+/* Signs body (which must end in '\n' and hold no blank line) into out:
+ * body, blank line, one signature line. */
 int note_sign(const struct note_signer *s, const char *body, char *out, size_t outlen);
 
 /* Checks that note carries a valid signature by v. On success copies the

@@ -42,12 +42,8 @@ static size_t fit_text(const char *in, char *out, size_t max)
 	size_t o = 0;
 	while (*p && o < max) {
 		unsigned char ch = *p;
-		size_t len = ch < 0x80 ? 1 : (ch & 0xe0) == 0xc0 && ch >= 0xc2 ? 2 : (ch & 0xf0) == 0xe0 ? 3
-			     : (ch & 0xf8) == 0xf0 && ch <= 0xf4 ? 4 : 0;
-		int ok = len > 0;
-		for (size_t k = 1; ok && k < len; k++)
-			ok = (p[k] & 0xc0) == 0x80;
-		if (!ok || ch < 0x20 || ch == 0x7f) {
+		size_t len = auditlog_utf8_char((const char *)p);
+		if (len == 0 || ch < 0x20 || ch == 0x7f) {
 			out[o++] = '?';
 			p++;
 			continue;

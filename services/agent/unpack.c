@@ -51,13 +51,19 @@ static int norm_path(const char *in, char *out, size_t outlen)
 }
 
 /* Does a symlink at rel_path with target `target` stay inside the tree?
- * Lexical: the link's directory depth, then each target component. Sound
- * because nothing is ever created below a symlink (O_NOFOLLOW walks). */
+ * Lexical: ".." components may only lead the target (at most as many as
+ * the link's directory depth), then it only descends. That is sound
+ * because the link's own directories are real ones (nothing is ever
+ * created below a symlink: O_NOFOLLOW walks), so climbing from there is
+ * exact, and descending from inside the tree, even through other links
+ * that obey the same rule, stays inside. A ".." after a descent could
+ * climb out of wherever a symlink led (a -> ".", b -> "a/.." is the
+ * release's parent), so it is refused. */
 static int link_target_ok(const char *rel_path, const char *target)
 {
 	if (target == NULL || target[0] == '\0' || target[0] == '/' || strlen(target) > MAX_NAME)
 		return 0;
-	int depth = 0;
+	int depth = 0, descended = 0;
 	for (const char *p = rel_path; *p; p++)
 		depth += *p == '/';
 	const char *s = target;
@@ -68,10 +74,10 @@ static int link_target_ok(const char *rel_path, const char *target)
 			if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
 				return 0;
 		if (n == 2 && s[0] == '.' && s[1] == '.') {
-			if (--depth < 0)
+			if (descended || --depth < 0)
 				return 0;
 		} else if (n > 0 && !(n == 1 && s[0] == '.')) {
-			depth++;
+			descended = 1;
 		}
 		if (slash == NULL)
 			break;

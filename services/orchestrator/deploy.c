@@ -3,6 +3,7 @@
  * target plan, the policy gate, the bounded queue and idempotency; manual
  * rollback; cancel, pause and resume.
  */
+#include "digest.h"
 #include "err.h"
 #include "log.h"
 #include "orch.h"
@@ -211,7 +212,8 @@ static int check_plan(const Slipway__V1__CreateDeploymentRequest *req, json_t **
 			backoff = f->retry_backoff_ms;
 		if (f->progress_deadline_ms)
 			deadline = f->progress_deadline_ms;
-		const char *bad = max_failed_pct > 100				? "max_failed_percent must be 0..100"
+		const char *bad = max_failed > 10000				? "max_failed must be 0..10000"
+				  : max_failed_pct > 100			? "max_failed_percent must be 0..100"
 				  : retries > 10				? "retries must be 0..10"
 				  : backoff < 0 || backoff > 600000		? "retry_backoff_ms must be 0..600000"
 				  : deadline < 1000 || deadline > 86400000 ? "progress_deadline_ms must be 1000..86400000"
@@ -512,14 +514,10 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 	return 0;
 }
 
-int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
-		char *id_out, char *err, size_t errlen)
+int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, json_t **strategy,
+		      json_t **failure, char *err, size_t errlen)
 {
-	json_t *strategy = NULL, *failure = NULL;
-	struct release rel = { 0 };
-	char id[ORCH_ID_MAX];
-	int rc;
-
+	*strategy = *failure = NULL;
 	if (!orch_name_ok(req->app, 63))
 		return sw_errf(err, errlen, SW_EINVAL, "app: 1-63 characters of [a-z0-9-]");
 	if (!orch_name_ok(req->environment, 63))
@@ -532,8 +530,8 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 				     : NULL;
 	if (version != NULL && !version_ok(version))
 		return sw_errf(err, errlen, SW_EINVAL, "version: not a valid version name");
-	if (digest != NULL && (strncmp(digest, "sha256:", 7) != 0 || strlen(digest) != 71))
-		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 hex>");
+	if (digest != NULL && digest_parse(digest, NULL) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 lower-case hex>");
 	if (version == NULL && digest == NULL)
 		return sw_errf(err, errlen, SW_EINVAL, "give a version or a digest");
 	if (req->priority != SLIPWAY__V1__PRIORITY__PRIORITY_NORMAL &&
@@ -545,8 +543,28 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 	if (req->break_glass && (req->break_glass_reason[0] == '\0' ||
 				 strlen(req->break_glass_reason) > 1000))
 		return sw_errf(err, errlen, SW_EINVAL, "break_glass needs a reason (at most 1000 bytes)");
-	if ((rc = check_plan(req, &strategy, &failure, err, errlen)) != 0)
+	int rc = check_plan(req, strategy, failure, err, errlen);
+	if (rc != 0)
+		*strategy = *failure = NULL; /* check_plan released what it made */
+	return rc;
+}
+
+int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
+		char *id_out, char *err, size_t errlen)
+{
+	json_t *strategy = NULL, *failure = NULL;
+	struct release rel = { 0 };
+	char id[ORCH_ID_MAX];
+	int rc;
+
+	if ((rc = orch_create_check(req, &strategy, &failure, err, errlen)) != 0)
 		return rc;
+	const char *version = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION
+				      ? req->version
+				      : NULL;
+	const char *digest = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST
+				     ? req->digest
+				     : NULL;
 	rc = orch_authorize(o, ctx, "deploy", req->app, req->environment, err, errlen);
 	if (rc != 0) {
 		json_decref(strategy);
@@ -579,18 +597,25 @@ out:
 	return rc;
 }
 
-int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
-			  char *id_out, char *err, size_t errlen)
+int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size_t errlen)
 {
-	struct release rel = { 0 };
-	char id[ORCH_ID_MAX], good[80] = "";
-	int rc;
 	if (!orch_name_ok(req->app, 63) || !orch_name_ok(req->environment, 63))
 		return sw_errf(err, errlen, SW_EINVAL, "app and environment: 1-63 characters of [a-z0-9-]");
 	if (req->to_version[0] && !version_ok(req->to_version))
 		return sw_errf(err, errlen, SW_EINVAL, "to_version: not a valid version name");
 	if (strlen(req->reason) > 1000)
 		return sw_errf(err, errlen, SW_EINVAL, "reason: at most 1000 bytes");
+	return 0;
+}
+
+int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
+			  char *id_out, char *err, size_t errlen)
+{
+	struct release rel = { 0 };
+	char id[ORCH_ID_MAX], good[80] = "";
+	int rc;
+	if ((rc = orch_rollback_check(req, err, errlen)) != 0)
+		return rc;
 	rc = orch_authorize(o, ctx, "rollback", req->app, req->environment, err, errlen);
 	if (rc != 0)
 		return rc;

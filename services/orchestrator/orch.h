@@ -106,9 +106,14 @@ int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char 
 /* ---- registry.c ---- */
 int orch_registry_start(struct orch *o, char *err, size_t errlen);
 void orch_registry_stop(struct orch *o);
-/* Records a heartbeat in memory (flushed within a second). Returns 0, or
- * SW_ENOTFOUND when the agent is not registered (it must re-register).
- * Never blocks on the database: safe on a completion-queue thread. */
+/* 1 when an agent's reported runtime may be stored: at most
+ * ORCH_RUNTIME_MAX bytes packed, its digest empty or "sha256:<hex>". */
+#define ORCH_RUNTIME_MAX 4096
+int orch_runtime_ok(const Slipway__V1__AgentRuntime *rt);
+/* Records a heartbeat in memory (flushed within a second). Returns 0,
+ * SW_EINVAL for a runtime orch_runtime_ok refuses, or SW_ENOTFOUND when the
+ * agent is not registered (it must re-register). Never blocks on the
+ * database: safe on a completion-queue thread. */
 int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
 		   uint64_t highest_generation);
 /* Registers (or re-registers) an agent. */
@@ -142,6 +147,16 @@ int orch_report(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 		size_t errlen);
 
 /* ---- deploy.c ---- */
+struct json_t;
+/* The checks of a CreateDeployment request that need neither the database
+ * nor another service (names, release, priority, idempotency key, break
+ * glass, strategy and failure policy). On success *strategy and *failure
+ * are new JSON objects (json_decref) with the defaults filled in. Returns 0
+ * or SW_EINVAL naming the field. Any thread. */
+int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, struct json_t **strategy,
+		      struct json_t **failure, char *err, size_t errlen);
+/* The same for a Rollback request. */
+int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size_t errlen);
 int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDeploymentRequest *req,
 		char *id_out, char *err, size_t errlen);
 int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,

@@ -9,6 +9,7 @@
  * in-flight task of a lost agent counts as failed. Every replica flushes
  * and detects; both are idempotent.
  */
+#include "digest.h"
 #include "err.h"
 #include "hash.h"
 #include "log.h"
@@ -78,16 +79,24 @@ static struct agent_mem *find_or_add(struct orch_registry *r, const char *id)
 	return a;
 }
 
+int orch_runtime_ok(const Slipway__V1__AgentRuntime *rt)
+{
+	/* The digest goes to a text column in a multi-row UPDATE shared by many
+	 * agents: bytes PostgreSQL refuses would fail every agent's flush. */
+	return rt == NULL || (slipway__v1__agent_runtime__get_packed_size(rt) <= ORCH_RUNTIME_MAX &&
+			      (rt->digest[0] == '\0' || digest_parse(rt->digest, NULL) == 0));
+}
+
 int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
 		   uint64_t highest_generation)
 {
 	struct orch_registry *r = o->reg;
 	uint8_t *packed = NULL;
 	size_t len = 0;
+	if (!orch_runtime_ok(rt))
+		return SW_EINVAL;
 	if (rt != NULL) {
 		len = slipway__v1__agent_runtime__get_packed_size(rt);
-		if (len > 4096)
-			return SW_EINVAL;
 		packed = malloc(len ? len : 1);
 		if (packed == NULL)
 			return SW_ENOMEM;

@@ -216,7 +216,8 @@ static int heartbeat(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 		return rc;
 	rc = orch_heartbeat(o, rpc_peer(ctx), req->runtime, req->highest_generation);
 	if (rc == SW_EINVAL)
-		return rpc_errorf(ctx, rc, "runtime too large");
+		return rpc_errorf(ctx, rc, "runtime larger than %d bytes, or its digest is not "
+				  "sha256:<64 lower-case hex>", ORCH_RUNTIME_MAX);
 	resp->heartbeat_interval_ms = o->c.heartbeat_ms;
 	resp->reregister = rc == SW_ENOTFOUND;
 	return 0;
