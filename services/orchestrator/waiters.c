@@ -11,6 +11,11 @@
  * waker checks and "orch_deploy" ones into engine kicks. After the
  * listener reconnects it re-checks every parked call and kicks the engine,
  * so a missed notification costs latency, never a task.
+ *
+ * A call whose tasks are being looked up stays in the list (marked busy),
+ * so a notification that arrives during the look-up marks it for another
+ * one: the look-up may have read the database before the dispatching
+ * transaction committed.
  */
 #include "err.h"
 #include "log.h"
@@ -24,12 +29,15 @@
 #include <time.h>
 
 struct waiter {
-	struct waiter *next;
+	struct waiter *prev, *next; /* the parked list */
+	struct waiter *due_next;    /* this round's look-ups (waker only) */
 	struct rpc_ctx *ctx;
 	char agent[SPIFFE_ID_MAX + 1];
 	uint64_t highest;
 	int64_t deadline_ms;
 	int check; /* look its tasks up on the next round */
+	int busy;  /* being looked up now, outside the lock */
+	int done;  /* answered this round (waker only) */
 };
 
 struct orch_waiters {
@@ -77,9 +85,21 @@ void orch_waiters_park(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 		return;
 	}
 	x->next = w->list;
+	if (w->list != NULL)
+		w->list->prev = x;
 	w->list = x;
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
+}
+
+static void unlink_waiter(struct orch_waiters *w, struct waiter *x)
+{
+	if (x->prev != NULL)
+		x->prev->next = x->next;
+	else
+		w->list = x->next;
+	if (x->next != NULL)
+		x->next->prev = x->prev;
 }
 
 static void mark_agent(struct orch_waiters *w, const char *agent)
@@ -92,19 +112,19 @@ static void mark_agent(struct orch_waiters *w, const char *agent)
 	pthread_mutex_unlock(&w->mu);
 }
 
-/* Takes the waiters that need an answer or a look-up now. */
+/* Marks busy and returns (linked through due_next) the waiters that need
+ * an answer or a look-up now. They stay in the list. w->mu held. */
 static struct waiter *take_due(struct orch_waiters *w, int64_t now, int all)
 {
-	struct waiter *due = NULL, **pp = &w->list;
-	while (*pp) {
-		struct waiter *x = *pp;
-		if (all || x->check || x->deadline_ms <= now || w->draining) {
-			*pp = x->next;
-			x->next = due;
-			due = x;
-		} else {
-			pp = &x->next;
-		}
+	struct waiter *due = NULL;
+	for (struct waiter *x = w->list; x; x = x->next) {
+		if (x->busy || !(all || x->check || x->deadline_ms <= now || w->draining))
+			continue;
+		x->busy = 1;
+		x->check = 0; /* a notification from now on asks for another look */
+		x->done = 0;
+		x->due_next = due;
+		due = x;
 	}
 	return due;
 }
@@ -125,7 +145,7 @@ static void *waker_main(void *arg)
 				break;
 			int64_t next = now + 1000;
 			for (struct waiter *x = w->list; x; x = x->next)
-				if (x->deadline_ms < next)
+				if (!x->busy && x->deadline_ms < next)
 					next = x->deadline_ms;
 			struct timespec dl;
 			clock_gettime(CLOCK_REALTIME, &dl);
@@ -141,10 +161,9 @@ static void *waker_main(void *arg)
 		}
 		int draining = w->draining;
 		pthread_mutex_unlock(&w->mu);
-		struct waiter *keep = NULL;
-		while (due) {
-			struct waiter *x = due;
-			due = x->next;
+		/* Only the waker touches a busy waiter's ctx, highest and done;
+		 * the listener may still set its check flag (under the lock). */
+		for (struct waiter *x = due; x; x = x->due_next) {
 			Slipway__V1__PollTasksResponse *resp = (void *)rpc_response(x->ctx);
 			int n = 0;
 			if (!draining && !rpc_cancelled(x->ctx)) {
@@ -156,19 +175,19 @@ static void *waker_main(void *arg)
 			}
 			if (n > 0 || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= mono_ms()) {
 				rpc_finish(x->ctx, 0);
-				free(x);
-			} else {
-				x->check = 0;
-				x->next = keep;
-				keep = x;
+				x->done = 1;
 			}
 		}
 		pthread_mutex_lock(&w->mu);
-		while (keep) {
-			struct waiter *x = keep;
-			keep = x->next;
-			x->next = w->list;
-			w->list = x;
+		while (due) {
+			struct waiter *x = due;
+			due = x->due_next;
+			if (x->done) {
+				unlink_waiter(w, x);
+				free(x);
+			} else {
+				x->busy = 0; /* check is set if a notification came meanwhile */
+			}
 		}
 	}
 	pthread_mutex_unlock(&w->mu);
