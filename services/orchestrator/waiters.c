@@ -162,22 +162,33 @@ static void *waker_main(void *arg)
 		int draining = w->draining;
 		pthread_mutex_unlock(&w->mu);
 		/* Only the waker touches a busy waiter's ctx, highest and done;
-		 * the listener may still set its check flag (under the lock). */
+		 * the listener may still set its check flag (under the lock).
+		 * One look-up for all of them: a rollback wakes every touched
+		 * agent at once. */
+		size_t nq = 0, k = 0;
+		for (struct waiter *x = due; x; x = x->due_next)
+			nq += !draining && !rpc_cancelled(x->ctx);
+		struct orch_task_query *q = nq ? calloc(nq, sizeof *q) : NULL;
+		if (q != NULL) {
+			for (struct waiter *x = due; x && k < nq; x = x->due_next)
+				if (!draining && !rpc_cancelled(x->ctx))
+					q[k++] = (struct orch_task_query){ x->ctx, x->agent, x->highest, 0 };
+			if (orch_next_tasks(o, q, k, err, sizeof err) != 0)
+				log_warn("task look-up failed", "agents=%zu error=%s", k, err);
+		} else if (nq > 0) {
+			log_warn("task look-up failed", "agents=%zu error=out of memory", nq);
+		}
+		k = 0;
 		for (struct waiter *x = due; x; x = x->due_next) {
-			Slipway__V1__PollTasksResponse *resp = (void *)rpc_response(x->ctx);
-			int n = 0;
-			if (!draining && !rpc_cancelled(x->ctx)) {
-				n = orch_next_task(o, x->ctx, x->agent, x->highest, resp, err, sizeof err);
-				if (n < 0) {
-					log_warn("task look-up failed", "agent=%s error=%s", x->agent, err);
-					n = 0;
-				}
-			}
-			if (n > 0 || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= mono_ms()) {
+			int found = 0;
+			if (q != NULL && k < nq && q[k].ctx == x->ctx)
+				found = q[k++].found;
+			if (found || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= mono_ms()) {
 				rpc_finish(x->ctx, 0);
 				x->done = 1;
 			}
 		}
+		free(q);
 		pthread_mutex_lock(&w->mu);
 		while (due) {
 			struct waiter *x = due;
