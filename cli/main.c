@@ -36,6 +36,7 @@ int cli_cmd_pause(struct cli *c, int argc, char **argv);
 int cli_cmd_resume(struct cli *c, int argc, char **argv);
 int cli_cmd_rollback(struct cli *c, int argc, char **argv);
 int cli_cmd_agents(struct cli *c, int argc, char **argv);
+int cli_cmd_secrets(struct cli *c, int argc, char **argv);
 
 static const struct cli_cmd groups[] = {
 	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
@@ -54,6 +55,7 @@ static const struct cli_cmd groups[] = {
 	{ "resume", cli_cmd_resume, "resume a paused deployment" },
 	{ "rollback", cli_cmd_rollback, "roll an environment back to its last known-good release (or --to)" },
 	{ "agents", cli_cmd_agents, "list agents: labels, health, version, last heartbeat" },
+	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)" },
 };
 
 int cli_fail(const char *fmt, ...)

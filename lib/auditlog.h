@@ -18,6 +18,8 @@
  * AUDITLOG_CANON_MAX bytes. */
 #define AUDITLOG_MAX_DETAILS 32
 #define AUDITLOG_MAX_DETAILS_BYTES 8192
+#define AUDITLOG_MAX_VALUE 1024
+#define AUDITLOG_MAX_RESOURCE 512
 #define AUDITLOG_CANON_MAX 16384
 
 /* Borrowed view of one entry. Details must be in ascending bytewise key
@@ -45,5 +47,14 @@ void auditlog_hashes(const uint8_t prev_hash[AUDITLOG_HASH], const uint8_t *cano
  * event or too many details. */
 int auditlog_from_proto(const Slipway__V1__AuditEntry *in, struct auditlog_entry *out,
 			const char **keys, const char **values);
+
+/* Checks every field of an event against the caps of audit-canonical.md
+ * (not who may append it: that is the audit service's business). Returns
+ * 0 or SW_EINVAL naming the field. */
+int auditlog_check_event(const Slipway__V1__AuditEvent *ev, char *err, size_t errlen);
+
+/* Printable UTF-8 of min..max bytes; tokens of [a-z0-9] plus extra. */
+int auditlog_text_ok(const char *s, size_t min, size_t max);
+int auditlog_token_ok(const char *s, size_t min, size_t max, const char *extra);
 
 #endif

@@ -2,6 +2,7 @@
  * outbox.c - the transactional outbox and its relay (see outbox.h).
  */
 #include "outbox.h"
+#include "auditlog.h"
 #include "err.h"
 #include "log.h"
 
@@ -45,13 +46,43 @@ void outbox_detail(struct outbox_event *e, const char *key, const char *value)
 	}
 }
 
+/* Copies free text into out[max + 1] as printable UTF-8 of at most max
+ * bytes: control characters and broken sequences become '?', and a cut
+ * never splits a character. Returns the length. */
+static size_t fit_text(const char *in, char *out, size_t max)
+{
+	const unsigned char *p = (const unsigned char *)in;
+	size_t o = 0;
+	while (*p && o < max) {
+		unsigned char ch = *p;
+		size_t len = ch < 0x80 ? 1 : (ch & 0xe0) == 0xc0 && ch >= 0xc2 ? 2 : (ch & 0xf0) == 0xe0 ? 3
+			     : (ch & 0xf8) == 0xf0 && ch <= 0xf4 ? 4 : 0;
+		int ok = len > 0;
+		for (size_t k = 1; ok && k < len; k++)
+			ok = (p[k] & 0xc0) == 0x80;
+		if (!ok || ch < 0x20 || ch == 0x7f) {
+			out[o++] = '?';
+			p++;
+			continue;
+		}
+		if (o + len > max)
+			break;
+		memcpy(out + o, p, len);
+		o += len;
+		p += len;
+	}
+	out[o] = '\0';
+	return o;
+}
+
 int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
 	       size_t errlen)
 {
 	Slipway__V1__AuditEvent ev = SLIPWAY__V1__AUDIT_EVENT__INIT;
-	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS];
-	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS];
-	char id[33];
+	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS + 1];
+	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS + 1];
+	char id[33], resource[AUDITLOG_MAX_RESOURCE + 1];
+	char *values = NULL;
 
 	if (e->event_id != NULL && e->event_id[0] != '\0')
 		snprintf(id, sizeof id, "%s", e->event_id);
@@ -61,23 +92,61 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 	ev.actor = (char *)(e->actor ? e->actor : "");
 	ev.service = (char *)service;
 	ev.action = (char *)(e->action ? e->action : "");
-	ev.resource = (char *)(e->resource ? e->resource : "");
+	/* Free text is fitted to the log's caps here, so that an event can never
+	 * be refused by the audit service later and block the relay. */
+	if (fit_text(e->resource ? e->resource : "", resource, AUDITLOG_MAX_RESOURCE) == 0)
+		snprintf(resource, sizeof resource, "-");
+	ev.resource = resource;
 	ev.outcome = e->outcome;
 	ev.request_id = (char *)(e->request_id ? e->request_id : log_request_id());
+	if (!auditlog_token_ok(ev.request_id, 0, 64, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._:-"))
+		ev.request_id = "";
 	ev.time_unix_ms = real_ms();
-	for (size_t i = 0; i < e->ndetails; i++) {
-		slipway__v1__key_value__init(&kv[i]);
-		kv[i].key = (char *)e->keys[i];
-		kv[i].value = (char *)e->values[i];
-		kvp[i] = &kv[i];
+	values = malloc(AUDITLOG_MAX_DETAILS_BYTES + 1);
+	if (values == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	size_t used = 0, budget = AUDITLOG_MAX_DETAILS_BYTES - 32, nd = 0;
+	int truncated = 0;
+	for (size_t i = 0; i < e->ndetails && i < OUTBOX_MAX_DETAILS; i++) {
+		size_t kl = strlen(e->keys[i]);
+		if (used + kl >= budget) {
+			truncated = 1;
+			break;
+		}
+		size_t room = budget - used - kl;
+		size_t cap = room < AUDITLOG_MAX_VALUE ? room : AUDITLOG_MAX_VALUE;
+		size_t vl = fit_text(e->values[i], values + used, cap);
+		if (vl < strlen(e->values[i]))
+			truncated = 1;
+		slipway__v1__key_value__init(&kv[nd]);
+		kv[nd].key = (char *)e->keys[i];
+		kv[nd].value = values + used;
+		kvp[nd] = &kv[nd];
+		nd++;
+		used += vl + 1 + kl;
 	}
-	ev.n_details = e->ndetails;
+	if (truncated || e->ndetails > OUTBOX_MAX_DETAILS) {
+		slipway__v1__key_value__init(&kv[nd]);
+		kv[nd].key = "truncated";
+		kv[nd].value = "true";
+		kvp[nd] = &kv[nd];
+		nd++;
+	}
+	ev.n_details = nd;
 	ev.details = kvp;
+	char why[256];
+	if (auditlog_check_event(&ev, why, sizeof why) != 0) {
+		free(values);
+		return sw_errf(err, errlen, SW_EINVAL, "invalid audit event (a bug in %s): %s", service,
+			       why);
+	}
 
 	size_t n = slipway__v1__audit_event__get_packed_size(&ev);
 	uint8_t *buf = malloc(n ? n : 1);
-	if (buf == NULL)
+	if (buf == NULL) {
+		free(values);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
 	slipway__v1__audit_event__pack(&ev, buf);
 	const char *vals[2] = { id, (const char *)buf };
 	int lens[2] = { 0, (int)n };
@@ -85,6 +154,7 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 	int rc = db_exec(c, "INSERT INTO outbox (event_id, event) VALUES ($1, $2)", 2, vals, lens,
 			 fmts, 0, NULL, err, errlen);
 	free(buf);
+	free(values);
 	return rc;
 }
 
@@ -248,6 +318,12 @@ static void *relay_main(void *arg)
 		}
 		if (!last_failed)
 			log_warn("audit delivery failing; will retry", "error=%s", err);
+		if (rc == SW_EINVAL)
+			/* Cannot happen for events written by outbox_add (they are
+			 * checked against the same rules); if the audit service's
+			 * rules changed, an operator must look: keep the event. */
+			log_error("the audit service refuses an outbox event; delivery blocked",
+				  "error=%s", err);
 		last_failed = 1;
 		if (rc == SW_EUNAVAIL && PQstatus(db_pg(c)) != CONNECTION_OK) {
 			db_release(r->o.db, c); /* reconnects; the lock went with the session */

@@ -51,7 +51,12 @@ void outbox_detail(struct outbox_event *e, const char *key, const char *value);
 /*
  * Records the event in the outbox on connection c, which should be inside
  * the transaction that makes the change (db_tx). `service` is the producing
- * service's name. Returns 0 or an SW_E* code with err.
+ * service's name. Free text (resource, detail values) is fitted to the
+ * audit log's caps (printable UTF-8, lengths; a `truncated` detail says so)
+ * and the event is checked against the log's rules, so that the audit
+ * service never refuses it. Returns 0, or SW_EINVAL for an event no
+ * fitting can fix (a bad actor, action or detail key: a bug), or another
+ * SW_E* code with err.
  */
 int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
 	       size_t errlen);

@@ -886,7 +886,7 @@ void rpc_server_on_drain(struct rpc_server *srv, void (*fn)(void *), void *arg)
 
 int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t errlen)
 {
-	grpc_arg args[6];
+	grpc_arg args[7];
 	memset(args, 0, sizeof args);
 	args[0].type = GRPC_ARG_INTEGER;
 	args[0].key = GRPC_ARG_ALLOW_REUSEPORT;
@@ -906,6 +906,10 @@ int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t 
 	args[5].type = GRPC_ARG_INTEGER;
 	args[5].key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
 	args[5].value.integer = 1;
+	/* Receive window of a message's size for client streams (uploads). */
+	args[6].type = GRPC_ARG_INTEGER;
+	args[6].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+	args[6].value.integer = (int)srv->o.max_msg_bytes;
 	grpc_channel_args chargs = { sizeof args / sizeof args[0], args };
 
 	srv->server = grpc_server_create(&chargs, NULL);

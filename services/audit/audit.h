@@ -87,6 +87,10 @@ struct aud {
 	pthread_t cp_thread;
 	pthread_cond_t cp_cv;
 	atomic_int integrity_failed; /* the log disagrees with a signed checkpoint */
+	/* the latest checkpoint's size, cached for proofs (at most 1 s old) */
+	pthread_mutex_t cache_mu;
+	uint64_t latest_cp_size;
+	int64_t latest_cp_at_ms;
 	char integrity_why[256];
 };
 
@@ -162,6 +166,10 @@ int aud_checkpoint_sign(struct aud *a, Slipway__V1__Checkpoint **out, char *err,
 int aud_checkpoint_get(struct aud *a, uint64_t size, Slipway__V1__Checkpoint **out, char *err,
 		       size_t errlen);
 void aud_checkpoint_free(Slipway__V1__Checkpoint *c);
+
+/* The latest checkpoint's size (0 when none), from a cache at most 1 s
+ * old. Any thread. */
+int aud_latest_size(struct aud *a, uint64_t *size, char *err, size_t errlen);
 
 /* Checks the database against the newest checkpoint on S3 and in the
  * database; sets integrity_failed when they disagree. */

@@ -326,7 +326,36 @@ out:
 
 int aud_checkpoint_sign(struct aud *a, Slipway__V1__Checkpoint **out, char *err, size_t errlen)
 {
-	return check_and_sign(a, 1, out, err, errlen);
+	int rc = check_and_sign(a, 1, out, err, errlen);
+	if (rc == 0 && out != NULL && *out != NULL) {
+		pthread_mutex_lock(&a->cache_mu);
+		a->latest_cp_size = (*out)->size;
+		a->latest_cp_at_ms = now_ms();
+		pthread_mutex_unlock(&a->cache_mu);
+	}
+	return rc;
+}
+
+int aud_latest_size(struct aud *a, uint64_t *size, char *err, size_t errlen)
+{
+	int64_t t = now_ms();
+	pthread_mutex_lock(&a->cache_mu);
+	int fresh = a->latest_cp_at_ms != 0 && t - a->latest_cp_at_ms < 1000;
+	*size = a->latest_cp_size;
+	pthread_mutex_unlock(&a->cache_mu);
+	if (fresh)
+		return *size ? 0 : sw_errf(err, errlen, SW_ENOTFOUND, "no checkpoint has been signed yet");
+	Slipway__V1__Checkpoint *cp = NULL;
+	int rc = aud_checkpoint_get(a, 0, &cp, err, errlen);
+	*size = rc == 0 ? cp->size : 0;
+	aud_checkpoint_free(cp);
+	if (rc == 0 || rc == SW_ENOTFOUND) {
+		pthread_mutex_lock(&a->cache_mu);
+		a->latest_cp_size = *size;
+		a->latest_cp_at_ms = t;
+		pthread_mutex_unlock(&a->cache_mu);
+	}
+	return rc;
 }
 
 int aud_integrity_check(struct aud *a, char *err, size_t errlen)
@@ -429,6 +458,7 @@ static void *cp_main(void *arg)
 int aud_checkpoint_start(struct aud *a, char *err, size_t errlen)
 {
 	pthread_mutex_init(&a->cp_mu, NULL);
+	pthread_mutex_init(&a->cache_mu, NULL);
 	pthread_cond_init(&a->cp_cv, NULL);
 	if (aud_integrity_check(a, err, errlen) == SW_EDATALOSS)
 		log_error("starting with a failed integrity check", "reason=%s", err);

@@ -589,12 +589,10 @@ static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	decide(e, f->digest, requester, digest_since, rejected, rejected_by, rows, nrows);
 	free(rows);
 
-	if ((rc = db_q(c, "UPDATE approval_requests SET verdict = $2 WHERE deployment_id = $1", 2,
-		       (const char *[]){ f->deployment_id, verdict_name(e->verdict) }, NULL, err,
-		       errlen)) != 0)
-		return rc;
-
-	/* The decision, recorded and audited. */
+	/* The decision, recorded and audited when it says something new: the
+	 * orchestrator asks again every second while a deployment waits, and an
+	 * unchanged answer (same verdict, digest, revision, missing approvals,
+	 * wait) is not a new decision. */
 	const char *rv[MAX_REASONS];
 	for (size_t i = 0; i < e->nreasons; i++)
 		rv[i] = e->reasons[i];
@@ -603,6 +601,24 @@ static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		o += (size_t)snprintf(missing + o, sizeof missing - o, "%s%s %u/%u", i ? ", " : "",
 				      e->mgroup[i][0] ? e->mgroup[i] : "total", e->mhave[i],
 				      e->mreq[i]);
+	char outcome[1024];
+	snprintf(outcome, sizeof outcome, "%s|%s|%llu|%s|%lld|%d|%d", verdict_name(e->verdict),
+		 f->digest, (unsigned long long)e->p->revision, missing, (long long)e->not_before,
+		 e->post_review, f->break_glass);
+	PGresult *lr = NULL;
+	if ((rc = db_q(c,
+		       "UPDATE approval_requests SET verdict = $2 WHERE deployment_id = $1"
+		       " RETURNING last_outcome, last_decision_id",
+		       2, (const char *[]){ f->deployment_id, verdict_name(e->verdict) }, &lr, err,
+		       errlen)) != 0)
+		return rc;
+	int unchanged = PQntuples(lr) == 1 && strcmp(db_text(lr, 0, 0), outcome) == 0 &&
+			strlen(db_text(lr, 0, 1)) < sizeof e->decision_id;
+	if (unchanged)
+		snprintf(e->decision_id, sizeof e->decision_id, "%s", db_text(lr, 0, 1));
+	PQclear(lr);
+	if (unchanged)
+		return 0;
 	struct pol_decision d = { .principal = requester, .action = "deploy", .kind = "deployment",
 				  .app = f->app, .env = f->environment, .name = f->deployment_id,
 				  .allowed = e->verdict == SLIPWAY__V1__VERDICT__VERDICT_ALLOWED,
@@ -620,6 +636,11 @@ static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	d.ekeys[d.nextra] = "break_glass", d.evals[d.nextra++] = bgv;
 	d.ekeys[d.nextra] = "post_review", d.evals[d.nextra++] = e->post_review ? "required" : "";
 	if ((rc = pol_record(c, &d, err, errlen)) != 0)
+		return rc;
+	if ((rc = db_q(c,
+		       "UPDATE approval_requests SET last_outcome = $2, last_decision_id = $3"
+		       " WHERE deployment_id = $1",
+		       3, (const char *[]){ f->deployment_id, outcome, d.id }, NULL, err, errlen)) != 0)
 		return rc;
 
 	/* A break-glass deployment is flagged once per digest for post-review. */

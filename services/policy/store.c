@@ -85,6 +85,9 @@ static const struct db_migration migrations[] = {
 	  " created_ms bigint NOT NULL,"
 	  " expires_ms bigint NOT NULL DEFAULT 0);"
 	  "CREATE INDEX approvals_deployment ON approvals (deployment_id, id);" },
+	{ 3, "approval requests remember their last recorded decision",
+	  "ALTER TABLE approval_requests ADD COLUMN last_outcome text NOT NULL DEFAULT '',"
+	  " ADD COLUMN last_decision_id text NOT NULL DEFAULT ''" },
 };
 
 int pol_store_migrate(struct db *db, char *err, size_t errlen)

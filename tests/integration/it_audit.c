@@ -404,6 +404,51 @@ static void test_outbox_survives_audit_outage(void **state)
 	db_close(db);
 }
 
+static int produce_messy_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	(void)arg;
+	static char resource[1000], value[5000];
+	char actor[256];
+	memset(resource, 'r', sizeof resource - 1);
+	resource[10] = '\n';
+	memset(value, 'v', sizeof value - 1);
+	value[3] = '\x01';
+	snprintf(actor, sizeof actor, "spiffe://%s/user/alice", td);
+	struct outbox_event e = { .event_id = "it-outbox-messy", .actor = actor,
+				  .action = "thing.create", .resource = resource,
+				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE };
+	outbox_detail(&e, "error", value);
+	outbox_detail(&e, "more", value);
+	return outbox_add(c, "testprod", &e, err, errlen);
+}
+
+/* Free text of any length or content is fitted to the log's caps before it
+ * enters the outbox, so it can never block the relay. */
+static void test_outbox_fits_free_text(void **state)
+{
+	(void)state;
+	char err[256];
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_producer", .pool_size = 3 };
+	struct db *db = NULL;
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(db_tx(db, NULL, produce_messy_tx, NULL, err, sizeof err), 0);
+	struct rpc_client *c = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
+						prod_crt, prod_key);
+	struct outbox_relay_opts ro = { .db = db, .audit = c, .idle_ms = 50 };
+	struct outbox_relay *r = NULL;
+	assert_int_equal(outbox_relay_start(&ro, &r, err, sizeof err), 0);
+	for (int i = 0; i < 100 && outbox_relay_delivered(r) < 1; i++)
+		h_sleep_ms(50);
+	outbox_relay_stop(r, 2000);
+	assert_int_equal(sql_int("SELECT count(*) FROM audit.entries WHERE event_id = 'it-outbox-messy'"
+				 " AND length(resource) = 512 AND position(chr(10) in resource) = 0"
+				 " AND details::text LIKE '%truncated%'"),
+			 1);
+	rpc_client_free(c);
+	db_close(db);
+}
+
 int main(void)
 {
 	log_init("it_audit", LOG_INFO);
@@ -415,6 +460,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_appends_form_one_chain),
 		cmocka_unit_test(test_service_role_cannot_update_or_delete),
 		cmocka_unit_test(test_outbox_survives_audit_outage),
+		cmocka_unit_test(test_outbox_fits_free_text),
 	};
 	int rc = cmocka_run_group_tests_name("it_audit", tests, setup, NULL);
 	rpc_shutdown();

@@ -10,8 +10,15 @@
 #include "it_policy.h"
 #include "tls.h"
 
+#include "grpc/health/v1/health.pb-c.h"
+
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -747,6 +754,180 @@ static void test_second_replica_follows_and_restart_keeps_state(void **state)
 	assert_int_equal(ph_can(svc, "user/replica", "push", "release", "web", ""), 1);
 }
 
+/* ---- a Unix-socket proxy in front of PostgreSQL, to take the database
+ * away from one replica without touching the stack ---- */
+
+struct pgproxy {
+	char path[600], target[600];
+	int lfd;
+	pthread_t th;
+	volatile int stop;
+};
+
+/* Fills a Unix socket address; -1 when the path does not fit. */
+static int sun_set(struct sockaddr_un *sa, const char *path)
+{
+	size_t n = strlen(path);
+	memset(sa, 0, sizeof *sa);
+	sa->sun_family = AF_UNIX;
+	if (n >= sizeof sa->sun_path)
+		return -1;
+	memcpy(sa->sun_path, path, n + 1);
+	return 0;
+}
+
+static void *proxy_main(void *arg)
+{
+	struct pgproxy *p = arg;
+	int fds[64], n = 0; /* pairs: fds[2k] client, fds[2k+1] server */
+	while (!p->stop) {
+		struct pollfd pf[65];
+		pf[0].fd = p->lfd;
+		pf[0].events = POLLIN;
+		for (int i = 0; i < n; i++) {
+			pf[i + 1].fd = fds[i];
+			pf[i + 1].events = POLLIN;
+		}
+		if (poll(pf, (nfds_t)n + 1, 50) <= 0)
+			continue;
+		if ((pf[0].revents & POLLIN) && n + 2 <= 64) {
+			int c = accept(p->lfd, NULL, NULL);
+			int u = socket(AF_UNIX, SOCK_STREAM, 0);
+			struct sockaddr_un sa;
+			if (c >= 0 && u >= 0 && sun_set(&sa, p->target) == 0 &&
+			    connect(u, (struct sockaddr *)&sa, sizeof sa) == 0) {
+				fds[n++] = c;
+				fds[n++] = u;
+			} else {
+				if (c >= 0)
+					close(c);
+				if (u >= 0)
+					close(u);
+			}
+		}
+		for (int i = 0; i < n; i++) {
+			if (!(pf[i + 1].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			char buf[16384];
+			ssize_t r = read(fds[i], buf, sizeof buf);
+			int peer = fds[i ^ 1];
+			if (r <= 0 || write(peer, buf, (size_t)r) != r) {
+				int k = i & ~1; /* close the pair */
+				close(fds[k]);
+				close(fds[k + 1]);
+				fds[k] = fds[n - 2];
+				fds[k + 1] = fds[n - 1];
+				n -= 2;
+				break; /* the poll set changed */
+			}
+		}
+	}
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	return NULL;
+}
+
+static void proxy_up(struct pgproxy *p)
+{
+	struct sockaddr_un sa;
+	assert_int_equal(sun_set(&sa, p->path), 0);
+	unlink(p->path);
+	p->lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_true(p->lfd >= 0);
+	assert_int_equal(bind(p->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(p->lfd, 16), 0);
+	p->stop = 0;
+	assert_int_equal(pthread_create(&p->th, NULL, proxy_main, p), 0);
+}
+
+static void proxy_down(struct pgproxy *p)
+{
+	p->stop = 1;
+	pthread_join(p->th, NULL);
+	close(p->lfd);
+	unlink(p->path);
+}
+
+static int health(struct rpc_client *c)
+{
+	Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	ProtobufCMessage *out = NULL;
+	char err[256];
+	if (rpc_call(c, &grpc__health__v1__health__descriptor, "Check", &req.base, &out, NULL, err,
+		     sizeof err) != 0)
+		return -1;
+	int st = ((Grpc__Health__V1__HealthCheckResponse *)out)->status;
+	protobuf_c_message_free_unpacked(out, NULL);
+	return st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static void test_database_outage(void **state)
+{
+	(void)state;
+	ph_apply_admin("{\"bindings\": [{\"role\": \"builder\", \"principal\": \"spiffe://@TD@/user/carol\"},"
+		       " {\"role\": \"deployer\", \"principal\": \"spiffe://@TD@/user/dora\"}]}");
+	const char *stack = h_env("SLIPWAY_STACK_DIR");
+	static struct pgproxy px;
+	char dir[560], pgurl[800], portfile[700], logf[700], crt[700], key[700], admins[300];
+	snprintf(dir, sizeof dir, "%s/pgproxy", ph_dir);
+	mkdir(dir, 0755);
+	assert_true(strlen(dir) + 20 < sizeof px.path && strlen(stack) + 30 < sizeof px.target);
+	snprintf(px.path, sizeof px.path, "%.560s/.s.PGSQL.5432", dir);
+	snprintf(px.target, sizeof px.target, "%.560s/pg/.s.PGSQL.5432", stack);
+	proxy_up(&px);
+	snprintf(pgurl, sizeof pgurl,
+		 "postgresql:///slipway?host=%s&port=5432&user=slipway_policy&connect_timeout=2", dir);
+	snprintf(portfile, sizeof portfile, "%s/replica3.port", ph_dir);
+	snprintf(logf, sizeof logf, "%s/replica3.log", ph_dir);
+	snprintf(crt, sizeof crt, "%s/pki/policy.crt", stack);
+	snprintf(key, sizeof key, "%s/pki/policy.key", stack);
+	snprintf(admins, sizeof admins, "%s", ph_id("user/admin"));
+	const char *bin = getenv("SLIPWAY_POLICY_BIN") ? getenv("SLIPWAY_POLICY_BIN")
+						       : "build/bin/slipway-policy";
+	char *argv[] = { (char *)bin, "--listen", "127.0.0.1:0", "--port-file", portfile,
+			 "--ca", ph_ca, "--cert", crt, "--key", key, "--pg-url", pgurl,
+			 "--bootstrap-admins", admins, NULL };
+	struct h_proc p3;
+	assert_int_equal(h_start(&p3, argv, portfile, logf), 0);
+	char addr[64];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", p3.port);
+	struct rpc_client *c = ph_client_at("service/orchestrator", addr);
+	assert_int_equal(ph_can(c, "user/carol", "push", "release", "web", ""), 1);
+	assert_int_equal(ph_can(c, "user/dora", "deploy", "deployment", "web", "prod"), 1);
+	assert_int_equal(health(c), 1);
+
+	proxy_down(&px); /* the database is gone for this replica */
+	/* Decisions that need no record still come from memory. */
+	assert_int_equal(ph_can(c, "user/carol", "push", "release", "web", ""), 1);
+	assert_int_equal(ph_can(c, "user/bob", "push", "release", "web", ""), 0);
+	/* An allow that must be recorded fails closed. */
+	int allowed = 0;
+	char reasons[512];
+	assert_int_equal(ph_authz(c, ph_id("user/dora"), "deploy", "deployment", "web", "prod", "",
+				  &allowed, reasons, sizeof reasons),
+			 SW_EUNAVAIL);
+	assert_non_null(strstr(reasons, "could not be recorded"));
+	/* The health check says so (its probe result is cached for 1 s). */
+	int h = 1;
+	for (int i = 0; i < 100 && (h = health(c)) == 1; i++)
+		h_sleep_ms(50);
+	assert_int_equal(h, 0);
+
+	proxy_up(&px); /* back: the pool reconnects */
+	int rc = -1;
+	for (int i = 0; i < 200 && rc != 0; i++) {
+		rc = ph_authz(c, ph_id("user/dora"), "deploy", "deployment", "web", "prod", "",
+			      &allowed, reasons, sizeof reasons);
+		if (rc != 0)
+			h_sleep_ms(50);
+	}
+	assert_int_equal(rc, 0);
+	assert_true(allowed);
+	rpc_client_free(c);
+	assert_int_equal(h_stop(&p3, SIGTERM, 20000), 0);
+	proxy_down(&px);
+}
+
 static void test_start_up_refuses_bad_configuration(void **state)
 {
 	(void)state;
@@ -851,6 +1032,7 @@ int main(void)
 		cmocka_unit_test(test_watch_revision),
 		cmocka_unit_test(test_second_replica_follows_and_restart_keeps_state),
 		cmocka_unit_test(test_start_up_refuses_bad_configuration),
+		cmocka_unit_test(test_database_outage),
 		cmocka_unit_test(test_authz_client_cache_follows_revisions),
 	};
 	int rc = cmocka_run_group_tests_name("it_policy", tests, group_setup, group_teardown);

@@ -224,11 +224,19 @@ static void test_distinct_approvers(void **state)
 	assert_string_equal(r->missing[0]->group, "");
 	assert_int_equal(r->missing[0]->required, 2);
 	assert_int_equal(r->missing[0]->have, 0);
+	/* Asking again with nothing changed is the same decision, not a new
+	 * one (the orchestrator asks every second while it waits). */
+	char first[64];
+	snprintf(first, sizeof first, "%s", r->decision_id);
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	assert_int_equal(verdict(&f, why, sizeof why, &r), NEEDS);
+	assert_string_equal(r->decision_id, first);
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	ok_approve(bob, f.dep);
 	ok_approve(bob, f.dep); /* the same person twice counts once */
 	assert_int_equal(verdict(&f, why, sizeof why, &r), NEEDS);
 	assert_int_equal(r->missing[0]->have, 1);
+	assert_string_not_equal(r->decision_id, first); /* an approval is news */
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	/* dave may not approve at all. */
 	assert_int_equal(approve_as(dave, f.dep, NULL, "", 1, NULL, err, sizeof err), SW_EPERM);

@@ -195,13 +195,17 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 owner=$(sql "select lease_owner from orchestrator.deployments where id = '$id'")
+# The CLI, like the agents, is given both replicas and uses whichever answers.
+one_addr=$SLIPWAY_ORCHESTRATOR_ADDR
+export SLIPWAY_ORCHESTRATOR_ADDR="ipv4:127.0.0.1:$p1,127.0.0.1:$p2"
 if [ "$owner" = r2 ]; then kill -9 "$replica2"; survivor=main; else scripts/stack kill "$S" orchestrator; survivor=r2; fi
 wait_state "$id" SUCCEEDED 90
-d=$(slipway -o json --timeout 10s deployment show "$id" 2>/dev/null || SLIPWAY_ORCHESTRATOR_ADDR=127.0.0.1:$p2 slipway -o json deployment show "$id")
+d=$(slipway -o json deployment show "$id")
 [ "$(js 'j.targets.every(t=>t.state==="succeeded" && t.attempts===1)' <<<"$d")" = true ] || fail "a target was deployed twice or not at all after the takeover"
 js 'j.timeline.map(e=>e.event).join("|")' <<<"$d" | grep -q "taken over" || fail "no takeover in the timeline"
 [ "$survivor" = main ] || { scripts/stack start "$S" orchestrator || fail "restart the killed replica"; }
 kill "$replica2" 2>/dev/null; wait "$replica2" 2>/dev/null; replica2=""
+export SLIPWAY_ORCHESTRATOR_ADDR=$one_addr
 ok "two replicas: the survivor finished the rollout after kill -9 of the lease owner"
 
 # ---- one replica restarted (kill -9) mid-rollout ----
