@@ -128,6 +128,9 @@ void orch_waiters_drain(void *o);
 /* Publishes "a task is ready for agent" to every replica (in the caller's
  * transaction: delivered at commit). */
 int orch_notify_agent(struct db_conn *c, const char *agent, char *err, size_t errlen);
+/* The same for n agents in one statement. */
+int orch_notify_agents(struct db_conn *c, const char *const *agents, size_t n, char *err,
+		       size_t errlen);
 /* Publishes "deployment changed" so its owner steps it now. */
 int orch_notify_deployment(struct db_conn *c, const char *id, char *err, size_t errlen);
 

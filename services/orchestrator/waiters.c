@@ -211,6 +211,19 @@ int orch_notify_agent(struct db_conn *c, const char *agent, char *err, size_t er
 		    errlen);
 }
 
+int orch_notify_agents(struct db_conn *c, const char *const *agents, size_t n, char *err,
+		       size_t errlen)
+{
+	if (n == 0)
+		return 0;
+	char *sql = db_values_sql("SELECT pg_notify('orch_agent', v.a) FROM (VALUES", n, 1, ") AS v(a)");
+	if (sql == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	int rc = db_q(c, sql, (int)n, agents, NULL, err, errlen);
+	free(sql);
+	return rc;
+}
+
 int orch_notify_deployment(struct db_conn *c, const char *id, char *err, size_t errlen)
 {
 	return db_q(c, "SELECT pg_notify('orch_deploy', $1)", 1, (const char *[]){ id }, NULL, err,
