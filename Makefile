@@ -11,6 +11,7 @@
 #   V=1                show the commands
 
 SHELL := /bin/bash
+.DEFAULT_GOAL := all
 CC ?= cc
 ifeq ($(origin CC),default)
 CC := gcc

@@ -30,8 +30,10 @@
 #include <sodium.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +45,36 @@
 #define TRANSFER_TIMEOUT_MS (6LL * 3600 * 1000)
 
 static const ProtobufCServiceDescriptor *svc_desc = &slipway__v1__artifact__descriptor;
+
+/* Transfers move 1 MiB messages: keep freed buffers for the next message
+ * instead of returning them to the kernel and faulting fresh pages in for
+ * every one (a one-command process, so this is only ours). */
+static void transfer_malloc_tuning(void)
+{
+	mallopt(M_MMAP_THRESHOLD, 8 << 20);
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}
+
+/* A channel for a bulk transfer: like cli_connect (which also loads the TLS
+ * material), with a fixed HTTP/2 window so that a pull is not throttled to
+ * gRPC's bandwidth-delay estimate. */
+static int transfer_connect(struct cli *c, const char *addr, struct rpc_client **out)
+{
+	struct rpc_client *first = NULL;
+	char err[512];
+	*out = NULL;
+	if (cli_connect(c, "artifact", addr, &first) != 0)
+		return CLI_FAIL;
+	rpc_client_free(first);
+	if (addr == NULL)
+		addr = getenv("SLIPWAY_ARTIFACT_ADDR"); /* cli_connect checked it */
+	struct rpc_client_opts o = { .target = addr, .ca_pem = c->ca_pem, .cert_pem = c->cert_pem,
+				     .key_pem = c->key_pem, .max_msg_bytes = 64u << 20,
+				     .stream_window = 8u << 20 };
+	if (rpc_client_new(&o, out, err, sizeof err) != 0)
+		return cli_fail("%s", err);
+	return 0;
+}
 
 /* ---- output helpers ---- */
 
@@ -377,6 +409,7 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 				 "[--build-id ID] [--builder NAME] [--media-type T] [--sign KEYFILE]");
 	const char *file = argv[optind];
 	int fd = -1, rc = CLI_FAIL;
+	transfer_malloc_tuning();
 	uint8_t *buf = NULL, sha[DIGEST_SHA256_LEN], sig[crypto_sign_BYTES];
 	char digest[DIGEST_STR_LEN], err[512], what[256];
 	struct signing_key key;
@@ -408,7 +441,7 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 		crypto_sign_detached(sig, NULL, (const unsigned char *)digest, strlen(digest),
 				     key.sk);
 
-	if (cli_connect(c, "artifact", addr, &cl) != 0)
+	if (transfer_connect(c, addr, &cl) != 0)
 		goto out;
 	struct rpc_call_opts co = cli_call_opts(c);
 	if (co.timeout_ms < TRANSFER_TIMEOUT_MS)
@@ -563,6 +596,79 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/* The pull's disk side: a second thread hashes and writes the chunks while
+ * the main thread receives the next ones. It owns each queued message. */
+#define SINK_QUEUE 4
+
+struct sink {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	ProtobufCMessage *q[SINK_QUEUE];
+	int head, count, closed;
+	int fd;
+	struct digest *sha;
+	uint64_t written;   /* bytes on disk (writer thread; read after join) */
+	int err;            /* errno of a failed write */
+};
+
+static void *sink_main(void *arg)
+{
+	struct sink *k = arg;
+	for (;;) {
+		pthread_mutex_lock(&k->mu);
+		while (k->count == 0 && !k->closed)
+			pthread_cond_wait(&k->cv, &k->mu);
+		if (k->count == 0) {
+			pthread_mutex_unlock(&k->mu);
+			return NULL;
+		}
+		ProtobufCMessage *m = k->q[k->head];
+		k->head = (k->head + 1) % SINK_QUEUE;
+		k->count--;
+		pthread_cond_broadcast(&k->cv);
+		pthread_mutex_unlock(&k->mu);
+		Slipway__V1__PullResponse *pr = (void *)m;
+		if (k->err == 0) {
+			if (write_all(k->fd, pr->chunk.data, pr->chunk.len) != 0)
+				k->err = errno ? errno : EIO;
+			else {
+				digest_update(k->sha, pr->chunk.data, pr->chunk.len);
+				k->written += pr->chunk.len;
+			}
+		}
+		protobuf_c_message_free_unpacked(m, NULL);
+	}
+}
+
+/* Queues m for the writer (blocks while the queue is full). Returns the
+ * writer's errno once a write failed (m is then freed here), else 0. */
+static int sink_put(struct sink *k, ProtobufCMessage *m)
+{
+	pthread_mutex_lock(&k->mu);
+	while (k->count == SINK_QUEUE)
+		pthread_cond_wait(&k->cv, &k->mu);
+	int e = k->err;
+	if (e == 0) {
+		k->q[(k->head + k->count) % SINK_QUEUE] = m;
+		k->count++;
+		pthread_cond_broadcast(&k->cv);
+	}
+	pthread_mutex_unlock(&k->mu);
+	if (e != 0)
+		protobuf_c_message_free_unpacked(m, NULL);
+	return e;
+}
+
+/* Lets the writer finish what is queued and joins it. */
+static void sink_close(struct sink *k, pthread_t t)
+{
+	pthread_mutex_lock(&k->mu);
+	k->closed = 1;
+	pthread_cond_broadcast(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	pthread_join(t, NULL);
+}
+
 static int cmd_pull(struct cli *c, int argc, char **argv)
 {
 	static const struct option lo[] = { { "out", required_argument, 0, 'o' },
@@ -597,6 +703,7 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 	if ((rc = parse_target(target, app, sizeof app, version, sizeof version, &is_digest)) != 0)
 		return rc;
 	rc = CLI_FAIL;
+	transfer_malloc_tuning();
 	if (out == NULL) {
 		if (is_digest)
 			snprintf(defout, sizeof defout, "sha256-%.64s", target + 7);
@@ -637,7 +744,7 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 			goto out;
 		}
 	}
-	if (cli_connect(c, "artifact", addr, &cl) != 0)
+	if (transfer_connect(c, addr, &cl) != 0)
 		goto out;
 	struct rpc_call_opts co = cli_call_opts(c);
 	if (co.timeout_ms < TRANSFER_TIMEOUT_MS)
@@ -663,8 +770,16 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 	rpc_stream_close_send(st);
 
 	struct progress pg;
-	int have_info = 0;
-	written = offset;
+	int have_info = 0, write_err = 0;
+	uint64_t received = offset;
+	struct sink k = { .fd = fd, .sha = &sha, .written = offset };
+	pthread_t writer;
+	pthread_mutex_init(&k.mu, NULL);
+	pthread_cond_init(&k.cv, NULL);
+	if (pthread_create(&writer, NULL, sink_main, &k) != 0) {
+		rc = cli_fail("cannot start the writer thread");
+		goto out;
+	}
 	for (;;) {
 		ProtobufCMessage *m = NULL;
 		int r = rpc_stream_recv(st, &m);
@@ -686,26 +801,33 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 			snprintf(what, sizeof what, "pull %s", is_digest ? "blob" : target);
 			progress_start(&pg, what, size, offset);
 		} else if (pr->msg_case == SLIPWAY__V1__PULL_RESPONSE__MSG_CHUNK && have_info) {
-			if (written + pr->chunk.len > size) {
+			if (received + pr->chunk.len > size) {
 				protobuf_c_message_free_unpacked(m, NULL);
 				mismatch = 1;
 				snprintf(got_digest, sizeof got_digest, "%s", "(more bytes than announced)");
 				break;
 			}
-			if (write_all(fd, pr->chunk.data, pr->chunk.len) != 0) {
-				protobuf_c_message_free_unpacked(m, NULL);
-				rpc_stream_cancel(st);
-				rpc_stream_finish(st, err, sizeof err);
-				st = NULL;
-				rc = cli_fail("%s: %s", part, strerror(errno));
-				goto out;
-			}
-			digest_update(&sha, pr->chunk.data, pr->chunk.len);
-			written += pr->chunk.len;
-			pg.done = written;
+			received += pr->chunk.len;
+			if ((write_err = sink_put(&k, m)) != 0)
+				break;
+			pg.done = received;
 			progress_draw(&pg, 0);
+			continue; /* the writer owns m now */
 		}
 		protobuf_c_message_free_unpacked(m, NULL);
+	}
+	sink_close(&k, writer);
+	pthread_mutex_destroy(&k.mu);
+	pthread_cond_destroy(&k.cv);
+	written = k.written;
+	if (write_err == 0)
+		write_err = k.err;
+	if (write_err != 0) {
+		rpc_stream_cancel(st);
+		rpc_stream_finish(st, err, sizeof err);
+		st = NULL;
+		rc = cli_fail("%s: %s", part, strerror(write_err));
+		goto out;
 	}
 	if (mismatch)
 		rpc_stream_cancel(st);

@@ -592,12 +592,16 @@ static int cmd_agents_ls(struct cli *c, int argc, char **argv)
 				json_object_set_new(l, ag->labels[k]->key, json_string(ag->labels[k]->value));
 			const Slipway__V1__AgentRuntime *rt = ag->runtime;
 			json_array_append_new(
-				a, json_pack("{s:s,s:o,s:s,s:s,s:s,s:s,s:b,s:I}", "id", ag->id, "labels", l,
-					     "health", ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "lost" : "online",
+				a, json_pack("{s:s,s:o,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:s,s:s,s:I}", "id", ag->id,
+					     "labels", l, "health",
+					     ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "lost" : "online",
 					     "version", rt ? rt->version : "", "digest", rt ? rt->digest : "",
 					     "process", rt && rt->process <= 5 ? proc[rt->process] : "?",
-					     "healthy", rt ? rt->healthy : 0, "last_heartbeat_unix_ms",
-					     (json_int_t)ag->last_heartbeat_unix_ms));
+					     "healthy", rt ? rt->healthy : 0, "health_detail",
+					     rt ? rt->health_detail : "", "endpoint", rt ? rt->endpoint : "",
+					     "restarts", (json_int_t)(rt ? rt->restarts : 0), "hostname",
+					     ag->hostname, "agent_version", ag->agent_version,
+					     "last_heartbeat_unix_ms", (json_int_t)ag->last_heartbeat_unix_ms));
 		}
 		cli_print_json(a);
 	} else {

@@ -4,6 +4,7 @@
  */
 #include "digest.h"
 #include "err.h"
+#include "hash.h"
 
 #include <openssl/evp.h>
 
@@ -50,36 +51,12 @@ void digest_cleanup(struct digest *d)
 
 void digest_hex(const uint8_t *p, size_t n, char *out)
 {
-	static const char hex[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = hex[p[i] >> 4];
-		out[2 * i + 1] = hex[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
+	hash_hex(p, n, out);
 }
 
 int digest_unhex(const char *hex, uint8_t *out, size_t n)
 {
-	if (strlen(hex) != 2 * n)
-		return SW_EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return SW_EINVAL;
-		out[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
+	return hash_unhex(hex, out, n);
 }
 
 void digest_format(const uint8_t sha[DIGEST_SHA256_LEN], char out[DIGEST_STR_LEN])

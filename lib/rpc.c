@@ -886,7 +886,7 @@ void rpc_server_on_drain(struct rpc_server *srv, void (*fn)(void *), void *arg)
 
 int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t errlen)
 {
-	grpc_arg args[7];
+	grpc_arg args[8];
 	memset(args, 0, sizeof args);
 	args[0].type = GRPC_ARG_INTEGER;
 	args[0].key = GRPC_ARG_ALLOW_REUSEPORT;
@@ -906,11 +906,19 @@ int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t 
 	args[5].type = GRPC_ARG_INTEGER;
 	args[5].key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
 	args[5].value.integer = 1;
-	/* Receive window of a message's size for client streams (uploads). */
-	args[6].type = GRPC_ARG_INTEGER;
-	args[6].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
-	args[6].value.integer = (int)srv->o.max_msg_bytes;
-	grpc_channel_args chargs = { sizeof args / sizeof args[0], args };
+	/* Receive window for client streams (uploads): a message's size, or
+	 * the fixed window a bulk-transfer service asks for (no BDP probing). */
+	size_t nargs = 6;
+	if (srv->o.stream_window > 0) {
+		args[nargs].type = GRPC_ARG_INTEGER;
+		args[nargs].key = GRPC_ARG_HTTP2_BDP_PROBE;
+		args[nargs++].value.integer = 0;
+	}
+	args[nargs].type = GRPC_ARG_INTEGER;
+	args[nargs].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+	args[nargs++].value.integer =
+		srv->o.stream_window > 0 ? (int)srv->o.stream_window : (int)srv->o.max_msg_bytes;
+	grpc_channel_args chargs = { nargs, args };
 
 	srv->server = grpc_server_create(&chargs, NULL);
 	srv->cq = grpc_completion_queue_create_for_next(NULL);

@@ -76,6 +76,11 @@ struct rpc_server_opts {
 	int workers;              /* handler threads (>= 1) */
 	int max_queue;            /* handler jobs waiting; past it RESOURCE_EXHAUSTED */
 	int requests_per_method;  /* posted requests kept per method (>= 1) */
+	size_t stream_window;     /* 0: a per-stream receive window of one message
+				   * (max_msg_bytes); > 0: a fixed window of this many
+				   * bytes without BDP probing, which bounds what a fast
+				   * sender can make this server buffer for a slow
+				   * handler (big uploads) */
 };
 
 /* Creates a server (not yet listening). Returns 0 and *out (free with
@@ -189,6 +194,10 @@ struct rpc_client_opts {
 	 * restarts. 1 (interactive tools): a call fails at once with
 	 * UNAVAILABLE when the server cannot be reached. */
 	int fail_fast;
+	size_t stream_window;     /* 0: a receive window of one message (max_msg_bytes);
+				   * > 0: a fixed per-stream window without BDP probing,
+				   * so a server streaming bulk data is not throttled to
+				   * the estimated BDP */
 };
 
 /* Creates a long-lived channel. Returns 0 and *out (free with

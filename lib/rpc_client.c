@@ -65,7 +65,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
 	}
-	grpc_arg args[12];
+	grpc_arg args[16];
 	size_t n = 0;
 	memset(args, 0, sizeof args);
 	args[n].type = GRPC_ARG_INTEGER;
@@ -88,7 +88,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	 * while it reads send late (about 10 ms a message, measured). */
 	args[n].type = GRPC_ARG_INTEGER;
 	args[n].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
-	args[n++].value.integer = (int)c->max_msg;
+	args[n++].value.integer = opts->stream_window > 0 ? (int)opts->stream_window : (int)c->max_msg;
 	/* Services restart: reconnect within seconds, not gRPC's default of up
 	 * to two minutes. */
 	args[n].type = GRPC_ARG_INTEGER;
@@ -100,6 +100,12 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	args[n].type = GRPC_ARG_INTEGER;
 	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
 	args[n++].value.integer = 5000;
+	if (opts->stream_window > 0) {
+		/* A fixed window for bulk transfers (set below): no BDP probing. */
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_HTTP2_BDP_PROBE;
+		args[n++].value.integer = 0;
+	}
 	/* A list of addresses ("ipv4:10.0.0.1:7443,10.0.0.2:7443", for several
 	 * replicas) has no single authority: check the servers' certificates
 	 * against the first host unless told otherwise. */

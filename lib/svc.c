@@ -219,6 +219,7 @@ int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, vo
 		.workers = (int)c->workers,
 		.max_queue = (int)c->max_queue,
 		.requests_per_method = 8,
+		.stream_window = c->stream_window > 0 ? (size_t)c->stream_window : 0,
 	};
 	if ((rc = rpc_server_new(&o, &s->srv, err, errlen)) != 0)
 		goto out;

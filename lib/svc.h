@@ -29,6 +29,8 @@ struct svc_config {
 	long long max_msg;
 	long long max_queue;
 	long long grace_ms;
+	long long stream_window; /* not a common option: a service that takes big
+				  * uploads sets it (see rpc_server_opts) */
 };
 
 /* The options every service has, to put first in its table. */

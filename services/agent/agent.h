@@ -183,11 +183,13 @@ int agent_rmtree(const char *path);
  * of the whole file is checked against the digest, and only then is it
  * renamed to final_path. A mismatch deletes the partial file and returns
  * SW_EDATALOSS. At most max_bytes are accepted (SW_ELIMIT). Transport
- * failures are retried from the current offset a few times before
- * SW_EUNAVAIL. deadline_ms is on the monotonic clock (agent_now_ms).
+ * failures are retried from the current offset (waiting for the service to
+ * come back) until no byte has arrived for retry_ms, then the last error
+ * (SW_EUNAVAIL, ...) is returned. deadline_ms is on the monotonic clock
+ * (agent_now_ms) and bounds everything.
  */
 int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char *final_path,
-		     uint64_t max_bytes, int64_t deadline_ms, agent_cancel_fn cancel,
+		     uint64_t max_bytes, int64_t deadline_ms, int64_t retry_ms, agent_cancel_fn cancel,
 		     void *cancel_arg, char *err, size_t errlen);
 
 /* SHA-256 of a whole file as lower-case hex. */
@@ -397,6 +399,7 @@ struct agent_config {
 	long long crashloop_window_ms;
 	long long shutdown_grace_ms;
 	long long task_timeout_ms;    /* when a task carries no deadline */
+	long long pull_retry_ms;      /* give up a pull after this long without progress */
 };
 
 enum agent_pstate {
@@ -518,6 +521,11 @@ void agent_promote(struct agent *a, const char *hex, const char *version,
 		   struct agent_manifest *m, const struct agent_proc *p, const char *secrets_dir,
 		   const char *health_detail);
 
+/* run/candidate.json: the new process being health-checked, so that an
+ * agent killed meanwhile stops it on its next start (agent_adopt). */
+int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *secrets_dir);
+void agent_candidate_clear(struct agent *a);
+
 /* Persists run/app.json and run/app.pid for the live process (a.mu held). */
 void agent_save_live_locked(struct agent *a);
 
@@ -537,6 +545,7 @@ struct agent_task {
 	uint32_t attempt;
 	int64_t deadline_unix_ms;     /* 0 = the agent's default */
 	int has_secrets;
+	char invalid[64];             /* why the delivered task is unusable ("" = fine) */
 	/* set by the control plane while the task runs */
 	atomic_int superseded;
 };

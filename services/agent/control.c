@@ -58,10 +58,12 @@ struct agent_control {
 	int have_rereport;
 	struct agent_task cur;         /* the task the worker runs */
 	int running;
-	int worker_done;
+	int worker_done, hb_done, poll_done;
 
-	struct rpc_stream *poll_stream; /* for cancelling the long poll */
+	struct rpc_stream *inflight[3]; /* calls in flight, by thread: stop cancels them */
 };
+
+enum { SLOT_HB = 0, SLOT_POLL = 1, SLOT_WORK = 2 };
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -150,6 +152,58 @@ static uint64_t highest_generation(struct agent_control *c)
 	return g;
 }
 
+/*
+ * One unary call to the orchestrator, made as a stream so that
+ * agent_control_stop can cancel it. It waits for the orchestrator to be
+ * reachable (wait-for-ready) up to timeout_ms rather than failing fast:
+ * with gRPC core, a channel reconnects only while some call waits on it,
+ * so an agent making fail-fast calls alone might never get its connection
+ * back after an orchestrator restart. Returns 0 and *resp (free with
+ * protobuf_c_message_free_unpacked), or the SW_E* code with err.
+ */
+static int ctl_call(struct agent_control *c, int slot, const char *method,
+		    const ProtobufCMessage *req, ProtobufCMessage **resp, int64_t timeout_ms,
+		    char *err, size_t errlen)
+{
+	struct rpc_stream *s = NULL;
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts o = { .timeout_ms = timeout_ms, .wait_for_ready = 1 };
+	*resp = NULL;
+	int rc = rpc_stream_open(c->a->orch, &slipway__v1__agent_control__descriptor, method, &o,
+				 &s, err, errlen);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&c->mu);
+	c->inflight[slot] = s;
+	if (atomic_load(&c->stop))
+		rpc_stream_cancel(s);
+	pthread_mutex_unlock(&c->mu);
+	if (rpc_stream_send(s, req) == 0)
+		rpc_stream_close_send(s);
+	int got = rpc_stream_recv(s, &m);
+	if (got == 1) {
+		/* A unary answer: read to the end so the status arrives. */
+		ProtobufCMessage *extra = NULL;
+		if (rpc_stream_recv(s, &extra) == 1) {
+			protobuf_c_message_free_unpacked(extra, NULL);
+			rpc_stream_cancel(s);
+		}
+	}
+	pthread_mutex_lock(&c->mu);
+	c->inflight[slot] = NULL;
+	pthread_mutex_unlock(&c->mu);
+	rc = rpc_stream_finish(s, err, errlen);
+	if (rc == 0 && got != 1)
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "%s: empty answer", method);
+	if (rc != 0) {
+		if (m != NULL)
+			protobuf_c_message_free_unpacked(m, NULL);
+		return rc;
+	}
+	*resp = m;
+	return 0;
+}
+
 /* Errors that mean "the orchestrator does not know this agent". */
 static int unknown_agent(int rc)
 {
@@ -183,9 +237,8 @@ static int do_register(struct agent_control *c, char *err, size_t errlen)
 	agent_runtime(a, &rt);
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
-	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "RegisterAgent",
-			  &req.base, &resp, &o, err, errlen);
+	int rc = ctl_call(c, SLOT_HB, "RegisterAgent", &req.base, &resp, CALL_TIMEOUT_MS, err,
+			  errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__RegisterResponse *r = (void *)resp;
@@ -217,9 +270,12 @@ static int do_heartbeat(struct agent_control *c, char *err, size_t errlen)
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
 	req.highest_generation = highest_generation(c);
-	struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-	int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "Heartbeat", &req.base,
-			  &resp, &o, err, errlen);
+	pthread_mutex_lock(&c->mu);
+	long long timeout = c->interval_ms < 1000 ? 1000 : c->interval_ms;
+	pthread_mutex_unlock(&c->mu);
+	if (timeout > CALL_TIMEOUT_MS)
+		timeout = CALL_TIMEOUT_MS;
+	int rc = ctl_call(c, SLOT_HB, "Heartbeat", &req.base, &resp, timeout, err, errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__HeartbeatResponse *r = (void *)resp;
@@ -276,6 +332,10 @@ static void *hb_main(void *arg)
 		if (!reg)
 			wait_ms(c, interval);
 	}
+	pthread_mutex_lock(&c->mu);
+	c->hb_done = 1;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
 	return NULL;
 }
 
@@ -306,9 +366,9 @@ static int copy_task(const Slipway__V1__Task *in, struct agent_task *t)
 			rc = SW_EINVAL;
 		snprintf(d[i], cap[i], "%s", s);
 	}
-	/* An over-long field: the executor fails the task on its digest. */
+	/* An over-long field: the executor fails the task with this. */
 	if (rc != 0)
-		snprintf(t->digest, sizeof t->digest, "invalid");
+		snprintf(t->invalid, sizeof t->invalid, "a field of the task is too long");
 	return 0;
 }
 
@@ -373,70 +433,41 @@ static void accept_task(struct agent_control *c, const struct agent_task *t)
 static int poll_once(struct agent_control *c, int *ntasks, char *err, size_t errlen)
 {
 	struct agent *a = c->a;
-	struct rpc_stream *s = NULL;
 	ProtobufCMessage *m = NULL;
 	long long wait = a->cfg->poll_wait_ms;
-	struct rpc_call_opts o = { .timeout_ms = wait + 5000 };
 	*ntasks = 0;
-	int rc = rpc_stream_open(a->orch, &slipway__v1__agent_control__descriptor, "PollTasks", &o,
-				 &s, err, errlen);
-	if (rc != 0)
-		return rc;
-	pthread_mutex_lock(&c->mu);
-	c->poll_stream = s;
-	if (atomic_load(&c->stop))
-		rpc_stream_cancel(s);
-	pthread_mutex_unlock(&c->mu);
-
 	Slipway__V1__PollTasksRequest req = SLIPWAY__V1__POLL_TASKS_REQUEST__INIT;
 	req.wait_ms = wait;
 	req.highest_generation = highest_generation(c);
-	if (rpc_stream_send(s, &req.base) == 0)
-		rpc_stream_close_send(s);
-	int got = rpc_stream_recv(s, &m);
-	if (got == 1) {
-		/* A unary answer: read to the end so the status arrives. */
-		ProtobufCMessage *extra = NULL;
-		if (rpc_stream_recv(s, &extra) == 1) {
-			protobuf_c_message_free_unpacked(extra, NULL);
-			rpc_stream_cancel(s);
+	int rc = ctl_call(c, SLOT_POLL, "PollTasks", &req.base, &m, wait + 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	Slipway__V1__PollTasksResponse *r = (void *)m;
+	size_t n = r->n_tasks > MAX_TASKS_PER_POLL ? MAX_TASKS_PER_POLL : r->n_tasks;
+	struct agent_task *v = calloc(n ? n : 1, sizeof *v);
+	size_t nv = 0;
+	for (size_t i = 0; v != NULL && i < n; i++) {
+		if (copy_task(r->tasks[i], &v[nv]) != 0) {
+			log_warn("ignoring a task without a usable id", NULL);
+			continue;
 		}
+		/* Keep them in generation order. */
+		for (size_t j = nv; j > 0 && v[j - 1].generation > v[j].generation; j--) {
+			struct agent_task tmp;
+			copy_task_struct(&tmp, &v[j]);
+			copy_task_struct(&v[j], &v[j - 1]);
+			copy_task_struct(&v[j - 1], &tmp);
+		}
+		nv++;
 	}
 	pthread_mutex_lock(&c->mu);
-	c->poll_stream = NULL;
+	for (size_t i = 0; i < nv; i++)
+		accept_task(c, &v[i]);
 	pthread_mutex_unlock(&c->mu);
-	rc = rpc_stream_finish(s, err, errlen);
-	if (rc == 0 && got == 1) {
-		Slipway__V1__PollTasksResponse *r = (void *)m;
-		size_t n = r->n_tasks > MAX_TASKS_PER_POLL ? MAX_TASKS_PER_POLL : r->n_tasks;
-		struct agent_task *v = calloc(n ? n : 1, sizeof *v);
-		size_t nv = 0;
-		for (size_t i = 0; v != NULL && i < n; i++) {
-			if (copy_task(r->tasks[i], &v[nv]) != 0) {
-				log_warn("ignoring a task without a usable id", NULL);
-				continue;
-			}
-			/* Keep them in generation order. */
-			for (size_t j = nv; j > 0 && v[j - 1].generation > v[j].generation; j--) {
-				struct agent_task tmp;
-				copy_task_struct(&tmp, &v[j]);
-				copy_task_struct(&v[j], &v[j - 1]);
-				copy_task_struct(&v[j - 1], &tmp);
-			}
-			nv++;
-		}
-		pthread_mutex_lock(&c->mu);
-		for (size_t i = 0; i < nv; i++)
-			accept_task(c, &v[i]);
-		pthread_mutex_unlock(&c->mu);
-		free(v);
-		*ntasks = (int)nv;
-	} else if (rc == 0) {
-		rc = sw_errf(err, errlen, SW_EUNAVAIL, "empty answer");
-	}
-	if (m != NULL)
-		protobuf_c_message_free_unpacked(m, NULL);
-	return rc;
+	free(v);
+	*ntasks = (int)nv;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return 0;
 }
 
 static void *poll_main(void *arg)
@@ -477,6 +508,10 @@ static void *poll_main(void *arg)
 		if (n == 0 && agent_now_ms() - t0 < 1000)
 			wait_ms(c, 1000);
 	}
+	pthread_mutex_lock(&c->mu);
+	c->poll_done = 1;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
 	return NULL;
 }
 
@@ -494,7 +529,7 @@ static int task_cancel(struct agent *a, const struct agent_task *t, void *arg)
 	return newer;
 }
 
-enum { REPORT_ACKED = 0, REPORT_SUPERSEDED = 1, REPORT_GAVE_UP = 2 };
+enum { REPORT_ACKED = 0, REPORT_SUPERSEDED = 1, REPORT_GAVE_UP = 2, REPORT_REFUSED = 3 };
 
 /* Reports until acknowledged. Gives up when the agent stops (the result is
  * recorded: it is reported again when the task is delivered again), when
@@ -520,9 +555,8 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		req.message = (char *)msg;
 		req.runtime = &prt;
 		req.duration_ms = duration_ms;
-		struct rpc_call_opts o = { .timeout_ms = CALL_TIMEOUT_MS };
-		int rc = rpc_call(a->orch, &slipway__v1__agent_control__descriptor, "ReportTask",
-				  &req.base, &resp, &o, err, sizeof err);
+		int rc = ctl_call(c, SLOT_WORK, "ReportTask", &req.base, &resp, CALL_TIMEOUT_MS, err,
+				  sizeof err);
 		if (rc == 0) {
 			Slipway__V1__ReportTaskResponse *r = (void *)resp;
 			int sup = r->superseded;
@@ -539,7 +573,7 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		    rc == SW_EEXIST || rc == SW_EUNIMPL) {
 			log_warn("the orchestrator refused the report", "task=%s error=%s", t->task_id,
 				 err);
-			return REPORT_GAVE_UP;
+			return REPORT_REFUSED;
 		}
 		quiet_fail(&q, "ReportTask", err);
 		if (atomic_load(&c->stop) || task_cancel(a, t, c))
@@ -587,17 +621,17 @@ static void *work_main(void *arg)
 		struct agent_result res;
 		log_set_request_id(t->task_id);
 		int r = report(c, t, SLIPWAY__V1__TASK_RESULT__TASK_STARTED, "", 0);
-		if (r != REPORT_SUPERSEDED && !task_cancel(a, t, c)) {
-			if (agent_exec(a, t, task_cancel, c, &res) == 0) {
-				if (agent_store_put_result(&a->store, t->task_id, t->generation,
-							   res.result, res.message, err,
-							   sizeof err) != 0)
-					log_error("cannot record the task result", "task=%s error=%s",
-						  t->task_id, err);
-				report(c, t, res.result, res.message, res.duration_ms);
-			}
-		} else {
+		if (r == REPORT_SUPERSEDED || task_cancel(a, t, c)) {
 			log_info("task superseded before it started", "task=%s", t->task_id);
+		} else if (r == REPORT_REFUSED) {
+			/* The orchestrator says this agent does not hold the task. */
+			log_warn("task refused by the orchestrator: not run", "task=%s", t->task_id);
+		} else if (agent_exec(a, t, task_cancel, c, &res) == 0) {
+			if (agent_store_put_result(&a->store, t->task_id, t->generation, res.result,
+						   res.message, err, sizeof err) != 0)
+				log_error("cannot record the task result", "task=%s error=%s", t->task_id,
+					  err);
+			report(c, t, res.result, res.message, res.duration_ms);
 		}
 		log_set_request_id(NULL);
 		pthread_mutex_lock(&c->mu);
@@ -641,50 +675,58 @@ int agent_control_start(struct agent *a, char *err, size_t errlen)
 	return 0;
 }
 
+/* Waits until *flag is set (c->mu held by the caller) or ms pass. */
+static int wait_flag(struct agent_control *c, const int *flag, long long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (!*flag)
+		if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
+			break;
+	return *flag;
+}
+
 int agent_control_stop(struct agent *a)
 {
 	struct agent_control *c = a->control;
-	int rc = 0;
 	if (c == NULL)
 		return 0;
 	atomic_store(&c->stop, 1);
 	pthread_mutex_lock(&c->mu);
-	if (c->poll_stream != NULL)
-		rpc_stream_cancel(c->poll_stream);
+	for (int i = 0; i < 3; i++)
+		if (c->inflight[i] != NULL)
+			rpc_stream_cancel(c->inflight[i]);
 	pthread_cond_broadcast(&c->cond);
+	/* The task reaches a safe point, or completes if it is past its switch,
+	 * within the shutdown grace. A call still waiting for an unreachable
+	 * orchestrator to accept it cannot be cancelled before it starts; those
+	 * threads hold nothing durable, so they get a short while only. */
+	int done = !c->work_started || wait_flag(c, &c->worker_done, a->cfg->shutdown_grace_ms);
+	int rest = (!c->poll_started || wait_flag(c, &c->poll_done, 2000)) &&
+		   (!c->hb_started || wait_flag(c, &c->hb_done, 2000));
 	pthread_mutex_unlock(&c->mu);
+	if (!done) {
+		log_error("the running task did not reach a safe point within the grace period",
+			  "grace_ms=%lld", a->cfg->shutdown_grace_ms);
+		return SW_ETIMEDOUT; /* the caller exits without freeing */
+	}
+	if (!rest)
+		return SW_ETIMEDOUT;
+	if (c->work_started)
+		pthread_join(c->work, NULL);
 	if (c->poll_started)
 		pthread_join(c->poll, NULL);
 	if (c->hb_started)
 		pthread_join(c->hb, NULL);
-	if (c->work_started) {
-		/* The task reaches a safe point, or completes if it is past its
-		 * switch; either way within the shutdown grace. */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += a->cfg->shutdown_grace_ms / 1000;
-		ts.tv_nsec += (a->cfg->shutdown_grace_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_mutex_lock(&c->mu);
-		while (!c->worker_done) {
-			if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
-				break;
-		}
-		int done = c->worker_done;
-		pthread_mutex_unlock(&c->mu);
-		if (!done) {
-			log_error("the running task did not reach a safe point within the grace period",
-				  "grace_ms=%lld", a->cfg->shutdown_grace_ms);
-			return SW_ETIMEDOUT; /* the caller exits without freeing */
-		}
-		pthread_join(c->work, NULL);
-	}
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 	a->control = NULL;
-	return rc;
+	return 0;
 }

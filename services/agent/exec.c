@@ -67,6 +67,8 @@ static int check_task(struct run *r, char *msg, size_t len)
 	const struct agent_task *t = r->t;
 	const struct agent_labels *lb = &r->a->cfg->labels;
 	const char *app = agent_labels_get(lb, "app"), *env = agent_labels_get(lb, "environment");
+	if (t->invalid[0] != '\0')
+		return sw_errf(msg, len, SW_EINVAL, "invalid task: %s", t->invalid);
 	if (t->kind != AGENT_TASK_DEPLOY && t->kind != AGENT_TASK_ROLLBACK)
 		return sw_errf(msg, len, SW_EINVAL, "unknown task kind %d", t->kind);
 	if (!agent_digest_ok(t->digest, r->hex))
@@ -146,7 +148,7 @@ static int ensure_release(struct run *r, char *msg, size_t len)
 	agent_store_path(&a->store, blob, sizeof blob, "blobs/%s.tar.gz", r->hex);
 	log_info("pulling the bundle", "digest=%s", r->t->digest);
 	rc = agent_fetch_blob(a->artifact, r->t->digest, blob, (uint64_t)c->max_blob_bytes,
-			      r->deadline, cancelled, r, err, sizeof err);
+			      r->deadline, c->pull_retry_ms, cancelled, r, err, sizeof err);
 	if (rc != 0)
 		return sw_errf(msg, len, rc, "%s", err);
 	agent_store_path(&a->store, tmp, sizeof tmp, "releases/.tmp-%.16s-%d", r->hex,
@@ -296,6 +298,8 @@ static int run_task(struct run *r, char *msg, size_t len)
 		rc = sw_errf(msg, len, rc, "start: %s", err);
 		goto fail;
 	}
+	if (agent_candidate_record(a, &p, sd) != 0)
+		log_warn("cannot record the new process", "pid=%d", (int)p.pid);
 	rc = health_gate(r, m, &p, sd, detail, sizeof detail, msg, len);
 	if (rc != 0)
 		goto fail;
@@ -305,6 +309,7 @@ static int run_task(struct run *r, char *msg, size_t len)
 		goto fail;
 	}
 	agent_promote(a, r->hex, t->version, m, &p, sd, detail);
+	agent_candidate_clear(a);
 	m = NULL;
 	agent_store_prune(&a->store, (int)a->cfg->keep_releases);
 	snprintf(msg, len, "running %.64s (pid %d, port %d): %.120s", t->version, (int)p.pid,
@@ -315,6 +320,7 @@ fail:
 		log_info("stopping the new process; the previous release keeps serving",
 			 "release=%.12s pid=%d", r->hex, (int)p.pid);
 		agent_proc_stop(&p, m ? m->stop_grace_ms : 10000);
+		agent_candidate_clear(a);
 	}
 	agent_secrets_remove(sd);
 	agent_manifest_free(m);

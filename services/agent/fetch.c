@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PULL_ATTEMPTS 6
+#define BACKOFF_MAX_MS 2000
 
 int agent_digest_ok(const char *s, char hex[AGENT_HEX_LEN + 1])
 {
@@ -116,15 +116,16 @@ struct pull {
 	int fatal;           /* the failure was ours: retrying changes nothing */
 };
 
-/* One Pull from p->have. Returns 0 when the stream ended cleanly. */
-static int pull_once(struct rpc_client *c, const char *digest, struct pull *p, int64_t deadline,
-		     agent_cancel_fn cancel, void *cancel_arg, char *err, size_t errlen)
+/* One Pull from p->have, for at most timeout_ms. A retry waits for the
+ * channel to be ready (the service may just have come back) instead of
+ * failing fast. */
+static int pull_once(struct rpc_client *c, const char *digest, struct pull *p, int64_t timeout_ms,
+		     int retry, agent_cancel_fn cancel, void *cancel_arg, char *err, size_t errlen)
 {
 	struct rpc_stream *s = NULL;
-	int64_t left = deadline - agent_now_ms();
-	if (left <= 0)
+	if (timeout_ms <= 0)
 		return sw_errf(err, errlen, SW_ETIMEDOUT, "deadline passed while pulling the bundle");
-	struct rpc_call_opts o = { .timeout_ms = left };
+	struct rpc_call_opts o = { .timeout_ms = timeout_ms, .wait_for_ready = retry };
 	int rc = rpc_stream_open(c, &slipway__v1__artifact__descriptor, "Pull", &o, &s, err,
 				 errlen);
 	if (rc != 0)
@@ -209,7 +210,7 @@ static int pull_once(struct rpc_client *c, const char *digest, struct pull *p, i
 }
 
 int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char *final_path,
-		     uint64_t max_bytes, int64_t deadline_ms, agent_cancel_fn cancel,
+		     uint64_t max_bytes, int64_t deadline_ms, int64_t retry_ms, agent_cancel_fn cancel,
 		     void *cancel_arg, char *err, size_t errlen)
 {
 	char want[AGENT_HEX_LEN + 1], got[AGENT_HEX_LEN + 1], partial[AGENT_PATH_MAX];
@@ -255,30 +256,55 @@ int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char
 			goto out;
 		}
 	}
+	/* Transient failures are retried, resuming from the offset, until no
+	 * byte has arrived for retry_ms (or the task's deadline). */
 	long backoff = 200;
+	int64_t progress_at = agent_now_ms();
+	char first[256] = "";
+	int gave_up = 0;
 	for (int attempt = 1;; attempt++) {
-		rc = pull_once(artifact, digest, &p, deadline_ms, cancel, cancel_arg, err, errlen);
-		if (rc == 0 || p.fatal || !transient(rc) || rc == SW_ECANCELLED ||
-		    attempt >= PULL_ATTEMPTS || agent_now_ms() + backoff >= deadline_ms)
+		uint64_t before = p.have;
+		int64_t now = agent_now_ms();
+		int64_t timeout = deadline_ms - now;
+		if (attempt > 1 && progress_at + retry_ms - now < timeout)
+			timeout = progress_at + retry_ms - now;
+		rc = pull_once(artifact, digest, &p, timeout, attempt > 1, cancel, cancel_arg, err,
+			       errlen);
+		if (p.have > before)
+			progress_at = agent_now_ms();
+		if (rc == 0 || p.fatal || !transient(rc) || rc == SW_ECANCELLED)
 			break;
+		if (first[0] == '\0')
+			snprintf(first, sizeof first, "%s", err);
+		now = agent_now_ms();
+		if (now + backoff >= deadline_ms || now + backoff >= progress_at + retry_ms) {
+			gave_up = 1;
+			break;
+		}
 		/* Keep exactly the bytes that were hashed. */
 		if (ftruncate(p.fd, (off_t)p.have) != 0) {
 			rc = sw_errf(err, errlen, SW_EIO, "truncate %s failed", partial);
 			break;
 		}
-		log_warn("bundle download interrupted; resuming", "digest=%s offset=%llu attempt=%d error=%s",
-			 digest, (unsigned long long)p.have, attempt, err);
+		if (attempt == 1 || attempt % 10 == 0)
+			log_warn("bundle download interrupted; retrying from the offset",
+				 "digest=%s offset=%llu attempt=%d error=%s", digest,
+				 (unsigned long long)p.have, attempt, err);
 		sleep_ms(backoff);
-		backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 		if (cancel != NULL && cancel(cancel_arg)) {
 			rc = sw_errf(err, errlen, SW_ECANCELLED, "cancelled");
 			break;
 		}
 	}
+	if (rc != 0 && gave_up)
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "no progress for %lld s at byte %llu (%s)",
+			     (long long)((agent_now_ms() - progress_at) / 1000),
+			     (unsigned long long)p.have, first);
 	if (rc != 0) {
 		/* Bytes that can never become the right blob are dropped; an
 		 * interrupted download stays for the next attempt. */
-		if (rc == SW_EDATALOSS || rc == SW_ENOTFOUND || rc == SW_EINVAL)
+		if (rc == SW_EDATALOSS || rc == SW_ENOTFOUND || rc == SW_EINVAL || rc == SW_ELIMIT)
 			unlink(partial);
 		goto out;
 	}

@@ -101,6 +101,8 @@ int main(int argc, char **argv)
 		  &c.shutdown_grace_ms },
 		{ "task-timeout", CFG_MS, "15m", 1000, 86400000, 0,
 		  "deadline of a task that carries none", &c.task_timeout_ms },
+		{ "pull-retry", CFG_MS, "30s", 1000, 3600000, 0,
+		  "how long a bundle download is retried without progress", &c.pull_retry_ms },
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 
@@ -206,8 +208,10 @@ int main(int argc, char **argv)
 
 	/* ---- shutdown */
 	if (agent_control_stop(a) != 0) {
-		log_warn("exiting with the task unfinished; it is delivered again after a restart",
-			 NULL);
+		/* Threads are still blocked in calls: exit without tearing down
+		 * what they use. A task that did not finish is recorded as not
+		 * finished and is delivered again after a restart. */
+		log_warn("exiting with calls still in flight", NULL);
 		_exit(0);
 	}
 	code = 0;

@@ -185,7 +185,8 @@ int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_key
 			       "the release needs secrets but no --secrets-sign-key is pinned");
 	Slipway__V1__FetchRequest req = SLIPWAY__V1__FETCH_REQUEST__INIT;
 	req.deployment_id = (char *)deployment_id;
-	struct rpc_call_opts o = { .timeout_ms = 15000 };
+	/* wait-for-ready: a channel reconnects only while a call waits on it */
+	struct rpc_call_opts o = { .timeout_ms = 15000, .wait_for_ready = 1 };
 	char cerr[256];
 	rc = rpc_call(secrets, &slipway__v1__secrets__descriptor, "Fetch", &req.base, &resp, &o,
 		      cerr, sizeof cerr);

@@ -408,12 +408,21 @@ void agent_store_prune(struct agent_store *s, int keep)
 		}
 	}
 	free(v);
-	/* Blobs whose release is unpacked are no longer needed. */
+	/* Blobs whose release is unpacked are no longer needed; downloads
+	 * abandoned for a day are not coming back. */
 	agent_store_path(s, dir, sizeof dir, "blobs");
 	if ((d = opendir(dir)) == NULL)
 		return;
+	time_t day_ago = time(NULL) - 86400;
 	while ((de = readdir(d)) != NULL) {
 		size_t len = strlen(de->d_name);
+		struct stat pst;
+		if (len > 8 && strcmp(de->d_name + len - 8, ".partial") == 0 &&
+		    (size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < sizeof p &&
+		    lstat(p, &pst) == 0 && pst.st_mtime < day_ago) {
+			unlink(p);
+			continue;
+		}
 		if (len != AGENT_HEX_LEN + 7 || strcmp(de->d_name + AGENT_HEX_LEN, ".tar.gz") != 0)
 			continue;
 		char rel[AGENT_PATH_MAX];

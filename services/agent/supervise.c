@@ -186,6 +186,56 @@ static int read_app_json(struct agent *a, const char *hex, struct agent_proc *p,
 	return rc;
 }
 
+int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *secrets_dir)
+{
+	char path[AGENT_PATH_MAX], err[256];
+	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
+	json_t *j = json_pack("{s:I, s:I, s:s}", "pid", (json_int_t)p->pid, "start_time",
+			      (json_int_t)p->start_time, "secrets_dir", secrets_dir ? secrets_dir : "");
+	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	int rc = text ? agent_write_file_sync(path, text, strlen(text), err, sizeof err) : SW_ENOMEM;
+	free(text);
+	json_decref(j);
+	return rc;
+}
+
+void agent_candidate_clear(struct agent *a)
+{
+	char path[AGENT_PATH_MAX];
+	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
+	unlink(path);
+}
+
+/* A new release that was being health-checked when the agent died: it
+ * never became the live one, so it goes (with its secrets). */
+static void reap_candidate(struct agent *a)
+{
+	char path[AGENT_PATH_MAX];
+	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
+	json_error_t je;
+	json_t *j = json_load_file(path, 0, &je);
+	if (j == NULL)
+		return;
+	json_int_t pid = 0, st = 0;
+	const char *sd = "";
+	if (json_unpack(j, "{s:I, s:I, s:s}", "pid", &pid, "start_time", &st, "secrets_dir",
+			&sd) == 0 &&
+	    pid > 0 && pid < (1 << 30) && (pid_t)pid != a->live.proc.pid) {
+		/* (the live process may be the candidate that was promoted just
+		 * before the agent died: that one stays) */
+		struct agent_proc p = { .pid = (pid_t)pid, .start_time = (uint64_t)st };
+		if (agent_proc_alive(&p)) {
+			log_info("stopping a new release left unfinished by the previous agent",
+				 "pid=%d", (int)p.pid);
+			agent_proc_stop(&p, 5000);
+		}
+		if (sd[0] != '\0' && strcmp(sd, a->live.secrets_dir) != 0)
+			agent_secrets_remove(sd);
+	}
+	json_decref(j);
+	unlink(path);
+}
+
 int agent_adopt(struct agent *a, char *err, size_t errlen)
 {
 	char hex[AGENT_HEX_LEN + 1];
@@ -195,6 +245,7 @@ int agent_adopt(struct agent *a, char *err, size_t errlen)
 
 	if (agent_store_link(&a->store, "current", hex) != 0) {
 		log_info("nothing deployed yet", NULL);
+		reap_candidate(a);
 		return 0;
 	}
 	if ((rc = agent_load_release(a, hex, &m, err, errlen)) != 0)
@@ -228,6 +279,7 @@ int agent_adopt(struct agent *a, char *err, size_t errlen)
 	}
 	agent_save_live_locked(a);
 	pthread_mutex_unlock(&a->mu);
+	reap_candidate(a);
 	return 0;
 }
 

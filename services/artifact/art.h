@@ -62,10 +62,9 @@ struct art {
 	struct s3 *s3;
 	struct rpc_client *audit_cli;
 	struct rpc_client *policy_cli;
-	struct authz *authz;          /* NULL: no policy service (interim rules) */
+	struct authz *authz;          /* the policy service's answers (lib/authz) */
 	struct outbox_relay *relay;   /* NULL: no audit service configured */
 	struct art_keys *keys;        /* trusted builder keys (never NULL once started) */
-	char trust_domain[128];
 	char spool_dir[4096];
 	pthread_mutex_t mu;
 	int transfers;                /* pushes and pulls in progress */

@@ -10,6 +10,7 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,6 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_EINVAL, "set --state-dir or --spool-dir");
 	if ((rc = make_dir(a->spool_dir, err, errlen)) != 0)
 		return rc;
-	snprintf(a->trust_domain, sizeof a->trust_domain, "%s", c->svc.trust_domain);
 
 	if ((rc = art_keys_load(c->trusted_keys, &a->keys, err, errlen)) != 0)
 		return rc;
@@ -119,17 +119,11 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		log_warn("no --audit-addr: audit events stay in the outbox until one is configured",
 			 NULL);
 	}
-	if (c->policy_addr[0] != '\0') {
-		if ((rc = client_to(a, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
-			return rc;
-		struct authz_opts ao = { .policy = a->policy_cli };
-		if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
-			return rc;
-	} else {
-		log_warn("no --policy-addr: interim authorization (only the admin user may change "
-			 "anything)",
-			 NULL);
-	}
+	if ((rc = client_to(a, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
+		return rc;
+	struct authz_opts ao = { .policy = a->policy_cli };
+	if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
+		return rc;
 	log_info("artifact store ready", "bucket=%s spool=%s max_blob=%lld trusted_keys=%zu",
 		 c->s3_bucket, a->spool_dir, c->max_blob, art_keys_count(a->keys));
 	return art_rpc_register(a, svc_server(s), err, errlen);
@@ -171,8 +165,8 @@ int main(int argc, char **argv)
 		  "total bound for small S3 requests (HEAD, DELETE)", &c->s3_deadline_ms },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0, "audit service host:port (outbox relay)",
 		  &c->audit_addr },
-		{ "policy-addr", CFG_STR, NULL, 0, 0, 0, "policy service host:port (authorization)",
-		  &c->policy_addr },
+		{ "policy-addr", CFG_STR, NULL, 0, 0, CFG_REQUIRED,
+		  "policy service host:port (every RPC is authorized there)", &c->policy_addr },
 		{ "state-dir", CFG_PATH, NULL, 0, 0, 0, "private directory (holds the spool)",
 		  &c->state_dir },
 		{ "spool-dir", CFG_PATH, NULL, 0, 0, 0,
@@ -188,6 +182,10 @@ int main(int argc, char **argv)
 		  &c->max_transfers },
 		{ "stream-buffer", CFG_SIZE, "4MiB", 64LL << 10, 256LL << 20, 0,
 		  "memory between a streamed push and its S3 upload", &c->stream_buffer },
+		{ "stream-window", CFG_SIZE, "4MiB", 0, 64LL << 20, 0,
+		  "HTTP/2 window per call (0: gRPC's adaptive one); bounds the memory a fast "
+		  "pusher can fill",
+		  &c->svc.stream_window },
 		{ "chunk-size", CFG_SIZE, "1MiB", 16LL << 10, 16LL << 20, 0,
 		  "bytes per Pull message", &c->chunk_size },
 		{ "gc-grace", CFG_MS, "1h", 0, 30LL * 24 * 3600 * 1000, 0,
@@ -200,6 +198,16 @@ int main(int argc, char **argv)
 	int code = 2, exit_code;
 	struct svc *s = NULL;
 
+	/* Transfers allocate and free 1 MiB buffers on many threads (gRPC's,
+	 * the handlers', the S3 helpers'). With one malloc arena per thread,
+	 * freed buffers pile up in every arena a transfer ever touched: two
+	 * arenas keep peak memory tied to the transfers in progress. A fixed
+	 * mmap threshold above the buffer size and a trim threshold of a few
+	 * buffers let them be reused instead of faulting fresh pages in for
+	 * every message. */
+	mallopt(M_ARENA_MAX, 2);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	mallopt(M_TRIM_THRESHOLD, 8 << 20);
 	pthread_mutex_init(&a.mu, NULL);
 	if (svc_configure(ART_SERVICE, "ARTIFACT", opts, nopts, argc, argv, &exit_code, err,
 			  sizeof err) != 0) {

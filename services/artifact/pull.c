@@ -17,32 +17,56 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#define NBUF 4 /* chunks in flight between the S3 reader and the sender */
+
+/*
+ * The S3 GET runs on a helper thread that fills chunk buffers; the
+ * handler's thread sends them (rpc_send belongs to the call's worker
+ * thread), so reading from S3 and writing to the client overlap. A full
+ * buffer is handed over only when more data follows, so the last one waits
+ * for the end-of-object checks.
+ */
 struct pull {
 	struct art *a;
 	struct rpc_ctx *ctx;
-	uint8_t *buf;
-	size_t cap, len;
+	char key[ART_KEY_LEN];
+	uint64_t offset;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint8_t *buf[NBUF];
+	size_t len[NBUF];
+	size_t cap;
+	int w, r, count;      /* filling buf[w]; the next to send is buf[r] */
+	int done;             /* the reader finished (rc says how) */
+	int abort;            /* the sender failed: stop reading */
+	int rc;
+	char err[512];
 	uint64_t expect, got;
 	int verify;
 	struct digest sha;
-	int send_rc;
 	int too_long;
 };
 
-static int flush(struct pull *q)
+/* Reader thread: queues buf[w] for sending and moves to the next one. */
+static int hand_over(struct pull *q)
 {
-	Slipway__V1__PullResponse m = SLIPWAY__V1__PULL_RESPONSE__INIT;
-	m.msg_case = SLIPWAY__V1__PULL_RESPONSE__MSG_CHUNK;
-	m.chunk.data = q->buf;
-	m.chunk.len = q->len;
-	int rc = rpc_send(q->ctx, &m.base);
-	q->len = 0;
-	return rc;
+	pthread_mutex_lock(&q->mu);
+	while (q->count == NBUF - 1 && !q->abort)
+		pthread_cond_wait(&q->cv, &q->mu);
+	int ok = !q->abort;
+	if (ok) {
+		q->count++;
+		q->w = (q->w + 1) % NBUF;
+		q->len[q->w] = 0;
+		pthread_cond_broadcast(&q->cv);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return ok;
 }
 
-/* Receives object data from libs3 (the handler's thread). A full chunk is
- * sent only when more data follows, so the last one waits for the check. */
+/* Receives object data from libs3 (reader thread). */
 static int on_data(const uint8_t *p, size_t n, void *arg)
 {
 	struct pull *q = arg;
@@ -54,15 +78,74 @@ static int on_data(const uint8_t *p, size_t n, void *arg)
 	if (q->verify)
 		digest_update(&q->sha, p, n);
 	while (n > 0) {
-		if (q->len == q->cap && (q->send_rc = flush(q)) != 0)
+		if (q->len[q->w] == q->cap && !hand_over(q))
 			return 1;
-		size_t k = q->cap - q->len < n ? q->cap - q->len : n;
-		memcpy(q->buf + q->len, p, k);
-		q->len += k;
+		size_t room = q->cap - q->len[q->w];
+		size_t k = room < n ? room : n;
+		memcpy(q->buf[q->w] + q->len[q->w], p, k);
+		q->len[q->w] += k;
 		p += k;
 		n -= k;
 	}
 	return 0;
+}
+
+static void *reader_main(void *arg)
+{
+	struct pull *q = arg;
+	char err[512] = "";
+	int rc = s3_get(q->a->s3, q->key, q->offset, 0, on_data, q, err, sizeof err);
+	pthread_mutex_lock(&q->mu);
+	q->rc = rc;
+	snprintf(q->err, sizeof q->err, "%s", err);
+	q->done = 1;
+	pthread_cond_broadcast(&q->cv);
+	pthread_mutex_unlock(&q->mu);
+	return NULL;
+}
+
+static int send_chunk(struct rpc_ctx *ctx, const uint8_t *p, size_t n)
+{
+	Slipway__V1__PullResponse m = SLIPWAY__V1__PULL_RESPONSE__INIT;
+	m.msg_case = SLIPWAY__V1__PULL_RESPONSE__MSG_CHUNK;
+	m.chunk.data = (uint8_t *)p;
+	m.chunk.len = n;
+	return rpc_send(ctx, &m.base);
+}
+
+/* Handler thread: sends queued chunks until the reader is done. Returns 0,
+ * or SW_ECANCELLED when the client went away. */
+static int send_queued(struct pull *q)
+{
+	int rc = 0;
+	pthread_mutex_lock(&q->mu);
+	for (;;) {
+		while (q->count == 0 && !q->done)
+			pthread_cond_wait(&q->cv, &q->mu);
+		if (q->count == 0)
+			break; /* done, and every handed-over chunk is sent */
+		int i = q->r;
+		pthread_mutex_unlock(&q->mu);
+		rc = send_chunk(q->ctx, q->buf[i], q->len[i]);
+		pthread_mutex_lock(&q->mu);
+		if (rc != 0) {
+			q->abort = 1;
+			pthread_cond_broadcast(&q->cv);
+			break;
+		}
+		q->r = (q->r + 1) % NBUF;
+		q->count--;
+		pthread_cond_broadcast(&q->cv);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return rc;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void audit_corrupt(struct art *a, struct rpc_ctx *ctx, const char *digest,
@@ -80,8 +163,9 @@ static void audit_corrupt(struct art *a, struct rpc_ctx *ctx, const char *digest
 int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint64_t offset)
 {
 	struct pull q;
-	char key[ART_KEY_LEN], err[512], why[256];
-	int rc = 0;
+	char why[256];
+	int rc = 0, started = 0;
+	pthread_t reader;
 
 	memset(&q, 0, sizeof q);
 	if (offset > b->size)
@@ -100,24 +184,38 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	if (offset == b->size)
 		return 0; /* a resumed pull that already has every byte */
 
+	int64_t t0 = mono_ms();
 	q.a = a;
 	q.ctx = ctx;
+	q.offset = offset;
 	q.cap = (size_t)a->c.chunk_size;
 	q.expect = b->size - offset;
 	q.verify = offset == 0;
-	q.buf = malloc(q.cap);
-	if (q.buf == NULL)
-		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	art_blob_key(b->digest, q.key);
+	pthread_mutex_init(&q.mu, NULL);
+	pthread_cond_init(&q.cv, NULL);
+	for (int i = 0; i < NBUF; i++)
+		if ((q.buf[i] = malloc(q.cap)) == NULL) {
+			rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+			goto out;
+		}
 	if (q.verify && digest_init(&q.sha, DIGEST_SHA256) != 0) {
 		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
 		goto out;
 	}
-	art_blob_key(b->digest, key);
-	rc = s3_get(a->s3, key, offset, 0, on_data, &q, err, sizeof err);
-	if (q.send_rc != 0) {
+	if (pthread_create(&reader, NULL, reader_main, &q) != 0) {
+		rc = rpc_errorf(ctx, SW_EINTERNAL, "cannot start the S3 reader");
+		goto out;
+	}
+	started = 1;
+	int send_rc = send_queued(&q);
+	pthread_join(reader, NULL);
+	started = 0;
+	if (send_rc != 0) {
 		rc = rpc_errorf(ctx, SW_ECANCELLED, "the client went away");
 		goto out;
 	}
+	rc = q.rc;
 	if (rc == SW_ENOTFOUND || q.too_long || (rc == 0 && q.got != q.expect)) {
 		snprintf(why, sizeof why, "%s",
 			 rc == SW_ENOTFOUND ? "the object is missing from storage"
@@ -129,7 +227,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 		goto out;
 	}
 	if (rc != 0) {
-		rc = rpc_errorf(ctx, SW_EUNAVAIL, "object storage: %s", err);
+		rc = rpc_errorf(ctx, SW_EUNAVAIL, "object storage: %s", q.err);
 		goto out;
 	}
 	if (q.verify) {
@@ -145,15 +243,30 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 			log_error("stored blob does not match its digest", "digest=%s actual=%s",
 				  b->digest, actual);
 			audit_corrupt(a, ctx, b->digest, why);
-			rc = rpc_errorf(ctx, SW_EDATALOSS,
-					"blob %s: %s; refusing to serve it", b->digest, why);
+			rc = rpc_errorf(ctx, SW_EDATALOSS, "blob %s: %s; refusing to serve it",
+					b->digest, why);
 			goto out;
 		}
 	}
-	if (q.len > 0 && (rc = flush(&q)) != 0)
+	/* Every byte checked out: the held-back last chunk may go. */
+	if (q.len[q.w] > 0 && send_chunk(ctx, q.buf[q.w], q.len[q.w]) != 0)
 		rc = rpc_errorf(ctx, SW_ECANCELLED, "the client went away");
+	else
+		log_info("pulled", "digest=%s offset=%llu bytes=%llu verified=%d ms=%lld", b->digest,
+			 (unsigned long long)offset, (unsigned long long)q.got, q.verify,
+			 (long long)(mono_ms() - t0));
 out:
+	if (started) {
+		pthread_mutex_lock(&q.mu);
+		q.abort = 1;
+		pthread_cond_broadcast(&q.cv);
+		pthread_mutex_unlock(&q.mu);
+		pthread_join(reader, NULL);
+	}
 	digest_cleanup(&q.sha);
-	free(q.buf);
+	for (int i = 0; i < NBUF; i++)
+		free(q.buf[i]);
+	pthread_mutex_destroy(&q.mu);
+	pthread_cond_destroy(&q.cv);
 	return rc;
 }

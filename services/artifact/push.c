@@ -51,6 +51,8 @@ struct ring {
 	uint64_t taken;   /* bytes handed to the PUT so far */
 	int verified;     /* every byte arrived and matched: release the last one */
 	int abort;        /* stop the PUT before its body is complete */
+	int writer_waits; /* the receiver waits for room */
+	int reader_waits; /* the upload waits for data */
 	int done;         /* the PUT returned */
 	int rc;
 	char err[256];
@@ -159,7 +161,9 @@ static int ring_fill(uint8_t *out, size_t cap, void *arg)
 			n = allow < cap ? allow : cap;
 			break;
 		}
+		g->reader_waits = 1;
 		pthread_cond_wait(&g->cv, &g->mu);
+		g->reader_waits = 0;
 	}
 	size_t first = g->cap - g->rpos;
 	if (first > n)
@@ -170,7 +174,10 @@ static int ring_fill(uint8_t *out, size_t cap, void *arg)
 	g->rpos = (g->rpos + n) % g->cap;
 	g->len -= n;
 	g->taken += n;
-	pthread_cond_broadcast(&g->cv);
+	/* Wake the receiver only once there is room for a good burst: a wake-up
+	 * per libcurl buffer costs more than the copy. */
+	if (g->writer_waits && g->cap - g->len >= g->cap / 2)
+		pthread_cond_broadcast(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 	digest_update(&g->md5, out, n);
 	return (int)n;
@@ -190,7 +197,9 @@ static int ring_write(struct ring *g, const uint8_t *p, size_t n, char *err, siz
 		}
 		size_t space = g->cap - g->len;
 		if (space == 0) {
+			g->writer_waits = 1;
 			pthread_cond_wait(&g->cv, &g->mu);
+			g->writer_waits = 0;
 			continue;
 		}
 		size_t k = space < n ? space : n;
@@ -204,8 +213,13 @@ static int ring_write(struct ring *g, const uint8_t *p, size_t n, char *err, siz
 		g->len += k;
 		p += k;
 		n -= k;
-		pthread_cond_broadcast(&g->cv);
+		if (g->reader_waits && g->len >= g->cap / 4)
+			pthread_cond_broadcast(&g->cv);
 	}
+	/* A short tail (or a small blob) below the burst size: let the
+	 * upload decide whether it may take it. */
+	if (g->reader_waits)
+		pthread_cond_broadcast(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 	return rc;
 }
@@ -303,6 +317,8 @@ static void audit_failure(struct push *p, const char *action, Slipway__V1__Outco
 	outbox_detail(&e, "app", p->h->app);
 	outbox_detail(&e, "version", p->h->version);
 	outbox_detail(&e, "digest", digest);
+	if (p->want[0] != '\0' && strcmp(p->want, digest) != 0)
+		outbox_detail(&e, "expected_digest", p->want);
 	outbox_detail(&e, "reason", reason);
 	if (p->h->provenance && p->h->provenance->signing_key[0])
 		outbox_detail(&e, "signing_key", p->h->provenance->signing_key);
@@ -450,7 +466,7 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 			       "blob %s was garbage-collected while it was pushed; push again",
 			       p->digest);
 
-	char sighex[129];
+	char sighex[2 + 2 * 64 + 1]; /* "\\x" + hex + NUL */
 	const char *sig = NULL;
 	if (pv->signature.len == 64) {
 		sighex[0] = '\\';
@@ -683,9 +699,11 @@ static int finish_stream(struct push *p)
 	const char *etag = p->ring.info.etag;
 	/* A single PUT's ETag is the MD5 of what the server stored. */
 	if (strlen(etag) == 32 && strcmp(etag, p->md5hex) != 0) {
-		log_error("S3 stored other bytes than were sent; removing them",
+		/* Not deleted here: a concurrent push of the same digest may own
+		 * the object by now. The row stays pending, so the next push of
+		 * these bytes uploads them again, and GC removes them otherwise. */
+		log_error("S3 stored other bytes than were sent",
 			  "digest=%s etag=%s md5=%s", p->digest, etag, p->md5hex);
-		s3_delete(p->a->s3, p->key, err, sizeof err);
 		return rpc_errorf(p->ctx, SW_EUNAVAIL,
 				  "object storage stored damaged bytes (ETag mismatch); push again");
 	}

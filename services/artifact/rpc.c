@@ -7,7 +7,6 @@
 #include "art.h"
 #include "err.h"
 #include "log.h"
-#include "spiffe.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,30 +14,12 @@
 #define PAGE_DEFAULT 50
 #define PAGE_MAX 500
 
-/*
- * Asks the policy service. Without one (--policy-addr unset, only in a
- * stack that has no policy service yet) the interim rules apply: the
- * `admin` user may do everything, service principals may read releases
- * and pin, anyone else is denied.
- */
+/* Asks the policy service (lib/authz): deny by default, and UNAVAILABLE
+ * when it cannot answer. */
 static int authorize(struct art *a, struct rpc_ctx *ctx, const char *action, const char *kind,
 		     const char *app)
 {
-	if (a->authz != NULL)
-		return authz_require(a->authz, ctx, action, kind, app, NULL, NULL);
-	struct spiffe_id id;
-	char err[128];
-	if (spiffe_parse(rpc_peer(ctx), a->trust_domain, &id, err, sizeof err) == 0) {
-		if (id.kind == SPIFFE_USER && strcmp(id.name, "admin") == 0)
-			return 0;
-		if (id.kind == SPIFFE_SERVICE &&
-		    ((strcmp(action, "read") == 0 && strcmp(kind, "release") == 0) ||
-		     (strcmp(action, "pin") == 0 && strcmp(kind, "artifact") == 0)))
-			return 0;
-	}
-	return rpc_errorf(ctx, SW_EPERM,
-			  "permission denied: %s may not %s %s (no policy service configured)",
-			  rpc_peer(ctx), action, kind);
+	return authz_require(a->authz, ctx, action, kind, app, NULL, NULL);
 }
 
 int art_transfer_begin(struct art *a)

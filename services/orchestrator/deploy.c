@@ -279,8 +279,11 @@ int orch_evaluate(struct orch *o, struct rpc_ctx *ctx, const char *id, const cha
 	return verdict;
 }
 
-/* Whether the app has secrets the agents must fetch. */
-static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app, const char *env)
+/* Whether the app has secrets the agents must fetch: 1 or 0, or a negative
+ * code when the secrets service cannot say (the deployment is then refused
+ * rather than created without the secrets its release may need). */
+static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app, const char *env,
+			   char *err, size_t errlen)
 {
 	if (o->secrets == NULL)
 		return 0;
@@ -291,12 +294,14 @@ static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app,
 	req.scope = &scope;
 	req.page_size = 1;
 	ProtobufCMessage *m = NULL;
-	char err[256];
+	char e[256];
 	struct rpc_call_opts co = { .timeout_ms = 5000, .parent = ctx };
-	if (rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "ListSecrets", &req.base, &m, &co,
-		     err, sizeof err) != 0) {
-		log_warn("cannot list secrets; deploying without", "app=%s error=%s", app, err);
-		return 0;
+	int rc = rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "ListSecrets", &req.base, &m,
+			  &co, e, sizeof e);
+	if (rc != 0) {
+		log_warn("cannot list secrets", "app=%s env=%s error=%s", app, env, e);
+		return sw_errf(err, errlen, rc == SW_EPERM ? SW_EINTERNAL : SW_EUNAVAIL,
+			       "cannot tell whether %s/%s has secrets: %s", app, env, e);
 	}
 	int has = ((Slipway__V1__ListSecretsResponse *)m)->n_secrets > 0;
 	protobuf_c_message_free_unpacked(m, NULL);
@@ -460,7 +465,9 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 			return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		slipway__v1__provenance__pack(rel->pb->provenance, t->prov);
 	}
-	t->has_secrets = app_has_secrets(o, ctx, t->app, t->env);
+	if ((rc = app_has_secrets(o, ctx, t->app, t->env, err, errlen)) < 0)
+		return rc;
+	t->has_secrets = rc;
 	char reason[1024] = "";
 	t->reason = reason;
 	if (evaluate) {

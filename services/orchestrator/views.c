@@ -414,6 +414,7 @@ int orch_list_agents(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__Lis
 					copy->health_detail = rpc_strdup(ctx, rt->health_detail);
 					copy->restarts = rt->restarts;
 					copy->health_checked_unix_ms = rt->health_checked_unix_ms;
+					copy->endpoint = rpc_strdup(ctx, rt->endpoint);
 					a->runtime = copy;
 				}
 				slipway__v1__agent_runtime__free_unpacked(rt, NULL);

@@ -454,7 +454,11 @@ static struct pol_rule r_service[] = {
 	{ .actions = L("evaluate"), .kinds = L("deployment") },
 	{ .actions = L("read"), .kinds = L("release") },
 	{ .actions = L("pin"), .kinds = L("artifact") },
-	{ .actions = L("grant"), .kinds = L("secret") },
+};
+/* Only the orchestrator grants secrets, and it must know which secrets a
+ * scope has to grant them (names and versions, never values). */
+static struct pol_rule r_orchestrator[] = {
+	{ .actions = L("grant", "read"), .kinds = L("secret") },
 };
 static struct pol_rule r_agent[] = {
 	{ .actions = L("run"), .kinds = L("agent") },
@@ -471,6 +475,8 @@ static const struct pol_role builtin_roles[] = {
 	ROLE("approver", "approve or reject deployments; read releases", r_approver),
 	ROLE("auditor", "read every kind, audit included; never writes", r_auditor),
 	ROLE("service", "what Slipway services need of each other", r_service),
+	ROLE("orchestrator", "what the orchestrator alone needs: grant secrets (and list their names)",
+	     r_orchestrator),
 	ROLE("agent", "what deployment agents need", r_agent),
 };
 #define NBUILTIN_ROLES (sizeof builtin_roles / sizeof builtin_roles[0])
@@ -856,20 +862,25 @@ static int parse_bindings(struct vctx *v, json_t *doc)
 	size_t n = j ? json_array_size(j) : 0;
 	if (n > POL_MAX_BINDINGS)
 		return verr(v, "$.bindings", "more than %d bindings", POL_MAX_BINDINGS);
-	p->bindings = calloc(2 + v->b->nadmins + n, sizeof *p->bindings);
+	p->bindings = calloc(3 + v->b->nadmins + n, sizeof *p->bindings);
 	if (p->bindings == NULL)
 		return sw_errf(v->err, v->errlen, SW_ENOMEM, "out of memory");
 
-	/* Built-in bindings: service and agent by prefix, bootstrap admins. */
+	/* Built-in bindings: service and agent by prefix, the orchestrator,
+	 * bootstrap admins. */
 	char buf[300];
 	snprintf(buf, sizeof buf, "spiffe://%s/service/", v->b->trust_domain);
 	p->prefix_service = strdup(buf);
 	snprintf(buf, sizeof buf, "spiffe://%s/agent/", v->b->trust_domain);
 	p->prefix_agent = strdup(buf);
-	if (p->prefix_service == NULL || p->prefix_agent == NULL)
+	snprintf(buf, sizeof buf, "spiffe://%s/service/orchestrator", v->b->trust_domain);
+	p->orchestrator = strdup(buf);
+	if (p->prefix_service == NULL || p->prefix_agent == NULL || p->orchestrator == NULL)
 		return sw_errf(v->err, v->errlen, SW_ENOMEM, "out of memory");
 	add_binding(v, "builtin:service", pol_role_find(p, "service"), POL_SUBJ_PREFIX,
 		    p->prefix_service, NULL, NULL, 0);
+	add_binding(v, "builtin:orchestrator", pol_role_find(p, "orchestrator"),
+		    POL_SUBJ_PRINCIPAL, p->orchestrator, NULL, NULL, 0);
 	add_binding(v, "builtin:agent", pol_role_find(p, "agent"), POL_SUBJ_PREFIX,
 		    p->prefix_agent, NULL, NULL, 0);
 	for (size_t i = 0; i < p->nadmins; i++)
@@ -1383,6 +1394,7 @@ void pol_unref(struct pol_policy *p)
 	free(p->admins);
 	free(p->prefix_service);
 	free(p->prefix_agent);
+	free(p->orchestrator);
 	free(p->trust_domain);
 	free(p->applied_by);
 	free(p->text);

@@ -152,6 +152,7 @@ struct pol_policy {
 	size_t nadmins;
 	char **admins;                  /* bootstrap admins (owned) */
 	char *prefix_service, *prefix_agent; /* built-in binding subjects (owned) */
+	char *orchestrator;                  /* spiffe://<td>/service/orchestrator (owned) */
 
 	size_t nroles;
 	struct pol_role *roles;         /* built-ins first */

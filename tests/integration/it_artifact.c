@@ -18,6 +18,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "slipway/v1/artifact.pb-c.h"
+#include "slipway/v1/audit.pb-c.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -39,7 +40,7 @@ static char dir[512], pki[512], td[128], ca[1024], admin_crt[1024], admin_key[10
 	pgsock[1024], spool2[1024], art2_log[1024];
 static struct h_proc art2;
 static char art2_addr[64];
-static struct rpc_client *adm, *adm2;
+static struct rpc_client *adm, *adm2, *aud;
 static struct s3 *s3;
 static PGconn *pg;
 static unsigned char sig_sk[crypto_sign_SECRETKEYBYTES], rogue_sk[crypto_sign_SECRETKEYBYTES];
@@ -95,29 +96,64 @@ static const char *blob_state(const char *digest)
 	return sql1("SELECT state FROM artifact.blobs WHERE digest = $1", digest);
 }
 
-/* Counts audit events that mention needle: still in the outbox, or already
- * delivered to the audit service (whose log is then the place to look). */
-static long events_mentioning(const char *needle)
+/* Audit log entries from the artifact service with this action ("" =
+ * any) under this resource prefix whose actor or one of whose detail values
+ * equals value (NULL = any). */
+static long audit_count(const char *action, const char *prefix, const char *value)
 {
-	return sql_count("SELECT (SELECT count(*) FROM artifact.outbox"
-			 " WHERE position(convert_to($1, 'UTF8') in event) > 0)",
-			 needle);
+	long n = 0;
+	char token[256] = "", err[512];
+	for (int page = 0; page < 1000; page++) {
+		Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
+		f.service = "artifact";
+		f.action = (char *)action;
+		f.resource_prefix = (char *)prefix;
+		Slipway__V1__ListEntriesRequest q = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
+		q.filter = &f;
+		q.page_size = 500;
+		q.page_token = token;
+		ProtobufCMessage *m = NULL;
+		struct rpc_call_opts co = { .timeout_ms = 30000 };
+		if (rpc_call(aud, &slipway__v1__audit__descriptor, "ListEntries", &q.base, &m, &co, err,
+			     sizeof err) != 0)
+			fail_msg("audit ListEntries: %s", err);
+		Slipway__V1__ListEntriesResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_entries; i++) {
+			const Slipway__V1__AuditEvent *e = r->entries[i]->event;
+			int match = value == NULL || strcmp(e->actor, value) == 0;
+			for (size_t k = 0; !match && k < e->n_details; k++)
+				match = strcmp(e->details[k]->value, value) == 0;
+			n += match;
+		}
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (token[0] == '\0')
+			break;
+	}
+	return n;
 }
 
-/* Counts audit events whose bytes mention all of a, b and c. */
-static long events_with(const char *a, const char *b, const char *c)
+/* Events reach the log through the outbox relay: waits (up to 20 s) until
+ * at least `want` such entries are there, and returns how many there are. */
+static long audit_wait(const char *action, const char *prefix, const char *value, long want)
 {
-	const char *vals[3] = { a, b, c };
-	PGresult *r = PQexecParams(pg,
-				   "SELECT count(*) FROM artifact.outbox"
-				   " WHERE position(convert_to($1, 'UTF8') in event) > 0"
-				   " AND position(convert_to($2, 'UTF8') in event) > 0"
-				   " AND position(convert_to($3, 'UTF8') in event) > 0",
-				   3, NULL, vals, NULL, NULL, 0);
-	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
-	long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-	PQclear(r);
+	long n = 0;
+	for (int i = 0; i < 200; i++) {
+		if ((n = audit_count(action, prefix, value)) >= want)
+			break;
+		h_sleep_ms(100);
+	}
 	return n;
+}
+
+/* Events about a resource prefix anywhere: in the log or still waiting in
+ * an outbox. */
+static long audit_any(const char *prefix)
+{
+	return audit_count("", prefix, NULL) +
+	       sql_count("SELECT count(*) FROM artifact.outbox"
+			 " WHERE position(convert_to($1, 'UTF8') in event) > 0",
+			 prefix);
 }
 
 struct push_opts {
@@ -441,15 +477,10 @@ static int start_art2(void)
 	argv[n++] = "256KiB";
 	argv[n++] = "--log-level";
 	argv[n++] = "debug";
-	const char *audit = getenv("SLIPWAY_AUDIT_ADDR"), *policy = getenv("SLIPWAY_POLICY_ADDR");
-	if (audit && *audit) {
-		argv[n++] = "--audit-addr";
-		argv[n++] = (char *)audit;
-	}
-	if (policy && *policy) {
-		argv[n++] = "--policy-addr";
-		argv[n++] = (char *)policy;
-	}
+	argv[n++] = "--audit-addr";
+	argv[n++] = (char *)h_env("SLIPWAY_AUDIT_ADDR");
+	argv[n++] = "--policy-addr";
+	argv[n++] = (char *)h_env("SLIPWAY_POLICY_ADDR");
 	argv[n] = NULL;
 	if (h_start(&art2, argv, portfile, art2_log) != 0)
 		return -1;
@@ -514,6 +545,7 @@ static int group_setup(void **state)
 
 	adm = h_client(h_env("SLIPWAY_ARTIFACT_ADDR"), ca, admin_crt, admin_key);
 	adm2 = h_client(art2_addr, ca, admin_crt, admin_key);
+	aud = h_client(h_env("SLIPWAY_AUDIT_ADDR"), ca, admin_crt, admin_key);
 
 	if (s3_global_init(err, sizeof err) != 0)
 		return -1;
@@ -535,6 +567,7 @@ static int group_teardown(void **state)
 		h_stop(&art2, SIGTERM, 15000);
 	rpc_client_free(adm);
 	rpc_client_free(adm2);
+	rpc_client_free(aud);
 	s3_free(s3);
 	s3_global_cleanup();
 	PQfinish(pg);
@@ -591,9 +624,12 @@ static void test_push_pull_roundtrip(void **state)
 	assert_string_equal(gp->releases[0]->provenance->commit, "89abcdef0123");
 	protobuf_c_message_free_unpacked(m, NULL);
 
-	/* Audited: the push and the release creation, with actor and digest. */
-	assert_int_equal(events_with("release.create", "release/it-web@1.0.0", digest), 1);
-	assert_int_equal(events_with("artifact.push", want_peer, digest), 1);
+	/* Audited in the audit log: the release creation with its digest, and
+	 * the push with its actor (from mTLS). */
+	assert_int_equal(audit_wait("release.create", "release/it-web@1.0.0", digest, 1), 1);
+	char blobres[96];
+	snprintf(blobres, sizeof blobres, "blob/%s", digest);
+	assert_int_equal(audit_wait("artifact.push", blobres, want_peer, 1), 1);
 	free(data);
 }
 
@@ -723,7 +759,8 @@ static void test_digest_mismatch_stores_nothing(void **state)
 	assert_int_equal(push(adm2, "it-mismatch", "4", data, len, &sp, NULL, err, sizeof err),
 			 SW_EINVAL);
 	assert_int_equal(fds_into(art2.pid, spool2), 0);
-	assert_true(events_mentioning("release/it-mismatch@1") >= 1); /* audited failure */
+	/* The refused push is audited as a failure. */
+	assert_true(audit_wait("artifact.push", "release/it-mismatch@1", claimed, 1) >= 1);
 	free(data);
 	free(other);
 }
@@ -789,7 +826,7 @@ static void test_cancel_mid_stream_records_nothing(void **state)
 	assert_int_equal(sql_count("SELECT count(*) FROM artifact.releases WHERE app = $1",
 				   "it-cancel"),
 			 0);
-	assert_int_equal(events_mentioning("release/it-cancel@"), 0);
+	assert_int_equal(audit_any("release/it-cancel@"), 0);
 	/* And the service is fine afterwards: the same push goes through. */
 	push_ok(adm2, "it-cancel", "2", data, len, NULL, NULL);
 	pull_equals(adm, "it-cancel@2", data, len);
@@ -858,7 +895,9 @@ static void test_tampered_blob_never_served_as_valid(void **state)
 	/* The client never got every byte: the last chunk was held back. */
 	assert_true(p.len < len);
 	free(p.data);
-	assert_true(events_mentioning("artifact.blob.corrupt") >= 1);
+	char blobres[96];
+	snprintf(blobres, sizeof blobres, "blob/%s", digest);
+	assert_true(audit_wait("artifact.blob.corrupt", blobres, NULL, 1) >= 1);
 	/* Truncated and extended objects are caught too. */
 	tamper(digest, bad, len - 100);
 	assert_int_equal(pull(adm, digest, 0, &p, err, sizeof err), SW_EDATALOSS);
@@ -887,7 +926,8 @@ static void test_signatures(void **state)
 	char digest[DIGEST_STR_LEN], od[DIGEST_STR_LEN], err[512];
 	sha_of(data, len, digest);
 	sha_of(other, len, od);
-	long before = events_mentioning("artifact.signature.");
+	long missing0 = audit_count("artifact.signature.missing", "release/sig-app@1", NULL);
+	long invalid0 = audit_count("artifact.signature.invalid", "release/sig-app@1", NULL);
 	/* Unsigned: refused for an app that requires signatures. */
 	assert_int_equal(push(adm2, "sig-app", "1", data, len, NULL, NULL, err, sizeof err),
 			 SW_EPERM);
@@ -906,8 +946,11 @@ static void test_signatures(void **state)
 			 SW_EPERM);
 	assert_int_equal(resolve(adm, "sig-app", "1", NULL, err, sizeof err), SW_ENOTFOUND);
 	assert_string_not_equal(blob_state(digest), "live");
-	/* Each refusal was audited. */
-	assert_true(events_mentioning("artifact.signature.") >= before + 3);
+	/* Each refusal was audited: two unsigned pushes, at least the rogue key. */
+	assert_true(audit_wait("artifact.signature.missing", "release/sig-app@1", NULL,
+			       missing0 + 2) >= missing0 + 2);
+	assert_true(audit_wait("artifact.signature.invalid", "release/sig-app@1", NULL,
+			       invalid0 + 1) >= invalid0 + 1);
 	/* Signed by the trusted key: accepted and marked verified. */
 	Slipway__V1__PushResponse *r = NULL;
 	struct push_opts good = { .sk = sig_sk, .key_name = "ci-sig" };
@@ -978,7 +1021,8 @@ static void test_s3_down_or_slow_is_unavailable(void **state)
 			 "127.0.0.1:0", "--port-file", portfile, "--ca", ca, "--cert", svc_crt,
 			 "--key", svc_key, "--pg-url", pgurl, "--s3-host", "127.0.0.1:9",
 			 "--s3-bucket", "slipway", "--s3-access-key", "x", "--s3-secret-key", "y",
-			 "--state-dir", sdir, NULL };
+			 "--state-dir", sdir, "--policy-addr", (char *)h_env("SLIPWAY_POLICY_ADDR"),
+			 NULL };
 	assert_int_equal(h_start(&dead, argv, portfile, logp), 0);
 	char addr[64];
 	snprintf(addr, sizeof addr, "127.0.0.1:%d", dead.port);
@@ -1074,7 +1118,7 @@ static void test_gc(void **state)
 	/* A pin must name a stored release of that app. */
 	assert_int_equal(set_pins(adm, "gc-other", "prod", dz, "", err, sizeof err), SW_EPRECOND);
 	assert_int_equal(set_pins(adm, "gc-app", "Prod!", dz, "", err, sizeof err), SW_EINVAL);
-	assert_true(events_mentioning("pins/gc-app/prod") >= 1);
+	assert_true(audit_wait("artifact.pins.set", "pins/gc-app/prod", dy, 1) >= 1);
 
 	/* gc-app's releases are ten days old; its blobs were pushed 2 h ago. */
 	age_release("gc-app", "10 days");
@@ -1138,9 +1182,13 @@ static void test_gc(void **state)
 	assert_non_null(strstr(err, "garbage-collected"));
 	pull_equals(adm, "gc-app@2", y, len);
 	pull_equals(adm, "gc-app@3", z, len);
-	/* Every deletion was audited. */
-	assert_true(events_mentioning("release/gc-app@1") >= 2); /* created, collected */
-	assert_true(events_mentioning("artifact.blob.delete") >= 2);
+	/* Every deletion was audited, with the digest, app and version. */
+	assert_int_equal(audit_wait("release.collect", "release/gc-app@1", dx, 1), 1);
+	char bres[96];
+	snprintf(bres, sizeof bres, "blob/%s", dx);
+	assert_int_equal(audit_wait("artifact.blob.delete", bres, "gc-app@1", 1), 1);
+	snprintf(bres, sizeof bres, "blob/%s", du);
+	assert_int_equal(audit_wait("artifact.blob.delete", bres, "unreferenced", 1), 1);
 
 	/* Unpinning y is not enough while gc-other@1 (recent) uses it... */
 	assert_int_equal(set_pins(adm, "gc-app", "prod", dz, "", err, sizeof err), 0);

@@ -131,6 +131,27 @@ slipway artifact push "$T/a.bin" --app signed-app --version 2 --addr "$a2" --sig
   && fail "a world-readable signing key was used"
 grep -q "owner only" "$T/perm.err" && ok "signing key permissions checked" || fail "key perms: $(cat "$T/perm.err")"
 
+# ---- authorization through the policy service: a builder for one app only
+td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
+slipway pki issue --dir "$SLIPWAY_PKI_DIR" --user ci-bot --out "$T/ci-bot" >/dev/null
+slipway policy get >"$T/policy-before.json" 2>/dev/null || echo '{"version": 1}' >"$T/policy-before.json"
+cat >"$T/policy.json" <<EOF
+{"version": 1, "description": "it_artifact_cli: a builder for ci-app",
+ "bindings": [{"role": "builder", "principal": "spiffe://$td/user/ci-bot", "scope": {"app": "ci-app"}}]}
+EOF
+if slipway policy apply "$T/policy.json" >/dev/null; then
+  as_bot() { SLIPWAY_CERT=$T/ci-bot.crt SLIPWAY_KEY=$T/ci-bot.key slipway "$@"; }
+  as_bot artifact push "$T/a.bin" --app ci-app --version 1 >/dev/null && ok "builder may push its app" || fail "builder push"
+  as_bot artifact pull ci-app@1 --out "$T/bot.out" >/dev/null && ok "builder may read" || fail "builder pull"
+  as_bot artifact push "$T/a.bin" --app cli-app --version 9 2>"$T/deny.err" && fail "builder pushed another app"
+  grep -q PERMISSION_DENIED "$T/deny.err" && ok "builder may not push another app" || fail "deny: $(cat "$T/deny.err")"
+  as_bot artifact gc --dry-run 2>"$T/deny2.err" && fail "builder ran gc"
+  grep -q PERMISSION_DENIED "$T/deny2.err" && ok "builder may not gc" || fail "gc deny: $(cat "$T/deny2.err")"
+  slipway policy apply "$T/policy-before.json" >/dev/null || fail "restoring the policy"
+else
+  fail "policy apply"
+fi
+
 # ---- usage errors exit 2
 slipway artifact push 2>/dev/null; [ $? -eq 2 ] && ok "usage: push" || fail "push usage exit"
 slipway artifact pull not-a-target 2>/dev/null; [ $? -eq 2 ] && ok "usage: pull" || fail "pull usage exit"

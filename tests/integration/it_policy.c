@@ -115,7 +115,11 @@ static void test_builtin_roles_and_bindings(void **state)
 	assert_int_equal(ph_can(svc, "service/artifact", "read", "release", "web", ""), 1);
 	assert_int_equal(ph_can(svc, "service/orchestrator", "evaluate", "deployment", "web", "prod"),
 			 1);
+	/* Only the orchestrator grants secrets and lists their names. */
 	assert_int_equal(ph_can(svc, "service/orchestrator", "grant", "secret", "web", "prod"), 1);
+	assert_int_equal(ph_can(svc, "service/orchestrator", "read", "secret", "web", "prod"), 1);
+	assert_int_equal(ph_can(svc, "service/artifact", "grant", "secret", "web", "prod"), 0);
+	assert_int_equal(ph_can(svc, "service/orchestrator", "fetch", "secret", "web", "prod"), 0);
 	assert_int_equal(ph_can(svc, "service/artifact", "push", "release", "web", ""), 0);
 	assert_int_equal(ph_can(svc, "service/artifact", "read", "secret", "web", "prod"), 0);
 	/* Every agent principal holds the agent role. */

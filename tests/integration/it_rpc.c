@@ -422,13 +422,15 @@ static void test_request_id_and_deadline_propagate(void **state)
 struct inflight_arg {
 	int rc;
 	char err[256];
+	unsigned sleep_ms; /* in the handler; 0 = 1000 */
 };
 
 static void *inflight_call(void *arg)
 {
 	struct inflight_arg *a = arg;
 	struct rpc_client *c = h_client(addr, ca, alice_crt, alice_key);
-	a->rc = say(c, "Work", NULL, "finish me", 0, 1000, 10000, NULL, a->err, sizeof a->err);
+	a->rc = say(c, "Work", NULL, "finish me", 0, a->sleep_ms ? a->sleep_ms : 1000, 15000, NULL,
+		    a->err, sizeof a->err);
 	rpc_client_free(c);
 	return NULL;
 }
@@ -454,10 +456,15 @@ static void test_busy_server_resource_exhausted(void **state)
 	static char saved[64];
 	snprintf(saved, sizeof saved, "%s", addr);
 	snprintf(addr, sizeof addr, "%s", a2);
-	for (int i = 0; i < 2; i++) {
-		pthread_create(&t[i], NULL, inflight_call, &args[i]);
-		h_sleep_ms(150);
-	}
+	memset(args, 0, sizeof args);
+	args[0].sleep_ms = args[1].sleep_ms = 4000;
+	pthread_create(&t[0], NULL, inflight_call, &args[0]);
+	for (int i = 0; i < 1000 && h_grep_count(log2, "work started") < 1; i++)
+		h_sleep_ms(10); /* the first call holds the worker */
+	pthread_create(&t[1], NULL, inflight_call, &args[1]);
+	/* The second waits in the queue: not observable from here, so give its
+	 * connection ample time (the first holds the worker for 4 s). */
+	h_sleep_ms(1500);
 	int rc = say(c, "Work", NULL, "third", 0, 0, 5000, NULL, err, sizeof err);
 	assert_int_equal(rc, SW_ELIMIT);
 	for (int i = 0; i < 2; i++) {
@@ -481,9 +488,13 @@ static void test_sigterm_lets_inflight_calls_finish(void **state)
 	snprintf(addr, sizeof addr, "127.0.0.1:%d", p.port);
 	struct inflight_arg args[4];
 	pthread_t t[4];
+	memset(args, 0, sizeof args);
 	for (int i = 0; i < 4; i++)
 		pthread_create(&t[i], NULL, inflight_call, &args[i]);
-	h_sleep_ms(300); /* the calls are in their handlers now */
+	/* Signal only once all four calls are in their handlers. */
+	for (int i = 0; i < 1000 && h_grep_count(log2, "work started") < 4; i++)
+		h_sleep_ms(10);
+	assert_int_equal(h_grep_count(log2, "work started"), 4);
 	long long t0 = h_now_ms();
 	kill(p.pid, SIGTERM);
 	for (int i = 0; i < 4; i++) {

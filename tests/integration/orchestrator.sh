@@ -5,7 +5,8 @@
 # every failure policy, retries, approvals gating, the per-environment lock
 # and the queue (FIFO, hotfix first), backpressure, two replicas with the
 # lease owner killed -9 mid-rollout, a single replica restarted mid-rollout,
-# an agent killed mid-task, and bad input.
+# an agent killed mid-task, sealed secrets delivered to the agents, and
+# bad input.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -150,7 +151,8 @@ a=$(deploy lock prod 4.0.0 --batch 1)            # slow: ~2 s per target
 b=$(deploy lock prod 1.0.0 --batch 2)
 c=$(deploy lock prod 2.0.0 --batch 2 --hotfix)
 wait_state "$a" RUNNING 10
-[ "$(state "$b")" = QUEUED ] || fail "a second deployment must wait while one is active"
+sb=$(state "$b")
+[ "$sb" = QUEUED ] || { slipway deployment show "$a" >&2; fail "a second deployment must wait while one is active (it is '$sb')"; }
 slipway status lock prod | grep "$b" | grep -q "queued behind $a" || fail "status should say what it waits behind"
 wait_state "$a" SUCCEEDED 60
 wait_state "$c" SUCCEEDED 60
@@ -242,6 +244,36 @@ d=$(slipway -o json deployment show "$id")
 js 'j.timeline.map(e=>e.event).join("|")' <<<"$d" | grep -q "task re-sent" || fail "the killed agent's task was not re-sent"
 [ "$(js 'j.targets.every(t=>t.state==="succeeded" && t.attempts===1)' <<<"$d")" = true ] || fail "the killed agent's task failed or ran as a retry"
 ok "an agent killed -9 mid-task finished the task after its restart"
+
+# ---- sealed secrets reach exactly the agents that run the release ----
+scripts/make-bundles --app vault --secret db-password --out "$T/bundles" --versions 1.0.0 >/dev/null \
+  || fail "make-bundles vault"
+push vault 1.0.0 "$T/bundles/vault-1.0.0.tar.gz"
+agents vault eu/v1 us/v2
+# Without the secret stored, the release cannot start: the targets fail with a reason.
+id=$(deploy vault prod 1.0.0 --batch 2 --on-failure abort)
+wait_state "$id" FAILED 60
+slipway -o json deployment show "$id" | js 'j.targets.map(t=>t.message).join("|")' | grep -q "secret" \
+  || fail "a release missing its secret should fail with a reason that says so"
+value="vault-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s' "$value" | slipway secrets put db-password --scope vault/prod >/dev/null || fail "secrets put"
+id=$(deploy vault prod 1.0.0 --batch 2 --wait)
+wait_versions vault 1.0.0 10
+eps=$(slipway -o json agents ls --app vault | js 'j.map(a=>a.endpoint).filter(e=>e).join(" ")')
+[ "$(wc -w <<<"$eps")" = 2 ] || fail "the agents do not report where vault listens: '$eps'"
+for ep in $eps; do
+  got=$(node -e "fetch('http://$ep/').then(r=>r.json()).then(j=>console.log(j.secret))") || fail "vault at $ep does not answer"
+  [ "$got" = present ] || fail "the instance at $ep did not receive its secret"
+done
+[ "$(sql "select count(*) from audit.entries where action = 'secret.grant' and resource = 'secret-grant/$id'")" -ge 2 ] \
+  || fail "each target's grant should be in the audit log"
+for i in $(seq 1 50); do
+  [ "$(sql "select count(*) from audit.entries where action = 'secret.fetch' and resource = 'secret-grant/$id'")" -ge 2 ] && break
+  sleep 0.1
+done
+[ "$i" -lt 50 ] || fail "each agent's fetch should be in the audit log"
+! grep -rqF "$value" "$S/logs" "$S/agents" --include='*.log' --include='*.json' || fail "the secret's value appears in a log"
+ok "sealed secrets: refused without the secret, delivered to each target with it, granted and fetched on record, never logged"
 
 # ---- bad input: clear status, nothing created ----
 before=$(sql "select count(*) from orchestrator.deployments")

@@ -57,8 +57,10 @@ static int work(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMess
 	(void)data;
 	const Slipway__Test__V1__EchoRequest *req = (const void *)reqm;
 	fill(ctx, req, (void *)respm);
-	if (req->sleep_ms)
+	if (req->sleep_ms) {
+		log_info("work started", "sleep_ms=%u", (unsigned)req->sleep_ms); /* tests wait for it */
 		sleep_ms(req->sleep_ms);
+	}
 	if (req->fail_code)
 		return rpc_errorf(ctx, sw_err_from_grpc((int)req->fail_code), "failed as asked: %s",
 				  req->text);
