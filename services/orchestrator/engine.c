@@ -212,6 +212,7 @@ struct target {
 	char agent[SPIFFE_ID_MAX + 1];
 	int batch, phase, state, attempts, touched, granted;
 	int64_t next_attempt_ms, dispatched_ms, updated_ms;
+	int64_t gen; /* the generation dispatch() took for it (0: none) */
 };
 
 struct dep {
@@ -434,61 +435,146 @@ static int grant(struct orch *o, struct db_conn *c, struct dep *d, const char *a
 	return rc;
 }
 
-/* Sends target t its task: a new generation, and a notification. */
-static int dispatch(struct orch *o, struct db_conn *c, struct dep *d, struct target *t, char *err,
-		    size_t errlen)
+static int cmp_target_agent(const void *a, const void *b)
+{
+	const struct target *x = *(struct target *const *)a, *y = *(struct target *const *)b;
+	return strcmp(x->agent, y->agent);
+}
+
+static int cmp_agent_target(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct target *const *)elem)->agent);
+}
+
+/*
+ * Sends targets ts[0..n) (PENDING targets of d) their tasks with a few
+ * statements whatever n is, since a rollback dispatches every touched
+ * target at once: the agents' rows are locked in id order (the heartbeat
+ * flusher locks them in the same order, so the two never deadlock), each
+ * agent's next fencing generation is taken, the target rows are updated in
+ * one statement and every agent is notified at commit. A target whose agent
+ * is lost fails; one whose secrets grant cannot be made yet is tried again
+ * shortly. Updates the targets in memory; sorts ts by agent.
+ */
+static int dispatch(struct orch *o, struct db_conn *c, struct dep *d, struct target **ts, int n,
+		    char *err, size_t errlen)
 {
 	PGresult *r = NULL;
-	char now[24], gen[24], next[24];
+	char *sql = NULL, now[24], next[24], head[320], tail[160];
+	const char **vals = NULL;
+	char (*gens)[24] = NULL;
+	struct target **go = NULL; /* the ones dispatched now */
+	int rc = 0, m = 0;
 	int64_t ms = orch_now_ms();
+	if (n <= 0)
+		return 0;
 	db_i64(now, ms);
-	int rc = db_q(c,
-		      "UPDATE agents SET next_generation = next_generation + 1 WHERE id = $1"
-		      " RETURNING next_generation, lost",
-		      1, (const char *[]){ t->agent }, &r, err, errlen);
-	if (rc != 0)
-		return rc;
-	if (PQntuples(r) != 1 || db_bool(r, 0, 1)) {
-		PQclear(r);
-		/* The host is gone: that is this target's failure, not a retry. */
-		t->state = OT_FAILED;
-		rc = db_q(c,
-			  "UPDATE targets SET state = 5, message = 'agent lost', updated_ms = $3"
-			  " WHERE deployment_id = $1 AND agent_id = $2",
-			  3, (const char *[]){ d->id, t->agent, now }, NULL, err, errlen);
-		if (rc == 0)
-			rc = orch_timeline(c, d->id, "target failed", "agent lost", err, errlen);
-		return rc;
+	qsort(ts, (size_t)n, sizeof *ts, cmp_target_agent);
+	vals = calloc((size_t)n * 3 + 2, sizeof *vals);
+	gens = calloc((size_t)n, sizeof *gens);
+	go = calloc((size_t)n, sizeof *go);
+	if (vals == NULL || gens == NULL || go == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
 	}
-	snprintf(gen, sizeof gen, "%s", db_text(r, 0, 0));
-	PQclear(r);
-	if (d->has_secrets && !t->granted && o->secrets != NULL) {
-		char gerr[256];
-		if (grant(o, c, d, t->agent, gerr, sizeof gerr) != 0) {
-			/* Secrets are not ready: try this target again shortly. */
-			log_warn("secrets grant failed; will retry", "deployment=%s agent=%s error=%s",
-				 d->id, t->agent, gerr);
-			return db_q(c,
-				    "UPDATE targets SET next_attempt_ms = $3, message = $4"
-				    " WHERE deployment_id = $1 AND agent_id = $2",
-				    4, (const char *[]){ d->id, t->agent, db_i64(next, ms + 2000), "waiting for a secrets grant" },
-				    NULL, err, errlen);
+	for (int i = 0; i < n; i++) {
+		vals[i] = ts[i]->agent;
+		ts[i]->gen = 0;
+	}
+	sql = db_values_sql("SELECT id FROM agents WHERE id IN (SELECT v.id FROM (VALUES", (size_t)n, 1,
+			    ") AS v(id)) ORDER BY id FOR UPDATE");
+	if (sql == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = db_q(c, sql, n, vals, NULL, err, errlen)) != 0)
+		goto out;
+	free(sql);
+	sql = db_values_sql("UPDATE agents SET next_generation = next_generation + 1 WHERE id IN"
+			    " (SELECT v.id FROM (VALUES",
+			    (size_t)n, 1, ") AS v(id)) RETURNING id, next_generation, lost");
+	if (sql == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = db_q(c, sql, n, vals, &r, err, errlen)) != 0)
+		goto out;
+	for (int k = 0; k < PQntuples(r); k++) {
+		struct target **t = bsearch(db_text(r, k, 0), ts, (size_t)n, sizeof *ts, cmp_agent_target);
+		if (t != NULL && !db_bool(r, k, 2))
+			(*t)->gen = db_int64(r, k, 1);
+	}
+	for (int i = 0; i < n && rc == 0; i++) {
+		struct target *t = ts[i];
+		if (t->gen == 0) {
+			/* The host is gone: that is this target's failure, not a retry. */
+			t->state = OT_FAILED;
+			rc = db_q(c,
+				  "UPDATE targets SET state = 5, message = 'agent lost', updated_ms = $3"
+				  " WHERE deployment_id = $1 AND agent_id = $2",
+				  3, (const char *[]){ d->id, t->agent, now }, NULL, err, errlen);
+			if (rc == 0)
+				rc = orch_timeline(c, d->id, "target failed", "agent lost", err, errlen);
+			continue;
 		}
-		t->granted = 1;
+		if (d->has_secrets && !t->granted && o->secrets != NULL) {
+			char gerr[256];
+			if (grant(o, c, d, t->agent, gerr, sizeof gerr) != 0) {
+				/* Secrets are not ready: try this target again shortly. */
+				log_warn("secrets grant failed; will retry", "deployment=%s agent=%s error=%s",
+					 d->id, t->agent, gerr);
+				rc = db_q(c,
+					  "UPDATE targets SET next_attempt_ms = $3, message = $4"
+					  " WHERE deployment_id = $1 AND agent_id = $2",
+					  4, (const char *[]){ d->id, t->agent, db_i64(next, ms + 2000), "waiting for a secrets grant" },
+					  NULL, err, errlen);
+				continue;
+			}
+			t->granted = 1;
+		}
+		go[m++] = t;
 	}
-	rc = db_q(c,
-		  "UPDATE targets SET state = 2, generation = $3, attempts = attempts + 1,"
-		  " dispatched_ms = $4, updated_ms = $4, touched = true, granted = $5, message = ''"
-		  " WHERE deployment_id = $1 AND agent_id = $2 AND state = 1",
-		  5, (const char *[]){ d->id, t->agent, gen, now, t->granted ? "true" : "false" }, NULL,
-		  err, errlen);
-	if (rc == 0)
-		rc = orch_notify_agent(c, t->agent, err, errlen);
-	if (rc == 0) {
-		t->state = OT_DISPATCHED;
-		t->touched = 1;
-		t->attempts++;
+	if (rc != 0 || m == 0)
+		goto out;
+	/* The target rows: VALUES (agent, generation, granted), then $3m+1 = the
+	 * deployment and $3m+2 = now. */
+	for (int i = 0; i < m; i++) {
+		vals[3 * i] = go[i]->agent;
+		vals[3 * i + 1] = db_i64(gens[i], go[i]->gen);
+		vals[3 * i + 2] = go[i]->granted ? "true" : "false";
 	}
+	vals[3 * m] = d->id;
+	vals[3 * m + 1] = now;
+	snprintf(head, sizeof head,
+		 "UPDATE targets t SET state = 2, generation = v.g::bigint, attempts = t.attempts + 1,"
+		 " dispatched_ms = $%d, updated_ms = $%d, touched = true, granted = v.gr::boolean,"
+		 " message = '' FROM (VALUES",
+		 3 * m + 2, 3 * m + 2);
+	snprintf(tail, sizeof tail,
+		 ") AS v(agent, g, gr) WHERE t.deployment_id = $%d AND t.agent_id = v.agent AND t.state = 1",
+		 3 * m + 1);
+	free(sql);
+	if ((sql = db_values_sql(head, (size_t)m, 3, tail)) == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = db_q(c, sql, 3 * m + 2, vals, NULL, err, errlen)) != 0)
+		goto out;
+	for (int i = 0; i < m; i++)
+		vals[i] = go[i]->agent;
+	if ((rc = orch_notify_agents(c, vals, (size_t)m, err, errlen)) != 0)
+		goto out;
+	for (int i = 0; i < m; i++) {
+		go[i]->state = OT_DISPATCHED;
+		go[i]->touched = 1;
+		go[i]->attempts++;
+	}
+out:
+	PQclear(r);
+	free(sql);
+	free(vals);
+	free(gens);
+	free(go);
 	return rc;
 }
 
@@ -605,9 +691,15 @@ static int start_rollback(struct orch *o, struct db_conn *c, struct dep *d, cons
 			t->state = OT_SKIPPED;
 		}
 	}
-	for (int i = 0; i < d->nt && rc == 0; i++)
+	struct target **ts = calloc((size_t)(d->nt ? d->nt : 1), sizeof *ts);
+	int n = 0;
+	if (ts == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	for (int i = 0; i < d->nt; i++)
 		if (d->t[i].phase == 1 && d->t[i].state == OT_PENDING)
-			rc = dispatch(o, c, d, &d->t[i], err, errlen);
+			ts[n++] = &d->t[i];
+	rc = dispatch(o, c, d, ts, n, err, errlen);
+	free(ts);
 	return rc;
 }
 
@@ -706,16 +798,28 @@ static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *a
 		done += t->state == OT_SUCCEEDED || t->state == OT_FAILED || t->state == OT_SKIPPED;
 	}
 	int limit = d->max_unavailable > 0 ? d->max_unavailable : size;
-	for (int i = 0; i < d->nt && in_flight < limit && rc == 0; i++) {
-		struct target *t = &d->t[i];
-		if (t->batch != cur || t->phase != 0 || t->state != OT_PENDING || t->next_attempt_ms > ms)
-			continue;
-		rc = dispatch(o, c, d, t, err, errlen);
-		if (rc == 0 && t->state == OT_DISPATCHED)
-			in_flight++;
-		if (rc == 0 && t->state == OT_FAILED)
-			*again = 1;
+	struct target **ts = calloc((size_t)(d->nt ? d->nt : 1), sizeof *ts);
+	if (ts == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	/* Up to the limit in flight; a target that fails at once (its agent is
+	 * lost) leaves room for the next one. */
+	for (int i = 0, got = 1; got > 0 && in_flight < limit && rc == 0;) {
+		got = 0;
+		for (; i < d->nt && in_flight + got < limit; i++) {
+			struct target *t = &d->t[i];
+			if (t->batch != cur || t->phase != 0 || t->state != OT_PENDING ||
+			    t->next_attempt_ms > ms)
+				continue;
+			ts[got++] = t;
+		}
+		rc = dispatch(o, c, d, ts, got, err, errlen);
+		for (int k = 0; k < got && rc == 0; k++) {
+			in_flight += ts[k]->state == OT_DISPATCHED;
+			if (ts[k]->state == OT_FAILED)
+				*again = 1;
+		}
 	}
+	free(ts);
 	if (rc != 0 || done < size)
 		return rc;
 	/* The batch is complete and within the failure budget. */
@@ -757,14 +861,18 @@ static int step_rolling_back(struct orch *o, struct db_conn *c, struct dep *d, c
 	int64_t ms = orch_now_ms();
 	int overdue = 0;
 	int rc = fail_overdue(c, d, 0, d->rollback_started_ms, &overdue, err, errlen);
-	int total = 0, done = 0, failed = 0;
-	for (int i = 0; i < d->nt && rc == 0; i++) {
+	int total = 0, done = 0, failed = 0, n = 0;
+	struct target **ts = calloc((size_t)(d->nt ? d->nt : 1), sizeof *ts);
+	if (ts == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	for (int i = 0; i < d->nt; i++) {
 		struct target *t = &d->t[i];
-		if (t->phase != 1)
-			continue;
-		if (t->state == OT_PENDING && t->next_attempt_ms <= ms)
-			rc = dispatch(o, c, d, t, err, errlen);
+		if (t->phase == 1 && t->state == OT_PENDING && t->next_attempt_ms <= ms)
+			ts[n++] = t;
 	}
+	if (rc == 0)
+		rc = dispatch(o, c, d, ts, n, err, errlen);
+	free(ts);
 	if (rc != 0)
 		return rc;
 	for (int i = 0; i < d->nt; i++) {

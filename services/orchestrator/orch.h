@@ -133,15 +133,27 @@ void orch_waiters_drain(void *o);
 /* Publishes "a task is ready for agent" to every replica (in the caller's
  * transaction: delivered at commit). */
 int orch_notify_agent(struct db_conn *c, const char *agent, char *err, size_t errlen);
+/* The same for n agents in one statement. */
+int orch_notify_agents(struct db_conn *c, const char *const *agents, size_t n, char *err,
+		       size_t errlen);
 /* Publishes "deployment changed" so its owner steps it now. */
 int orch_notify_deployment(struct db_conn *c, const char *id, char *err, size_t errlen);
 
 /* ---- tasks.c ---- */
-/* Fills resp with the newest dispatched task for agent above
- * highest_generation (at most one). Returns the number of tasks. */
-int orch_next_task(struct orch *o, struct rpc_ctx *ctx, const char *agent,
-		   uint64_t highest_generation, Slipway__V1__PollTasksResponse *resp, char *err,
-		   size_t errlen);
+/* One parked PollTasks call for orch_next_tasks. */
+struct orch_task_query {
+	struct rpc_ctx *ctx;  /* the deferred call: its response is filled (borrowed) */
+	const char *agent;    /* borrowed */
+	uint64_t highest;     /* the highest generation the agent has seen */
+	int found;            /* out: 1 when a task was put in the response */
+};
+/* For each query, fills its call's PollTasksResponse with the agent's
+ * newest dispatched task above `highest` (at most one), with one database
+ * query per few hundred agents. Returns 0 or a negative code with err (the
+ * queries before the failure may be answered: `found` says). Any thread
+ * that may block. */
+int orch_next_tasks(struct orch *o, struct orch_task_query *q, size_t n, char *err,
+		    size_t errlen);
 int orch_report(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 		const Slipway__V1__TaskReport *rep, Slipway__V1__ReportTaskResponse *resp, char *err,
 		size_t errlen);

@@ -273,6 +273,26 @@ int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 	return 0;
 }
 
+struct flush_tx {
+	const char *lock_sql, *sql;
+	int nparams;
+	const char *const *vals;
+	const int *lens, *fmts;
+};
+
+/* Locks the agents' rows in id order, then updates them: dispatching a
+ * rollout locks agent rows in the same order, and two statements that lock
+ * the same rows in different orders deadlock (PostgreSQL notices after a
+ * second and aborts one of them). */
+static int flush_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct flush_tx *f = arg;
+	int rc = db_exec(c, f->lock_sql, f->nparams, f->vals, f->lens, f->fmts, 0, NULL, err, errlen);
+	if (rc == 0)
+		rc = db_exec(c, f->sql, f->nparams, f->vals, f->lens, f->fmts, 0, NULL, err, errlen);
+	return rc;
+}
+
 /* Writes dirty heartbeats in chunks of multi-row UPDATEs. */
 static void flush(struct orch *o)
 {
@@ -317,10 +337,13 @@ static void flush(struct orch *o)
 				" runtime = CASE WHEN length(v.rt::bytea) > 0 THEN v.rt::bytea ELSE agents.runtime END,"
 				" running_digest = v.d, lost = false FROM (VALUES",
 				n, 5, ") AS v(id, ms, g, rt, d) WHERE agents.id = v.id");
+			char *lock_sql = db_values_sql("SELECT a.id FROM agents a JOIN (VALUES", n, 5,
+						       ") AS v(id, ms, g, rt, d) ON a.id = v.id"
+						       " ORDER BY a.id FOR UPDATE OF a");
 			const char **vals = calloc(n * 5, sizeof *vals);
 			int *lens = calloc(n * 5, sizeof *lens), *fmts = calloc(n * 5, sizeof *fmts);
 			char (*nums)[24] = calloc(n * 2, sizeof *nums);
-			if (sql && vals && lens && fmts && nums) {
+			if (sql && lock_sql && vals && lens && fmts && nums) {
 				/* VALUES columns are text: the runtime travels as bytea hex. */
 				for (size_t i = 0; i < n; i++) {
 					char *hex = malloc(2 * s[i].rtlen + 3);
@@ -337,15 +360,12 @@ static void flush(struct orch *o)
 					vals[5 * i + 3] = hex ? hex : "\\x";
 					vals[5 * i + 4] = s[i].digest;
 				}
-				struct db_conn *c = NULL;
-				if (db_acquire(o->db, &c, 2000, err, sizeof err) == 0) {
-					if (db_exec(c, sql, (int)(n * 5), vals, lens, fmts, 0, NULL, err,
-						    sizeof err) != 0)
-						log_warn("heartbeat flush failed", "agents=%zu error=%s", n, err);
-					db_release(o->db, c);
-				}
+				struct flush_tx f = { lock_sql, sql, (int)(n * 5), vals, lens, fmts };
+				if (db_tx(o->db, NULL, flush_tx, &f, err, sizeof err) != 0)
+					log_warn("heartbeat flush failed", "agents=%zu error=%s", n, err);
 			}
 			free(sql);
+			free(lock_sql);
 			free(vals);
 			free(lens);
 			free(fmts);

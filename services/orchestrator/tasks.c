@@ -15,59 +15,121 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FAILURE_COLS "failure"
+#define LOOKUP_CHUNK 500
 
-int orch_next_task(struct orch *o, struct rpc_ctx *ctx, const char *agent,
-		   uint64_t highest_generation, Slipway__V1__PollTasksResponse *resp, char *err,
-		   size_t errlen)
+/* The columns of a task, in the order fill_task reads them. */
+#define TASK_COLS                                                                            \
+	"t.task_id, t.generation, t.phase, t.attempts, d.id, d.app, d.environment,"         \
+	" d.version, d.digest, d.rollback_version, d.rollback_digest, d.has_secrets,"       \
+	" t.dispatched_ms, coalesce((d.failure->>'progress_deadline_ms')::bigint, 300000)"
+
+/* Fills resp with the task in row `row` of r, whose columns start at `col`
+ * in the order of TASK_COLS (memory from the call's arena). Returns 0 or
+ * SW_ENOMEM. */
+static int fill_task(struct rpc_ctx *ctx, const PGresult *r, int row, int col,
+		     Slipway__V1__PollTasksResponse *resp)
 {
-	struct db_conn *c = NULL;
-	PGresult *r = NULL;
-	char hg[24];
-	int rc = db_acquire(o->db, &c, 5000, err, errlen);
-	if (rc != 0)
-		return rc;
-	rc = db_q(c,
-		  "SELECT t.task_id, t.generation, t.phase, t.attempts, d.id, d.app, d.environment,"
-		  " d.version, d.digest, d.rollback_version, d.rollback_digest, d.has_secrets,"
-		  " t.dispatched_ms, coalesce((d.failure->>'progress_deadline_ms')::bigint, 300000)"
-		  " FROM targets t JOIN deployments d ON d.id = t.deployment_id"
-		  " WHERE t.agent_id = $1 AND t.state = 2 AND t.generation > $2"
-		  " AND d.state IN (3, 4, 8)"
-		  " ORDER BY t.generation DESC LIMIT 1",
-		  2, (const char *[]){ agent, db_i64(hg, (int64_t)highest_generation) }, &r, err, errlen);
-	db_release(o->db, c);
-	if (rc != 0)
-		return rc;
-	int n = PQntuples(r);
-	if (n == 0) {
-		PQclear(r);
-		return 0;
-	}
 	Slipway__V1__Task *t = rpc_alloc(ctx, sizeof *t);
 	Slipway__V1__Task **arr = rpc_alloc(ctx, sizeof *arr);
-	if (t == NULL || arr == NULL) {
-		PQclear(r);
-		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-	}
+	if (t == NULL || arr == NULL)
+		return SW_ENOMEM;
 	slipway__v1__task__init(t);
-	int rollback = db_int64(r, 0, 2) == 1;
-	t->task_id = rpc_strdup(ctx, db_text(r, 0, 0));
-	t->generation = (uint64_t)db_int64(r, 0, 1);
+	int rollback = db_int64(r, row, col + 2) == 1;
+	t->task_id = rpc_strdup(ctx, db_text(r, row, col));
+	t->generation = (uint64_t)db_int64(r, row, col + 1);
 	t->kind = rollback ? SLIPWAY__V1__TASK_KIND__TASK_ROLLBACK : SLIPWAY__V1__TASK_KIND__TASK_DEPLOY;
-	t->attempt = (uint32_t)db_int64(r, 0, 3);
-	t->deployment_id = rpc_strdup(ctx, db_text(r, 0, 4));
-	t->app = rpc_strdup(ctx, db_text(r, 0, 5));
-	t->environment = rpc_strdup(ctx, db_text(r, 0, 6));
-	t->version = rpc_strdup(ctx, db_text(r, 0, rollback ? 9 : 7));
-	t->digest = rpc_strdup(ctx, db_text(r, 0, rollback ? 10 : 8));
-	t->has_secrets = db_bool(r, 0, 11);
-	t->deadline_unix_ms = db_int64(r, 0, 12) + db_int64(r, 0, 13);
-	PQclear(r);
+	t->attempt = (uint32_t)db_int64(r, row, col + 3);
+	t->deployment_id = rpc_strdup(ctx, db_text(r, row, col + 4));
+	t->app = rpc_strdup(ctx, db_text(r, row, col + 5));
+	t->environment = rpc_strdup(ctx, db_text(r, row, col + 6));
+	t->version = rpc_strdup(ctx, db_text(r, row, col + (rollback ? 9 : 7)));
+	t->digest = rpc_strdup(ctx, db_text(r, row, col + (rollback ? 10 : 8)));
+	t->has_secrets = db_bool(r, row, col + 11);
+	t->deadline_unix_ms = db_int64(r, row, col + 12) + db_int64(r, row, col + 13);
 	arr[0] = t;
 	resp->n_tasks = 1;
 	resp->tasks = arr;
-	return 1;
+	return 0;
+}
+
+static int cmp_row_agent(const void *a, const void *b, void *arg)
+{
+	const PGresult *r = arg;
+	return strcmp(db_text(r, *(const int *)a, 0), db_text(r, *(const int *)b, 0));
+}
+
+/* Answers one chunk: one query for every agent in q[0..n). */
+static int lookup_chunk(struct db_conn *c, struct orch_task_query *q, size_t n, char *err,
+			size_t errlen)
+{
+	PGresult *r = NULL;
+	int *idx = NULL, rc = 0;
+	char *sql = db_values_sql("SELECT DISTINCT ON (t.agent_id) t.agent_id, " TASK_COLS
+				  " FROM targets t JOIN deployments d ON d.id = t.deployment_id"
+				  " WHERE t.state = 2 AND d.state IN (3, 4, 8)"
+				  " AND t.agent_id IN (SELECT w.a FROM (VALUES",
+				  n, 1, ") AS w(a)) ORDER BY t.agent_id, t.generation DESC");
+	const char **vals = calloc(n, sizeof *vals);
+	if (sql == NULL || vals == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		vals[i] = q[i].agent;
+	if ((rc = db_q(c, sql, (int)n, vals, &r, err, errlen)) != 0)
+		goto out;
+	/* Rows sorted by agent here (the database's collation may differ). */
+	int rows = PQntuples(r);
+	if (rows == 0)
+		goto out;
+	if ((idx = calloc((size_t)rows, sizeof *idx)) == NULL) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int k = 0; k < rows; k++)
+		idx[k] = k;
+	qsort_r(idx, (size_t)rows, sizeof *idx, cmp_row_agent, r);
+	for (size_t i = 0; i < n; i++) {
+		int lo = 0, hi = rows - 1, hit = -1;
+		while (lo <= hi && hit < 0) {
+			int mid = lo + (hi - lo) / 2, d = strcmp(q[i].agent, db_text(r, idx[mid], 0));
+			if (d == 0)
+				hit = idx[mid];
+			else if (d < 0)
+				hi = mid - 1;
+			else
+				lo = mid + 1;
+		}
+		if (hit < 0 || (uint64_t)db_int64(r, hit, 2) <= q[i].highest)
+			continue;
+		if (fill_task(q[i].ctx, r, hit, 1, (void *)rpc_response(q[i].ctx)) != 0) {
+			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+			goto out;
+		}
+		q[i].found = 1;
+	}
+out:
+	PQclear(r);
+	free(idx);
+	free(vals);
+	free(sql);
+	return rc;
+}
+
+int orch_next_tasks(struct orch *o, struct orch_task_query *q, size_t n, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	for (size_t i = 0; i < n; i++)
+		q[i].found = 0;
+	if (n == 0)
+		return 0;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	for (size_t off = 0; rc == 0 && off < n; off += LOOKUP_CHUNK)
+		rc = lookup_chunk(c, q + off, n - off < LOOKUP_CHUNK ? n - off : LOOKUP_CHUNK, err,
+				  errlen);
+	if (c != NULL)
+		db_release(o->db, c);
+	return rc;
 }
 
 struct report_tx {
