@@ -3,6 +3,7 @@
  * target plan, the policy gate, the bounded queue and idempotency; manual
  * rollback; cancel, pause and resume.
  */
+#include "clock.h"
 #include "digest.h"
 #include "err.h"
 #include "log.h"
@@ -18,13 +19,6 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
-
-int64_t orch_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void orch_new_id(char out[ORCH_ID_MAX], const char *prefix)
 {
@@ -331,7 +325,7 @@ static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	struct create_tx *t = arg;
 	PGresult *r = NULL;
 	char now[24], st[8], pr[8], nb[16];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	t->existing[0] = '\0';
 	if (t->idem[0]) {
 		int rc = db_q(c, "SELECT id FROM deployments WHERE requester = $1 AND idempotency_key = $2",
@@ -475,7 +469,7 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 	if (evaluate) {
 		int v = orch_evaluate(o, ctx, t->id, t->app, t->env, rel->version, rel->digest,
 				      t->requester, rel->pb ? rel->pb->provenance : NULL, t->break_glass,
-				      t->bg_reason, orch_now_ms(), reason, sizeof reason, err, errlen);
+				      t->bg_reason, clock_wall_ms(), reason, sizeof reason, err, errlen);
 		if (v < 0) {
 			char why[512];
 			snprintf(why, sizeof why, "%s", err);
@@ -514,6 +508,21 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 	return 0;
 }
 
+/* The release a CreateDeployment names: a version or a digest (the other is NULL). */
+static const char *req_version(const Slipway__V1__CreateDeploymentRequest *req)
+{
+	if (req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION)
+		return req->version;
+	return NULL;
+}
+
+static const char *req_digest(const Slipway__V1__CreateDeploymentRequest *req)
+{
+	if (req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST)
+		return req->digest;
+	return NULL;
+}
+
 int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, json_t **strategy,
 		      json_t **failure, char *err, size_t errlen)
 {
@@ -522,12 +531,7 @@ int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, json_t **
 		return sw_errf(err, errlen, SW_EINVAL, "app: 1-63 characters of [a-z0-9-]");
 	if (!orch_name_ok(req->environment, 63))
 		return sw_errf(err, errlen, SW_EINVAL, "environment: 1-63 characters of [a-z0-9-]");
-	const char *version = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION
-				      ? req->version
-				      : NULL;
-	const char *digest = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST
-				     ? req->digest
-				     : NULL;
+	const char *version = req_version(req), *digest = req_digest(req);
 	if (version != NULL && !version_ok(version))
 		return sw_errf(err, errlen, SW_EINVAL, "version: not a valid version name");
 	if (digest != NULL && digest_parse(digest, NULL) != 0)
@@ -559,12 +563,7 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 
 	if ((rc = orch_create_check(req, &strategy, &failure, err, errlen)) != 0)
 		return rc;
-	const char *version = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION
-				      ? req->version
-				      : NULL;
-	const char *digest = req->release_case == SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST
-				     ? req->digest
-				     : NULL;
+	const char *version = req_version(req), *digest = req_digest(req);
 	rc = orch_authorize(o, ctx, "deploy", req->app, req->environment, err, errlen);
 	if (rc != 0) {
 		json_decref(strategy);
@@ -711,7 +710,7 @@ static int action_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	}
 	int state = (int)db_int64(r, 0, 0);
 	PQclear(r);
-	db_i64(now, orch_now_ms());
+	db_i64(now, clock_wall_ms());
 	const char *event;
 	if (strcmp(t->action, "cancel") == 0) {
 		if (state == OS_ROLLING_BACK)

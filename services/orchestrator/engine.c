@@ -23,6 +23,7 @@
  * failure action: rollback (every touched target back to the
  * environment's last known-good release, all at once), pause, or abort.
  */
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "orch.h"
@@ -43,7 +44,7 @@ int orch_timeline(struct db_conn *c, const char *id, const char *event, const ch
 {
 	char now[24];
 	return db_q(c, "INSERT INTO timeline (deployment_id, time_ms, event, detail) VALUES ($1, $2, $3, $4)",
-		    4, (const char *[]){ id, db_i64(now, orch_now_ms()), event, detail ? detail : "" },
+		    4, (const char *[]){ id, db_i64(now, clock_wall_ms()), event, detail ? detail : "" },
 		    NULL, err, errlen);
 }
 
@@ -67,7 +68,7 @@ static void evaluate_pending(struct orch *o)
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	char err[512], now[24];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	if (db_acquire(o->db, &c, 2000, err, sizeof err) != 0)
 		return;
 	int rc = db_q(c,
@@ -94,7 +95,7 @@ static void evaluate_pending(struct orch *o)
 		if (db_acquire(o->db, &c, 2000, err, sizeof err) != 0)
 			break;
 		char next[24], res[200];
-		db_i64(next, orch_now_ms() + 1000);
+		db_i64(next, clock_wall_ms() + 1000);
 		resource(res, sizeof res, id);
 		db_q(c, "BEGIN", 0, NULL, NULL, err, sizeof err);
 		if (v < 0) {
@@ -121,7 +122,7 @@ static void evaluate_pending(struct orch *o)
 			rc = db_q(c,
 				  "UPDATE deployments SET state = 6, reason = $2, finished_ms = $3"
 				  " WHERE id = $1 AND state = 1 RETURNING id",
-				  3, (const char *[]){ id, reason, db_i64(now, orch_now_ms()) }, &u, err,
+				  3, (const char *[]){ id, reason, db_i64(now, clock_wall_ms()) }, &u, err,
 				  sizeof err);
 			if (rc == 0 && PQntuples(u) == 1) {
 				rc = db_q(c, "UPDATE targets SET state = 6, message = 'denied' WHERE deployment_id = $1",
@@ -153,7 +154,7 @@ static int admit_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	struct orch *o = arg;
 	PGresult *r = NULL;
 	char now[24], lease[24];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	int rc = db_q(c, "SELECT pg_advisory_xact_lock(hashtext('slipway.orchestrator.admission'))",
 		      0, NULL, NULL, err, errlen);
 	if (rc != 0)
@@ -242,7 +243,7 @@ static int load(struct db_conn *c, const char *id, struct orch *o, struct dep *d
 {
 	PGresult *r = NULL;
 	char now[24];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	*skip = 0;
 	int rc = db_q(c,
 		      "SELECT id, app, environment, version, digest, rollback_version, rollback_digest,"
@@ -423,7 +424,7 @@ static int grant(struct orch *o, struct db_conn *c, struct dep *d, const char *a
 	req.agent_public_key.len = 32;
 	req.n_secrets = d->nrefs;
 	req.secrets = d->refs;
-	req.expires_unix_ms = orch_now_ms() + o->c.grant_ttl_ms;
+	req.expires_unix_ms = clock_wall_ms() + o->c.grant_ttl_ms;
 	req.app = d->app;
 	req.environment = d->env;
 	ProtobufCMessage *m = NULL;
@@ -465,7 +466,7 @@ static int dispatch(struct orch *o, struct db_conn *c, struct dep *d, struct tar
 	char (*gens)[24] = NULL;
 	struct target **go = NULL; /* the ones dispatched now */
 	int rc = 0, m = 0;
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	if (n <= 0)
 		return 0;
 	db_i64(now, ms);
@@ -582,7 +583,7 @@ static int set_state(struct orch *o, struct db_conn *c, struct dep *d, int state
 		     const char *reason, const char *action, int outcome, char *err, size_t errlen)
 {
 	char now[24], st[8], res[200];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	int final = state == OS_SUCCEEDED || state == OS_FAILED || state == OS_ROLLED_BACK;
 	snprintf(st, sizeof st, "%d", state);
 	db_i64(now, ms);
@@ -617,7 +618,7 @@ static int record_env(struct db_conn *c, struct dep *d, const char *digest, cons
 		    " last_good_version = CASE WHEN $5 THEN $4 ELSE environments.last_good_version END,"
 		    " updated_ms = $6, pins_synced = false",
 		    6, (const char *[]){ d->app, d->env, digest, version, good ? "true" : "false",
-					 db_i64(now, orch_now_ms()) },
+					 db_i64(now, clock_wall_ms()) },
 		    NULL, err, errlen);
 }
 
@@ -626,7 +627,7 @@ static int start_rollback(struct orch *o, struct db_conn *c, struct dep *d, cons
 {
 	PGresult *r = NULL;
 	char now[24], detail[600];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	int rc = db_q(c,
 		      "SELECT last_good_digest, last_good_version FROM environments"
 		      " WHERE app = $1 AND environment = $2",
@@ -709,7 +710,7 @@ static int fail_overdue(struct db_conn *c, struct dep *d, int batch, int64_t sin
 			char *err, size_t errlen)
 {
 	char now[24], b[16];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	*failed = 0;
 	if (since == 0 || ms - since <= d->deadline_ms)
 		return 0;
@@ -741,7 +742,7 @@ static int fail_overdue(struct db_conn *c, struct dep *d, int batch, int64_t sin
 static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *again, char *err,
 			size_t errlen)
 {
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	char now[24], detail[256];
 	int rc = 0, n = 0, failed = 0;
 	db_i64(now, ms);
@@ -858,7 +859,7 @@ static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *a
 static int step_rolling_back(struct orch *o, struct db_conn *c, struct dep *d, char *err,
 			     size_t errlen)
 {
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	int overdue = 0;
 	int rc = fail_overdue(c, d, 0, d->rollback_started_ms, &overdue, err, errlen);
 	int total = 0, done = 0, failed = 0, n = 0;
@@ -940,7 +941,7 @@ static void step_all(struct orch *o)
 	int rc = db_q(c,
 		      "SELECT id FROM deployments WHERE state IN (3, 4, 8)"
 		      " AND (lease_owner = $1 OR lease_expires_ms < $2) ORDER BY priority DESC, queue_seq",
-		      2, (const char *[]){ o->replica, db_i64(now, orch_now_ms()) }, &r, err, sizeof err);
+		      2, (const char *[]){ o->replica, db_i64(now, clock_wall_ms()) }, &r, err, sizeof err);
 	db_release(o->db, c);
 	if (rc != 0)
 		return;
@@ -1008,7 +1009,7 @@ static void *engine_main(void *arg)
 	char err[512];
 	int64_t last_eval = 0, last_pins = 0;
 	while (!atomic_load(&o->stopping)) {
-		int64_t ms = orch_now_ms();
+		int64_t ms = clock_wall_ms();
 		if (ms - last_eval >= 250) {
 			evaluate_pending(o);
 			last_eval = ms;

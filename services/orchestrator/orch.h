@@ -215,7 +215,6 @@ int orch_deployment_from_row(struct rpc_ctx *ctx, PGresult *r, int row, Slipway_
 int orch_rpc_register(struct orch *o, struct rpc_server *srv, char *err, size_t errlen);
 
 /* ---- small helpers (deploy.c) ---- */
-int64_t orch_now_ms(void);
 void orch_new_id(char out[ORCH_ID_MAX], const char *prefix);
 int orch_name_ok(const char *s, size_t max);
 

@@ -9,6 +9,7 @@
  * in-flight task of a lost agent counts as failed. Every replica flushes
  * and detects; both are idempotent.
  */
+#include "clock.h"
 #include "digest.h"
 #include "err.h"
 #include "hash.h"
@@ -109,7 +110,7 @@ int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRu
 		free(packed);
 		return SW_ENOTFOUND;
 	}
-	a->last_ms = orch_now_ms();
+	a->last_ms = clock_wall_ms();
 	if (highest_generation > a->highest)
 		a->highest = highest_generation;
 	if (packed != NULL) {
@@ -164,7 +165,7 @@ static int register_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	const Slipway__V1__RegisterRequest *req = t->req;
 	char now[24];
 	PGresult *r = NULL;
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	const char *v[9] = { t->agent, t->app, t->env, t->region, t->grp, t->labels,
 			     (const char *)req->seal_public_key.data, req->hostname,
 			     db_i64(now, ms) };
@@ -262,7 +263,7 @@ int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 	pthread_mutex_lock(&o->reg->mu);
 	struct agent_mem *a = find_or_add(o->reg, agent);
 	if (a != NULL) {
-		a->last_ms = orch_now_ms();
+		a->last_ms = clock_wall_ms();
 		a->lost = 0;
 	}
 	pthread_mutex_unlock(&o->reg->mu);
@@ -407,7 +408,7 @@ static int lost_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 			  "UPDATE targets SET state = 5, message = 'agent lost (missed 3 heartbeats)',"
 			  " updated_ms = $2 WHERE agent_id = $1 AND state IN (2, 3)"
 			  " RETURNING deployment_id",
-			  2, (const char *[]){ id, db_i64(now, orch_now_ms()) }, &r, err, errlen);
+			  2, (const char *[]){ id, db_i64(now, clock_wall_ms()) }, &r, err, errlen);
 		if (rc != 0)
 			return rc;
 		for (int k = 0; k < PQntuples(r) && rc == 0; k++) {
@@ -433,9 +434,9 @@ static void detect_lost(struct orch *o)
 	char err[256];
 	/* Right after start, agents have not had the time to reach this
 	 * replica: an orchestrator outage must not read as agents lost. */
-	if (orch_now_ms() - o->reg->started_ms < 3 * o->c.heartbeat_ms)
+	if (clock_wall_ms() - o->reg->started_ms < 3 * o->c.heartbeat_ms)
 		return;
-	struct lost_tx t = { .o = o, .cutoff = orch_now_ms() - 3 * o->c.heartbeat_ms };
+	struct lost_tx t = { .o = o, .cutoff = clock_wall_ms() - 3 * o->c.heartbeat_ms };
 	if (db_tx(o->db, NULL, lost_tx, &t, err, sizeof err) != 0) {
 		log_warn("loss detection failed", "error=%s", err);
 	} else if (t.lost != NULL) {
@@ -484,7 +485,7 @@ int orch_registry_start(struct orch *o, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
-	r->started_ms = orch_now_ms();
+	r->started_ms = clock_wall_ms();
 	o->reg = r;
 	/* Agents registered before (with any replica) are known at once. */
 	struct db_conn *c = NULL;

@@ -7,6 +7,7 @@
  * generation; a report for a superseded generation is answered
  * `superseded` and changes nothing.
  */
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "orch.h"
@@ -147,7 +148,7 @@ static int report_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	const Slipway__V1__TaskReport *rep = t->rep;
 	PGresult *r = NULL;
 	char now[24], gen[24];
-	int64_t ms = orch_now_ms();
+	int64_t ms = clock_wall_ms();
 	t->not_yours = t->unknown = 0;
 	t->resp->accepted = 0;
 	t->resp->superseded = 0;

@@ -20,6 +20,7 @@
  * arrives during the look-up queues it for another one: the look-up may
  * have read the database before the dispatching transaction committed.
  */
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "orch.h"
@@ -60,13 +61,6 @@ struct orch_waiters {
 	int draining;
 	pthread_t waker, listener;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static uint32_t bucket_of(const char *agent)
 {
@@ -185,7 +179,7 @@ void orch_waiters_park(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 	x->ctx = ctx;
 	snprintf(x->agent, sizeof x->agent, "%s", agent);
 	x->highest = highest_generation;
-	x->deadline_ms = mono_ms() + wait_ms;
+	x->deadline_ms = clock_mono_ms() + wait_ms;
 	x->hidx = NO_HEAP;
 	pthread_mutex_lock(&w->mu);
 	if (w->draining || heap_reserve(w) != 0) {
@@ -290,7 +284,7 @@ static void *waker_main(void *arg)
 	char err[256];
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		int64_t now = mono_ms();
+		int64_t now = clock_mono_ms();
 		struct waiter *due = take_due(w, now);
 		if (due == NULL) {
 			if (w->draining && w->count == 0)
@@ -334,7 +328,7 @@ static void *waker_main(void *arg)
 			int found = 0;
 			if (q != NULL && k < nq && q[k].ctx == x->ctx)
 				found = q[k++].found;
-			if (found || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= mono_ms()) {
+			if (found || draining || rpc_cancelled(x->ctx) || x->deadline_ms <= clock_mono_ms()) {
 				rpc_finish(x->ctx, 0);
 				x->done = 1;
 			}

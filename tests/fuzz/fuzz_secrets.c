@@ -111,7 +111,7 @@ static void mode_envelope(struct fz *f)
 	FUZZ_CHECK(len == 0 || memcmp(back, plain, len) == 0, "opened to other bytes");
 
 	/* One change, chosen by the input. */
-	char app2[80], env2[80], name2[140];
+	char app2[sizeof app + 1], env2[sizeof env + 1], name2[140];
 	struct sec_ident id2 = id;
 	uint32_t mk2 = mk;
 	size_t ctlen = len + SEC_CT_OVERHEAD;
