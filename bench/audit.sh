@@ -36,6 +36,15 @@ bench_audit() {
       out=$(build/bench/bench-audit_append --target "$SLIPWAY_AUDIT_ADDR" --ca "$SLIPWAY_CA" \
             --cert "$tmp/bench.crt" --key "$tmp/bench.key" --service bench --fill "$need")
       log "audit: filled to $FILL entries ($out)"
+      # The same storage path fed in batches of 1,000 events by one client:
+      # what the log sustains when the per-call cost is amortized.
+      fill_rate=$(awk -v o="$out" 'BEGIN { match(o, /"filled": [0-9]+/); n = substr(o, RSTART + 10, RLENGTH - 10);
+                                          match(o, /"seconds": [0-9.]+/); s = substr(o, RSTART + 11, RLENGTH - 11);
+                                          if (s > 0) printf "%.1f", n / s }')
+      if [ -n "$fill_rate" ]; then
+        echo "figure appends_per_s_batches_of_1000 $fill_rate" >> "$lines"
+        echo "ratio appends_batches_of_1000_vs_single_row_commits $(ratio "$fill_rate" "$base")" >> "$lines"
+      fi
     fi
     build/bin/slipway audit checkpoint --sign >/dev/null
     size=$(psql -X -At "$SLIPWAY_PGURL" -c "SELECT size FROM audit.head")
