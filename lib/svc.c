@@ -38,8 +38,6 @@ struct svc {
 	void (*drain_fn[MAX_DRAIN])(void *);
 	void *drain_arg[MAX_DRAIN];
 	int ndrain;
-	pthread_t sig2;
-	int sig2_started;
 };
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
@@ -327,7 +325,7 @@ static void *second_signal(void *arg)
 	return NULL;
 }
 
-int svc_wait(struct svc *s)
+int svc_wait_signal(void)
 {
 	sigset_t set;
 	int sig = 0;
@@ -344,11 +342,16 @@ int svc_wait(struct svc *s)
 		}
 		break;
 	}
+	pthread_t t;
+	if (pthread_create(&t, NULL, second_signal, NULL) == 0)
+		pthread_detach(t);
+	return sig;
+}
+
+int svc_wait(struct svc *s)
+{
+	int sig = svc_wait_signal();
 	log_info("shutting down", "signal=%d grace_ms=%lld", sig, s->c->grace_ms);
-	if (pthread_create(&s->sig2, NULL, second_signal, NULL) == 0) {
-		pthread_detach(s->sig2);
-		s->sig2_started = 1;
-	}
 	return sig;
 }
 

@@ -94,8 +94,13 @@ void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg);
 /* Starts serving and writes the port file. */
 int svc_start(struct svc *s, char *err, size_t errlen);
 
-/* Blocks until SIGTERM or SIGINT. A second signal during shutdown exits
- * the process at once with status 1. Returns the signal number. */
+/* Blocks until SIGTERM or SIGINT (SIGHUP is logged and ignored), then
+ * arms the second signal: another SIGTERM or SIGINT during shutdown exits
+ * the process at once with status 1. Returns the signal number. Needs the
+ * signal mask of svc_process_init. */
+int svc_wait_signal(void);
+
+/* svc_wait_signal, logged with the service's grace period. */
 int svc_wait(struct svc *s);
 
 /* Ordered shutdown: stop accepting, drain in-flight calls for up to the

@@ -23,21 +23,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void *second_signal(void *arg)
-{
-	(void)arg;
-	sigset_t set;
-	int sig;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	if (sigwait(&set, &sig) == 0) {
-		log_warn("second signal: exiting now", "signal=%d", sig);
-		_exit(1);
-	}
-	return NULL;
-}
-
 int main(int argc, char **argv)
 {
 	struct agent_config c;
@@ -181,26 +166,9 @@ int main(int argc, char **argv)
 		 a->store.root, orch, (int)getpid());
 
 	/* ---- the loop: signals only */
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	int sig = 0;
-	for (;;) {
-		if (sigwait(&set, &sig) != 0)
-			continue;
-		if (sig == SIGHUP) {
-			log_info("SIGHUP ignored: restart to reload configuration", NULL);
-			continue;
-		}
-		break;
-	}
+	int sig = svc_wait_signal();
 	log_info("shutting down; the application keeps running", "signal=%d grace_ms=%lld", sig,
 		 c.shutdown_grace_ms);
-	pthread_t t2;
-	if (pthread_create(&t2, NULL, second_signal, NULL) == 0)
-		pthread_detach(t2);
 
 	/* ---- shutdown */
 	if (agent_control_stop(a) != 0) {
