@@ -1,8 +1,9 @@
 /*
  * deploy.c - the orchestrator's commands:
  *
- *   slipway deploy APP ENV VERSION [--digest D] [--strategy rolling] [--batch N | --batch-percent P]
+ *   slipway deploy APP ENV VERSION [--digest D] [--strategy rolling|canary] [--batch N | --batch-percent P]
  *                  [--max-unavailable N] [--pause DUR] [--on-failure rollback|pause|abort]
+ *                  [--canary N | --canary-percent P] [--bake DUR] [--promote auto|manual]
  *                  [--max-failed N] [--retries N] [--progress-deadline DUR] [--hotfix]
  *                  [--break-glass REASON] [--idempotency-key K] [--wait]
  *   slipway status APP ENV
@@ -84,6 +85,27 @@ static json_t *deployment_json(const Slipway__V1__Deployment *d)
 			      "queue_position", (int)d->queue_position);
 	if (d->priority == SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX)
 		json_object_set_new(j, "priority", json_string("hotfix"));
+	const Slipway__V1__Strategy *st = d->strategy;
+	const Slipway__V1__RollingStrategy *r = NULL;
+	const Slipway__V1__CanaryStrategy *cs = NULL;
+	if (st != NULL && st->kind_case == SLIPWAY__V1__STRATEGY__KIND_ROLLING)
+		r = st->rolling;
+	if (st != NULL && st->kind_case == SLIPWAY__V1__STRATEGY__KIND_CANARY)
+		r = (cs = st->canary)->rollout;
+	if (r != NULL) {
+		json_t *sj = json_pack("{s:s,s:i,s:i,s:i,s:I}", "kind", cs ? "canary" : "rolling",
+				       "batch_size", (int)r->batch_size, "batch_percent",
+				       (int)r->batch_percent, "max_unavailable", (int)r->max_unavailable,
+				       "pause_ms", (json_int_t)r->pause_ms);
+		if (cs != NULL)
+			json_object_set_new(sj, "canary",
+					    json_pack("{s:i,s:i,s:I,s:b}", "canary_size",
+						      (int)cs->canary_size, "canary_percent",
+						      (int)cs->canary_percent, "bake_ms",
+						      (json_int_t)cs->bake_ms, "manual_promotion",
+						      cs->manual_promotion));
+		json_object_set_new(j, "strategy", sj);
+	}
 	return j;
 }
 
@@ -117,6 +139,26 @@ static void print_deployment(const Slipway__V1__Deployment *d)
 	       cli_time(d->created_unix_ms, t));
 	printf("  batches    %u of %u; targets %u ok, %u failed of %u\n", d->current_batch,
 	       d->total_batches, d->targets_succeeded, d->targets_failed, d->targets_total);
+	const Slipway__V1__Strategy *st = d->strategy;
+	if (st != NULL && st->kind_case == SLIPWAY__V1__STRATEGY__KIND_CANARY && st->canary->rollout) {
+		const Slipway__V1__CanaryStrategy *cs = st->canary;
+		printf("  strategy   canary of ");
+		if (cs->canary_size)
+			printf("%u", cs->canary_size);
+		else
+			printf("%u%%", cs->canary_percent);
+		printf(", baking %lld ms, %s promotion; then batches of ", (long long)cs->bake_ms,
+		       cs->manual_promotion ? "manual" : "automatic");
+		if (cs->rollout->batch_size)
+			printf("%u\n", cs->rollout->batch_size);
+		else
+			printf("%u%%\n", cs->rollout->batch_percent);
+	} else if (st != NULL && st->kind_case == SLIPWAY__V1__STRATEGY__KIND_ROLLING) {
+		if (st->rolling->batch_size)
+			printf("  strategy   rolling, batches of %u\n", st->rolling->batch_size);
+		else
+			printf("  strategy   rolling, batches of %u%%\n", st->rolling->batch_percent);
+	}
 	if (d->reason[0])
 		printf("  reason     %s\n", d->reason);
 	if (d->rollback_duration_ms > 0)
@@ -267,11 +309,15 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 		{ "retry-backoff", required_argument, 0, 'B' }, { "progress-deadline", required_argument, 0, 'D' },
 		{ "hotfix", no_argument, 0, 'h' },	   { "break-glass", required_argument, 0, 'g' },
 		{ "idempotency-key", required_argument, 0, 'k' }, { "wait", no_argument, 0, 'w' },
+		{ "canary", required_argument, 0, 'c' },   { "canary-percent", required_argument, 0, 'C' },
+		{ "bake", required_argument, 0, 'K' },	   { "promote", required_argument, 0, 'R' },
 		{ 0, 0, 0, 0 }
 	};
 	Slipway__V1__CreateDeploymentRequest req = SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__INIT;
 	Slipway__V1__Strategy strategy = SLIPWAY__V1__STRATEGY__INIT;
 	Slipway__V1__RollingStrategy rolling = SLIPWAY__V1__ROLLING_STRATEGY__INIT;
+	Slipway__V1__CanaryStrategy canary = SLIPWAY__V1__CANARY_STRATEGY__INIT;
+	int is_canary = 0, canary_opts = 0, have_bake = 0;
 	Slipway__V1__FailurePolicy fp = SLIPWAY__V1__FAILURE_POLICY__INIT;
 	int wait = 0, o, have_fp = 0;
 	const char *digest = NULL;
@@ -280,8 +326,18 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 		switch (o) {
 		case 'd': digest = optarg; break;
 		case 's':
-			if (strcmp(optarg, "rolling") != 0)
-				return cli_usage("--strategy: only rolling is available");
+			if (strcmp(optarg, "canary") == 0)
+				is_canary = 1;
+			else if (strcmp(optarg, "rolling") != 0)
+				return cli_usage("--strategy wants rolling or canary");
+			break;
+		case 'c': canary_opts = 1; if (parse_u32(optarg, &canary.canary_size, 10000) || !canary.canary_size) return cli_usage("--canary wants 1..10000 targets"); break;
+		case 'C': canary_opts = 1; if (parse_u32(optarg, &canary.canary_percent, 100) || !canary.canary_percent) return cli_usage("--canary-percent wants 1..100"); break;
+		case 'K': canary_opts = have_bake = 1; if (parse_ms(optarg, &canary.bake_ms)) return cli_usage("--bake wants a duration"); break;
+		case 'R':
+			canary_opts = 1;
+			if (!strcmp(optarg, "manual")) canary.manual_promotion = 1;
+			else if (strcmp(optarg, "auto") != 0) return cli_usage("--promote wants auto or manual");
 			break;
 		case 'b': if (parse_u32(optarg, &rolling.batch_size, 10000)) return cli_usage("--batch wants 1..10000"); break;
 		case 'P': if (parse_u32(optarg, &rolling.batch_percent, 100)) return cli_usage("--batch-percent wants 1..100"); break;
@@ -318,8 +374,18 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 		req.release_case = SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_DIGEST;
 		req.digest = (char *)digest;
 	}
-	strategy.kind_case = SLIPWAY__V1__STRATEGY__KIND_ROLLING;
-	strategy.rolling = &rolling;
+	if (canary_opts && !is_canary)
+		return cli_usage("--canary, --canary-percent, --bake and --promote need --strategy canary");
+	if (is_canary) {
+		if (!have_bake)
+			canary.bake_ms = 60000;
+		canary.rollout = &rolling;
+		strategy.kind_case = SLIPWAY__V1__STRATEGY__KIND_CANARY;
+		strategy.canary = &canary;
+	} else {
+		strategy.kind_case = SLIPWAY__V1__STRATEGY__KIND_ROLLING;
+		strategy.rolling = &rolling;
+	}
 	req.strategy = &strategy;
 	if (have_fp)
 		req.failure_policy = &fp;

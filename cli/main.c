@@ -46,7 +46,7 @@ static const struct cli_cmd groups[] = {
 	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval" },
 	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)" },
 	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
-	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (a rolling deployment; --wait follows it)" },
+	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (rolling or canary; --wait follows it)" },
 	{ "status", cli_cmd_status, "an environment: current release, active and waiting deployments" },
 	{ "deployments", cli_cmd_deployments, "list deployments" },
 	{ "deployment", cli_cmd_deployment, "show or watch one deployment (targets, timeline)" },

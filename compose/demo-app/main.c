@@ -4,7 +4,9 @@
  * itself: it stands for a customer's service.
  *
  *   GET /         200 {"app":"web","version":"<DEMO_VERSION>","secret":"present|absent"}
- *   GET /healthz  200 "ok", or 500 when DEMO_HEALTHY=false (v3 is built that way)
+ *   GET /healthz  200 "ok", or 500 when DEMO_HEALTHY=false (v3 is built that way),
+ *                 or once DEMO_FAIL_AFTER_MS have passed since the start (v5:
+ *                 healthy when deployed, then degrades; canary tests use it)
  *
  * It listens on 127.0.0.1:$PORT (the port the agent picked; HOST overrides
  * the address) and exits 0 on SIGTERM. Whether a secret was handed over is
@@ -137,6 +139,9 @@ int main(void)
 	printf("demo-app: web %s listening on %s:%ld (health %s, secret %s)\n", version, host, port,
 	       healthy ? "ok" : "failing", secret_present() ? "present" : "absent");
 	fflush(stdout);
+	long fail_after = strtol(env_or("DEMO_FAIL_AFTER_MS", "0"), NULL, 10);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (!stop) {
 		struct pollfd pf = { .fd = ls, .events = POLLIN };
 		if (poll(&pf, 1, 500) <= 0)
@@ -144,7 +149,9 @@ int main(void)
 		int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
 			continue;
-		serve(fd, version, healthy);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		long up_ms = (long)(t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		serve(fd, version, healthy && !(fail_after > 0 && up_ms >= fail_after));
 		close(fd);
 	}
 	close(ls);

@@ -155,36 +155,75 @@ static void release_free(struct release *r)
 static int check_plan(const Slipway__V1__CreateDeploymentRequest *req, json_t **strategy,
 		      json_t **failure, char *err, size_t errlen)
 {
-	uint32_t batch = 0, percent = 0, max_unavail = 0;
-	int64_t pause = 0;
+	uint32_t batch = 0, percent = 0, max_unavail = 0, canary = 0, canary_pct = 0;
+	int64_t pause = 0, bake = 0;
+	int is_canary = 0, manual = 0;
+	const Slipway__V1__RollingStrategy *r = NULL;
+	const char *k = "strategy.rolling";
 	if (req->strategy != NULL) {
-		if (req->strategy->kind_case != SLIPWAY__V1__STRATEGY__KIND_ROLLING)
-			return sw_errf(err, errlen, SW_EINVAL, "strategy: only rolling is supported");
-		const Slipway__V1__RollingStrategy *r = req->strategy->rolling;
+		if (req->strategy->kind_case == SLIPWAY__V1__STRATEGY__KIND_ROLLING) {
+			r = req->strategy->rolling;
+		} else if (req->strategy->kind_case == SLIPWAY__V1__STRATEGY__KIND_CANARY) {
+			const Slipway__V1__CanaryStrategy *cs = req->strategy->canary;
+			is_canary = 1;
+			k = "strategy.canary.rollout";
+			r = cs->rollout;
+			canary = cs->canary_size;
+			canary_pct = cs->canary_percent;
+			manual = cs->manual_promotion;
+			bake = cs->bake_ms;
+			if (canary > 10000)
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "strategy.canary.canary_size: at most 10000");
+			if (canary_pct > 100)
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "strategy.canary.canary_percent must be 1..100");
+			if (canary != 0 && canary_pct != 0)
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "strategy.canary: give canary_size or canary_percent, not both");
+			if (bake < 0 || bake > 86400000)
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "strategy.canary.bake_ms must be 0..86400000");
+			if (canary == 0 && canary_pct == 0)
+				canary_pct = 10;
+		} else {
+			return sw_errf(err, errlen, SW_EINVAL, "strategy: want rolling or canary");
+		}
+	}
+	if (r != NULL) {
 		batch = r->batch_size;
 		percent = r->batch_percent;
 		max_unavail = r->max_unavailable;
 		pause = r->pause_ms;
 		if (batch > 10000)
-			return sw_errf(err, errlen, SW_EINVAL, "strategy.rolling.batch_size: at most 10000");
+			return sw_errf(err, errlen, SW_EINVAL, "%s.batch_size: at most 10000", k);
 		if (percent > 100)
-			return sw_errf(err, errlen, SW_EINVAL,
-				       "strategy.rolling.batch_percent must be 1..100");
+			return sw_errf(err, errlen, SW_EINVAL, "%s.batch_percent must be 1..100", k);
 		if (batch != 0 && percent != 0)
 			return sw_errf(err, errlen, SW_EINVAL,
-				       "strategy.rolling: give batch_size or batch_percent, not both");
+				       "%s: give batch_size or batch_percent, not both", k);
 		if (max_unavail > 10000)
-			return sw_errf(err, errlen, SW_EINVAL,
-				       "strategy.rolling.max_unavailable: at most 10000");
+			return sw_errf(err, errlen, SW_EINVAL, "%s.max_unavailable: at most 10000", k);
 		if (pause < 0 || pause > 3600000)
-			return sw_errf(err, errlen, SW_EINVAL,
-				       "strategy.rolling.pause_ms must be 0..3600000");
+			return sw_errf(err, errlen, SW_EINVAL, "%s.pause_ms must be 0..3600000", k);
 	}
 	if (batch == 0 && percent == 0)
 		percent = 25;
-	*strategy = json_pack("{s:s,s:i,s:i,s:i,s:I}", "kind", "rolling", "batch_size", (int)batch,
-			      "batch_percent", (int)percent, "max_unavailable", (int)max_unavail,
-			      "pause_ms", (json_int_t)pause);
+	*strategy = json_pack("{s:s,s:i,s:i,s:i,s:I}", "kind", is_canary ? "canary" : "rolling",
+			      "batch_size", (int)batch, "batch_percent", (int)percent,
+			      "max_unavailable", (int)max_unavail, "pause_ms", (json_int_t)pause);
+	if (*strategy != NULL && is_canary) {
+		json_t *cj = json_pack("{s:i,s:i,s:I,s:b}", "canary_size", (int)canary,
+				       "canary_percent", (int)canary_pct, "bake_ms", (json_int_t)bake,
+				       "manual_promotion", manual);
+		if (cj == NULL || json_object_update(*strategy, cj) != 0) {
+			json_decref(*strategy);
+			*strategy = NULL;
+		}
+		json_decref(cj);
+	}
+	if (*strategy == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 
 	int action = SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK;
 	uint32_t max_failed = 0, max_failed_pct = 0, retries = 0;
@@ -316,9 +355,32 @@ struct create_tx {
 	PGresult *agents; /* id, region */
 	uint8_t *prov;    /* packed Provenance of the release (for re-evaluation) */
 	size_t prov_len;
-	int batch_size, total_batches;
+	int batch_size, canary_size, total_batches;
+	int *batch_of; /* the batch of each row of agents */
 	char existing[ORCH_ID_MAX];
 };
+
+/* Batches, region by region, never spanning a region: a canary (canary > 0)
+ * is the first batch, of at most `canary` targets of the first region; then
+ * batches of at most `size`. Fills batch_of[i] for each agent row (id,
+ * region; ordered by region) and returns the number of batches. */
+static int plan_batches(const PGresult *agents, int size, int canary, int *batch_of)
+{
+	int batch = 0, in_batch = 0;
+	const char *region = NULL;
+	for (int i = 0; i < PQntuples(agents); i++) {
+		const char *reg = db_text(agents, i, 1);
+		int cap = batch == 1 && canary > 0 ? canary : size;
+		if (region == NULL || strcmp(region, reg) != 0 || in_batch == cap) {
+			batch++;
+			in_batch = 0;
+			region = reg;
+		}
+		in_batch++;
+		batch_of[i] = batch;
+	}
+	return batch;
+}
 
 static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
@@ -375,20 +437,12 @@ static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		     20, v20, lens, fmts, 0, NULL, err, errlen);
 	if (rc != 0)
 		return rc;
-	/* Targets, region by region, in batches that never span a region. */
-	int batch = 0, in_batch = 0;
-	const char *region = NULL;
+	/* Targets, in the batches create_common planned. */
 	for (int i = 0; i < PQntuples(t->agents); i++) {
-		const char *agent = db_text(t->agents, i, 0), *reg = db_text(t->agents, i, 1);
-		if (region == NULL || strcmp(region, reg) != 0 || in_batch == t->batch_size) {
-			batch++;
-			in_batch = 0;
-			region = reg;
-		}
-		in_batch++;
+		const char *agent = db_text(t->agents, i, 0);
 		char task[512], b[16];
 		snprintf(task, sizeof task, "%s:deploy:%s", t->id, agent);
-		snprintf(b, sizeof b, "%d", batch);
+		snprintf(b, sizeof b, "%d", t->batch_of[i]);
 		rc = db_q(c,
 			  "INSERT INTO targets (deployment_id, agent_id, batch, state, task_id,"
 			  " updated_ms) VALUES ($1, $2, $3, 1, $4, $5)",
@@ -420,7 +474,7 @@ static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 /* Plans and records a deployment of `rel` to app/env. */
 static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *t,
 			 struct release *rel, int evaluate, int64_t batch_size, int batch_percent,
-			 char *id_out, char *err, size_t errlen)
+			 int canary_size, int canary_percent, char *id_out, char *err, size_t errlen)
 {
 	struct db_conn *c = NULL;
 	int rc = db_acquire(o->db, &c, 5000, err, errlen);
@@ -439,19 +493,14 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 	t->batch_size = batch_size > 0 ? (int)batch_size : (n * batch_percent + 99) / 100;
 	if (t->batch_size < 1)
 		t->batch_size = 1;
-	/* Count batches the way create_tx forms them. */
-	int batches = 0, in_batch = 0;
-	const char *region = NULL;
-	for (int i = 0; i < n; i++) {
-		const char *reg = db_text(t->agents, i, 1);
-		if (region == NULL || strcmp(region, reg) != 0 || in_batch == t->batch_size) {
-			batches++;
-			in_batch = 0;
-			region = reg;
-		}
-		in_batch++;
-	}
-	t->total_batches = batches;
+	if (canary_percent > 0)
+		t->canary_size = (n * canary_percent + 99) / 100;
+	else
+		t->canary_size = canary_size;
+	t->batch_of = malloc((size_t)n * sizeof *t->batch_of);
+	if (t->batch_of == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	t->total_batches = plan_batches(t->agents, t->batch_size, t->canary_size, t->batch_of);
 	t->version = rel->version;
 	t->digest = rel->digest;
 	if (rel->pb != NULL && rel->pb->provenance != NULL) {
@@ -584,8 +633,11 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 	json_t *rs = json_object_get(strategy, "batch_size");
 	json_t *rp = json_object_get(strategy, "batch_percent");
 	rc = create_common(o, ctx, &t, &rel, 1, json_integer_value(rs), (int)json_integer_value(rp),
-			   id_out, err, errlen);
+			   (int)json_integer_value(json_object_get(strategy, "canary_size")),
+			   (int)json_integer_value(json_object_get(strategy, "canary_percent")), id_out,
+			   err, errlen);
 	free(t.prov);
+	free(t.batch_of);
 	PQclear(t.agents);
 	free(t.strategy);
 	free(t.failure);
@@ -658,8 +710,9 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 	if (t.strategy == NULL || t.failure == NULL)
 		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	else
-		rc = create_common(o, ctx, &t, &rel, 0, 0, 100, id_out, err, errlen);
+		rc = create_common(o, ctx, &t, &rel, 0, 0, 100, 0, 0, id_out, err, errlen);
 	free(t.prov);
+	free(t.batch_of);
 	PQclear(t.agents);
 	free(t.strategy);
 	free(t.failure);

@@ -227,6 +227,8 @@ struct dep {
 	/* strategy and failure policy */
 	int max_unavailable;
 	int64_t pause_ms;
+	int canary, manual_promotion; /* a canary: batch 1 bakes for bake_ms */
+	int64_t bake_ms;
 	int action, max_failed, max_failed_pct;
 	int64_t deadline_ms;
 	struct target *t;
@@ -281,6 +283,10 @@ static int load(struct db_conn *c, const char *id, struct orch *o, struct dep *d
 	json_t *s = json_loads(db_text(r, 0, 18), 0, &je), *f = json_loads(db_text(r, 0, 19), 0, &je);
 	d->max_unavailable = (int)json_integer_value(json_object_get(s, "max_unavailable"));
 	d->pause_ms = json_integer_value(json_object_get(s, "pause_ms"));
+	const char *kind = json_string_value(json_object_get(s, "kind"));
+	d->canary = kind != NULL && strcmp(kind, "canary") == 0;
+	d->bake_ms = json_integer_value(json_object_get(s, "bake_ms"));
+	d->manual_promotion = json_is_true(json_object_get(s, "manual_promotion"));
 	d->action = (int)json_integer_value(json_object_get(f, "action"));
 	d->max_failed = (int)json_integer_value(json_object_get(f, "max_failed"));
 	d->max_failed_pct = (int)json_integer_value(json_object_get(f, "max_failed_percent"));
@@ -739,6 +745,124 @@ static int fail_overdue(struct db_conn *c, struct dep *d, int batch, int64_t sin
 	return rc;
 }
 
+/* While a canary bakes, each of its targets must still run the release,
+ * healthy: its agent not lost and, once it has heartbeated since its task
+ * succeeded (as flushed to the database, and more than 500 ms after, so
+ * that a heartbeat composed before the switch does not count), showing the
+ * new digest in PROCESS_RUNNING with a passing live health check. A target
+ * that does not is failed with the reason, and the failure policy applies
+ * at the next step. Sets *bad to the number failed and *unseen to the
+ * number with no such heartbeat yet (no evidence either way). */
+static int canary_check(struct db_conn *c, struct dep *d, int64_t ms, int *bad, int *unseen,
+			char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	char now[24], st[8];
+	*bad = *unseen = 0;
+	snprintf(st, sizeof st, "%d", OT_SUCCEEDED);
+	int rc = db_q(c,
+		      "SELECT t.agent_id, a.lost, a.runtime, a.last_heartbeat_ms > t.updated_ms + 500"
+		      " FROM targets t JOIN agents a ON a.id = t.agent_id"
+		      " WHERE t.deployment_id = $1 AND t.phase = 0 AND t.batch = 1 AND t.state = $2",
+		      2, (const char *[]){ d->id, st }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	db_i64(now, ms);
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		const char *agent = db_text(r, i, 0);
+		char why[300] = "";
+		if (db_bool(r, i, 1)) {
+			snprintf(why, sizeof why, "its agent is lost");
+		} else if (!db_bool(r, i, 3)) {
+			(*unseen)++;
+			continue;
+		} else {
+			uint8_t raw[ORCH_RUNTIME_MAX];
+			int len = db_bytea(r, i, 2, raw, sizeof raw);
+			Slipway__V1__AgentRuntime *rt =
+				len > 0 ? slipway__v1__agent_runtime__unpack(NULL, (size_t)len, raw)
+					: NULL;
+			if (rt == NULL)
+				snprintf(why, sizeof why, "its agent reports no runtime");
+			else if (strcmp(rt->digest, d->digest) != 0)
+				snprintf(why, sizeof why, "it no longer runs %s", d->digest);
+			else if (rt->process != SLIPWAY__V1__PROCESS_STATE__PROCESS_RUNNING)
+				snprintf(why, sizeof why, "the process is not running (state %d)",
+					 (int)rt->process);
+			else if (!rt->healthy)
+				snprintf(why, sizeof why, "health check failing: %.200s",
+					 rt->health_detail);
+			if (rt != NULL)
+				slipway__v1__agent_runtime__free_unpacked(rt, NULL);
+		}
+		if (why[0] == '\0')
+			continue;
+		char msg[400], detail[700];
+		snprintf(msg, sizeof msg, "canary unhealthy while baking: %s", why);
+		snprintf(detail, sizeof detail, "%s: %s", agent, why);
+		snprintf(st, sizeof st, "%d", OT_FAILED);
+		rc = db_q(c,
+			  "UPDATE targets SET state = $3, message = $4, updated_ms = $5"
+			  " WHERE deployment_id = $1 AND agent_id = $2 AND phase = 0",
+			  5, (const char *[]){ d->id, agent, st, msg, now }, NULL, err, errlen);
+		if (rc == 0)
+			rc = orch_timeline(c, d->id, "canary target failed", detail, err, errlen);
+		(*bad)++;
+	}
+	PQclear(r);
+	if (rc == 0 && *bad > 0) /* whatever is left bakes again from the start */
+		rc = db_q(c, "UPDATE deployments SET batch_done_ms = 0 WHERE id = $1", 1,
+			  (const char *[]){ d->id }, NULL, err, errlen);
+	return rc;
+}
+
+/* The canary batch is complete: it bakes (see canary_check), then is
+ * promoted on its own or, with manual promotion, the deployment pauses
+ * until a resume promotes it (batch_done_ms -1 records that). Sets *go when
+ * the next batch may start. */
+static int canary_gate(struct orch *o, struct db_conn *c, struct dep *d, int size, int64_t ms,
+		       int *go, int *again, char *err, size_t errlen)
+{
+	char now[24], detail[256];
+	int rc;
+	*go = 0;
+	db_i64(now, ms);
+	if (d->batch_done_ms < 0) {
+		*go = 1; /* promoted */
+		return orch_timeline(c, d->id, "canary promoted", "by a resume", err, errlen);
+	}
+	if (d->batch_done_ms == 0) {
+		snprintf(detail, sizeof detail, "canary of %d target%s healthy; baking for %lld ms",
+			 size, size == 1 ? "" : "s", (long long)d->bake_ms);
+		rc = db_q(c, "UPDATE deployments SET batch_done_ms = $2 WHERE id = $1", 2,
+			  (const char *[]){ d->id, now }, NULL, err, errlen);
+		return rc ? rc : orch_timeline(c, d->id, "canary baking", detail, err, errlen);
+	}
+	int bad = 0, unseen = 0;
+	if ((rc = canary_check(c, d, ms, &bad, &unseen, err, errlen)) != 0)
+		return rc;
+	if (bad > 0) {
+		*again = 1; /* apply the failure policy */
+		return 0;
+	}
+	/* Promotion needs the time and, from every canary target, a heartbeat
+	 * since its deployment (an agent that never sends one is lost). */
+	if (ms - d->batch_done_ms < d->bake_ms || unseen > 0)
+		return 0;
+	snprintf(detail, sizeof detail, "canary of %d target%s healthy for %lld ms", size,
+		 size == 1 ? "" : "s", (long long)(ms - d->batch_done_ms));
+	if (!d->manual_promotion) {
+		*go = 1;
+		return orch_timeline(c, d->id, "canary promoted", detail, err, errlen);
+	}
+	rc = db_q(c, "UPDATE deployments SET batch_done_ms = -1 WHERE id = $1", 1,
+		  (const char *[]){ d->id }, NULL, err, errlen);
+	char reason[400];
+	snprintf(reason, sizeof reason, "%s; waiting for promotion (slipway resume %s)", detail, d->id);
+	return rc ? rc : set_state(o, c, d, OS_PAUSED, "canary waiting for promotion", reason,
+				   "deploy.pause", SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, err, errlen);
+}
+
 static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *again, char *err,
 			size_t errlen)
 {
@@ -832,7 +956,12 @@ static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *a
 					   "deploy.succeeded", SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS,
 					   err, errlen);
 	}
-	if (d->pause_ms > 0) {
+	if (d->canary && cur == 1) {
+		int go = 0;
+		rc = canary_gate(o, c, d, size, ms, &go, again, err, errlen);
+		if (rc != 0 || !go)
+			return rc;
+	} else if (d->pause_ms > 0) {
 		if (d->batch_done_ms == 0) {
 			snprintf(detail, sizeof detail, "batch %d healthy; pausing %lld ms", cur,
 				 (long long)d->pause_ms);

@@ -52,8 +52,23 @@ int orch_deployment_from_row(struct rpc_ctx *ctx, PGresult *r, int row, Slipway_
 		rolling->batch_percent = (uint32_t)json_integer_value(json_object_get(st, "batch_percent"));
 		rolling->max_unavailable = (uint32_t)json_integer_value(json_object_get(st, "max_unavailable"));
 		rolling->pause_ms = json_integer_value(json_object_get(st, "pause_ms"));
-		strategy->kind_case = SLIPWAY__V1__STRATEGY__KIND_ROLLING;
-		strategy->rolling = rolling;
+		const char *kind = json_string_value(json_object_get(st, "kind"));
+		Slipway__V1__CanaryStrategy *canary = NULL;
+		if (kind != NULL && strcmp(kind, "canary") == 0 &&
+		    (canary = rpc_alloc(ctx, sizeof *canary)) != NULL) {
+			slipway__v1__canary_strategy__init(canary);
+			canary->canary_size = (uint32_t)json_integer_value(json_object_get(st, "canary_size"));
+			canary->canary_percent =
+				(uint32_t)json_integer_value(json_object_get(st, "canary_percent"));
+			canary->bake_ms = json_integer_value(json_object_get(st, "bake_ms"));
+			canary->manual_promotion = json_is_true(json_object_get(st, "manual_promotion"));
+			canary->rollout = rolling;
+			strategy->kind_case = SLIPWAY__V1__STRATEGY__KIND_CANARY;
+			strategy->canary = canary;
+		} else {
+			strategy->kind_case = SLIPWAY__V1__STRATEGY__KIND_ROLLING;
+			strategy->rolling = rolling;
+		}
 		fail->action = (Slipway__V1__FailureAction)json_integer_value(json_object_get(fp, "action"));
 		fail->max_failed = (uint32_t)json_integer_value(json_object_get(fp, "max_failed"));
 		fail->max_failed_percent = (uint32_t)json_integer_value(json_object_get(fp, "max_failed_percent"));

@@ -13,11 +13,13 @@
  *      priority, an idempotency key of at most 64 [A-Za-z0-9._:-], and a
  *      reason of 1-1000 bytes when it breaks glass. The strategy and
  *      failure policy come back as JSON within the documented ranges
- *      (exactly one of batch_size and batch_percent set, percents <= 100,
- *      at most 10000 failed targets tolerated, retries <= 10, backoff
- *      0..600000 ms, deadline 1000..86400000 ms, pause 0..3600000 ms; all
- *      of them fit the int the engine reads them into). A refusal says
- *      why.
+ *      (rolling, or canary exactly when a canary was asked for, with
+ *      exactly one of canary_size and canary_percent and a bake of
+ *      0..86400000 ms; exactly one of batch_size and batch_percent set,
+ *      percents <= 100, at most 10000 failed targets tolerated, retries
+ *      <= 10, backoff 0..600000 ms, deadline 1000..86400000 ms, pause
+ *      0..3600000 ms; all of them fit the int the engine reads them
+ *      into). A refusal says why.
  *   1  RollbackRequest: names as above, to_version empty or valid, reason
  *      at most 1000 bytes.
  *   2  HeartbeatRequest: a runtime orch_runtime_ok lets the registry store
@@ -99,9 +101,20 @@ static void mode_create(const uint8_t *p, size_t n)
 			   "break glass reason");
 
 	FUZZ_CHECK(json_is_object(st) && json_is_object(fp), "strategy/failure JSON");
-	FUZZ_CHECK(json_is_string(json_object_get(st, "kind")) &&
-			   strcmp(json_string_value(json_object_get(st, "kind")), "rolling") == 0,
+	const char *kind = json_string_value(json_object_get(st, "kind"));
+	FUZZ_CHECK(kind != NULL && (strcmp(kind, "rolling") == 0 || strcmp(kind, "canary") == 0),
 		   "strategy kind");
+	FUZZ_CHECK((strcmp(kind, "canary") == 0) ==
+			   (req->strategy != NULL &&
+			    req->strategy->kind_case == SLIPWAY__V1__STRATEGY__KIND_CANARY),
+		   "a canary exactly when asked for");
+	if (strcmp(kind, "canary") == 0) {
+		long long cs = geti(st, "canary_size"), cp = geti(st, "canary_percent");
+		long long bake = geti(st, "bake_ms");
+		FUZZ_CHECK(cs >= 0 && cs <= 10000 && cp >= 0 && cp <= 100 && ((cs != 0) != (cp != 0)),
+			   "canary_size %lld canary_percent %lld", cs, cp);
+		FUZZ_CHECK(bake >= 0 && bake <= 86400000, "bake_ms %lld", bake);
+	}
 	long long bs = geti(st, "batch_size"), bp = geti(st, "batch_percent");
 	FUZZ_CHECK(bs >= 0 && bs <= 10000 && bp >= 0 && bp <= 100 && ((bs != 0) != (bp != 0)),
 		   "batch_size %lld batch_percent %lld", bs, bp);

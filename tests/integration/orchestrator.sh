@@ -5,8 +5,9 @@
 # every failure policy, retries, approvals gating, the per-environment lock
 # and the queue (FIFO, hotfix first), backpressure, two replicas with the
 # lease owner killed -9 mid-rollout, a single replica restarted mid-rollout,
-# an agent killed mid-task, sealed secrets delivered to the agents, and
-# bad input.
+# an agent killed mid-task, sealed secrets delivered to the agents, canary
+# deployments (manual promotion; a canary that degrades while baking rolls
+# back), and bad input.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -74,6 +75,8 @@ for a in roll gate lock crash solo; do
   scripts/make-bundles --app "$a" --out "$T/bundles" >/dev/null || fail "make-bundles $a"
   for v in 1.0.0 2.0.0 3.0.0 4.0.0; do push "$a" "$v" "$T/bundles/$a-$v.tar.gz"; done
 done
+scripts/make-bundles --app can --out "$T/bundles" --versions "1.0.0 2.0.0 5.0.0" >/dev/null || fail "make-bundles can"
+for v in 1.0.0 2.0.0 5.0.0; do push can "$v" "$T/bundles/can-$v.tar.gz"; done
 
 # ---- rolling, health failure, rollback ----
 agents roll eu/r1 eu/r2 us/r3 us/r4
@@ -123,6 +126,35 @@ ok "failure policy abort with per-target retries"
 id=$(deploy roll prod 2.0.0 --batch 4 --wait)
 wait_versions roll 2.0.0 10
 ok "a healthy release after a failed one"
+
+# ---- canary: bake, manual promotion; a canary that degrades rolls back ----
+agents can eu/k1 eu/k2 us/k3 us/k4
+id=$(deploy can prod 1.0.0 --batch 4 --wait)
+wait_versions can 1.0.0 10
+id=$(deploy can prod 2.0.0 --strategy canary --canary 1 --bake 1s --promote manual --batch 2)
+wait_state "$id" PAUSED 60
+d=$(slipway -o json deployment show "$id")
+[ "$(js 'j.total_batches' <<<"$d")" = 3 ] || fail "canary of 1, then the rest in batches of 2 per region: 3 batches"
+[ "$(js 'j.targets.filter(t=>t.state==="succeeded").length' <<<"$d")" = 1 ] || fail "only the canary should be deployed before promotion"
+[ "$(js 'j.strategy.canary.manual_promotion' <<<"$d")" = true ] || fail "the strategy should read back as a canary"
+js 'j.reason' <<<"$d" | grep -q "waiting for promotion" || fail "a paused canary should say it waits for promotion: $(js 'j.reason' <<<"$d")"
+wait_versions can "1.0.0,2.0.0" 10
+slipway resume "$id" --reason "canary looks good" >/dev/null || fail "resume (promote) the canary"
+wait_state "$id" SUCCEEDED 60
+wait_versions can 2.0.0 10
+d=$(slipway -o json deployment show "$id")
+js 'j.timeline.map(e=>e.event).join("|")' <<<"$d" | grep -q "canary baking|.*canary waiting for promotion|.*canary promoted" \
+  || fail "the timeline should show bake, wait and promotion: $(js 'j.timeline.map(e=>e.event).join("|")' <<<"$d")"
+ok "canary: one target first, paused for promotion, promoted by resume, then the rest"
+
+id=$(deploy can prod 5.0.0 --strategy canary --canary 1 --bake 60s --batch 2)
+wait_state "$id" ROLLED_BACK 90
+d=$(slipway -o json deployment show "$id")
+js 'j.timeline.filter(e=>e.event==="canary target failed").map(e=>e.detail).join("|")' <<<"$d" | grep -q "k1: health check failing" \
+  || fail "the timeline should say why the canary failed: $(js 'j.timeline.map(e=>e.event+": "+e.detail).join("|")' <<<"$d")"
+[ "$(js 'j.targets.filter(t=>t.state==="skipped").length' <<<"$d")" = 3 ] || fail "targets past the canary should be skipped"
+wait_versions can 2.0.0 30
+ok "canary: a release that degrades while baking fails the canary and rolls back"
 
 # ---- approvals gate the deployment ----
 td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
@@ -288,6 +320,9 @@ expect_fail "FAILED_PRECONDITION: no agents serve roll/staging" slipway deploy r
 expect_fail "INVALID_ARGUMENT: app" slipway deploy 'Bad_App' prod 1.0.0
 expect_fail "INVALID_ARGUMENT: failure_policy.progress_deadline_ms" slipway deploy roll prod 1.0.0 --progress-deadline 10ms
 expect_fail "batch-percent wants 1..100" slipway deploy roll prod 1.0.0 --batch-percent 150
+expect_fail "INVALID_ARGUMENT: strategy.canary: give canary_size or canary_percent, not both" slipway deploy can prod 1.0.0 --strategy canary --canary 1 --canary-percent 10
+expect_fail "INVALID_ARGUMENT: strategy.canary.bake_ms" slipway deploy can prod 1.0.0 --strategy canary --bake 48h
+expect_fail "need --strategy canary" slipway deploy can prod 1.0.0 --canary 1
 expect_fail "NOT_FOUND: no deployment" slipway cancel d-nope
 expect_fail "FAILED_PRECONDITION" slipway resume "$id"
 [ "$(sql "select count(*) from orchestrator.deployments")" = "$before" ] || fail "bad input created a deployment"
