@@ -745,6 +745,24 @@ static int fail_overdue(struct db_conn *c, struct dep *d, int batch, int64_t sin
 	return rc;
 }
 
+/* The failure policy: rollback (not of a rollback), pause, or abort. */
+static int apply_failure(struct orch *o, struct db_conn *c, struct dep *d, const char *detail,
+			 char *err, size_t errlen)
+{
+	char now[24];
+	if (d->action == SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK && !d->is_rollback)
+		return start_rollback(o, c, d, detail, err, errlen);
+	if (d->action == SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_PAUSE)
+		return set_state(o, c, d, OS_PAUSED, "paused", detail, "deploy.pause",
+				 SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, err, errlen);
+	int rc = db_q(c,
+		      "UPDATE targets SET state = 6, message = 'aborted', updated_ms = $2"
+		      " WHERE deployment_id = $1 AND state IN (1, 2, 3)",
+		      2, (const char *[]){ d->id, db_i64(now, clock_wall_ms()) }, NULL, err, errlen);
+	return rc ? rc : set_state(o, c, d, OS_FAILED, "failed", detail, "deploy.failed",
+				   SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, err, errlen);
+}
+
 /* While a canary bakes, each of its targets must still run the release,
  * healthy: its agent not lost and, once it has heartbeated since its task
  * succeeded (as flushed to the database, and more than 500 ms after, so
@@ -820,7 +838,7 @@ static int canary_check(struct db_conn *c, struct dep *d, int64_t ms, int *bad, 
  * promoted on its own or, with manual promotion, the deployment pauses
  * until a resume promotes it (batch_done_ms -1 records that). Sets *go when
  * the next batch may start. */
-static int canary_gate(struct orch *o, struct db_conn *c, struct dep *d, int size, int64_t ms,
+static int canary_gate(struct orch *o, struct db_conn *c, struct dep *d, int64_t ms,
 		       int *go, int *again, char *err, size_t errlen)
 {
 	char now[24], detail[256];
@@ -831,9 +849,14 @@ static int canary_gate(struct orch *o, struct db_conn *c, struct dep *d, int siz
 		*go = 1; /* promoted */
 		return orch_timeline(c, d->id, "canary promoted", "by a resume", err, errlen);
 	}
+	int ok = 0;
+	for (int i = 0; i < d->nt; i++)
+		ok += d->t[i].batch == 1 && d->t[i].phase == 0 && d->t[i].state == OT_SUCCEEDED;
+	if (ok == 0) /* every canary target failed, within the tolerance: nothing to promote */
+		return apply_failure(o, c, d, "no canary target is healthy", err, errlen);
 	if (d->batch_done_ms == 0) {
 		snprintf(detail, sizeof detail, "canary of %d target%s healthy; baking for %lld ms",
-			 size, size == 1 ? "" : "s", (long long)d->bake_ms);
+			 ok, ok == 1 ? "" : "s", (long long)d->bake_ms);
 		rc = db_q(c, "UPDATE deployments SET batch_done_ms = $2 WHERE id = $1", 2,
 			  (const char *[]){ d->id, now }, NULL, err, errlen);
 		return rc ? rc : orch_timeline(c, d->id, "canary baking", detail, err, errlen);
@@ -849,8 +872,8 @@ static int canary_gate(struct orch *o, struct db_conn *c, struct dep *d, int siz
 	 * since its deployment (an agent that never sends one is lost). */
 	if (ms - d->batch_done_ms < d->bake_ms || unseen > 0)
 		return 0;
-	snprintf(detail, sizeof detail, "canary of %d target%s healthy for %lld ms", size,
-		 size == 1 ? "" : "s", (long long)(ms - d->batch_done_ms));
+	snprintf(detail, sizeof detail, "canary of %d target%s healthy for %lld ms", ok,
+		 ok == 1 ? "" : "s", (long long)(ms - d->batch_done_ms));
 	if (!d->manual_promotion) {
 		*go = 1;
 		return orch_timeline(c, d->id, "canary promoted", detail, err, errlen);
@@ -881,17 +904,7 @@ static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *a
 	if (failed > threshold) {
 		snprintf(detail, sizeof detail, "%d of %d targets failed (tolerated: %d)", failed, n,
 			 threshold);
-		if (d->action == SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK && !d->is_rollback)
-			return start_rollback(o, c, d, detail, err, errlen);
-		if (d->action == SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_PAUSE)
-			return set_state(o, c, d, OS_PAUSED, "paused", detail, "deploy.pause",
-					 SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, err, errlen);
-		rc = db_q(c,
-			  "UPDATE targets SET state = 6, message = 'aborted', updated_ms = $2"
-			  " WHERE deployment_id = $1 AND state IN (1, 2, 3)",
-			  2, (const char *[]){ d->id, now }, NULL, err, errlen);
-		return rc ? rc : set_state(o, c, d, OS_FAILED, "failed", detail, "deploy.failed",
-					   SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, err, errlen);
+		return apply_failure(o, c, d, detail, err, errlen);
 	}
 	if (d->current_batch == 0) {
 		d->current_batch = 1;
@@ -958,7 +971,7 @@ static int step_running(struct orch *o, struct db_conn *c, struct dep *d, int *a
 	}
 	if (d->canary && cur == 1) {
 		int go = 0;
-		rc = canary_gate(o, c, d, size, ms, &go, again, err, errlen);
+		rc = canary_gate(o, c, d, ms, &go, again, err, errlen);
 		if (rc != 0 || !go)
 			return rc;
 	} else if (d->pause_ms > 0) {

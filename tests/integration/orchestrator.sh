@@ -75,8 +75,8 @@ for a in roll gate lock crash solo; do
   scripts/make-bundles --app "$a" --out "$T/bundles" >/dev/null || fail "make-bundles $a"
   for v in 1.0.0 2.0.0 3.0.0 4.0.0; do push "$a" "$v" "$T/bundles/$a-$v.tar.gz"; done
 done
-scripts/make-bundles --app can --out "$T/bundles" --versions "1.0.0 2.0.0 5.0.0" >/dev/null || fail "make-bundles can"
-for v in 1.0.0 2.0.0 5.0.0; do push can "$v" "$T/bundles/can-$v.tar.gz"; done
+scripts/make-bundles --app can --out "$T/bundles" --versions "1.0.0 2.0.0 3.0.0 5.0.0" >/dev/null || fail "make-bundles can"
+for v in 1.0.0 2.0.0 3.0.0 5.0.0; do push can "$v" "$T/bundles/can-$v.tar.gz"; done
 
 # ---- rolling, health failure, rollback ----
 agents roll eu/r1 eu/r2 us/r3 us/r4
@@ -155,6 +155,13 @@ js 'j.timeline.filter(e=>e.event==="canary target failed").map(e=>e.detail).join
 [ "$(js 'j.targets.filter(t=>t.state==="skipped").length' <<<"$d")" = 3 ] || fail "targets past the canary should be skipped"
 wait_versions can 2.0.0 30
 ok "canary: a release that degrades while baking fails the canary and rolls back"
+
+id=$(deploy can prod 3.0.0 --strategy canary --canary 1 --bake 1s --batch 2 --max-failed 1)
+wait_state "$id" ROLLED_BACK 90
+slipway -o json deployment show "$id" | js 'j.timeline.map(e=>e.event+": "+e.detail).join("|")' | grep -q "no canary target is healthy" \
+  || fail "a canary whose every target failed must not be promoted, even within the tolerated failures"
+wait_versions can 2.0.0 30
+ok "canary: a canary with no healthy target is never promoted, whatever the tolerance"
 
 # ---- approvals gate the deployment ----
 td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
