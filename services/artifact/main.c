@@ -7,7 +7,6 @@
 #include "art.h"
 #include "err.h"
 #include "log.h"
-#include "tls.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -51,28 +50,6 @@ static int make_dir(const char *dir, char *err, size_t errlen)
 	return 0;
 }
 
-/* A client to another Slipway service with this service's certificate. */
-static int client_to(const struct art *a, const char *addr, struct rpc_client **out, char *err,
-		     size_t errlen)
-{
-	char *ca = NULL, *cert = NULL, *key = NULL;
-	int rc;
-	if ((rc = tls_read_pem(a->c.svc.ca, &ca, err, errlen)) == 0 &&
-	    (rc = tls_read_pem(a->c.svc.cert, &cert, err, errlen)) == 0 &&
-	    (rc = tls_read_pem(a->c.svc.key, &key, err, errlen)) == 0) {
-		struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
-					     .key_pem = key };
-		rc = rpc_client_new(&o, out, err, errlen);
-	}
-	if (key != NULL) {
-		memset(key, 0, strlen(key));
-		free(key);
-	}
-	free(ca);
-	free(cert);
-	return rc;
-}
-
 /* Own start-up after svc_new: database, S3, keys, audit, policy. */
 static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 {
@@ -110,7 +87,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		return rc;
 
 	if (c->audit_addr[0] != '\0') {
-		if ((rc = client_to(a, c->audit_addr, &a->audit_cli, err, errlen)) != 0)
+		if ((rc = svc_client(&c->svc, c->audit_addr, &a->audit_cli, err, errlen)) != 0)
 			return rc;
 		struct outbox_relay_opts ro = { .db = a->db, .audit = a->audit_cli };
 		if ((rc = outbox_relay_start(&ro, &a->relay, err, errlen)) != 0)
@@ -119,7 +96,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		log_warn("no --audit-addr: audit events stay in the outbox until one is configured",
 			 NULL);
 	}
-	if ((rc = client_to(a, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
+	if ((rc = svc_client(&c->svc, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
 		return rc;
 	struct authz_opts ao = { .policy = a->policy_cli };
 	if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
