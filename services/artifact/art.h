@@ -17,6 +17,7 @@
 #include "outbox.h"
 #include "rpc.h"
 #include "s3.h"
+#include "names.h"
 #include "svc.h"
 
 #include "slipway/v1/artifact.pb-c.h"
@@ -27,9 +28,9 @@
 #include <stdint.h>
 
 #define ART_SERVICE "artifact"
-#define ART_APP_MAX 63
-#define ART_VERSION_MAX 128
-#define ART_ENV_MAX 63
+#define ART_APP_MAX NAME_APP_MAX
+#define ART_VERSION_MAX NAME_VERSION_MAX
+#define ART_ENV_MAX NAME_APP_MAX
 #define ART_KEY_LEN 96              /* "blobs/sha256/" + 64 hex + NUL fits */
 #define ART_MAX_CHUNK (1u << 20)   /* a push chunk is at most 1 MiB (the proto says so) */
 #define ART_DEFAULT_MEDIA_TYPE "application/vnd.slipway.bundle.v1+tar+gzip"
@@ -72,12 +73,7 @@ struct art {
 
 /* ---- names.c: validation of everything that comes from the network ---- */
 
-/* [a-z0-9][a-z0-9-]{0,62} */
-int art_app_ok(const char *s);
-/* [A-Za-z0-9][A-Za-z0-9._+-]{0,127}, without ".." */
-int art_version_ok(const char *s);
-/* An environment name: the same rule as an app. */
-int art_env_ok(const char *s);
+/* App, environment and version names: lib/names.h. */
 /* type/subtype[+suffix][;params]-ish: [A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+, <= 127 */
 int art_media_type_ok(const char *s);
 /* Checks the provenance fields' lengths and characters; why gets the first

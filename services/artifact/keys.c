@@ -123,7 +123,7 @@ int art_keys_parse(const char *text, const char *fname, struct art_keys **out, c
 					     lineno);
 				goto out;
 			}
-			if (strcmp(w[1], "*") != 0 && !art_app_ok(w[1])) {
+			if (strcmp(w[1], "*") != 0 && !name_app_ok(w[1])) {
 				rc = sw_errf(err, errlen, SW_EINVAL, "%s:%d: invalid app name", fname,
 					     lineno);
 				goto out;
@@ -168,7 +168,7 @@ int art_keys_parse(const char *text, const char *fname, struct art_keys **out, c
 			snprintf(e->name, sizeof e->name, "%s", w[2]);
 			k->n++;
 		} else if (strcmp(w[0], "require") == 0) {
-			if (n != 2 || (strcmp(w[1], "*") != 0 && !art_app_ok(w[1]))) {
+			if (n != 2 || (strcmp(w[1], "*") != 0 && !name_app_ok(w[1]))) {
 				rc = sw_errf(err, errlen, SW_EINVAL, "%s:%d: want 'require APP|*'",
 					     fname, lineno);
 				goto out;

@@ -20,33 +20,6 @@ static int alnum(char c)
 	return lower_alnum(c) || (c >= 'A' && c <= 'Z');
 }
 
-int art_app_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-	if (n == 0 || n > ART_APP_MAX || !lower_alnum(s[0]))
-		return 0;
-	for (size_t i = 1; i < n; i++)
-		if (!lower_alnum(s[i]) && s[i] != '-')
-			return 0;
-	return 1;
-}
-
-int art_env_ok(const char *s)
-{
-	return art_app_ok(s);
-}
-
-int art_version_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-	if (n == 0 || n > ART_VERSION_MAX || !alnum(s[0]))
-		return 0;
-	for (size_t i = 1; i < n; i++)
-		if (!alnum(s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '+' && s[i] != '-')
-			return 0;
-	return strstr(s, "..") == NULL;
-}
-
 static int token_char(char c)
 {
 	return alnum(c) || (c != '\0' && strchr("!#$&^_.+-", c) != NULL);
@@ -145,7 +118,7 @@ int art_token_app(const char *tok, char out[ART_APP_MAX + 1])
 	out[0] = '\0';
 	if (tok == NULL || tok[0] == '\0')
 		return 0;
-	if (tok[0] != 'a' || !art_app_ok(tok + 1))
+	if (tok[0] != 'a' || !name_app_ok(tok + 1))
 		return SW_EINVAL;
 	snprintf(out, ART_APP_MAX + 1, "%s", tok + 1);
 	return 0;

@@ -50,10 +50,10 @@ static size_t page_size(uint32_t want)
 static int check_header(struct rpc_ctx *ctx, struct art *a, const Slipway__V1__PushHeader *h)
 {
 	char why[256];
-	if (!art_app_ok(h->app))
+	if (!name_app_ok(h->app))
 		return rpc_errorf(ctx, SW_EINVAL,
 				  "app: want 1-63 of [a-z0-9-], starting with a letter or digit");
-	if (!art_version_ok(h->version))
+	if (!name_version_ok(h->version))
 		return rpc_errorf(ctx, SW_EINVAL,
 				  "version: want 1-128 of [A-Za-z0-9._+-], starting with a letter "
 				  "or digit, without '..'");
@@ -132,7 +132,7 @@ static int h_pull(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMe
 		digest = req->digest;
 	} else if (req->target_case == SLIPWAY__V1__PULL_REQUEST__TARGET_RELEASE &&
 		   req->release != NULL) {
-		if (!art_app_ok(req->release->app) || !art_version_ok(req->release->version))
+		if (!name_app_ok(req->release->app) || !name_version_ok(req->release->version))
 			return rpc_errorf(ctx, SW_EINVAL, "release: invalid app or version");
 		if ((rc = authorize(a, ctx, "read", "release", req->release->app)) != 0)
 			return rc;
@@ -189,7 +189,7 @@ static int h_list_versions(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	char err[512], tok[32];
 	int64_t before = 0, next = 0;
 	int rc;
-	if (!art_app_ok(req->app))
+	if (!name_app_ok(req->app))
 		return rpc_errorf(ctx, SW_EINVAL, "app: invalid name");
 	if (art_token_id(req->page_token, &before) != 0)
 		return rpc_errorf(ctx, SW_EINVAL, "page_token: not a token this service issued");
@@ -236,7 +236,7 @@ static int h_resolve(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 	Slipway__V1__Release *resp = (void *)respm;
 	char err[512];
 	int rc;
-	if (!art_app_ok(req->app) || !art_version_ok(req->version))
+	if (!name_app_ok(req->app) || !name_version_ok(req->version))
 		return rpc_errorf(ctx, SW_EINVAL, "invalid app or version");
 	if ((rc = authorize(a, ctx, "read", "release", req->app)) != 0)
 		return rc;
@@ -278,9 +278,9 @@ static int h_set_pins(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobu
 	const Slipway__V1__SetPinsRequest *req = (const void *)reqm;
 	char err[512];
 	int rc;
-	if (!art_app_ok(req->app))
+	if (!name_app_ok(req->app))
 		return rpc_errorf(ctx, SW_EINVAL, "app: invalid name");
-	if (!art_env_ok(req->environment))
+	if (!name_app_ok(req->environment))
 		return rpc_errorf(ctx, SW_EINVAL, "environment: want 1-63 of [a-z0-9-]");
 	if ((req->current_digest[0] && digest_parse(req->current_digest, NULL) != 0) ||
 	    (req->last_good_digest[0] && digest_parse(req->last_good_digest, NULL) != 0))

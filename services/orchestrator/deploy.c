@@ -7,6 +7,7 @@
 #include "digest.h"
 #include "err.h"
 #include "log.h"
+#include "names.h"
 #include "orch.h"
 
 #include "slipway/v1/artifact.pb-c.h"
@@ -33,29 +34,6 @@ void orch_new_id(char out[ORCH_ID_MAX], const char *prefix)
 		 (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100, tm.tm_mday % 100,
 		 tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100, b[0], b[1], b[2], b[3], b[4],
 		 b[5]);
-}
-
-int orch_name_ok(const char *s, size_t max)
-{
-	size_t n = strlen(s);
-	if (n == 0 || n > max || s[0] == '-')
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-			return 0;
-	return 1;
-}
-
-static int version_ok(const char *s)
-{
-	size_t n = strlen(s);
-	if (n == 0 || n > 128 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-		      (s[i] >= '0' && s[i] <= '9') || strchr("._+-", s[i])))
-			return 0;
-	return 1;
 }
 
 static int token_ok(const char *s, size_t max)
@@ -576,12 +554,12 @@ int orch_create_check(const Slipway__V1__CreateDeploymentRequest *req, json_t **
 		      json_t **failure, char *err, size_t errlen)
 {
 	*strategy = *failure = NULL;
-	if (!orch_name_ok(req->app, 63))
+	if (!name_app_ok(req->app))
 		return sw_errf(err, errlen, SW_EINVAL, "app: 1-63 characters of [a-z0-9-]");
-	if (!orch_name_ok(req->environment, 63))
+	if (!name_app_ok(req->environment))
 		return sw_errf(err, errlen, SW_EINVAL, "environment: 1-63 characters of [a-z0-9-]");
 	const char *version = req_version(req), *digest = req_digest(req);
-	if (version != NULL && !version_ok(version))
+	if (version != NULL && !name_version_ok(version))
 		return sw_errf(err, errlen, SW_EINVAL, "version: not a valid version name");
 	if (digest != NULL && digest_parse(digest, NULL) != 0)
 		return sw_errf(err, errlen, SW_EINVAL, "digest: want sha256:<64 lower-case hex>");
@@ -650,9 +628,9 @@ out:
 
 int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size_t errlen)
 {
-	if (!orch_name_ok(req->app, 63) || !orch_name_ok(req->environment, 63))
+	if (!name_app_ok(req->app) || !name_app_ok(req->environment))
 		return sw_errf(err, errlen, SW_EINVAL, "app and environment: 1-63 characters of [a-z0-9-]");
-	if (req->to_version[0] && !version_ok(req->to_version))
+	if (req->to_version[0] && !name_version_ok(req->to_version))
 		return sw_errf(err, errlen, SW_EINVAL, "to_version: not a valid version name");
 	if (strlen(req->reason) > 1000)
 		return sw_errf(err, errlen, SW_EINVAL, "reason: at most 1000 bytes");

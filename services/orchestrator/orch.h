@@ -216,6 +216,5 @@ int orch_rpc_register(struct orch *o, struct rpc_server *srv, char *err, size_t 
 
 /* ---- small helpers (deploy.c) ---- */
 void orch_new_id(char out[ORCH_ID_MAX], const char *prefix);
-int orch_name_ok(const char *s, size_t max);
 
 #endif

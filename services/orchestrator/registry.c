@@ -14,6 +14,7 @@
 #include "err.h"
 #include "hash.h"
 #include "log.h"
+#include "names.h"
 #include "orch.h"
 #include "spiffe.h"
 
@@ -247,7 +248,7 @@ int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 		else if (strcmp(kv->key, "group") == 0)
 			t.grp = kv->value;
 	}
-	if (!orch_name_ok(t.app, 63) || !orch_name_ok(t.env, 63)) {
+	if (!name_app_ok(t.app) || !name_app_ok(t.env)) {
 		json_decref(labels);
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "labels app and environment are required ([a-z0-9-], 1-63)");

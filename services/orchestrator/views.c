@@ -5,6 +5,7 @@
  */
 #include "err.h"
 #include "log.h"
+#include "names.h"
 #include "orch.h"
 
 #include <jansson.h>
@@ -249,7 +250,7 @@ int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char
 	char sql[2048], cap[24];
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
-	if (!orch_name_ok(app, 63) || !orch_name_ok(env, 63))
+	if (!name_app_ok(app) || !name_app_ok(env))
 		return sw_errf(err, errlen, SW_EINVAL, "app and environment: 1-63 characters of [a-z0-9-]");
 	int rc = authorize_read(o, ctx, app, env, err, errlen);
 	if (rc != 0)

@@ -124,7 +124,7 @@ static void mode_push(const uint8_t *p, size_t n)
 	check_tokens(h->app);
 	check_tokens(h->version);
 	/* rpc.c check_header, in order. */
-	if (!art_app_ok(h->app) || !art_version_ok(h->version) ||
+	if (!name_app_ok(h->app) || !name_version_ok(h->version) ||
 	    (h->media_type[0] != '\0' && !art_media_type_ok(h->media_type)) ||
 	    (h->expected_digest[0] != '\0' && digest_parse(h->expected_digest, NULL) != 0) ||
 	    art_provenance_ok(h->provenance, why, sizeof why) != 0) {
@@ -136,7 +136,7 @@ static void mode_push(const uint8_t *p, size_t n)
 	}
 	FUZZ_CHECK(ref_app(h->app), "app '%s'", h->app);
 	FUZZ_CHECK(ref_version(h->version), "version '%s'", h->version);
-	FUZZ_CHECK(art_env_ok(h->app), "an app name is not a valid environment name");
+	FUZZ_CHECK(name_app_ok(h->app), "an app name is not a valid environment name");
 	if (h->media_type[0] != '\0') {
 		const char *mt = h->media_type;
 		FUZZ_CHECK(strlen(mt) <= 127, "media type length");

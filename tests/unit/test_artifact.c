@@ -18,54 +18,54 @@
 static void test_app_names(void **state)
 {
 	(void)state;
-	assert_true(art_app_ok("web"));
-	assert_true(art_app_ok("a"));
-	assert_true(art_app_ok("0shop-api-2"));
+	assert_true(name_app_ok("web"));
+	assert_true(name_app_ok("a"));
+	assert_true(name_app_ok("0shop-api-2"));
 	char longest[64];
 	memset(longest, 'a', 63);
 	longest[63] = '\0';
-	assert_true(art_app_ok(longest));
+	assert_true(name_app_ok(longest));
 	char toolong[65];
 	memset(toolong, 'a', 64);
 	toolong[64] = '\0';
-	assert_false(art_app_ok(toolong));
-	assert_false(art_app_ok(""));
-	assert_false(art_app_ok(NULL));
-	assert_false(art_app_ok("-web"));
-	assert_false(art_app_ok("Web"));
-	assert_false(art_app_ok("web_api"));
-	assert_false(art_app_ok("web/api"));
-	assert_false(art_app_ok("../web"));
-	assert_false(art_app_ok("web api"));
-	assert_false(art_app_ok("web\n"));
-	assert_false(art_app_ok("wéb"));
-	assert_false(art_app_ok("*"));
+	assert_false(name_app_ok(toolong));
+	assert_false(name_app_ok(""));
+	assert_false(name_app_ok(NULL));
+	assert_false(name_app_ok("-web"));
+	assert_false(name_app_ok("Web"));
+	assert_false(name_app_ok("web_api"));
+	assert_false(name_app_ok("web/api"));
+	assert_false(name_app_ok("../web"));
+	assert_false(name_app_ok("web api"));
+	assert_false(name_app_ok("web\n"));
+	assert_false(name_app_ok("wéb"));
+	assert_false(name_app_ok("*"));
 }
 
 static void test_versions(void **state)
 {
 	(void)state;
-	assert_true(art_version_ok("1.2.0"));
-	assert_true(art_version_ok("v1.2.0-rc.1+build.5"));
-	assert_true(art_version_ok("2026_11_26"));
-	assert_true(art_version_ok("A"));
-	assert_false(art_version_ok(""));
-	assert_false(art_version_ok("."));
-	assert_false(art_version_ok(".."));
-	assert_false(art_version_ok(".1"));
-	assert_false(art_version_ok("-1"));
-	assert_false(art_version_ok("1..2"));
-	assert_false(art_version_ok("1/2"));
-	assert_false(art_version_ok("1.2 "));
-	assert_false(art_version_ok("1@2"));
-	assert_false(art_version_ok("1\\2"));
+	assert_true(name_version_ok("1.2.0"));
+	assert_true(name_version_ok("v1.2.0-rc.1+build.5"));
+	assert_true(name_version_ok("2026_11_26"));
+	assert_true(name_version_ok("A"));
+	assert_false(name_version_ok(""));
+	assert_false(name_version_ok("."));
+	assert_false(name_version_ok(".."));
+	assert_false(name_version_ok(".1"));
+	assert_false(name_version_ok("-1"));
+	assert_false(name_version_ok("1..2"));
+	assert_false(name_version_ok("1/2"));
+	assert_false(name_version_ok("1.2 "));
+	assert_false(name_version_ok("1@2"));
+	assert_false(name_version_ok("1\\2"));
 	char v[200];
 	memset(v, '1', 128);
 	v[128] = '\0';
-	assert_true(art_version_ok(v));
+	assert_true(name_version_ok(v));
 	v[128] = '1';
 	v[129] = '\0';
-	assert_false(art_version_ok(v));
+	assert_false(name_version_ok(v));
 }
 
 static void test_media_types(void **state)
