@@ -12,6 +12,7 @@
  */
 #include "approval.h"
 #include "db.h"
+#include "digest.h"
 #include "err.h"
 #include "log.h"
 #include "outbox.h"
@@ -73,31 +74,12 @@ static int name_ok(const char *s)
 	return 1;
 }
 
-static int digest_ok(const char *s)
-{
-	if (strncmp(s, "sha256:", 7) != 0 || strlen(s) != 71)
-		return 0;
-	for (int i = 7; i < 71; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return 0;
-	return 1;
-}
-
-static int list_glob(const struct pol_list *l, const char *s)
-{
-	if (l->n == 0)
-		return 1;
-	for (size_t i = 0; i < l->n; i++)
-		if (pol_glob(l->v[i], s))
-			return 1;
-	return 0;
-}
-
 static const struct pol_approval *match_policy(const struct pol_policy *p, const char *app,
 					       const char *env)
 {
 	for (size_t i = 0; i < p->napprovals; i++)
-		if (list_glob(&p->approvals[i].envs, env) && list_glob(&p->approvals[i].apps, app))
+		if (pol_list_glob(&p->approvals[i].envs, env) &&
+		    pol_list_glob(&p->approvals[i].apps, app))
 			return &p->approvals[i];
 	return NULL;
 }
@@ -367,7 +349,7 @@ static void decide(struct eval_args *e, const char *digest, const char *requeste
 		return;
 	}
 	/* 2. Where the release came from. */
-	if (a->refs.n > 0 && !list_glob(&a->refs, e->ref)) {
+	if (a->refs.n > 0 && !pol_list_glob(&a->refs, e->ref)) {
 		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
 		char allowed[300] = "";
 		for (size_t i = 0, o = 0; i < a->refs.n && o < sizeof allowed; i++)
@@ -672,7 +654,7 @@ int pol_evaluate_deployment(struct pol_service *s, struct rpc_ctx *ctx,
 				  "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
 	if (!name_ok(f->app) || !name_ok(f->environment))
 		return rpc_errorf(ctx, SW_EINVAL, "app and environment: [A-Za-z0-9._-]{1,63} required");
-	if (!digest_ok(f->digest))
+	if (digest_parse(f->digest, NULL) != 0)
 		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> required");
 	if (spiffe_parse(f->requester, s->bopts.trust_domain, NULL, why, sizeof why) != 0)
 		return rpc_errorf(ctx, SW_EINVAL, "requester: %s", why);
@@ -850,7 +832,7 @@ int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *dep, con
 	if (!id_ok(dep))
 		return rpc_errorf(ctx, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9._:-] required",
 				  MAX_ID);
-	if (digest[0] != '\0' && !digest_ok(digest))
+	if (digest[0] != '\0' && digest_parse(digest, NULL) != 0)
 		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> or empty");
 	if (!printable(comment, MAX_COMMENT))
 		return rpc_errorf(ctx, SW_EINVAL, "comment: at most %d printable bytes", MAX_COMMENT);

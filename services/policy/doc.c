@@ -223,6 +223,16 @@ int pol_action_writes(const char *action)
 	return strcmp(action, "read") != 0 && strcmp(action, "explain") != 0;
 }
 
+int pol_list_glob(const struct pol_list *l, const char *s)
+{
+	if (l->n == 0)
+		return 1;
+	for (size_t i = 0; i < l->n; i++)
+		if (pol_glob(l->v[i], s))
+			return 1;
+	return 0;
+}
+
 int pol_glob(const char *pat, const char *s)
 {
 	const char *star = NULL, *retry = NULL;

@@ -33,22 +33,11 @@ static int list_has(const struct pol_list *l, const char *s)
 	return 0;
 }
 
-/* Empty pattern list = any value. */
-static int list_match_glob(const struct pol_list *l, const char *s)
-{
-	if (l->n == 0)
-		return 1;
-	for (size_t i = 0; i < l->n; i++)
-		if (pol_glob(l->v[i], s))
-			return 1;
-	return 0;
-}
-
 static int rule_match(const struct pol_rule *r, const struct pol_query *q)
 {
 	return list_match_exact(&r->actions, q->action) && !list_has(&r->except_actions, q->action) &&
-	       list_match_exact(&r->kinds, q->kind) && list_match_glob(&r->apps, q->app) &&
-	       list_match_glob(&r->envs, q->env) && list_match_glob(&r->names, q->name);
+	       list_match_exact(&r->kinds, q->kind) && pol_list_glob(&r->apps, q->app) &&
+	       pol_list_glob(&r->envs, q->env) && pol_list_glob(&r->names, q->name);
 }
 
 static int scope_match(const char *app, const char *env, const struct pol_query *q)

@@ -215,6 +215,8 @@ int pol_in_group(const struct pol_policy *p, int g, const char *principal);
 
 /* Glob match with '*' (any run) and '?' (one character). */
 int pol_glob(const char *pattern, const char *s);
+/* 1 when s matches one of the list's patterns; an empty list matches any value. */
+int pol_list_glob(const struct pol_list *l, const char *s);
 
 /* 1 when the action changes state (everything but read and explain). */
 int pol_action_writes(const char *action);
