@@ -9,12 +9,11 @@
  * resumed blob is verified as a whole.
  */
 #include "agent.h"
+#include "digest.h"
 #include "err.h"
 #include "log.h"
 
 #include "slipway/v1/artifact.pb-c.h"
-
-#include <openssl/evp.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,28 +28,15 @@
 
 int agent_digest_ok(const char *s, char hex[AGENT_HEX_LEN + 1])
 {
-	if (s == NULL || strncmp(s, "sha256:", 7) != 0 || strlen(s) != AGENT_DIGEST_LEN)
+	if (s == NULL || digest_parse(s, NULL) != 0)
 		return 0;
-	for (int i = 7; i < AGENT_DIGEST_LEN; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return 0;
 	if (hex != NULL)
 		memcpy(hex, s + 7, AGENT_HEX_LEN + 1);
 	return 1;
 }
 
-static void to_hex(const unsigned char *p, size_t n, char *out)
-{
-	static const char d[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = d[p[i] >> 4];
-		out[2 * i + 1] = d[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 /* Feeds the first `upto` bytes of fd (from offset 0) into md. */
-static int hash_prefix(EVP_MD_CTX *md, int fd, uint64_t upto)
+static int hash_prefix(struct digest *md, int fd, uint64_t upto)
 {
 	char buf[65536];
 	uint64_t done = 0;
@@ -61,7 +47,7 @@ static int hash_prefix(EVP_MD_CTX *md, int fd, uint64_t upto)
 			continue;
 		if (r <= 0)
 			return SW_EIO;
-		EVP_DigestUpdate(md, buf, (size_t)r);
+		digest_update(md, buf, (size_t)r);
 		done += (uint64_t)r;
 	}
 	return 0;
@@ -74,22 +60,24 @@ int agent_sha256_file(const char *path, char hex[AGENT_HEX_LEN + 1], char *err, 
 		return sw_errf(err, errlen, errno == ENOENT ? SW_ENOTFOUND : SW_EIO, "open %s: %s",
 			       path, strerror(errno));
 	struct stat st;
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	struct digest md = { 0 };
+	uint8_t d[DIGEST_SHA256_LEN];
 	int rc = 0;
-	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+	if (digest_init(&md, DIGEST_SHA256) != 0) {
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "sha256 unavailable");
 		goto out;
 	}
-	if (fstat(fd, &st) != 0 || hash_prefix(md, fd, (uint64_t)st.st_size) != 0) {
+	if (fstat(fd, &st) != 0 || hash_prefix(&md, fd, (uint64_t)st.st_size) != 0) {
 		rc = sw_errf(err, errlen, SW_EIO, "read %s failed", path);
 		goto out;
 	}
-	unsigned char d[32];
-	unsigned int dl = 0;
-	EVP_DigestFinal_ex(md, d, &dl);
-	to_hex(d, 32, hex);
+	if (digest_final(&md, d) != DIGEST_SHA256_LEN) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "sha256 failed");
+		goto out;
+	}
+	digest_hex(d, DIGEST_SHA256_LEN, hex);
 out:
-	EVP_MD_CTX_free(md);
+	digest_cleanup(&md);
 	close(fd);
 	return rc;
 }
@@ -112,7 +100,7 @@ struct pull {
 	uint64_t have;       /* bytes in the partial file (and hashed) */
 	uint64_t total;      /* from BlobInfo; 0 until known */
 	uint64_t max;
-	EVP_MD_CTX *md;
+	struct digest md;
 	int fatal;           /* the failure was ours: retrying changes nothing */
 };
 
@@ -181,7 +169,7 @@ static int pull_once(struct rpc_client *c, const char *digest, struct pull *p, i
 					off += (size_t)w;
 			}
 			if (local == 0) {
-				EVP_DigestUpdate(p->md, pr->chunk.data, n);
+				digest_update(&p->md, pr->chunk.data, n);
 				p->have += n;
 			}
 		}
@@ -231,7 +219,7 @@ int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char
 	p.fd = open(partial, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (p.fd < 0)
 		return sw_errf(err, errlen, SW_EIO, "open %s: %s", partial, strerror(errno));
-	if ((p.md = EVP_MD_CTX_new()) == NULL || EVP_DigestInit_ex(p.md, EVP_sha256(), NULL) != 1) {
+	if (digest_init(&p.md, DIGEST_SHA256) != 0) {
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "sha256 unavailable");
 		goto out;
 	}
@@ -251,7 +239,7 @@ int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char
 	if (p.have > 0) {
 		log_info("resuming bundle download", "digest=%s offset=%llu", digest,
 			 (unsigned long long)p.have);
-		if (hash_prefix(p.md, p.fd, p.have) != 0) {
+		if (hash_prefix(&p.md, p.fd, p.have) != 0) {
 			rc = sw_errf(err, errlen, SW_EIO, "read %s failed", partial);
 			goto out;
 		}
@@ -308,10 +296,12 @@ int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char
 			unlink(partial);
 		goto out;
 	}
-	unsigned char d[32];
-	unsigned int dl = 0;
-	EVP_DigestFinal_ex(p.md, d, &dl);
-	to_hex(d, 32, got);
+	uint8_t d[DIGEST_SHA256_LEN];
+	if (digest_final(&p.md, d) != DIGEST_SHA256_LEN) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "sha256 failed");
+		goto out;
+	}
+	digest_hex(d, DIGEST_SHA256_LEN, got);
 	if (strcmp(got, want) != 0) {
 		unlink(partial);
 		rc = sw_errf(err, errlen, SW_EDATALOSS,
@@ -328,7 +318,7 @@ int agent_fetch_blob(struct rpc_client *artifact, const char *digest, const char
 	log_info("bundle downloaded and verified", "digest=%s bytes=%llu", digest,
 		 (unsigned long long)p.have);
 out:
-	EVP_MD_CTX_free(p.md);
+	digest_cleanup(&p.md);
 	if (p.fd >= 0)
 		close(p.fd);
 	return rc;
