@@ -729,71 +729,7 @@ struct action_tx {
 static int action_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
 	struct action_tx *t = arg;
-	PGresult *r = NULL;
-	char now[24];
-	int rc = db_q(c, "SELECT state FROM deployments WHERE id = $1 FOR UPDATE", 1,
-		      (const char *[]){ t->id }, &r, err, errlen);
-	if (rc != 0)
-		return rc;
-	if (PQntuples(r) != 1) {
-		PQclear(r);
-		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", t->id);
-	}
-	int state = (int)db_int64(r, 0, 0);
-	PQclear(r);
-	db_i64(now, clock_wall_ms());
-	const char *event;
-	if (strcmp(t->action, "cancel") == 0) {
-		if (state == OS_ROLLING_BACK)
-			return sw_errf(err, errlen, SW_EPRECOND, "a rollback in progress cannot be cancelled");
-		if (state != OS_PENDING_APPROVAL && state != OS_QUEUED && state != OS_RUNNING &&
-		    state != OS_PAUSED)
-			return sw_errf(err, errlen, SW_EPRECOND, "deployment %s has already ended", t->id);
-		rc = db_q(c,
-			  "UPDATE deployments SET state = 7, finished_ms = $2, reason = $3,"
-			  " lease_owner = '' WHERE id = $1",
-			  3, (const char *[]){ t->id, now, t->reason }, NULL, err, errlen);
-		/* Work not started is skipped; running tasks are superseded. */
-		if (rc == 0)
-			rc = db_q(c,
-				  "UPDATE targets SET state = 6, message = 'cancelled', updated_ms = $2"
-				  " WHERE deployment_id = $1 AND state IN (1, 2, 3)",
-				  2, (const char *[]){ t->id, now }, NULL, err, errlen);
-		event = "cancelled";
-	} else if (strcmp(t->action, "pause") == 0) {
-		if (state != OS_RUNNING)
-			return sw_errf(err, errlen, SW_EPRECOND, "only a running deployment can be paused");
-		rc = db_q(c, "UPDATE deployments SET state = 4, reason = $2 WHERE id = $1", 2,
-			  (const char *[]){ t->id, t->reason }, NULL, err, errlen);
-		event = "paused";
-	} else {
-		if (state != OS_PAUSED)
-			return sw_errf(err, errlen, SW_EPRECOND, "only a paused deployment can be resumed");
-		rc = db_q(c,
-			  "UPDATE deployments SET state = 3, reason = '', batch_started_ms = $2"
-			  " WHERE id = $1",
-			  2, (const char *[]){ t->id, now }, NULL, err, errlen);
-		/* Resuming after a failure pause tries the failed targets again. */
-		if (rc == 0)
-			rc = db_q(c,
-				  "UPDATE targets SET state = 1, attempts = 0, next_attempt_ms = 0,"
-				  " updated_ms = $2 WHERE deployment_id = $1 AND phase = 0 AND state = 5",
-				  2, (const char *[]){ t->id, now }, NULL, err, errlen);
-		event = "resumed";
-	}
-	char detail[1200], res[200];
-	snprintf(detail, sizeof detail, "by %s%s%s", t->actor, t->reason[0] ? ": " : "", t->reason);
-	snprintf(res, sizeof res, "deployment/%s", t->id);
-	if (rc == 0)
-		rc = orch_timeline(c, t->id, event, detail, err, errlen);
-	char action[32];
-	snprintf(action, sizeof action, "deploy.%s", t->action);
-	if (rc == 0)
-		rc = orch_audit(t->o, c, t->actor, action, res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS,
-				"reason", t->reason, NULL, NULL, err, errlen);
-	if (rc == 0)
-		rc = orch_notify_deployment(c, t->id, err, errlen);
-	return rc;
+	return store_action(c, t->o, t->id, t->action, t->reason, t->actor, err, errlen);
 }
 
 int orch_action(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *action,

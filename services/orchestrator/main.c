@@ -100,12 +100,14 @@ int main(int argc, char **argv)
 		goto fail;
 	waiters = 1;
 	svc_on_drain(s, orch_waiters_drain, &o);
-	if (orch_engine_start(&o, err, sizeof err) != 0)
-		goto fail;
-	engine = 1;
 	if (orch_rpc_register(&o, svc_server(s), err, sizeof err) != 0 ||
 	    svc_start(s, err, sizeof err) != 0)
 		goto fail;
+	/* The engine starts once the server listens: its first decisions may
+	 * need agents' heartbeats and reports. */
+	if (orch_engine_start(&o, err, sizeof err) != 0)
+		goto fail;
+	engine = 1;
 	log_info("replica ready", "replica=%s", o.replica);
 	svc_wait(s);
 	svc_stop(s);

@@ -10,10 +10,15 @@
  *               woken through PostgreSQL LISTEN/NOTIFY on every replica
  *   deploy.c    creating deployments: validation, release resolution,
  *               targets, the policy gate, queue bound, idempotency
- *   engine.c    the scheduler: approvals re-evaluated, admission from the
- *               queue, leases, rolling batches, retries, failure policy,
- *               rollback, pins
- *   tasks.c     task dispatch (fencing generations) and agent reports
+ *   plan.c      the planner: a pure function from a deployment's snapshot
+ *               to the actions that move it forward (plan.h)
+ *   store.c     the only SQL for deployments, targets and tasks: snapshots,
+ *               applying plans, pending grants, reports, admission
+ *   engine.c    the driver: approvals re-evaluated, admission, leases, and
+ *               each step (load, plan, apply in one short transaction);
+ *               remote calls (grants, policy, pins) on a side thread,
+ *               never inside a transaction
+ *   tasks.c     what agents receive and what they report
  *   views.c     read models: deployment detail, lists, environment status
  *   rpc.c       the Orchestrator and AgentControl RPCs
  *   main.c      start-up and shutdown
@@ -27,6 +32,7 @@
 #include "rpc.h"
 #include "svc.h"
 
+#include "plan.h"
 #include "slipway/v1/orchestrator.pb-c.h"
 
 #include <pthread.h>
@@ -51,6 +57,25 @@
 #define OT_FAILED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_FAILED)
 #define OT_SKIPPED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_SKIPPED)
 #define OT_ROLLED_BACK ((int)SLIPWAY__V1__TARGET_STATE__TARGET_ROLLED_BACK)
+
+/* The planner's enums are the proto's numbers. */
+_Static_assert(PLAN_D_PENDING_APPROVAL == OS_PENDING_APPROVAL && PLAN_D_QUEUED == OS_QUEUED &&
+		       PLAN_D_RUNNING == OS_RUNNING && PLAN_D_PAUSED == OS_PAUSED &&
+		       PLAN_D_SUCCEEDED == OS_SUCCEEDED && PLAN_D_FAILED == OS_FAILED &&
+		       PLAN_D_CANCELLED == OS_CANCELLED && PLAN_D_ROLLING_BACK == OS_ROLLING_BACK &&
+		       PLAN_D_ROLLED_BACK == OS_ROLLED_BACK,
+	       "deployment states");
+_Static_assert(PLAN_T_PENDING == OT_PENDING && PLAN_T_DISPATCHED == OT_DISPATCHED &&
+		       PLAN_T_RUNNING == OT_RUNNING && PLAN_T_SUCCEEDED == OT_SUCCEEDED &&
+		       PLAN_T_FAILED == OT_FAILED && PLAN_T_SKIPPED == OT_SKIPPED &&
+		       PLAN_T_ROLLED_BACK == OT_ROLLED_BACK,
+	       "target states");
+_Static_assert((int)PLAN_FAIL_ROLLBACK == (int)SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK &&
+		       (int)PLAN_FAIL_PAUSE == (int)SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_PAUSE &&
+		       (int)PLAN_FAIL_ABORT == (int)SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ABORT,
+	       "failure actions");
+_Static_assert(SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS == 1 && SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE == 2,
+	       "outcomes (plan.c)");
 
 #define ORCH_ID_MAX 48
 
@@ -88,6 +113,9 @@ struct orch {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;      /* engine wake-ups */
 	int kicked;
+	pthread_t side;         /* remote calls: grants, approvals, pins */
+	pthread_cond_t side_cv;
+	int side_kicked;
 	atomic_int stopping;
 };
 
@@ -197,6 +225,58 @@ void orch_engine_kick(struct orch *o);
 /* Appends a timeline line in the caller's transaction. */
 int orch_timeline(struct db_conn *c, const char *id, const char *event, const char *detail,
 		  char *err, size_t errlen);
+
+/* ---- store.c (every function: the caller's transaction or connection) ---- */
+int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
+			    size_t errlen);
+/* Records the policy verdict (< 0: could not ask; try again in a second). */
+int store_approval_verdict(struct db_conn *c, struct orch *o, const char *id, int verdict,
+			   const char *reason, int64_t now, char *err, size_t errlen);
+/* Starts queued deployments within the caps (takes the admission lock). */
+int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_t errlen);
+/* The ids of active deployments this replica owns or may take over. */
+int store_steppable(struct db_conn *c, const char *replica, int64_t now, PGresult **out, char *err,
+		    size_t errlen);
+/* Locks deployment `id` (SKIP LOCKED: *skip when another replica holds it,
+ * or it is not active, or another replica's lease is live), takes or renews
+ * its lease, and fills d (targets in d->t: free with store_snapshot_free).
+ * A paused deployment is only leased (d->nt 0). */
+int store_load(struct db_conn *c, struct orch *o, const char *id, int64_t now,
+	       struct plan_deployment *d, int *skip, char *err, size_t errlen);
+void store_snapshot_free(struct plan_deployment *d);
+/* Applies a plan made from d (d's targets updated in memory for the
+ * dispatch). *grants: how many grants were asked for (pending rows). */
+int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
+		const struct plan *p, int64_t now, int *grants, char *err, size_t errlen);
+/* Claims up to `limit` pending grants (deployment_id, agent_id, app,
+ * environment, seal_key, requested_ms, attempts) for 15 s. */
+int store_grants_claim(struct db_conn *c, const char *replica, int64_t now, int limit,
+		       PGresult **out, char *err, size_t errlen);
+int store_grant_done(struct db_conn *c, const char *deployment, const char *agent,
+		     int64_t requested_ms, int64_t expires_ms, char *err, size_t errlen);
+int store_grant_failed(struct db_conn *c, const char *deployment, const char *agent,
+		       int64_t next_try_ms, const char *why, char *err, size_t errlen);
+int store_pins_unsynced(struct db_conn *c, PGresult **out, char *err, size_t errlen);
+int store_pins_synced(struct db_conn *c, const char *app, const char *env, const char *current,
+		      const char *good, char *err, size_t errlen);
+int store_next_tasks(struct db_conn *c, struct orch_task_query *q, size_t n, char *err,
+		     size_t errlen);
+struct store_report_out {
+	int unknown, not_yours;
+	char deployment[ORCH_ID_MAX];
+};
+int store_report(struct db_conn *c, struct orch *o, const char *agent,
+		 const Slipway__V1__TaskReport *rep, Slipway__V1__ReportTaskResponse *resp,
+		 struct store_report_out *out, char *err, size_t errlen);
+/* A re-registered agent's RUNNING task goes out again under a new
+ * generation; `deployment` receives its deployment ("" when none). */
+int store_resend_running(struct db_conn *c, const char *agent, int64_t now, char *deployment,
+			 size_t dlen, char *err, size_t errlen);
+/* Wakes the owners of deployments with work in flight on a lost agent. */
+int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t errlen);
+/* Cancel, pause or resume, checked against the deployment's state. */
+int store_action(struct db_conn *c, struct orch *o, const char *id, const char *action,
+		 const char *reason, const char *actor, char *err, size_t errlen);
 
 /* ---- views.c ---- */
 int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,

@@ -6,8 +6,16 @@
  * completion-queue thread. A flusher writes what changed to PostgreSQL in
  * one multi-row UPDATE per round (every heartbeat_interval / 2), and marks
  * agents lost whose last heartbeat is older than three intervals; the
- * in-flight task of a lost agent counts as failed. Every replica flushes
- * and detects; both are idempotent.
+ * planner then fails a lost agent's in-flight targets. Every replica
+ * flushes and detects; both are idempotent.
+ *
+ * A database outage must not read as agents lost: a flush that fails keeps
+ * its heartbeats (they are written by the next one that succeeds), and
+ * loss detection is suspended while flushes fail and resumes one interval
+ * after they succeed again, so every agent's newest heartbeat is in the
+ * database before anyone is judged by it. Agents registered with another
+ * replica are learnt from the database every round, so a heartbeat that
+ * fails over here is known (re-registering would re-send its task).
  */
 #include "clock.h"
 #include "digest.h"
@@ -41,6 +49,8 @@ struct agent_mem {
 
 struct orch_registry {
 	int64_t started_ms;
+	int64_t writable_since_ms; /* first successful flush after a failure (0: failing) */
+	int64_t refreshed_ms;      /* agents registered before this are known */
 	pthread_mutex_t mu;
 	struct agent_mem *buckets[BUCKETS];
 	pthread_t flusher;
@@ -156,7 +166,7 @@ struct reg_tx {
 	const Slipway__V1__RegisterRequest *req;
 	const char *app, *env, *region, *grp;
 	char *labels;
-	int is_new;
+	int is_new, ahead;
 	char redispatched[64];
 };
 
@@ -190,28 +200,33 @@ static int register_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	t->is_new = db_bool(r, 0, 0);
 	PQclear(r);
 	r = NULL;
-	/* A restarted agent lost the task it was running: give it the same task
-	 * again under a new generation (re-running it is harmless). */
-	rc = db_q(c,
-		  "WITH g AS (UPDATE agents SET next_generation = next_generation + 1"
-		  "  WHERE id = $1 AND EXISTS (SELECT 1 FROM targets t JOIN deployments d"
-		  "  ON d.id = t.deployment_id WHERE t.agent_id = $1 AND t.state = 3"
-		  "  AND d.state IN (3, 4, 8)) RETURNING next_generation)"
-		  " UPDATE targets t SET state = 2, generation = g.next_generation,"
-		  " updated_ms = $2, dispatched_ms = $2 FROM g, deployments d"
-		  " WHERE t.agent_id = $1 AND t.state = 3 AND d.id = t.deployment_id"
-		  " AND d.state IN (3, 4, 8) RETURNING t.deployment_id",
-		  2, (const char *[]){ t->agent, now }, &r, err, errlen);
+	/* The agent has seen generations the database does not know of (it was
+	 * restored from an older backup): new tasks must be numbered above
+	 * them, or the agent would ignore them as stale. */
+	if (req->highest_generation > 0) {
+		char hg[24];
+		rc = db_q(c,
+			  "UPDATE agents SET highest_seen = greatest(highest_seen, $2::bigint)"
+			  " WHERE id = $1 RETURNING next_generation < $2::bigint",
+			  2, (const char *[]){ t->agent, db_i64(hg, (int64_t)req->highest_generation) },
+			  &r, err, errlen);
+		if (rc != 0)
+			return rc;
+		t->ahead = PQntuples(r) == 1 && db_bool(r, 0, 0);
+		PQclear(r);
+		r = NULL;
+		if (t->ahead)
+			rc = orch_audit(t->o, c, t->o->self_id, "agent.generation_ahead", t->agent,
+					SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "highest_generation", hg,
+					"hint", "the database may have been restored from an older backup",
+					err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	rc = store_resend_running(c, t->agent, ms, t->redispatched, sizeof t->redispatched, err,
+				  errlen);
 	if (rc != 0)
 		return rc;
-	if (PQntuples(r) > 0) {
-		snprintf(t->redispatched, sizeof t->redispatched, "%s", db_text(r, 0, 0));
-		rc = orch_timeline(c, db_text(r, 0, 0), "task re-sent",
-				   t->agent, err, errlen);
-		if (rc == 0)
-			rc = orch_notify_agent(c, t->agent, err, errlen);
-	}
-	PQclear(r);
 	if (rc == 0 && t->is_new)
 		rc = orch_audit(t->o, c, t->agent, "agent.register", t->agent,
 				SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "app", t->app, "environment",
@@ -270,6 +285,11 @@ int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 	pthread_mutex_unlock(&o->reg->mu);
 	if (t.redispatched[0])
 		orch_engine_kick(o);
+	if (t.ahead)
+		log_warn("an agent has seen task generations this database never issued: was it"
+			 " restored from an older backup? New tasks are numbered above them",
+			 "agent=%s highest_generation=%llu", agent,
+			 (unsigned long long)req->highest_generation);
 	log_info("agent registered", "agent=%s app=%s environment=%s new=%d", agent, t.app, t.env,
 		 t.is_new);
 	return 0;
@@ -280,6 +300,7 @@ struct flush_tx {
 	int nparams;
 	const char *const *vals;
 	const int *lens, *fmts;
+	PGresult *ahead; /* agents whose highest generation is above the database's counter */
 };
 
 /* Locks the agents' rows in id order, then updates them: dispatching a
@@ -289,17 +310,23 @@ struct flush_tx {
 static int flush_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
 	struct flush_tx *f = arg;
+	PQclear(f->ahead);
+	f->ahead = NULL;
 	int rc = db_exec(c, f->lock_sql, f->nparams, f->vals, f->lens, f->fmts, 0, NULL, err, errlen);
 	if (rc == 0)
-		rc = db_exec(c, f->sql, f->nparams, f->vals, f->lens, f->fmts, 0, NULL, err, errlen);
+		rc = db_exec(c, f->sql, f->nparams, f->vals, f->lens, f->fmts, 0, &f->ahead, err, errlen);
 	return rc;
 }
 
-/* Writes dirty heartbeats in chunks of multi-row UPDATEs. */
-static void flush(struct orch *o)
+/* Writes dirty heartbeats in chunks of multi-row UPDATEs. Returns 0 when
+ * some were written, 1 when there was nothing to write, or -1 when a chunk
+ * could not be written (its agents stay dirty, so the next
+ * flush writes their newest heartbeats). */
+static int flush(struct orch *o)
 {
 	struct orch_registry *r = o->reg;
 	char err[256];
+	int failed = 0, wrote = 0;
 	for (;;) {
 		/* Take up to FLUSH_CHUNK dirty agents. */
 		struct snap {
@@ -312,7 +339,7 @@ static void flush(struct orch *o)
 		} *s = calloc(FLUSH_CHUNK, sizeof *s);
 		size_t n = 0;
 		if (s == NULL)
-			return;
+			return -1;
 		pthread_mutex_lock(&r->mu);
 		for (size_t b = 0; b < BUCKETS && n < FLUSH_CHUNK; b++)
 			for (struct agent_mem *a = r->buckets[b]; a && n < FLUSH_CHUNK; a = a->next) {
@@ -338,7 +365,8 @@ static void flush(struct orch *o)
 				" highest_seen = greatest(agents.highest_seen, v.g::bigint),"
 				" runtime = CASE WHEN length(v.rt::bytea) > 0 THEN v.rt::bytea ELSE agents.runtime END,"
 				" running_digest = v.d, lost = false FROM (VALUES",
-				n, 5, ") AS v(id, ms, g, rt, d) WHERE agents.id = v.id");
+				n, 5, ") AS v(id, ms, g, rt, d) WHERE agents.id = v.id"
+				" RETURNING agents.id, v.g::bigint > agents.next_generation");
 			char *lock_sql = db_values_sql("SELECT a.id FROM agents a JOIN (VALUES", n, 5,
 						       ") AS v(id, ms, g, rt, d) ON a.id = v.id"
 						       " ORDER BY a.id FOR UPDATE OF a");
@@ -362,9 +390,32 @@ static void flush(struct orch *o)
 					vals[5 * i + 3] = hex ? hex : "\\x";
 					vals[5 * i + 4] = s[i].digest;
 				}
-				struct flush_tx f = { lock_sql, sql, (int)(n * 5), vals, lens, fmts };
-				if (db_tx(o->db, NULL, flush_tx, &f, err, sizeof err) != 0)
-					log_warn("heartbeat flush failed", "agents=%zu error=%s", n, err);
+				struct flush_tx f = { lock_sql, sql, (int)(n * 5), vals, lens, fmts, NULL };
+				if (db_tx(o->db, NULL, flush_tx, &f, err, sizeof err) != 0) {
+					log_warn("heartbeat flush failed; kept for the next one", "agents=%zu error=%s",
+						 n, err);
+					failed = 1;
+				} else {
+					for (int k = 0; f.ahead && k < PQntuples(f.ahead); k++)
+						if (db_bool(f.ahead, k, 1))
+							log_warn("an agent has seen task generations this database never"
+								 " issued: was it restored from an older backup? New"
+								 " tasks are numbered above them",
+								 "agent=%s", db_text(f.ahead, k, 0));
+				}
+				PQclear(f.ahead);
+			} else {
+				failed = 1;
+			}
+			if (failed) {
+				/* Keep them dirty: the heartbeats in memory are the newest. */
+				pthread_mutex_lock(&r->mu);
+				for (size_t i = 0; i < n; i++) {
+					struct agent_mem *a = find(r, s[i].id);
+					if (a != NULL)
+						a->dirty = 1;
+				}
+				pthread_mutex_unlock(&r->mu);
 			}
 			free(sql);
 			free(lock_sql);
@@ -378,8 +429,11 @@ static void flush(struct orch *o)
 			free(s[i].rt);
 		}
 		free(s);
+		if (failed)
+			return -1;
 		if (n < FLUSH_CHUNK)
-			return;
+			return wrote || n > 0 ? 0 : 1;
+		wrote = 1;
 	}
 }
 
@@ -392,8 +446,7 @@ struct lost_tx {
 static int lost_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
 	struct lost_tx *t = arg;
-	char cut[24], now[24];
-	PGresult *r = NULL;
+	char cut[24];
 	PQclear(t->lost);
 	t->lost = NULL;
 	int rc = db_q(c,
@@ -402,42 +455,33 @@ static int lost_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		      1, (const char *[]){ db_i64(cut, t->cutoff) }, &t->lost, err, errlen);
 	if (rc != 0 || PQntuples(t->lost) == 0)
 		return rc;
-	for (int i = 0; i < PQntuples(t->lost); i++) {
+	for (int i = 0; i < PQntuples(t->lost) && rc == 0; i++) {
 		const char *id = db_text(t->lost, i, 0);
-		/* Its in-flight task counts as failed (no retry: the host is gone). */
-		rc = db_q(c,
-			  "UPDATE targets SET state = 5, message = 'agent lost (missed 3 heartbeats)',"
-			  " updated_ms = $2 WHERE agent_id = $1 AND state IN (2, 3)"
-			  " RETURNING deployment_id",
-			  2, (const char *[]){ id, db_i64(now, clock_wall_ms()) }, &r, err, errlen);
-		if (rc != 0)
-			return rc;
-		for (int k = 0; k < PQntuples(r) && rc == 0; k++) {
-			rc = orch_timeline(c, db_text(r, k, 0), "agent lost", id, err, errlen);
-			if (rc == 0)
-				rc = orch_notify_deployment(c, db_text(r, k, 0), err, errlen);
-		}
-		PQclear(r);
-		r = NULL;
+		rc = store_notify_lost(c, id, err, errlen);
 		if (rc == 0)
-			rc = orch_audit(t->o, c, t->o->self_id, "agent.lost",
-					id, SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "app",
-					db_text(t->lost, i, 1), "environment", db_text(t->lost, i, 2),
-					err, errlen);
-		if (rc != 0)
-			return rc;
+			rc = orch_audit(t->o, c, t->o->self_id, "agent.lost", id,
+					SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "app", db_text(t->lost, i, 1),
+					"environment", db_text(t->lost, i, 2), err, errlen);
 	}
-	return 0;
+	return rc;
 }
 
 static void detect_lost(struct orch *o)
 {
 	char err[256];
+	int64_t now = clock_wall_ms();
 	/* Right after start, agents have not had the time to reach this
-	 * replica: an orchestrator outage must not read as agents lost. */
-	if (clock_wall_ms() - o->reg->started_ms < 3 * o->c.heartbeat_ms)
+	 * replica: an orchestrator outage must not read as agents lost. Nor
+	 * may a database outage: while heartbeats cannot be written, and for
+	 * one interval after, nobody is judged. */
+	if (now - o->reg->started_ms < 3 * o->c.heartbeat_ms)
 		return;
-	struct lost_tx t = { .o = o, .cutoff = clock_wall_ms() - 3 * o->c.heartbeat_ms };
+	pthread_mutex_lock(&o->reg->mu);
+	int64_t since = o->reg->writable_since_ms;
+	pthread_mutex_unlock(&o->reg->mu);
+	if (since == 0 || now - since < o->c.heartbeat_ms)
+		return;
+	struct lost_tx t = { .o = o, .cutoff = now - 3 * o->c.heartbeat_ms };
 	if (db_tx(o->db, NULL, lost_tx, &t, err, sizeof err) != 0) {
 		log_warn("loss detection failed", "error=%s", err);
 	} else if (t.lost != NULL) {
@@ -453,6 +497,39 @@ static void detect_lost(struct orch *o)
 			orch_engine_kick(o);
 	}
 	PQclear(t.lost);
+}
+
+/* Learns the agents registered (with any replica) since the last look, so
+ * a heartbeat that fails over to this replica is recognised. */
+static void refresh(struct orch *o)
+{
+	struct orch_registry *r = o->reg;
+	struct db_conn *c = NULL;
+	PGresult *res = NULL;
+	char err[256], since[24];
+	int64_t now = clock_wall_ms();
+	if (db_acquire(o->db, &c, 1000, err, sizeof err) != 0)
+		return;
+	int rc = db_q(c, "SELECT id, last_heartbeat_ms, lost, highest_seen FROM agents"
+			 " WHERE registered_ms >= $1",
+		      1, (const char *[]){ db_i64(since, r->refreshed_ms - 10000) }, &res, err, sizeof err);
+	db_release(o->db, c);
+	if (rc != 0)
+		return;
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < PQntuples(res); i++) {
+		if (find(r, db_text(res, i, 0)) != NULL)
+			continue;
+		struct agent_mem *a = find_or_add(r, db_text(res, i, 0));
+		if (a == NULL)
+			break;
+		a->last_ms = db_int64(res, i, 1);
+		a->lost = db_bool(res, i, 2);
+		a->highest = (uint64_t)db_int64(res, i, 3);
+	}
+	r->refreshed_ms = now;
+	pthread_mutex_unlock(&r->mu);
+	PQclear(res);
 }
 
 static void *flusher_main(void *arg)
@@ -472,7 +549,15 @@ static void *flusher_main(void *arg)
 		if (!atomic_load(&o->stopping))
 			pthread_cond_timedwait(&o->reg->cv, &o->reg->mu, &dl);
 		pthread_mutex_unlock(&o->reg->mu);
-		flush(o);
+		int f = flush(o); /* nothing to write says nothing of the database */
+		pthread_mutex_lock(&o->reg->mu);
+		if (f < 0)
+			o->reg->writable_since_ms = 0;
+		else if (f == 0 && o->reg->writable_since_ms == 0)
+			o->reg->writable_since_ms = clock_wall_ms();
+		pthread_mutex_unlock(&o->reg->mu);
+		if (f >= 0)
+			refresh(o);
 		detect_lost(o);
 	}
 	flush(o);
@@ -487,6 +572,8 @@ int orch_registry_start(struct orch *o, char *err, size_t errlen)
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	r->started_ms = clock_wall_ms();
+	r->writable_since_ms = r->started_ms;
+	r->refreshed_ms = r->started_ms;
 	o->reg = r;
 	/* Agents registered before (with any replica) are known at once. */
 	struct db_conn *c = NULL;

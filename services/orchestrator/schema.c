@@ -83,6 +83,24 @@ const struct db_migration orch_migrations[] = {
 	  " last_good_digest text NOT NULL DEFAULT '', last_good_version text NOT NULL DEFAULT '',"
 	  " updated_ms bigint NOT NULL, pins_synced boolean NOT NULL DEFAULT false,"
 	  " PRIMARY KEY (app, environment))" },
+	/* The engine as planner, store and driver: when a deployment was last
+	 * stepped (a gap extends its deadlines), and secrets grants as pending
+	 * rows performed outside any transaction. */
+	{ 2, "engine",
+	  "ALTER TABLE deployments ADD COLUMN stepped_ms bigint NOT NULL DEFAULT 0;"
+	  "CREATE TABLE grants ("
+	  " deployment_id text NOT NULL REFERENCES deployments (id),"
+	  " agent_id text NOT NULL,"
+	  " done boolean NOT NULL DEFAULT false,"
+	  " expires_ms bigint NOT NULL DEFAULT 0,"
+	  " requested_ms bigint NOT NULL,"
+	  " claim_until_ms bigint NOT NULL DEFAULT 0,"
+	  " next_try_ms bigint NOT NULL DEFAULT 0,"
+	  " attempts int NOT NULL DEFAULT 0,"
+	  " error text NOT NULL DEFAULT '',"
+	  " PRIMARY KEY (deployment_id, agent_id));"
+	  "CREATE INDEX grants_pending ON grants (requested_ms) WHERE NOT done;"
+	  "UPDATE deployments SET stepped_ms = greatest(started_ms, 0)" },
 };
 
 const size_t orch_nmigrations = sizeof orch_migrations / sizeof orch_migrations[0];
