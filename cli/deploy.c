@@ -10,7 +10,10 @@
  *   slipway deployments ls [--app A] [--env E] [--state S] [--limit N]
  *   slipway deployment show ID
  *   slipway cancel|pause|resume ID [--reason R]
- *   slipway rollback APP ENV [--to VERSION] [--reason R] [--wait]
+ *   slipway rollback APP ENV [--to VERSION] [--reason R] [--idempotency-key K] [--wait]
+ *
+ * Both send an idempotency key (a random one unless given) and retry with
+ * it while the orchestrator is unavailable.
  *   slipway agents ls [--app A] [--env E]
  *
  * With --wait the command follows the deployment (WatchDeployment): a live
@@ -25,6 +28,9 @@
 #include "slipway/v1/orchestrator.pb-c.h"
 
 #include <getopt.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 #include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +203,45 @@ static int call(struct cli *c, const char *method, const ProtobufCMessage *req, 
 	if (rc != 0)
 		return cli_fail("%s", err);
 	return CLI_OK;
+}
+
+/* A request that creates something is sent with an idempotency key (the
+ * caller's, or a fresh random one) and retried with the same key while the
+ * orchestrator is unavailable, so a lost answer never creates it twice. */
+static int create_call(struct cli *c, const char *method, const ProtobufCMessage *req,
+		       ProtobufCMessage **resp)
+{
+	struct rpc_client *cl = NULL;
+	char err[1024];
+	if (cli_connect(c, "orchestrator", NULL, &cl) != 0)
+		return CLI_FAIL;
+	struct rpc_call_opts o = cli_call_opts(c);
+	int rc = 0;
+	for (int attempt = 0; attempt < 4; attempt++) {
+		if (attempt > 0)
+			usleep((useconds_t)(250000 << attempt));
+		rc = rpc_call(cl, &slipway__v1__orchestrator__descriptor, method, req, resp, &o, err,
+			      sizeof err);
+		if (rc != SW_EUNAVAIL && rc != SW_ETIMEDOUT)
+			break;
+	}
+	rpc_client_free(cl);
+	if (rc != 0)
+		return cli_fail("%s", err);
+	return CLI_OK;
+}
+
+/* A fresh idempotency key: "cli-" and 24 hex digits. */
+static void new_key(char out[32])
+{
+	unsigned char b[12];
+	if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+		memset(b, 0, sizeof b); /* no randomness: a key that never repeats is still unique by time */
+	int n = snprintf(out, 32, "cli-");
+	for (size_t i = 0; i < sizeof b && n < 30; i++)
+		n += snprintf(out + n, (size_t)(32 - n), "%02x", b[i]);
+	if (b[0] == 0 && b[1] == 0)
+		snprintf(out, 32, "cli-%lld-%d", (long long)time(NULL), (int)getpid());
 }
 
 /* Follows a deployment until it ends; returns the exit status. */
@@ -389,8 +434,13 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 	req.strategy = &strategy;
 	if (have_fp)
 		req.failure_policy = &fp;
+	char key[32];
+	if (req.idempotency_key[0] == '\0') {
+		new_key(key);
+		req.idempotency_key = key;
+	}
 	ProtobufCMessage *m = NULL;
-	if (call(c, "CreateDeployment", &req.base, &m, NULL) != 0)
+	if (create_call(c, "CreateDeployment", &req.base, &m) != 0)
 		return CLI_FAIL;
 	Slipway__V1__Deployment *d = (void *)m;
 	char id[64];
@@ -598,6 +648,7 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 	static const struct option lo[] = { { "to", required_argument, 0, 't' },
 					    { "reason", required_argument, 0, 'r' },
 					    { "wait", no_argument, 0, 'w' },
+					    { "idempotency-key", required_argument, 0, 'k' },
 					    { 0, 0, 0, 0 } };
 	Slipway__V1__RollbackRequest req = SLIPWAY__V1__ROLLBACK_REQUEST__INIT;
 	int o, wait = 0;
@@ -607,15 +658,21 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 		case 't': req.to_version = optarg; break;
 		case 'r': req.reason = optarg; break;
 		case 'w': wait = 1; break;
+		case 'k': req.idempotency_key = optarg; break;
 		default: return CLI_USAGE;
 		}
 	}
 	if (argc - optind != 2)
-		return cli_usage("usage: slipway rollback APP ENV [--to VERSION] [--reason R] [--wait]");
+		return cli_usage("usage: slipway rollback APP ENV [--to VERSION] [--reason R] [--idempotency-key K] [--wait]");
 	req.app = argv[optind];
 	req.environment = argv[optind + 1];
+	char key[32];
+	if (req.idempotency_key[0] == '\0') {
+		new_key(key);
+		req.idempotency_key = key;
+	}
 	ProtobufCMessage *m = NULL;
-	if (call(c, "Rollback", &req.base, &m, NULL) != 0)
+	if (create_call(c, "Rollback", &req.base, &m) != 0)
 		return CLI_FAIL;
 	Slipway__V1__Deployment *d = (void *)m;
 	char id[64];

@@ -326,6 +326,7 @@ static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app,
 struct create_tx {
 	struct orch *o;
 	const char *id, *app, *env, *requester, *idem;
+	const char *hash; /* of the request, bound to the idempotency key */
 	const char *version, *digest;
 	int state, priority, is_rollback, break_glass, has_secrets;
 	const char *rollback_of, *bg_reason, *reason, *note;
@@ -367,18 +368,10 @@ static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	char now[24], st[8], pr[8], nb[16];
 	int64_t ms = clock_wall_ms();
 	t->existing[0] = '\0';
-	if (t->idem[0]) {
-		int rc = db_q(c, "SELECT id FROM deployments WHERE requester = $1 AND idempotency_key = $2",
-			      2, (const char *[]){ t->requester, t->idem }, &r, err, errlen);
+	if (t->idem[0]) { /* a concurrent retry may have won since the first look */
+		int rc = store_idempotent(c, t->requester, t->idem, t->hash, t->existing, err, errlen);
 		if (rc != 0)
-			return rc;
-		if (PQntuples(r) == 1) {
-			snprintf(t->existing, sizeof t->existing, "%s", db_text(r, 0, 0));
-			PQclear(r);
-			return 0;
-		}
-		PQclear(r);
-		r = NULL;
+			return rc < 0 ? rc : 0;
 	}
 	/* The queue is bounded (counted inside the transaction). */
 	int rc = db_q(c, "SELECT count(*) FROM deployments WHERE state IN (1, 2)", 0, NULL, &r, err,
@@ -399,20 +392,21 @@ static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 			      t->failure, pr, t->requester, t->idem, db_i64(now, ms),
 			      t->is_rollback ? "true" : "false", t->rollback_of,
 			      t->break_glass ? "true" : "false", t->bg_reason, t->reason, nb };
-	const char *v20[20];
-	int lens[20] = { 0 }, fmts[20] = { 0 };
+	const char *v20[21];
+	int lens[21] = { 0 }, fmts[21] = { 0 };
 	memcpy(v20, v, sizeof v);
 	v20[18] = t->has_secrets ? "true" : "false";
 	v20[19] = t->prov ? (const char *)t->prov : "";
 	lens[19] = (int)t->prov_len;
 	fmts[19] = 1;
+	v20[20] = t->hash ? t->hash : "";
 	rc = db_exec(c,
 		     "INSERT INTO deployments (id, app, environment, version, digest, state, strategy,"
 		     " failure, priority, requester, idempotency_key, created_ms, is_rollback,"
 		     " rollback_of, break_glass, break_glass_reason, reason, total_batches, has_secrets,"
-		     " provenance, next_eval_ms) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8::json,"
-		     " $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12)",
-		     20, v20, lens, fmts, 0, NULL, err, errlen);
+		     " provenance, next_eval_ms, request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7::json,"
+		     " $8::json, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12, $21)",
+		     21, v20, lens, fmts, 0, NULL, err, errlen);
 	if (rc != 0)
 		return rc;
 	/* Targets, in the batches create_common planned. */
@@ -535,6 +529,47 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *
 	return 0;
 }
 
+/* The SHA-256 (hex) of a request as packed without its idempotency key,
+ * prefixed by its kind: what an idempotency key is bound to. Returns 0 or
+ * SW_ENOMEM. */
+static int request_hash(const char *kind, const ProtobufCMessage *m, char out[65])
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t *buf = malloc(n ? n : 1), sha[DIGEST_SHA256_LEN];
+	struct digest d = { 0 };
+	int rc = SW_ENOMEM;
+	if (buf == NULL || digest_init(&d, DIGEST_SHA256) != 0)
+		goto out;
+	protobuf_c_message_pack(m, buf);
+	digest_update(&d, kind, strlen(kind) + 1);
+	digest_update(&d, buf, n);
+	if (digest_final(&d, sha) != DIGEST_SHA256_LEN)
+		goto out;
+	digest_hex(sha, sizeof sha, out);
+	rc = 0;
+out:
+	digest_cleanup(&d);
+	free(buf);
+	return rc;
+}
+
+/* Looks the caller's idempotency key up before anything else: 1 with
+ * id_out when the same request was made, 0 when the key is new, or a
+ * negative code (SW_EEXIST: used for another request). */
+static int idempotent(struct orch *o, const char *requester, const char *key, const char *hash,
+		      char *id_out, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	if (key[0] == '\0')
+		return 0;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = store_idempotent(c, requester, key, hash, id_out, err, errlen);
+	db_release(o->db, c);
+	return rc;
+}
+
 /* The release a CreateDeployment names: a version or a digest (the other is NULL). */
 static const char *req_version(const Slipway__V1__CreateDeploymentRequest *req)
 {
@@ -591,6 +626,16 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 	if ((rc = orch_create_check(req, &strategy, &failure, err, errlen)) != 0)
 		return rc;
 	const char *version = req_version(req), *digest = req_digest(req);
+	Slipway__V1__CreateDeploymentRequest keyless = *req;
+	char hash[65];
+	keyless.idempotency_key = "";
+	if ((rc = request_hash("create", &keyless.base, hash)) == 0)
+		rc = idempotent(o, rpc_peer(ctx), req->idempotency_key, hash, id_out, err, errlen);
+	if (rc != 0) {
+		json_decref(strategy);
+		json_decref(failure);
+		return rc < 0 ? rc : 0; /* 1: a retry of a request already made */
+	}
 	rc = orch_authorize(o, ctx, "deploy", req->app, req->environment, err, errlen);
 	if (rc != 0) {
 		json_decref(strategy);
@@ -602,7 +647,7 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 	orch_new_id(id, "d");
 	struct create_tx t = {
 		.o = o, .id = id, .app = req->app, .env = req->environment,
-		.requester = rpc_peer(ctx), .idem = req->idempotency_key,
+		.requester = rpc_peer(ctx), .idem = req->idempotency_key, .hash = hash,
 		.priority = (int)req->priority, .break_glass = req->break_glass,
 		.bg_reason = req->break_glass_reason, .rollback_of = "",
 		.note = req->break_glass ? req->break_glass_reason : NULL,
@@ -634,6 +679,9 @@ int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size
 		return sw_errf(err, errlen, SW_EINVAL, "to_version: not a valid version name");
 	if (strlen(req->reason) > 1000)
 		return sw_errf(err, errlen, SW_EINVAL, "reason: at most 1000 bytes");
+	if (!token_ok(req->idempotency_key, 64))
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "idempotency_key: at most 64 characters of [A-Za-z0-9._:-]");
 	return 0;
 }
 
@@ -645,6 +693,13 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 	int rc;
 	if ((rc = orch_rollback_check(req, err, errlen)) != 0)
 		return rc;
+	Slipway__V1__RollbackRequest keyless = *req;
+	char hash[65];
+	keyless.idempotency_key = "";
+	if ((rc = request_hash("rollback", &keyless.base, hash)) == 0)
+		rc = idempotent(o, rpc_peer(ctx), req->idempotency_key, hash, id_out, err, errlen);
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
 	rc = orch_authorize(o, ctx, "rollback", req->app, req->environment, err, errlen);
 	if (rc != 0)
 		return rc;
@@ -678,7 +733,8 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 	 * ahead of the queue; the `rollback` permission is its gate. */
 	struct create_tx t = {
 		.o = o, .id = id, .app = req->app, .env = req->environment,
-		.requester = rpc_peer(ctx), .idem = "", .priority = SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX,
+		.requester = rpc_peer(ctx), .idem = req->idempotency_key, .hash = hash,
+		.priority = SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX,
 		.is_rollback = 1, .rollback_of = "", .bg_reason = "", .note = reason,
 		.strategy = strdup("{\"kind\":\"rolling\",\"batch_size\":0,\"batch_percent\":100,"
 				   "\"max_unavailable\":0,\"pause_ms\":0}"),

@@ -274,6 +274,11 @@ int store_resend_running(struct db_conn *c, const char *agent, int64_t now, char
 			 size_t dlen, char *err, size_t errlen);
 /* Wakes the owners of deployments with work in flight on a lost agent. */
 int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t errlen);
+/* Looks an idempotency key up: 0 when unused, 1 with *id_out when it names
+ * a deployment made from the same request (hash), SW_EEXIST (with a
+ * message) when it was used for a different one. */
+int store_idempotent(struct db_conn *c, const char *requester, const char *key, const char *hash,
+		     char id_out[ORCH_ID_MAX], char *err, size_t errlen);
 /* Cancel, pause or resume, checked against the deployment's state. */
 int store_action(struct db_conn *c, struct orch *o, const char *id, const char *action,
 		 const char *reason, const char *actor, char *err, size_t errlen);

@@ -100,7 +100,9 @@ const struct db_migration orch_migrations[] = {
 	  " error text NOT NULL DEFAULT '',"
 	  " PRIMARY KEY (deployment_id, agent_id));"
 	  "CREATE INDEX grants_pending ON grants (requested_ms) WHERE NOT done;"
-	  "UPDATE deployments SET stepped_ms = greatest(started_ms, 0)" },
+	  "UPDATE deployments SET stepped_ms = greatest(started_ms, 0);"
+	  /* An idempotency key is bound to the request it was first sent with. */
+	  "ALTER TABLE deployments ADD COLUMN request_hash text NOT NULL DEFAULT ''" },
 };
 
 const size_t orch_nmigrations = sizeof orch_migrations / sizeof orch_migrations[0];

@@ -1049,6 +1049,33 @@ int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t er
 	return rc;
 }
 
+/* ---- requests ---- */
+
+int store_idempotent(struct db_conn *c, const char *requester, const char *key, const char *hash,
+		     char id_out[ORCH_ID_MAX], char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	int rc = db_q(c,
+		      "SELECT id, request_hash FROM deployments WHERE requester = $1"
+		      " AND idempotency_key = $2",
+		      2, (const char *[]){ requester, key }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (PQntuples(r) != 1) {
+		PQclear(r);
+		return 0;
+	}
+	snprintf(id_out, ORCH_ID_MAX, "%s", db_text(r, 0, 0));
+	rc = strcmp(db_text(r, 0, 1), hash) == 0 ? 1 : SW_EEXIST;
+	PQclear(r);
+	if (rc == SW_EEXIST)
+		return sw_errf(err, errlen, SW_EEXIST,
+			       "idempotency key '%s' was first used for deployment %s with different"
+			       " parameters; use a new key for a different request",
+			       key, id_out);
+	return rc;
+}
+
 /* ---- requests: cancel, pause, resume ---- */
 
 int store_action(struct db_conn *c, struct orch *o, const char *id, const char *action,

@@ -7,7 +7,7 @@
 # lease owner killed -9 mid-rollout, a single replica restarted mid-rollout,
 # an agent killed mid-task, sealed secrets delivered to the agents, canary
 # deployments (manual promotion; a canary that degrades while baking rolls
-# back), and bad input.
+# back), idempotency keys bound to their request, and bad input.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -334,6 +334,22 @@ expect_fail "NOT_FOUND: no deployment" slipway cancel d-nope
 expect_fail "FAILED_PRECONDITION" slipway resume "$id"
 [ "$(sql "select count(*) from orchestrator.deployments")" = "$before" ] || fail "bad input created a deployment"
 ok "bad input: clear statuses, nothing created"
+
+# ---- idempotency keys: a retry returns the first, other parameters are refused ----
+before=$(sql "select count(*) from orchestrator.deployments")
+id1=$(deploy roll prod 1.0.0 --batch 4 --idempotency-key retry-1)
+id2=$(deploy roll prod 1.0.0 --batch 4 --idempotency-key retry-1)
+[ "$id1" = "$id2" ] || fail "a retry with the same key made a second deployment ($id1, $id2)"
+expect_fail "ALREADY_EXISTS: idempotency key 'retry-1' was first used for deployment $id1 with different parameters" \
+  slipway deploy roll prod 2.0.0 --batch 4 --idempotency-key retry-1
+rb1=$(slipway -o json rollback roll prod --to 2.0.0 --idempotency-key rb-1 | js 'j.id')
+rb2=$(slipway -o json rollback roll prod --to 2.0.0 --idempotency-key rb-1 | js 'j.id')
+[ -n "$rb1" ] && [ "$rb1" = "$rb2" ] || fail "a rollback retried with the same key made a second one ($rb1, $rb2)"
+expect_fail "ALREADY_EXISTS" slipway rollback roll prod --to 1.0.0 --idempotency-key rb-1
+[ "$(sql "select count(*) from orchestrator.deployments")" = "$((before + 2))" ] || fail "retries created deployments"
+wait_state "$id1" SUCCEEDED 60
+wait_state "$rb1" SUCCEEDED 60
+ok "idempotency keys: a retry returns the first deployment or rollback, other parameters are ALREADY_EXISTS"
 
 # ---- a bundle with a malicious path fails its task with a reason ----
 mkdir -p "$T/evil"
