@@ -17,7 +17,8 @@
  *   the side thread makes the remote calls, each with a deadline and never
  *   inside a transaction: secrets grants the plans asked for (pending rows
  *   in `grants`, claimed, granted, then recorded; a crash between the call
- *   and the record only repeats the call), approvals of deployments waiting
+ *   and the record repeats the call with the same request id, which the
+ *   secrets service answers with the grant it made), approvals of deployments waiting
  *   for them (the policy service), and the pins of each environment's
  *   releases (the artifact service). A dead peer slows only its own work:
  *   after one failed call the rest of that kind waits for the next round.
@@ -28,6 +29,7 @@
  */
 #include "clock.h"
 #include "err.h"
+#include "hash.h"
 #include "log.h"
 #include "orch.h"
 #include "plan.h"
@@ -324,12 +326,20 @@ static int make_grants(struct orch *o)
 			req.expires_unix_ms = now + o->c.grant_ttl_ms;
 			req.app = refs.app;
 			req.environment = refs.env;
+			/* The pending row's identity: a repeat after a crash or a
+			 * lost answer names the same grant instead of a second one. */
+			char rid[128], ah[65];
+			uint8_t h[32];
+			hash_sha256(agent, strlen(agent), NULL, 0, NULL, 0, h);
+			hash_hex(h, 8, ah);
+			snprintf(rid, sizeof rid, "%.60s:%lld:%s", dep, (long long)g.requested_ms, ah);
+			req.request_id = rid;
 			ProtobufCMessage *m = NULL;
 			struct rpc_call_opts co = { .timeout_ms = SIDE_CALL_MS };
 			if (rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "CreateGrant",
 				     &req.base, &m, &co, gerr, sizeof gerr) == 0) {
 				g.ok = 1;
-				g.expires_ms = req.expires_unix_ms;
+				g.expires_ms = ((Slipway__V1__CreateGrantResponse *)m)->expires_unix_ms;
 				made++;
 			} else {
 				down = 1;

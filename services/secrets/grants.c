@@ -131,8 +131,36 @@ static int grant_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	}
 
 	uint8_t rnd[16];
-	randombytes_buf(rnd, sizeof rnd);
-	sodium_bin2hex(t->g->grant_id, sizeof t->g->grant_id, rnd, sizeof rnd);
+	if (in->request_id[0] != '\0') {
+		/* An idempotent request: its grant id is derived from the caller
+		 * and the request id, and a grant already made is the answer. */
+		crypto_generichash_state h;
+		crypto_generichash_init(&h, NULL, 0, sizeof rnd);
+		crypto_generichash_update(&h, (const uint8_t *)t->g->actor, strlen(t->g->actor) + 1);
+		crypto_generichash_update(&h, (const uint8_t *)in->request_id, strlen(in->request_id));
+		crypto_generichash_final(&h, rnd, sizeof rnd);
+		sodium_bin2hex(t->g->grant_id, sizeof t->g->grant_id, rnd, sizeof rnd);
+		rc = db_q(c, "SELECT deployment_id = $2 AND agent = $3, expires_ms FROM grants WHERE id = $1",
+			  3, (const char *[]){ t->g->grant_id, in->deployment_id, in->agent }, &r, err,
+			  errlen);
+		if (rc != 0)
+			goto out;
+		if (PQntuples(r) == 1) {
+			int same = db_bool(r, 0, 0);
+			t->g->expires_ms = db_int64(r, 0, 1);
+			t->g->existed = 1;
+			rc = same ? 0
+				  : sw_errf(err, errlen, SW_EEXIST,
+					    "request_id %s was used for another deployment or agent",
+					    in->request_id);
+			goto out;
+		}
+		PQclear(r);
+		r = NULL;
+	} else {
+		randombytes_buf(rnd, sizeof rnd);
+		sodium_bin2hex(t->g->grant_id, sizeof t->g->grant_id, rnd, sizeof rnd);
+	}
 	const char *gv[9] = { t->g->grant_id,  in->deployment_id, in->agent,
 			      (const char *)in->agent_public_key.data, in->app, in->environment,
 			      db_i64(eb, t->g->expires_ms), t->g->actor, db_i64(cb, sec_now_ms()) };
@@ -182,7 +210,10 @@ int sec_grant_create(struct sec *s, struct sec_grant_req *g, char *err, size_t e
 	t->s = s;
 	t->g = g;
 	int rc = db_tx(s->db, NULL, grant_tx, t, err, errlen);
-	if (rc == 0) {
+	if (rc == 0 && g->existed) {
+		log_info("grant request repeated: the first grant answers", "deployment=%s agent=%s grant=%s",
+			 g->in->deployment_id, g->in->agent, g->grant_id);
+	} else if (rc == 0) {
 		sec_audit_kick(s);
 		log_info("grant created", "deployment=%s agent=%s grant=%s secrets=%s",
 			 g->in->deployment_id, g->in->agent, g->grant_id, t->list);

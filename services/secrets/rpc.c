@@ -555,6 +555,8 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			}
 		}
 	}
+	if (!sec_deployment_ok(req->request_id) && req->request_id[0] != '\0')
+		return fail(s, ctx, &w, SW_EINVAL, "request_id: 1-%d of [A-Za-z0-9_.:-]", SEC_ID_MAX);
 	int64_t exp = req->expires_unix_ms ? req->expires_unix_ms : now + s->grant_ttl_ms;
 	if (exp <= now)
 		return fail(s, ctx, &w, SW_EINVAL, "expires_unix_ms is in the past");
@@ -578,7 +580,8 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	if (rc != 0)
 		return fail(s, ctx, &w, rc, "%s", err);
 	resp->grant_id = rpc_strdup(ctx, g.grant_id);
-	resp->expires_unix_ms = exp;
+	/* A repeated request_id answers with the grant as first made. */
+	resp->expires_unix_ms = g.expires_ms;
 	return resp->grant_id ? 0 : rpc_errorf(ctx, SW_ENOMEM, "out of memory");
 }
 

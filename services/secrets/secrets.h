@@ -252,7 +252,8 @@ struct sec_grant_req {
 	const Slipway__V1__CreateGrantRequest *in;
 	const char *actor;
 	char grant_id[33];
-	int64_t expires_ms;
+	int64_t expires_ms;  /* in: asked; out: of the grant (an existing one's) */
+	int existed;         /* out: the request_id named a grant already made */
 };
 
 /* Resolves the references, pins their versions and records the grant (and

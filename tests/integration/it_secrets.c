@@ -821,6 +821,56 @@ static void test_grant_validation(void **state)
 	assert_int_equal(grants_for("dep-v"), 1);
 }
 
+/* A request id makes CreateGrant idempotent: the orchestrator repeats a
+ * grant whose answer it did not record (a crash, a lost reply), and must
+ * get the same grant back, not a second one. */
+static void test_grant_request_id_is_idempotent(void **state)
+{
+	(void)state;
+	char err[512], first[64] = "";
+	uint32_t v;
+	assert_int_equal(put(admin, app, "prod", "IDEM_DB", new_value("idem"), &v, err), 0);
+	Slipway__V1__SecretRef ref = SLIPWAY__V1__SECRET_REF__INIT, *rp = &ref;
+	ref.name = "IDEM_DB";
+	Slipway__V1__CreateGrantRequest req = SLIPWAY__V1__CREATE_GRANT_REQUEST__INIT;
+	req.deployment_id = "dep-idem";
+	req.agent = (char *)agent1_id;
+	req.agent_public_key.data = (uint8_t *)a1_pk;
+	req.agent_public_key.len = 32;
+	req.secrets = &rp;
+	req.n_secrets = 1;
+	req.expires_unix_ms = now_ms() + 600000;
+	req.app = (char *)app;
+	req.environment = "prod";
+	req.request_id = "dep-idem:1700000000000:0a1b2c3d";
+	int64_t first_exp = req.expires_unix_ms;
+	for (int i = 0; i < 3; i++) {
+		ProtobufCMessage *m = NULL;
+		req.expires_unix_ms = first_exp + i * 1000; /* a retry computes its own */
+		assert_int_equal(call(orch, "CreateGrant", &req.base, &m, err), 0);
+		Slipway__V1__CreateGrantResponse *r = (void *)m;
+		if (i == 0)
+			snprintf(first, sizeof first, "%s", r->grant_id);
+		else
+			assert_string_equal(r->grant_id, first);
+		assert_int_equal(r->expires_unix_ms, first_exp); /* the grant as first made */
+		protobuf_c_message_free_unpacked(m, NULL);
+	}
+	/* Without a request id every call is a new grant. */
+	req.request_id = "";
+	ProtobufCMessage *m = NULL;
+	assert_int_equal(call(orch, "CreateGrant", &req.base, &m, err), 0);
+	assert_string_not_equal(((Slipway__V1__CreateGrantResponse *)m)->grant_id, first);
+	protobuf_c_message_free_unpacked(m, NULL);
+	/* The same request id for another deployment is refused. */
+	req.request_id = "dep-idem:1700000000000:0a1b2c3d";
+	req.deployment_id = "dep-other";
+	assert_int_equal(call(orch, "CreateGrant", &req.base, NULL, err), SW_EEXIST);
+	assert_non_null(strstr(err, "request_id"));
+	req.request_id = "bad/id";
+	assert_int_equal(call(orch, "CreateGrant", &req.base, NULL, err), SW_EINVAL);
+}
+
 static void test_grant_of_many_secrets(void **state)
 {
 	(void)state;
@@ -1558,6 +1608,7 @@ int main(void)
 		cmocka_unit_test(test_grant_and_fetch),
 		cmocka_unit_test(test_fetch_after_database_connections_are_lost),
 		cmocka_unit_test(test_grant_validation),
+		cmocka_unit_test(test_grant_request_id_is_idempotent),
 		cmocka_unit_test(test_grant_of_many_secrets),
 		cmocka_unit_test(test_grant_expires),
 		cmocka_unit_test(test_copied_rows_do_not_decrypt),
