@@ -323,22 +323,6 @@ static int app_has_secrets(struct orch *o, struct rpc_ctx *ctx, const char *app,
 
 /* ---- creation ---- */
 
-struct create_tx {
-	struct orch *o;
-	const char *id, *app, *env, *requester, *idem;
-	const char *hash; /* of the request, bound to the idempotency key */
-	const char *version, *digest;
-	int state, priority, is_rollback, break_glass, has_secrets;
-	const char *rollback_of, *bg_reason, *reason, *note;
-	char *strategy, *failure;
-	PGresult *agents; /* id, region */
-	uint8_t *prov;    /* packed Provenance of the release (for re-evaluation) */
-	size_t prov_len;
-	int batch_size, canary_size, total_batches;
-	int *batch_of; /* the batch of each row of agents */
-	char existing[ORCH_ID_MAX];
-};
-
 /* Batches, region by region, never spanning a region: a canary (canary > 0)
  * is the first batch, of at most `canary` targets of the first region; then
  * batches of at most `size`. Fills batch_of[i] for each agent row (id,
@@ -363,88 +347,11 @@ static int plan_batches(const PGresult *agents, int size, int canary, int *batch
 
 static int create_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
-	struct create_tx *t = arg;
-	PGresult *r = NULL;
-	char now[24], st[8], pr[8], nb[16];
-	int64_t ms = clock_wall_ms();
-	t->existing[0] = '\0';
-	if (t->idem[0]) { /* a concurrent retry may have won since the first look */
-		int rc = store_idempotent(c, t->requester, t->idem, t->hash, t->existing, err, errlen);
-		if (rc != 0)
-			return rc < 0 ? rc : 0;
-	}
-	/* The queue is bounded (counted inside the transaction). */
-	int rc = db_q(c, "SELECT count(*) FROM deployments WHERE state IN (1, 2)", 0, NULL, &r, err,
-		      errlen);
-	if (rc != 0)
-		return rc;
-	int64_t waiting = db_int64(r, 0, 0);
-	PQclear(r);
-	r = NULL;
-	if (waiting >= t->o->c.max_queue)
-		return sw_errf(err, errlen, SW_ELIMIT,
-			       "the deployment queue is full (%lld waiting); try again later",
-			       (long long)waiting);
-	snprintf(st, sizeof st, "%d", t->state);
-	snprintf(pr, sizeof pr, "%d", t->priority);
-	snprintf(nb, sizeof nb, "%d", t->total_batches);
-	const char *v[18] = { t->id, t->app, t->env, t->version, t->digest, st, t->strategy,
-			      t->failure, pr, t->requester, t->idem, db_i64(now, ms),
-			      t->is_rollback ? "true" : "false", t->rollback_of,
-			      t->break_glass ? "true" : "false", t->bg_reason, t->reason, nb };
-	const char *v20[21];
-	int lens[21] = { 0 }, fmts[21] = { 0 };
-	memcpy(v20, v, sizeof v);
-	v20[18] = t->has_secrets ? "true" : "false";
-	v20[19] = t->prov ? (const char *)t->prov : "";
-	lens[19] = (int)t->prov_len;
-	fmts[19] = 1;
-	v20[20] = t->hash ? t->hash : "";
-	rc = db_exec(c,
-		     "INSERT INTO deployments (id, app, environment, version, digest, state, strategy,"
-		     " failure, priority, requester, idempotency_key, created_ms, is_rollback,"
-		     " rollback_of, break_glass, break_glass_reason, reason, total_batches, has_secrets,"
-		     " provenance, next_eval_ms, request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7::json,"
-		     " $8::json, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12, $21)",
-		     21, v20, lens, fmts, 0, NULL, err, errlen);
-	if (rc != 0)
-		return rc;
-	/* Targets, in the batches create_common planned. */
-	for (int i = 0; i < PQntuples(t->agents); i++) {
-		const char *agent = db_text(t->agents, i, 0);
-		char task[512], b[16];
-		snprintf(task, sizeof task, "%s:deploy:%s", t->id, agent);
-		snprintf(b, sizeof b, "%d", t->batch_of[i]);
-		rc = db_q(c,
-			  "INSERT INTO targets (deployment_id, agent_id, batch, state, task_id,"
-			  " updated_ms) VALUES ($1, $2, $3, 1, $4, $5)",
-			  5, (const char *[]){ t->id, agent, b, task, now }, NULL, err, errlen);
-		if (rc != 0)
-			return rc;
-	}
-	char detail[600];
-	const char *note = t->note ? t->note : "";
-	snprintf(detail, sizeof detail, "%s@%s (%s) to %s by %s%s%s", t->app, t->version, t->digest,
-		 t->env, t->requester, note[0] ? ": " : "", note);
-	rc = orch_timeline(c, t->id, t->is_rollback ? "rollback requested" : "created", detail, err,
-			   errlen);
-	if (rc == 0)
-		rc = orch_timeline(c, t->id,
-				   t->state == OS_PENDING_APPROVAL ? "waiting for approval" : "queued",
-				   t->reason, err, errlen);
-	char res[200];
-	snprintf(res, sizeof res, "deployment/%s", t->id);
-	if (rc == 0)
-		rc = orch_audit(t->o, c, t->requester, t->is_rollback ? "rollback.request" : "deploy.request",
-				res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "release", detail, "state",
-				t->state == OS_PENDING_APPROVAL ? "pending_approval" : "queued", err, errlen);
-	if (rc == 0)
-		rc = orch_notify_deployment(c, t->id, err, errlen);
-	return rc;
+	return store_create(c, arg, err, errlen);
 }
 
 /* Plans and records a deployment of `rel` to app/env. */
-static int create_common(struct orch *o, struct rpc_ctx *ctx, struct create_tx *t,
+static int create_common(struct orch *o, struct rpc_ctx *ctx, struct orch_new_deployment *t,
 			 struct release *rel, int evaluate, int64_t batch_size, int batch_percent,
 			 int canary_size, int canary_percent, char *id_out, char *err, size_t errlen)
 {
@@ -645,7 +552,7 @@ int orch_create(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__CreateDe
 	if ((rc = resolve_release(o, ctx, req->app, version, digest, &rel, err, errlen)) != 0)
 		goto out;
 	orch_new_id(id, "d");
-	struct create_tx t = {
+	struct orch_new_deployment t = {
 		.o = o, .id = id, .app = req->app, .env = req->environment,
 		.requester = rpc_peer(ctx), .idem = req->idempotency_key, .hash = hash,
 		.priority = (int)req->priority, .break_glass = req->break_glass,
@@ -705,17 +612,12 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 		return rc;
 	if (req->to_version[0] == '\0') {
 		struct db_conn *c = NULL;
-		PGresult *r = NULL;
 		if ((rc = db_acquire(o->db, &c, 5000, err, errlen)) != 0)
 			return rc;
-		rc = db_q(c,
-			  "SELECT last_good_digest FROM environments WHERE app = $1 AND environment = $2",
-			  2, (const char *[]){ req->app, req->environment }, &r, err, errlen);
+		rc = store_known_good(c, req->app, req->environment, good, sizeof good, err, errlen);
 		db_release(o->db, c);
 		if (rc != 0)
 			return rc;
-		snprintf(good, sizeof good, "%s", db_text(r, 0, 0));
-		PQclear(r);
 		if (good[0] == '\0')
 			return sw_errf(err, errlen, SW_EPRECOND,
 				       "%s/%s has no known-good release to roll back to", req->app,
@@ -731,7 +633,7 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 		 req->reason);
 	/* A rollback skips analysis: every target at once, abort on failure,
 	 * ahead of the queue; the `rollback` permission is its gate. */
-	struct create_tx t = {
+	struct orch_new_deployment t = {
 		.o = o, .id = id, .app = req->app, .env = req->environment,
 		.requester = rpc_peer(ctx), .idem = req->idempotency_key, .hash = hash,
 		.priority = SLIPWAY__V1__PRIORITY__PRIORITY_HOTFIX,
@@ -758,23 +660,12 @@ int orch_deployment_scope(struct orch *o, const char *id, char *app, char *env, 
 			  size_t errlen)
 {
 	struct db_conn *c = NULL;
-	PGresult *r = NULL;
 	int rc = db_acquire(o->db, &c, 5000, err, errlen);
 	if (rc != 0)
 		return rc;
-	rc = db_q(c, "SELECT app, environment FROM deployments WHERE id = $1", 1,
-		  (const char *[]){ id }, &r, err, errlen);
+	rc = store_scope(c, id, app, env, err, errlen);
 	db_release(o->db, c);
-	if (rc != 0)
-		return rc;
-	if (PQntuples(r) != 1) {
-		PQclear(r);
-		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
-	}
-	snprintf(app, 64, "%s", db_text(r, 0, 0));
-	snprintf(env, 64, "%s", db_text(r, 0, 1));
-	PQclear(r);
-	return 0;
+	return rc;
 }
 
 struct action_tx {

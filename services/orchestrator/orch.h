@@ -226,6 +226,24 @@ void orch_engine_kick(struct orch *o);
 int orch_timeline(struct db_conn *c, const char *id, const char *event, const char *detail,
 		  char *err, size_t errlen);
 
+/* A deployment to record (deploy.c plans it, store_create writes it). */
+struct orch_new_deployment {
+	struct orch *o;
+	const char *id, *app, *env, *requester, *idem;
+	const char *hash; /* of the request, bound to the idempotency key */
+	const char *version, *digest;
+	int state, priority, is_rollback, break_glass, has_secrets;
+	const char *rollback_of, *bg_reason, *reason, *note;
+	char *strategy, *failure;
+	PGresult *agents; /* id, region */
+	uint8_t *prov;    /* packed Provenance of the release (for re-evaluation) */
+	size_t prov_len;
+	int batch_size, canary_size, total_batches;
+	int *batch_of; /* the batch of each row of agents */
+	char existing[ORCH_ID_MAX];
+};
+
+
 /* ---- store.c (every function: the caller's transaction or connection) ---- */
 int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
 			    size_t errlen);
@@ -279,6 +297,32 @@ int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t er
  * message) when it was used for a different one. */
 int store_idempotent(struct db_conn *c, const char *requester, const char *key, const char *hash,
 		     char id_out[ORCH_ID_MAX], char *err, size_t errlen);
+/* The environment's last known-good digest ("" when none). */
+int store_known_good(struct db_conn *c, const char *app, const char *env, char *digest,
+		     size_t dlen, char *err, size_t errlen);
+/* Records t (the queue bound checked inside the transaction; an
+ * idempotency key that won a race fills t->existing instead). */
+int store_create(struct db_conn *c, struct orch_new_deployment *t, char *err, size_t errlen);
+/* Read models: the deployment columns orch_deployment_from_row reads; one
+ * deployment (SW_ENOTFOUND); its app and environment; its targets; its
+ * timeline; a page of the list (limit rows, newest first, before a
+ * queue_seq: 0 = none); an environment's active and waiting deployments
+ * (the active first, then in admission order); the active and queued
+ * counts; a queued deployment's position in admission order. */
+const char *store_deployment_cols(void);
+int store_deployment_row(struct db_conn *c, const char *id, PGresult **out, char *err,
+			 size_t errlen);
+int store_scope(struct db_conn *c, const char *id, char app[64], char env[64], char *err,
+		size_t errlen);
+int store_targets_of(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen);
+int store_timeline_of(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen);
+int store_list(struct db_conn *c, const char *app, const char *env, int state, int64_t before,
+	       int limit, PGresult **out, char *err, size_t errlen);
+int store_env_deployments(struct db_conn *c, const char *app, const char *env, PGresult **out,
+			  char *err, size_t errlen);
+int store_counts(struct db_conn *c, int64_t *active, int64_t *queued, char *err, size_t errlen);
+int store_queue_position(struct db_conn *c, const char *id, uint32_t *pos, char *err,
+			 size_t errlen);
 /* Cancel, pause or resume, checked against the deployment's state. */
 int store_action(struct db_conn *c, struct orch *o, const char *id, const char *action,
 		 const char *reason, const char *actor, char *err, size_t errlen);
@@ -292,8 +336,7 @@ int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char
 		Slipway__V1__EnvironmentStatus *out, char *err, size_t errlen);
 int orch_list_agents(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__ListAgentsRequest *req,
 		     Slipway__V1__ListAgentsResponse *out, char *err, size_t errlen);
-/* Fills a Deployment from a row of the standard deployment column list. */
-extern const char ORCH_DEPLOYMENT_COLS[];
+/* Fills a Deployment from a row of store_deployment_cols(). */
 int orch_deployment_from_row(struct rpc_ctx *ctx, PGresult *r, int row, Slipway__V1__Deployment *d);
 
 /* ---- rpc.c ---- */

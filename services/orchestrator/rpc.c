@@ -20,21 +20,16 @@
 static int fetch_deployment(struct rpc_ctx *ctx, struct orch *o, const char *id,
 			    Slipway__V1__Deployment *out)
 {
-	char sql[2048], err[256];
+	char err[256];
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	int rc = db_acquire(o->db, &c, 5000, err, sizeof err);
 	if (rc != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
-	snprintf(sql, sizeof sql, "SELECT %s FROM deployments d WHERE d.id = $1", ORCH_DEPLOYMENT_COLS);
-	rc = db_q(c, sql, 1, (const char *[]){ id }, &r, err, sizeof err);
+	rc = store_deployment_row(c, id, &r, err, sizeof err);
 	db_release(o->db, c);
 	if (rc != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
-	if (PQntuples(r) != 1) {
-		PQclear(r);
-		return rpc_errorf(ctx, SW_ENOTFOUND, "no deployment %s", id);
-	}
 	orch_deployment_from_row(ctx, r, 0, out);
 	PQclear(r);
 	return 0;

@@ -48,6 +48,7 @@ const struct db_migration orch_migrations[] = {
 	  " next_eval_ms bigint NOT NULL DEFAULT 0,"
 	  " lease_owner text NOT NULL DEFAULT '', lease_expires_ms bigint NOT NULL DEFAULT 0,"
 	  " lease_gen bigint NOT NULL DEFAULT 0);"
+	  /* DDL takes no parameters: 3, 4, 8 are RUNNING, PAUSED, ROLLING_BACK. */
 	  "CREATE UNIQUE INDEX deployments_one_active ON deployments (app, environment)"
 	  " WHERE state IN (3, 4, 8);"
 	  "CREATE UNIQUE INDEX deployments_idempotency ON deployments (requester, idempotency_key)"

@@ -22,6 +22,7 @@
 #include "slipway/v1/policy.pb-c.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -547,7 +548,7 @@ static int set_state(struct db_conn *c, struct orch *o, struct plan_deployment *
 static int start_rollback(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 			  const char *why, int64_t now, char *err, size_t errlen)
 {
-	char ms[24], detail[1000], sp[8], ss[8], sr[8], res[200];
+	char ms[24], detail[1000], sp[8], ss[8], sr[8], ph[8], res[200];
 	db_i64(ms, now);
 	/* Every touched target goes back, in one batch: they already run (or
 	 * were switching to) the bad release, so there is nothing to keep safe
@@ -556,7 +557,8 @@ static int start_rollback(struct db_conn *c, struct orch *o, struct plan_deploym
 		      "UPDATE targets SET phase = $3, state = $4, attempts = 0, next_attempt_ms = 0,"
 		      " message = '', updated_ms = $2, task_id = deployment_id || ':rollback:' || agent_id"
 		      " WHERE deployment_id = $1 AND touched",
-		      4, (const char *[]){ d->id, ms, "1", st(sp, PLAN_T_PENDING) }, NULL, err, errlen);
+		      4, (const char *[]){ d->id, ms, st(ph, PLAN_PHASE_ROLLBACK), st(sp, PLAN_T_PENDING) },
+		      NULL, err, errlen);
 	if (rc == 0)
 		rc = db_q(c,
 			  "UPDATE targets SET state = $3, message = 'not reached', updated_ms = $2"
@@ -660,7 +662,7 @@ int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 				  "UPDATE targets SET state = $3, message = $4, updated_ms = $5"
 				  " WHERE deployment_id = $1 AND agent_id = $2 AND phase = $6",
 				  6, (const char *[]){ d->id, t->agent, st(s1, PLAN_T_FAILED), x->detail, ms,
-						       t->phase == PLAN_PHASE_ROLLBACK ? "1" : "0" },
+						       st(s2, t->phase) },
 				  NULL, err, errlen);
 			if (rc == 0 && strcmp(x->detail, "agent lost") == 0)
 				rc = orch_timeline(c, d->id, "agent lost", t->agent, err, errlen);
@@ -892,7 +894,7 @@ int store_report(struct db_conn *c, struct orch *o, const char *agent,
 		 struct store_report_out *out, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
-	char ms[24], gen[24], s[8];
+	char ms[24], gen[24], s[8], ph[8];
 	int64_t now = clock_wall_ms();
 	memset(out, 0, sizeof *out);
 	resp->accepted = 0;
@@ -940,10 +942,11 @@ int store_report(struct db_conn *c, struct orch *o, const char *agent,
 	case SLIPWAY__V1__TASK_RESULT__TASK_STARTED:
 		rc = db_q(c,
 			  "UPDATE targets SET state = $4, updated_ms = $2, touched = true,"
-			  " previous_digest = CASE WHEN previous_digest = '' AND phase = 0 THEN $3"
+			  " previous_digest = CASE WHEN previous_digest = '' AND phase = $5 THEN $3"
 			  " ELSE previous_digest END WHERE task_id = $1",
-			  4, (const char *[]){ rep->task_id, ms, prev, st(s, PLAN_T_RUNNING) }, NULL, err,
-			  errlen);
+			  5, (const char *[]){ rep->task_id, ms, prev, st(s, PLAN_T_RUNNING),
+					       st(ph, PLAN_PHASE_DEPLOY) },
+			  NULL, err, errlen);
 		break;
 	case SLIPWAY__V1__TASK_RESULT__TASK_SUCCEEDED:
 		rc = db_q(c,
@@ -1049,7 +1052,245 @@ int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t er
 	return rc;
 }
 
+/* ---- read models (views.c turns the rows into messages) ---- */
+
+static pthread_once_t cols_once = PTHREAD_ONCE_INIT;
+static char cols[1024];
+
+static void cols_init(void)
+{
+	snprintf(cols, sizeof cols,
+		 "d.id, d.app, d.environment, d.version, d.digest, d.state, d.strategy::text,"
+		 " d.failure::text, d.priority, d.requester, d.created_ms, d.started_ms, d.finished_ms,"
+		 " d.reason, d.is_rollback, d.rollback_of, d.total_batches, d.current_batch,"
+		 " d.rollback_duration_ms, d.break_glass, d.break_glass_reason,"
+		 " (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id),"
+		 " (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.state IN (%d, %d)),"
+		 " (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.state = %d),"
+		 " d.rollback_version",
+		 PLAN_T_SUCCEEDED, PLAN_T_ROLLED_BACK, PLAN_T_FAILED);
+}
+
+const char *store_deployment_cols(void)
+{
+	pthread_once(&cols_once, cols_init);
+	return cols;
+}
+
+int store_deployment_row(struct db_conn *c, const char *id, PGresult **out, char *err,
+			 size_t errlen)
+{
+	char sql[1200];
+	snprintf(sql, sizeof sql, "SELECT %s FROM deployments d WHERE d.id = $1", store_deployment_cols());
+	int rc = db_q(c, sql, 1, (const char *[]){ id }, out, err, errlen);
+	if (rc == 0 && PQntuples(*out) != 1) {
+		PQclear(*out);
+		*out = NULL;
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
+	}
+	return rc;
+}
+
+int store_scope(struct db_conn *c, const char *id, char app[64], char env[64], char *err,
+		size_t errlen)
+{
+	PGresult *r = NULL;
+	int rc = db_q(c, "SELECT app, environment FROM deployments WHERE id = $1", 1,
+		      (const char *[]){ id }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	if (PQntuples(r) != 1) {
+		PQclear(r);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
+	}
+	snprintf(app, 64, "%s", db_text(r, 0, 0));
+	snprintf(env, 64, "%s", db_text(r, 0, 1));
+	PQclear(r);
+	return 0;
+}
+
+int store_targets_of(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen)
+{
+	return db_q(c,
+		    "SELECT agent_id, batch, state, attempts, message, updated_ms, previous_digest, phase"
+		    " FROM targets WHERE deployment_id = $1 ORDER BY batch, agent_id LIMIT 5000",
+		    1, (const char *[]){ id }, out, err, errlen);
+}
+
+int store_timeline_of(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen)
+{
+	return db_q(c,
+		    "SELECT time_ms, event, detail FROM timeline WHERE deployment_id = $1"
+		    " ORDER BY id LIMIT 2000",
+		    1, (const char *[]){ id }, out, err, errlen);
+}
+
+int store_list(struct db_conn *c, const char *app, const char *env, int state, int64_t before,
+	       int limit, PGresult **out, char *err, size_t errlen)
+{
+	char sql[1600], s[8], lim[24], tok[24];
+	snprintf(s, sizeof s, "%d", state);
+	snprintf(lim, sizeof lim, "%d", limit);
+	snprintf(sql, sizeof sql,
+		 "SELECT %s, d.queue_seq FROM deployments d WHERE ($1 = '' OR d.app = $1)"
+		 " AND ($2 = '' OR d.environment = $2) AND ($3::int = 0 OR d.state = $3::int)"
+		 " AND ($4::bigint = 0 OR d.queue_seq < $4::bigint)"
+		 " ORDER BY d.queue_seq DESC LIMIT $5",
+		 store_deployment_cols());
+	return db_q(c, sql, 5, (const char *[]){ app, env, s, db_i64(tok, before), lim }, out, err,
+		    errlen);
+}
+
+int store_env_deployments(struct db_conn *c, const char *app, const char *env, PGresult **out,
+			  char *err, size_t errlen)
+{
+	char sql[1600], act[48], live[48];
+	snprintf(sql, sizeof sql,
+		 "SELECT %s FROM deployments d WHERE d.app = $1 AND d.environment = $2"
+		 " AND d.state = ANY($3::smallint[]) ORDER BY (d.state = ANY($4::smallint[])) DESC,"
+		 " d.priority DESC, d.queue_seq",
+		 store_deployment_cols());
+	return db_q(c, sql, 4,
+		    (const char *[]){ app, env,
+				      states(live, PLAN_D_PENDING_APPROVAL, PLAN_D_QUEUED, PLAN_D_RUNNING,
+					     PLAN_D_PAUSED, PLAN_D_ROLLING_BACK, 0),
+				      ACTIVE(act) },
+		    out, err, errlen);
+}
+
+int store_counts(struct db_conn *c, int64_t *active, int64_t *queued, char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	char act[48], q[8];
+	int rc = db_q(c,
+		      "SELECT (SELECT count(*) FROM deployments WHERE state = ANY($1::smallint[])),"
+		      " (SELECT count(*) FROM deployments WHERE state = $2)",
+		      2, (const char *[]){ ACTIVE(act), st(q, PLAN_D_QUEUED) }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	*active = db_int64(r, 0, 0);
+	*queued = db_int64(r, 0, 1);
+	PQclear(r);
+	return 0;
+}
+
+int store_queue_position(struct db_conn *c, const char *id, uint32_t *pos, char *err,
+			 size_t errlen)
+{
+	PGresult *r = NULL;
+	char q[8];
+	int rc = db_q(c,
+		      "SELECT count(*) FROM deployments q, deployments me WHERE me.id = $1 AND q.state = $2"
+		      " AND (q.priority > me.priority OR (q.priority = me.priority AND q.queue_seq <= me.queue_seq))",
+		      2, (const char *[]){ id, st(q, PLAN_D_QUEUED) }, &r, err, errlen);
+	if (rc == 0)
+		*pos = (uint32_t)db_int64(r, 0, 0);
+	PQclear(r);
+	return rc;
+}
+
 /* ---- requests ---- */
+
+int store_known_good(struct db_conn *c, const char *app, const char *env, char *digest,
+		     size_t dlen, char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	int rc = db_q(c,
+		      "SELECT last_good_digest FROM environments WHERE app = $1 AND environment = $2",
+		      2, (const char *[]){ app, env }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	snprintf(digest, dlen, "%s", PQntuples(r) == 1 ? db_text(r, 0, 0) : "");
+	PQclear(r);
+	return 0;
+}
+
+/* Records a new deployment, its targets, timeline and audit event. */
+int store_create(struct db_conn *c, struct orch_new_deployment *t, char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	char now[24], stb[8], pr[8], nb[16];
+	int64_t ms = clock_wall_ms();
+	t->existing[0] = '\0';
+	if (t->idem[0]) { /* a concurrent retry may have won since the first look */
+		int rc = store_idempotent(c, t->requester, t->idem, t->hash, t->existing, err, errlen);
+		if (rc != 0)
+			return rc < 0 ? rc : 0;
+	}
+	/* The queue is bounded (counted inside the transaction). */
+	char waiting_set[48];
+	int rc = db_q(c, "SELECT count(*) FROM deployments WHERE state = ANY($1::smallint[])", 1,
+		      (const char *[]){ states(waiting_set, PLAN_D_PENDING_APPROVAL, PLAN_D_QUEUED, 0) },
+		      &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	int64_t waiting = db_int64(r, 0, 0);
+	PQclear(r);
+	r = NULL;
+	if (waiting >= t->o->c.max_queue)
+		return sw_errf(err, errlen, SW_ELIMIT,
+			       "the deployment queue is full (%lld waiting); try again later",
+			       (long long)waiting);
+	snprintf(stb, sizeof stb, "%d", t->state);
+	snprintf(pr, sizeof pr, "%d", t->priority);
+	snprintf(nb, sizeof nb, "%d", t->total_batches);
+	const char *v[18] = { t->id, t->app, t->env, t->version, t->digest, stb, t->strategy,
+			      t->failure, pr, t->requester, t->idem, db_i64(now, ms),
+			      t->is_rollback ? "true" : "false", t->rollback_of,
+			      t->break_glass ? "true" : "false", t->bg_reason, t->reason, nb };
+	const char *v20[21];
+	int lens[21] = { 0 }, fmts[21] = { 0 };
+	memcpy(v20, v, sizeof v);
+	v20[18] = t->has_secrets ? "true" : "false";
+	v20[19] = t->prov ? (const char *)t->prov : "";
+	lens[19] = (int)t->prov_len;
+	fmts[19] = 1;
+	v20[20] = t->hash ? t->hash : "";
+	rc = db_exec(c,
+		     "INSERT INTO deployments (id, app, environment, version, digest, state, strategy,"
+		     " failure, priority, requester, idempotency_key, created_ms, is_rollback,"
+		     " rollback_of, break_glass, break_glass_reason, reason, total_batches, has_secrets,"
+		     " provenance, next_eval_ms, request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7::json,"
+		     " $8::json, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12, $21)",
+		     21, v20, lens, fmts, 0, NULL, err, errlen);
+	if (rc != 0)
+		return rc;
+	/* Targets, in the batches create_common planned. */
+	for (int i = 0; i < PQntuples(t->agents); i++) {
+		const char *agent = db_text(t->agents, i, 0);
+		char task[512], b[16];
+		snprintf(task, sizeof task, "%s:deploy:%s", t->id, agent);
+		snprintf(b, sizeof b, "%d", t->batch_of[i]);
+		char sp[8];
+		rc = db_q(c,
+			  "INSERT INTO targets (deployment_id, agent_id, batch, state, task_id,"
+			  " updated_ms) VALUES ($1, $2, $3, $6, $4, $5)",
+			  6, (const char *[]){ t->id, agent, b, task, now, st(sp, PLAN_T_PENDING) }, NULL,
+			  err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	char detail[600];
+	const char *note = t->note ? t->note : "";
+	snprintf(detail, sizeof detail, "%s@%s (%s) to %s by %s%s%s", t->app, t->version, t->digest,
+		 t->env, t->requester, note[0] ? ": " : "", note);
+	rc = orch_timeline(c, t->id, t->is_rollback ? "rollback requested" : "created", detail, err,
+			   errlen);
+	if (rc == 0)
+		rc = orch_timeline(c, t->id,
+				   t->state == OS_PENDING_APPROVAL ? "waiting for approval" : "queued",
+				   t->reason, err, errlen);
+	char res[200];
+	snprintf(res, sizeof res, "deployment/%s", t->id);
+	if (rc == 0)
+		rc = orch_audit(t->o, c, t->requester, t->is_rollback ? "rollback.request" : "deploy.request",
+				res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "release", detail, "state",
+				t->state == OS_PENDING_APPROVAL ? "pending_approval" : "queued", err, errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, t->id, err, errlen);
+	return rc;
+}
+
 
 int store_idempotent(struct db_conn *c, const char *requester, const char *key, const char *hash,
 		     char id_out[ORCH_ID_MAX], char *err, size_t errlen)
@@ -1082,7 +1323,7 @@ int store_action(struct db_conn *c, struct orch *o, const char *id, const char *
 		 const char *reason, const char *actor, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
-	char ms[24], s1[8], s2[8], s3[8], set[48];
+	char ms[24], s1[8], s2[8], s3[8], ph[8], set[48];
 	int64_t now = clock_wall_ms();
 	int rc = db_q(c, "SELECT state FROM deployments WHERE id = $1 FOR UPDATE", 1,
 		      (const char *[]){ id }, &r, err, errlen);
@@ -1131,8 +1372,9 @@ int store_action(struct db_conn *c, struct orch *o, const char *id, const char *
 		if (rc == 0)
 			rc = db_q(c,
 				  "UPDATE targets SET state = $3, attempts = 0, next_attempt_ms = 0,"
-				  " updated_ms = $2 WHERE deployment_id = $1 AND phase = 0 AND state = $4",
-				  4, (const char *[]){ id, ms, st(s2, PLAN_T_PENDING), st(s3, PLAN_T_FAILED) },
+				  " updated_ms = $2 WHERE deployment_id = $1 AND phase = $5 AND state = $4",
+				  5, (const char *[]){ id, ms, st(s2, PLAN_T_PENDING), st(s3, PLAN_T_FAILED),
+						       st(ph, PLAN_PHASE_DEPLOY) },
 				  NULL, err, errlen);
 		event = "resumed";
 	}

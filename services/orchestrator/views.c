@@ -1,7 +1,8 @@
 /*
  * views.c - read models: a deployment with its targets and timeline, lists,
  * an environment's status (why each waiting deployment waits, drift), and
- * the agents. Everything is allocated in the call's arena.
+ * the agents. Everything is allocated in the call's arena. The queries
+ * about deployments and targets are the store's (store.c).
  */
 #include "err.h"
 #include "log.h"
@@ -12,17 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-const char ORCH_DEPLOYMENT_COLS[] =
-	"d.id, d.app, d.environment, d.version, d.digest, d.state, d.strategy::text,"
-	" d.failure::text, d.priority, d.requester, d.created_ms, d.started_ms, d.finished_ms,"
-	" d.reason, d.is_rollback, d.rollback_of, d.total_batches, d.current_batch,"
-	" d.rollback_duration_ms, d.break_glass, d.break_glass_reason,"
-	" (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.phase = 0) +"
-	" (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.phase = 1),"
-	" (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.state IN (4, 7)),"
-	" (SELECT count(*) FROM targets t WHERE t.deployment_id = d.id AND t.state = 5),"
-	" d.rollback_version";
 
 static char *s(struct rpc_ctx *ctx, PGresult *r, int row, int col)
 {
@@ -109,7 +99,7 @@ static int authorize_read(struct orch *o, struct rpc_ctx *ctx, const char *app, 
 int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
 		    Slipway__V1__DeploymentDetail *out, char *err, size_t errlen)
 {
-	char app[64], env[64], sql[2048];
+	char app[64], env[64];
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	int rc = orch_deployment_scope(o, id, app, env, err, errlen);
@@ -119,12 +109,10 @@ int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
 		return rc;
 	if ((rc = db_acquire(o->db, &c, 5000, err, errlen)) != 0)
 		return rc;
-	snprintf(sql, sizeof sql, "SELECT %s FROM deployments d WHERE d.id = $1", ORCH_DEPLOYMENT_COLS);
-	rc = db_q(c, sql, 1, (const char *[]){ id }, &r, err, errlen);
-	if (rc != 0 || PQntuples(r) != 1) {
+	rc = store_deployment_row(c, id, &r, err, errlen);
+	if (rc != 0) {
 		db_release(o->db, c);
-		PQclear(r);
-		return rc ? rc : sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
+		return rc;
 	}
 	Slipway__V1__Deployment *d = rpc_alloc(ctx, sizeof *d);
 	if (d == NULL) {
@@ -135,10 +123,7 @@ int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
 	orch_deployment_from_row(ctx, r, 0, d);
 	PQclear(r);
 	out->deployment = d;
-	rc = db_q(c,
-		  "SELECT agent_id, batch, state, attempts, message, updated_ms, previous_digest, phase"
-		  " FROM targets WHERE deployment_id = $1 ORDER BY batch, agent_id LIMIT 5000",
-		  1, (const char *[]){ id }, &r, err, errlen);
+	rc = store_targets_of(c, id, &r, err, errlen);
 	if (rc == 0) {
 		int n = PQntuples(r);
 		out->targets = rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *out->targets);
@@ -160,10 +145,7 @@ int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
 		r = NULL;
 	}
 	if (rc == 0)
-		rc = db_q(c,
-			  "SELECT time_ms, event, detail FROM timeline WHERE deployment_id = $1"
-			  " ORDER BY id LIMIT 2000",
-			  1, (const char *[]){ id }, &r, err, errlen);
+		rc = store_timeline_of(c, id, &r, err, errlen);
 	db_release(o->db, c);
 	if (rc != 0)
 		return rc;
@@ -186,7 +168,6 @@ int orch_get_detail(struct orch *o, struct rpc_ctx *ctx, const char *id,
 int orch_list(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__ListDeploymentsRequest *req,
 	      Slipway__V1__ListDeploymentsResponse *out, char *err, size_t errlen)
 {
-	char sql[2048], st[8], lim[24], tok[24];
 	long long before = 0;
 	int limit = req->page_size == 0 ? 50 : req->page_size > 500 ? 500 : (int)req->page_size;
 	if (req->page_token[0] && (sscanf(req->page_token, "%lld", &before) != 1 || before <= 0))
@@ -196,21 +177,12 @@ int orch_list(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__ListDeploy
 	int rc = authorize_read(o, ctx, req->app, req->environment, err, errlen);
 	if (rc != 0)
 		return rc;
-	snprintf(st, sizeof st, "%d", (int)req->state);
-	snprintf(lim, sizeof lim, "%d", limit + 1);
-	snprintf(tok, sizeof tok, "%lld", before);
-	snprintf(sql, sizeof sql,
-		 "SELECT %s, d.queue_seq FROM deployments d WHERE ($1 = '' OR d.app = $1)"
-		 " AND ($2 = '' OR d.environment = $2) AND ($3::int = 0 OR d.state = $3::int)"
-		 " AND ($4::bigint = 0 OR d.queue_seq < $4::bigint)"
-		 " ORDER BY d.queue_seq DESC LIMIT $5",
-		 ORCH_DEPLOYMENT_COLS);
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	if ((rc = db_acquire(o->db, &c, 5000, err, errlen)) != 0)
 		return rc;
-	rc = db_q(c, sql, 5, (const char *[]){ req->app, req->environment, st, tok, lim }, &r, err,
-		  errlen);
+	rc = store_list(c, req->app, req->environment, (int)req->state, before, limit + 1, &r, err,
+			errlen);
 	db_release(o->db, c);
 	if (rc != 0)
 		return rc;
@@ -247,7 +219,7 @@ static Slipway__V1__Release *release(struct rpc_ctx *ctx, const char *app, const
 int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char *env,
 		Slipway__V1__EnvironmentStatus *out, char *err, size_t errlen)
 {
-	char sql[2048], cap[24];
+	char cap[24];
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	if (!name_app_ok(app) || !name_app_ok(env))
@@ -271,27 +243,16 @@ int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char
 	r = NULL;
 	const char *cur = out->current ? out->current->digest : "";
 	/* The active deployment, then the waiting ones in admission order. */
-	snprintf(sql, sizeof sql,
-		 "SELECT %s FROM deployments d WHERE d.app = $1 AND d.environment = $2"
-		 " AND d.state IN (1, 2, 3, 4, 8) ORDER BY (d.state IN (3, 4, 8)) DESC,"
-		 " d.priority DESC, d.queue_seq",
-		 ORCH_DEPLOYMENT_COLS);
 	if (rc == 0)
-		rc = db_q(c, sql, 2, (const char *[]){ app, env }, &r, err, errlen);
-	PGresult *g = NULL;
+		rc = store_env_deployments(c, app, env, &r, err, errlen);
+	int64_t running = 0, queued = 0;
 	if (rc == 0)
-		rc = db_q(c,
-			  "SELECT (SELECT count(*) FROM deployments WHERE state IN (3, 4, 8)),"
-			  " (SELECT count(*) FROM deployments q WHERE q.state = 2)",
-			  0, NULL, &g, err, errlen);
+		rc = store_counts(c, &running, &queued, err, errlen);
 	if (rc != 0) {
 		db_release(o->db, c);
 		PQclear(r);
-		PQclear(g);
 		return rc;
 	}
-	int64_t running = db_int64(g, 0, 0);
-	PQclear(g);
 	int n = PQntuples(r);
 	out->waiting = rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *out->waiting);
 	const char *active_id = NULL;
@@ -333,13 +294,7 @@ int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char
 		Slipway__V1__Deployment *d = out->waiting[i];
 		if (d->state != OS_QUEUED)
 			continue;
-		PGresult *p = NULL;
-		if (db_q(c,
-			 "SELECT count(*) FROM deployments q, deployments me WHERE me.id = $1 AND q.state = 2"
-			 " AND (q.priority > me.priority OR (q.priority = me.priority AND q.queue_seq <= me.queue_seq))",
-			 1, (const char *[]){ d->id }, &p, err, errlen) == 0)
-			d->queue_position = (uint32_t)db_int64(p, 0, 0);
-		PQclear(p);
+		store_queue_position(c, d->id, &d->queue_position, err, errlen);
 	}
 	PQclear(r);
 	r = NULL;
