@@ -1,4 +1,5 @@
 # tests/faults/lib.sh - sourced by every fault test in tests/faults/.
+# shellcheck shell=bash
 #
 # Each fault test brings up its OWN stack (scripts/stack up) in its own
 # temporary directory and always takes it down, so a fault cannot damage
@@ -24,7 +25,7 @@
 set -uo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$top"
+cd "$top" || exit 1
 export PATH="$top/build/bin:$PATH"
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 FAULT=${FAULT:-$(basename "$0" .sh)}

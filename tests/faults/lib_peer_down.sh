@@ -1,4 +1,5 @@
 # tests/faults/lib_peer_down.sh - sourced by policy_down.sh and
+# shellcheck shell=bash
 # artifact_down.sh (fault 4 of issue 11): PEER is stopped for 30 s
 # (FAULT_DOWN) while a deployment runs; killed -9 and then started again
 # with scripts/stack start (FAULT_SIGNAL=STOP: SIGSTOP, a hung peer, then
@@ -43,9 +44,9 @@ peer_outage() {
   say "$PEER stopped (SIG$sig) for $down s with $n0 of 6 targets done"
   while [ $(( $(now_ms) - t_down )) -lt $((down * 1000)) ]; do sleep 0.5; done
   n1=$(done_targets); st=$(sql "select state from orchestrator.deployments where id = '$DEP'")
+  FAULT_END_MS=$(now_ms); FAULT_WHAT="$PEER's return"   # before stack start's own wait
   if [ "$sig" = STOP ]; then kill -CONT "$pp"
   else scripts/stack start "$S" "$PEER" >"$T/start.log" 2>&1 || bail "$PEER did not start again: $(cat "$T/start.log")"; fi
-  FAULT_END_MS=$(now_ms); FAULT_WHAT="$PEER's return"
   say "$PEER back; during the outage the deployment went from $n0 to $n1 of 6 targets done (orchestrator.deployments.state $st)"
   check "the deployment progressed while $PEER was down ($n0 -> $n1 targets done)" \
     "$([ "$n1" -gt "$n0" ] && echo 0 || echo 1)" "timeline:" "$(timeline "$DEP")" \

@@ -56,9 +56,9 @@ for i in $(seq 1 $((down * 5))); do
   sleep 0.2
 done
 vs_during=$(show "$V" | js 'j.state+", "+j.targets.filter(t=>t.state==="succeeded").length+"/4 targets done"')
+t0=$(now_ms)   # the 10 s count from the restart, whatever stack start waits
 if [ "$sig" = STOP ]; then kill -CONT "$sp"
 else scripts/stack start "$S" secrets >"$T/start.log" 2>&1 || bail "secrets did not start again: $(cat "$T/start.log")"; fi
-t0=$(now_ms)
 if [ -n "$w_done" ]; then wd="done $w_done s into the outage"; else wd="not done during the outage"; fi
 say "secrets service back; web was $wd; vault: $vs_during"
 check_serving_within_10s "$t0" "the secrets service's return"
