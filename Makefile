@@ -2,7 +2,8 @@
 #
 #   make               build every binary into build/bin (warnings are errors)
 #   make SANITIZE=1    the same with AddressSanitizer + UndefinedBehaviorSanitizer
-#   make test          install what is missing, build, run unit + integration tests
+#   make test          install what is missing, build, run unit, integration and fault tests
+#   make faults        only the fault-injection tests (tests/faults/README.md)
 #   make demo          install what is missing, build, run the local stack demo
 #   make bench         run every benchmark (bench/run all)
 #   make fuzz          build the libFuzzer harnesses (clang); make fuzz-run FUZZ=<name> runs one
@@ -168,7 +169,7 @@ build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
 
 # ---- top-level targets ----
-.PHONY: all bins tests test unit integration demo bench fuzz fuzz-run clean bootstrap bundles
+.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles
 
 all: bins tests bundles
 
@@ -191,6 +192,9 @@ unit: all
 
 integration: all
 	$(Q)SANITIZE=$(SANITIZE) tests/run integration
+
+faults: all
+	$(Q)SANITIZE=$(SANITIZE) tests/run faults
 
 demo: bootstrap
 	$(Q)$(MAKE) --no-print-directory all
