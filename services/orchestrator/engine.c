@@ -104,9 +104,12 @@ static int step_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	struct plan_deployment d;
 	int skip = 0, grants = 0;
 	int64_t now = clock_wall_ms();
-	/* Twice the lease: a replica that renews on time never trips it. */
+	/* Twice the lease: a replica that renews on time never trips it. A
+	 * grant must leave its agent a minute (at most half its lifetime) to
+	 * fetch the secrets. */
 	struct plan_opts opts = { .stall_ms = 2 * o->c.lease_ms + 1000,
-				  .grant_margin_ms = 60000 };
+				  .grant_margin_ms = o->c.grant_ttl_ms / 2 < 60000 ? o->c.grant_ttl_ms / 2
+										   : 60000 };
 	s->again = 0;
 	int rc = store_load(c, o, s->id, now, &d, &skip, err, errlen);
 	if (rc != 0 || skip || d.state == PLAN_D_PAUSED) {

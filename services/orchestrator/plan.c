@@ -193,11 +193,13 @@ static void apply_failure(const struct plan_deployment *d, struct plan *p, const
 }
 
 /* A target needs a grant before its task when the app has secrets and the
- * grant in force (if any) would expire before the task's deadline. */
+ * grant in force (if any) would expire too soon for its agent to fetch
+ * them: within grant_margin_ms (the driver makes it well under the grants'
+ * lifetime, so a fresh grant always passes). */
 static int needs_grant(const struct plan_deployment *d, const struct plan_target *t, int64_t now,
 		       const struct plan_opts *o)
 {
-	return d->has_secrets && t->grant_expires_ms < now + d->deadline_ms + o->grant_margin_ms;
+	return d->has_secrets && t->grant_expires_ms < now + o->grant_margin_ms;
 }
 
 /* Sends tasks to the pending targets of `phase` (and `batch`, when > 0)

@@ -154,7 +154,7 @@ struct plan {
 /* Tunables the driver passes in. */
 struct plan_opts {
 	int64_t stall_ms;        /* a gap in stepping longer than this extends deadlines */
-	int64_t grant_margin_ms; /* a grant must outlive its dispatch by this much */
+	int64_t grant_margin_ms; /* a grant must outlive its dispatch by this much (< the grants' lifetime) */
 };
 
 /* Plans one step of d at wall time now. `out` must be zeroed (or reset

@@ -13,7 +13,8 @@
  * its heartbeats (they are written by the next one that succeeds), and
  * loss detection is suspended while flushes fail and resumes one interval
  * after they succeed again, so every agent's newest heartbeat is in the
- * database before anyone is judged by it. Agents registered with another
+ * database before anyone is judged by it; a flush that stalled (a lock, an
+ * overloaded server) restarts that grace too. Agents registered with another
  * replica are learnt from the database every round, so a heartbeat that
  * fails over here is known (re-registering would re-send its task).
  */
@@ -549,12 +550,17 @@ static void *flusher_main(void *arg)
 		if (!atomic_load(&o->stopping))
 			pthread_cond_timedwait(&o->reg->cv, &o->reg->mu, &dl);
 		pthread_mutex_unlock(&o->reg->mu);
+		int64_t t0 = clock_wall_ms();
 		int f = flush(o); /* nothing to write says nothing of the database */
+		int64_t t1 = clock_wall_ms();
 		pthread_mutex_lock(&o->reg->mu);
 		if (f < 0)
 			o->reg->writable_since_ms = 0;
-		else if (f == 0 && o->reg->writable_since_ms == 0)
-			o->reg->writable_since_ms = clock_wall_ms();
+		else if (f == 0 && (o->reg->writable_since_ms == 0 || t1 - t0 > period))
+			/* Back, or back from a stall (a lock, an overloaded server):
+			 * what this flush wrote was collected when it started, so
+			 * the grace starts now. */
+			o->reg->writable_since_ms = t1;
 		pthread_mutex_unlock(&o->reg->mu);
 		if (f >= 0)
 			refresh(o);

@@ -820,6 +820,40 @@ static int fill_task(struct rpc_ctx *ctx, const PGresult *r, int row, int col,
 	return 0;
 }
 
+/* Gives the dispatched task `task_id` of `agent` a generation above
+ * `highest` (what the agent reports having seen), in one statement, when
+ * the database's counter is below it: the database never issued that
+ * generation, so it forgot (a restore). In every other case (the agent
+ * already holds this task, or saw a later one) nothing changes. Returns 0
+ * with *gen, or -1 when nothing was renumbered. */
+static int renumber(struct db_conn *c, const char *agent, const char *task_id, uint64_t highest,
+		    uint64_t *gen)
+{
+	PGresult *r = NULL;
+	char err[256], h[24], sd[8];
+	int rc = db_q(c,
+		      "WITH g AS (UPDATE agents SET next_generation = greatest(next_generation,"
+		      " highest_seen, $2::bigint) + 1, highest_seen = greatest(highest_seen, $2::bigint)"
+		      " WHERE id = $1 AND next_generation < $2::bigint RETURNING next_generation)"
+		      " UPDATE targets t SET generation = g.next_generation FROM g WHERE t.task_id = $3"
+		      " AND t.agent_id = $1 AND t.state = $4 AND t.generation <= $2::bigint"
+		      " RETURNING t.generation",
+		      4, (const char *[]){ agent, db_i64(h, (int64_t)highest), task_id,
+					   st(sd, PLAN_T_DISPATCHED) },
+		      &r, err, sizeof err);
+	if (rc != 0 || PQntuples(r) != 1) {
+		PQclear(r);
+		return -1;
+	}
+	*gen = (uint64_t)db_int64(r, 0, 0);
+	PQclear(r);
+	log_warn("an agent has seen task generations this database never issued: was it restored"
+		 " from an older backup? Its task is numbered above them",
+		 "agent=%s task=%s highest_seen=%llu generation=%llu", agent, task_id,
+		 (unsigned long long)highest, (unsigned long long)*gen);
+	return 0;
+}
+
 static int cmp_row_agent(const void *a, const void *b, void *arg)
 {
 	const PGresult *r = arg;
@@ -873,12 +907,22 @@ int store_next_tasks(struct db_conn *c, struct orch_task_query *q, size_t n, cha
 			else
 				lo = mid + 1;
 		}
-		if (hit < 0 || (uint64_t)db_int64(r, hit, 2) <= q[i].highest)
+		if (hit < 0)
 			continue;
+		uint64_t gen = (uint64_t)db_int64(r, hit, 2);
+		if (gen <= q[i].highest) {
+			/* The agent has seen a generation at least as high as its
+			 * current task's: the database forgot generations it issued
+			 * (restored from an older backup). Number the task above
+			 * what the agent has seen, or it would never run it. */
+			if (renumber(c, q[i].agent, db_text(r, hit, 1), q[i].highest, &gen) != 0)
+				continue;
+		}
 		if (fill_task(q[i].ctx, r, hit, 1, (void *)rpc_response(q[i].ctx)) != 0) {
 			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 			goto out;
 		}
+		((Slipway__V1__PollTasksResponse *)rpc_response(q[i].ctx))->tasks[0]->generation = gen;
 		q[i].found = 1;
 	}
 out:
