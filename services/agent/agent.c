@@ -12,6 +12,8 @@
 
 #include <sodium.h>
 
+#include <signal.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +119,16 @@ out:
 	free(cert);
 	agent_free(a);
 	return rc;
+}
+
+void agent_crash_point(const char *point)
+{
+	/* Nothing in the agent calls setenv: getenv is safe from any thread. */
+	const char *want = getenv("SLIPWAY_AGENT_CRASH_AT");
+	if (want == NULL || strcmp(want, point) != 0)
+		return;
+	log_warn("test hook: the agent kills itself", "crash_at=%s", point);
+	raise(SIGKILL);
 }
 
 void agent_free(struct agent *a)

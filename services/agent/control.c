@@ -20,7 +20,8 @@
  *              its next safe point, with nothing more reported.
  *
  * The orchestrator being down is never fatal: every call backs off and
- * tries again. Nothing here is a test hook: the protocol is the product.
+ * tries again. The protocol is the product; the only test hook is
+ * agent_crash_point (agent.h), read from the environment.
  */
 #include "agent.h"
 #include "err.h"
@@ -627,6 +628,7 @@ static void *work_main(void *arg)
 			/* The orchestrator says this agent does not hold the task. */
 			log_warn("task refused by the orchestrator: not run", "task=%s", t->task_id);
 		} else if (agent_exec(a, t, task_cancel, c, &res) == 0) {
+			agent_crash_point("before-result");
 			if (agent_store_put_result(&a->store, t->task_id, t->generation, res.result,
 						   res.message, err, sizeof err) != 0)
 				log_error("cannot record the task result", "task=%s error=%s", t->task_id,
