@@ -45,6 +45,7 @@
 #define AGENT_APP_MAX 63
 #define AGENT_MSG_MAX 256          /* a task report's message */
 #define AGENT_PATH_MAX 1024        /* paths the agent builds under its root */
+#define AGENT_MAX_ORCH 8           /* orchestrator replicas (--orchestrator-addr a,b) */
 
 /* ------------------------------------------------------------ identity.c */
 
@@ -394,7 +395,7 @@ void agent_secrets_remove(const char *dir);
 struct agent_config {
 	const char *root;
 	const char *ca, *cert, *key;
-	const char *orchestrator_addr;
+	const char *orchestrator_addr; /* "host:port" or replicas "a,b,..." */
 	const char *artifact_addr;
 	const char *secrets_addr;     /* "" = no secrets service */
 	const char *seal_key;         /* "" = <root>/seal.key */
@@ -471,7 +472,9 @@ struct agent {
 	char hostname[256];
 	struct rpc_client *artifact;
 	struct rpc_client *secrets;
-	struct rpc_client *orch;
+	struct rpc_client *orch[AGENT_MAX_ORCH]; /* one per orchestrator replica */
+	char orch_addr[AGENT_MAX_ORCH][256];
+	size_t norch;
 
 	pthread_mutex_t mu;           /* guards live */
 	pthread_mutex_t probe_mu;     /* held while a probe uses live.m unlocked */
@@ -488,8 +491,8 @@ struct agent {
 /*
  * Opens the root (lock, layout, generation), loads or creates the seal key,
  * parses the pinned signing key, reads the certificate's SPIFFE ID, and
- * creates the artifact and secrets clients (the orchestrator client only
- * when cfg->orchestrator_addr is set). Borrows cfg for the agent's life.
+ * creates the artifact and secrets clients (the orchestrator clients, one
+ * per comma-separated address, only when cfg->orchestrator_addr is set). Borrows cfg for the agent's life.
  * Returns 0 and *out (free with agent_free). Main thread.
  */
 int agent_new(const struct agent_config *cfg, struct agent **out, char *err, size_t errlen);

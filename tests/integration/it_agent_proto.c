@@ -17,7 +17,9 @@
  *   unfinished new process of the killed agent is stopped; the agent
  *   killed (test hook SLIPWAY_AGENT_CRASH_AT) in each crash window of a
  *   deploy and of a crash restart runs, once restarted, exactly one process
- *   of the intended release (counted by command line under its root).
+ *   of the intended release (counted by command line under its root);
+ *   given two orchestrator addresses, the agent moves from a frozen
+ *   (SIGSTOP) replica to the other one within about a heartbeat interval.
  */
 #include "agent_harness.h"
 #include "err.h"
@@ -871,7 +873,94 @@ static void test_crash_during_a_restart_leaves_exactly_one_process(void **state)
 	exactly_one("2.0.0", d2);
 }
 
-int main(void)
+/* Another replica of the stand-in, in its own process so that it can be
+ * frozen with SIGSTOP: `it_agent_proto --fake-replica CRT KEY PORT_FILE`. */
+static int fake_replica_main(char **argv)
+{
+	char err[256];
+	snprintf(srv_crt, sizeof srv_crt, "%s", argv[2]);
+	snprintf(srv_key, sizeof srv_key, "%s", argv[3]);
+	if (pki_trust_domain(h_env("SLIPWAY_PKI_DIR"), td, sizeof td, err, sizeof err) != 0)
+		return 1;
+	rpc_init();
+	fake_start(0);
+	char num[32];
+	int n = snprintf(num, sizeof num, "%d\n", srv_port);
+	FILE *f = fopen(argv[4], "w");
+	if (f == NULL || fwrite(num, 1, (size_t)n, f) != (size_t)n || fclose(f) != 0)
+		return 1;
+	for (;;)
+		pause(); /* until SIGKILL */
+}
+
+/* Fault 5 of issue 11, the agent's side: the replica the agent talks to is
+ * frozen (SIGSTOP) while another one runs. The agent, given both
+ * addresses, moves to the survivor within about a heartbeat interval,
+ * registers there when told it is unknown, keeps heartbeating and takes
+ * tasks from it. */
+static void test_frozen_replica_failover(void **state)
+{
+	(void)state;
+	char pf[700], rlog[700], exe[700], addrs[128];
+	struct h_proc rep;
+	snprintf(pf, sizeof pf, "%s/replica.port", dir);
+	snprintf(rlog, sizeof rlog, "%s/replica.log", dir);
+	ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	assert_true(el > 0);
+	exe[el] = '\0';
+	char *rargv[] = { exe, "--fake-replica", srv_crt, srv_key, pf, NULL };
+	assert_int_equal(h_start(&rep, rargv, pf, rlog), 0);
+
+	assert_int_equal(h_stop(&agent, SIGTERM, 30000), 0);
+	snprintf(addrs, sizeof addrs, "127.0.0.1:%d,127.0.0.1:%d", rep.port, srv_port);
+	pthread_mutex_lock(&F.mu);
+	F.known = 0; /* the survivor does not know the agent: it must register */
+	int r0 = F.registers;
+	pthread_mutex_unlock(&F.mu);
+	start_agent_with(NULL, addrs);
+	/* The first address answers: nothing reaches the second one. */
+	int regs = h_grep_count(agent_log, "registered with the orchestrator");
+	for (int i = 0; i < 400 && h_grep_count(agent_log, "registered with the orchestrator") == regs;
+	     i++)
+		h_sleep_ms(25);
+	h_sleep_ms(1000);
+	pthread_mutex_lock(&F.mu);
+	assert_int_equal(F.registers, r0);
+	int h0 = F.heartbeats;
+	pthread_mutex_unlock(&F.mu);
+
+	assert_int_equal(kill(rep.pid, SIGSTOP), 0);
+	long long t0 = h_now_ms();
+	int want = r0 + 1;
+	assert_true(wait_for(registered_n, &want));
+	want = h0 + 1;
+	assert_true(wait_for(heartbeats_n, &want));
+	long long gap = h_now_ms() - t0;
+	/* Interval 200 ms (the stand-in's answer), heartbeat deadline 1 s:
+	 * the survivor hears from the agent well within 4 s. */
+	if (gap > 4000)
+		fail_msg("no heartbeat reached the survivor for %lld ms after the freeze", gap);
+	pthread_mutex_lock(&F.mu);
+	h0 = F.heartbeats;
+	pthread_mutex_unlock(&F.mu);
+	h_sleep_ms(2000);
+	pthread_mutex_lock(&F.mu);
+	int beats = F.heartbeats - h0;
+	pthread_mutex_unlock(&F.mu);
+	if (beats < 5)
+		fail_msg("%d heartbeats in 2 s at a 200 ms interval", beats);
+	/* Tasks come from the survivor too (v2 runs: done at once). */
+	struct report r = run_task("dep-fo/proto-1/deploy", 200, "2.0.0", d2, 1);
+	if (r.result != SLIPWAY__V1__TASK_RESULT__TASK_SUCCEEDED)
+		fail_msg("after the failover: %s", r.message);
+	assert_true(h_grep_count(agent_log, "moving to the next one") >= 1);
+
+	kill(rep.pid, SIGKILL);
+	kill(rep.pid, SIGCONT);
+	assert_int_equal(h_wait(&rep, 10000), 128 + SIGKILL);
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_register_and_heartbeat),
@@ -886,7 +975,10 @@ int main(void)
 		cmocka_unit_test(test_kill9_mid_task_then_redelivery),
 		cmocka_unit_test(test_crash_windows_leave_exactly_one_process),
 		cmocka_unit_test(test_crash_during_a_restart_leaves_exactly_one_process),
+		cmocka_unit_test(test_frozen_replica_failover),
 	};
+	if (argc == 5 && strcmp(argv[1], "--fake-replica") == 0)
+		return fake_replica_main(argv);
 	if (getenv("SLIPWAY_ARTIFACT_ADDR") == NULL) {
 		fprintf(stderr, "it_agent_proto: the stack must run the artifact and secrets services\n");
 		return 1;
