@@ -12,6 +12,8 @@
 
 #include <sodium.h>
 
+#include <signal.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,37 @@ static int new_client(const char *addr, const char *ca, const char *cert, const 
 	int rc = rpc_client_new(&o, out, e2, sizeof e2);
 	if (rc != 0)
 		return sw_errf(err, errlen, rc, "client for %s: %s", addr, e2);
+	return 0;
+}
+
+/* One client per comma-separated orchestrator address (replicas). */
+static int orch_clients(struct agent *a, const char *list, const char *ca, const char *cert,
+			const char *key, char *err, size_t errlen)
+{
+	const char *p = list;
+	while (*p != '\0') {
+		size_t len = strcspn(p, ",");
+		if (len > 0) {
+			if (a->norch == AGENT_MAX_ORCH)
+				return sw_errf(err, errlen, SW_ELIMIT,
+					       "--orchestrator-addr: at most %d addresses", AGENT_MAX_ORCH);
+			if (len >= sizeof a->orch_addr[0])
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "--orchestrator-addr: address too long");
+			char *addr = a->orch_addr[a->norch];
+			memcpy(addr, p, len);
+			addr[len] = '\0';
+			int rc = new_client(addr, ca, cert, key, 1, &a->orch[a->norch], err, errlen);
+			if (rc != 0)
+				return rc;
+			a->norch++;
+		}
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	if (a->norch == 0)
+		return sw_errf(err, errlen, SW_EINVAL, "--orchestrator-addr: no address");
 	return 0;
 }
 
@@ -104,7 +137,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 	/* The long poll gets its own connection, so that a slow pull never
 	 * shares a TCP connection with it. */
 	if (cfg->orchestrator_addr != NULL && cfg->orchestrator_addr[0] != '\0' &&
-	    (rc = new_client(cfg->orchestrator_addr, ca, cert, key, 1, &a->orch, err, errlen)) != 0)
+	    (rc = orch_clients(a, cfg->orchestrator_addr, ca, cert, key, err, errlen)) != 0)
 		goto out;
 	*out = a;
 	a = NULL;
@@ -119,12 +152,23 @@ out:
 	return rc;
 }
 
+void agent_crash_point(const char *point)
+{
+	/* Nothing in the agent calls setenv: getenv is safe from any thread. */
+	const char *want = getenv("SLIPWAY_AGENT_CRASH_AT");
+	if (want == NULL || strcmp(want, point) != 0)
+		return;
+	log_warn("test hook: the agent kills itself", "crash_at=%s", point);
+	raise(SIGKILL);
+}
+
 void agent_free(struct agent *a)
 {
 	if (a == NULL)
 		return;
 	agent_sup_stop(a);
-	rpc_client_free(a->orch);
+	for (size_t i = 0; i < a->norch; i++)
+		rpc_client_free(a->orch[i]);
 	rpc_client_free(a->secrets);
 	rpc_client_free(a->artifact);
 	if (a->keys.seal_sk != NULL) {

@@ -45,6 +45,7 @@
 #define AGENT_APP_MAX 63
 #define AGENT_MSG_MAX 256          /* a task report's message */
 #define AGENT_PATH_MAX 1024        /* paths the agent builds under its root */
+#define AGENT_MAX_ORCH 8           /* orchestrator replicas (--orchestrator-addr a,b) */
 
 /* ------------------------------------------------------------ identity.c */
 
@@ -313,6 +314,21 @@ uint64_t agent_proc_start_time(pid_t pid);
 int agent_proc_run(const struct agent_spawn *sp, long long timeout_ms, int *status, char *err,
 		   size_t errlen);
 
+/* Called by agent_proc_find_env for each process found: its pid, its
+ * process group, its start time and its initial environment (env, len
+ * bytes of NUL-terminated "NAME=value" entries, valid during the call). */
+typedef void (*agent_proc_found_fn)(pid_t pid, pid_t pgid, uint64_t start_time, const char *env,
+				    size_t len, void *arg);
+
+/* Finds the live processes of this user (not zombies, not the caller)
+ * whose initial environment (/proc/<pid>/environ) sets name to exactly
+ * value, and calls fn for each. Returns how many, or SW_EIO / SW_ENOMEM.
+ * Any thread. */
+int agent_proc_find_env(const char *name, const char *value, agent_proc_found_fn fn, void *arg);
+
+/* The value of name in a NUL-separated environment block, or NULL. */
+const char *agent_env_lookup(const char *env, size_t len, const char *name);
+
 /* Picks a free TCP port on 127.0.0.1 (bind to port 0). */
 int agent_free_port(int *port, char *err, size_t errlen);
 
@@ -379,7 +395,7 @@ void agent_secrets_remove(const char *dir);
 struct agent_config {
 	const char *root;
 	const char *ca, *cert, *key;
-	const char *orchestrator_addr;
+	const char *orchestrator_addr; /* "host:port" or replicas "a,b,..." */
 	const char *artifact_addr;
 	const char *secrets_addr;     /* "" = no secrets service */
 	const char *seal_key;         /* "" = <root>/seal.key */
@@ -442,6 +458,11 @@ struct agent_live {
 	int64_t next_restart_ms;      /* monotonic; 0 = none scheduled */
 	long long backoff_ms;
 	int64_t up_since_ms;
+	/* the process a deploy replaces, while it is being stopped (recorded
+	 * in run/app.json so that a restarted agent stops it) */
+	struct agent_proc retiring;
+	char retiring_hex[AGENT_HEX_LEN + 1];
+	char retiring_sd[AGENT_PATH_MAX];
 };
 
 struct agent {
@@ -451,7 +472,9 @@ struct agent {
 	char hostname[256];
 	struct rpc_client *artifact;
 	struct rpc_client *secrets;
-	struct rpc_client *orch;
+	struct rpc_client *orch[AGENT_MAX_ORCH]; /* one per orchestrator replica */
+	char orch_addr[AGENT_MAX_ORCH][256];
+	size_t norch;
 
 	pthread_mutex_t mu;           /* guards live */
 	pthread_mutex_t probe_mu;     /* held while a probe uses live.m unlocked */
@@ -468,11 +491,22 @@ struct agent {
 /*
  * Opens the root (lock, layout, generation), loads or creates the seal key,
  * parses the pinned signing key, reads the certificate's SPIFFE ID, and
- * creates the artifact and secrets clients (the orchestrator client only
- * when cfg->orchestrator_addr is set). Borrows cfg for the agent's life.
+ * creates the artifact and secrets clients (the orchestrator clients, one
+ * per comma-separated address, only when cfg->orchestrator_addr is set). Borrows cfg for the agent's life.
  * Returns 0 and *out (free with agent_free). Main thread.
  */
 int agent_new(const struct agent_config *cfg, struct agent **out, char *err, size_t errlen);
+
+/*
+ * Test hook, compiled in always: when the environment variable
+ * SLIPWAY_AGENT_CRASH_AT equals `point`, the agent logs it and raises
+ * SIGKILL on itself right there, so that tests can stop it exactly inside
+ * a crash window (README.md, "Failure modes"). Points: after-spawn,
+ * after-switch, after-record, before-result, after-restart-spawn. The
+ * variable is only read from the agent's environment (never from a flag
+ * or a task) and is not passed on to applications. Any thread.
+ */
+void agent_crash_point(const char *point);
 
 /* Frees the agent: clients, keys, the lock. The supervised application is
  * left running (an agent restart must not take production down). */
@@ -484,9 +518,16 @@ void agent_free(struct agent *a);
 int agent_load_release(struct agent *a, const char *hex, struct agent_manifest **m, char *err,
 		       size_t errlen);
 
-/* Adopts what `current` points to: if the process recorded in run/app.json
- * still runs, watch it; else start the release again. Main thread, before
- * agent_sup_start. */
+/* The environment variable that marks every application process the agent
+ * starts, with the agent's root (realpath) as its value. */
+#define AGENT_MARK_ENV "SLIPWAY_AGENT_ROOT"
+
+/* Reconciles what runs with `current` after a start (the previous agent
+ * may have died anywhere, also with kill -9): collects the processes of
+ * this root from run/app.json, run/candidate.json and a /proc scan for
+ * AGENT_MARK_ENV, keeps (adopts) at most one, alive and running the
+ * current release, stops every other one with its secrets, and starts the
+ * current release when none was kept. Main thread, before agent_sup_start. */
 int agent_adopt(struct agent *a, char *err, size_t errlen);
 
 /* Starts / stops the supervisor thread (restarts, periodic health). Stop
@@ -523,7 +564,8 @@ void agent_promote(struct agent *a, const char *hex, const char *version,
 
 /* run/candidate.json: the new process being health-checked, so that an
  * agent killed meanwhile stops it on its next start (agent_adopt). */
-int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *secrets_dir);
+int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *hex,
+			   const char *version, const char *secrets_dir);
 void agent_candidate_clear(struct agent *a);
 
 /* Persists run/app.json and run/app.pid for the live process (a.mu held). */

@@ -19,8 +19,13 @@
  *              `superseded`, or a newer task arriving, stops the task at
  *              its next safe point, with nothing more reported.
  *
+ * Every call has a deadline and goes to the active orchestrator replica
+ * (--orchestrator-addr a,b,...); a call that times out or cannot reach it
+ * moves every thread to the next replica at once (failover_locked).
+ *
  * The orchestrator being down is never fatal: every call backs off and
- * tries again. Nothing here is a test hook: the protocol is the product.
+ * tries again. The protocol is the product; the only test hook is
+ * agent_crash_point (agent.h), read from the environment.
  */
 #include "agent.h"
 #include "err.h"
@@ -37,7 +42,10 @@
 #define MAX_TASKS_PER_POLL 64
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
-#define CALL_TIMEOUT_MS 10000
+#define REGISTER_TIMEOUT_MS 5000
+#define REPORT_TIMEOUT_MS 5000
+#define HB_TIMEOUT_MIN_MS 1000
+#define HB_TIMEOUT_MAX_MS 5000
 #define QUIET_LOG_MS 60000
 
 struct agent_control {
@@ -61,6 +69,8 @@ struct agent_control {
 	int worker_done, hb_done, poll_done;
 
 	struct rpc_stream *inflight[3]; /* calls in flight, by thread: stop cancels them */
+	size_t inflight_addr[3];        /* ... and the replica each one went to */
+	size_t active;                  /* the orchestrator replica calls go to */
 };
 
 enum { SLOT_HB = 0, SLOT_POLL = 1, SLOT_WORK = 2 };
@@ -152,30 +162,65 @@ static uint64_t highest_generation(struct agent_control *c)
 	return g;
 }
 
+/* Errors after which the next replica is tried: the replica did not
+ * answer in time or could not be reached. */
+static int replica_failed(int rc)
+{
+	return rc == SW_ETIMEDOUT || rc == SW_EUNAVAIL || rc == SW_ECANCELLED;
+}
+
+/* The call to replica idx failed with rc: when idx is still the active
+ * one, make the next one active, and cancel the other threads' calls
+ * still waiting on idx (a frozen replica holds a long poll until its
+ * deadline), so that they move too. c->mu held. */
+static void failover_locked(struct agent_control *c, size_t idx, const char *method, int rc,
+			    const char *err)
+{
+	struct agent *a = c->a;
+	if (a->norch < 2 || c->active != idx || !replica_failed(rc) || atomic_load(&c->stop))
+		return;
+	c->active = (idx + 1) % a->norch;
+	log_warn("orchestrator replica failed: moving to the next one",
+		 "call=%s from=%s to=%s error=%s", method, a->orch_addr[idx], a->orch_addr[c->active],
+		 err);
+	for (int i = 0; i < 3; i++)
+		if (c->inflight[i] != NULL && c->inflight_addr[i] == idx)
+			rpc_stream_cancel(c->inflight[i]);
+}
+
 /*
  * One unary call to the orchestrator, made as a stream so that
- * agent_control_stop can cancel it. It waits for the orchestrator to be
- * reachable (wait-for-ready) up to timeout_ms rather than failing fast:
- * with gRPC core, a channel reconnects only while some call waits on it,
- * so an agent making fail-fast calls alone might never get its connection
- * back after an orchestrator restart. Returns 0 and *resp (free with
+ * agent_control_stop can cancel it, to the active replica. It waits for
+ * the replica to be reachable (wait-for-ready) up to timeout_ms rather
+ * than failing fast: with gRPC core, a channel reconnects only while some
+ * call waits on it, so an agent making fail-fast calls alone might never
+ * get its connection back after an orchestrator restart. A call that
+ * times out or cannot reach its replica makes the next replica active
+ * (failover_locked); *moved (may be NULL) is then set: the caller may
+ * retry at once instead of backing off. Returns 0 and *resp (free with
  * protobuf_c_message_free_unpacked), or the SW_E* code with err.
  */
 static int ctl_call(struct agent_control *c, int slot, const char *method,
 		    const ProtobufCMessage *req, ProtobufCMessage **resp, int64_t timeout_ms,
-		    char *err, size_t errlen)
+		    int *moved, char *err, size_t errlen)
 {
 	struct rpc_stream *s = NULL;
 	ProtobufCMessage *m = NULL;
 	struct rpc_call_opts o = { .timeout_ms = timeout_ms, .wait_for_ready = 1 };
 	*resp = NULL;
-	int rc = rpc_stream_open(c->a->orch, &slipway__v1__agent_control__descriptor, method, &o,
-				 &s, err, errlen);
+	if (moved != NULL)
+		*moved = 0;
+	pthread_mutex_lock(&c->mu);
+	size_t idx = c->active;
+	pthread_mutex_unlock(&c->mu);
+	int rc = rpc_stream_open(c->a->orch[idx], &slipway__v1__agent_control__descriptor, method,
+				 &o, &s, err, errlen);
 	if (rc != 0)
 		return rc;
 	pthread_mutex_lock(&c->mu);
 	c->inflight[slot] = s;
-	if (atomic_load(&c->stop))
+	c->inflight_addr[slot] = idx;
+	if (atomic_load(&c->stop) || c->active != idx)
 		rpc_stream_cancel(s);
 	pthread_mutex_unlock(&c->mu);
 	if (rpc_stream_send(s, req) == 0)
@@ -198,6 +243,11 @@ static int ctl_call(struct agent_control *c, int slot, const char *method,
 	if (rc != 0) {
 		if (m != NULL)
 			protobuf_c_message_free_unpacked(m, NULL);
+		pthread_mutex_lock(&c->mu);
+		failover_locked(c, idx, method, rc, err);
+		if (moved != NULL)
+			*moved = c->active != idx && !atomic_load(&c->stop);
+		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
 	*resp = m;
@@ -212,7 +262,7 @@ static int unknown_agent(int rc)
 
 /* ------------------------------------------------------- register, heartbeat */
 
-static int do_register(struct agent_control *c, char *err, size_t errlen)
+static int do_register(struct agent_control *c, int *moved, char *err, size_t errlen)
 {
 	struct agent *a = c->a;
 	struct agent_runtime rt;
@@ -237,8 +287,8 @@ static int do_register(struct agent_control *c, char *err, size_t errlen)
 	agent_runtime(a, &rt);
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
-	int rc = ctl_call(c, SLOT_HB, "RegisterAgent", &req.base, &resp, CALL_TIMEOUT_MS, err,
-			  errlen);
+	int rc = ctl_call(c, SLOT_HB, "RegisterAgent", &req.base, &resp, REGISTER_TIMEOUT_MS, moved,
+			  err, errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__RegisterResponse *r = (void *)resp;
@@ -252,13 +302,13 @@ static int do_register(struct agent_control *c, char *err, size_t errlen)
 	c->need_register = 0;
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->mu);
-	log_info("registered with the orchestrator", "agent=%s interval_ms=%lld labels=%zu",
-		 a->keys.self_id, c->interval_ms, a->cfg->labels.n);
+	log_info("registered with the orchestrator", "agent=%s interval_ms=%lld labels=%zu addr=%s",
+		 a->keys.self_id, c->interval_ms, a->cfg->labels.n, a->orch_addr[c->active]);
 	protobuf_c_message_free_unpacked(resp, NULL);
 	return 0;
 }
 
-static int do_heartbeat(struct agent_control *c, char *err, size_t errlen)
+static int do_heartbeat(struct agent_control *c, int *moved, char *err, size_t errlen)
 {
 	struct agent *a = c->a;
 	struct agent_runtime rt;
@@ -270,12 +320,16 @@ static int do_heartbeat(struct agent_control *c, char *err, size_t errlen)
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
 	req.highest_generation = highest_generation(c);
+	/* Half an interval (1-5 s): a replica that does not answer costs at
+	 * most that much before the next one is tried. */
 	pthread_mutex_lock(&c->mu);
-	long long timeout = c->interval_ms < 1000 ? 1000 : c->interval_ms;
+	long long timeout = c->interval_ms / 2;
 	pthread_mutex_unlock(&c->mu);
-	if (timeout > CALL_TIMEOUT_MS)
-		timeout = CALL_TIMEOUT_MS;
-	int rc = ctl_call(c, SLOT_HB, "Heartbeat", &req.base, &resp, timeout, err, errlen);
+	if (timeout < HB_TIMEOUT_MIN_MS)
+		timeout = HB_TIMEOUT_MIN_MS;
+	if (timeout > HB_TIMEOUT_MAX_MS)
+		timeout = HB_TIMEOUT_MAX_MS;
+	int rc = ctl_call(c, SLOT_HB, "Heartbeat", &req.base, &resp, timeout, moved, err, errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__HeartbeatResponse *r = (void *)resp;
@@ -296,6 +350,7 @@ static void *hb_main(void *arg)
 	struct agent_control *c = arg;
 	struct quiet q = { 0 };
 	long long backoff = 0;
+	size_t hops = 0; /* replicas tried at once since the last success */
 	char err[256];
 	log_set_request_id(NULL);
 	while (!atomic_load(&c->stop)) {
@@ -303,19 +358,25 @@ static void *hb_main(void *arg)
 		int reg = !c->registered || c->need_register;
 		long long interval = c->interval_ms;
 		pthread_mutex_unlock(&c->mu);
+		int moved = 0;
 		if (reg) {
-			int rc = do_register(c, err, sizeof err);
+			int rc = do_register(c, &moved, err, sizeof err);
 			if (rc != 0) {
 				quiet_fail(&q, "RegisterAgent", err);
+				/* Another replica: at once, each once per round. */
+				if (moved && ++hops < c->a->norch)
+					continue;
+				hops = 0;
 				backoff = next_backoff(backoff);
 				wait_ms(c, jitter(backoff));
 				continue;
 			}
 			quiet_ok(&q, "RegisterAgent");
 			backoff = 0;
+			hops = 0;
 			continue; /* the first heartbeat follows at once */
 		}
-		int rc = do_heartbeat(c, err, sizeof err);
+		int rc = do_heartbeat(c, &moved, err, sizeof err);
 		if (rc != 0) {
 			quiet_fail(&q, "Heartbeat", err);
 			if (unknown_agent(rc)) {
@@ -323,9 +384,14 @@ static void *hb_main(void *arg)
 				c->need_register = 1;
 				pthread_mutex_unlock(&c->mu);
 			}
+			/* The next replica hears from this agent now, not an
+			 * interval later. */
+			if (moved && ++hops < c->a->norch)
+				continue;
 		} else {
 			quiet_ok(&q, "Heartbeat");
 		}
+		hops = 0;
 		pthread_mutex_lock(&c->mu);
 		reg = c->need_register;
 		pthread_mutex_unlock(&c->mu);
@@ -430,7 +496,7 @@ static void accept_task(struct agent_control *c, const struct agent_task *t)
 	pthread_cond_broadcast(&c->cond);
 }
 
-static int poll_once(struct agent_control *c, int *ntasks, char *err, size_t errlen)
+static int poll_once(struct agent_control *c, int *ntasks, int *moved, char *err, size_t errlen)
 {
 	struct agent *a = c->a;
 	ProtobufCMessage *m = NULL;
@@ -439,7 +505,7 @@ static int poll_once(struct agent_control *c, int *ntasks, char *err, size_t err
 	Slipway__V1__PollTasksRequest req = SLIPWAY__V1__POLL_TASKS_REQUEST__INIT;
 	req.wait_ms = wait;
 	req.highest_generation = highest_generation(c);
-	int rc = ctl_call(c, SLOT_POLL, "PollTasks", &req.base, &m, wait + 5000, err, errlen);
+	int rc = ctl_call(c, SLOT_POLL, "PollTasks", &req.base, &m, wait + 5000, moved, err, errlen);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__PollTasksResponse *r = (void *)m;
@@ -475,6 +541,7 @@ static void *poll_main(void *arg)
 	struct agent_control *c = arg;
 	struct quiet q = { 0 };
 	long long backoff = 0;
+	size_t hops = 0;
 	char err[256];
 	log_set_request_id(NULL);
 	while (!atomic_load(&c->stop)) {
@@ -485,11 +552,17 @@ static void *poll_main(void *arg)
 		if (atomic_load(&c->stop))
 			break;
 		int64_t t0 = agent_now_ms();
-		int n = 0;
-		int rc = poll_once(c, &n, err, sizeof err);
+		int n = 0, moved = 0;
+		int rc = poll_once(c, &n, &moved, err, sizeof err);
 		if (atomic_load(&c->stop))
 			break;
 		if (rc != 0) {
+			/* Moved to another replica (this call failed, or the
+			 * heartbeat thread found the replica dead and cancelled
+			 * it): poll there at once, each replica once per round. */
+			if (moved && ++hops < c->a->norch)
+				continue;
+			hops = 0;
 			quiet_fail(&q, "PollTasks", err);
 			if (unknown_agent(rc)) {
 				pthread_mutex_lock(&c->mu);
@@ -503,6 +576,7 @@ static void *poll_main(void *arg)
 		}
 		quiet_ok(&q, "PollTasks");
 		backoff = 0;
+		hops = 0;
 		/* An orchestrator that answers an empty poll at once is not long
 		 * polling: do not spin on it. */
 		if (n == 0 && agent_now_ms() - t0 < 1000)
@@ -539,6 +613,7 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 {
 	struct agent *a = c->a;
 	long long backoff = 0;
+	size_t hops = 0;
 	struct quiet q = { 0 };
 	char err[256];
 	for (int attempt = 1;; attempt++) {
@@ -555,8 +630,9 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		req.message = (char *)msg;
 		req.runtime = &prt;
 		req.duration_ms = duration_ms;
-		int rc = ctl_call(c, SLOT_WORK, "ReportTask", &req.base, &resp, CALL_TIMEOUT_MS, err,
-				  sizeof err);
+		int moved = 0;
+		int rc = ctl_call(c, SLOT_WORK, "ReportTask", &req.base, &resp, REPORT_TIMEOUT_MS,
+				  &moved, err, sizeof err);
 		if (rc == 0) {
 			Slipway__V1__ReportTaskResponse *r = (void *)resp;
 			int sup = r->superseded;
@@ -578,6 +654,9 @@ static int report(struct agent_control *c, struct agent_task *t, int result, con
 		quiet_fail(&q, "ReportTask", err);
 		if (atomic_load(&c->stop) || task_cancel(a, t, c))
 			return REPORT_GAVE_UP;
+		if (moved && ++hops < a->norch)
+			continue; /* another replica: at once */
+		hops = 0;
 		backoff = next_backoff(backoff);
 		wait_ms(c, jitter(backoff));
 		if (atomic_load(&c->stop) || task_cancel(a, t, c))
@@ -627,6 +706,7 @@ static void *work_main(void *arg)
 			/* The orchestrator says this agent does not hold the task. */
 			log_warn("task refused by the orchestrator: not run", "task=%s", t->task_id);
 		} else if (agent_exec(a, t, task_cancel, c, &res) == 0) {
+			agent_crash_point("before-result");
 			if (agent_store_put_result(&a->store, t->task_id, t->generation, res.result,
 						   res.message, err, sizeof err) != 0)
 				log_error("cannot record the task result", "task=%s error=%s", t->task_id,
@@ -652,7 +732,7 @@ int agent_control_start(struct agent *a, char *err, size_t errlen)
 	struct agent_control *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-	if (a->orch == NULL) {
+	if (a->norch == 0) {
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "--orchestrator-addr is required");
 	}

@@ -298,7 +298,8 @@ static int run_task(struct run *r, char *msg, size_t len)
 		rc = sw_errf(msg, len, rc, "start: %s", err);
 		goto fail;
 	}
-	if (agent_candidate_record(a, &p, sd) != 0)
+	agent_crash_point("after-spawn");
+	if (agent_candidate_record(a, &p, r->hex, t->version, sd) != 0)
 		log_warn("cannot record the new process", "pid=%d", (int)p.pid);
 	rc = health_gate(r, m, &p, sd, detail, sizeof detail, msg, len);
 	if (rc != 0)
@@ -308,6 +309,7 @@ static int run_task(struct run *r, char *msg, size_t len)
 		rc = sw_errf(msg, len, rc, "%s", err);
 		goto fail;
 	}
+	agent_crash_point("after-switch");
 	agent_promote(a, r->hex, t->version, m, &p, sd, detail);
 	agent_candidate_clear(a);
 	m = NULL;

@@ -36,7 +36,8 @@ int main(int argc, char **argv)
 	memset(&c, 0, sizeof c);
 	struct cfg_opt opts[] = {
 		{ "orchestrator-addr", CFG_STR, NULL, 0, 0, CFG_REQUIRED,
-		  "the orchestrator (host:port)", &orch },
+		  "the orchestrator (host:port), or its replicas a,b,...: a call that fails or "
+		  "times out moves to the next", &orch },
 		{ "artifact-addr", CFG_STR, NULL, 0, 0, CFG_REQUIRED,
 		  "the artifact service (host:port): bundles are pulled from it", &artifact },
 		{ "secrets-addr", CFG_STR, NULL, 0, 0, 0,

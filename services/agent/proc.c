@@ -238,6 +238,72 @@ int agent_proc_stop(struct agent_proc *p, long long grace_ms)
 	return rc;
 }
 
+const char *agent_env_lookup(const char *env, size_t len, const char *name)
+{
+	size_t nl = strlen(name);
+	const char *p = env, *end = env + len;
+	while (p < end) {
+		const char *nul = memchr(p, '\0', (size_t)(end - p));
+		if (nul == NULL)
+			break; /* truncated last entry: ignored */
+		if ((size_t)(nul - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=')
+			return p + nl + 1;
+		p = nul + 1;
+	}
+	return NULL;
+}
+
+#define ENV_READ_MAX (256 * 1024)
+
+int agent_proc_find_env(const char *name, const char *value, agent_proc_found_fn fn, void *arg)
+{
+	DIR *d = opendir("/proc");
+	if (d == NULL)
+		return SW_EIO;
+	char *buf = malloc(ENV_READ_MAX);
+	if (buf == NULL) {
+		closedir(d);
+		return SW_ENOMEM;
+	}
+	uid_t uid = getuid();
+	pid_t self = getpid();
+	struct dirent *de;
+	int n = 0;
+	while ((de = readdir(d)) != NULL) {
+		char *end = NULL;
+		long pid = strtol(de->d_name, &end, 10);
+		if (end == de->d_name || *end != '\0' || pid <= 0 || pid == self)
+			continue;
+		char path[64], st;
+		pid_t pg;
+		uint64_t start;
+		struct stat sb;
+		snprintf(path, sizeof path, "/proc/%ld", pid);
+		if (stat(path, &sb) != 0 || sb.st_uid != uid)
+			continue;
+		if (read_pgrp((pid_t)pid, &st, &pg) != 0 || st == 'Z' || st == 'X' ||
+		    read_stat((pid_t)pid, &st, &start) != 0)
+			continue;
+		snprintf(path, sizeof path, "/proc/%ld/environ", pid);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		size_t len = 0;
+		ssize_t r;
+		while (len < ENV_READ_MAX && (r = read(fd, buf + len, ENV_READ_MAX - len)) > 0)
+			len += (size_t)r;
+		close(fd);
+		const char *v = agent_env_lookup(buf, len, name);
+		if (v == NULL || strcmp(v, value) != 0)
+			continue;
+		n++;
+		fn((pid_t)pid, pg, start, buf, len, arg);
+	}
+	free(buf);
+	closedir(d);
+	return n;
+}
+
 int agent_proc_run(const struct agent_spawn *sp, long long timeout_ms, int *status, char *err,
 		   size_t errlen)
 {

@@ -11,7 +11,10 @@
  * run/app.json records the live process (pid, start time, port, release,
  * version, secrets directory) so that a restarted agent adopts the running
  * application instead of starting a second copy: the agent is not in the
- * serving path, and restarting it must not take production down.
+ * serving path, and restarting it must not take production down. Every
+ * process the agent starts also carries its root in its environment
+ * (AGENT_MARK_ENV), so that agent_adopt finds the processes a killed agent
+ * started but never recorded, and keeps exactly one.
  *
  * Locking: agent.mu guards `live`. A probe runs without agent.mu (it may
  * take seconds) but holds agent.probe_mu, which agent_promote takes before
@@ -102,6 +105,12 @@ int agent_start_release(struct agent *a, const struct agent_manifest *m, const c
 	int rc = agent_build_env(a, m, hex, version, port, secrets_dir, 1, &env, err, errlen);
 	if (rc != 0)
 		return rc;
+	/* The mark a restarted agent finds its processes by (agent_adopt),
+	 * whatever it managed to record before it died. */
+	if ((rc = agent_env_add(&env, AGENT_MARK_ENV, a->store.root)) != 0) {
+		agent_env_free(&env);
+		return sw_errf(err, errlen, rc, "environment too large");
+	}
 	struct agent_spawn sp = { .argv = m->argv, .envp = env.envp, .cwd = cwd, .log_path = logp };
 	rc = agent_proc_spawn(&sp, p, err, errlen);
 	agent_env_free(&env);
@@ -127,6 +136,12 @@ void agent_save_live_locked(struct agent *a)
 	json_t *j = json_pack("{s:I, s:I, s:i, s:s, s:s, s:s}", "pid", (json_int_t)l->proc.pid,
 			      "start_time", (json_int_t)l->proc.start_time, "port", l->proc.port,
 			      "release", l->hex, "version", l->version, "secrets_dir", l->secrets_dir);
+	if (j != NULL && l->retiring.pid > 0)
+		json_object_set_new(j, "retiring",
+				    json_pack("{s:I, s:I, s:s, s:s}", "pid",
+					      (json_int_t)l->retiring.pid, "start_time",
+					      (json_int_t)l->retiring.start_time, "release",
+					      l->retiring_hex, "secrets_dir", l->retiring_sd));
 	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	if (text == NULL || agent_write_file_sync(path, text, strlen(text), err, sizeof err) != 0)
 		log_error("cannot record the live process", "path=%s", path);
@@ -155,43 +170,14 @@ int agent_load_release(struct agent *a, const char *hex, struct agent_manifest *
 	return rc;
 }
 
-/* Reads run/app.json. Returns 0 when it describes release hex. */
-static int read_app_json(struct agent *a, const char *hex, struct agent_proc *p, char *version,
-			 size_t vlen, char *secrets_dir, size_t slen)
-{
-	char path[AGENT_PATH_MAX];
-	agent_store_path(&a->store, path, sizeof path, "run/app.json");
-	json_error_t je;
-	json_t *j = json_load_file(path, 0, &je);
-	if (j == NULL)
-		return SW_ENOTFOUND;
-	json_int_t pid = 0, st = 0;
-	int port = 0;
-	const char *rel = NULL, *ver = NULL, *sd = NULL;
-	int rc = SW_EINVAL;
-	if (json_unpack(j, "{s:I, s:I, s:i, s:s, s:s, s:s}", "pid", &pid, "start_time", &st,
-			"port", &port, "release", &rel, "version", &ver, "secrets_dir", &sd) == 0 &&
-	    strcmp(rel, hex) == 0 && pid >= 0 && pid < (1 << 30) && port >= 0 && port < 65536 &&
-	    strlen(ver) <= AGENT_VERSION_MAX) {
-		memset(p, 0, sizeof *p);
-		p->pid = (pid_t)pid;
-		p->start_time = (uint64_t)st;
-		p->port = port;
-		p->is_child = 0;
-		snprintf(version, vlen, "%s", ver);
-		snprintf(secrets_dir, slen, "%s", sd);
-		rc = 0;
-	}
-	json_decref(j);
-	return rc;
-}
-
-int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *secrets_dir)
+int agent_candidate_record(struct agent *a, const struct agent_proc *p, const char *hex,
+			   const char *version, const char *secrets_dir)
 {
 	char path[AGENT_PATH_MAX], err[256];
 	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
-	json_t *j = json_pack("{s:I, s:I, s:s}", "pid", (json_int_t)p->pid, "start_time",
-			      (json_int_t)p->start_time, "secrets_dir", secrets_dir ? secrets_dir : "");
+	json_t *j = json_pack("{s:I, s:I, s:i, s:s, s:s, s:s}", "pid", (json_int_t)p->pid,
+			      "start_time", (json_int_t)p->start_time, "port", p->port, "release", hex,
+			      "version", version, "secrets_dir", secrets_dir ? secrets_dir : "");
 	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	int rc = text ? agent_write_file_sync(path, text, strlen(text), err, sizeof err) : SW_ENOMEM;
 	free(text);
@@ -206,80 +192,241 @@ void agent_candidate_clear(struct agent *a)
 	unlink(path);
 }
 
-/* A new release that was being health-checked when the agent died: it
- * never became the live one, so it goes (with its secrets). */
-static void reap_candidate(struct agent *a)
+/* ------------------------------------------------------ start-up reconcile */
+
+/*
+ * A process a previous agent on this root may have left running. They come
+ * from three places, in order of preference for adoption: run/app.json
+ * (the live process and, while a deploy stops it, the one it replaces),
+ * run/candidate.json (a new process being health-checked or just switched
+ * to), and a scan of /proc for processes whose environment carries this
+ * root's mark (AGENT_MARK_ENV): that scan finds what the records missed,
+ * because the agent died between starting a process and recording it.
+ */
+struct leftover {
+	struct agent_proc p;          /* pid: the process, or its group when !leader */
+	char hex[AGENT_HEX_LEN + 1];  /* its release ("" = unknown) */
+	char version[AGENT_VERSION_MAX + 1];
+	char secrets_dir[AGENT_PATH_MAX];
+	int leader;                   /* leads its own group: may be adopted */
+	int marked_group;             /* a marked process runs in its group */
+	const char *from;
+};
+
+#define MAX_LEFTOVERS 64
+
+struct leftovers {
+	struct leftover v[MAX_LEFTOVERS];
+	size_t n;
+};
+
+static struct leftover *leftover_find(struct leftovers *lo, pid_t pid)
+{
+	for (size_t i = 0; i < lo->n; i++)
+		if (lo->v[i].p.pid == pid)
+			return &lo->v[i];
+	return NULL;
+}
+
+/* Adds one record {pid, start_time, port?, release?, version?,
+ * secrets_dir?} (malformed ones are skipped; pid 0 = the live release was
+ * down: kept for its port and secrets). */
+static void leftover_add_json(struct leftovers *lo, json_t *j, const char *from)
+{
+	json_int_t pid = 0, st = 0;
+	int port = 0;
+	const char *rel = "", *ver = "", *sd = "";
+	if (j == NULL || lo->n == MAX_LEFTOVERS ||
+	    json_unpack(j, "{s:I, s:I, s?i, s?s, s?s, s?s}", "pid", &pid, "start_time", &st,
+			"port", &port, "release", &rel, "version", &ver, "secrets_dir", &sd) != 0 ||
+	    pid < 0 || pid >= (1 << 30) || port < 0 || port > 65535 ||
+	    strlen(ver) > AGENT_VERSION_MAX || strlen(sd) >= AGENT_PATH_MAX ||
+	    (rel[0] != '\0' && strlen(rel) != AGENT_HEX_LEN) ||
+	    (pid > 0 && leftover_find(lo, (pid_t)pid)))
+		return;
+	struct leftover *o = &lo->v[lo->n++];
+	memset(o, 0, sizeof *o);
+	o->p.pid = (pid_t)pid;
+	o->p.start_time = (uint64_t)st;
+	o->p.port = port;
+	o->leader = 1; /* the agent records only processes it started: group leaders */
+	o->from = from;
+	snprintf(o->hex, sizeof o->hex, "%s", rel);
+	snprintf(o->version, sizeof o->version, "%s", ver);
+	snprintf(o->secrets_dir, sizeof o->secrets_dir, "%s", sd);
+}
+
+static void on_marked(pid_t pid, pid_t pgid, uint64_t start, const char *env, size_t len,
+		      void *arg)
+{
+	struct leftovers *lo = arg;
+	int leader = pid == pgid;
+	/* A helper of a release is reached through its group. */
+	pid_t key = leader ? pid : pgid;
+	struct leftover *o = leftover_find(lo, key);
+	if (o == NULL) {
+		if (lo->n == MAX_LEFTOVERS)
+			return;
+		o = &lo->v[lo->n++];
+		memset(o, 0, sizeof *o);
+		o->p.pid = key;
+		o->p.start_time = leader ? start : 0;
+		o->leader = leader;
+		o->from = "scan";
+	}
+	o->marked_group = 1;
+	if (!leader)
+		return;
+	/* Fill what the record did not say (older records lack fields). */
+	const char *dg = agent_env_lookup(env, len, "SLIPWAY_DIGEST");
+	const char *ver = agent_env_lookup(env, len, "SLIPWAY_VERSION");
+	const char *port = agent_env_lookup(env, len, "PORT");
+	const char *sd = agent_env_lookup(env, len, "SLIPWAY_SECRETS_DIR");
+	if (o->hex[0] == '\0' && dg != NULL && agent_digest_ok(dg, NULL))
+		snprintf(o->hex, sizeof o->hex, "%s", dg + 7);
+	if (o->version[0] == '\0' && ver != NULL)
+		snprintf(o->version, sizeof o->version, "%s", ver);
+	if (o->p.port == 0 && port != NULL) {
+		char *end = NULL;
+		long v = strtol(port, &end, 10);
+		if (end != port && *end == '\0' && v > 0 && v < 65536)
+			o->p.port = (int)v;
+	}
+	if (o->secrets_dir[0] == '\0' && sd != NULL && strlen(sd) < sizeof o->secrets_dir)
+		snprintf(o->secrets_dir, sizeof o->secrets_dir, "%s", sd);
+	o->leader = 1;
+}
+
+/* Collects every leftover: the records first (their order is the
+ * preference for adoption), then the /proc scan. */
+static void leftovers_collect(struct agent *a, struct leftovers *lo)
 {
 	char path[AGENT_PATH_MAX];
-	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
 	json_error_t je;
-	json_t *j = json_load_file(path, 0, &je);
-	if (j == NULL)
+	agent_store_path(&a->store, path, sizeof path, "run/app.json");
+	json_t *app = json_load_file(path, 0, &je);
+	leftover_add_json(lo, app, "app.json");
+	agent_store_path(&a->store, path, sizeof path, "run/candidate.json");
+	json_t *cand = json_load_file(path, 0, &je);
+	leftover_add_json(lo, cand, "candidate.json");
+	leftover_add_json(lo, app ? json_object_get(app, "retiring") : NULL, "app.json retiring");
+	json_decref(cand);
+	json_decref(app);
+	if (agent_proc_find_env(AGENT_MARK_ENV, a->store.root, on_marked, lo) < 0)
+		log_warn("cannot scan /proc for processes left by a previous agent", NULL);
+}
+
+/* Removes a secrets directory named by a leftover: only one the agent
+ * could have made (directly under --shm-dir), never the kept one's. */
+static void remove_leftover_secrets(struct agent *a, const char *sd, const char *keep_sd)
+{
+	const char *base = a->cfg->shm_dir ? a->cfg->shm_dir : "/dev/shm";
+	size_t bl = strlen(base);
+	if (sd[0] == '\0' || strcmp(sd, keep_sd) == 0 || strncmp(sd, base, bl) != 0 ||
+	    sd[bl] != '/' || strchr(sd + bl + 1, '/') != NULL || strstr(sd, "..") != NULL)
 		return;
-	json_int_t pid = 0, st = 0;
-	const char *sd = "";
-	if (json_unpack(j, "{s:I, s:I, s:s}", "pid", &pid, "start_time", &st, "secrets_dir",
-			&sd) == 0 &&
-	    pid > 0 && pid < (1 << 30) && (pid_t)pid != a->live.proc.pid) {
-		/* (the live process may be the candidate that was promoted just
-		 * before the agent died: that one stays) */
-		struct agent_proc p = { .pid = (pid_t)pid, .start_time = (uint64_t)st };
-		if (agent_proc_alive(&p)) {
-			log_info("stopping a new release left unfinished by the previous agent",
-				 "pid=%d", (int)p.pid);
-			agent_proc_stop(&p, 5000);
-		}
-		if (sd[0] != '\0' && strcmp(sd, a->live.secrets_dir) != 0)
-			agent_secrets_remove(sd);
-	}
-	json_decref(j);
-	unlink(path);
+	agent_secrets_remove(sd);
 }
 
 int agent_adopt(struct agent *a, char *err, size_t errlen)
 {
-	char hex[AGENT_HEX_LEN + 1];
+	char hex[AGENT_HEX_LEN + 1] = "";
 	struct agent_manifest *m = NULL;
 	struct agent_live *l = &a->live;
-	int rc;
+	struct leftovers *lo = NULL;
+	int rc = 0;
 
-	if (agent_store_link(&a->store, "current", hex) != 0) {
-		log_info("nothing deployed yet", NULL);
-		reap_candidate(a);
-		return 0;
-	}
-	if ((rc = agent_load_release(a, hex, &m, err, errlen)) != 0)
+	/* `current` is the commit point of a deploy: once it names the new
+	 * release, the new release is what must run, whatever else happened. */
+	int have_cur = agent_store_link(&a->store, "current", hex) == 0;
+	if (have_cur && (rc = agent_load_release(a, hex, &m, err, errlen)) != 0)
 		return rc;
+	if ((lo = calloc(1, sizeof *lo)) == NULL) {
+		agent_manifest_free(m);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
+	leftovers_collect(a, lo);
+
+	/* Keep at most one process: alive, leading its group, running the
+	 * current release; the records are preferred to the scan. */
+	struct leftover *keep = NULL;
+	for (size_t i = 0; have_cur && keep == NULL && i < lo->n; i++) {
+		struct leftover *o = &lo->v[i];
+		if (o->leader && strcmp(o->hex, hex) == 0 && agent_proc_alive(&o->p))
+			keep = o;
+	}
+	/* What the live release had recorded (its port and secrets survive a
+	 * restart of the process). */
+	struct leftover *rec = NULL;
+	if (have_cur && lo->n > 0 && strcmp(lo->v[0].from, "app.json") == 0 &&
+	    strcmp(lo->v[0].hex, hex) == 0)
+		rec = &lo->v[0];
+	const char *keep_sd = keep ? keep->secrets_dir : rec ? rec->secrets_dir : "";
+
+	/* Everything else goes: a new process whose deploy never switched, the
+	 * old process of a deploy that switched but did not stop it, a second
+	 * copy started but not recorded. */
+	long long grace = m ? m->stop_grace_ms : 10000;
+	for (size_t i = 0; i < lo->n; i++) {
+		struct leftover *o = &lo->v[i];
+		if (o == keep || (keep != NULL && o->p.pid == keep->p.pid))
+			continue;
+		struct agent_proc p = o->p;
+		if (o->p.pid > 0 && (agent_proc_alive(&p) || o->marked_group)) {
+			log_warn("stopping a process left by the previous agent",
+				 "pid=%d release=%.12s from=%s", (int)o->p.pid,
+				 o->hex[0] ? o->hex : "unknown", o->from);
+			if (agent_proc_stop(&p, grace) != 0)
+				log_error("a process left by the previous agent survived SIGKILL",
+					  "pid=%d", (int)o->p.pid);
+		}
+		remove_leftover_secrets(a, o->secrets_dir, keep_sd);
+	}
+
 	pthread_mutex_lock(&a->mu);
 	memset(l, 0, sizeof *l);
-	l->have = 1;
-	l->m = m;
-	snprintf(l->hex, sizeof l->hex, "%s", hex);
-	l->backoff_ms = a->cfg->restart_backoff_ms;
-	struct agent_proc p;
-	memset(&p, 0, sizeof p);
-	int known = read_app_json(a, hex, &p, l->version, sizeof l->version, l->secrets_dir,
-				  sizeof l->secrets_dir) == 0;
-	if (known && p.pid > 0 && agent_proc_alive(&p)) {
-		l->proc = p;
-		l->state = AGENT_PROC_RUNNING;
-		l->up_since_ms = agent_now_ms();
-		l->next_health_ms = agent_now_ms();
-		snprintf(l->health_detail, sizeof l->health_detail, "adopted; not checked yet");
-		log_info("adopted the running release", "release=%.12s version=%s pid=%d port=%d",
-			 hex, l->version, (int)p.pid, p.port);
+	if (!have_cur) {
+		log_info("nothing deployed yet", NULL);
 	} else {
-		/* Not running (it crashed while the agent was away, or the host
-		 * rebooted): start it again, on its old port when it had one. */
-		memset(&l->proc, 0, sizeof l->proc);
-		l->proc.port = known ? p.port : 0;
-		l->state = AGENT_PROC_STARTING;
-		l->next_restart_ms = agent_now_ms();
-		log_info("the current release is not running: starting it", "release=%.12s", hex);
+		l->have = 1;
+		l->m = m;
+		m = NULL;
+		snprintf(l->hex, sizeof l->hex, "%s", hex);
+		l->backoff_ms = a->cfg->restart_backoff_ms;
+		if (keep != NULL) {
+			l->proc = keep->p;
+			l->proc.is_child = 0;
+			snprintf(l->version, sizeof l->version, "%s",
+				 keep->version[0] ? keep->version : rec ? rec->version : "");
+			snprintf(l->secrets_dir, sizeof l->secrets_dir, "%s", keep->secrets_dir);
+			l->state = AGENT_PROC_RUNNING;
+			l->up_since_ms = agent_now_ms();
+			l->next_health_ms = agent_now_ms();
+			snprintf(l->health_detail, sizeof l->health_detail, "adopted; not checked yet");
+			log_info("adopted the running release",
+				 "release=%.12s version=%s pid=%d port=%d from=%s", hex, l->version,
+				 (int)l->proc.pid, l->proc.port, keep->from);
+		} else {
+			/* Not running (it crashed while the agent was away, or the
+			 * host rebooted): start it again, on its old port when it had
+			 * one. */
+			if (rec != NULL) {
+				l->proc.port = rec->p.port;
+				snprintf(l->version, sizeof l->version, "%s", rec->version);
+				snprintf(l->secrets_dir, sizeof l->secrets_dir, "%s", rec->secrets_dir);
+			}
+			l->state = AGENT_PROC_STARTING;
+			l->next_restart_ms = agent_now_ms();
+			log_info("the current release is not running: starting it", "release=%.12s",
+				 hex);
+		}
 	}
 	agent_save_live_locked(a);
 	pthread_mutex_unlock(&a->mu);
-	reap_candidate(a);
+	/* Recorded as the live process above: the candidate record is done. */
+	agent_candidate_clear(a);
+	agent_manifest_free(m);
+	free(lo);
 	return 0;
 }
 
@@ -338,6 +485,7 @@ static void restart_step(struct agent *a, int64_t now)
 		struct agent_proc p;
 		if (agent_start_release(a, l->m, l->hex, l->version, port, l->secrets_dir, &p, err,
 					sizeof err) == 0) {
+			agent_crash_point("after-restart-spawn");
 			l->proc = p;
 			l->up_since_ms = now;
 			l->next_health_ms = now + l->m->health.interval_ms;
@@ -464,8 +612,9 @@ void agent_promote(struct agent *a, const char *hex, const char *version,
 	pthread_mutex_lock(&a->mu);
 	struct agent_proc old = l->proc;
 	struct agent_manifest *old_m = l->m;
-	char old_sd[AGENT_PATH_MAX];
+	char old_sd[AGENT_PATH_MAX], old_hex[AGENT_HEX_LEN + 1];
 	snprintf(old_sd, sizeof old_sd, "%s", l->secrets_dir);
+	snprintf(old_hex, sizeof old_hex, "%s", l->hex);
 	int had = l->have;
 	memset(l, 0, sizeof *l);
 	l->have = 1;
@@ -481,14 +630,27 @@ void agent_promote(struct agent *a, const char *hex, const char *version,
 	l->next_health_ms = agent_now_ms() + m->health.live_interval_ms;
 	l->backoff_ms = a->cfg->restart_backoff_ms;
 	l->up_since_ms = agent_now_ms();
+	/* Recorded with the new one until it is stopped, so that an agent
+	 * killed meanwhile stops it on its next start. */
+	int retire = had && old.pid > 0 && old.pid != p->pid;
+	if (retire) {
+		l->retiring = old;
+		snprintf(l->retiring_hex, sizeof l->retiring_hex, "%s", old_hex);
+		snprintf(l->retiring_sd, sizeof l->retiring_sd, "%s", old_sd);
+	}
 	agent_save_live_locked(a);
 	pthread_mutex_unlock(&a->mu);
+	agent_crash_point("after-record");
 
-	if (had && old.pid > 0 && old.pid != p->pid) {
+	if (retire) {
 		long long grace = old_m ? old_m->stop_grace_ms : 10000;
 		log_info("stopping the previous process", "pid=%d grace_ms=%lld", (int)old.pid, grace);
 		if (agent_proc_stop(&old, grace) != 0)
 			log_error("the previous process survived SIGKILL", "pid=%d", (int)old.pid);
+		pthread_mutex_lock(&a->mu);
+		memset(&l->retiring, 0, sizeof l->retiring);
+		agent_save_live_locked(a);
+		pthread_mutex_unlock(&a->mu);
 	}
 	if (had && old_sd[0] != '\0' && strcmp(old_sd, secrets_dir ? secrets_dir : "") != 0)
 		agent_secrets_remove(old_sd);

@@ -14,7 +14,12 @@
  *   orchestrator going away and coming back; SIGTERM exits 0 and leaves
  *   the application serving, and the next agent adopts it; kill -9 in the
  *   middle of a task, then the task delivered again, finishes it, and the
- *   unfinished new process of the killed agent is stopped.
+ *   unfinished new process of the killed agent is stopped; the agent
+ *   killed (test hook SLIPWAY_AGENT_CRASH_AT) in each crash window of a
+ *   deploy and of a crash restart runs, once restarted, exactly one process
+ *   of the intended release (counted by command line under its root);
+ *   given two orchestrator addresses, the agent moves from a frozen
+ *   (SIGSTOP) replica to the other one within about a heartbeat interval.
  */
 #include "agent_harness.h"
 #include "err.h"
@@ -25,6 +30,7 @@
 
 #include "slipway/v1/orchestrator.pb-c.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -402,11 +408,18 @@ static struct report run_task(const char *task_id, uint64_t gen, const char *ver
 	return last_final(task_id, gen);
 }
 
-static void start_agent(void)
+/* Starts the agent binary; crash_at (or NULL) goes to its environment as
+ * SLIPWAY_AGENT_CRASH_AT, orch (or NULL: the stand-in) is its
+ * --orchestrator-addr. */
+static void start_agent_with(const char *crash_at, const char *orch_addr)
 {
-	char orch[64];
+	char orch[256], hook[96];
 	snprintf(orch, sizeof orch, "127.0.0.1:%d", srv_port);
-	char *argv[] = { "build/bin/slipway-agent",
+	if (orch_addr != NULL)
+		snprintf(orch, sizeof orch, "%s", orch_addr);
+	snprintf(hook, sizeof hook, "SLIPWAY_AGENT_CRASH_AT=%s", crash_at ? crash_at : "");
+	char *argv[] = { "/usr/bin/env", hook,
+			 "build/bin/slipway-agent",
 			 "--orchestrator-addr", orch,
 			 "--artifact-addr", (char *)h_env("SLIPWAY_ARTIFACT_ADDR"),
 			 "--ca", (char *)h_env("SLIPWAY_CA"),
@@ -424,6 +437,11 @@ static void start_agent(void)
 			 "--shutdown-grace", "20s",
 			 NULL };
 	assert_int_equal(h_start(&agent, argv, NULL, agent_log), 0);
+}
+
+static void start_agent(void)
+{
+	start_agent_with(NULL, NULL);
 }
 
 static int agent_exited(void)
@@ -723,7 +741,226 @@ static void test_kill9_mid_task_then_redelivery(void **state)
 	app_serves("2.0.0");
 }
 
-int main(void)
+/* Counts the live processes whose argv[0] is a program under this agent's
+ * releases/ (whatever the agent thinks it runs): the release hex of the
+ * last one goes to hex (65 bytes), its pid to *pid. */
+static int release_processes(char *hex, int *pid)
+{
+	char prefix[700];
+	snprintf(prefix, sizeof prefix, "%s/releases/", root);
+	size_t plen = strlen(prefix);
+	DIR *d = opendir("/proc");
+	assert_non_null(d);
+	struct dirent *de;
+	int n = 0;
+	hex[0] = '\0';
+	*pid = 0;
+	while ((de = readdir(d)) != NULL) {
+		char *end = NULL;
+		long p = strtol(de->d_name, &end, 10);
+		if (end == de->d_name || *end != '\0' || p <= 0 || !ah_pid_alive((int)p))
+			continue;
+		char path[64], cmd[2048];
+		snprintf(path, sizeof path, "/proc/%ld/cmdline", p);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		size_t got = fread(cmd, 1, sizeof cmd - 1, f);
+		fclose(f);
+		cmd[got] = '\0';
+		if (strncmp(cmd, prefix, plen) != 0)
+			continue;
+		n++;
+		snprintf(hex, 65, "%.64s", cmd + plen);
+		*pid = (int)p;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Exactly one process of the release with digest `digest` runs, it is the
+ * one the agent supervises (run/app.pid) and it serves `version`. Checked
+ * twice, a while apart, so that a second copy the supervisor starts late
+ * is seen too. */
+static void exactly_one(const char *version, const char *digest)
+{
+	for (int round = 0; round < 2; round++) {
+		h_sleep_ms(1500);
+		char hex[65];
+		int pid = 0, n = release_processes(hex, &pid);
+		if (n != 1)
+			fail_msg("%d processes of releases under %s run, want 1", n, root);
+		assert_string_equal(hex, digest + 7);
+		assert_int_equal(pid, app_pid());
+		app_serves(version);
+	}
+}
+
+/* Fault 7 of issue 11, and the other crash windows of a deploy: the agent
+ * killed (-9) after the new process started but before it was recorded,
+ * after `current` was switched but before the new process was recorded,
+ * after it was recorded but before the old one was stopped, and after the
+ * task finished but before its result was recorded. Restarted, the agent
+ * must run exactly one copy of the intended release, and finish the task
+ * when it is delivered again. */
+static void test_crash_windows_leave_exactly_one_process(void **state)
+{
+	(void)state;
+	static const char *const points[] = { "after-spawn", "after-switch", "after-record",
+					      "before-result" };
+	uint64_t gen = 100;
+	int v1 = 0; /* v2 runs now (test_kill9_mid_task_then_redelivery) */
+	for (size_t i = 0; i < sizeof points / sizeof points[0]; i++, gen++) {
+		v1 = !v1;
+		const char *version = v1 ? "1.0.0" : "2.0.0", *digest = v1 ? d1 : d2;
+		char task_id[64], needle[64];
+		snprintf(task_id, sizeof task_id, "dep-crash-%llu/proto-1/deploy",
+			 (unsigned long long)gen);
+		assert_int_equal(h_stop(&agent, SIGTERM, 30000), 0);
+		pthread_mutex_lock(&F.mu);
+		int n = F.registers + 1;
+		pthread_mutex_unlock(&F.mu);
+		start_agent_with(points[i], NULL);
+		assert_true(wait_for(registered_n, &n));
+		queue(task_id, gen, "web", version, digest);
+		if (h_wait(&agent, WAIT_MS) != 128 + SIGKILL)
+			fail_msg("the agent did not stop itself at %s", points[i]);
+		snprintf(needle, sizeof needle, "crash_at=%s", points[i]);
+		assert_true(h_grep_count(agent_log, needle) >= 1);
+
+		pthread_mutex_lock(&F.mu);
+		n = F.registers + 1;
+		pthread_mutex_unlock(&F.mu);
+		start_agent();
+		assert_true(wait_for(registered_n, &n));
+		/* The orchestrator delivers the task again (the stand-in stopped
+		 * offering it at the STARTED report). */
+		queue(task_id, gen, "web", version, digest);
+		struct want_report w = { task_id, gen, 0, 1 };
+		if (!wait_for(have_report, &w))
+			fail_msg("%s: no final report after the restart", points[i]);
+		struct report r = last_final(task_id, gen);
+		if (r.result != SLIPWAY__V1__TASK_RESULT__TASK_SUCCEEDED)
+			fail_msg("%s: %s", points[i], r.message);
+		struct hb_want hw = { version, SLIPWAY__V1__PROCESS_STATE__PROCESS_RUNNING, gen };
+		assert_true(wait_for(heartbeat_shows, &hw));
+		exactly_one(version, digest);
+	}
+}
+
+/* A supervisor restart (the application crashed) interrupted between
+ * starting the process and recording it. */
+static void test_crash_during_a_restart_leaves_exactly_one_process(void **state)
+{
+	(void)state;
+	/* test_crash_windows_... ended on v2 */
+	assert_int_equal(h_stop(&agent, SIGTERM, 30000), 0);
+	pthread_mutex_lock(&F.mu);
+	int n = F.registers + 1;
+	pthread_mutex_unlock(&F.mu);
+	start_agent_with("after-restart-spawn", NULL);
+	assert_true(wait_for(registered_n, &n));
+	int pid = app_pid();
+	assert_true(ah_pid_alive(pid));
+	kill(pid, SIGKILL);
+	if (h_wait(&agent, WAIT_MS) != 128 + SIGKILL)
+		fail_msg("the agent did not stop itself at after-restart-spawn");
+	pthread_mutex_lock(&F.mu);
+	n = F.registers + 1;
+	pthread_mutex_unlock(&F.mu);
+	start_agent();
+	assert_true(wait_for(registered_n, &n));
+	exactly_one("2.0.0", d2);
+}
+
+/* Another replica of the stand-in, in its own process so that it can be
+ * frozen with SIGSTOP: `it_agent_proto --fake-replica CRT KEY PORT_FILE`. */
+static int fake_replica_main(char **argv)
+{
+	char err[256];
+	snprintf(srv_crt, sizeof srv_crt, "%s", argv[2]);
+	snprintf(srv_key, sizeof srv_key, "%s", argv[3]);
+	if (pki_trust_domain(h_env("SLIPWAY_PKI_DIR"), td, sizeof td, err, sizeof err) != 0)
+		return 1;
+	rpc_init();
+	fake_start(0);
+	char num[32];
+	int n = snprintf(num, sizeof num, "%d\n", srv_port);
+	FILE *f = fopen(argv[4], "w");
+	if (f == NULL || fwrite(num, 1, (size_t)n, f) != (size_t)n || fclose(f) != 0)
+		return 1;
+	for (;;)
+		pause(); /* until SIGKILL */
+}
+
+/* Fault 5 of issue 11, the agent's side: the replica the agent talks to is
+ * frozen (SIGSTOP) while another one runs. The agent, given both
+ * addresses, moves to the survivor within about a heartbeat interval,
+ * registers there when told it is unknown, keeps heartbeating and takes
+ * tasks from it. */
+static void test_frozen_replica_failover(void **state)
+{
+	(void)state;
+	char pf[700], rlog[700], exe[700], addrs[128];
+	struct h_proc rep;
+	snprintf(pf, sizeof pf, "%s/replica.port", dir);
+	snprintf(rlog, sizeof rlog, "%s/replica.log", dir);
+	ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	assert_true(el > 0);
+	exe[el] = '\0';
+	char *rargv[] = { exe, "--fake-replica", srv_crt, srv_key, pf, NULL };
+	assert_int_equal(h_start(&rep, rargv, pf, rlog), 0);
+
+	assert_int_equal(h_stop(&agent, SIGTERM, 30000), 0);
+	snprintf(addrs, sizeof addrs, "127.0.0.1:%d,127.0.0.1:%d", rep.port, srv_port);
+	pthread_mutex_lock(&F.mu);
+	F.known = 0; /* the survivor does not know the agent: it must register */
+	int r0 = F.registers;
+	pthread_mutex_unlock(&F.mu);
+	start_agent_with(NULL, addrs);
+	/* The first address answers: nothing reaches the second one. */
+	int regs = h_grep_count(agent_log, "registered with the orchestrator");
+	for (int i = 0; i < 400 && h_grep_count(agent_log, "registered with the orchestrator") == regs;
+	     i++)
+		h_sleep_ms(25);
+	h_sleep_ms(1000);
+	pthread_mutex_lock(&F.mu);
+	assert_int_equal(F.registers, r0);
+	int h0 = F.heartbeats;
+	pthread_mutex_unlock(&F.mu);
+
+	assert_int_equal(kill(rep.pid, SIGSTOP), 0);
+	long long t0 = h_now_ms();
+	int want = r0 + 1;
+	assert_true(wait_for(registered_n, &want));
+	want = h0 + 1;
+	assert_true(wait_for(heartbeats_n, &want));
+	long long gap = h_now_ms() - t0;
+	/* Interval 200 ms (the stand-in's answer), heartbeat deadline 1 s:
+	 * the survivor hears from the agent well within 4 s. */
+	if (gap > 4000)
+		fail_msg("no heartbeat reached the survivor for %lld ms after the freeze", gap);
+	pthread_mutex_lock(&F.mu);
+	h0 = F.heartbeats;
+	pthread_mutex_unlock(&F.mu);
+	h_sleep_ms(2000);
+	pthread_mutex_lock(&F.mu);
+	int beats = F.heartbeats - h0;
+	pthread_mutex_unlock(&F.mu);
+	if (beats < 5)
+		fail_msg("%d heartbeats in 2 s at a 200 ms interval", beats);
+	/* Tasks come from the survivor too (v2 runs: done at once). */
+	struct report r = run_task("dep-fo/proto-1/deploy", 200, "2.0.0", d2, 1);
+	if (r.result != SLIPWAY__V1__TASK_RESULT__TASK_SUCCEEDED)
+		fail_msg("after the failover: %s", r.message);
+	assert_true(h_grep_count(agent_log, "moving to the next one") >= 1);
+
+	kill(rep.pid, SIGKILL);
+	kill(rep.pid, SIGCONT);
+	assert_int_equal(h_wait(&rep, 10000), 128 + SIGKILL);
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_register_and_heartbeat),
@@ -736,7 +973,12 @@ int main(void)
 		cmocka_unit_test(test_orchestrator_down_and_back),
 		cmocka_unit_test(test_sigterm_leaves_the_app_running),
 		cmocka_unit_test(test_kill9_mid_task_then_redelivery),
+		cmocka_unit_test(test_crash_windows_leave_exactly_one_process),
+		cmocka_unit_test(test_crash_during_a_restart_leaves_exactly_one_process),
+		cmocka_unit_test(test_frozen_replica_failover),
 	};
+	if (argc == 5 && strcmp(argv[1], "--fake-replica") == 0)
+		return fake_replica_main(argv);
 	if (getenv("SLIPWAY_ARTIFACT_ADDR") == NULL) {
 		fprintf(stderr, "it_agent_proto: the stack must run the artifact and secrets services\n");
 		return 1;
