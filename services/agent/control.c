@@ -287,6 +287,9 @@ static int do_register(struct agent_control *c, int *moved, char *err, size_t er
 	agent_runtime(a, &rt);
 	fill_runtime(&rt, endpoint, sizeof endpoint, &prt);
 	req.runtime = &prt;
+	/* The orchestrator numbers new tasks above it, even if its database
+	 * was restored from a backup older than what this agent has seen. */
+	req.highest_generation = highest_generation(c);
 	int rc = ctl_call(c, SLOT_HB, "RegisterAgent", &req.base, &resp, REGISTER_TIMEOUT_MS, moved,
 			  err, errlen);
 	if (rc != 0)
