@@ -64,6 +64,8 @@ teardown() {
     for pf in "$S"/run/*.pid; do [ -e "$pf" ] && kill -CONT "$(cat "$pf")" 2>/dev/null; done
     if [ ! -f "$S/pg/data/postmaster.pid" ]; then pg_start >/dev/null 2>&1 || true; fi
     scripts/stack down "$S" >/dev/null 2>&1 || true
+    # What a test started beside the stack (a second replica) goes too.
+    for pf in "$S"/run/*.pid; do [ -e "$pf" ] && kill "$(cat "$pf")" 2>/dev/null; done
   fi
   # As tests/run does for the other suites: any sanitizer report fails.
   if grep -rlE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$T" --include='*.log' >/dev/null 2>&1; then
