@@ -6,7 +6,9 @@
  * reports) are still answered within their usual deadlines, the deployment
  * completes, every watcher receives the final SUCCEEDED detail and its
  * stream ends OK; a watcher that cancels is let go, and a watch of a
- * deployment that is already over gets one detail and ends.
+ * deployment that is already over gets one detail and ends. Then, on a
+ * replica restarted with --max-watchers 2: a third watch is
+ * RESOURCE_EXHAUSTED, and SIGTERM ends the open ones UNAVAILABLE at once.
  *
  * The agent is this test speaking the agent protocol (as it_orchestrator
  * does): no real agent process.
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 /* More than the orchestrator's default of 16 worker threads. */
@@ -58,11 +61,12 @@ static int setup(void **st)
 	const char *addr = h_env("SLIPWAY_ORCHESTRATOR_ADDR"), *ca = h_env("SLIPWAY_CA");
 	A = h_client(addr, ca, a_crt, a_key);
 	ADMIN = h_client(addr, ca, h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
-	/* A release for app "wx" (the bytes never run). */
-	if (run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push '%s/blob'"
-		" --app wx --version 1.0.0 >/dev/null 2>&1",
-		dir, dir) != 0)
-		return -1;
+	/* Releases for app "wx" (the bytes never run). */
+	for (int v = 1; v <= 2; v++)
+		if (run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push"
+			" '%s/blob' --app wx --version %d.0.0 >/dev/null 2>&1",
+			dir, dir, v) != 0)
+			return -1;
 	return 0;
 }
 
@@ -168,13 +172,13 @@ static int drain_watch(struct rpc_stream *s, int i, int *received)
 	return state;
 }
 
-static void test_watchers_hold_no_worker(void **st)
+/* The agent registers, a deployment of one target to `version` starts,
+ * and its task reaches the agent (returned: free *keep). */
+static const Slipway__V1__Task *start_deployment(const char *version, char id[64],
+						 ProtobufCMessage **keep)
 {
-	(void)st;
 	char err[256];
 	ProtobufCMessage *m = NULL;
-
-	/* The agent registers, a deployment of one target starts. */
 	Slipway__V1__RegisterRequest reg = SLIPWAY__V1__REGISTER_REQUEST__INIT;
 	Slipway__V1__KeyValue l1 = SLIPWAY__V1__KEY_VALUE__INIT, l2 = SLIPWAY__V1__KEY_VALUE__INIT;
 	Slipway__V1__KeyValue *labels[2] = { &l1, &l2 };
@@ -196,23 +200,28 @@ static void test_watchers_hold_no_worker(void **st)
 	cr.app = "wx";
 	cr.environment = "prod";
 	cr.release_case = SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__RELEASE_VERSION;
-	cr.version = "1.0.0";
+	cr.version = (char *)version;
 	int rc = call(ADMIN, &slipway__v1__orchestrator__descriptor, "CreateDeployment", &cr.base, &m,
 		      err);
 	if (rc != 0)
 		fail_msg("CreateDeployment: %s (%s)", sw_strerror(rc), err);
-	char id[64];
-	snprintf(id, sizeof id, "%s", ((Slipway__V1__Deployment *)m)->id);
+	snprintf(id, 64, "%s", ((Slipway__V1__Deployment *)m)->id);
 	protobuf_c_message_free_unpacked(m, NULL);
-
-	/* Its task reaches the agent: the deployment is running. */
 	Slipway__V1__PollTasksRequest pr = SLIPWAY__V1__POLL_TASKS_REQUEST__INIT;
 	pr.wait_ms = 8000;
-	ProtobufCMessage *tm = NULL;
-	agent_call("PollTasks", &pr.base, &tm);
-	Slipway__V1__PollTasksResponse *tr = (void *)tm;
+	agent_call("PollTasks", &pr.base, keep);
+	Slipway__V1__PollTasksResponse *tr = (void *)*keep;
 	assert_int_equal(tr->n_tasks, 1);
-	const Slipway__V1__Task *task = tr->tasks[0];
+	return tr->tasks[0];
+}
+
+static void test_watchers_hold_no_worker(void **st)
+{
+	(void)st;
+	char err[256], id[64];
+	ProtobufCMessage *m = NULL, *tm = NULL;
+	int rc;
+	const Slipway__V1__Task *task = start_deployment("1.0.0", id, &tm);
 
 	/* NWATCH watches, and one more that its client will cancel. */
 	struct rpc_stream *w[NWATCH];
@@ -267,12 +276,66 @@ static void test_watchers_hold_no_worker(void **st)
 	assert_int_equal(rpc_stream_finish(s, err, sizeof err), SW_ENOTFOUND);
 }
 
+static void test_cap_and_shutdown(void **st)
+{
+	(void)st;
+	char err[256], id[64];
+	ProtobufCMessage *m = NULL, *tm = NULL;
+	const char *S = h_env("SLIPWAY_STACK_DIR");
+	assert_int_equal(run("scripts/stack stop '%s' orchestrator >/dev/null 2>&1", S), 0);
+	assert_int_equal(run("SLIPWAY_ORCHESTRATOR_MAX_WATCHERS=2 scripts/stack start '%s' orchestrator"
+			     " >/dev/null 2>&1",
+			     S),
+			 0);
+	/* Clients that wait for the restarted replica. */
+	const char *addr = h_env("SLIPWAY_ORCHESTRATOR_ADDR"), *ca = h_env("SLIPWAY_CA");
+	rpc_client_free(A);
+	rpc_client_free(ADMIN);
+	A = h_service_client(addr, ca, a_crt, a_key);
+	ADMIN = h_service_client(addr, ca, h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
+	start_deployment("2.0.0", id, &tm);
+
+	struct rpc_stream *w[2];
+	for (int i = 0; i < 2; i++) {
+		w[i] = open_watch(id);
+		assert_int_equal(rpc_stream_recv(w[i], &m), 1);
+		protobuf_c_message_free_unpacked(m, NULL);
+	}
+	struct rpc_stream *s = open_watch(id);
+	assert_true(rpc_stream_recv(s, &m) <= 0);
+	assert_int_equal(rpc_stream_finish(s, err, sizeof err), SW_ELIMIT);
+	assert_non_null(strstr(err, "too many deployment watches"));
+
+	/* SIGTERM: the drain ends the open watches UNAVAILABLE ("watch
+	 * again"), not the grace period's cancellation. The stop runs in the
+	 * background: the process takes its time to exit. */
+	assert_int_equal(run("(scripts/stack stop '%s' orchestrator; touch '%s/stopped')"
+			     " >/dev/null 2>&1 &",
+			     S, dir),
+			 0);
+	for (int i = 0; i < 2; i++) {
+		int rc;
+		while ((rc = rpc_stream_recv(w[i], &m)) == 1)
+			protobuf_c_message_free_unpacked(m, NULL);
+		assert_int_equal(rpc_stream_finish(w[i], err, sizeof err), SW_EUNAVAIL);
+		assert_non_null(strstr(err, "shutting down"));
+	}
+	char stopped[300];
+	snprintf(stopped, sizeof stopped, "%s/stopped", dir);
+	for (int i = 0; i < 300 && access(stopped, F_OK) != 0; i++)
+		h_sleep_ms(100);
+	assert_int_equal(access(stopped, F_OK), 0);
+	assert_int_equal(run("scripts/stack start '%s' orchestrator >/dev/null 2>&1", S), 0);
+	protobuf_c_message_free_unpacked(tm, NULL);
+}
+
 int main(void)
 {
 	log_init("it_orch_watch", LOG_WARN);
 	rpc_init();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_watchers_hold_no_worker),
+		cmocka_unit_test(test_cap_and_shutdown),
 	};
 	int rc = cmocka_run_group_tests_name("it_orch_watch", tests, setup, teardown);
 	rpc_shutdown();
