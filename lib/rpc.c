@@ -758,8 +758,10 @@ int rpc_send_async(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
 			ctx->outq = om;
 		ctx->outq_tail = om;
 		ctx->outq_len++;
-		if (!ctx->writing)
+		if (!ctx->writing) {
 			start = ctx->writing = 1;
+			ctx_ref(ctx); /* until the write is started */
+		}
 	}
 	pthread_mutex_unlock(&ctx->mu);
 	if (rc != 0) {
@@ -767,8 +769,10 @@ int rpc_send_async(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
 		free(om);
 		return rc;
 	}
-	if (start)
+	if (start) {
 		stream_pump(ctx);
+		ctx_unref(ctx);
+	}
 	return 0;
 }
 
