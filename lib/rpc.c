@@ -11,7 +11,13 @@
  *
  * A call's context is reference counted: one reference for the handler and
  * one for each batch in flight. It is destroyed when the last drops, on
- * whichever thread that is.
+ * whichever thread that is. A deferred call's handler reference passes to
+ * the application, which drops it with rpc_finish.
+ *
+ * Deferred server streams (rpc_stream_defer) hold no thread: messages are
+ * packed by the sender and queued on the call, and one write at a time is
+ * started, the next one by the completion-queue thread when the previous
+ * completes; the final status follows the last queued message.
  */
 #include "rpc.h"
 #include "rpc_internal.h"
@@ -37,7 +43,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-enum tag_kind { TAG_SLOT = 1, TAG_OP, TAG_CLOSE, TAG_FINAL, TAG_SHUTDOWN };
+enum tag_kind { TAG_SLOT = 1, TAG_OP, TAG_CLOSE, TAG_FINAL, TAG_WRITE, TAG_SHUTDOWN };
 
 struct tag {
 	int kind;
@@ -62,6 +68,12 @@ struct slot {
 	grpc_metadata_array md;
 	grpc_byte_buffer *payload;
 	grpc_call_details details;     /* generic slots only */
+};
+
+/* A message queued by rpc_send_async. */
+struct out_msg {
+	struct out_msg *next;
+	grpc_byte_buffer *bb;
 };
 
 struct arena_block {
@@ -103,7 +115,19 @@ struct rpc_ctx {
 	/* per-call arena */
 	struct arena_block *arena;
 	size_t arena_total;
-	struct tag op_tag, close_tag, final_tag;
+	/* asynchronous server stream (rpc_stream_defer); under mu unless noted */
+	int async;                       /* set by the handler before it returns */
+	struct out_msg *outq, *outq_tail;
+	int outq_len;
+	int writing;                     /* the writer token: a write in flight, or a
+					  * thread about to start one or the final batch */
+	int fin_requested, fin_code;     /* rpc_finish was called */
+	grpc_byte_buffer *write_bb;      /* the write in flight (writer only) */
+	void (*on_cancel)(struct rpc_ctx *, void *);
+	void *cancel_arg;
+	int cb_running;
+	pthread_t cb_thread;
+	struct tag op_tag, close_tag, final_tag, write_tag;
 };
 
 struct rpc_server {
@@ -328,6 +352,14 @@ static void ctx_destroy(struct rpc_ctx *ctx)
 		grpc_byte_buffer_destroy(ctx->recv_bb);
 	if (ctx->resp_bb != NULL)
 		grpc_byte_buffer_destroy(ctx->resp_bb);
+	if (ctx->write_bb != NULL)
+		grpc_byte_buffer_destroy(ctx->write_bb);
+	while (ctx->outq != NULL) {
+		struct out_msg *om = ctx->outq;
+		ctx->outq = om->next;
+		grpc_byte_buffer_destroy(om->bb);
+		free(om);
+	}
 	grpc_slice_unref(ctx->details);
 	grpc_metadata_array_destroy(&ctx->req_md);
 	if (ctx->call != NULL)
@@ -424,6 +456,8 @@ ProtobufCMessage *rpc_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buff
 
 int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
 {
+	if (ctx->async)
+		return SW_EINVAL; /* a deferred stream writes with rpc_send_async */
 	if (atomic_load(&ctx->cancelled))
 		return SW_ECANCELLED;
 	grpc_byte_buffer *bb = rpc_pack(msg, ctx->srv->o.max_msg_bytes);
@@ -560,8 +594,15 @@ static void run_handler(struct rpc_ctx *ctx)
 		}
 		protobuf_c_message_init(md->output, ctx->resp);
 	}
+	/* Once the handler defers, another thread may finish the call (and
+	 * drop the handler reference) before fn returns: hold a reference of
+	 * our own until we have looked at ctx. */
+	ctx_ref(ctx);
 	rc = impl->fn(ctx, ctx->req, ctx->resp, ctx->m->svc_data);
-	if (rc == RPC_DEFERRED && impl->kind == RPC_UNARY && ctx->deferred) {
+	int deferred = rc == RPC_DEFERRED && ctx->deferred &&
+		       (impl->kind == RPC_UNARY || ctx->async);
+	ctx_unref(ctx);
+	if (deferred) {
 		log_set_request_id(NULL);
 		return; /* rpc_finish will finish and drop the handler reference */
 	}
@@ -575,13 +616,185 @@ done:
 
 int rpc_defer(struct rpc_ctx *ctx)
 {
+	if (ctx->m->impl->kind == RPC_SERVER_STREAM)
+		return rpc_stream_defer(ctx, NULL, NULL);
 	ctx->deferred = 1;
 	return RPC_DEFERRED;
 }
 
+/* ---------- asynchronous server streams ---------- */
+
+/*
+ * The writer token (ctx->writing) serialises everything that starts a
+ * batch on a deferred stream: one write at a time, and the final batch
+ * only after the last one. Whoever sets it (under mu) runs stream_pump,
+ * which starts the next write and returns (the completion-queue thread
+ * runs it again when that write completes), or, with nothing queued,
+ * releases the token or starts the final batch if rpc_finish asked for it.
+ * md_sent, write_bb and ctx_finish are only touched by the token holder.
+ */
+static void stream_pump(struct rpc_ctx *ctx)
+{
+	for (;;) {
+		pthread_mutex_lock(&ctx->mu);
+		struct out_msg *om = ctx->outq;
+		if (om != NULL && atomic_load(&ctx->cancelled)) {
+			/* Nobody will read them: drop what is queued. */
+			while (ctx->outq != NULL) {
+				om = ctx->outq;
+				ctx->outq = om->next;
+				grpc_byte_buffer_destroy(om->bb);
+				free(om);
+			}
+			ctx->outq_tail = NULL;
+			ctx->outq_len = 0;
+			om = NULL;
+		}
+		if (om == NULL) {
+			int fin = ctx->fin_requested;
+			ctx->writing = fin; /* the final batch keeps the token for good */
+			int code = ctx->fin_code;
+			pthread_mutex_unlock(&ctx->mu);
+			if (fin)
+				ctx_finish(ctx, code);
+			return;
+		}
+		ctx->outq = om->next;
+		if (ctx->outq == NULL)
+			ctx->outq_tail = NULL;
+		ctx->outq_len--;
+		pthread_mutex_unlock(&ctx->mu);
+
+		grpc_op ops[2];
+		size_t n = 0;
+		memset(ops, 0, sizeof ops);
+		if (!ctx->md_sent)
+			fill_initial_md(ctx, &ops[n++]);
+		ctx->write_bb = om->bb;
+		free(om);
+		ops[n].op = GRPC_OP_SEND_MESSAGE;
+		ops[n].data.send_message.send_message = ctx->write_bb;
+		n++;
+		if (start_batch(ctx, ops, n, &ctx->write_tag) == 0)
+			return;
+		/* Refused: the call is unusable; drain and finish. */
+		grpc_byte_buffer_destroy(ctx->write_bb);
+		ctx->write_bb = NULL;
+		atomic_store(&ctx->cancelled, 1);
+	}
+}
+
+/* A write completed (completion-queue thread, token held). */
+static void on_write_done(struct rpc_ctx *ctx, int success)
+{
+	grpc_byte_buffer_destroy(ctx->write_bb);
+	ctx->write_bb = NULL;
+	if (!success)
+		atomic_store(&ctx->cancelled, 1);
+	stream_pump(ctx);
+}
+
+/* The client cancelled or the deadline passed (completion-queue thread). */
+static void on_cancelled(struct rpc_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->mu);
+	void (*fn)(struct rpc_ctx *, void *) = NULL;
+	if (ctx->async && ctx->on_cancel != NULL && !ctx->fin_requested) {
+		fn = ctx->on_cancel;
+		ctx->on_cancel = NULL; /* at most once */
+		ctx->cb_running = 1;
+		ctx->cb_thread = pthread_self();
+	}
+	pthread_mutex_unlock(&ctx->mu);
+	if (fn == NULL)
+		return;
+	fn(ctx, ctx->cancel_arg);
+	pthread_mutex_lock(&ctx->mu);
+	ctx->cb_running = 0;
+	pthread_cond_broadcast(&ctx->cv);
+	pthread_mutex_unlock(&ctx->mu);
+}
+
+int rpc_stream_defer(struct rpc_ctx *ctx, void (*on_cancel)(struct rpc_ctx *ctx, void *arg),
+		     void *arg)
+{
+	if (ctx->m->impl->kind != RPC_SERVER_STREAM)
+		return SW_EINVAL;
+	pthread_mutex_lock(&ctx->mu);
+	ctx->async = 1;
+	ctx->on_cancel = on_cancel;
+	ctx->cancel_arg = arg;
+	pthread_mutex_unlock(&ctx->mu);
+	ctx->deferred = 1;
+	return RPC_DEFERRED;
+}
+
+int rpc_send_async(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
+{
+	if (!ctx->async)
+		return SW_EINVAL;
+	if (atomic_load(&ctx->cancelled))
+		return SW_ECANCELLED;
+	grpc_byte_buffer *bb = rpc_pack(msg, ctx->srv->o.max_msg_bytes);
+	if (bb == NULL)
+		return SW_ERANGE;
+	struct out_msg *om = malloc(sizeof *om);
+	if (om == NULL) {
+		grpc_byte_buffer_destroy(bb);
+		return SW_ENOMEM;
+	}
+	om->next = NULL;
+	om->bb = bb;
+	int rc = 0, start = 0;
+	pthread_mutex_lock(&ctx->mu);
+	if (atomic_load(&ctx->cancelled)) {
+		rc = SW_ECANCELLED;
+	} else if (ctx->outq_len >= RPC_SEND_QUEUE_MAX) {
+		rc = SW_ELIMIT;
+	} else {
+		if (ctx->outq_tail != NULL)
+			ctx->outq_tail->next = om;
+		else
+			ctx->outq = om;
+		ctx->outq_tail = om;
+		ctx->outq_len++;
+		if (!ctx->writing) {
+			start = ctx->writing = 1;
+			ctx_ref(ctx); /* until the write is started */
+		}
+	}
+	pthread_mutex_unlock(&ctx->mu);
+	if (rc != 0) {
+		grpc_byte_buffer_destroy(bb);
+		free(om);
+		return rc;
+	}
+	if (start) {
+		stream_pump(ctx);
+		ctx_unref(ctx);
+	}
+	return 0;
+}
+
 void rpc_finish(struct rpc_ctx *ctx, int code)
 {
-	ctx_finish(ctx, code);
+	if (!ctx->async) {
+		ctx_finish(ctx, code);
+		ctx_unref(ctx);
+		return;
+	}
+	int start = 0;
+	pthread_mutex_lock(&ctx->mu);
+	ctx->fin_requested = 1;
+	ctx->fin_code = code;
+	if (!ctx->writing)
+		start = ctx->writing = 1;
+	/* Once we return the application may free on_cancel's argument. */
+	while (ctx->cb_running && !pthread_equal(ctx->cb_thread, pthread_self()))
+		pthread_cond_wait(&ctx->cv, &ctx->mu);
+	pthread_mutex_unlock(&ctx->mu);
+	if (start)
+		stream_pump(ctx);
 	ctx_unref(ctx);
 }
 
@@ -688,6 +901,7 @@ static void on_new_call(struct slot *s, int success)
 	ctx->op_tag = (struct tag){ TAG_OP, ctx };
 	ctx->close_tag = (struct tag){ TAG_CLOSE, ctx };
 	ctx->final_tag = (struct tag){ TAG_FINAL, ctx };
+	ctx->write_tag = (struct tag){ TAG_WRITE, ctx };
 	inflight_add(srv, 1);
 
 	struct method_entry *m = s->m;
@@ -783,8 +997,13 @@ static void *cq_main(void *arg)
 			pthread_mutex_unlock(&ctx->mu);
 			break;
 		case TAG_CLOSE:
-			if (ctx->close_cancelled)
+			if (ctx->close_cancelled) {
 				atomic_store(&ctx->cancelled, 1);
+				on_cancelled(ctx);
+			}
+			break;
+		case TAG_WRITE:
+			on_write_done(ctx, ev.success);
 			break;
 		case TAG_FINAL:
 			break;

@@ -10,7 +10,8 @@
  * bounded worker pool, where they may block (libpq, libs3); only handlers
  * flagged RPC_INLINE, which promise never to block, run on the CQ thread.
  * A handler may also defer a unary call and finish it later from any thread
- * (long polls), which holds no thread while it waits.
+ * (long polls), or defer a server stream and send on it from any thread
+ * (watches, rpc_stream_defer); neither holds a thread while it waits.
  *
  * Every server requires a client certificate from the deployment CA (see
  * tls.h). Before any handler runs, the caller's SPIFFE ID is read from the
@@ -173,10 +174,70 @@ int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg);
 int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg);
 
 /* Defers a unary call: the handler returns RPC_DEFERRED and later, from any
- * thread, fills the response (from rpc_response) and calls rpc_finish. */
+ * thread, fills the response (from rpc_response) and calls rpc_finish.
+ * On a server-streaming call it is rpc_stream_defer(ctx, NULL, NULL). */
 int rpc_defer(struct rpc_ctx *ctx);
 ProtobufCMessage *rpc_response(struct rpc_ctx *ctx);
+/* Ends a deferred call with code (0 or a negative SW_E*, message via
+ * rpc_errorf first). Any thread, exactly once per deferred call; ctx is
+ * invalid once it returns. */
 void rpc_finish(struct rpc_ctx *ctx, int code);
+
+/*
+ * Asynchronous server streams: a stream that holds no thread while idle.
+ *
+ * A RPC_SERVER_STREAM handler calls rpc_stream_defer() and returns
+ * RPC_DEFERRED (it must return exactly that once it deferred). From then on
+ * the application owns one reference to ctx, "the app reference", which it
+ * may hand to any thread; it sends with rpc_send_async() and ends the call
+ * with rpc_finish(), which drops that reference. Rules:
+ *
+ *  - rpc_finish must be called exactly once, also after the client went
+ *    away (rpc_send_async then answers SW_ECANCELLED and rpc_cancelled is
+ *    1): the call, its arena and its slot in rpc_server_inflight live until
+ *    it is, so a server cannot finish shutting down before the application
+ *    finishes every deferred call (use rpc_server_on_drain).
+ *  - Until rpc_finish, ctx and its arena stay valid whatever the client
+ *    does. rpc_send_async, rpc_finish, rpc_cancelled, rpc_remaining_ms and
+ *    the accessors may be called from any thread, concurrently. The arena
+ *    (rpc_alloc, marks) and rpc_errorf are not locked: the application
+ *    must let one thread at a time use them (the thread that owns the call
+ *    in its own bookkeeping). After rpc_finish returns, nothing of ctx may
+ *    be touched.
+ *  - Messages go out in the order rpc_send_async queued them, one write in
+ *    flight per call (started by whichever thread queues into an idle
+ *    stream, then by the completion-queue thread as each write completes);
+ *    rpc_finish's status follows the last queued message. At most
+ *    RPC_SEND_QUEUE_MAX messages wait per call.
+ *  - on_cancel (may be NULL) is a wake-up hint, not the truth: it runs at
+ *    most once, on a completion-queue thread, when the client cancels or
+ *    the deadline passes, and only if rpc_finish has not been called yet;
+ *    it may run before the handler has returned, and does not run if the
+ *    call was already cancelled when rpc_stream_defer was called. It must
+ *    not block; it may call rpc_finish. rpc_finish waits for a running
+ *    on_cancel to return (unless called from it), so once rpc_finish
+ *    returns, on_cancel is neither running nor will run and arg may go.
+ *    The application still checks rpc_cancelled().
+ *
+ * Blocking rpc_send stays available to handlers that do not defer (worker
+ * thread only; SW_EINVAL on a deferred stream).
+ */
+#define RPC_SEND_QUEUE_MAX 64
+
+/* Defers a server-streaming call (see above). Handler thread, once.
+ * Returns RPC_DEFERRED, or SW_EINVAL when the method is not
+ * RPC_SERVER_STREAM (the call is then not deferred). */
+int rpc_stream_defer(struct rpc_ctx *ctx, void (*on_cancel)(struct rpc_ctx *ctx, void *arg),
+		     void *arg);
+
+/* Packs msg (borrowed for the call only: it may be freed or its arena
+ * released as soon as this returns) and queues it on a deferred stream.
+ * Returns 0, SW_ECANCELLED when the client went away (or the deadline
+ * passed), SW_ELIMIT when RPC_SEND_QUEUE_MAX messages already wait (the
+ * client is not reading: nothing was queued, try a newer message later),
+ * SW_ERANGE when msg is over the size cap, SW_EINVAL when ctx is not a
+ * deferred stream, SW_ENOMEM. Any thread that holds the app reference. */
+int rpc_send_async(struct rpc_ctx *ctx, const ProtobufCMessage *msg);
 
 /* ---- client ---- */
 

@@ -3,15 +3,17 @@
  *
  * Order: configuration -> logging -> mTLS server (with health) -> database
  * (migrations) -> clients (artifact, policy, secrets, audit relay) ->
- * agent registry, long-poll waiters, engine -> serve. On SIGTERM: parked
- * polls are answered at once, in-flight calls drain, then the engine, the
- * waiters and the registry (a last heartbeat flush) stop and the outbox
- * delivers what it can.
+ * agent registry, long-poll waiters, deployment watches, engine -> serve.
+ * On SIGTERM: parked polls are answered at once and open watches ended
+ * (UNAVAILABLE: watch again), in-flight calls drain, then the engine, the
+ * watcher thread, the waiters and the registry (a last heartbeat flush)
+ * stop and the outbox delivers what it can.
  */
 #include "err.h"
 #include "log.h"
 #include "orch.h"
 #include "spiffe.h"
+#include "watch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +30,7 @@ int main(int argc, char **argv)
 {
 	static struct orch o;
 	struct orch_config *c = &o.c;
+	long long max_watchers = 0;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&c->svc),
 		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
@@ -54,13 +57,15 @@ int main(int argc, char **argv)
 		{ "max-queued", CFG_INT, "200", 1, 1000000, 0,
 		  "deployments waiting (queued or for approval) before RESOURCE_EXHAUSTED",
 		  &c->max_queue },
+		{ "max-watchers", CFG_INT, "1000", 1, 1000000, 0,
+		  "WatchDeployment streams open at once before RESOURCE_EXHAUSTED", &max_watchers },
 		{ "poll-max", CFG_MS, "25s", 100, 300000, 0, "longest long poll", &c->poll_max_ms },
 		{ "grant-ttl", CFG_MS, "1h", 1000, 86400000, 0, "lifetime of secrets grants",
 		  &c->grant_ttl_ms },
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 	char err[512];
-	int code = 2, exit_code, reg = 0, waiters = 0, engine = 0;
+	int code = 2, exit_code, reg = 0, waiters = 0, engine = 0, watch = 0;
 	struct svc *s = NULL;
 
 	pthread_mutex_init(&o.mu, NULL);
@@ -100,6 +105,10 @@ int main(int argc, char **argv)
 		goto fail;
 	waiters = 1;
 	svc_on_drain(s, orch_waiters_drain, &o);
+	if (orch_watch_start(&o, (int)max_watchers, err, sizeof err) != 0)
+		goto fail;
+	watch = 1;
+	svc_on_drain(s, orch_watch_drain, &o);
 	if (orch_rpc_register(&o, svc_server(s), err, sizeof err) != 0 ||
 	    svc_start(s, err, sizeof err) != 0)
 		goto fail;
@@ -121,6 +130,8 @@ out:
 	atomic_store(&o.stopping, 1);
 	if (engine)
 		orch_engine_stop(&o);
+	if (watch)
+		orch_watch_stop(&o);
 	if (waiters)
 		orch_waiters_stop(&o);
 	if (reg)

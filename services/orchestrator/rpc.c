@@ -8,14 +8,13 @@
  * thread; a poll is parked without holding a thread).
  */
 #include "err.h"
-#include "hash.h"
 #include "log.h"
 #include "orch.h"
 #include "spiffe.h"
+#include "watch.h"
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 static int fetch_deployment(struct rpc_ctx *ctx, struct orch *o, const char *id,
 			    Slipway__V1__Deployment *out)
@@ -124,52 +123,17 @@ static int list_agents(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protob
 	return rc ? rpc_errorf(ctx, rc, "%s", err) : 0;
 }
 
-static int is_terminal(int state)
-{
-	return state == OS_SUCCEEDED || state == OS_FAILED || state == OS_CANCELLED ||
-	       state == OS_ROLLED_BACK;
-}
-
-/* Sends the deployment's detail whenever it changes, until it ends. */
+/* Sends the deployment's detail whenever it changes, until it ends. The
+ * stream is deferred and followed by the watcher thread (watch.c): it
+ * holds no worker while the deployment runs. */
 static int watch_deployment(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			    ProtobufCMessage *respm, void *data)
 {
 	(void)respm;
-	struct orch *o = data;
 	const Slipway__V1__WatchDeploymentRequest *req = (const void *)reqm;
-	char err[512];
-	uint8_t last[32];
-	size_t last_len = 0;
 	if (req->id[0] == '\0' || strlen(req->id) >= ORCH_ID_MAX)
 		return rpc_errorf(ctx, SW_EINVAL, "id: a deployment id is required");
-	while (!rpc_cancelled(ctx) && !atomic_load(&o->stopping)) {
-		/* Each round's allocations are released after it is sent. */
-		struct rpc_mark mark = rpc_arena_mark(ctx);
-		Slipway__V1__DeploymentDetail d = SLIPWAY__V1__DEPLOYMENT_DETAIL__INIT;
-		int rc = orch_get_detail(o, ctx, req->id, &d, err, sizeof err);
-		if (rc != 0)
-			return rpc_errorf(ctx, rc, "%s", err);
-		size_t len = slipway__v1__deployment_detail__get_packed_size(&d);
-		uint8_t *buf = rpc_alloc(ctx, len ? len : 1);
-		if (buf == NULL)
-			return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
-		slipway__v1__deployment_detail__pack(&d, buf);
-		uint8_t h[32];
-		hash_sha256(buf, len, NULL, 0, NULL, 0, h);
-		if (len != last_len || memcmp(h, last, 32) != 0) {
-			if ((rc = rpc_send(ctx, &d.base)) != 0)
-				return rc;
-			memcpy(last, h, 32);
-			last_len = len;
-		}
-		int done = is_terminal((int)d.deployment->state);
-		rpc_arena_release(ctx, mark);
-		if (done)
-			return 0;
-		struct timespec ts = { 0, 250 * 1000000L };
-		nanosleep(&ts, NULL);
-	}
-	return rpc_errorf(ctx, SW_ECANCELLED, "watch ended");
+	return orch_watch_deployment(data, ctx, req->id);
 }
 
 /* ---- AgentControl ---- */

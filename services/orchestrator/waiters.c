@@ -25,6 +25,7 @@
 #include "log.h"
 #include "orch.h"
 #include "spiffe.h"
+#include "watch.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -402,6 +403,7 @@ static void *listener_main(void *arg)
 			/* Anything published while we were not listening. */
 			mark_all(w);
 			orch_engine_kick(o);
+			orch_watch_notify(o, NULL);
 		}
 		PGconn *pg = db_pg(c);
 		struct pollfd pfd = { .fd = PQsocket(pg), .events = POLLIN };
@@ -418,10 +420,12 @@ static void *listener_main(void *arg)
 		PGnotify *n;
 		int kick = 0;
 		while ((n = PQnotifies(pg)) != NULL) {
-			if (strcmp(n->relname, "orch_agent") == 0)
+			if (strcmp(n->relname, "orch_agent") == 0) {
 				mark_agent(w, n->extra);
-			else
+			} else {
 				kick = 1;
+				orch_watch_notify(o, n->extra); /* its watchers re-read it */
+			}
 			PQfreemem(n);
 		}
 		if (kick)
