@@ -34,6 +34,7 @@
 #include "orch.h"
 #include "plan.h"
 #include "spiffe.h"
+#include "watch.h"
 
 #include "slipway/v1/artifact.pb-c.h"
 #include "slipway/v1/policy.pb-c.h"
@@ -93,7 +94,7 @@ static int admit_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 struct step_tx {
 	struct orch *o;
 	const char *id;
-	int again, grants;
+	int again, grants, changed;
 	struct plan plan;
 };
 
@@ -111,6 +112,7 @@ static int step_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 				  .grant_margin_ms = o->c.grant_ttl_ms / 2 < 60000 ? o->c.grant_ttl_ms / 2
 										   : 60000 };
 	s->again = 0;
+	s->changed = 0;
 	int rc = store_load(c, o, s->id, now, &d, &skip, err, errlen);
 	if (rc != 0 || skip || d.state == PLAN_D_PAUSED) {
 		store_snapshot_free(&d);
@@ -124,6 +126,8 @@ static int step_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	if (rc == 0) {
 		s->again = s->plan.again;
 		s->grants += grants;
+		for (size_t i = 0; i < s->plan.n; i++)
+			s->changed |= s->plan.a[i].kind != PLAN_WAIT;
 	}
 	store_snapshot_free(&d);
 	return rc;
@@ -148,6 +152,8 @@ static void step_all(struct orch *o)
 				log_warn("step failed; will retry", "deployment=%s error=%s", s.id, err);
 				break;
 			}
+			if (s.changed)
+				orch_watch_notify(o, s.id); /* watchers see it now, not within a second */
 			if (!s.again)
 				break;
 		}
