@@ -231,7 +231,10 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	     const ProtobufCMessage *req, ProtobufCMessage **resp,
 	     const struct rpc_call_opts *opts, char *err, size_t errlen);
 
-/* Streaming calls (client- or server-streaming) on their own queue. */
+/* Streaming calls (client- or server-streaming) on their own queue. A
+ * stream to a peer known down (see fail_fast) is opened already failed:
+ * its operations fail and rpc_stream_finish returns SW_EUNAVAIL with the
+ * reason, as for any other transport failure. */
 int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 		    const char *method, const struct rpc_call_opts *opts,
 		    struct rpc_stream **out, char *err, size_t errlen);

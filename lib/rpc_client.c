@@ -15,7 +15,8 @@
  * is IDLE or CONNECTING the call waits, within its deadline, for the
  * outcome of that attempt. TRANSIENT_FAILURE means the last attempt to
  * reach the peer failed and gRPC is backing off before the next one: the
- * call fails at once with SW_EUNAVAIL ("... is down ...; failing fast")
+ * call fails at once with SW_EUNAVAIL ("UNAVAILABLE: /pkg.Svc/Method:
+ * host:port is down ...; failing fast")
  * instead of holding its thread for its whole deadline, and is counted
  * (rpc_client_fast_failures). A channel in TRANSIENT_FAILURE does not
  * reconnect by itself in gRPC 1.51 (a pick does it once the backoff is
@@ -276,13 +277,14 @@ static void probe(struct rpc_client *c, grpc_completion_queue *cq, gpr_timespec 
 
 /*
  * The fast path for a dead peer. For a call that would wait for readiness
- * but did not insist on it (no wait_for_ready), returns SW_EUNAVAIL with a
- * message when the channel is, or becomes within the deadline dl, in
- * TRANSIENT_FAILURE (or was shut down); else 0. Uses cq (the call's pluck
- * queue) for the connectivity watch. Any thread.
+ * but did not insist on it (no wait_for_ready), returns 1 with the reason
+ * in why[whylen] (counted as a fast failure) when the channel is, or
+ * becomes within the deadline dl, in TRANSIENT_FAILURE (or was shut down);
+ * else 0. Uses cq (the call's pluck queue) for the connectivity watch and
+ * the probe. Any thread.
  */
-static int peer_down(struct rpc_client *c, const struct rpc_call_opts *o,
-		     grpc_completion_queue *cq, gpr_timespec dl, char *err, size_t errlen)
+static int peer_down(struct rpc_client *c, const char *path, const struct rpc_call_opts *o,
+		     grpc_completion_queue *cq, gpr_timespec dl, char *why, size_t whylen)
 {
 	if (c->fail_fast || (o != NULL && o->wait_for_ready))
 		return 0;
@@ -307,9 +309,9 @@ static int peer_down(struct rpc_client *c, const struct rpc_call_opts *o,
 	if (st != GRPC_CHANNEL_TRANSIENT_FAILURE && st != GRPC_CHANNEL_SHUTDOWN)
 		return 0; /* READY, or still connecting at the deadline: the call tells */
 	atomic_fetch_add(&c->fast_failures, 1);
-	return sw_errf(err, errlen, SW_EUNAVAIL,
-		       "UNAVAILABLE: %s is down (its last connection attempt failed); failing fast",
-		       c->target);
+	snprintf(why, whylen, "%s: %s is down (its last connection attempt failed); failing fast",
+		 path, c->target);
+	return 1;
 }
 
 static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, const char *path,
@@ -376,8 +378,11 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	pick_request_id(opts, rid);
 	cq = grpc_completion_queue_create_for_pluck(NULL);
 	gpr_timespec dl = call_deadline(opts);
-	if ((rc = peer_down(c, opts, cq, dl, err, errlen)) != 0)
+	char why[384];
+	if (peer_down(c, path, opts, cq, dl, why, sizeof why)) {
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "UNAVAILABLE: %s", why);
 		goto out;
+	}
 	call = create_call(c, cq, path, opts, dl);
 	if (call == NULL) {
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
@@ -476,13 +481,10 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	pick_request_id(opts, s->rid);
 	s->cq = grpc_completion_queue_create_for_pluck(NULL);
 	gpr_timespec dl = call_deadline(opts);
-	int rc = peer_down(c, opts, s->cq, dl, err, errlen);
-	if (rc == 0) {
-		s->call = create_call(c, s->cq, path, opts, dl);
-		if (s->call == NULL)
-			rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
-	}
-	if (rc != 0) {
+	char why[384];
+	int down = peer_down(c, path, opts, s->cq, dl, why, sizeof why);
+	s->call = create_call(c, s->cq, path, opts, dl);
+	if (s->call == NULL) {
 		grpc_completion_queue_shutdown(s->cq);
 		while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC),
 						   NULL)
@@ -492,7 +494,7 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 		grpc_metadata_array_destroy(&s->init_md);
 		grpc_metadata_array_destroy(&s->trail_md);
 		free(s);
-		return rc;
+		return sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
 	}
 	s->send_md[0].key = grpc_slice_from_static_string("x-request-id");
 	s->send_md[0].value = grpc_slice_from_static_string(s->rid);
@@ -512,7 +514,12 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	st.data.recv_status_on_client.status_details = &s->details;
 	st.data.recv_status_on_client.error_string = &s->error_string;
 	grpc_call_start_batch(s->call, &st, 1, &s->status_tag, NULL);
-	stream_op(s, &op, 1); /* failure shows up in the final status */
+	if (down)
+		/* Like any other failure of a stream: the operations fail and
+		 * rpc_stream_finish returns UNAVAILABLE with the reason. */
+		grpc_call_cancel_with_status(s->call, GRPC_STATUS_UNAVAILABLE, why, NULL);
+	else
+		stream_op(s, &op, 1); /* failure shows up in the final status */
 	*out = s;
 	return 0;
 }

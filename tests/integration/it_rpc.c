@@ -589,6 +589,18 @@ static void test_dead_peer_fails_fast(void **state)
 		assert_non_null(strstr(err, "failing fast"));
 		assert_int_equal(rpc_client_fast_failures(c), (unsigned long long)i + 1);
 	}
+	/* A stream to it: opened already failed, finish says why. */
+	struct rpc_stream *st = NULL;
+	struct rpc_call_opts so = { .timeout_ms = 5000 };
+	long long ts0 = h_now_ms();
+	assert_int_equal(rpc_stream_open(c, &slipway__test__v1__echo__descriptor, "Upload", &so,
+					 &st, err, sizeof err),
+			 0);
+	assert_int_equal(rpc_stream_close_send(st), SW_ECANCELLED);
+	assert_int_equal(rpc_stream_finish(st, err, sizeof err), SW_EUNAVAIL);
+	fprintf(stderr, "it_rpc: stream to a dead peer: %s after %lld ms\n", err, h_now_ms() - ts0);
+	assert_non_null(strstr(err, "failing fast"));
+	assert_int_equal(rpc_client_fast_failures(c), 3);
 	/* A new channel to it: its first call learns and fails fast too. */
 	struct rpc_client *fresh = h_service_client(a2, ca, alice_crt, alice_key);
 	long long t0 = h_now_ms();
@@ -606,7 +618,7 @@ static void test_dead_peer_fails_fast(void **state)
 	assert_int_equal(rpc_call(c, &slipway__test__v1__echo__descriptor, "Work", &req.base, &resp,
 				  &o, err, sizeof err),
 			 SW_ETIMEDOUT);
-	assert_int_equal(rpc_client_fast_failures(c), 2);
+	assert_int_equal(rpc_client_fast_failures(c), 3);
 
 	/* Back on the same port: the channel reconnects by itself. */
 	snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
