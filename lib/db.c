@@ -435,6 +435,7 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	char *ident = NULL, sql[512], lockkey[96];
+	int lock_timeout_off = 0;
 	int rc = db_acquire(db, &c, 10000, err, errlen);
 	if (rc != 0)
 		return rc;
@@ -445,6 +446,13 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	}
 	snprintf(lockkey, sizeof lockkey, "slipway.migrate.%s", db->schema);
 	const char *lk[1] = { lockkey };
+	/* Migrations wait for locks as long as they need (another replica
+	 * migrating, DDL behind busy transactions): no lock_timeout here. A
+	 * connection that keeps this setting is not handed out again (below). */
+	if ((rc = db_q(c, "SELECT set_config('lock_timeout', '0', false)", 0, NULL, NULL, err,
+		       errlen)) != 0)
+		goto out;
+	lock_timeout_off = 1;
 	if ((rc = db_q(c, "SELECT pg_advisory_lock(hashtext($1))", 1, lk, NULL, err, errlen)) != 0)
 		goto out;
 	/* The schema name is a validated identifier, quoted by libpq: the only
@@ -501,6 +509,13 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 unlock:
 	db_q(c, "SELECT pg_advisory_unlock(hashtext($1))", 1, lk, NULL, NULL, 0);
 out:
+	if (lock_timeout_off) {
+		char lt[24];
+		const char *v[1] = { lt };
+		snprintf(lt, sizeof lt, "%d", db->lock_timeout_ms);
+		if (db_q(c, "SELECT set_config('lock_timeout', $1, false)", 1, v, NULL, NULL, 0) != 0)
+			c->broken = 1;
+	}
 	PQclear(r);
 	PQfreemem(ident);
 	db_release(db, c);

@@ -68,7 +68,9 @@ void db_close(struct db *db);
 
 /* Creates the schema if needed and applies the migrations whose version is
  * newer than the schema's recorded version, each in its own transaction.
- * Idempotent; safe to run from several replicas at once. */
+ * Idempotent; safe to run from several replicas at once. Waits for locks
+ * (the migration lock, DDL behind busy transactions) without lock_timeout;
+ * statement_timeout still applies. */
 int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	       size_t errlen);
 

@@ -312,6 +312,22 @@ static void test_lock_timeout_fails_clearly_and_is_retried(void **state)
 	assert_int_equal(db_tx(db, NULL, touch_tx, &runs, err, sizeof err), 0);
 	pthread_join(t, NULL);
 	assert_true(runs >= 2);
+
+	/* Migrations wait for their locks instead (DDL behind a busy table),
+	 * and the pool's setting is back afterwards. */
+	assert_int_equal(db_q(h.c, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(db_q(h.c, "LOCK TABLE things IN ACCESS EXCLUSIVE MODE", 0, NULL, NULL, err,
+			      sizeof err),
+			 0);
+	h.hold_ms = 600;
+	assert_int_equal(pthread_create(&t, NULL, release_later, &h), 0);
+	assert_int_equal(db_migrate(db, migs_v2, 2, err, sizeof err), 0);
+	pthread_join(t, NULL);
+	struct db_conn *c;
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	show(c, "SHOW lock_timeout", "200ms");
+	show(c, "SELECT max(version)::text FROM schema_migrations", "2");
+	db_release(db, c);
 	db_release(holder_db, h.c);
 	db_close(db);
 	db_close(holder_db);
