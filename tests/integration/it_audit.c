@@ -531,6 +531,52 @@ static void test_outbox_relays_in_commit_order(void **state)
 	db_close(db);
 }
 
+/* An outbox created by an earlier version (no seq, no trigger) is upgraded
+ * by the relay: its old rows are delivered, and later rows get their
+ * commit-time seq. */
+static void test_outbox_upgrades_an_old_outbox(void **state)
+{
+	(void)state;
+	static const struct db_migration old[] = {
+		{ 1, "outbox (before commit order)",
+		  "CREATE TABLE outbox (id bigserial PRIMARY KEY, event_id text NOT NULL UNIQUE,"
+		  " event bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" },
+	};
+	char err[256];
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_old_outbox",
+			     .pool_size = 2 };
+	struct db *db = NULL;
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, old, 1, err, sizeof err), 0);
+	struct db_conn *c = NULL;
+	assert_int_equal(db_acquire(db, &c, 5000, err, sizeof err), 0);
+	add_one(c, "it-old-outbox-1");
+	db_release(db, c);
+	struct rpc_client *cl = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
+						 prod_crt, prod_key);
+	struct outbox_relay_opts ro = { .db = db, .audit = cl, .idle_ms = 50 };
+	struct outbox_relay *r = NULL;
+	assert_int_equal(outbox_relay_start(&ro, &r, err, sizeof err), 0);
+	for (int i = 0; i < 200 && outbox_relay_delivered(r) < 1; i++)
+		h_sleep_ms(50);
+	assert_int_equal(outbox_relay_delivered(r), 1);
+	assert_int_equal(sql_int("SELECT count(*) FROM pg_trigger WHERE tgname ="
+				 " 'outbox_commit_order' AND tgrelid = 'it_old_outbox.outbox'::regclass"),
+			 1);
+	outbox_relay_stop(r, 2000);
+	/* A row added now gets its seq at commit. */
+	assert_int_equal(db_acquire(db, &c, 5000, err, sizeof err), 0);
+	add_one(c, "it-old-outbox-2");
+	db_release(db, c);
+	assert_int_equal(sql_int("SELECT count(*) FROM it_old_outbox.outbox WHERE seq IS NOT NULL"),
+			 1);
+	assert_int_equal(sql_int("SELECT count(*) FROM audit.entries WHERE event_id ="
+				 " 'it-old-outbox-1'"),
+			 1);
+	rpc_client_free(cl);
+	db_close(db);
+}
+
 int main(void)
 {
 	log_init("it_audit", LOG_INFO);
@@ -544,6 +590,7 @@ int main(void)
 		cmocka_unit_test(test_outbox_survives_audit_outage),
 		cmocka_unit_test(test_outbox_fits_free_text),
 		cmocka_unit_test(test_outbox_relays_in_commit_order),
+		cmocka_unit_test(test_outbox_upgrades_an_old_outbox),
 	};
 	int rc = cmocka_run_group_tests_name("it_audit", tests, setup, NULL);
 	rpc_shutdown();
