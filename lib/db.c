@@ -1,11 +1,22 @@
 /*
  * db.c - the libpq pool, migrations and transactions of db.h.
+ *
+ * Pool life cycle of a connection: opened lazily by db_acquire (libpq
+ * keepalive and TCP user-timeout parameters, then the session settings);
+ * checked on every acquire (state, generation, and a zero-timeout poll of
+ * its socket: an idle connection whose socket is readable holds either a
+ * notice or the server's goodbye, and PQconsumeInput tells which); marked
+ * broken by any statement that failed for connection reasons, whatever
+ * PQstatus still says (libpq may report CONNECTION_OK after "server closed
+ * the connection unexpectedly" when only the write failed); replaced on
+ * the next acquire when broken or older than the pool's last known loss.
  */
 #include "db.h"
 #include "err.h"
 #include "log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,19 +24,32 @@
 #include <time.h>
 
 struct db_conn {
+	struct db *db;
 	PGconn *pg;
 	int in_use;
 	int broken;
+	uint64_t gen; /* db->gen when this connection was opened */
 };
 
 struct db {
 	char *url, *schema, *app_name;
-	int connect_timeout_s, retries, statement_timeout_ms;
+	int connect_timeout_s, retries, statement_timeout_ms, lock_timeout_ms, idle_tx_ms;
+	int tcp_user_timeout_ms, ka_idle_s, ka_interval_s, ka_count;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	/* Bumped (under mu) when a connection of the current generation is
+	 * found lost: the server restarted or failed over, so every connection
+	 * opened before is suspect and is replaced on its next acquire. */
+	uint64_t gen;
 	int n;
 	struct db_conn *conns;
 };
+
+/* opt == 0: def; opt < 0: off (0 for PostgreSQL); else opt. */
+static int tmo(int opt, int def)
+{
+	return opt == 0 ? def : opt < 0 ? 0 : opt;
+}
 
 static int schema_ok(const char *s)
 {
@@ -55,11 +79,19 @@ int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 	db->app_name = strdup(o->app_name ? o->app_name : "slipway");
 	db->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
 	db->retries = o->retries > 0 ? o->retries : 3;
-	db->statement_timeout_ms = o->statement_timeout_ms > 0 ? o->statement_timeout_ms : 30000;
+	db->statement_timeout_ms = tmo(o->statement_timeout_ms, 30000);
+	db->lock_timeout_ms = tmo(o->lock_timeout_ms, 5000);
+	db->idle_tx_ms = tmo(o->idle_in_tx_timeout_ms, 30000);
+	db->tcp_user_timeout_ms = tmo(o->tcp_user_timeout_ms, 10000);
+	db->ka_idle_s = o->keepalives_idle_s > 0 ? o->keepalives_idle_s : 10;
+	db->ka_interval_s = o->keepalives_interval_s > 0 ? o->keepalives_interval_s : 5;
+	db->ka_count = o->keepalives_count > 0 ? o->keepalives_count : 3;
 	if (!db->conns || !db->url || !db->schema || !db->app_name) {
 		db_close(db);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
+	for (int i = 0; i < db->n; i++)
+		db->conns[i].db = db;
 	pthread_mutex_init(&db->mu, NULL);
 	pthread_cond_init(&db->cv, NULL);
 	*out = db;
@@ -92,7 +124,9 @@ int db_err_from_sqlstate(const char *st)
 	if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
 	    strcmp(st, "57P03") == 0 || strcmp(st, "53300") == 0)
 		return SW_EUNAVAIL;
-	if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0)
+	/* Serialization failure, deadlock, lock timeout (lock_not_available):
+	 * nothing was changed, the whole transaction may simply run again. */
+	if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "55P03") == 0)
 		return SW_EABORTED;
 	if (strcmp(st, "23505") == 0)
 		return SW_EEXIST;
@@ -109,16 +143,21 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Sets the session's search_path and timeouts (parameterized). */
+/* Sets the session's search_path and timeouts (parameterized; values in
+ * milliseconds, 0 = off). */
 static int session_setup(struct db *db, PGconn *pg, char *err, size_t errlen)
 {
-	char tmo[24];
-	snprintf(tmo, sizeof tmo, "%d", db->statement_timeout_ms);
-	const char *vals[2] = { db->schema, tmo };
+	char st[24], lt[24], it[24];
+	snprintf(st, sizeof st, "%d", db->statement_timeout_ms);
+	snprintf(lt, sizeof lt, "%d", db->lock_timeout_ms);
+	snprintf(it, sizeof it, "%d", db->idle_tx_ms);
+	const char *vals[4] = { db->schema, st, lt, it };
 	PGresult *r = PQexecParams(pg,
 				   "SELECT set_config('search_path', $1, false), "
-				   "set_config('statement_timeout', $2, false)",
-				   2, NULL, vals, NULL, NULL, 0);
+				   "set_config('statement_timeout', $2, false), "
+				   "set_config('lock_timeout', $3, false), "
+				   "set_config('idle_in_transaction_session_timeout', $4, false)",
+				   4, NULL, vals, NULL, NULL, 0);
 	int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
 	if (!ok)
 		sw_errf(err, errlen, 0, "session set-up: %s", PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)
@@ -135,14 +174,70 @@ static void on_notice(void *arg, const char *message)
 	log_debug("database notice", "notice=%.*s", (int)strcspn(message, "\n"), message);
 }
 
-/* Makes c->pg a healthy connection, retrying with backoff. */
+/* Records that c was found lost. If c belonged to the current generation,
+ * the server probably went away for every connection (restart, crash,
+ * failover): start a new generation, so that db_acquire replaces the
+ * older connections before lending them instead of letting each fail one
+ * statement. A loss on an already suspect connection changes nothing. */
+static void note_lost(struct db_conn *c)
+{
+	struct db *db = c->db;
+	c->broken = 1;
+	pthread_mutex_lock(&db->mu);
+	if (c->gen == db->gen)
+		db->gen++;
+	pthread_mutex_unlock(&db->mu);
+}
+
+/* Whether an idle connection can be lent without a round trip: libpq's
+ * state is OK and its socket has nothing to read, or what it had was a
+ * notice or notification. A server that closed the connection leaves its
+ * goodbye and the end of the stream (or a reset) in the socket. */
+static int idle_alive(PGconn *pg)
+{
+	if (PQstatus(pg) != CONNECTION_OK || PQtransactionStatus(pg) != PQTRANS_IDLE)
+		return 0;
+	struct pollfd p = { .fd = PQsocket(pg), .events = POLLIN };
+	if (p.fd < 0)
+		return 0;
+	int n = poll(&p, 1, 0);
+	if (n <= 0)
+		return 1; /* nothing to read (or EINTR): as alive as we can tell */
+	if (p.revents & (POLLERR | POLLHUP | POLLNVAL))
+		return 0;
+	if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK)
+		return 0;
+	PGnotify *nt;
+	while ((nt = PQnotifies(pg)) != NULL)
+		PQfreemem(nt);
+	/* An error message while idle (FATAL before a close) goes to the
+	 * notice processor; the close itself may not be read yet. */
+	p.revents = 0;
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)))
+		return 0;
+	return 1;
+}
+
+/* Makes c->pg a healthy connection, retrying with backoff. The TCP
+ * parameters come before the URL (expanded from dbname) so that the URL
+ * may override them; connect_timeout and application_name after it, as
+ * before. */
 static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errlen)
 {
-	char tmo[16];
-	snprintf(tmo, sizeof tmo, "%d", db->connect_timeout_s);
-	const char *keys[] = { "dbname", "connect_timeout", "application_name", NULL };
-	const char *vals[] = { db->url, tmo, db->app_name, NULL };
+	char ct[16], ut[16], ki[16], kv[16], kc[16];
+	snprintf(ct, sizeof ct, "%d", db->connect_timeout_s);
+	snprintf(ut, sizeof ut, "%d", db->tcp_user_timeout_ms);
+	snprintf(ki, sizeof ki, "%d", db->ka_idle_s);
+	snprintf(kv, sizeof kv, "%d", db->ka_interval_s);
+	snprintf(kc, sizeof kc, "%d", db->ka_count);
+	const char *keys[] = { "keepalives",	      "keepalives_idle", "keepalives_interval",
+			       "keepalives_count",    "tcp_user_timeout", "dbname",
+			       "connect_timeout",     "application_name", NULL };
+	const char *vals[] = { "1", ki, kv, kc, ut, db->url, ct, db->app_name, NULL };
 	int backoff = 100;
+	pthread_mutex_lock(&db->mu);
+	uint64_t gen = db->gen;
+	pthread_mutex_unlock(&db->mu);
 	for (int attempt = 0; attempt < db->retries; attempt++) {
 		if (c->pg != NULL) {
 			PQfinish(c->pg);
@@ -154,6 +249,7 @@ static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errl
 		if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_OK &&
 		    session_setup(db, c->pg, err, errlen) == 0) {
 			c->broken = 0;
+			c->gen = gen;
 			return 0;
 		}
 		if (c->pg != NULL && PQstatus(c->pg) != CONNECTION_OK) {
@@ -197,9 +293,10 @@ int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *er
 		}
 	}
 	c->in_use = 1;
+	int stale = c->gen != db->gen;
 	pthread_mutex_unlock(&db->mu);
 
-	if (c->pg == NULL || c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+	if (c->pg == NULL || c->broken || stale || !idle_alive(c->pg)) {
 		int rc = connect_conn(db, c, err, errlen);
 		if (rc != 0) {
 			db_release(db, c);
@@ -214,7 +311,10 @@ void db_release(struct db *db, struct db_conn *c)
 {
 	if (c == NULL)
 		return;
-	/* A connection left inside a transaction (a bug) is not reused. */
+	/* A lost connection (also one a caller used with raw libpq calls) is
+	 * noted; one left inside a transaction (a bug) is not reused. */
+	if (c->pg != NULL && PQstatus(c->pg) != CONNECTION_OK && !c->broken)
+		note_lost(c);
 	if (c->pg != NULL && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		c->broken = 1;
 	pthread_mutex_lock(&db->mu);
@@ -246,10 +346,13 @@ int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
 	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 	int code = db_err_from_sqlstate(state);
-	if (PQstatus(c->pg) != CONNECTION_OK) {
-		c->broken = 1;
+	/* No SQLSTATE (libpq's own "server closed the connection"), a
+	 * connection-class one, or a bad state: never trust this connection
+	 * again, even if PQstatus still says OK. */
+	if (PQstatus(c->pg) != CONNECTION_OK)
 		code = SW_EUNAVAIL;
-	}
+	if (code == SW_EUNAVAIL && !c->broken)
+		note_lost(c);
 	if (msg == NULL) {
 		const char *m = PQerrorMessage(c->pg);
 		sw_errf(err, errlen, 0, "database: %.*s", (int)strcspn(m, "\n"), m);
@@ -272,7 +375,7 @@ int db_q(struct db_conn *c, const char *sql, int n, const char *const *vals, PGr
 int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *err,
 	  size_t errlen)
 {
-	int rc = 0;
+	int rc = 0, begin_lost = 0;
 	for (int attempt = 0; attempt < 5; attempt++) {
 		struct db_conn *c = NULL;
 		rc = db_acquire(db, &c, 10000, err, errlen);
@@ -282,6 +385,13 @@ int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *er
 					    ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
 					    : "BEGIN";
 		rc = db_q(c, begin, 0, NULL, NULL, err, errlen);
+		if (rc == SW_EUNAVAIL && !begin_lost) {
+			/* Lost before anything ran: once, at once, on a fresh one. */
+			begin_lost = 1;
+			db_release(db, c);
+			attempt--;
+			continue;
+		}
 		if (rc == 0)
 			rc = fn(c, arg, err, errlen);
 		if (rc == 0) {
@@ -309,6 +419,14 @@ int db_ping(struct db *db, char *err, size_t errlen)
 		return rc;
 	rc = db_q(c, "SELECT 1", 0, NULL, NULL, err, errlen);
 	db_release(db, c);
+	if (rc != SW_EUNAVAIL)
+		return rc;
+	/* That connection was lost (and is now marked so): ask again on a
+	 * fresh one, so that the answer is about the database. */
+	if ((rc = db_acquire(db, &c, 2000, err, errlen)) != 0)
+		return rc;
+	rc = db_q(c, "SELECT 1", 0, NULL, NULL, err, errlen);
+	db_release(db, c);
 	return rc;
 }
 
@@ -317,6 +435,7 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	char *ident = NULL, sql[512], lockkey[96];
+	int lock_timeout_off = 0;
 	int rc = db_acquire(db, &c, 10000, err, errlen);
 	if (rc != 0)
 		return rc;
@@ -327,6 +446,13 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	}
 	snprintf(lockkey, sizeof lockkey, "slipway.migrate.%s", db->schema);
 	const char *lk[1] = { lockkey };
+	/* Migrations wait for locks as long as they need (another replica
+	 * migrating, DDL behind busy transactions): no lock_timeout here. A
+	 * connection that keeps this setting is not handed out again (below). */
+	if ((rc = db_q(c, "SELECT set_config('lock_timeout', '0', false)", 0, NULL, NULL, err,
+		       errlen)) != 0)
+		goto out;
+	lock_timeout_off = 1;
 	if ((rc = db_q(c, "SELECT pg_advisory_lock(hashtext($1))", 1, lk, NULL, err, errlen)) != 0)
 		goto out;
 	/* The schema name is a validated identifier, quoted by libpq: the only
@@ -383,6 +509,13 @@ int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 unlock:
 	db_q(c, "SELECT pg_advisory_unlock(hashtext($1))", 1, lk, NULL, NULL, 0);
 out:
+	if (lock_timeout_off) {
+		char lt[24];
+		const char *v[1] = { lt };
+		snprintf(lt, sizeof lt, "%d", db->lock_timeout_ms);
+		if (db_q(c, "SELECT set_config('lock_timeout', $1, false)", 1, v, NULL, NULL, 0) != 0)
+			c->broken = 1;
+	}
 	PQclear(r);
 	PQfreemem(ident);
 	db_release(db, c);

@@ -2,11 +2,21 @@
  * db.h - PostgreSQL access for every service (libpq).
  *
  * A small pool of connections, each with its search_path set to the
- * service's own schema; reconnect with bounded retries; versioned,
- * idempotent schema migrations applied at start-up under an advisory lock
- * (so replicas may start together); a transaction helper that retries
- * serialization failures; and parameterized queries only: there is no API
- * that puts a value into SQL text.
+ * service's own schema and its timeouts set (statement, lock, idle in
+ * transaction; TCP keepalives and user timeout on the socket); reconnect
+ * with bounded retries; versioned, idempotent schema migrations applied at
+ * start-up under an advisory lock (so replicas may start together); a
+ * transaction helper that retries serialization failures, deadlocks and
+ * lock timeouts; and parameterized queries only: there is no API that puts
+ * a value into SQL text.
+ *
+ * Outages: a connection the server closed (a restart, a crash, a failover,
+ * pg_terminate_backend) is never handed out. db_acquire checks each idle
+ * connection's socket before lending it (one poll(2), no round trip), and
+ * once any connection was found lost, every connection opened before that
+ * loss is replaced on its next acquire instead of being trusted. So the
+ * first statement after the database returns works, and a health probe
+ * built on db_ping answers for the database, not for a stale socket.
  */
 #ifndef SLIPWAY_DB_H
 #define SLIPWAY_DB_H
@@ -18,14 +28,31 @@
 struct db;
 struct db_conn;
 
+/* Timeouts: 0 picks the default shown; a negative value turns the setting
+ * off (PostgreSQL's 0) where that makes sense. The session settings are
+ * applied with set_config on every new connection; the TCP ones are libpq
+ * connection parameters, which the URL may override (they only matter for
+ * TCP connections and are ignored on Unix sockets). */
 struct db_opts {
 	const char *url;            /* libpq connection string or URI */
 	const char *schema;         /* [a-z_][a-z0-9_]{0,62}: the service's schema */
 	const char *app_name;       /* application_name, e.g. "slipway-audit" */
-	int pool_size;              /* connections (>= 1) */
+	int pool_size;              /* connections (>= 1); 0 = 4 */
 	int connect_timeout_s;      /* per attempt; 0 = 5 */
 	int retries;                /* reconnect attempts per acquire; 0 = 3 */
-	int statement_timeout_ms;   /* 0 = 30000 */
+	int statement_timeout_ms;   /* statement_timeout; 0 = 30000, < 0 = off */
+	int lock_timeout_ms;        /* lock_timeout: a statement waiting longer for
+				     * a lock fails SW_EABORTED (55P03), which db_tx
+				     * retries; 0 = 5000, < 0 = off */
+	int idle_in_tx_timeout_ms;  /* idle_in_transaction_session_timeout: the
+				     * server ends a session idle inside a
+				     * transaction (its locks go with it);
+				     * 0 = 30000, < 0 = off */
+	int tcp_user_timeout_ms;    /* tcp_user_timeout: unacknowledged data fails
+				     * the connection after this; 0 = 10000, < 0 = off */
+	int keepalives_idle_s;      /* keepalives=1 with keepalives_idle; 0 = 10 */
+	int keepalives_interval_s;  /* keepalives_interval; 0 = 5 */
+	int keepalives_count;       /* keepalives_count; 0 = 3 */
 };
 
 struct db_migration {
@@ -41,13 +68,17 @@ void db_close(struct db *db);
 
 /* Creates the schema if needed and applies the migrations whose version is
  * newer than the schema's recorded version, each in its own transaction.
- * Idempotent; safe to run from several replicas at once. */
+ * Idempotent; safe to run from several replicas at once. Waits for locks
+ * (the migration lock, DDL behind busy transactions) without lock_timeout;
+ * statement_timeout still applies. */
 int db_migrate(struct db *db, const struct db_migration *m, size_t n, char *err,
 	       size_t errlen);
 
-/* Borrows a healthy connection, waiting up to timeout_ms for a free one.
- * Returns 0, SW_EUNAVAIL (database down after the retries) or SW_ETIMEDOUT.
- * Any thread; give it back with db_release. */
+/* Borrows a healthy connection, waiting up to timeout_ms for a free one. A
+ * connection the server has closed, or one opened before another
+ * connection of the pool was found lost, is replaced first. Returns 0,
+ * SW_EUNAVAIL (database down after the retries) or SW_ETIMEDOUT. Any
+ * thread; give it back with db_release. */
 int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *err,
 	       size_t errlen);
 void db_release(struct db *db, struct db_conn *c);
@@ -58,8 +89,10 @@ PGconn *db_pg(struct db_conn *c);
  * binary when binary_result. On success returns 0 and *res (PQclear it;
  * res may be NULL to discard). On failure returns the mapped SW_E* code
  * (unique violation -> SW_EEXIST, connection lost -> SW_EUNAVAIL,
- * serialization failure/deadlock -> SW_EABORTED, statement timeout ->
- * SW_ETIMEDOUT, bad data -> SW_EINVAL) with the primary message in err. */
+ * serialization failure/deadlock/lock timeout -> SW_EABORTED, statement
+ * timeout -> SW_ETIMEDOUT, bad data -> SW_EINVAL) with the primary message
+ * and SQLSTATE in err (a lock timeout reads "canceling statement due to
+ * lock timeout (55P03)"). */
 int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
 	    const int *lens, const int *fmts, int binary_result, PGresult **res, char *err,
 	    size_t errlen);
@@ -69,17 +102,22 @@ int db_q(struct db_conn *c, const char *sql, int n, const char *const *vals, PGr
 	 char *err, size_t errlen);
 
 /* The body of a transaction. It may run more than once (on serialization
- * failures), so it must have no side effects outside the database. */
+ * failures, deadlocks and lock timeouts), so it must have no side effects
+ * outside the database. */
 typedef int (*db_tx_fn)(struct db_conn *c, void *arg, char *err, size_t errlen);
 
 /* Runs fn inside BEGIN ... COMMIT on a pooled connection, retrying up to 5
- * times on SW_EABORTED. If fn fails, rolls back and returns its code. If
- * the connection is lost during COMMIT the outcome is unknown: returns
+ * times on SW_EABORTED (serialization failure, deadlock, lock timeout), and
+ * once more at once when the connection turns out lost at BEGIN (nothing
+ * was sent yet). If fn fails, rolls back and returns its code. If the
+ * connection is lost during COMMIT the outcome is unknown: returns
  * SW_EUNAVAIL. `isolation` is NULL (read committed) or "serializable". */
 int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *err,
 	  size_t errlen);
 
-/* Checks that the database answers (SELECT 1). */
+/* Checks that the database answers (SELECT 1), on a fresh connection if
+ * the pooled one turns out lost, so that the answer is about the database
+ * (for health probes). Any thread. */
 int db_ping(struct db *db, char *err, size_t errlen);
 
 /* Result helpers (text results). Missing or NULL values read as "" / 0. */

@@ -1,5 +1,6 @@
 /*
- * outbox.c - the transactional outbox and its relay (see outbox.h).
+ * outbox.c - the transactional outbox and its relay (see outbox.h for
+ * why the relay orders by the commit-time `seq` and not by `id`).
  */
 #include "outbox.h"
 #include "auditlog.h"
@@ -175,7 +176,10 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 {
 	PGresult *res = NULL;
 	char lim[24];
-	int rc = db_exec(c, "SELECT id, event FROM outbox ORDER BY id LIMIT $1::int", 1,
+	/* Commit order (seq, assigned at commit); rows written before the
+	 * outbox had seq come first, in id order. */
+	int rc = db_exec(c, "SELECT id, event FROM outbox ORDER BY seq NULLS FIRST, id LIMIT $1::int",
+			 1,
 			 (const char *[]){ db_i64(lim, r->o.batch) }, NULL, NULL, 1, &res, err,
 			 errlen);
 	if (rc != 0)
@@ -242,11 +246,39 @@ out:
 	return rc;
 }
 
+/* Gives an outbox created before commit ordering existed its seq column
+ * and trigger (OUTBOX_COMMIT_ORDER_SQL), once. Runs while holding the relay
+ * lock, so replicas do not race each other's DDL. Returns 0 or a code. */
+static int ensure_commit_order(struct db_conn *c, char *err, size_t errlen)
+{
+	PGresult *res = NULL;
+	int rc = db_q(c,
+		      "SELECT count(*) FROM pg_trigger WHERE tgname = 'outbox_commit_order'"
+		      " AND tgrelid = to_regclass('outbox')",
+		      0, NULL, &res, err, errlen);
+	int have = rc == 0 && db_int64(res, 0, 0) > 0;
+	PQclear(res);
+	if (rc != 0 || have)
+		return rc;
+	res = PQexec(db_pg(c), "BEGIN;" OUTBOX_COMMIT_ORDER_SQL ";COMMIT");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "outbox commit order: %s",
+			     PQresultErrorMessage(res));
+		PQclear(res);
+		res = PQexec(db_pg(c), "ROLLBACK");
+		PQclear(res);
+		return rc;
+	}
+	PQclear(res);
+	log_info("outbox upgraded to commit-order relaying", NULL);
+	return 0;
+}
+
 static void *relay_main(void *arg)
 {
 	struct outbox_relay *r = arg;
 	struct db_conn *c = NULL;
-	int have_lock = 0, backoff = 100, last_failed = 0;
+	int have_lock = 0, backoff = 100, last_failed = 0, ordered = 0;
 	char err[512];
 
 	for (;;) {
@@ -283,6 +315,14 @@ static void *relay_main(void *arg)
 					break;
 				nap(r, r->o.idle_ms);
 				continue;
+			}
+			if (!ordered) {
+				int orc = ensure_commit_order(c, err, sizeof err);
+				if (orc != 0 && orc != SW_EUNAVAIL)
+					log_error("cannot set up commit-order relaying; relaying by id",
+						  "error=%s", err);
+				/* Once, unless the database was away: no DDL every round. */
+				ordered = orc != SW_EUNAVAIL;
 			}
 		}
 		int rc = deliver(r, c, err, sizeof err);

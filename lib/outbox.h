@@ -3,14 +3,30 @@
  * transaction as the state change they describe, delivered to the audit
  * service later by a relay thread.
  *
- * A service adds OUTBOX_MIGRATION to its migrations, calls outbox_add()
+ * A service adds OUTBOX_MIGRATION_SQL to its migrations, calls outbox_add()
  * inside its transactions, and runs one relay. The relay sends pending
- * events in insertion order with AppendBatch (idempotent by event id, so a
+ * events in commit order with AppendBatch (idempotent by event id, so a
  * retry after a lost reply changes nothing), deletes them once the audit
  * service acknowledged them, and backs off while the audit service is
  * unreachable: audit downtime delays the log but loses nothing. Replicas
  * share the outbox; a session advisory lock lets one relay at a time
  * deliver, which keeps each producer's events in order.
+ *
+ * Commit order: the bigserial id is taken at INSERT time, so a transaction
+ * that took id 5 may commit after the one that took id 6; relaying by id
+ * would put 5 before 6 in the log although every reader saw 6's change
+ * first (and a 6 read by 5's transaction would appear after its effect).
+ * So each row also gets `seq`, assigned at
+ * commit time by a deferred constraint trigger that first takes a
+ * transaction-scoped advisory lock (one per schema) and then draws from a
+ * sequence. The lock is held until the commit is complete and visible
+ * (PostgreSQL releases locks after making the transaction visible), so
+ * seq order is commit order among outbox writers, and a reader that sees
+ * seq n sees every committed seq < n: relaying by seq neither reorders nor
+ * skips. The cost: commits of outbox-writing transactions of one schema
+ * are serialized for the length of the trigger plus the commit itself.
+ * (xid8 plus pg_snapshot_xmin would avoid that, but orders by transaction
+ * id, which is not commit order either.)
  */
 #ifndef SLIPWAY_OUTBOX_H
 #define SLIPWAY_OUTBOX_H
@@ -22,13 +38,36 @@
 
 #include <stddef.h>
 
+/* The commit-order machinery (see above), idempotent. Part of
+ * OUTBOX_MIGRATION_SQL; the relay also applies it at start-up to an outbox
+ * created by an earlier version (rows that predate it have no seq and go
+ * first, in id order). */
+#define OUTBOX_COMMIT_ORDER_SQL                                                 \
+	"ALTER TABLE outbox ADD COLUMN IF NOT EXISTS seq bigint;"               \
+	"CREATE SEQUENCE IF NOT EXISTS outbox_seq;"                             \
+	"CREATE INDEX IF NOT EXISTS outbox_relay_order ON outbox"               \
+	" (seq NULLS FIRST, id);"                                               \
+	"CREATE OR REPLACE FUNCTION outbox_seq_at_commit() RETURNS trigger"     \
+	" LANGUAGE plpgsql AS $$ BEGIN"                                         \
+	" PERFORM pg_advisory_xact_lock(hashtext('slipway.outbox.commit.'"      \
+	"  || TG_TABLE_SCHEMA));"                                               \
+	" EXECUTE format('UPDATE %I.outbox SET seq = nextval(%L) WHERE id = $1'," \
+	"  TG_TABLE_SCHEMA, quote_ident(TG_TABLE_SCHEMA) || '.outbox_seq')"     \
+	"  USING NEW.id;"                                                       \
+	" RETURN NULL; END $$;"                                                 \
+	"DROP TRIGGER IF EXISTS outbox_commit_order ON outbox;"                 \
+	"CREATE CONSTRAINT TRIGGER outbox_commit_order AFTER INSERT ON outbox"  \
+	" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"                           \
+	" EXECUTE FUNCTION outbox_seq_at_commit()"
+
 /* The outbox table, for a service's migration list. */
 #define OUTBOX_MIGRATION_SQL                                                   \
 	"CREATE TABLE outbox ("                                                \
 	" id bigserial PRIMARY KEY,"                                           \
 	" event_id text NOT NULL UNIQUE,"                                      \
 	" event bytea NOT NULL,"                                               \
-	" created_at timestamptz NOT NULL DEFAULT now())"
+	" created_at timestamptz NOT NULL DEFAULT now());"                     \
+	OUTBOX_COMMIT_ORDER_SQL
 
 #define OUTBOX_MAX_DETAILS 32
 

@@ -250,10 +250,13 @@ struct rpc_client_opts {
 	const char *server_name;  /* expected name in the server cert; NULL = host */
 	size_t max_msg_bytes;     /* receive/send cap; 0 = 16 MiB */
 	int own_connection;       /* 1 = do not share the TCP connection */
-	/* 0 (services, agents): every call waits for the channel to be ready
-	 * until its deadline, which also drives reconnection after the server
-	 * restarts. 1 (interactive tools): a call fails at once with
-	 * UNAVAILABLE when the server cannot be reached. */
+	/* 0 (services, agents): a call waits, within its deadline, for a
+	 * channel that is connecting (which also drives reconnection after
+	 * the server restarts), but fails at once with SW_EUNAVAIL when the
+	 * peer is known down (the channel is in TRANSIENT_FAILURE: its last
+	 * connection attempt failed), counted by rpc_client_fast_failures.
+	 * 1 (interactive tools): a call fails at once with UNAVAILABLE when
+	 * the server cannot be reached. */
 	int fail_fast;
 	size_t stream_window;     /* 0: a receive window of one message (max_msg_bytes);
 				   * > 0: a fixed per-stream window without BDP probing,
@@ -271,8 +274,13 @@ struct rpc_call_opts {
 	int64_t timeout_ms;          /* 0 = 10 s default; a deadline is always set */
 	struct rpc_ctx *parent;      /* propagate deadline, cancellation and request id */
 	const char *request_id;      /* else the parent's, else the thread's, else new */
-	int wait_for_ready;          /* wait even on a fail_fast client */
+	int wait_for_ready;          /* wait for the peer until the deadline, even
+				      * on a fail_fast client or a peer known down */
 };
+
+/* Calls of c refused at once because the peer was known down (tests,
+ * metrics). Any thread. */
+unsigned long long rpc_client_fast_failures(struct rpc_client *c);
 
 /*
  * Unary call of method `method` of service sd. On success returns 0 and
@@ -284,7 +292,10 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	     const ProtobufCMessage *req, ProtobufCMessage **resp,
 	     const struct rpc_call_opts *opts, char *err, size_t errlen);
 
-/* Streaming calls (client- or server-streaming) on their own queue. */
+/* Streaming calls (client- or server-streaming) on their own queue. A
+ * stream to a peer known down (see fail_fast) is opened already failed:
+ * its operations fail and rpc_stream_finish returns SW_EUNAVAIL with the
+ * reason, as for any other transport failure. */
 int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 		    const char *method, const struct rpc_call_opts *opts,
 		    struct rpc_stream **out, char *err, size_t errlen);

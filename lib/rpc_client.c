@@ -3,10 +3,30 @@
  * calls as one batch on a per-call pluck queue, and streaming calls whose
  * operations are plucked one at a time by the calling thread.
  *
- * Deadlines are always set. A call made from inside a handler passes the
- * server call as parent, so the downstream call inherits the caller's
- * deadline and is cancelled with it, and carries the same x-request-id.
+ * Deadlines are always set (10 s when the caller gives none). A call made
+ * from inside a handler passes the server call as parent, so the
+ * downstream call inherits the caller's deadline and is cancelled with it,
+ * and carries the same x-request-id.
+ *
+ * Dead peers: a service's call (a client without fail_fast, a call without
+ * wait_for_ready) waits for a channel that is connecting, but not for a
+ * peer known to be down. Before the call starts, the channel's
+ * connectivity state is read (asking an idle channel to connect); while it
+ * is IDLE or CONNECTING the call waits, within its deadline, for the
+ * outcome of that attempt. TRANSIENT_FAILURE means the last attempt to
+ * reach the peer failed and gRPC is backing off before the next one: the
+ * call fails at once with SW_EUNAVAIL ("UNAVAILABLE: /pkg.Svc/Method:
+ * host:port is down ...; failing fast")
+ * instead of holding its thread for its whole deadline, and is counted
+ * (rpc_client_fast_failures). A channel in TRANSIENT_FAILURE does not
+ * reconnect by itself in gRPC 1.51 (a pick does it once the backoff is
+ * over), so at most once a second one caller first sends a probe (an empty
+ * grpc.health.v1 Check that waits for readiness for at most 300 ms) and
+ * proceeds if the channel became ready: calls work again within about a
+ * second of the peer's return, or of the end of gRPC's reconnect backoff
+ * (200 ms to 5 s).
  */
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "rpc.h"
@@ -19,17 +39,24 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define DEFAULT_TIMEOUT_MS 10000
+#define PROBE_EVERY_MS 1000 /* at most one reconnection probe a second */
+#define PROBE_MAX_MS 300    /* how long a probe waits for readiness */
 #define DEFAULT_MAX_MSG (16u << 20)
 
 struct rpc_client {
 	grpc_channel *ch;
 	size_t max_msg;
 	int fail_fast;
+	char target[128];                 /* for messages, maybe cut */
+	atomic_ullong fast_failures;      /* calls refused because the peer was down */
+	atomic_llong next_probe_ms;       /* clock_mono_ms of the next allowed probe */
+	atomic_int probing;               /* a probe is running */
 };
 
 struct rpc_stream {
@@ -59,6 +86,10 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	c->max_msg = opts->max_msg_bytes ? opts->max_msg_bytes : DEFAULT_MAX_MSG;
 	c->fail_fast = opts->fail_fast;
+	snprintf(c->target, sizeof c->target, "%s", opts->target);
+	atomic_init(&c->fast_failures, 0);
+	atomic_init(&c->next_probe_ms, 0);
+	atomic_init(&c->probing, 0);
 	grpc_channel_credentials *creds =
 		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem);
 	if (creds == NULL) {
@@ -182,12 +213,110 @@ static void pick_request_id(const struct rpc_call_opts *o, char rid[65])
 		rpc_new_request_id(rid);
 }
 
-static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, const char *path,
-			      const struct rpc_call_opts *o)
+unsigned long long rpc_client_fast_failures(struct rpc_client *c)
+{
+	return atomic_load(&c->fast_failures);
+}
+
+/* The call's deadline: its own timeout (or the default) from now. */
+static gpr_timespec call_deadline(const struct rpc_call_opts *o)
 {
 	int64_t t = (o != NULL && o->timeout_ms > 0) ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
-	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-				       gpr_time_from_millis(t, GPR_TIMESPAN));
+	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(t, GPR_TIMESPAN));
+}
+
+/* Whether a call waits for the channel to be ready (see the file header). */
+static int waits_for_ready(const struct rpc_client *c, const struct rpc_call_opts *o)
+{
+	return !c->fail_fast || (o != NULL && o->wait_for_ready);
+}
+
+/* Sends an empty grpc.health.v1 Check that waits for readiness until pdl,
+ * which makes a channel in TRANSIENT_FAILURE try the peer again; the answer
+ * does not matter. Uses cq (plucked). */
+static void probe(struct rpc_client *c, grpc_completion_queue *cq, gpr_timespec pdl)
+{
+	grpc_slice m = grpc_slice_from_static_string("/grpc.health.v1.Health/Check");
+	grpc_call *call = grpc_channel_create_call(c->ch, NULL, 0, cq, m, NULL, pdl, NULL);
+	grpc_slice_unref(m);
+	if (call == NULL)
+		return;
+	grpc_slice empty = grpc_empty_slice();
+	grpc_byte_buffer *send_bb = grpc_raw_byte_buffer_create(&empty, 1), *recv_bb = NULL;
+	grpc_metadata_array init_md, trail_md;
+	grpc_metadata_array_init(&init_md);
+	grpc_metadata_array_init(&trail_md);
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_op ops[6];
+	memset(ops, 0, sizeof ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = send_bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &recv_bb;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
+	ops[5].data.recv_status_on_client.status = &status;
+	ops[5].data.recv_status_on_client.status_details = &details;
+	int tag = 2;
+	if (grpc_call_start_batch(call, ops, 6, &tag, NULL) == GRPC_CALL_OK)
+		grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	grpc_byte_buffer_destroy(send_bb);
+	if (recv_bb != NULL)
+		grpc_byte_buffer_destroy(recv_bb);
+	grpc_slice_unref(details);
+	grpc_metadata_array_destroy(&init_md);
+	grpc_metadata_array_destroy(&trail_md);
+	grpc_call_unref(call);
+}
+
+/*
+ * The fast path for a dead peer. For a call that would wait for readiness
+ * but did not insist on it (no wait_for_ready), returns 1 with the reason
+ * in why[whylen] (counted as a fast failure) when the channel is, or
+ * becomes within the deadline dl, in TRANSIENT_FAILURE (or was shut down);
+ * else 0. Uses cq (the call's pluck queue) for the connectivity watch and
+ * the probe. Any thread.
+ */
+static int peer_down(struct rpc_client *c, const char *path, const struct rpc_call_opts *o,
+		     grpc_completion_queue *cq, gpr_timespec dl, char *why, size_t whylen)
+{
+	if (c->fail_fast || (o != NULL && o->wait_for_ready))
+		return 0;
+	grpc_connectivity_state st = grpc_channel_check_connectivity_state(c->ch, 1);
+	while ((st == GRPC_CHANNEL_IDLE || st == GRPC_CHANNEL_CONNECTING) &&
+	       gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), dl) < 0) {
+		int tag = 0;
+		grpc_channel_watch_connectivity_state(c->ch, st, dl, cq, &tag);
+		grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		st = grpc_channel_check_connectivity_state(c->ch, 1);
+	}
+	int64_t now = clock_mono_ms();
+	if (st == GRPC_CHANNEL_TRANSIENT_FAILURE && now >= atomic_load(&c->next_probe_ms) &&
+	    !atomic_exchange(&c->probing, 1)) {
+		atomic_store(&c->next_probe_ms, now + PROBE_EVERY_MS);
+		gpr_timespec pdl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+						gpr_time_from_millis(PROBE_MAX_MS, GPR_TIMESPAN));
+		probe(c, cq, gpr_time_cmp(pdl, dl) < 0 ? pdl : dl);
+		atomic_store(&c->probing, 0);
+		st = grpc_channel_check_connectivity_state(c->ch, 0);
+	}
+	if (st != GRPC_CHANNEL_TRANSIENT_FAILURE && st != GRPC_CHANNEL_SHUTDOWN)
+		return 0; /* READY, or still connecting at the deadline: the call tells */
+	atomic_fetch_add(&c->fast_failures, 1);
+	snprintf(why, whylen, "%s: %s is down (its last connection attempt failed); failing fast",
+		 path, c->target);
+	return 1;
+}
+
+static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, const char *path,
+			      const struct rpc_call_opts *o, gpr_timespec dl)
+{
 	grpc_call *parent = (o != NULL && o->parent != NULL) ? rpc_ctx_call(o->parent) : NULL;
 	grpc_slice method = grpc_slice_from_copied_string(path);
 	grpc_call *call = grpc_channel_create_call(c->ch, parent,
@@ -248,7 +377,13 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	}
 	pick_request_id(opts, rid);
 	cq = grpc_completion_queue_create_for_pluck(NULL);
-	call = create_call(c, cq, path, opts);
+	gpr_timespec dl = call_deadline(opts);
+	char why[384];
+	if (peer_down(c, path, opts, cq, dl, why, sizeof why)) {
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "UNAVAILABLE: %s", why);
+		goto out;
+	}
+	call = create_call(c, cq, path, opts, dl);
 	if (call == NULL) {
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
 		goto out;
@@ -263,7 +398,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
 	ops[0].data.send_initial_metadata.count = 1;
 	ops[0].data.send_initial_metadata.metadata = smd;
-	if (!c->fail_fast || (opts != NULL && opts->wait_for_ready))
+	if (waits_for_ready(c, opts))
 		ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send_bb;
@@ -345,9 +480,19 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	grpc_metadata_array_init(&s->trail_md);
 	pick_request_id(opts, s->rid);
 	s->cq = grpc_completion_queue_create_for_pluck(NULL);
-	s->call = create_call(c, s->cq, path, opts);
+	gpr_timespec dl = call_deadline(opts);
+	char why[384];
+	int down = peer_down(c, path, opts, s->cq, dl, why, sizeof why);
+	s->call = create_call(c, s->cq, path, opts, dl);
 	if (s->call == NULL) {
+		grpc_completion_queue_shutdown(s->cq);
+		while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+						   NULL)
+			       .type != GRPC_QUEUE_SHUTDOWN)
+			;
 		grpc_completion_queue_destroy(s->cq);
+		grpc_metadata_array_destroy(&s->init_md);
+		grpc_metadata_array_destroy(&s->trail_md);
 		free(s);
 		return sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
 	}
@@ -358,7 +503,7 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	op.op = GRPC_OP_SEND_INITIAL_METADATA;
 	op.data.send_initial_metadata.count = 1;
 	op.data.send_initial_metadata.metadata = s->send_md;
-	if (!c->fail_fast || (opts != NULL && opts->wait_for_ready))
+	if (waits_for_ready(c, opts))
 		op.flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
 	/* The status batch stays outstanding until finish. */
 	grpc_op st;
@@ -369,7 +514,12 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	st.data.recv_status_on_client.status_details = &s->details;
 	st.data.recv_status_on_client.error_string = &s->error_string;
 	grpc_call_start_batch(s->call, &st, 1, &s->status_tag, NULL);
-	stream_op(s, &op, 1); /* failure shows up in the final status */
+	if (down)
+		/* Like any other failure of a stream: the operations fail and
+		 * rpc_stream_finish returns UNAVAILABLE with the reason. */
+		grpc_call_cancel_with_status(s->call, GRPC_STATUS_UNAVAILABLE, why, NULL);
+	else
+		stream_op(s, &op, 1); /* failure shows up in the final status */
 	*out = s;
 	return 0;
 }

@@ -5,6 +5,8 @@
 #include "pki.h"
 #include "tls.h"
 
+#include "grpc/health/v1/health.pb-c.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -237,4 +239,61 @@ int h_stop(struct h_proc *p, int sig, int timeout_ms)
 		h_wait(p, 5000);
 	}
 	return rc;
+}
+
+/* The stack runs PostgreSQL as the postgres user when we are root (initdb
+ * refuses root); pg_ctl must run as the cluster's owner too. */
+#define PG_SHELL_PRELUDE                                                                      \
+	"set -e; PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}; d=\"$SLIPWAY_STACK_DIR/pg/data\"; " \
+	"as_pg() { if [ \"$(id -u)\" -eq 0 ]; then runuser -u postgres -- \"$@\"; "          \
+	"else \"$@\"; fi; }; "
+
+int h_pg_stop(const char *mode)
+{
+	char cmd[1024];
+	h_env("SLIPWAY_STACK_DIR");
+	snprintf(cmd, sizeof cmd,
+		 "bash -c '" PG_SHELL_PRELUDE
+		 "as_pg \"$PGBIN/pg_ctl\" -D \"$d\" -m %s -w -t 30 stop >/dev/null'",
+		 mode);
+	int rc = system(cmd);
+	if (rc != 0)
+		fprintf(stderr, "harness: pg_ctl stop -m %s failed (%d)\n", mode, rc);
+	return rc == 0 ? 0 : -1;
+}
+
+int h_pg_start(void)
+{
+	/* postmaster.opts holds the last command line, each argument in double
+	 * quotes: the binary, -D and the data directory, then the -c options. */
+	const char *cmd =
+		"bash -c '" PG_SHELL_PRELUDE
+		"eval \"a=($(cat \"$d/postmaster.opts\"))\"; "
+		"as_pg setsid \"$PGBIN/pg_ctl\" -D \"$d\" -l \"$SLIPWAY_STACK_DIR/pg/server.log\" "
+		"-w -t 60 -o \"${a[*]:3}\" start >/dev/null </dev/null; "
+		"head -1 \"$d/postmaster.pid\" > \"$SLIPWAY_STACK_DIR/run/postgres.pid\"'";
+	h_env("SLIPWAY_STACK_DIR");
+	int rc = system(cmd);
+	if (rc != 0)
+		fprintf(stderr, "harness: pg_ctl start failed (%d)\n", rc);
+	return rc == 0 ? 0 : -1;
+}
+
+int h_health(const char *addr)
+{
+	struct rpc_client *c =
+		h_client(addr, h_env("SLIPWAY_CA"), h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
+	Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	ProtobufCMessage *out = NULL;
+	struct rpc_call_opts o = { .timeout_ms = 5000 };
+	char err[256];
+	int st = -1;
+	if (rpc_call(c, &grpc__health__v1__health__descriptor, "Check", &req.base, &out, &o, err,
+		     sizeof err) == 0) {
+		st = ((Grpc__Health__V1__HealthCheckResponse *)out)->status ==
+		     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+		protobuf_c_message_free_unpacked(out, NULL);
+	}
+	rpc_client_free(c);
+	return st;
 }

@@ -61,6 +61,20 @@ int h_stop(struct h_proc *p, int sig, int timeout_ms);
 /* Waits for exit without signalling. Same return values as h_stop. */
 int h_wait(struct h_proc *p, int timeout_ms);
 
+/* Stops the stack's PostgreSQL ($SLIPWAY_STACK_DIR/pg) with pg_ctl's
+ * shutdown mode ("immediate": a crash, as a power cut or kill -9 would;
+ * "fast": clients are told). Returns 0, or -1 (message on stderr). */
+int h_pg_stop(const char *mode);
+
+/* Starts the stack's PostgreSQL again with the options it ran with
+ * (postmaster.opts) and waits until it accepts connections. Returns 0 or
+ * -1. */
+int h_pg_start(void);
+
+/* grpc.health.v1 Check of the whole server at addr with the stack's admin
+ * certificate: 1 SERVING, 0 NOT_SERVING, -1 no answer. */
+int h_health(const char *addr);
+
 /* Milliseconds on the monotonic clock. */
 long long h_now_ms(void);
 

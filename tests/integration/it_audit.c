@@ -449,6 +449,134 @@ static void test_outbox_fits_free_text(void **state)
 	db_close(db);
 }
 
+static void add_one(struct db_conn *c, const char *id)
+{
+	char err[256], actor[256];
+	snprintf(actor, sizeof actor, "spiffe://%s/user/alice", td);
+	struct outbox_event e = { .event_id = id, .actor = actor, .action = "thing.create",
+				  .resource = id, .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
+	assert_int_equal(outbox_add(c, "testprod", &e, err, sizeof err), 0);
+}
+
+/* Regression: the relay delivered by the bigserial id, which is taken at
+ * INSERT time. Two transactions that commit in the other order than they
+ * inserted (T1 takes the lower id, T2 commits first) reached the log in id
+ * order, not in the order the database made them visible. Now it is
+ * commit order, and an event committed while the relay runs is not
+ * skipped. */
+static void test_outbox_relays_in_commit_order(void **state)
+{
+	(void)state;
+	char err[256];
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_order", .pool_size = 3 };
+	struct db *db = NULL;
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	struct db_conn *t1 = NULL, *t2 = NULL;
+	assert_int_equal(db_acquire(db, &t1, 5000, err, sizeof err), 0);
+	assert_int_equal(db_acquire(db, &t2, 5000, err, sizeof err), 0);
+
+	/* Round 1, no relay running: T1 inserts first, T2 commits first. */
+	assert_int_equal(db_q(t1, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	add_one(t1, "it-order-1-inserted-first");
+	assert_int_equal(db_q(t2, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	add_one(t2, "it-order-1-committed-first");
+	assert_int_equal(db_q(t2, "COMMIT", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(db_q(t1, "COMMIT", 0, NULL, NULL, err, sizeof err), 0);
+
+	struct rpc_client *c = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
+						prod_crt, prod_key);
+	struct outbox_relay_opts ro = { .db = db, .audit = c, .idle_ms = 50 };
+	struct outbox_relay *r = NULL;
+	assert_int_equal(outbox_relay_start(&ro, &r, err, sizeof err), 0);
+	for (int i = 0; i < 200 && outbox_relay_delivered(r) < 2; i++)
+		h_sleep_ms(50);
+	assert_int_equal(outbox_relay_delivered(r), 2);
+
+	/* Round 2, relay running: T2's event goes out while T1 is still open;
+	 * T1's, committed later, is not skipped. */
+	assert_int_equal(db_q(t1, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	add_one(t1, "it-order-2-inserted-first");
+	assert_int_equal(db_q(t2, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	add_one(t2, "it-order-2-committed-first");
+	assert_int_equal(db_q(t2, "COMMIT", 0, NULL, NULL, err, sizeof err), 0);
+	outbox_relay_kick(r);
+	for (int i = 0; i < 200 && outbox_relay_delivered(r) < 3; i++)
+		h_sleep_ms(50);
+	assert_int_equal(db_q(t1, "COMMIT", 0, NULL, NULL, err, sizeof err), 0);
+	outbox_relay_kick(r);
+	for (int i = 0; i < 200 && outbox_relay_delivered(r) < 4; i++)
+		h_sleep_ms(50);
+	assert_int_equal(outbox_relay_delivered(r), 4);
+	outbox_relay_stop(r, 2000);
+	db_release(db, t1);
+	db_release(db, t2);
+
+	assert_int_equal(sql_int("SELECT count(*) FROM it_order.outbox"), 0);
+	/* The log holds them in commit order. */
+	const char *order[4] = { "it-order-1-committed-first", "it-order-1-inserted-first",
+				 "it-order-2-committed-first", "it-order-2-inserted-first" };
+	for (int i = 0; i + 1 < 4; i++) {
+		char q[512];
+		snprintf(q, sizeof q,
+			 "SELECT ((SELECT seq FROM audit.entries WHERE event_id = '%s') <"
+			 " (SELECT seq FROM audit.entries WHERE event_id = '%s'))::int",
+			 order[i], order[i + 1]);
+		int64_t before = sql_int(q);
+		if (before != 1)
+			fprintf(stderr, "it_audit: %s was logged after %s\n", order[i], order[i + 1]);
+		assert_int_equal(before, 1);
+	}
+	rpc_client_free(c);
+	db_close(db);
+}
+
+/* An outbox created by an earlier version (no seq, no trigger) is upgraded
+ * by the relay: its old rows are delivered, and later rows get their
+ * commit-time seq. */
+static void test_outbox_upgrades_an_old_outbox(void **state)
+{
+	(void)state;
+	static const struct db_migration old[] = {
+		{ 1, "outbox (before commit order)",
+		  "CREATE TABLE outbox (id bigserial PRIMARY KEY, event_id text NOT NULL UNIQUE,"
+		  " event bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" },
+	};
+	char err[256];
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_old_outbox",
+			     .pool_size = 2 };
+	struct db *db = NULL;
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, old, 1, err, sizeof err), 0);
+	struct db_conn *c = NULL;
+	assert_int_equal(db_acquire(db, &c, 5000, err, sizeof err), 0);
+	add_one(c, "it-old-outbox-1");
+	db_release(db, c);
+	struct rpc_client *cl = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
+						 prod_crt, prod_key);
+	struct outbox_relay_opts ro = { .db = db, .audit = cl, .idle_ms = 50 };
+	struct outbox_relay *r = NULL;
+	assert_int_equal(outbox_relay_start(&ro, &r, err, sizeof err), 0);
+	for (int i = 0; i < 200 && outbox_relay_delivered(r) < 1; i++)
+		h_sleep_ms(50);
+	assert_int_equal(outbox_relay_delivered(r), 1);
+	assert_int_equal(sql_int("SELECT count(*) FROM pg_trigger WHERE tgname ="
+				 " 'outbox_commit_order' AND tgrelid = 'it_old_outbox.outbox'::regclass"),
+			 1);
+	outbox_relay_stop(r, 2000);
+	/* A row added now gets its seq at commit. */
+	assert_int_equal(db_acquire(db, &c, 5000, err, sizeof err), 0);
+	add_one(c, "it-old-outbox-2");
+	db_release(db, c);
+	assert_int_equal(sql_int("SELECT count(*) FROM it_old_outbox.outbox WHERE seq IS NOT NULL"),
+			 1);
+	assert_int_equal(sql_int("SELECT count(*) FROM audit.entries WHERE event_id ="
+				 " 'it-old-outbox-1'"),
+			 1);
+	rpc_client_free(cl);
+	db_close(db);
+}
+
 int main(void)
 {
 	log_init("it_audit", LOG_INFO);
@@ -461,6 +589,8 @@ int main(void)
 		cmocka_unit_test(test_service_role_cannot_update_or_delete),
 		cmocka_unit_test(test_outbox_survives_audit_outage),
 		cmocka_unit_test(test_outbox_fits_free_text),
+		cmocka_unit_test(test_outbox_relays_in_commit_order),
+		cmocka_unit_test(test_outbox_upgrades_an_old_outbox),
 	};
 	int rc = cmocka_run_group_tests_name("it_audit", tests, setup, NULL);
 	rpc_shutdown();

@@ -1,11 +1,15 @@
 /*
  * it_db.c - lib/db against the stack's real PostgreSQL: migrations,
- * transactions, error mapping, reconnect, and a database that is down.
+ * transactions, error mapping, reconnect, a database that is down, and one
+ * that crashes and comes back (the stack's own PostgreSQL, stopped with
+ * pg_ctl -m immediate: every service must be SERVING again without a
+ * restart).
  */
 #include "db.h"
 #include "err.h"
 #include "harness.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -122,21 +126,11 @@ static void test_transactions_and_error_mapping(void **state)
 	db_close(db);
 }
 
-static void test_reconnect_after_connection_loss(void **state)
+static void terminate_backend(const char *pid)
 {
-	(void)state;
-	struct db *db = open_db("it_db_tx");
-	char err[256];
-	struct db_conn *c;
-	PGresult *r;
-	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
-	assert_int_equal(db_q(c, "SELECT pg_backend_pid()", 0, NULL, &r, err, sizeof err), 0);
-	char pid[24];
-	snprintf(pid, sizeof pid, "%s", db_text(r, 0, 0));
-	PQclear(r);
-	db_release(db, c);
-	/* Kill that backend from another connection, as a restart would. */
 	struct db *admin = open_db("public");
+	struct db_conn *c;
+	char err[256];
 	assert_int_equal(db_acquire(admin, &c, 1000, err, sizeof err), 0);
 	const char *v[1] = { pid };
 	assert_int_equal(db_q(c, "SELECT pg_terminate_backend($1::int)", 1, v, NULL, err, sizeof err),
@@ -144,16 +138,199 @@ static void test_reconnect_after_connection_loss(void **state)
 	db_release(admin, c);
 	db_close(admin);
 	h_sleep_ms(100);
-	/* The next statement on the dead connection fails UNAVAILABLE... */
+}
+
+static void backend_pid(struct db_conn *c, char pid[24])
+{
+	PGresult *r;
+	char err[256];
+	assert_int_equal(db_q(c, "SELECT pg_backend_pid()", 0, NULL, &r, err, sizeof err), 0);
+	snprintf(pid, 24, "%s", db_text(r, 0, 0));
+	PQclear(r);
+}
+
+static void test_reconnect_after_connection_loss(void **state)
+{
+	(void)state;
+	struct db *db = open_db("it_db_tx");
+	char err[256], pid[24], pid2[24];
+	struct db_conn *c;
+	/* Killed while borrowed: the statement fails UNAVAILABLE... */
 	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	backend_pid(c, pid);
+	terminate_backend(pid); /* as a restart would */
 	assert_int_equal(db_q(c, "SELECT 1", 0, NULL, NULL, err, sizeof err), SW_EUNAVAIL);
 	db_release(db, c);
 	/* ...and the pool reconnects on the next acquire. */
 	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
 	assert_int_equal(db_q(c, "SELECT 1", 0, NULL, NULL, err, sizeof err), 0);
+	backend_pid(c, pid2);
+	assert_string_not_equal(pid, pid2);
+	/* Killed while idle in the pool: never lent out, replaced first. */
+	db_release(db, c);
+	terminate_backend(pid2);
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	assert_int_equal(db_q(c, "SELECT 1", 0, NULL, NULL, err, sizeof err), 0);
+	backend_pid(c, pid);
+	assert_string_not_equal(pid, pid2);
 	db_release(db, c);
 	assert_int_equal(db_ping(db, err, sizeof err), 0);
 	db_close(db);
+}
+
+static void show(struct db_conn *c, const char *sql, const char *want)
+{
+	PGresult *r;
+	char err[256];
+	assert_int_equal(db_q(c, sql, 0, NULL, &r, err, sizeof err), 0);
+	assert_string_equal(db_text(r, 0, 0), want);
+	PQclear(r);
+}
+
+/* The value of a libpq connection parameter of c ("" when unset). */
+static void conninfo(struct db_conn *c, const char *key, char *out, size_t cap)
+{
+	PQconninfoOption *o = PQconninfo(db_pg(c));
+	out[0] = '\0';
+	for (PQconninfoOption *p = o; p && p->keyword; p++)
+		if (strcmp(p->keyword, key) == 0 && p->val)
+			snprintf(out, cap, "%s", p->val);
+	PQconninfoFree(o);
+}
+
+static void test_session_timeouts_in_force(void **state)
+{
+	(void)state;
+	struct db *db = open_db("public");
+	struct db_conn *c;
+	char err[256], v[64];
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	show(c, "SHOW lock_timeout", "5s");
+	show(c, "SHOW idle_in_transaction_session_timeout", "30s");
+	show(c, "SHOW statement_timeout", "30s");
+	/* TCP parameters are set on every connection (libpq accepts them on a
+	 * Unix socket and ignores them there). */
+	conninfo(c, "keepalives", v, sizeof v);
+	assert_string_equal(v, "1");
+	conninfo(c, "keepalives_idle", v, sizeof v);
+	assert_string_equal(v, "10");
+	conninfo(c, "keepalives_interval", v, sizeof v);
+	assert_string_equal(v, "5");
+	conninfo(c, "keepalives_count", v, sizeof v);
+	assert_string_equal(v, "3");
+	conninfo(c, "tcp_user_timeout", v, sizeof v);
+	assert_string_equal(v, "10000");
+	db_release(db, c);
+	db_close(db);
+
+	/* A caller overrides them through the open options. */
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "public", .pool_size = 1,
+			     .lock_timeout_ms = 250, .idle_in_tx_timeout_ms = 300,
+			     .statement_timeout_ms = -1, .tcp_user_timeout_ms = 4000,
+			     .keepalives_idle_s = 7 };
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	show(c, "SHOW lock_timeout", "250ms");
+	show(c, "SHOW idle_in_transaction_session_timeout", "300ms");
+	show(c, "SHOW statement_timeout", "0");
+	conninfo(c, "tcp_user_timeout", v, sizeof v);
+	assert_string_equal(v, "4000");
+	conninfo(c, "keepalives_idle", v, sizeof v);
+	assert_string_equal(v, "7");
+	/* A session idle inside a transaction is ended by the server: its
+	 * locks are not held forever by a stuck caller. */
+	assert_int_equal(db_q(c, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	h_sleep_ms(800);
+	assert_int_equal(db_q(c, "SELECT 1", 0, NULL, NULL, err, sizeof err), SW_EUNAVAIL);
+	db_release(db, c);
+	assert_int_equal(db_ping(db, err, sizeof err), 0); /* replaced */
+	db_close(db);
+}
+
+struct holder {
+	struct db *db;
+	struct db_conn *c;
+	int hold_ms;
+};
+
+static void *release_later(void *arg)
+{
+	struct holder *h = arg;
+	char err[256];
+	h_sleep_ms(h->hold_ms);
+	db_q(h->c, "COMMIT", 0, NULL, NULL, err, sizeof err);
+	return NULL;
+}
+
+static int touch_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	int *runs = arg;
+	(*runs)++;
+	return db_q(c, "UPDATE things SET name = name WHERE id = 1", 0, NULL, NULL, err, errlen);
+}
+
+/* A statement blocked by a lock held longer than lock_timeout fails with a
+ * clear error instead of hanging (up to statement_timeout, 30 s); db_tx
+ * retries it like a serialization failure, so a lock held for less than
+ * the retries' total is ridden out. */
+static void test_lock_timeout_fails_clearly_and_is_retried(void **state)
+{
+	(void)state;
+	struct db *holder_db = open_db("it_db_tx");
+	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_db_tx", .pool_size = 1,
+			     .lock_timeout_ms = 200 };
+	struct db *db = NULL;
+	char err[256];
+	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
+	struct holder h = { holder_db, NULL, 0 };
+	assert_int_equal(db_acquire(holder_db, &h.c, 1000, err, sizeof err), 0);
+
+	/* Held for good: every attempt times out on the lock. */
+	assert_int_equal(db_q(h.c, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(db_q(h.c, "LOCK TABLE things IN ACCESS EXCLUSIVE MODE", 0, NULL, NULL, err,
+			      sizeof err),
+			 0);
+	int runs = 0;
+	long long t0 = h_now_ms();
+	assert_int_equal(db_tx(db, NULL, touch_tx, &runs, err, sizeof err), SW_EABORTED);
+	fprintf(stderr, "it_db: blocked by a held lock: %s after %d attempts, %lld ms\n", err, runs,
+		h_now_ms() - t0);
+	assert_non_null(strstr(err, "lock timeout"));
+	assert_non_null(strstr(err, "55P03"));
+	assert_int_equal(runs, 5);
+	assert_int_equal(db_q(h.c, "COMMIT", 0, NULL, NULL, err, sizeof err), 0);
+
+	/* Held for a while: a retry gets through. */
+	assert_int_equal(db_q(h.c, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(db_q(h.c, "LOCK TABLE things IN ACCESS EXCLUSIVE MODE", 0, NULL, NULL, err,
+			      sizeof err),
+			 0);
+	h.hold_ms = 300;
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, release_later, &h), 0);
+	runs = 0;
+	assert_int_equal(db_tx(db, NULL, touch_tx, &runs, err, sizeof err), 0);
+	pthread_join(t, NULL);
+	assert_true(runs >= 2);
+
+	/* Migrations wait for their locks instead (DDL behind a busy table),
+	 * and the pool's setting is back afterwards. */
+	assert_int_equal(db_q(h.c, "BEGIN", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(db_q(h.c, "LOCK TABLE things IN ACCESS EXCLUSIVE MODE", 0, NULL, NULL, err,
+			      sizeof err),
+			 0);
+	h.hold_ms = 600;
+	assert_int_equal(pthread_create(&t, NULL, release_later, &h), 0);
+	assert_int_equal(db_migrate(db, migs_v2, 2, err, sizeof err), 0);
+	pthread_join(t, NULL);
+	struct db_conn *c;
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	show(c, "SHOW lock_timeout", "200ms");
+	show(c, "SELECT max(version)::text FROM schema_migrations", "2");
+	db_release(db, c);
+	db_release(holder_db, h.c);
+	db_close(db);
+	db_close(holder_db);
 }
 
 static void test_database_down_is_unavailable(void **state)
@@ -174,13 +351,120 @@ static void test_database_down_is_unavailable(void **state)
 	assert_int_equal(db_open(&o, &db, err, sizeof err), SW_EINVAL);
 }
 
+/* Every connection of a pool of n is opened and used at once (so that all
+ * n exist), then given back. */
+static int use_all(struct db *db, int n)
+{
+	struct db_conn *c[8];
+	char err[256];
+	int failed = 0;
+	for (int i = 0; i < n; i++)
+		assert_int_equal(db_acquire(db, &c[i], 5000, err, sizeof err), 0);
+	for (int i = 0; i < n; i++) {
+		if (db_q(c[i], "SELECT 1", 0, NULL, NULL, err, sizeof err) != 0) {
+			fprintf(stderr, "it_db: connection %d: %s\n", i, err);
+			failed++;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		db_release(db, c[i]);
+	return failed;
+}
+
+static const char *const service_addr_env[] = {
+	"SLIPWAY_AUDIT_ADDR", "SLIPWAY_POLICY_ADDR", "SLIPWAY_SECRETS_ADDR",
+	"SLIPWAY_ARTIFACT_ADDR", "SLIPWAY_ORCHESTRATOR_ADDR",
+};
+#define NSVC (sizeof service_addr_env / sizeof service_addr_env[0])
+
+/* Regression: after PostgreSQL restarted, pooled connections that were idle
+ * during the outage still looked healthy to libpq and each failed its next
+ * statement ("server closed the connection unexpectedly"), one by one; the
+ * health probe was one of their victims, so services answered NOT_SERVING
+ * well after the database was back. Now a connection the server closed is
+ * replaced before it is handed out: the first statement after the return
+ * works, on every connection, and every service is SERVING at once. */
+static void test_pool_and_services_recover_after_postgres_restart(void **state)
+{
+	(void)state;
+	struct db *db = open_db("public"); /* pool of 3 */
+	char err[256];
+	assert_int_equal(use_all(db, 3), 0);
+	for (size_t i = 0; i < NSVC; i++)
+		if (getenv(service_addr_env[i]) != NULL)
+			assert_int_equal(h_health(getenv(service_addr_env[i])), 1);
+
+	assert_int_equal(h_pg_stop("immediate"), 0);
+	long long t_down = h_now_ms();
+	/* Down is UNAVAILABLE, quickly (no query hangs on a dead server). */
+	assert_int_equal(db_ping(db, err, sizeof err), SW_EUNAVAIL);
+	fprintf(stderr, "it_db: while down: %s (%lld ms)\n", err, h_now_ms() - t_down);
+	h_sleep_ms(3000); /* an outage; no health checks meanwhile */
+	assert_int_equal(h_pg_start(), 0);
+	long long t_up = h_now_ms();
+
+	/* The first statement on each pooled connection works (checked at the
+	 * end, so that the services are checked in any case). */
+	int ping = db_ping(db, err, sizeof err);
+	if (ping != 0)
+		fprintf(stderr, "it_db: first ping after the return: %s\n", err);
+	int stale = use_all(db, 3);
+	db_close(db);
+
+	/* Every service: SERVING within 10 s of the return, and no NOT_SERVING
+	 * answer at all once the database is back (such an answer would come
+	 * from a stale connection, not from the database). */
+	int seen[NSVC], bad[NSVC], pending = 0;
+	long long at[NSVC];
+	for (size_t i = 0; i < NSVC; i++) {
+		seen[i] = getenv(service_addr_env[i]) == NULL;
+		bad[i] = 0;
+		at[i] = 0;
+		pending += !seen[i];
+	}
+	while (pending > 0 && h_now_ms() - t_up < 10000) {
+		for (size_t i = 0; i < NSVC; i++) {
+			if (seen[i])
+				continue;
+			int h = h_health(getenv(service_addr_env[i]));
+			if (h == 1) {
+				seen[i] = 1;
+				at[i] = h_now_ms() - t_up;
+				pending--;
+			} else {
+				bad[i]++;
+			}
+		}
+		if (pending > 0)
+			h_sleep_ms(100);
+	}
+	for (size_t i = 0; i < NSVC; i++) {
+		if (getenv(service_addr_env[i]) == NULL)
+			continue;
+		fprintf(stderr, "it_db: %s: %s after %lld ms, %d answers before\n",
+			service_addr_env[i], at[i] ? "SERVING" : "not SERVING", at[i], bad[i]);
+	}
+	assert_int_equal(ping, 0);
+	assert_int_equal(stale, 0);
+	for (size_t i = 0; i < NSVC; i++) {
+		assert_true(seen[i]);
+		assert_int_equal(bad[i], 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_migrations_versioned_and_idempotent),
 		cmocka_unit_test(test_transactions_and_error_mapping),
 		cmocka_unit_test(test_reconnect_after_connection_loss),
+		cmocka_unit_test(test_session_timeouts_in_force),
+		cmocka_unit_test(test_lock_timeout_fails_clearly_and_is_retried),
 		cmocka_unit_test(test_database_down_is_unavailable),
+		cmocka_unit_test(test_pool_and_services_recover_after_postgres_restart),
 	};
-	return cmocka_run_group_tests_name("it_db", tests, NULL, NULL);
+	rpc_init();
+	int rc = cmocka_run_group_tests_name("it_db", tests, NULL, NULL);
+	rpc_shutdown();
+	return rc;
 }

@@ -561,6 +561,82 @@ static void test_check_config_and_help(void **state)
 	assert_true(h_grep_count(log2, "readable by others") >= 1);
 }
 
+/* A service's client (no fail_fast) calling a peer that is down: the call
+ * fails with UNAVAILABLE at once, through the fast path, instead of holding
+ * its thread for its whole deadline; a call that insists (wait_for_ready)
+ * still waits; and calls work again once the peer is back. */
+static void test_dead_peer_fails_fast(void **state)
+{
+	(void)state;
+	struct h_proc p;
+	char log2[600], a2[64], listen[64], err[256];
+	snprintf(log2, sizeof log2, "%s/deadpeer.log", dir);
+	assert_int_equal(start_testsvc(&p, log2, "127.0.0.1:0", NULL), 0);
+	int port = p.port;
+	snprintf(a2, sizeof a2, "127.0.0.1:%d", port);
+	struct rpc_client *c = h_service_client(a2, ca, alice_crt, alice_key);
+	assert_int_equal(say(c, "Work", NULL, "up", 0, 0, 5000, NULL, err, sizeof err), 0);
+	assert_int_equal(rpc_client_fast_failures(c), 0);
+	assert_int_equal(h_stop(&p, SIGTERM, 10000), 0);
+
+	/* The peer went away while the channel was READY, and after. */
+	for (int i = 0; i < 2; i++) {
+		long long t0 = h_now_ms();
+		int rc = say(c, "Work", NULL, "down", 0, 0, 5000, NULL, err, sizeof err);
+		fprintf(stderr, "it_rpc: call %d to a dead peer (deadline 5000 ms): %s after %lld ms\n",
+			i, err, h_now_ms() - t0);
+		assert_int_equal(rc, SW_EUNAVAIL);
+		assert_non_null(strstr(err, "failing fast"));
+		assert_int_equal(rpc_client_fast_failures(c), (unsigned long long)i + 1);
+	}
+	/* A stream to it: opened already failed, finish says why. */
+	struct rpc_stream *st = NULL;
+	struct rpc_call_opts so = { .timeout_ms = 5000 };
+	long long ts0 = h_now_ms();
+	assert_int_equal(rpc_stream_open(c, &slipway__test__v1__echo__descriptor, "Upload", &so,
+					 &st, err, sizeof err),
+			 0);
+	assert_int_equal(rpc_stream_close_send(st), SW_ECANCELLED);
+	assert_int_equal(rpc_stream_finish(st, err, sizeof err), SW_EUNAVAIL);
+	fprintf(stderr, "it_rpc: stream to a dead peer: %s after %lld ms\n", err, h_now_ms() - ts0);
+	assert_non_null(strstr(err, "failing fast"));
+	assert_int_equal(rpc_client_fast_failures(c), 3);
+	/* A new channel to it: its first call learns and fails fast too. */
+	struct rpc_client *fresh = h_service_client(a2, ca, alice_crt, alice_key);
+	long long t0 = h_now_ms();
+	assert_int_equal(say(fresh, "Work", NULL, "down", 0, 0, 5000, NULL, err, sizeof err),
+			 SW_EUNAVAIL);
+	fprintf(stderr, "it_rpc: first call of a new channel to a dead peer: %lld ms\n",
+		h_now_ms() - t0);
+	assert_int_equal(rpc_client_fast_failures(fresh), 1);
+	rpc_client_free(fresh);
+	/* wait_for_ready: waits for the peer until the deadline. */
+	Slipway__Test__V1__EchoRequest req = SLIPWAY__TEST__V1__ECHO_REQUEST__INIT;
+	req.text = "patient";
+	struct rpc_call_opts o = { .timeout_ms = 600, .wait_for_ready = 1 };
+	ProtobufCMessage *resp = NULL;
+	assert_int_equal(rpc_call(c, &slipway__test__v1__echo__descriptor, "Work", &req.base, &resp,
+				  &o, err, sizeof err),
+			 SW_ETIMEDOUT);
+	assert_int_equal(rpc_client_fast_failures(c), 3);
+
+	/* Back on the same port: the channel reconnects by itself. */
+	snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+	assert_int_equal(start_testsvc(&p, log2, listen, NULL), 0);
+	t0 = h_now_ms();
+	int rc = -1;
+	while (rc != 0 && h_now_ms() - t0 < 15000) {
+		rc = say(c, "Work", NULL, "back", 0, 0, 5000, NULL, err, sizeof err);
+		if (rc != 0)
+			h_sleep_ms(200);
+	}
+	fprintf(stderr, "it_rpc: calls work again %lld ms after the peer's return\n",
+		h_now_ms() - t0);
+	assert_int_equal(rc, 0);
+	rpc_client_free(c);
+	assert_int_equal(h_stop(&p, SIGTERM, 10000), 0);
+}
+
 int main(void)
 {
 	rpc_init();
@@ -583,6 +659,7 @@ int main(void)
 		cmocka_unit_test(test_sigterm_lets_inflight_calls_finish),
 		cmocka_unit_test(test_second_server_same_port_fails),
 		cmocka_unit_test(test_check_config_and_help),
+		cmocka_unit_test(test_dead_peer_fails_fast),
 	};
 	int rc = cmocka_run_group_tests_name("it_rpc", tests, group_setup, group_teardown);
 	rpc_shutdown();
