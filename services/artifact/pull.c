@@ -164,7 +164,8 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const char *actor, const struct
 
 	memset(&q, 0, sizeof q);
 	if (offset > b->size)
-		return sw_errf(err, errlen, SW_ERANGE, "offset %llu is past the end of %s (%llu bytes)",
+		return sw_errf(err, errlen, SW_ERANGE,
+			       "offset %llu is past the end of %s (%llu bytes)",
 				  (unsigned long long)offset, b->digest, (unsigned long long)b->size);
 	Slipway__V1__BlobInfo info = SLIPWAY__V1__BLOB_INFO__INIT;
 	info.digest = (char *)b->digest;

@@ -346,7 +346,8 @@ static int check_signature(struct push *p, const char *digest)
 		 p->h->app, p->h->version, digest, p->actor, why);
 	audit_failure(p, has ? "artifact.signature.invalid" : "artifact.signature.missing",
 		      SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, digest, why);
-	return sw_errf(p->err, p->errlen, SW_EPERM, "signature required for %s: %s", p->h->app, why);
+	return sw_errf(p->err, p->errlen, SW_EPERM, "signature required for %s: %s", p->h->app,
+		       why);
 }
 
 /* ---- the claim (transaction 1) ---- */
@@ -628,10 +629,12 @@ static int receive(struct push *p)
 		size_t n = req->chunk.len;
 		rc = 0;
 		if (n > ART_MAX_CHUNK)
-			rc = sw_errf(p->err, p->errlen, SW_EINVAL, "a chunk is at most %u bytes, got %zu",
+			rc = sw_errf(p->err, p->errlen, SW_EINVAL,
+				     "a chunk is at most %u bytes, got %zu",
 					ART_MAX_CHUNK, n);
 		else if (p->received + n > max)
-			rc = sw_errf(p->err, p->errlen, SW_ELIMIT, "the artifact is larger than %llu bytes",
+			rc = sw_errf(p->err, p->errlen, SW_ELIMIT,
+				     "the artifact is larger than %llu bytes",
 					(unsigned long long)max);
 		else if (p->hint > 0 && p->received + n > p->hint)
 			rc = sw_errf(p->err, p->errlen, SW_EINVAL,
@@ -646,7 +649,8 @@ static int receive(struct push *p)
 			} else if (p->mode == MODE_STREAM) {
 				rc = ring_write(&p->ring, d, n, err, sizeof err);
 				if (rc != 0)
-					rc = sw_errf(p->err, p->errlen, SW_EUNAVAIL, "object storage: %s", err);
+					rc = sw_errf(p->err, p->errlen, SW_EUNAVAIL,
+						     "object storage: %s", err);
 			}
 			if (rc != 0 && p->mode == MODE_SPOOL)
 				rc = sw_errf(p->err, p->errlen, rc, "%s", err);
@@ -677,7 +681,8 @@ static int store_spooled(struct push *p)
 	p->uploaded = 1;
 	rc = s3_put_fd(p->a->s3, p->key, p->spool_fd, p->received, md5, err, sizeof err);
 	if (rc != 0)
-		return sw_errf(p->err, p->errlen, rc == SW_EIO ? SW_EIO : SW_EUNAVAIL, "object storage: %s",
+		return sw_errf(p->err, p->errlen, rc == SW_EIO ? SW_EIO : SW_EUNAVAIL,
+			       "object storage: %s",
 				  err);
 	return 0;
 }
@@ -764,7 +769,8 @@ static int run(struct push *p)
 		return sw_errf(p->err, p->errlen, SW_EINTERNAL, "SHA-256 failed");
 	digest_format(sha, actual);
 	if (p->hint > 0 && p->received != p->hint)
-		return sw_errf(p->err, p->errlen, SW_EINVAL, "the stream ended after %llu of %llu bytes",
+		return sw_errf(p->err, p->errlen, SW_EINVAL,
+			       "the stream ended after %llu of %llu bytes",
 				  (unsigned long long)p->received, (unsigned long long)p->hint);
 	if (p->want[0] != '\0' && strcmp(actual, p->want) != 0) {
 		audit_failure(p, "artifact.push", SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, actual,

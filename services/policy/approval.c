@@ -243,7 +243,8 @@ struct eval_args {
 	int post_review;
 };
 
-_Static_assert(sizeof ((struct eval_args *)0)->reasons == sizeof ((struct pol_eval_out *)0)->reasons,
+_Static_assert(sizeof((struct eval_args *)0)->reasons ==
+		       sizeof((struct pol_eval_out *)0)->reasons,
 	       "reasons are copied whole into the result");
 
 static void reason(struct eval_args *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
