@@ -320,7 +320,6 @@ int pol_diff(json_t *from, json_t *to, size_t max, char **out);
 
 struct db;
 struct db_conn;
-struct rpc_ctx;
 struct outbox_relay;
 struct pol_writer;
 
