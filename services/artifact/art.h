@@ -182,23 +182,37 @@ struct art_push_result {
 /*
  * Runs a push whose header (validated and authorized by rpc.c) was the
  * stream's first message: receives the chunks, hashes, stores the blob and
- * records the release. Sets the call's error message on failure. Worker
- * thread of the call.
+ * records the release as actor (the caller's SPIFFE ID). ctx is the
+ * client stream: used only to rpc_recv the chunks and to rpc_alloc the
+ * release in *out; no status is set here. Returns 0, or an SW_E* code with
+ * the message in err (rpc.c makes it the call's status). Worker thread of
+ * the call.
  */
-int art_push(struct art *a, struct rpc_ctx *ctx, const Slipway__V1__PushHeader *h,
-	     struct art_push_result *out);
+int art_push(struct art *a, struct rpc_ctx *ctx, const char *actor,
+	     const Slipway__V1__PushHeader *h, struct art_push_result *out, char *err,
+	     size_t errlen);
 
 /* ---- pull.c ---- */
 
 /* Streams the live blob `digest` from offset: info first, then chunks. The
  * blob is re-hashed while served when offset is 0, and its last chunk is
- * held back until the bytes proved to match (else DATA_LOSS). */
-int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint64_t offset);
+ * held back until the bytes proved to match (else SW_EDATALOSS, audited
+ * with actor, the caller's SPIFFE ID). ctx is the server stream: used only
+ * to rpc_send. Returns 0, or an SW_E* code with the message in err (rpc.c
+ * makes it the call's status). Worker thread of the call. */
+int art_pull(struct art *a, struct rpc_ctx *ctx, const char *actor, const struct art_blob *b,
+	     uint64_t offset, char *err, size_t errlen);
 
 /* ---- gc.c ---- */
 
-int art_gc(struct art *a, struct rpc_ctx *ctx, int dry_run, int64_t retention_ms,
-	   Slipway__V1__GarbageCollectResponse *out);
+/* Lists (dry_run) or deletes unreferenced blobs older than retention_ms,
+ * auditing each deletion as actor (the caller's SPIFFE ID). ctx is used
+ * only to rpc_alloc the candidates in *out and to stop between batches
+ * once the caller cancelled. Returns 0, or an SW_E* code with the message
+ * in err. Worker threads. */
+int art_gc(struct art *a, struct rpc_ctx *ctx, const char *actor, int dry_run,
+	   int64_t retention_ms, Slipway__V1__GarbageCollectResponse *out, char *err,
+	   size_t errlen);
 
 /* ---- rpc.c ---- */
 

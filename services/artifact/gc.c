@@ -59,7 +59,8 @@ struct cand {
 
 struct gc {
 	struct art *a;
-	struct rpc_ctx *ctx;
+	struct rpc_ctx *ctx;  /* rpc_alloc and rpc_cancelled only */
+	const char *actor;    /* the caller's SPIFFE ID, for audit events */
 	int64_t retention_ms;
 	char grace[24], retention[24];
 	int64_t after;       /* id paging */
@@ -104,7 +105,7 @@ static int load_releases(struct gc *g, struct db_conn *c, struct cand *cd, int c
 			continue;
 		char res[256];
 		snprintf(res, sizeof res, "release/%s@%s", app, ver);
-		struct outbox_event e = { .actor = rpc_peer(g->ctx), .action = "release.collect",
+		struct outbox_event e = { .actor = g->actor, .action = "release.collect",
 					  .resource = res,
 					  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
 		outbox_detail(&e, "app", app);
@@ -257,7 +258,7 @@ static int delete_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 	if (!t->deleted)
 		return 0;
 	snprintf(res, sizeof res, "blob/%s", cd->digest);
-	struct outbox_event e = { .actor = rpc_peer(t->g->ctx), .action = "artifact.blob.delete",
+	struct outbox_event e = { .actor = t->g->actor, .action = "artifact.blob.delete",
 				  .resource = res, .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
 	outbox_detail(&e, "digest", cd->digest);
 	outbox_detail(&e, "size_bytes", db_i64(size, (int64_t)cd->size));
@@ -320,14 +321,16 @@ static int collect(struct gc *g, char *err, size_t errlen)
 	return rc;
 }
 
-int art_gc(struct art *a, struct rpc_ctx *ctx, int dry, int64_t retention_ms,
-	   Slipway__V1__GarbageCollectResponse *out)
+int art_gc(struct art *a, struct rpc_ctx *ctx, const char *actor, int dry,
+	   int64_t retention_ms, Slipway__V1__GarbageCollectResponse *out, char *err,
+	   size_t errlen)
 {
 	struct gc g;
-	char err[512];
+	char why[512];
 	memset(&g, 0, sizeof g);
 	g.a = a;
 	g.ctx = ctx;
+	g.actor = actor;
 	g.out = out;
 	g.retention_ms = retention_ms;
 	db_i64(g.grace, a->c.gc_grace_ms);
@@ -337,13 +340,13 @@ int art_gc(struct art *a, struct rpc_ctx *ctx, int dry, int64_t retention_ms,
 	g.batch = calloc((size_t)a->c.gc_batch, sizeof *g.batch);
 	if (out->candidates == NULL || g.batch == NULL) {
 		free(g.batch);
-		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
 	out->dry_run = dry;
-	int rc = dry ? dry_run(&g, err, sizeof err) : collect(&g, err, sizeof err);
+	int rc = dry ? dry_run(&g, why, sizeof why) : collect(&g, why, sizeof why);
 	free(g.batch);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "garbage collection stopped: %s", err);
+		return sw_errf(err, errlen, rc, "garbage collection stopped: %s", why);
 	log_info("gc done", "dry_run=%d blobs=%zu bytes=%llu", dry, out->n_candidates,
 		 (unsigned long long)out->bytes_freed);
 	return 0;

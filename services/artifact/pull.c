@@ -142,19 +142,20 @@ static int send_queued(struct pull *q)
 	return rc;
 }
 
-static void audit_corrupt(struct art *a, struct rpc_ctx *ctx, const char *digest,
+static void audit_corrupt(struct art *a, const char *actor, const char *digest,
 			  const char *reason)
 {
 	char res[96], err[256];
 	snprintf(res, sizeof res, "blob/%s", digest);
-	struct outbox_event e = { .actor = rpc_peer(ctx), .action = "artifact.blob.corrupt",
+	struct outbox_event e = { .actor = actor, .action = "artifact.blob.corrupt",
 				  .resource = res, .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE };
 	outbox_detail(&e, "digest", digest);
 	outbox_detail(&e, "reason", reason);
 	art_audit_alone(a, &e, err, sizeof err);
 }
 
-int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint64_t offset)
+int art_pull(struct art *a, struct rpc_ctx *ctx, const char *actor, const struct art_blob *b,
+	     uint64_t offset, char *err, size_t errlen)
 {
 	struct pull q;
 	char why[256];
@@ -163,7 +164,8 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 
 	memset(&q, 0, sizeof q);
 	if (offset > b->size)
-		return rpc_errorf(ctx, SW_ERANGE, "offset %llu is past the end of %s (%llu bytes)",
+		return sw_errf(err, errlen, SW_ERANGE,
+			       "offset %llu is past the end of %s (%llu bytes)",
 				  (unsigned long long)offset, b->digest, (unsigned long long)b->size);
 	Slipway__V1__BlobInfo info = SLIPWAY__V1__BLOB_INFO__INIT;
 	info.digest = (char *)b->digest;
@@ -174,7 +176,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	first.msg_case = SLIPWAY__V1__PULL_RESPONSE__MSG_INFO;
 	first.info = &info;
 	if ((rc = rpc_send(ctx, &first.base)) != 0)
-		return rpc_errorf(ctx, rc, "the client went away");
+		return sw_errf(err, errlen, rc, "the client went away");
 	if (offset == b->size)
 		return 0; /* a resumed pull that already has every byte */
 
@@ -190,15 +192,15 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	pthread_cond_init(&q.cv, NULL);
 	for (int i = 0; i < NBUF; i++)
 		if ((q.buf[i] = malloc(q.cap)) == NULL) {
-			rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 			goto out;
 		}
 	if (q.verify && digest_init(&q.sha, DIGEST_SHA256) != 0) {
-		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		goto out;
 	}
 	if (pthread_create(&reader, NULL, reader_main, &q) != 0) {
-		rc = rpc_errorf(ctx, SW_EINTERNAL, "cannot start the S3 reader");
+		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot start the S3 reader");
 		goto out;
 	}
 	started = 1;
@@ -206,7 +208,7 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 	pthread_join(reader, NULL);
 	started = 0;
 	if (send_rc != 0) {
-		rc = rpc_errorf(ctx, SW_ECANCELLED, "the client went away");
+		rc = sw_errf(err, errlen, SW_ECANCELLED, "the client went away");
 		goto out;
 	}
 	rc = q.rc;
@@ -216,19 +218,19 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 			 : q.too_long	    ? "the stored object is longer than recorded"
 					    : "the stored object is shorter than recorded");
 		log_error("stored blob is damaged", "digest=%s reason=%s", b->digest, why);
-		audit_corrupt(a, ctx, b->digest, why);
-		rc = rpc_errorf(ctx, SW_EDATALOSS, "blob %s: %s", b->digest, why);
+		audit_corrupt(a, actor, b->digest, why);
+		rc = sw_errf(err, errlen, SW_EDATALOSS, "blob %s: %s", b->digest, why);
 		goto out;
 	}
 	if (rc != 0) {
-		rc = rpc_errorf(ctx, SW_EUNAVAIL, "object storage: %s", q.err);
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "object storage: %s", q.err);
 		goto out;
 	}
 	if (q.verify) {
 		uint8_t sha[DIGEST_SHA256_LEN];
 		char actual[DIGEST_STR_LEN];
 		if (digest_final(&q.sha, sha) != DIGEST_SHA256_LEN) {
-			rc = rpc_errorf(ctx, SW_EINTERNAL, "SHA-256 failed");
+			rc = sw_errf(err, errlen, SW_EINTERNAL, "SHA-256 failed");
 			goto out;
 		}
 		digest_format(sha, actual);
@@ -236,15 +238,15 @@ int art_pull(struct art *a, struct rpc_ctx *ctx, const struct art_blob *b, uint6
 			snprintf(why, sizeof why, "the stored bytes hash to %s", actual);
 			log_error("stored blob does not match its digest", "digest=%s actual=%s",
 				  b->digest, actual);
-			audit_corrupt(a, ctx, b->digest, why);
-			rc = rpc_errorf(ctx, SW_EDATALOSS, "blob %s: %s; refusing to serve it",
+			audit_corrupt(a, actor, b->digest, why);
+			rc = sw_errf(err, errlen, SW_EDATALOSS, "blob %s: %s; refusing to serve it",
 					b->digest, why);
 			goto out;
 		}
 	}
 	/* Every byte checked out: the held-back last chunk may go. */
 	if (q.len[q.w] > 0 && send_chunk(ctx, q.buf[q.w], q.len[q.w]) != 0)
-		rc = rpc_errorf(ctx, SW_ECANCELLED, "the client went away");
+		rc = sw_errf(err, errlen, SW_ECANCELLED, "the client went away");
 	else
 		log_info("pulled", "digest=%s offset=%llu bytes=%llu verified=%d ms=%lld", b->digest,
 			 (unsigned long long)offset, (unsigned long long)q.got, q.verify,

@@ -63,7 +63,10 @@ struct ring {
 
 struct push {
 	struct art *a;
-	struct rpc_ctx *ctx;
+	struct rpc_ctx *ctx;         /* rpc_recv and rpc_alloc only */
+	const char *actor;           /* the caller's SPIFFE ID */
+	char *err;                   /* the caller's message buffer */
+	size_t errlen;
 	const Slipway__V1__PushHeader *h;
 	const char *media_type;
 	enum mode mode;
@@ -306,7 +309,7 @@ static void audit_failure(struct push *p, const char *action, Slipway__V1__Outco
 {
 	char res[256], err[256];
 	release_res(p, res, sizeof res);
-	struct outbox_event e = { .actor = rpc_peer(p->ctx), .action = action, .resource = res,
+	struct outbox_event e = { .actor = p->actor, .action = action, .resource = res,
 				  .outcome = outcome };
 	outbox_detail(&e, "app", p->h->app);
 	outbox_detail(&e, "version", p->h->version);
@@ -340,10 +343,11 @@ static int check_signature(struct push *p, const char *digest)
 		return 0;
 	}
 	log_warn("push refused: signature", "app=%s version=%s digest=%s peer=%s reason=%s",
-		 p->h->app, p->h->version, digest, rpc_peer(p->ctx), why);
+		 p->h->app, p->h->version, digest, p->actor, why);
 	audit_failure(p, has ? "artifact.signature.invalid" : "artifact.signature.missing",
 		      SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, digest, why);
-	return rpc_errorf(p->ctx, SW_EPERM, "signature required for %s: %s", p->h->app, why);
+	return sw_errf(p->err, p->errlen, SW_EPERM, "signature required for %s: %s", p->h->app,
+		       why);
 }
 
 /* ---- the claim (transaction 1) ---- */
@@ -402,7 +406,7 @@ static int claim(struct push *p)
 	char err[512];
 	int rc = art_tx(p->a, claim_fn, p, err, sizeof err);
 	if (rc != 0)
-		return rpc_errorf(p->ctx, rc, "%s", err);
+		return sw_errf(p->err, p->errlen, rc, "%s", err);
 	p->claimed = 1;
 	return 0;
 }
@@ -476,7 +480,7 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 	};
 	const char *all[15];
 	memcpy(all, vals, sizeof vals);
-	all[14] = rpc_peer(p->ctx);
+	all[14] = p->actor;
 	rc = db_q(c,
 		  "INSERT INTO releases (app, version, digest, size_bytes, media_type, repository,"
 		  " commit_id, ref, build_id, builder, build_time_ms, signature, signing_key,"
@@ -529,7 +533,7 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 	char res[256], blobres[96];
 	release_res(p, res, sizeof res);
 	snprintf(blobres, sizeof blobres, "blob/%s", p->digest);
-	const char *actor = rpc_peer(p->ctx);
+	const char *actor = p->actor;
 	struct outbox_event e = { .actor = actor, .action = "artifact.push", .resource = blobres,
 				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
 	outbox_detail(&e, "app", p->h->app);
@@ -576,7 +580,7 @@ static int good_copy(struct push *p, uint64_t size, const char *md5, int *yes)
 	if (rc == SW_ENOTFOUND)
 		return 0;
 	if (rc != 0)
-		return rpc_errorf(p->ctx, SW_EUNAVAIL, "object storage: %s", err);
+		return sw_errf(p->err, p->errlen, SW_EUNAVAIL, "object storage: %s", err);
 	*yes = md5[0] != '\0' && info.size == size && strcmp(info.etag, md5) == 0;
 	if (!*yes && md5[0] != '\0')
 		log_warn("stored object does not match its blob row: uploading again",
@@ -590,12 +594,12 @@ static int start_stream(struct push *p)
 	char err[256];
 	size_t cap = (size_t)p->a->c.stream_buffer;
 	if (ring_init(&p->ring, cap, p->hint) != 0)
-		return rpc_errorf(p->ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(p->err, p->errlen, SW_ENOMEM, "out of memory");
 	p->ring_ready = 1;
 	p->uploaded = 1;
 	if (pthread_create(&p->put_thread, NULL, put_main, p) != 0) {
 		sw_errf(err, sizeof err, SW_EINTERNAL, "cannot start the upload thread");
-		return rpc_errorf(p->ctx, SW_EINTERNAL, "%s", err);
+		return sw_errf(p->err, p->errlen, SW_EINTERNAL, "%s", err);
 	}
 	p->put_started = 1;
 	return 0;
@@ -612,26 +616,28 @@ static int receive(struct push *p)
 		if (rc == 0)
 			return 0;
 		if (rc < 0)
-			return rpc_errorf(p->ctx, rc,
+			return sw_errf(p->err, p->errlen, rc,
 					  rc == SW_ECANCELLED ? "the push was cancelled"
 							      : "a message does not decode");
 		Slipway__V1__PushRequest *req = (void *)m;
 		if (req->msg_case != SLIPWAY__V1__PUSH_REQUEST__MSG_CHUNK) {
 			protobuf_c_message_free_unpacked(m, NULL);
-			return rpc_errorf(p->ctx, SW_EINVAL,
+			return sw_errf(p->err, p->errlen, SW_EINVAL,
 					  "only the first message is a header; later ones are chunks");
 		}
 		const uint8_t *d = req->chunk.data;
 		size_t n = req->chunk.len;
 		rc = 0;
 		if (n > ART_MAX_CHUNK)
-			rc = rpc_errorf(p->ctx, SW_EINVAL, "a chunk is at most %u bytes, got %zu",
+			rc = sw_errf(p->err, p->errlen, SW_EINVAL,
+				     "a chunk is at most %u bytes, got %zu",
 					ART_MAX_CHUNK, n);
 		else if (p->received + n > max)
-			rc = rpc_errorf(p->ctx, SW_ELIMIT, "the artifact is larger than %llu bytes",
+			rc = sw_errf(p->err, p->errlen, SW_ELIMIT,
+				     "the artifact is larger than %llu bytes",
 					(unsigned long long)max);
 		else if (p->hint > 0 && p->received + n > p->hint)
-			rc = rpc_errorf(p->ctx, SW_EINVAL,
+			rc = sw_errf(p->err, p->errlen, SW_EINVAL,
 					"more bytes than the %llu announced in size_hint",
 					(unsigned long long)p->hint);
 		if (rc == 0 && n > 0) {
@@ -643,10 +649,11 @@ static int receive(struct push *p)
 			} else if (p->mode == MODE_STREAM) {
 				rc = ring_write(&p->ring, d, n, err, sizeof err);
 				if (rc != 0)
-					rc = rpc_errorf(p->ctx, SW_EUNAVAIL, "object storage: %s", err);
+					rc = sw_errf(p->err, p->errlen, SW_EUNAVAIL,
+						     "object storage: %s", err);
 			}
 			if (rc != 0 && p->mode == MODE_SPOOL)
-				rc = rpc_errorf(p->ctx, rc, "%s", err);
+				rc = sw_errf(p->err, p->errlen, rc, "%s", err);
 		}
 		protobuf_c_message_free_unpacked(m, NULL);
 		if (rc != 0)
@@ -667,14 +674,15 @@ static int store_spooled(struct push *p)
 		return 0;
 	}
 	if (lseek(p->spool_fd, 0, SEEK_SET) != 0)
-		return rpc_errorf(p->ctx, SW_EIO, "spool file: %s", strerror(errno));
+		return sw_errf(p->err, p->errlen, SW_EIO, "spool file: %s", strerror(errno));
 	uint8_t md5[DIGEST_MD5_LEN];
 	if (digest_unhex(p->md5hex, md5, sizeof md5) != 0)
-		return rpc_errorf(p->ctx, SW_EINTERNAL, "MD5 lost");
+		return sw_errf(p->err, p->errlen, SW_EINTERNAL, "MD5 lost");
 	p->uploaded = 1;
 	rc = s3_put_fd(p->a->s3, p->key, p->spool_fd, p->received, md5, err, sizeof err);
 	if (rc != 0)
-		return rpc_errorf(p->ctx, rc == SW_EIO ? SW_EIO : SW_EUNAVAIL, "object storage: %s",
+		return sw_errf(p->err, p->errlen, rc == SW_EIO ? SW_EIO : SW_EUNAVAIL,
+			       "object storage: %s",
 				  err);
 	return 0;
 }
@@ -685,10 +693,10 @@ static int finish_stream(struct push *p)
 	char err[512];
 	int rc = stop_upload(p, 1, err, sizeof err);
 	if (rc != 0)
-		return rpc_errorf(p->ctx, SW_EUNAVAIL, "object storage: %s", err);
+		return sw_errf(p->err, p->errlen, SW_EUNAVAIL, "object storage: %s", err);
 	uint8_t md5[DIGEST_MD5_LEN];
 	if (digest_final(&p->ring.md5, md5) != DIGEST_MD5_LEN)
-		return rpc_errorf(p->ctx, SW_EINTERNAL, "MD5 failed");
+		return sw_errf(p->err, p->errlen, SW_EINTERNAL, "MD5 failed");
 	digest_hex(md5, sizeof md5, p->md5hex);
 	const char *etag = p->ring.info.etag;
 	/* A single PUT's ETag is the MD5 of what the server stored. */
@@ -698,7 +706,7 @@ static int finish_stream(struct push *p)
 		 * these bytes uploads them again, and GC removes them otherwise. */
 		log_error("S3 stored other bytes than were sent",
 			  "digest=%s etag=%s md5=%s", p->digest, etag, p->md5hex);
-		return rpc_errorf(p->ctx, SW_EUNAVAIL,
+		return sw_errf(p->err, p->errlen, SW_EUNAVAIL,
 				  "object storage stored damaged bytes (ETag mismatch); push again");
 	}
 	return 0;
@@ -710,12 +718,12 @@ static int run(struct push *p)
 	int rc;
 
 	if (h->size_hint > (uint64_t)p->a->c.max_blob)
-		return rpc_errorf(p->ctx, SW_ELIMIT,
+		return sw_errf(p->err, p->errlen, SW_ELIMIT,
 				  "size_hint %llu is larger than the maximum artifact size %llu",
 				  (unsigned long long)h->size_hint,
 				  (unsigned long long)p->a->c.max_blob);
 	if (digest_init(&p->sha, DIGEST_SHA256) != 0 || digest_init(&p->md5, DIGEST_MD5) != 0)
-		return rpc_errorf(p->ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(p->err, p->errlen, SW_ENOMEM, "out of memory");
 
 	p->mode = MODE_SPOOL;
 	if (p->want[0] != '\0') {
@@ -746,7 +754,7 @@ static int run(struct push *p)
 		char err[512];
 		rc = spool_open(p, err, sizeof err);
 		if (rc != 0)
-			rc = rpc_errorf(p->ctx, rc, "%s", err);
+			rc = sw_errf(p->err, p->errlen, rc, "%s", err);
 	}
 	if (rc != 0)
 		return rc;
@@ -758,15 +766,16 @@ static int run(struct push *p)
 	uint8_t sha[DIGEST_SHA256_LEN];
 	char actual[DIGEST_STR_LEN];
 	if (digest_final(&p->sha, sha) != DIGEST_SHA256_LEN)
-		return rpc_errorf(p->ctx, SW_EINTERNAL, "SHA-256 failed");
+		return sw_errf(p->err, p->errlen, SW_EINTERNAL, "SHA-256 failed");
 	digest_format(sha, actual);
 	if (p->hint > 0 && p->received != p->hint)
-		return rpc_errorf(p->ctx, SW_EINVAL, "the stream ended after %llu of %llu bytes",
+		return sw_errf(p->err, p->errlen, SW_EINVAL,
+			       "the stream ended after %llu of %llu bytes",
 				  (unsigned long long)p->received, (unsigned long long)p->hint);
 	if (p->want[0] != '\0' && strcmp(actual, p->want) != 0) {
 		audit_failure(p, "artifact.push", SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, actual,
 			      "the bytes do not match expected_digest");
-		return rpc_errorf(p->ctx, SW_EINVAL,
+		return sw_errf(p->err, p->errlen, SW_EINVAL,
 				  "digest mismatch: the bytes hash to %s, the header said %s; nothing "
 				  "was stored",
 				  actual, p->want);
@@ -774,7 +783,7 @@ static int run(struct push *p)
 	if (p->mode == MODE_SPOOL) {
 		uint8_t md5[DIGEST_MD5_LEN];
 		if (digest_final(&p->md5, md5) != DIGEST_MD5_LEN)
-			return rpc_errorf(p->ctx, SW_EINTERNAL, "MD5 failed");
+			return sw_errf(p->err, p->errlen, SW_EINTERNAL, "MD5 failed");
 		digest_hex(md5, sizeof md5, p->md5hex);
 		if (p->want[0] == '\0') {
 			snprintf(p->digest, sizeof p->digest, "%s", actual);
@@ -798,7 +807,7 @@ static int run(struct push *p)
 	char err[512];
 	rc = art_tx(p->a, commit_fn, p, err, sizeof err);
 	if (rc != 0)
-		return rpc_errorf(p->ctx, rc, "%s", err);
+		return sw_errf(p->err, p->errlen, rc, "%s", err);
 	p->claimed = 0; /* committed: nothing to give back */
 	art_kick(p->a);
 	log_info("pushed",
@@ -811,14 +820,18 @@ static int run(struct push *p)
 	return 0;
 }
 
-int art_push(struct art *a, struct rpc_ctx *ctx, const Slipway__V1__PushHeader *h,
-	     struct art_push_result *out)
+int art_push(struct art *a, struct rpc_ctx *ctx, const char *actor,
+	     const Slipway__V1__PushHeader *h, struct art_push_result *out, char *err,
+	     size_t errlen)
 {
 	struct push *p = calloc(1, sizeof *p);
 	if (p == NULL)
-		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	p->a = a;
 	p->ctx = ctx;
+	p->actor = actor;
+	p->err = err;
+	p->errlen = errlen;
 	p->h = h;
 	p->spool_fd = -1;
 	p->media_type = h->media_type[0] ? h->media_type : ART_DEFAULT_MEDIA_TYPE;

@@ -98,9 +98,12 @@ static int h_push(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMe
 		goto out;
 	}
 	struct art_push_result res = { 0 };
-	rc = art_push(a, ctx, h, &res);
+	char err[512] = "";
+	rc = art_push(a, ctx, rpc_peer(ctx), h, &res, err, sizeof err);
 	art_transfer_end(a);
-	if (rc == 0) {
+	if (rc != 0)
+		rc = rpc_errorf(ctx, rc, "%s", err);
+	else {
 		resp->release = res.release;
 		resp->deduplicated = res.deduplicated;
 		resp->release_existed = res.release_existed;
@@ -149,9 +152,10 @@ static int h_pull(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMe
 	if ((rc = art_transfer_begin(a)) != 0)
 		return rpc_errorf(ctx, rc, "too many transfers in progress (%lld); retry later",
 				  a->c.max_transfers);
-	rc = art_pull(a, ctx, &b, req->offset);
+	err[0] = '\0';
+	rc = art_pull(a, ctx, rpc_peer(ctx), &b, req->offset, err, sizeof err);
 	art_transfer_end(a);
-	return rc;
+	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
 }
 
 /* ---- queries ---- */
@@ -302,7 +306,10 @@ static int h_gc(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMess
 		return rpc_errorf(ctx, SW_EINVAL, "retention_ms: negative");
 	if ((rc = authorize(a, ctx, "gc", "artifact", "")) != 0)
 		return rc;
-	return art_gc(a, ctx, req->dry_run, req->retention_ms, (void *)respm);
+	char err[512] = "";
+	rc = art_gc(a, ctx, rpc_peer(ctx), req->dry_run, req->retention_ms, (void *)respm, err,
+		    sizeof err);
+	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
 }
 
 static const struct rpc_method methods[] = {

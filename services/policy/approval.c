@@ -11,6 +11,7 @@
  * and rejection is recorded and audited in the transaction that makes it.
  */
 #include "approval.h"
+#include "rpc.h" /* rpc_new_request_id */
 #include "db.h"
 #include "digest.h"
 #include "err.h"
@@ -241,6 +242,10 @@ struct eval_args {
 	const struct pol_approval *a;
 	int post_review;
 };
+
+_Static_assert(sizeof((struct eval_args *)0)->reasons ==
+		       sizeof((struct pol_eval_out *)0)->reasons,
+	       "reasons are copied whole into the result");
 
 static void reason(struct eval_args *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void reason(struct eval_args *e, const char *fmt, ...)
@@ -644,71 +649,61 @@ static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	return rc;
 }
 
-int pol_evaluate_deployment(struct pol_service *s, struct rpc_ctx *ctx,
-			    const Slipway__V1__DeploymentFacts *f,
-			    Slipway__V1__EvaluateDeploymentResponse *out)
+int pol_evaluate_deployment(struct pol_service *s, const char *caller,
+			    const Slipway__V1__DeploymentFacts *f, struct pol_eval_out *out,
+			    char *err, size_t errlen)
 {
-	char why[200], err[512];
+	char why[200];
 	if (!id_ok(f->deployment_id))
-		return rpc_errorf(ctx, SW_EINVAL,
-				  "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
 	if (!name_ok(f->app) || !name_ok(f->environment))
-		return rpc_errorf(ctx, SW_EINVAL, "app and environment: [A-Za-z0-9._-]{1,63} required");
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "app and environment: [A-Za-z0-9._-]{1,63} required");
 	if (digest_parse(f->digest, NULL) != 0)
-		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> required");
+		return sw_errf(err, errlen, SW_EINVAL, "digest: sha256:<64 lower-case hex> required");
 	if (spiffe_parse(f->requester, s->bopts.trust_domain, NULL, why, sizeof why) != 0)
-		return rpc_errorf(ctx, SW_EINVAL, "requester: %s", why);
+		return sw_errf(err, errlen, SW_EINVAL, "requester: %s", why);
 	if (!printable(f->version, 128))
-		return rpc_errorf(ctx, SW_EINVAL, "version: at most 128 printable bytes");
+		return sw_errf(err, errlen, SW_EINVAL, "version: at most 128 printable bytes");
 	const char *builder = f->provenance ? f->provenance->builder : "";
 	const char *ref = f->provenance ? f->provenance->ref : "";
 	if (!printable(builder, 256) || !printable(ref, 256))
-		return rpc_errorf(ctx, SW_EINVAL,
-				  "provenance builder and ref: at most 256 printable bytes");
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "provenance builder and ref: at most 256 printable bytes");
 	if (!printable(f->break_glass_reason, 1024))
-		return rpc_errorf(ctx, SW_EINVAL, "break_glass_reason: at most 1024 printable bytes");
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "break_glass_reason: at most 1024 printable bytes");
 	if (f->break_glass && f->break_glass_reason[0] == '\0')
-		return rpc_errorf(ctx, SW_EINVAL, "break-glass needs a reason (break_glass_reason)");
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "break-glass needs a reason (break_glass_reason)");
 
 	struct eval_args *e = calloc(1, sizeof *e);
 	if (e == NULL)
-		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	e->s = s;
 	e->p = pol_current(s);
 	e->f = f;
-	e->caller = rpc_peer(ctx);
+	e->caller = caller;
 	e->builder = builder;
 	e->ref = ref;
 	e->now = clock_wall_ms();
-	int rc = db_tx(s->db, NULL, eval_tx, e, err, sizeof err);
-	if (rc != 0) {
-		rc = rpc_errorf(ctx, rc, "%s", err);
+	int rc = db_tx(s->db, NULL, eval_tx, e, err, errlen);
+	if (rc != 0)
 		goto out;
-	}
 	pol_kick(s);
-	out->verdict = (Slipway__V1__Verdict)e->verdict;
+	memset(out, 0, sizeof *out);
+	out->verdict = e->verdict;
 	out->revision = e->p->revision;
-	out->not_before_unix_ms = e->not_before;
-	out->decision_id = rpc_strdup(ctx, e->decision_id);
-	out->reasons = rpc_alloc(ctx, (e->nreasons + 1) * sizeof(char *));
-	out->missing = rpc_alloc(ctx, (e->nmissing + 1) * sizeof(void *));
-	if (out->decision_id == NULL || out->reasons == NULL || out->missing == NULL) {
-		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < e->nreasons; i++)
-		out->reasons[out->n_reasons++] = rpc_strdup(ctx, e->reasons[i]);
-	for (size_t i = 0; i < e->nmissing; i++) {
-		Slipway__V1__ApprovalRequirement *m = rpc_alloc(ctx, sizeof *m);
-		if (m == NULL) {
-			rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
-			goto out;
-		}
-		slipway__v1__approval_requirement__init(m);
-		m->group = rpc_strdup(ctx, e->mgroup[i]);
-		m->required = e->mreq[i];
-		m->have = e->mhave[i];
-		out->missing[out->n_missing++] = m;
+	out->not_before_ms = e->not_before;
+	memcpy(out->decision_id, e->decision_id, sizeof out->decision_id);
+	out->nreasons = e->nreasons;
+	memcpy(out->reasons, e->reasons, sizeof out->reasons);
+	for (size_t i = 0; i < e->nmissing && i < POL_EVAL_MAX_MISSING; i++) {
+		snprintf(out->missing[i].group, sizeof out->missing[i].group, "%s", e->mgroup[i]);
+		out->missing[i].required = e->mreq[i];
+		out->missing[i].have = e->mhave[i];
+		out->nmissing++;
 	}
 	log_info("deployment evaluated", "deployment=%s verdict=%s revision=%llu",
 		 f->deployment_id, verdict_name(e->verdict), (unsigned long long)e->p->revision);
@@ -822,50 +817,53 @@ static int approve_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	return outbox_add(c, "policy", &e, err, errlen);
 }
 
-int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *dep, const char *digest,
-		const char *comment, int approve, Slipway__V1__Approval *out)
+int pol_approve(struct pol_service *s, const char *approver, const char *request_id,
+		const char *dep, const char *digest, const char *comment, int approve,
+		struct pol_approve_out *out, char *err, size_t errlen)
 {
-	char err[512];
 	PGresult *r = NULL;
 	int rc;
 
 	if (!id_ok(dep))
-		return rpc_errorf(ctx, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9._:-] required",
-				  MAX_ID);
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
 	if (digest[0] != '\0' && digest_parse(digest, NULL) != 0)
-		return rpc_errorf(ctx, SW_EINVAL, "digest: sha256:<64 lower-case hex> or empty");
+		return sw_errf(err, errlen, SW_EINVAL, "digest: sha256:<64 lower-case hex> or empty");
 	if (!printable(comment, MAX_COMMENT))
-		return rpc_errorf(ctx, SW_EINVAL, "comment: at most %d printable bytes", MAX_COMMENT);
+		return sw_errf(err, errlen, SW_EINVAL, "comment: at most %d printable bytes",
+			       MAX_COMMENT);
 	if (!approve && comment[0] == '\0')
-		return rpc_errorf(ctx, SW_EINVAL, "a rejection needs a comment");
+		return sw_errf(err, errlen, SW_EINVAL, "a rejection needs a comment");
 
 	/* Where the deployment goes decides who may approve it. */
 	rc = query(s, "SELECT app, environment FROM approval_requests WHERE deployment_id = $1", 1,
-		   (const char *[]){ dep }, &r, err, sizeof err);
+		   (const char *[]){ dep }, &r, err, errlen);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
+		return rc;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
-		return rpc_errorf(ctx, SW_ENOTFOUND, "no approval request for deployment %s", dep);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no approval request for deployment %s",
+			       dep);
 	}
 	char app[64], env[64];
 	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
 	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
 	PQclear(r);
-	if ((rc = pol_require(s, ctx, "approve", "deployment", app, env, NULL)) != 0)
+	if ((rc = pol_check_caller(s, approver, request_id, "approve", "deployment", app, env, NULL,
+				   err, errlen)) != 0)
 		return rc;
 
 	struct approve_args *a = calloc(1, sizeof *a);
 	if (a == NULL)
-		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	a->p = pol_current(s);
 	a->dep = dep;
 	a->digest = digest;
 	a->comment = comment;
-	a->approver = rpc_peer(ctx);
+	a->approver = approver;
 	a->approve = approve;
 	a->now = clock_wall_ms();
-	rc = db_tx(s->db, NULL, approve_tx, a, err, sizeof err);
+	rc = db_tx(s->db, NULL, approve_tx, a, err, errlen);
 	if (rc == SW_EPERM) {
 		/* A refused self-approval is a recorded denial. */
 		char rerr[512];
@@ -874,33 +872,24 @@ int pol_approve(struct pol_service *s, struct rpc_ctx *ctx, const char *dep, con
 					  .kind = "deployment", .app = app, .env = env, .name = dep,
 					  .allowed = 0, .nreasons = 1, .reasons = rv,
 					  .revision = a->p->revision, .caller = a->approver,
-					  .request_id = rpc_request_id(ctx),
+					  .request_id = request_id,
 					  .note = "self-approval refused" };
 		rpc_new_request_id(d.id);
 		if (pol_record_now(s, &d, rerr, sizeof rerr) != 0)
 			log_error("cannot record a decision", "error=%s", rerr);
 	}
-	if (rc != 0) {
-		rc = rpc_errorf(ctx, rc, "%s", err);
+	if (rc != 0)
 		goto out;
-	}
 	pol_kick(s);
-	out->deployment_id = rpc_strdup(ctx, dep);
-	out->approver = rpc_strdup(ctx, a->approver);
-	out->digest = rpc_strdup(ctx, a->used_digest);
+	memset(out, 0, sizeof *out);
+	snprintf(out->digest, sizeof out->digest, "%s", a->used_digest);
 	out->revision = a->p->revision;
-	out->comment = rpc_strdup(ctx, comment);
-	out->approve = approve;
-	out->created_unix_ms = a->now;
-	out->expires_unix_ms = a->expires;
+	out->created_ms = a->now;
+	out->expires_ms = a->expires;
 	out->break_glass = a->bg;
-	out->groups = rpc_alloc(ctx, (a->ngroups + 1) * sizeof(char *));
-	if (out->groups == NULL) {
-		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < a->ngroups; i++)
-		out->groups[out->n_groups++] = rpc_strdup(ctx, a->groups[i]);
+	/* Group names point into a->p: copy them before releasing it. */
+	for (size_t i = 0; i < a->ngroups && i < POL_MAX_MATCH; i++)
+		snprintf(out->groups[out->ngroups++], sizeof out->groups[0], "%s", a->groups[i]);
 	log_info(approve ? "deployment approved" : "deployment rejected",
 		 "deployment=%s by=%s digest=%s", dep, a->approver, a->used_digest);
 out:
@@ -911,14 +900,14 @@ out:
 
 /* ---- ListApprovals ---- */
 
-/* Parses a text[] of simple names ({a,b} or {"a","b"}) into call memory. */
-static int parse_groups(struct rpc_ctx *ctx, const char *arr, Slipway__V1__Approval *out)
+/* Parses a text[] of simple names ({a,b} or {"a","b"}) into row->groups,
+ * pointing into buf (cap bytes); names past POL_MAX_MATCH are dropped
+ * (Approve never stores more). */
+static void parse_groups(const char *arr, char *buf, size_t cap, struct pol_approval_row *row)
 {
-	size_t n = 0, len = strlen(arr);
-	char **v = rpc_alloc(ctx, (len / 2 + 2) * sizeof *v);
-	if (v == NULL)
-		return SW_ENOMEM;
+	size_t o = 0;
 	const char *p = arr;
+	row->ngroups = 0;
 	if (*p == '{')
 		p++;
 	while (*p && *p != '}') {
@@ -929,12 +918,15 @@ static int parse_groups(struct rpc_ctx *ctx, const char *arr, Slipway__V1__Appro
 		const char *e = p;
 		while (*e && *e != ',' && *e != '}' && *e != '"')
 			e++;
-		v[n++] = rpc_memdup(ctx, p, (size_t)(e - p));
+		size_t n = (size_t)(e - p);
+		if (row->ngroups < POL_MAX_MATCH && o + n + 1 <= cap) {
+			memcpy(buf + o, p, n);
+			buf[o + n] = '\0';
+			row->groups[row->ngroups++] = buf + o;
+			o += n + 1;
+		}
 		p = e;
 	}
-	out->groups = v;
-	out->n_groups = n;
-	return 0;
 }
 
 /* Runs one query on a pooled connection. */
@@ -950,66 +942,55 @@ static int query(struct pol_service *s, const char *sql, int n, const char *cons
 	return rc;
 }
 
-int pol_list_approvals(struct pol_service *s, struct rpc_ctx *ctx, const char *dep,
-		       Slipway__V1__ListApprovalsResponse *out)
+int pol_list_approvals(struct pol_service *s, const char *caller, const char *request_id,
+		       const char *dep, pol_approval_fn fn, void *arg, char *err, size_t errlen)
 {
-	char err[512], lim[24], app[64], env[64];
+	char lim[24], app[64], env[64];
+	char gbuf[POL_MAX_MATCH * (POL_NAME_MAX + 1)];
 	PGresult *r = NULL;
 	int rc;
 	if (!id_ok(dep))
-		return rpc_errorf(ctx, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9._:-] required",
-				  MAX_ID);
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "deployment_id: 1-%d of [A-Za-z0-9._:-] required", MAX_ID);
 	rc = query(s, "SELECT app, environment FROM approval_requests WHERE deployment_id = $1", 1,
-		   (const char *[]){ dep }, &r, err, sizeof err);
+		   (const char *[]){ dep }, &r, err, errlen);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
+		return rc;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
-		return rpc_errorf(ctx, SW_ENOTFOUND, "no approval request for deployment %s", dep);
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no approval request for deployment %s",
+			       dep);
 	}
 	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
 	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
 	PQclear(r);
 	r = NULL;
-	if ((rc = pol_require(s, ctx, "read", "deployment", app, env, NULL)) != 0)
+	if ((rc = pol_check_caller(s, caller, request_id, "read", "deployment", app, env, NULL, err,
+				   errlen)) != 0)
 		return rc;
 	rc = query(s,
 		   "SELECT approver, digest, revision, comment, approve, created_ms, expires_ms,"
 		   " groups, break_glass FROM approvals WHERE deployment_id = $1 ORDER BY id"
 		   " LIMIT $2::int",
-		   2, (const char *[]){ dep, db_i64(lim, MAX_ROWS) }, &r, err, sizeof err);
+		   2, (const char *[]){ dep, db_i64(lim, MAX_ROWS) }, &r, err, errlen);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
+		return rc;
 	int n = PQntuples(r);
-	out->approvals = rpc_alloc(ctx, ((size_t)n + 1) * sizeof(void *));
-	if (out->approvals == NULL) {
-		rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
-		goto out;
+	for (int i = 0; i < n && rc == 0; i++) {
+		struct pol_approval_row row = {
+			.deployment_id = dep,
+			.approver = db_text(r, i, 0),
+			.digest = db_text(r, i, 1),
+			.revision = (uint64_t)db_int64(r, i, 2),
+			.comment = db_text(r, i, 3),
+			.approve = db_bool(r, i, 4),
+			.created_ms = db_int64(r, i, 5),
+			.expires_ms = db_int64(r, i, 6),
+			.break_glass = db_bool(r, i, 8),
+		};
+		parse_groups(db_text(r, i, 7), gbuf, sizeof gbuf, &row);
+		rc = fn(&row, arg);
 	}
-	for (int i = 0; i < n; i++) {
-		Slipway__V1__Approval *a = rpc_alloc(ctx, sizeof *a);
-		if (a == NULL) {
-			rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
-			goto out;
-		}
-		slipway__v1__approval__init(a);
-		a->deployment_id = rpc_strdup(ctx, dep);
-		a->approver = rpc_strdup(ctx, db_text(r, i, 0));
-		a->digest = rpc_strdup(ctx, db_text(r, i, 1));
-		a->revision = (uint64_t)db_int64(r, i, 2);
-		a->comment = rpc_strdup(ctx, db_text(r, i, 3));
-		a->approve = db_bool(r, i, 4);
-		a->created_unix_ms = db_int64(r, i, 5);
-		a->expires_unix_ms = db_int64(r, i, 6);
-		a->break_glass = db_bool(r, i, 8);
-		if (a->deployment_id == NULL || a->approver == NULL || a->digest == NULL ||
-		    a->comment == NULL || parse_groups(ctx, db_text(r, i, 7), a) != 0) {
-			rc = rpc_errorf(ctx, SW_ELIMIT, "too many approvals for one response");
-			goto out;
-		}
-		out->approvals[out->n_approvals++] = a;
-	}
-out:
 	PQclear(r);
 	return rc;
 }

@@ -320,7 +320,6 @@ int pol_diff(json_t *from, json_t *to, size_t max, char **out);
 
 struct db;
 struct db_conn;
-struct rpc_ctx;
 struct outbox_relay;
 struct pol_writer;
 
@@ -394,16 +393,33 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 int pol_record_now(struct pol_service *s, const struct pol_decision *d, char *err,
 		   size_t errlen);
 
+/*
+ * Authorizes caller (the RPC peer) for one of this service's own RPCs
+ * against the current policy, recording the check when it must be (every
+ * policy action, and denials) with request_id. Returns 0, SW_EPERM
+ * ("permission denied: ..."), or SW_EUNAVAIL when an allow could not be
+ * recorded; the message goes into err. Strings are borrowed. Worker
+ * threads (it writes to the database).
+ */
+int pol_check_caller(struct pol_service *s, const char *caller, const char *request_id,
+		     const char *action, const char *kind, const char *app, const char *env,
+		     const char *name, char *err, size_t errlen);
+
 /* The decision writer: group-commits the decisions of deferred Authorize
- * calls and finishes them. */
+ * calls and tells their owners when each is on record. */
 int pol_writer_start(struct pol_service *s, char *err, size_t errlen);
 void pol_writer_stop(struct pol_service *s);
-/* Hands a deferred call over: the writer records d (whose strings must
- * live in the call's arena), then finishes ctx with code (its message set
- * with rpc_errorf beforehand), or with UNAVAILABLE when an allow could not
- * be recorded. Returns 0, or SW_ELIMIT when the queue is full. */
-int pol_writer_submit(struct pol_service *s, struct rpc_ctx *ctx, const struct pol_decision *d,
-		      int code);
+/* Called on the writer thread once d is recorded (or could not be): with
+ * the code given to pol_writer_submit and msg NULL, or, when an allow could
+ * not be recorded, with SW_EUNAVAIL and a message (borrowed for the call).
+ * rpc.c turns it into the deferred call's status. */
+typedef void (*pol_writer_done_fn)(void *arg, int code, const char *msg);
+/* Queues d (whose strings must live until done runs: the call's arena) to
+ * be recorded; done(arg, ...) runs exactly once afterwards when this
+ * returns 0. Returns 0, SW_ENOMEM, or SW_ELIMIT when the queue is full
+ * (done is then never called). Any thread. */
+int pol_writer_submit(struct pol_service *s, const struct pol_decision *d, int code,
+		      pol_writer_done_fn done, void *arg);
 
 /* Applies a compiled document as the next revision (see README). Sets
  * *rev and *changed. */
@@ -419,10 +435,5 @@ struct rpc_server;
 
 /* Registers the slipway.v1.Policy handlers with s as their data. */
 int pol_rpc_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen);
-
-/* Authorizes the caller of one of this service's RPCs (recording the check
- * when it must be); 0 or a code with the call's message set. Workers. */
-int pol_require(struct pol_service *s, struct rpc_ctx *ctx, const char *action,
-		const char *kind, const char *app, const char *env, const char *name);
 
 #endif

@@ -99,46 +99,26 @@ static char **reasons_dup(struct rpc_ctx *ctx, char (*r)[POL_REASON_LEN], size_t
 
 /*
  * Authorizes the caller of one of this service's own RPCs against the
- * current policy, recording the check when it must be (every policy
- * action, and denials). Returns 0, or a code with the call's message set.
- * Worker threads only.
+ * current policy (pol_check_caller records the check when it must be).
+ * Returns 0, or a code with the call's message set. Worker threads only.
  */
 static int require(struct pol_service *s, struct rpc_ctx *ctx, const char *action,
 		   const char *kind, const char *app, const char *env, const char *name)
 {
-	struct pol_policy *p = pol_current(s);
-	struct pol_query q = { rpc_peer(ctx), action, kind, app ? app : "", env ? env : "",
-			       name ? name : "", clock_wall_ms() };
-	struct pol_result r;
-	char reasons[MAX_REASONS][POL_REASON_LEN], err[512];
-	const char *rv[MAX_REASONS];
-	int rc = 0;
+	char err[512] = "";
+	int rc = pol_check_caller(s, rpc_peer(ctx), rpc_request_id(ctx), action, kind, app, env,
+				  name, err, sizeof err);
+	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
+}
 
-	pol_eval(p, &q, 0, &r);
-	size_t n = pol_reasons(p, &q, &r, reasons, MAX_REASONS);
-	for (size_t i = 0; i < n; i++)
-		rv[i] = reasons[i];
-	if (pol_must_audit(kind, action, r.allowed)) {
-		struct pol_decision d = { .principal = q.principal, .action = action, .kind = kind,
-					  .app = q.app, .env = q.env, .name = q.name,
-					  .allowed = r.allowed, .nreasons = n, .reasons = rv,
-					  .revision = p->revision, .caller = rpc_peer(ctx),
-					  .request_id = rpc_request_id(ctx) };
-		rpc_new_request_id(d.id);
-		if (pol_record_now(s, &d, err, sizeof err) != 0) {
-			log_error("cannot record a decision", "error=%s", err);
-			if (r.allowed) {
-				rc = rpc_errorf(ctx, SW_EUNAVAIL, "cannot record the decision: %s", err);
-				goto out;
-			}
-		}
-	}
-	if (!r.allowed)
-		rc = rpc_errorf(ctx, SW_EPERM, "permission denied: %s may not %s %s: %s",
-				q.principal, action, kind, n ? reasons[0] : "no rule allows it");
-out:
-	pol_unref(p);
-	return rc;
+/* The decision writer's answer to a deferred Authorize: the one place its
+ * outcome becomes the call's status. Writer thread. */
+static void finish_deferred(void *arg, int code, const char *msg)
+{
+	struct rpc_ctx *ctx = arg;
+	if (msg != NULL)
+		rpc_errorf(ctx, code, "%s", msg);
+	rpc_finish(ctx, code);
 }
 
 /* ---- Authorize (inline; deferred when the decision is recorded) ---- */
@@ -192,7 +172,7 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 					"(needs authorize on policy)",
 					caller);
 			rpc_defer(ctx);
-			if (pol_writer_submit(s, ctx, &d, rc) != 0)
+			if (pol_writer_submit(s, &d, rc, finish_deferred, ctx) != 0)
 				rpc_finish(ctx, rc);
 			rc = RPC_DEFERRED;
 			goto out;
@@ -224,7 +204,7 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 		d.nreasons = n;
 		d.reasons = (const char *const *)resp->reasons;
 		rpc_defer(ctx);
-		if (pol_writer_submit(s, ctx, &d, 0) != 0)
+		if (pol_writer_submit(s, &d, 0, finish_deferred, ctx) != 0)
 			rpc_finish(ctx, rpc_errorf(ctx, SW_ELIMIT,
 						   "too many decisions waiting to be recorded"));
 		rc = RPC_DEFERRED;
@@ -519,33 +499,151 @@ static int evaluate_deployment(struct rpc_ctx *ctx, const ProtobufCMessage *reqm
 {
 	struct pol_service *s = data;
 	const Slipway__V1__DeploymentFacts *req = (const void *)reqm;
+	Slipway__V1__EvaluateDeploymentResponse *resp = (void *)respm;
+	char err[512] = "";
 	int rc = require(s, ctx, "evaluate", "deployment", req->app, req->environment, NULL);
 	if (rc != 0)
 		return rc;
-	return pol_evaluate_deployment(s, ctx, req, (void *)respm);
+	struct pol_eval_out *o = rpc_alloc(ctx, sizeof *o);
+	if (o == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	if ((rc = pol_evaluate_deployment(s, rpc_peer(ctx), req, o, err, sizeof err)) != 0)
+		return rpc_errorf(ctx, rc, "%s", err);
+	resp->verdict = (Slipway__V1__Verdict)o->verdict;
+	resp->revision = o->revision;
+	resp->not_before_unix_ms = o->not_before_ms;
+	resp->decision_id = o->decision_id;
+	resp->reasons = rpc_alloc(ctx, (o->nreasons + 1) * sizeof(char *));
+	resp->missing = rpc_alloc(ctx, (o->nmissing + 1) * sizeof(void *));
+	if (resp->reasons == NULL || resp->missing == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	for (size_t i = 0; i < o->nreasons; i++)
+		resp->reasons[resp->n_reasons++] = o->reasons[i];
+	for (size_t i = 0; i < o->nmissing; i++) {
+		Slipway__V1__ApprovalRequirement *m = rpc_alloc(ctx, sizeof *m);
+		if (m == NULL)
+			return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		slipway__v1__approval_requirement__init(m);
+		m->group = o->missing[i].group;
+		m->required = o->missing[i].required;
+		m->have = o->missing[i].have;
+		resp->missing[resp->n_missing++] = m;
+	}
+	return 0;
+}
+
+/* Approve and Reject: one domain call, one encoding. */
+static int decide_approval(struct rpc_ctx *ctx, struct pol_service *s, const char *dep,
+			   const char *digest, const char *comment, int approve,
+			   Slipway__V1__Approval *resp)
+{
+	char err[512] = "";
+	struct pol_approve_out *o = rpc_alloc(ctx, sizeof *o);
+	if (o == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	int rc = pol_approve(s, rpc_peer(ctx), rpc_request_id(ctx), dep, digest, comment, approve,
+			     o, err, sizeof err);
+	if (rc != 0)
+		return rpc_errorf(ctx, rc, "%s", err);
+	resp->deployment_id = (char *)dep;
+	resp->approver = (char *)rpc_peer(ctx);
+	resp->digest = o->digest;
+	resp->revision = o->revision;
+	resp->comment = (char *)comment;
+	resp->approve = approve;
+	resp->created_unix_ms = o->created_ms;
+	resp->expires_unix_ms = o->expires_ms;
+	resp->break_glass = o->break_glass;
+	resp->groups = rpc_alloc(ctx, (o->ngroups + 1) * sizeof(char *));
+	if (resp->groups == NULL)
+		return rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+	for (size_t i = 0; i < o->ngroups; i++)
+		resp->groups[resp->n_groups++] = o->groups[i];
+	return 0;
 }
 
 static int approve(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 		   void *data)
 {
 	const Slipway__V1__ApproveRequest *req = (const void *)reqm;
-	return pol_approve(data, ctx, req->deployment_id, req->digest, req->comment, 1,
-			   (void *)respm);
+	return decide_approval(ctx, data, req->deployment_id, req->digest, req->comment, 1,
+			       (void *)respm);
 }
 
 static int reject(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 		  void *data)
 {
 	const Slipway__V1__RejectRequest *req = (const void *)reqm;
-	return pol_approve(data, ctx, req->deployment_id, req->digest, req->comment, 0,
-			   (void *)respm);
+	return decide_approval(ctx, data, req->deployment_id, req->digest, req->comment, 0,
+			       (void *)respm);
+}
+
+struct list_enc {
+	struct rpc_ctx *ctx;
+	Slipway__V1__ListApprovalsResponse *out;
+	size_t cap;
+	int full;      /* the arena ran out */
+};
+
+/* Copies one approval into call memory. SW_ELIMIT when the arena is full. */
+static int list_row(struct list_enc *l, const struct pol_approval_row *w)
+{
+	struct rpc_ctx *ctx = l->ctx;
+	if (l->out->n_approvals == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		Slipway__V1__Approval **v = rpc_alloc(ctx, (cap + 1) * sizeof *v);
+		if (v == NULL)
+			return SW_ELIMIT;
+		if (l->out->n_approvals > 0)
+			memcpy(v, l->out->approvals, l->out->n_approvals * sizeof *v);
+		l->out->approvals = v;
+		l->cap = cap;
+	}
+	Slipway__V1__Approval *a = rpc_alloc(ctx, sizeof *a);
+	char **groups = rpc_alloc(ctx, (w->ngroups + 1) * sizeof *groups);
+	if (a == NULL || groups == NULL)
+		return SW_ELIMIT;
+	slipway__v1__approval__init(a);
+	a->deployment_id = rpc_strdup(ctx, w->deployment_id);
+	a->approver = rpc_strdup(ctx, w->approver);
+	a->digest = rpc_strdup(ctx, w->digest);
+	a->revision = w->revision;
+	a->comment = rpc_strdup(ctx, w->comment);
+	a->approve = w->approve;
+	a->created_unix_ms = w->created_ms;
+	a->expires_unix_ms = w->expires_ms;
+	a->break_glass = w->break_glass;
+	for (size_t i = 0; i < w->ngroups; i++)
+		if ((groups[i] = rpc_strdup(ctx, w->groups[i])) == NULL)
+			return SW_ELIMIT;
+	a->groups = groups;
+	a->n_groups = w->ngroups;
+	if (a->deployment_id == NULL || a->approver == NULL || a->digest == NULL ||
+	    a->comment == NULL)
+		return SW_ELIMIT;
+	l->out->approvals[l->out->n_approvals++] = a;
+	return 0;
+}
+
+static int list_one(const struct pol_approval_row *w, void *arg)
+{
+	struct list_enc *l = arg;
+	int rc = list_row(l, w);
+	l->full = rc != 0;
+	return rc;
 }
 
 static int list_approvals(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			  ProtobufCMessage *respm, void *data)
 {
 	const Slipway__V1__ListApprovalsRequest *req = (const void *)reqm;
-	return pol_list_approvals(data, ctx, req->deployment_id, (void *)respm);
+	struct list_enc l = { ctx, (void *)respm, 0, 0 };
+	char err[512] = "";
+	int rc = pol_list_approvals(data, rpc_peer(ctx), rpc_request_id(ctx), req->deployment_id,
+				    list_one, &l, err, sizeof err);
+	if (l.full)
+		return rpc_errorf(ctx, rc, "too many approvals for one response");
+	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
 }
 
 static const struct rpc_method methods[] = {
@@ -566,10 +664,4 @@ int pol_rpc_register(struct pol_service *s, struct rpc_server *srv, char *err, s
 {
 	return rpc_server_add_service(srv, &slipway__v1__policy__descriptor, methods,
 				      sizeof methods / sizeof methods[0], s, err, errlen);
-}
-
-int pol_require(struct pol_service *s, struct rpc_ctx *ctx, const char *action,
-		const char *kind, const char *app, const char *env, const char *name)
-{
-	return require(s, ctx, action, kind, app, env, name);
 }

@@ -11,7 +11,7 @@
 #include "err.h"
 #include "log.h"
 #include "outbox.h"
-#include "rpc.h"
+#include "rpc.h" /* rpc_new_request_id */
 #include "clock.h"
 
 #include <errno.h>
@@ -417,11 +417,54 @@ int pol_record_now(struct pol_service *s, const struct pol_decision *d, char *er
 	return rc;
 }
 
+/* ---- the service's own callers ---- */
+
+int pol_check_caller(struct pol_service *s, const char *caller, const char *request_id,
+		     const char *action, const char *kind, const char *app, const char *env,
+		     const char *name, char *err, size_t errlen)
+{
+	struct pol_policy *p = pol_current(s);
+	struct pol_query q = { caller, action, kind, app ? app : "", env ? env : "",
+			       name ? name : "", clock_wall_ms() };
+	struct pol_result r;
+	char reasons[16][POL_REASON_LEN], rerr[512];
+	const char *rv[16];
+	int rc = 0;
+
+	pol_eval(p, &q, 0, &r);
+	size_t n = pol_reasons(p, &q, &r, reasons, 16);
+	for (size_t i = 0; i < n; i++)
+		rv[i] = reasons[i];
+	if (pol_must_audit(kind, action, r.allowed)) {
+		struct pol_decision d = { .principal = q.principal, .action = action, .kind = kind,
+					  .app = q.app, .env = q.env, .name = q.name,
+					  .allowed = r.allowed, .nreasons = n, .reasons = rv,
+					  .revision = p->revision, .caller = caller,
+					  .request_id = request_id };
+		rpc_new_request_id(d.id);
+		if (pol_record_now(s, &d, rerr, sizeof rerr) != 0) {
+			log_error("cannot record a decision", "error=%s", rerr);
+			if (r.allowed) {
+				rc = sw_errf(err, errlen, SW_EUNAVAIL,
+					     "cannot record the decision: %s", rerr);
+				goto out;
+			}
+		}
+	}
+	if (!r.allowed)
+		rc = sw_errf(err, errlen, SW_EPERM, "permission denied: %s may not %s %s: %s",
+			     q.principal, action, kind, n ? reasons[0] : "no rule allows it");
+out:
+	pol_unref(p);
+	return rc;
+}
+
 /* ---- decision writer ---- */
 
 struct pending {
 	struct pending *next;
-	struct rpc_ctx *ctx;
+	pol_writer_done_fn done;
+	void *arg;
 	struct pol_decision d;
 	int code;
 };
@@ -475,12 +518,14 @@ static void *writer_main(void *arg)
 			log_error("cannot record decisions", "count=%zu error=%s", n, err);
 		for (size_t i = 0; i < n; i++) {
 			struct pending *p = items[i];
-			if (rc != 0 && p->d.allowed)
-				rpc_finish(p->ctx, rpc_errorf(p->ctx, SW_EUNAVAIL,
-							      "the decision could not be recorded: %s",
-							      err));
-			else
-				rpc_finish(p->ctx, p->code); /* a denial stands even unrecorded */
+			char why[600];
+			if (rc != 0 && p->d.allowed) {
+				snprintf(why, sizeof why, "the decision could not be recorded: %s",
+					 err);
+				p->done(p->arg, SW_EUNAVAIL, why);
+			} else {
+				p->done(p->arg, p->code, NULL); /* a denial stands even unrecorded */
+			}
 			free(p);
 		}
 	}
@@ -522,15 +567,16 @@ void pol_writer_stop(struct pol_service *s)
 	s->writer = NULL;
 }
 
-int pol_writer_submit(struct pol_service *s, struct rpc_ctx *ctx, const struct pol_decision *d,
-		      int code)
+int pol_writer_submit(struct pol_service *s, const struct pol_decision *d, int code,
+		      pol_writer_done_fn done, void *arg)
 {
 	struct pol_writer *w = s->writer;
 	struct pending *p = malloc(sizeof *p);
 	if (p == NULL)
 		return SW_ENOMEM;
 	p->next = NULL;
-	p->ctx = ctx;
+	p->done = done;
+	p->arg = arg;
 	p->d = *d;
 	p->code = code;
 	pthread_mutex_lock(&w->mu);

@@ -56,8 +56,9 @@ void sec_audit_alone(struct sec *s, const struct outbox_event *e)
 	sec_audit_kick(s);
 }
 
-int sec_authorize(struct sec *s, struct rpc_ctx *ctx, const char *action,
-		  const char *event_action, const char *app, const char *env, const char *name)
+int sec_authorize(struct sec *s, struct rpc_ctx *parent, const char *peer, const char *action,
+		  const char *event_action, const char *app, const char *env, const char *name,
+		  char *err, size_t errlen)
 {
 	char why[512], res[320];
 	int rc;
@@ -65,12 +66,12 @@ int sec_authorize(struct sec *s, struct rpc_ctx *ctx, const char *action,
 		sw_errf(why, sizeof why, 0, "no policy service is configured (--policy-addr)");
 		rc = SW_EUNAVAIL;
 	} else {
-		struct authz_req q = { rpc_peer(ctx), action, "secret", app, env, name };
-		rc = authz_check(s->authz, ctx, &q, why, sizeof why);
+		struct authz_req q = { peer, action, "secret", app, env, name };
+		rc = authz_check(s->authz, parent, &q, why, sizeof why);
 	}
 	if (rc == 0)
 		return 0;
-	struct outbox_event e = { .actor = rpc_peer(ctx), .action = event_action,
+	struct outbox_event e = { .actor = peer, .action = event_action,
 				  .resource = sec_resource(res, sizeof res, app, env, name),
 				  .outcome = rc == SW_EPERM ? SLIPWAY__V1__OUTCOME__OUTCOME_DENIED
 							    : SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE };
@@ -78,7 +79,7 @@ int sec_authorize(struct sec *s, struct rpc_ctx *ctx, const char *action,
 	outbox_detail(&e, "reason", rc == SW_EPERM ? "denied by policy" : "policy unavailable");
 	sec_audit_alone(s, &e);
 	if (rc == SW_EPERM)
-		return rpc_errorf(ctx, rc, "permission denied: %s may not %s secret %s: %s",
-				  rpc_peer(ctx), action, res + 7, why);
-	return rpc_errorf(ctx, rc, "cannot authorize: %s", why);
+		return sw_errf(err, errlen, rc, "permission denied: %s may not %s secret %s: %s",
+			       peer, action, res + 7, why);
+	return sw_errf(err, errlen, rc, "cannot authorize: %s", why);
 }

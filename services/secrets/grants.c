@@ -251,16 +251,16 @@ struct fetch_fail {
 	const char *secret;
 };
 
-static void fetch_audit_failure(struct sec *s, struct rpc_ctx *ctx, const char *deployment,
+static void fetch_audit_failure(struct sec *s, const char *agent, const char *deployment,
 				const struct fetch_fail *f, int code)
 {
 	char res[320];
 	snprintf(res, sizeof res, "secret-grant/%s", deployment);
-	struct outbox_event e = { .actor = rpc_peer(ctx), .action = "secret.fetch", .resource = res,
+	struct outbox_event e = { .actor = agent, .action = "secret.fetch", .resource = res,
 				  .outcome = code == SW_EPERM ? SLIPWAY__V1__OUTCOME__OUTCOME_DENIED
 							      : SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE };
 	outbox_detail(&e, "deployment", deployment);
-	outbox_detail(&e, "agent", rpc_peer(ctx));
+	outbox_detail(&e, "agent", agent);
 	outbox_detail(&e, "status", sw_grpc_status_name(sw_err_to_grpc(code)));
 	outbox_detail(&e, "reason", f->reason);
 	if (f->grant)
@@ -271,37 +271,26 @@ static void fetch_audit_failure(struct sec *s, struct rpc_ctx *ctx, const char *
 }
 
 /* Why the caller has no usable grant: none at all, someone else's, or its
- * own expired one. Sets the call status. */
-static int classify_missing(struct sec *s, struct db_conn *c, struct rpc_ctx *ctx,
-			    const char *deployment, struct fetch_fail *f)
+ * own expired one (sec_fetch_no_grant decides from the closest row). */
+static int classify_missing(struct db_conn *c, const char *agent, const char *deployment,
+			    int64_t now, struct fetch_fail *f, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
-	char err[256];
-	const char *v[2] = { deployment, rpc_peer(ctx) };
+	const char *v[2] = { deployment, agent };
 	int rc = db_q(c,
 		      "SELECT agent = $2, expires_ms FROM grants WHERE deployment_id = $1"
 		      " ORDER BY (agent = $2) DESC, expires_ms DESC LIMIT 1",
-		      2, v, &r, err, sizeof err);
+		      2, v, &r, err, errlen);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
-	if (PQntuples(r) == 0) {
-		f->reason = "no grant for the deployment";
-		rc = rpc_errorf(ctx, SW_EPERM, "no grant for deployment %s to %s", deployment,
-				rpc_peer(ctx));
-	} else if (db_bool(r, 0, 0)) {
-		f->reason = "grant expired";
-		rc = rpc_errorf(ctx, SW_EPRECOND,
-				"the grant for deployment %s to %s expired %lld ms ago", deployment,
-				rpc_peer(ctx), (long long)(sec_now_ms() - db_int64(r, 0, 1)));
-	} else {
-		f->reason = "grant belongs to another agent";
-		/* Same words as "no grant": an agent learns nothing about others. */
-		rc = rpc_errorf(ctx, SW_EPERM, "no grant for deployment %s to %s", deployment,
-				rpc_peer(ctx));
+		return rc;
+	struct sec_grant_seen g = { 0 };
+	if (PQntuples(r) > 0) {
+		g.found = 1;
+		g.mine = db_bool(r, 0, 0);
+		g.expires_ms = db_int64(r, 0, 1);
 	}
 	PQclear(r);
-	(void)s;
-	return rc;
+	return sec_fetch_no_grant(&g, deployment, agent, now, &f->reason, err, errlen);
 }
 
 /* The grant, its references and their ciphertexts in one query (binary
@@ -354,14 +343,14 @@ static int fetch_query(struct db_conn *c, const char *const *v, PGresult **out, 
 	return sw_errf(err, errlen, SW_EINTERNAL, "the fetch statement could not be prepared");
 }
 
-int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, uint8_t **box,
-		    size_t *boxlen)
+int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
+		    const char *deployment, uint8_t **box, size_t *boxlen, char *err, size_t errlen)
 {
 	struct db_conn *c = NULL;
 	PGresult *r = NULL;
 	struct sealed_item *items = NULL;
 	struct fetch_fail f = { 0 };
-	char err[512], nowb[24], grant[40] = "", list[LIST_MAX], secret[200] = "";
+	char why[512], nowb[24], grant[40] = "", list[LIST_MAX], secret[200] = "";
 	size_t off = 0, more = 0, total = 0, work_len = 0, out_len = 0;
 	uint8_t *values = NULL, *work = NULL;
 	int rc;
@@ -369,19 +358,17 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, 
 	*box = NULL;
 	*boxlen = 0;
 	list[0] = '\0';
-	rc = db_acquire(s->db, &c, 10000, err, sizeof err);
+	rc = db_acquire(s->db, &c, 10000, err, errlen);
 	if (rc != 0)
-		return rpc_errorf(ctx, rc, "%s", err);
+		return rc;
 	int64_t now = sec_now_ms();
-	const char *v[3] = { deployment, rpc_peer(ctx), db_i64(nowb, now) };
-	rc = fetch_query(c, v, &r, err, sizeof err);
-	if (rc != 0) {
-		rc = rpc_errorf(ctx, rc, "%s", err);
+	const char *v[3] = { deployment, agent, db_i64(nowb, now) };
+	rc = fetch_query(c, v, &r, err, errlen);
+	if (rc != 0)
 		goto out;
-	}
 	int n = PQntuples(r);
 	if (n == 0) {
-		rc = classify_missing(s, c, ctx, deployment, &f);
+		rc = classify_missing(c, agent, deployment, now, &f, err, errlen);
 		goto fail;
 	}
 	snprintf(grant, sizeof grant, "%s", PQgetvalue(r, 0, 0));
@@ -390,39 +377,38 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, 
 	int64_t gexp = be64(PQgetvalue(r, 0, 3));
 	if (PQgetlength(r, 0, 4) != SEALED_X25519_BYTES) {
 		f.reason = "stored agent key is malformed";
-		rc = rpc_errorf(ctx, SW_EDATALOSS, "the grant's agent key is malformed");
+		rc = sw_errf(err, errlen, SW_EDATALOSS, "the grant's agent key is malformed");
 		goto fail;
 	}
 	/* Policy may narrow what agents fetch (by app and environment). */
 	db_release(s->db, c);
 	c = NULL;
-	rc = sec_authorize(s, ctx, "fetch", "secret.fetch", app, env, "");
+	rc = sec_authorize(s, ctx, agent, "fetch", "secret.fetch", app, env, "", err, errlen);
 	if (rc != 0)
 		goto out; /* audited as a denial */
 
 	items = calloc((size_t)n, sizeof *items);
 	if (items == NULL) {
-		rc = rpc_errorf(ctx, SW_ENOMEM, "out of memory");
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 		goto out;
 	}
 	for (int i = 0; i < n; i++) {
 		const char *name = PQgetvalue(r, i, 5);
 		uint32_t ver = be32(PQgetvalue(r, i, 6));
 		snprintf(secret, sizeof secret, "%s@%u", name, ver);
-		if (PQgetisnull(r, i, 7) || be16(PQgetvalue(r, i, 7)) != SEC_ENABLED) {
-			int st = PQgetisnull(r, i, 7) ? 0 : be16(PQgetvalue(r, i, 7));
-			f.reason = st == SEC_DISABLED ? "version disabled" : "version destroyed";
+		int has_state = !PQgetisnull(r, i, 7);
+		rc = sec_fetch_version_ok(has_state, has_state ? be16(PQgetvalue(r, i, 7)) : 0, name,
+					  ver, &f.reason, err, errlen);
+		if (rc != 0) {
 			f.secret = secret;
-			rc = rpc_errorf(ctx, SW_EPRECOND, "version %u of secret %s is %s", ver, name,
-					st == SEC_DISABLED ? "disabled" : "destroyed");
 			goto fail;
 		}
 		if (PQgetlength(r, i, 9) != SEC_WRAPPED_BYTES ||
 		    PQgetlength(r, i, 10) < SEC_CT_OVERHEAD) {
 			f.reason = "stored ciphertext malformed";
 			f.secret = secret;
-			rc = rpc_errorf(ctx, SW_EDATALOSS, "secret %s: stored ciphertext is malformed",
-					secret);
+			rc = sw_errf(err, errlen, SW_EDATALOSS,
+				     "secret %s: stored ciphertext is malformed", secret);
 			goto fail;
 		}
 		items[i].name = name;
@@ -435,7 +421,7 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, 
 
 	values = sec_scratch(SEC_SCRATCH_DATA, total ? total : 1);
 	if (values == NULL) {
-		rc = rpc_errorf(ctx, SW_ENOMEM, "out of secure memory");
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of secure memory");
 		goto out;
 	}
 	size_t pos = 0;
@@ -444,71 +430,70 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, 
 					items[i].version };
 		rc = sec_env_open(s->keys, &id, (const uint8_t *)PQgetvalue(r, i, 10),
 				  (size_t)PQgetlength(r, i, 10), (const uint8_t *)PQgetvalue(r, i, 9),
-				  be32(PQgetvalue(r, i, 8)), values + pos, err, sizeof err);
+				  be32(PQgetvalue(r, i, 8)), values + pos, why, sizeof why);
 		if (rc != 0) {
 			snprintf(secret, sizeof secret, "%s@%u", items[i].name, items[i].version);
 			f.reason = rc == SW_EDATALOSS ? "stored value does not authenticate"
 						      : "master key unavailable";
 			f.secret = secret;
 			log_error("cannot decrypt a granted secret", "secret=%s deployment=%s error=%s",
-				  secret, deployment, err);
-			rc = rpc_errorf(ctx, rc, "secret %s: %s", secret, err);
+				  secret, deployment, why);
+			rc = sw_errf(err, errlen, rc, "secret %s: %s", secret, why);
 			goto fail;
 		}
 		items[i].value = values + pos;
 		pos += items[i].len;
 	}
 
-	int64_t bexp = now + s->bundle_ttl_ms < gexp ? now + s->bundle_ttl_ms : gexp;
+	int64_t bexp = sec_bundle_expiry(now, s->bundle_ttl_ms, gexp);
 	char key_id[SEALED_KEY_ID_MAX];
 	uint8_t seal_pk[32], sign_pk[32];
 	sec_keys_public(s->keys, seal_pk, sign_pk, key_id);
-	struct sealed_build_req br = { .deployment_id = deployment, .agent = rpc_peer(ctx),
+	struct sealed_build_req br = { .deployment_id = deployment, .agent = agent,
 				       .expires_unix_ms = bexp, .issued_unix_ms = now,
 				       .items = items, .nitems = (size_t)n,
 				       .sign_sk = sec_keys_sign_sk(s->keys), .key_id = key_id,
 				       .agent_pk = (const uint8_t *)PQgetvalue(r, 0, 4) };
-	rc = sealed_build_size(&br, &work_len, &out_len, err, sizeof err);
+	rc = sealed_build_size(&br, &work_len, &out_len, err, errlen);
 	if (rc == 0 && out_len > s->max_bundle)
-		rc = sw_errf(err, sizeof err, SW_ELIMIT, "the bundle is %zu bytes; the limit is %zu",
+		rc = sw_errf(err, errlen, SW_ELIMIT, "the bundle is %zu bytes; the limit is %zu",
 			     out_len, s->max_bundle);
 	if (rc == 0) {
 		work = sec_scratch(SEC_SCRATCH_WORK, work_len);
 		*box = rpc_alloc(ctx, out_len);
 		if (work == NULL || *box == NULL)
-			rc = sw_errf(err, sizeof err, SW_ENOMEM, "out of memory");
+			rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
 	if (rc == 0)
-		rc = sealed_build(&br, work, work_len, *box, out_len, boxlen, err, sizeof err);
+		rc = sealed_build(&br, work, work_len, *box, out_len, boxlen, err, errlen);
 	if (rc != 0) {
 		*box = NULL;
 		*boxlen = 0;
 		f.reason = "bundle could not be built";
-		rc = rpc_errorf(ctx, rc, "%s", err);
 		goto fail;
 	}
 
 	/* On record before it leaves: the fetch event commits first. */
 	char eb[24], cnt[24], res[320];
 	snprintf(res, sizeof res, "secret-grant/%s", deployment);
-	struct outbox_event e = { .actor = rpc_peer(ctx), .action = "secret.fetch", .resource = res,
+	struct outbox_event e = { .actor = agent, .action = "secret.fetch", .resource = res,
 				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
 	outbox_detail(&e, "deployment", deployment);
-	outbox_detail(&e, "agent", rpc_peer(ctx));
+	outbox_detail(&e, "agent", agent);
 	outbox_detail(&e, "grant", grant);
 	outbox_detail(&e, "app", app);
 	outbox_detail(&e, "environment", env);
 	outbox_detail(&e, "count", db_i64(cnt, n));
 	outbox_detail(&e, "secrets", list);
 	outbox_detail(&e, "bundle_expires_unix_ms", db_i64(eb, bexp));
-	rc = db_acquire(s->db, &c, 10000, err, sizeof err);
+	rc = db_acquire(s->db, &c, 10000, why, sizeof why);
 	if (rc == 0)
-		rc = sec_audit_add(c, &e, err, sizeof err); /* one statement: autocommit */
+		rc = sec_audit_add(c, &e, why, sizeof why); /* one statement: autocommit */
 	if (rc != 0) {
 		*box = NULL;
 		*boxlen = 0;
-		rc = rpc_errorf(ctx, SW_EUNAVAIL, "cannot record the fetch, so not delivering: %s",
-				err);
+		rc = sw_errf(err, errlen, SW_EUNAVAIL,
+			     "cannot record the fetch, so not delivering: %s", why);
 		goto out;
 	}
 	/* No kick: the event is durable in the outbox and the relay's next poll
@@ -521,7 +506,7 @@ fail:
 		db_release(s->db, c);
 		c = NULL;
 	}
-	fetch_audit_failure(s, ctx, deployment, &f, rc);
+	fetch_audit_failure(s, agent, deployment, &f, rc);
 out:
 	if (values != NULL)
 		sec_scratch_wipe(SEC_SCRATCH_DATA);

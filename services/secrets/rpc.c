@@ -109,6 +109,16 @@ static int fail(struct sec *s, struct rpc_ctx *ctx, const struct what *w, int co
 	return rpc_errorf(ctx, code, "%s", msg);
 }
 
+/* sec_authorize for the caller of this call, its outcome as the status. */
+static int authorize(struct sec *s, struct rpc_ctx *ctx, const char *action,
+		     const char *event_action, const char *app, const char *env, const char *name)
+{
+	char err[512] = "";
+	int rc = sec_authorize(s, ctx, rpc_peer(ctx), action, event_action, app, env, name, err,
+			       sizeof err);
+	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
+}
+
 /* ---------------------------------------------------------------- encoding */
 
 static Slipway__V1__SecretVersion *encode_meta(struct rpc_ctx *ctx,
@@ -189,7 +199,7 @@ static int put_secret(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobu
 	if (req->sealed_value.len - SEALED_BOX_OVERHEAD > s->max_value)
 		return fail(s, ctx, &w, SW_EINVAL, "the value is %zu bytes; the limit is %zu",
 			    req->sealed_value.len - SEALED_BOX_OVERHEAD, s->max_value);
-	rc = sec_authorize(s, ctx, "write", "secret.put", app, env, req->name);
+	rc = authorize(s, ctx, "write", "secret.put", app, env, req->name);
 	if (rc != 0)
 		return rc;
 	plain = sec_scratch(SEC_SCRATCH_DATA, req->sealed_value.len);
@@ -313,7 +323,7 @@ static int list_secrets(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	if (token_decode(req->page_token, after) != 0)
 		return rpc_errorf(ctx, SW_EINVAL, "page_token is malformed");
 	if (given) {
-		rc = sec_authorize(s, ctx, "read", "secret.list", app, env, "");
+		rc = authorize(s, ctx, "read", "secret.list", app, env, "");
 		if (rc != 0)
 			return rc;
 	} else if (s->authz == NULL) {
@@ -383,7 +393,7 @@ static int list_versions(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	char err[512];
 	if (!ref_scope(req->secret, &app, &env))
 		return rpc_errorf(ctx, SW_EINVAL, "secret: a valid name and scope are required");
-	int rc = sec_authorize(s, ctx, "read", "secret.list", app, env, req->secret->name);
+	int rc = authorize(s, ctx, "read", "secret.list", app, env, req->secret->name);
 	if (rc != 0)
 		return rc;
 	struct versions_acc a = { .ctx = ctx };
@@ -414,7 +424,7 @@ static int version_action(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		return fail(s, ctx, &w, SW_EINVAL, "secret: a valid name and scope are required");
 	if (req->secret->version == 0)
 		return fail(s, ctx, &w, SW_EINVAL, "secret.version: which version (1 or more)");
-	int rc = sec_authorize(s, ctx, "admin", event, app, env, req->secret->name);
+	int rc = authorize(s, ctx, "admin", event, app, env, req->secret->name);
 	if (rc != 0)
 		return rc;
 	struct sec_version_op op = { .app = app, .env = env, .name = req->secret->name,
@@ -464,7 +474,7 @@ static int rotate_master(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	Slipway__V1__RotateMasterResponse *resp = (void *)respm;
 	struct what w = { "secret.rotate_master", NULL, NULL, NULL, 0, NULL, NULL };
 	char err[512];
-	int rc = sec_authorize(s, ctx, "rotate", "secret.rotate_master", "", "", "");
+	int rc = authorize(s, ctx, "rotate", "secret.rotate_master", "", "", "");
 	if (rc != 0)
 		return rc;
 	struct sec_rotation r = { .actor = rpc_peer(ctx), .retire = req->retire_old };
@@ -570,7 +580,7 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		return fail(s, ctx, &w, SW_EPERM, "only %s may create grants", s->grantors);
 	/* ...and only what policy lets it grant. */
 	for (size_t i = 0; i < req->n_secrets; i++) {
-		rc = sec_authorize(s, ctx, "grant", "secret.grant", req->app, req->environment,
+		rc = authorize(s, ctx, "grant", "secret.grant", req->app, req->environment,
 				   req->secrets[i]->name);
 		if (rc != 0)
 			return rc;
@@ -597,6 +607,7 @@ static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 	struct spiffe_id id;
 	uint8_t *box = NULL;
 	size_t len = 0;
+	char err[512] = "";
 
 	if (!sec_deployment_ok(req->deployment_id))
 		return fail(s, ctx, &w, SW_EINVAL, "deployment_id: 1-%d of [A-Za-z0-9_.:-]",
@@ -604,9 +615,10 @@ static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 	if (spiffe_parse(rpc_peer(ctx), s->trust_domain, &id, NULL, 0) != 0 ||
 	    id.kind != SPIFFE_AGENT)
 		return fail(s, ctx, &w, SW_EPERM, "only agents fetch secret bundles");
-	int rc = sec_grant_fetch(s, ctx, req->deployment_id, &box, &len);
+	int rc = sec_grant_fetch(s, ctx, rpc_peer(ctx), req->deployment_id, &box, &len, err,
+				 sizeof err);
 	if (rc != 0)
-		return rc;
+		return rpc_errorf(ctx, rc, "%s", err); /* audited by sec_grant_fetch */
 	resp->sealed_bundle.data = box;
 	resp->sealed_bundle.len = len;
 	return 0;

@@ -173,11 +173,16 @@ void sec_audit_kick(struct sec *s);
 const char *sec_resource(char *out, size_t cap, const char *app, const char *env,
 			 const char *name);
 
-/* Authorizes rpc_peer(ctx) for action on kind "secret" (app, env, name).
- * A denial is audited (outcome DENIED, with `event_action` and resource)
- * and sets the call's status. Returns 0 or the code to return. */
-int sec_authorize(struct sec *s, struct rpc_ctx *ctx, const char *action,
-		  const char *event_action, const char *app, const char *env, const char *name);
+/* Authorizes peer (the caller's SPIFFE ID) for action on kind "secret"
+ * (app, env, name) with the policy service. A denial is audited (outcome
+ * DENIED, with `event_action` and resource). Returns 0, SW_EPERM
+ * ("permission denied: ...") or SW_EUNAVAIL ("cannot authorize: ..."),
+ * the message in err. parent (may be NULL) is used only as the parent of
+ * the Policy/Authorize call, so that its deadline and request id carry
+ * over; nothing else of the call is touched. Worker threads. */
+int sec_authorize(struct sec *s, struct rpc_ctx *parent, const char *peer, const char *action,
+		  const char *event_action, const char *app, const char *env, const char *name,
+		  char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- store.c */
 
@@ -261,12 +266,43 @@ struct sec_grant_req {
  * by the caller. */
 int sec_grant_create(struct sec *s, struct sec_grant_req *g, char *err, size_t errlen);
 
-/* Fetch for the caller (an agent principal, checked by the caller): finds
- * its newest unexpired grant for the deployment, authorizes, builds the
- * bundle and records the fetch. Fills *box and *len (rpc_alloc memory).
- * Sets the call status and audits failures itself. */
-int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *deployment, uint8_t **box,
-		    size_t *len);
+/* Fetch for agent (the caller's SPIFFE ID, an agent principal, checked by
+ * the caller): finds its newest unexpired grant for the deployment,
+ * authorizes, builds the bundle and records the fetch. Fills *box and *len.
+ * Returns 0 or an SW_E* code with the message in err (never a value or
+ * key material); audits failures itself. ctx is used only to allocate the
+ * bundle (rpc_alloc: it lives until the call ends) and as the parent of
+ * the policy check (sec_authorize); it never gets a status from here.
+ * Worker threads. */
+int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
+		    const char *deployment, uint8_t **box, size_t *len, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- fetchrule.c */
+
+/* What the database holds about grants of a deployment when the caller has
+ * no usable one: the row closest to the caller's (its own first, newest
+ * first). */
+struct sec_grant_seen {
+	int found;            /* any grant for the deployment */
+	int mine;             /* the row is the caller's (so: expired) */
+	int64_t expires_ms;   /* that row's expiry */
+};
+
+/* Why agent may not fetch: SW_EPERM with the same words whether there is
+ * no grant or only another agent's, SW_EPRECOND when its own expired (how
+ * long ago, from now_ms). *reason gets the audit reason (static). Pure. */
+int sec_fetch_no_grant(const struct sec_grant_seen *g, const char *deployment,
+		       const char *agent, int64_t now_ms, const char **reason, char *err,
+		       size_t errlen);
+
+/* 0 when a pinned version may be delivered (it exists and is enabled),
+ * else SW_EPRECOND ("version V of secret N is disabled|destroyed") and the
+ * audit *reason. has_state 0: the version row is gone. Pure. */
+int sec_fetch_version_ok(int has_state, int state, const char *name, uint32_t version,
+			 const char **reason, char *err, size_t errlen);
+
+/* A bundle lives bundle_ttl_ms, and never past its grant. Pure. */
+int64_t sec_bundle_expiry(int64_t now_ms, int64_t bundle_ttl_ms, int64_t grant_expires_ms);
 
 /* ---------------------------------------------------------------- rpc.c */
 
