@@ -12,6 +12,7 @@
  * the next acquire when broken or older than the pool's last known loss.
  */
 #include "db.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 
@@ -271,14 +272,7 @@ static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errl
 
 int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *err, size_t errlen)
 {
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += (time_t)(timeout_ms / 1000);
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	struct timespec dl = clock_after(CLOCK_REALTIME, timeout_ms);
 	struct db_conn *c = NULL;
 	pthread_mutex_lock(&db->mu);
 	for (;;) {

@@ -145,14 +145,7 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 /* Waits up to ms for a kick or stop. */
 static void nap(struct outbox_relay *r, int ms)
 {
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += ms / 1000;
-	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	struct timespec dl = clock_after(CLOCK_REALTIME, ms);
 	pthread_mutex_lock(&r->mu);
 	while (!r->kicked && !r->stopping)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)

@@ -231,6 +231,34 @@ static int waits_for_ready(const struct rpc_client *c, const struct rpc_call_opt
 	return !c->fail_fast || (o != NULL && o->wait_for_ready);
 }
 
+/* The six operations of a unary call in one batch: initial metadata (md,
+ * n entries; `flags` GRPC_INITIAL_METADATA_*), the request, half-close, and
+ * the answer's metadata, message and status (error_string may be NULL).
+ * Everything is borrowed for the batch's lifetime. */
+static void unary_ops(grpc_op ops[6], grpc_metadata *md, size_t n, uint32_t flags,
+		      grpc_byte_buffer *send, grpc_byte_buffer **recv, grpc_metadata_array *init_md,
+		      grpc_metadata_array *trail_md, grpc_status_code *status, grpc_slice *details,
+		      const char **error_string)
+{
+	memset(ops, 0, 6 * sizeof *ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = n;
+	ops[0].data.send_initial_metadata.metadata = md;
+	ops[0].flags = flags;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = send;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = init_md;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = recv;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = trail_md;
+	ops[5].data.recv_status_on_client.status = status;
+	ops[5].data.recv_status_on_client.status_details = details;
+	ops[5].data.recv_status_on_client.error_string = error_string;
+}
+
 /* Sends an empty grpc.health.v1 Check that waits for readiness until pdl,
  * which makes a channel in TRANSIENT_FAILURE try the peer again; the answer
  * does not matter. Uses cq (plucked). */
@@ -249,20 +277,8 @@ static void probe(struct rpc_client *c, grpc_completion_queue *cq, gpr_timespec 
 	grpc_status_code status = GRPC_STATUS_UNKNOWN;
 	grpc_slice details = grpc_empty_slice();
 	grpc_op ops[6];
-	memset(ops, 0, sizeof ops);
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = send_bb;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-	ops[4].op = GRPC_OP_RECV_MESSAGE;
-	ops[4].data.recv_message.recv_message = &recv_bb;
-	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
-	ops[5].data.recv_status_on_client.status = &status;
-	ops[5].data.recv_status_on_client.status_details = &details;
+	unary_ops(ops, NULL, 0, GRPC_INITIAL_METADATA_WAIT_FOR_READY, send_bb, &recv_bb, &init_md,
+		  &trail_md, &status, &details, NULL);
 	int tag = 2;
 	if (grpc_call_start_batch(call, ops, 6, &tag, NULL) == GRPC_CALL_OK)
 		grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
@@ -394,24 +410,8 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	smd[0].value = grpc_slice_from_static_string(rid);
 
 	grpc_op ops[6];
-	memset(ops, 0, sizeof ops);
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = 1;
-	ops[0].data.send_initial_metadata.metadata = smd;
-	if (waits_for_ready(c, opts))
-		ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = send_bb;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-	ops[4].op = GRPC_OP_RECV_MESSAGE;
-	ops[4].data.recv_message.recv_message = &recv_bb;
-	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
-	ops[5].data.recv_status_on_client.status = &status;
-	ops[5].data.recv_status_on_client.status_details = &details;
-	ops[5].data.recv_status_on_client.error_string = &error_string;
+	unary_ops(ops, smd, 1, waits_for_ready(c, opts) ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0,
+		  send_bb, &recv_bb, &init_md, &trail_md, &status, &details, &error_string);
 	int tag = 1;
 	grpc_call_error ce = grpc_call_start_batch(call, ops, 6, &tag, NULL);
 	if (ce != GRPC_CALL_OK) {

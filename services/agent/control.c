@@ -28,6 +28,7 @@
  * agent_crash_point (agent.h), read from the environment.
  */
 #include "agent.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 
@@ -79,14 +80,7 @@ enum { SLOT_HB = 0, SLOT_POLL = 1, SLOT_WORK = 2 };
 
 static void wait_ms(struct agent_control *c, long long ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	struct timespec ts = clock_after(CLOCK_REALTIME, ms);
 	pthread_mutex_lock(&c->mu);
 	if (!atomic_load(&c->stop))
 		pthread_cond_timedwait(&c->cond, &c->mu, &ts);
@@ -761,14 +755,7 @@ int agent_control_start(struct agent *a, char *err, size_t errlen)
 /* Waits until *flag is set (c->mu held by the caller) or ms pass. */
 static int wait_flag(struct agent_control *c, const int *flag, long long ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	struct timespec ts = clock_after(CLOCK_REALTIME, ms);
 	while (!*flag)
 		if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0)
 			break;

@@ -21,6 +21,7 @@
  * freeing the manifest the probe may be reading.
  */
 #include "agent.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 
@@ -567,13 +568,7 @@ static void *sup_main(void *arg)
 		pthread_mutex_lock(&a->mu);
 		if (a->live.have)
 			restart_step(a, agent_now_ms());
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += TICK_MS * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = clock_after(CLOCK_REALTIME, TICK_MS);
 		pthread_mutex_unlock(&a->mu);
 		probe_step(a);
 		pthread_mutex_lock(&a->mu);

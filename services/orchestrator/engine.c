@@ -67,14 +67,7 @@ static void side_kick(struct orch *o)
 /* Waits on cv until kicked (*flag), stopping, or `ms` have passed. */
 static void nap(struct orch *o, pthread_cond_t *cv, int *flag, int64_t ms)
 {
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += (time_t)(ms / 1000);
-	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	struct timespec dl = clock_after(CLOCK_REALTIME, ms);
 	pthread_mutex_lock(&o->mu);
 	while (!*flag && !atomic_load(&o->stopping))
 		if (pthread_cond_timedwait(cv, &o->mu, &dl) != 0)

@@ -51,6 +51,7 @@ struct agent_mem {
 struct orch_registry {
 	int64_t started_ms;
 	int64_t writable_since_ms; /* first successful flush after a failure (0: failing) */
+	int64_t flushed_at_ms;     /* every heartbeat received before this is in the database */
 	int64_t refreshed_ms;      /* agents registered before this are known */
 	pthread_mutex_t mu;
 	struct agent_mem *buckets[BUCKETS];
@@ -478,11 +479,14 @@ static void detect_lost(struct orch *o)
 	if (now - o->reg->started_ms < 3 * o->c.heartbeat_ms)
 		return;
 	pthread_mutex_lock(&o->reg->mu);
-	int64_t since = o->reg->writable_since_ms;
+	int64_t since = o->reg->writable_since_ms, flushed = o->reg->flushed_at_ms;
 	pthread_mutex_unlock(&o->reg->mu);
 	if (since == 0 || now - since < o->c.heartbeat_ms)
 		return;
-	struct lost_tx t = { .o = o, .cutoff = now - 3 * o->c.heartbeat_ms };
+	/* Judged against what the database holds: the heartbeats received
+	 * before the last successful flush started (a later statement may have
+	 * waited on a lock), never against the time now. */
+	struct lost_tx t = { .o = o, .cutoff = (flushed < now ? flushed : now) - 3 * o->c.heartbeat_ms };
 	if (db_tx(o->db, NULL, lost_tx, &t, err, sizeof err) != 0) {
 		log_warn("loss detection failed", "error=%s", err);
 	} else if (t.lost != NULL) {
@@ -538,14 +542,7 @@ static void *flusher_main(void *arg)
 	struct orch *o = arg;
 	int64_t period = o->c.heartbeat_ms / 2 > 50 ? o->c.heartbeat_ms / 2 : 50;
 	while (!atomic_load(&o->stopping)) {
-		struct timespec dl;
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += (time_t)(period / 1000);
-		dl.tv_nsec += (long)(period % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		struct timespec dl = clock_after(CLOCK_REALTIME, period);
 		pthread_mutex_lock(&o->reg->mu);
 		if (!atomic_load(&o->stopping))
 			pthread_cond_timedwait(&o->reg->cv, &o->reg->mu, &dl);
@@ -554,6 +551,8 @@ static void *flusher_main(void *arg)
 		int f = flush(o); /* nothing to write says nothing of the database */
 		int64_t t1 = clock_wall_ms();
 		pthread_mutex_lock(&o->reg->mu);
+		if (f >= 0)
+			o->reg->flushed_at_ms = t0;
 		if (f < 0)
 			o->reg->writable_since_ms = 0;
 		else if (f == 0 && (o->reg->writable_since_ms == 0 || t1 - t0 > period))
@@ -579,6 +578,7 @@ int orch_registry_start(struct orch *o, char *err, size_t errlen)
 	pthread_cond_init(&r->cv, NULL);
 	r->started_ms = clock_wall_ms();
 	r->writable_since_ms = r->started_ms;
+	r->flushed_at_ms = r->started_ms;
 	r->refreshed_ms = r->started_ms;
 	o->reg = r;
 	/* Agents registered before (with any replica) are known at once. */

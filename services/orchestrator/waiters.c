@@ -293,15 +293,8 @@ static void *waker_main(void *arg)
 			int64_t next = now + 1000;
 			if (w->nheap > 0 && w->heap[0]->deadline_ms < next)
 				next = w->heap[0]->deadline_ms;
-			struct timespec dl;
-			clock_gettime(CLOCK_REALTIME, &dl);
 			int64_t wait = next - now;
-			dl.tv_sec += (time_t)(wait / 1000);
-			dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-			if (dl.tv_nsec >= 1000000000L) {
-				dl.tv_sec++;
-				dl.tv_nsec -= 1000000000L;
-			}
+			struct timespec dl = clock_after(CLOCK_REALTIME, wait);
 			pthread_cond_timedwait(&w->cv, &w->mu, &dl);
 			continue;
 		}

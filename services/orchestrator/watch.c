@@ -383,17 +383,10 @@ static void *watch_main(void *arg)
 		}
 		if (w->wake)
 			continue;
-		struct timespec dl;
-		clock_gettime(CLOCK_MONOTONIC, &dl);
 		int64_t wait = next - now;
 		if (w->stop && wait > 100)
 			wait = 100; /* handlers still finishing their set-up */
-		dl.tv_sec += (time_t)(wait / 1000);
-		dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		struct timespec dl = clock_after(CLOCK_MONOTONIC, wait);
 		pthread_cond_timedwait(&w->cv, &w->mu, &dl);
 	}
 	pthread_mutex_unlock(&w->mu);

@@ -258,13 +258,7 @@ static int watch_revision(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		pthread_mutex_lock(&s->mu);
 		while (s->cur->revision == last && !s->draining && !rpc_cancelled(ctx)) {
 			/* Cancellation is only noticed by polling: wake up often. */
-			struct timespec dl;
-			clock_gettime(CLOCK_REALTIME, &dl);
-			dl.tv_nsec += 200 * 1000000L;
-			if (dl.tv_nsec >= 1000000000L) {
-				dl.tv_sec++;
-				dl.tv_nsec -= 1000000000L;
-			}
+			struct timespec dl = clock_after(CLOCK_REALTIME, 200);
 			pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 		}
 		int draining = s->draining;
