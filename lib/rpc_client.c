@@ -316,6 +316,10 @@ static int peer_down(struct rpc_client *c, const char *path, const struct rpc_ca
 	if (st == GRPC_CHANNEL_TRANSIENT_FAILURE && now >= atomic_load(&c->next_probe_ms) &&
 	    !atomic_exchange(&c->probing, 1)) {
 		atomic_store(&c->next_probe_ms, now + PROBE_EVERY_MS);
+		/* The channel may be waiting out its reconnect back-off (up to
+		 * the max, 5 s): try the peer now, so a peer that is back is
+		 * found by this probe, not seconds later. */
+		grpc_channel_reset_connect_backoff(c->ch);
 		gpr_timespec pdl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 						gpr_time_from_millis(PROBE_MAX_MS, GPR_TIMESPAN));
 		probe(c, cq, gpr_time_cmp(pdl, dl) < 0 ? pdl : dl);
