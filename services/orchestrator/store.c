@@ -338,15 +338,21 @@ int store_load(struct db_conn *c, struct orch *o, const char *id, int64_t now,
 		return db_q(c, "UPDATE deployments SET stepped_ms = $2 WHERE id = $1", 2,
 			    (const char *[]){ id, ms }, NULL, err, errlen);
 	}
+	/* The runtime (up to 4 KiB an agent) only where the planner reads it:
+	 * a canary's deployed targets while it bakes. */
+	char ss[8], ph[8];
 	rc = db_q(c,
 		  "SELECT t.agent_id, t.batch, t.phase, t.state, t.attempts, t.touched,"
 		  " t.next_attempt_ms, t.updated_ms, coalesce(g.expires_ms, 0),"
 		  " coalesce(a.lost, true), coalesce(a.last_heartbeat_ms > t.updated_ms + 500, false),"
-		  " coalesce(a.runtime, ''::bytea)"
+		  " CASE WHEN $2 AND t.batch = 1 AND t.phase = $3 AND t.state = $4"
+		  " THEN coalesce(a.runtime, ''::bytea) ELSE ''::bytea END"
 		  " FROM targets t LEFT JOIN agents a ON a.id = t.agent_id"
 		  " LEFT JOIN grants g ON g.deployment_id = t.deployment_id AND g.agent_id = t.agent_id"
 		  " AND g.done WHERE t.deployment_id = $1 ORDER BY t.batch, t.agent_id",
-		  1, (const char *[]){ id }, &r, err, errlen);
+		  4, (const char *[]){ id, d->canary && d->state == PLAN_D_RUNNING ? "true" : "false",
+				       st(ph, PLAN_PHASE_DEPLOY), st(ss, PLAN_T_SUCCEEDED) },
+		  &r, err, errlen);
 	if (rc != 0)
 		return rc;
 	d->nt = PQntuples(r);
