@@ -33,14 +33,7 @@ ttl_ms=$(( ${ttl%s} * 1000 ))
 check "the rollback started more than the grant lifetime after the deployment ($gap ms > $ttl_ms ms)" \
   "$([ "$gap" -gt "$ttl_ms" ] 2>/dev/null && echo 0 || echo 1)"
 check_versions vault 1.0.0
-eps=$(slipway -o json agents ls --app vault | js 'j.map(a=>a.endpoint).filter(e=>e).join(" ")')
-bad=""
-for ep in $eps; do
-  got=$(node -e "fetch('http://$ep/').then(r=>r.json()).then(j=>console.log(j.secret))" 2>&1)
-  [ "$got" = present ] || bad="$bad $ep:$got"
-done
-check "every vault instance has its secret after the rollback" \
-  "$([ -z "$bad" ] && [ -n "$eps" ] && echo 0 || echo 1)" "endpoints: '$eps'; missing:$bad"
+check_secret_present vault "every vault instance has its secret after the rollback"
 canary=$(js 'j.targets.filter(t=>t.attempts>0).map(t=>t.agent).join(" ")' <<<"$d")
 n=$(sql "select count(*) from secrets.grants where deployment_id = '$DEP'")
 check "the rolled-back target got a fresh grant ($n grants for $DEP, canary: $canary)" \

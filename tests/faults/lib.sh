@@ -177,6 +177,18 @@ check_versions() { # APP VERSION [WHAT]
   check "${3:+$3: }every $1 agent runs $2" "$([ "$vs" = "$2" ] && echo 0 || echo 1)" "agents run: $vs"
 }
 
+# Every instance of APP answers that it holds its secret (the demo app
+# reports "present" when its DEMO_SECRET is set).
+check_secret_present() { # APP WHAT
+  local eps ep got bad=""
+  eps=$(slipway -o json agents ls --app "$1" | js 'j.map(a=>a.endpoint).filter(e=>e).join(" ")')
+  for ep in $eps; do
+    got=$(node -e "fetch('http://$ep/').then(r=>r.json()).then(j=>console.log(j.secret))" 2>&1)
+    [ "$got" = present ] || bad="$bad $ep:$got"
+  done
+  check "$2" "$([ -z "$bad" ] && [ -n "$eps" ] && echo 0 || echo 1)" "endpoints: '$eps'; missing:$bad"
+}
+
 # ---- health after the dependency's return
 
 # Records the pids of the services that must not be restarted.
