@@ -202,10 +202,21 @@ static int needs_grant(const struct plan_deployment *d, const struct plan_target
 	return d->has_secrets && t->grant_expires_ms < now + o->grant_margin_ms;
 }
 
+/* A target whose agent is lost fails at once: that is this target's
+ * failure, not a retry (the host is gone). The timeline names the agent. */
+static void fail_lost(const struct plan_deployment *d, struct plan *p, int i, const char *why)
+{
+	struct plan_action *x = add(p, PLAN_FAIL_TARGET, i, 0);
+	detailf(x, "%s", why);
+	timeline(p, "agent lost", "%s", d->t[i].agent);
+	p->again = 1;
+}
+
 /* Sends tasks to the pending targets of `phase` (and `batch`, when > 0)
  * whose back-off has passed, up to `limit` in flight (< 0: no limit).
- * Pending targets whose agent is lost fail at once (the host is gone: no
- * retry). Returns how many were dispatched or asked a grant for. */
+ * Pending or in-flight targets whose agent is lost fail (fail_lost) and
+ * leave room for others. Returns how many were dispatched or asked a grant
+ * for. */
 static int dispatch(const struct plan_deployment *d, struct plan *p, int phase, int batch,
 		    int limit, int64_t now, const struct plan_opts *o)
 {
@@ -213,7 +224,11 @@ static int dispatch(const struct plan_deployment *d, struct plan *p, int phase, 
 	int64_t next = 0;
 	for (int i = 0; i < d->nt; i++) {
 		const struct plan_target *t = &d->t[i];
-		if (t->phase == phase && (batch <= 0 || t->batch == batch) && in_flight(t->state))
+		if (t->phase != phase || (batch > 0 && t->batch != batch) || !in_flight(t->state))
+			continue;
+		if (t->agent_lost)
+			fail_lost(d, p, i, "agent lost (missed 3 heartbeats)");
+		else
 			busy++;
 	}
 	for (int i = 0; i < d->nt; i++) {
@@ -221,9 +236,7 @@ static int dispatch(const struct plan_deployment *d, struct plan *p, int phase, 
 		if (t->phase != phase || (batch > 0 && t->batch != batch) || t->state != PLAN_T_PENDING)
 			continue;
 		if (t->agent_lost) {
-			struct plan_action *x = add(p, PLAN_FAIL_TARGET, i, 0);
-			detailf(x, "agent lost");
-			p->again = 1;
+			fail_lost(d, p, i, "agent lost");
 			continue;
 		}
 		if (limit >= 0 && busy >= limit)

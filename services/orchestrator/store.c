@@ -670,8 +670,6 @@ int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 				  6, (const char *[]){ d->id, t->agent, st(s1, PLAN_T_FAILED), x->detail, ms,
 						       st(s2, t->phase) },
 				  NULL, err, errlen);
-			if (rc == 0 && strcmp(x->detail, "agent lost") == 0)
-				rc = orch_timeline(c, d->id, "agent lost", t->agent, err, errlen);
 			break;
 		case PLAN_SKIP_UNFINISHED:
 			rc = db_q(c,
