@@ -33,7 +33,6 @@
 #include "log.h"
 #include "orch.h"
 #include "plan.h"
-#include "spiffe.h"
 #include "watch.h"
 
 #include "slipway/v1/artifact.pb-c.h"
@@ -301,7 +300,7 @@ static int make_grants(struct orch *o)
 		return 0;
 	if (db_acquire(o->db, &c, 2000, err, sizeof err) != 0)
 		return 0;
-	int rc = store_grants_claim(c, o->replica, clock_wall_ms(), 50, &r, err, sizeof err);
+	int rc = store_grants_claim(c, clock_wall_ms(), 50, &r, err, sizeof err);
 	db_release(o->db, c);
 	if (rc != 0)
 		return 0;

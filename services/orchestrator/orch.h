@@ -39,8 +39,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-/* Deployment states (the proto's enum values, stored as smallint) and
- * target states (TargetState values). */
+/* Deployment states (the proto's enum values, stored as smallint); target
+ * states are the planner's (plan.h). */
 #define OS_PENDING_APPROVAL ((int)SLIPWAY__V1__DEPLOYMENT_STATE__PENDING_APPROVAL)
 #define OS_QUEUED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__QUEUED)
 #define OS_RUNNING ((int)SLIPWAY__V1__DEPLOYMENT_STATE__RUNNING)
@@ -50,13 +50,6 @@
 #define OS_CANCELLED ((int)SLIPWAY__V1__DEPLOYMENT_STATE__CANCELLED)
 #define OS_ROLLING_BACK ((int)SLIPWAY__V1__DEPLOYMENT_STATE__ROLLING_BACK)
 #define OS_ROLLED_BACK ((int)SLIPWAY__V1__DEPLOYMENT_STATE__ROLLED_BACK)
-#define OT_PENDING ((int)SLIPWAY__V1__TARGET_STATE__TARGET_PENDING)
-#define OT_DISPATCHED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_DISPATCHED)
-#define OT_RUNNING ((int)SLIPWAY__V1__TARGET_STATE__TARGET_RUNNING)
-#define OT_SUCCEEDED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_SUCCEEDED)
-#define OT_FAILED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_FAILED)
-#define OT_SKIPPED ((int)SLIPWAY__V1__TARGET_STATE__TARGET_SKIPPED)
-#define OT_ROLLED_BACK ((int)SLIPWAY__V1__TARGET_STATE__TARGET_ROLLED_BACK)
 
 /* The planner's enums are the proto's numbers. */
 _Static_assert(PLAN_D_PENDING_APPROVAL == OS_PENDING_APPROVAL && PLAN_D_QUEUED == OS_QUEUED &&
@@ -65,10 +58,13 @@ _Static_assert(PLAN_D_PENDING_APPROVAL == OS_PENDING_APPROVAL && PLAN_D_QUEUED =
 		       PLAN_D_CANCELLED == OS_CANCELLED && PLAN_D_ROLLING_BACK == OS_ROLLING_BACK &&
 		       PLAN_D_ROLLED_BACK == OS_ROLLED_BACK,
 	       "deployment states");
-_Static_assert(PLAN_T_PENDING == OT_PENDING && PLAN_T_DISPATCHED == OT_DISPATCHED &&
-		       PLAN_T_RUNNING == OT_RUNNING && PLAN_T_SUCCEEDED == OT_SUCCEEDED &&
-		       PLAN_T_FAILED == OT_FAILED && PLAN_T_SKIPPED == OT_SKIPPED &&
-		       PLAN_T_ROLLED_BACK == OT_ROLLED_BACK,
+_Static_assert((int)PLAN_T_PENDING == (int)SLIPWAY__V1__TARGET_STATE__TARGET_PENDING &&
+		       (int)PLAN_T_DISPATCHED == (int)SLIPWAY__V1__TARGET_STATE__TARGET_DISPATCHED &&
+		       (int)PLAN_T_RUNNING == (int)SLIPWAY__V1__TARGET_STATE__TARGET_RUNNING &&
+		       (int)PLAN_T_SUCCEEDED == (int)SLIPWAY__V1__TARGET_STATE__TARGET_SUCCEEDED &&
+		       (int)PLAN_T_FAILED == (int)SLIPWAY__V1__TARGET_STATE__TARGET_FAILED &&
+		       (int)PLAN_T_SKIPPED == (int)SLIPWAY__V1__TARGET_STATE__TARGET_SKIPPED &&
+		       (int)PLAN_T_ROLLED_BACK == (int)SLIPWAY__V1__TARGET_STATE__TARGET_ROLLED_BACK,
 	       "target states");
 _Static_assert((int)PLAN_FAIL_ROLLBACK == (int)SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_ROLLBACK &&
 		       (int)PLAN_FAIL_PAUSE == (int)SLIPWAY__V1__FAILURE_ACTION__FAILURE_ACTION_PAUSE &&
@@ -268,8 +264,8 @@ int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 		const struct plan *p, int64_t now, int *grants, char *err, size_t errlen);
 /* Claims up to `limit` pending grants (deployment_id, agent_id, app,
  * environment, seal_key, requested_ms, attempts) for 15 s. */
-int store_grants_claim(struct db_conn *c, const char *replica, int64_t now, int limit,
-		       PGresult **out, char *err, size_t errlen);
+int store_grants_claim(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
+		       size_t errlen);
 int store_grant_done(struct db_conn *c, const char *deployment, const char *agent,
 		     int64_t requested_ms, int64_t expires_ms, char *err, size_t errlen);
 int store_grant_failed(struct db_conn *c, const char *deployment, const char *agent,

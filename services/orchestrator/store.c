@@ -719,12 +719,11 @@ out:
 
 /* ---- secrets grants ---- */
 
-int store_grants_claim(struct db_conn *c, const char *replica, int64_t now, int limit,
-		       PGresult **out, char *err, size_t errlen)
+int store_grants_claim(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
+		       size_t errlen)
 {
 	char ms[24], until[24], lim[16];
 	snprintf(lim, sizeof lim, "%d", limit);
-	(void)replica;
 	/* A claim keeps two replicas (or two rounds) from asking at once; one
 	 * that outlives its claim is asked again (the grant is idempotent by
 	 * its id). */
@@ -914,7 +913,9 @@ int store_next_tasks(struct db_conn *c, struct orch_task_query *q, size_t n, cha
 		if (hit < 0)
 			continue;
 		uint64_t gen = (uint64_t)db_int64(r, hit, 2);
-		if (gen <= q[i].highest) {
+		if (gen == q[i].highest)
+			continue; /* the agent holds this task (the usual re-poll) */
+		if (gen < q[i].highest) {
 			/* The agent has seen a generation at least as high as its
 			 * current task's: the database forgot generations it issued
 			 * (restored from an older backup). Number the task above
