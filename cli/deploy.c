@@ -28,8 +28,6 @@
 #include "slipway/v1/orchestrator.pb-c.h"
 
 #include <getopt.h>
-#include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 #include <strings.h>
 #include <stdio.h>
@@ -189,35 +187,18 @@ static void print_detail(const Slipway__V1__DeploymentDetail *d)
 		       d->timeline[i]->event, d->timeline[i]->detail);
 }
 
-static int call(struct cli *c, const char *method, const ProtobufCMessage *req, ProtobufCMessage **resp,
-		const char *addr)
+/* One call to the orchestrator (at addr, or the configured one), tried up
+ * to `attempts` times while it answers UNAVAILABLE or DEADLINE_EXCEEDED. */
+static int call_n(struct cli *c, const char *method, const ProtobufCMessage *req,
+		  ProtobufCMessage **resp, const char *addr, int attempts)
 {
 	struct rpc_client *cl = NULL;
 	char err[1024];
 	if (cli_connect(c, "orchestrator", addr, &cl) != 0)
 		return CLI_FAIL;
 	struct rpc_call_opts o = cli_call_opts(c);
-	int rc = rpc_call(cl, &slipway__v1__orchestrator__descriptor, method, req, resp, &o, err,
-			  sizeof err);
-	rpc_client_free(cl);
-	if (rc != 0)
-		return cli_fail("%s", err);
-	return CLI_OK;
-}
-
-/* A request that creates something is sent with an idempotency key (the
- * caller's, or a fresh random one) and retried with the same key while the
- * orchestrator is unavailable, so a lost answer never creates it twice. */
-static int create_call(struct cli *c, const char *method, const ProtobufCMessage *req,
-		       ProtobufCMessage **resp)
-{
-	struct rpc_client *cl = NULL;
-	char err[1024];
-	if (cli_connect(c, "orchestrator", NULL, &cl) != 0)
-		return CLI_FAIL;
-	struct rpc_call_opts o = cli_call_opts(c);
 	int rc = 0;
-	for (int attempt = 0; attempt < 4; attempt++) {
+	for (int attempt = 0; attempt < attempts; attempt++) {
 		if (attempt > 0)
 			usleep((useconds_t)(250000 << attempt));
 		rc = rpc_call(cl, &slipway__v1__orchestrator__descriptor, method, req, resp, &o, err,
@@ -231,17 +212,27 @@ static int create_call(struct cli *c, const char *method, const ProtobufCMessage
 	return CLI_OK;
 }
 
-/* A fresh idempotency key: "cli-" and 24 hex digits. */
-static void new_key(char out[32])
+static int call(struct cli *c, const char *method, const ProtobufCMessage *req, ProtobufCMessage **resp,
+		const char *addr)
 {
-	unsigned char b[12];
-	if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
-		memset(b, 0, sizeof b); /* no randomness: a key that never repeats is still unique by time */
-	int n = snprintf(out, 32, "cli-");
-	for (size_t i = 0; i < sizeof b && n < 30; i++)
-		n += snprintf(out + n, (size_t)(32 - n), "%02x", b[i]);
-	if (b[0] == 0 && b[1] == 0)
-		snprintf(out, 32, "cli-%lld-%d", (long long)time(NULL), (int)getpid());
+	return call_n(c, method, req, resp, addr, 1);
+}
+
+/* A request that creates something is sent with an idempotency key (the
+ * caller's, or a fresh random one: "cli-" and 32 hex digits) and retried
+ * with the same key while the orchestrator is unavailable, so a lost answer
+ * never creates it twice. */
+static int create_call(struct cli *c, const char *method, const ProtobufCMessage *req,
+		       ProtobufCMessage **resp)
+{
+	return call_n(c, method, req, resp, NULL, 4);
+}
+
+static void new_key(char out[40])
+{
+	char rid[33];
+	rpc_new_request_id(rid);
+	snprintf(out, 40, "cli-%s", rid);
 }
 
 /* Follows a deployment until it ends; returns the exit status. */
@@ -434,7 +425,7 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 	req.strategy = &strategy;
 	if (have_fp)
 		req.failure_policy = &fp;
-	char key[32];
+	char key[40];
 	if (req.idempotency_key[0] == '\0') {
 		new_key(key);
 		req.idempotency_key = key;
@@ -666,7 +657,7 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 		return cli_usage("usage: slipway rollback APP ENV [--to VERSION] [--reason R] [--idempotency-key K] [--wait]");
 	req.app = argv[optind];
 	req.environment = argv[optind + 1];
-	char key[32];
+	char key[40];
 	if (req.idempotency_key[0] == '\0') {
 		new_key(key);
 		req.idempotency_key = key;
