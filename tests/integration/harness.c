@@ -297,3 +297,15 @@ int h_health(const char *addr)
 	rpc_client_free(c);
 	return st;
 }
+
+int h_run(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof cmd)
+		return -1;
+	return system(cmd);
+}

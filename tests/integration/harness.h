@@ -23,6 +23,10 @@ const char *h_tmpdir(const char *tag);
 /* Reads a whole file into a new string (free()). NULL when missing. */
 char *h_read_file(const char *path);
 
+/* Runs a shell command made with printf's format (at most 2 KiB); returns
+ * system()'s status. */
+int h_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Counts the lines of path that contain needle. */
 int h_grep_count(const char *path, const char *needle);
 

@@ -36,16 +36,6 @@
 static char dir[256], td[128], a_crt[320], a_key[320];
 static struct rpc_client *A, *ADMIN;
 
-static int run(const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	return system(cmd);
-}
-
 static int setup(void **st)
 {
 	(void)st;
@@ -63,7 +53,7 @@ static int setup(void **st)
 	ADMIN = h_client(addr, ca, h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
 	/* Releases for app "wx" (the bytes never run). */
 	for (int v = 1; v <= 2; v++)
-		if (run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push"
+		if (h_run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push"
 			" '%s/blob' --app wx --version %d.0.0 >/dev/null 2>&1",
 			dir, dir, v) != 0)
 			return -1;
@@ -129,7 +119,7 @@ static void other_rpcs_answered(const char *id)
 		fail_msg("ListAgents with %d watches open: %s (%s)", NWATCH, sw_strerror(rc), err);
 	assert_int_equal(((Slipway__V1__ListAgentsResponse *)m)->n_agents, 1);
 	protobuf_c_message_free_unpacked(m, NULL);
-	if (run("build/bin/slipway --timeout 10s deployment show %s >'%s/show.out' 2>&1", id, dir) != 0)
+	if (h_run("build/bin/slipway --timeout 10s deployment show %s >'%s/show.out' 2>&1", id, dir) != 0)
 		fail_msg("slipway deployment show with %d watches open failed: see %s/show.out", NWATCH,
 			 dir);
 	heartbeat();
@@ -282,8 +272,8 @@ static void test_cap_and_shutdown(void **st)
 	char err[256], id[64];
 	ProtobufCMessage *m = NULL, *tm = NULL;
 	const char *S = h_env("SLIPWAY_STACK_DIR");
-	assert_int_equal(run("scripts/stack stop '%s' orchestrator >/dev/null 2>&1", S), 0);
-	assert_int_equal(run("SLIPWAY_ORCHESTRATOR_MAX_WATCHERS=2 scripts/stack start '%s' orchestrator"
+	assert_int_equal(h_run("scripts/stack stop '%s' orchestrator >/dev/null 2>&1", S), 0);
+	assert_int_equal(h_run("SLIPWAY_ORCHESTRATOR_MAX_WATCHERS=2 scripts/stack start '%s' orchestrator"
 			     " >/dev/null 2>&1",
 			     S),
 			 0);
@@ -309,7 +299,7 @@ static void test_cap_and_shutdown(void **st)
 	/* SIGTERM: the drain ends the open watches UNAVAILABLE ("watch
 	 * again"), not the grace period's cancellation. The stop runs in the
 	 * background: the process takes its time to exit. */
-	assert_int_equal(run("(scripts/stack stop '%s' orchestrator; touch '%s/stopped')"
+	assert_int_equal(h_run("(scripts/stack stop '%s' orchestrator; touch '%s/stopped')"
 			     " >/dev/null 2>&1 &",
 			     S, dir),
 			 0);
@@ -325,7 +315,7 @@ static void test_cap_and_shutdown(void **st)
 	for (int i = 0; i < 300 && access(stopped, F_OK) != 0; i++)
 		h_sleep_ms(100);
 	assert_int_equal(access(stopped, F_OK), 0);
-	assert_int_equal(run("scripts/stack start '%s' orchestrator >/dev/null 2>&1", S), 0);
+	assert_int_equal(h_run("scripts/stack start '%s' orchestrator >/dev/null 2>&1", S), 0);
 	protobuf_c_message_free_unpacked(tm, NULL);
 }
 

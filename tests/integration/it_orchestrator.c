@@ -68,16 +68,6 @@ static int register_as(struct rpc_client *c, const char *app, char *err)
 	return rc;
 }
 
-static int run(const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	return system(cmd);
-}
-
 static int setup(void **st)
 {
 	(void)st;
@@ -95,7 +85,7 @@ static int setup(void **st)
 	C = h_client(addr, ca, c_crt, c_key);
 	U = h_client(addr, ca, u_crt, u_key);
 	/* A release for app "proto" (the bytes never run: no real agent). */
-	if (run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push '%s/blob'"
+	if (h_run("head -c 4096 /dev/urandom > '%s/blob' && build/bin/slipway artifact push '%s/blob'"
 		" --app proto --version 1.0.0 >/dev/null 2>&1",
 		dir, dir) != 0)
 		return -1;
@@ -162,7 +152,7 @@ static void test_fencing_and_foreign_reports(void **st)
 	char err[256];
 	assert_int_equal(register_as(A, "proto", err), 0);
 	assert_int_equal(register_as(B, "proto", err), 0);
-	assert_int_equal(run("build/bin/slipway deploy proto prod 1.0.0 --batch 2 >/dev/null 2>&1"), 0);
+	assert_int_equal(h_run("build/bin/slipway deploy proto prod 1.0.0 --batch 2 >/dev/null 2>&1"), 0);
 	ProtobufCMessage *ka = NULL, *kb = NULL;
 	Slipway__V1__Task *ta = poll_task(A, &ka), *tb = poll_task(B, &kb);
 	assert_non_null(ta);
@@ -209,7 +199,7 @@ static void test_fencing_and_foreign_reports(void **st)
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	int ok = 0;
 	for (int i = 0; i < 100 && !ok; i++) {
-		ok = run("build/bin/slipway status proto prod | grep -q 'current     1.0.0'") == 0;
+		ok = h_run("build/bin/slipway status proto prod | grep -q 'current     1.0.0'") == 0;
 		if (!ok)
 			h_sleep_ms(100);
 	}
