@@ -44,8 +44,10 @@
  */
 #include "cfg.h"
 #include "pki.h"
+#include "rpc.h"
 #include "tls.h"
 
+#include "slipway/v1/enrollment.pb-c.h"
 #include "slipway/v1/orchestrator.pb-c.h"
 
 #include <grpc/byte_buffer.h>
@@ -125,6 +127,48 @@ struct timer {
 
 static const char *target, *pki_dir, *cert_dir;
 static char *ca_pem, trust_domain[128];
+
+/* Agents register only inside an enrollment: each new one is enrolled
+ * first, as the stack's admin (SLIPWAY_POLICY_ADDR, SLIPWAY_CERT and
+ * SLIPWAY_KEY), before its channel opens. */
+static void enroll(const char *uri, const char *app, const char *env)
+{
+	static struct rpc_client *policy;
+	char err[512];
+	if (policy == NULL) {
+		char *cert = NULL, *key = NULL;
+		const char *addr = getenv("SLIPWAY_POLICY_ADDR"), *cp = getenv("SLIPWAY_CERT"),
+			   *kp = getenv("SLIPWAY_KEY");
+		if (addr == NULL || cp == NULL || kp == NULL ||
+		    tls_read_pem(cp, &cert, err, sizeof err) != 0 ||
+		    tls_read_pem(kp, &key, err, sizeof err) != 0) {
+			fprintf(stderr, "agent_sim: enrolling needs SLIPWAY_POLICY_ADDR, SLIPWAY_CERT "
+					"and SLIPWAY_KEY (an admin's)\n");
+			exit(1);
+		}
+		struct rpc_client_opts o = { .target = addr, .ca_pem = ca_pem, .cert_pem = cert,
+					     .key_pem = key };
+		int rc = rpc_client_new(&o, &policy, err, sizeof err);
+		free(cert);
+		free(key);
+		if (rc != 0) {
+			fprintf(stderr, "agent_sim: %s\n", err);
+			exit(1);
+		}
+	}
+	Slipway__V1__EnrollAgentRequest req = SLIPWAY__V1__ENROLL_AGENT_REQUEST__INIT;
+	req.agent_id = (char *)uri;
+	req.app = (char *)app;
+	req.environment = (char *)env;
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts co = { .timeout_ms = 10000 };
+	if (rpc_call(policy, &slipway__v1__enrollments__descriptor, "EnrollAgent", &req.base, &m,
+		     &co, err, sizeof err) != 0) {
+		fprintf(stderr, "agent_sim: enroll %s: %s\n", uri, err);
+		exit(1);
+	}
+	protobuf_c_message_free_unpacked(m, NULL);
+}
 static int orch_pid, pg_pid, echo_mode;
 static long long poll_wait_ms = 25000, interval_ms = 1000;
 static grpc_completion_queue *cq;
@@ -605,6 +649,8 @@ static void start_agent(int idx)
 			exit(1);
 		}
 	}
+	snprintf(uri, sizeof uri, "spiffe://%s/agent/r1/%s", trust_domain, a->host);
+	enroll(uri, a->app, a->env);
 	char *cert_pem = NULL, *key_pem = NULL;
 	if (tls_read_pem(crt, &cert_pem, err, sizeof err) != 0 ||
 	    tls_read_pem(key, &key_pem, err, sizeof err) != 0) {

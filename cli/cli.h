@@ -50,6 +50,11 @@ int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc
 /* Default call options (the global timeout). */
 struct rpc_call_opts cli_call_opts(const struct cli *c);
 
+/* One call to service (its address from SLIPWAY_<SERVICE>_ADDR). CLI_OK,
+ * or CLI_FAIL with the error printed. */
+int cli_call(struct cli *c, const char *service, const ProtobufCServiceDescriptor *sd,
+	     const char *method, const ProtobufCMessage *req, ProtobufCMessage **resp);
+
 /* Prints "slipway: <fmt>" to stderr and returns CLI_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

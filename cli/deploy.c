@@ -14,7 +14,6 @@
  *
  * Both send an idempotency key (a random one unless given) and retry with
  * it while the orchestrator is unavailable.
- *   slipway agents ls [--app A] [--env E]
  *
  * With --wait the command follows the deployment (WatchDeployment): a live
  * view of batches and targets when stderr is a terminal, one line per
@@ -674,80 +673,4 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 		printf("rollback %s to %s@%s: %s\n", d->id, d->app, d->version, state_name(d->state));
 	protobuf_c_message_free_unpacked(m, NULL);
 	return wait ? watch(c, id) : CLI_OK;
-}
-
-static int cmd_agents_ls(struct cli *c, int argc, char **argv)
-{
-	static const struct option lo[] = { { "app", required_argument, 0, 'a' },
-					    { "env", required_argument, 0, 'e' },
-					    { 0, 0, 0, 0 } };
-	Slipway__V1__ListAgentsRequest req = SLIPWAY__V1__LIST_AGENTS_REQUEST__INIT;
-	int o;
-	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-		if (o == 'a')
-			req.app = optarg;
-		else if (o == 'e')
-			req.environment = optarg;
-		else
-			return CLI_USAGE;
-	}
-	ProtobufCMessage *m = NULL;
-	if (call(c, "ListAgents", &req.base, &m, NULL) != 0)
-		return CLI_FAIL;
-	Slipway__V1__ListAgentsResponse *r = (void *)m;
-	static const char *const proc[] = { "?", "none", "starting", "running", "crashloop", "stopped" };
-	if (c->output == CLI_JSON) {
-		json_t *a = json_array();
-		for (size_t i = 0; i < r->n_agents; i++) {
-			const Slipway__V1__AgentInfo *ag = r->agents[i];
-			json_t *l = json_object();
-			for (size_t k = 0; k < ag->n_labels; k++)
-				json_object_set_new(l, ag->labels[k]->key, json_string(ag->labels[k]->value));
-			const Slipway__V1__AgentRuntime *rt = ag->runtime;
-			json_array_append_new(
-				a, json_pack("{s:s,s:o,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:s,s:s,s:I}", "id", ag->id,
-					     "labels", l, "health",
-					     ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "lost" : "online",
-					     "version", rt ? rt->version : "", "digest", rt ? rt->digest : "",
-					     "process", rt && rt->process <= 5 ? proc[rt->process] : "?",
-					     "healthy", rt ? rt->healthy : 0, "health_detail",
-					     rt ? rt->health_detail : "", "endpoint", rt ? rt->endpoint : "",
-					     "restarts", (json_int_t)(rt ? rt->restarts : 0), "hostname",
-					     ag->hostname, "agent_version", ag->agent_version,
-					     "last_heartbeat_unix_ms", (json_int_t)ag->last_heartbeat_unix_ms));
-		}
-		cli_print_json(a);
-	} else {
-		char t[32];
-		printf("%-36s %-7s %-10s %-10s %-9s %-8s %s\n", "AGENT", "HEALTH", "APP/ENV", "VERSION",
-		       "PROCESS", "HEALTHY", "LAST HEARTBEAT");
-		for (size_t i = 0; i < r->n_agents; i++) {
-			const Slipway__V1__AgentInfo *ag = r->agents[i];
-			const char *app = "", *env = "";
-			for (size_t k = 0; k < ag->n_labels; k++) {
-				if (!strcmp(ag->labels[k]->key, "app"))
-					app = ag->labels[k]->value;
-				if (!strcmp(ag->labels[k]->key, "environment"))
-					env = ag->labels[k]->value;
-			}
-			char ae[64];
-			snprintf(ae, sizeof ae, "%s/%s", app, env);
-			const Slipway__V1__AgentRuntime *rt = ag->runtime;
-			printf("%-36s %-7s %-10s %-10s %-9s %-8s %s\n", ag->id + (strncmp(ag->id, "spiffe://", 9) ? 0 : 9),
-			       ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "LOST" : "online", ae,
-			       rt && rt->version[0] ? rt->version : "-",
-			       rt && rt->process <= 5 ? proc[rt->process] : "?", rt && rt->healthy ? "yes" : "no",
-			       cli_time(ag->last_heartbeat_unix_ms, t));
-		}
-	}
-	protobuf_c_message_free_unpacked(m, NULL);
-	return CLI_OK;
-}
-
-int cli_cmd_agents(struct cli *c, int argc, char **argv);
-int cli_cmd_agents(struct cli *c, int argc, char **argv)
-{
-	static const struct cli_cmd cmds[] = { { "ls", cmd_agents_ls, "agents with labels, health, version and last heartbeat" } };
-	return cli_dispatch(c, "agents", cmds, 1, argc, argv);
 }

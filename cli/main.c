@@ -54,7 +54,7 @@ static const struct cli_cmd groups[] = {
 	{ "pause", cli_cmd_pause, "pause a running deployment" },
 	{ "resume", cli_cmd_resume, "resume a paused deployment" },
 	{ "rollback", cli_cmd_rollback, "roll an environment back to its last known-good release (or --to)" },
-	{ "agents", cli_cmd_agents, "list agents: labels, health, version, last heartbeat" },
+	{ "agents", cli_cmd_agents, "list, enroll and unenroll agents (health, version, scope)" },
 	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)" },
 };
 
@@ -166,6 +166,19 @@ int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc
 	if (rpc_client_new(&o, out, err, sizeof err) != 0)
 		return cli_fail("%s", err);
 	return 0;
+}
+
+int cli_call(struct cli *c, const char *service, const ProtobufCServiceDescriptor *sd,
+	     const char *method, const ProtobufCMessage *req, ProtobufCMessage **resp)
+{
+	struct rpc_client *cl = NULL;
+	char err[1024];
+	if (cli_connect(c, service, NULL, &cl) != 0)
+		return CLI_FAIL;
+	struct rpc_call_opts o = cli_call_opts(c);
+	int rc = rpc_call(cl, sd, method, req, resp, &o, err, sizeof err);
+	rpc_client_free(cl);
+	return rc == 0 ? CLI_OK : cli_fail("%s", err);
 }
 
 struct rpc_call_opts cli_call_opts(const struct cli *c)

@@ -419,10 +419,14 @@ static void sync_pins(struct orch *o)
 static void *side_main(void *arg)
 {
 	struct orch *o = arg;
-	int64_t last_eval = 0, last_pins = 0;
+	int64_t last_eval = 0, last_pins = 0, last_enroll = 0;
 	while (!atomic_load(&o->stopping)) {
 		int64_t ms = clock_wall_ms();
 		make_grants(o);
+		if (ms - last_enroll >= 1000) {
+			orch_enrollments_follow(o);
+			last_enroll = ms;
+		}
 		if (ms - last_eval >= 250) {
 			evaluate_pending(o);
 			last_eval = ms;

@@ -28,6 +28,7 @@
 
 #include "authz.h"
 #include "db.h"
+#include "enroll.h"
 #include "outbox.h"
 #include "rpc.h"
 #include "svc.h"
@@ -103,6 +104,8 @@ struct orch {
 	struct authz *authz;
 	struct outbox_relay *relay;
 	struct orch_registry *reg;
+	uint64_t enroll_rev;             /* enrollments followed up to (side thread) */
+	int enroll_synced;               /* a whole listing was reconciled once */
 	struct orch_waiters *waiters;
 
 	pthread_t engine;
@@ -140,9 +143,30 @@ int orch_runtime_ok(const Slipway__V1__AgentRuntime *rt);
  * database: safe on a completion-queue thread. */
 int orch_heartbeat(struct orch *o, const char *agent, const Slipway__V1__AgentRuntime *rt,
 		   uint64_t highest_generation);
-/* Registers (or re-registers) an agent. */
+/* Registers (or re-registers) an agent inside its enrollment en (scope
+ * labels that say otherwise are SW_EPERM; the scope stored is en's). */
 int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
-		  const Slipway__V1__RegisterRequest *req, char *err, size_t errlen);
+		  const Slipway__V1__RegisterRequest *req, const struct enrollment *en, char *err,
+		  size_t errlen);
+/* Records a refused registration in the audit log (and the service log). */
+int orch_register_denied(struct orch *o, const char *agent, const char *reason);
+/* Drops the registration of an agent whose enrollment en no longer matches
+ * it (removed, another scope or sealing key). */
+int orch_agent_reconcile(struct orch *o, const struct enrollment *en, char *err, size_t errlen);
+/* Drops every registered agent not in ids (a text[] literal). */
+int orch_agents_drop_unenrolled(struct orch *o, const char *ids, char *err, size_t errlen);
+
+/* ---- enrollments.c ---- */
+/* The enrollment of an agent that registers: 0 with en filled (its sealing
+ * key pinned now if it had none), SW_EPERM (recorded) when it is not
+ * enrolled or presents another key, SW_EUNAVAIL when the policy service
+ * cannot say. */
+int orch_enrollment_check(struct orch *o, struct rpc_ctx *ctx, const char *agent,
+			  const Slipway__V1__RegisterRequest *req, struct enrollment *en, char *err,
+			  size_t errlen);
+/* Follows enrollment changes (side thread): registrations that no longer
+ * match their enrollment are dropped. */
+void orch_enrollments_follow(struct orch *o);
 /* Returns 1 when the agent is known and not lost. */
 int orch_agent_online(struct orch *o, const char *agent);
 

@@ -236,12 +236,50 @@ static int register_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	return rc;
 }
 
+struct denied_tx {
+	struct orch *o;
+	const char *agent, *reason;
+};
+
+static int denied_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct denied_tx *t = arg;
+	return orch_audit(t->o, c, t->agent, "agent.register", t->agent,
+			  SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "reason", t->reason, NULL, NULL, err,
+			  errlen);
+}
+
+int orch_register_denied(struct orch *o, const char *agent, const char *reason)
+{
+	char err[512];
+	struct denied_tx t = { o, agent, reason };
+	int rc = db_tx(o->db, NULL, denied_tx, &t, err, sizeof err);
+	if (rc != 0)
+		log_error("cannot record a refused registration", "agent=%s error=%s", agent, err);
+	log_warn("registration refused", "agent=%s reason=%s", agent, reason);
+	return rc;
+}
+
+/* A label the agent sends that names its scope must say what its
+ * enrollment says (an agent never chooses its own scope). */
+static int scope_label(const char *key, const char *value, const char *enrolled, char *err,
+		       size_t errlen)
+{
+	if (strcmp(value, enrolled) == 0)
+		return 0;
+	return sw_errf(err, errlen, SW_EPERM,
+		       "label %s=%.63s is outside this agent's enrollment (%s=%s); an admin "
+		       "changes it with slipway agents enroll",
+		       key, value, key, enrolled);
+}
+
 int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
-		  const Slipway__V1__RegisterRequest *req, char *err, size_t errlen)
+		  const Slipway__V1__RegisterRequest *req, const struct enrollment *en, char *err,
+		  size_t errlen)
 {
 	(void)ctx;
-	struct reg_tx t = { .o = o, .agent = agent, .req = req, .app = "", .env = "", .region = "",
-			    .grp = "" };
+	struct reg_tx t = { .o = o, .agent = agent, .req = req, .app = en->app, .env = en->env,
+			    .region = en->region, .grp = en->group };
 	if (req->seal_public_key.len != 32)
 		return sw_errf(err, errlen, SW_EINVAL, "seal_public_key must be a 32-byte X25519 key");
 	if (req->n_labels > 32)
@@ -251,20 +289,31 @@ int orch_register(struct orch *o, struct rpc_ctx *ctx, const char *agent,
 	json_t *labels = json_object();
 	for (size_t i = 0; i < req->n_labels; i++) {
 		const Slipway__V1__KeyValue *kv = req->labels[i];
+		int rc = 0;
 		if (!label_ok(kv->key, kv->value)) {
 			json_decref(labels);
 			return sw_errf(err, errlen, SW_EINVAL, "label '%.63s' is not valid", kv->key);
 		}
-		json_object_set_new(labels, kv->key, json_string(kv->value));
 		if (strcmp(kv->key, "app") == 0)
-			t.app = kv->value;
+			rc = scope_label("app", kv->value, en->app, err, errlen);
 		else if (strcmp(kv->key, "environment") == 0)
-			t.env = kv->value;
+			rc = scope_label("environment", kv->value, en->env, err, errlen);
 		else if (strcmp(kv->key, "region") == 0)
-			t.region = kv->value;
+			rc = scope_label("region", kv->value, en->region, err, errlen);
 		else if (strcmp(kv->key, "group") == 0)
-			t.grp = kv->value;
+			rc = scope_label("group", kv->value, en->group, err, errlen);
+		if (rc != 0) {
+			json_decref(labels);
+			return rc;
+		}
+		json_object_set_new(labels, kv->key, json_string(kv->value));
 	}
+	/* The scope labels read back as enrolled. */
+	json_object_set_new(labels, "app", json_string(en->app));
+	json_object_set_new(labels, "environment", json_string(en->env));
+	json_object_set_new(labels, "region", json_string(en->region));
+	if (en->group[0])
+		json_object_set_new(labels, "group", json_string(en->group));
 	if (!name_app_ok(t.app) || !name_app_ok(t.env)) {
 		json_decref(labels);
 		return sw_errf(err, errlen, SW_EINVAL,
@@ -606,6 +655,112 @@ int orch_registry_start(struct orch *o, char *err, size_t errlen)
 	if (pthread_create(&r->flusher, NULL, flusher_main, o) != 0)
 		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the heartbeat flusher");
 	return 0;
+}
+
+/* ---- enrollment changes ---- */
+
+static void forget(struct orch_registry *r, const char *id)
+{
+	pthread_mutex_lock(&r->mu);
+	for (struct agent_mem **pp = &r->buckets[hash_id(id)]; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->id, id) == 0) {
+			struct agent_mem *a = *pp;
+			*pp = a->next;
+			free(a->id);
+			free(a->runtime);
+			free(a);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+struct reconcile_tx {
+	struct orch *o;
+	const struct enrollment *en;
+	int dropped;
+};
+
+/* The agent's registration must match its enrollment: scope and sealing
+ * key. When it does not (unenrolled, moved, re-enrolled with another or no
+ * key), the row goes: the agent is no target of new deployments, its
+ * in-flight targets fail as lost, and its next heartbeat is told to
+ * register again, through the enrollment check. */
+static int reconcile_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct reconcile_tx *t = arg;
+	const struct enrollment *en = t->en;
+	PGresult *r = NULL;
+	t->dropped = 0;
+	int rc = db_exec(c,
+			 "SELECT app, environment, region, grp, seal_key FROM agents WHERE id = $1",
+			 1, (const char *[]){ en->agent_id }, NULL, NULL, 1, &r, err, errlen);
+	if (rc != 0 || PQntuples(r) == 0) {
+		PQclear(r);
+		return rc;
+	}
+	int keep = !en->removed && en->has_key && strcmp(PQgetvalue(r, 0, 0), en->app) == 0 &&
+		   strcmp(PQgetvalue(r, 0, 1), en->env) == 0 &&
+		   strcmp(PQgetvalue(r, 0, 2), en->region) == 0 &&
+		   strcmp(PQgetvalue(r, 0, 3), en->group) == 0 && PQgetlength(r, 0, 4) == 32 &&
+		   memcmp(PQgetvalue(r, 0, 4), en->seal_key, 32) == 0;
+	PQclear(r);
+	if (keep)
+		return 0;
+	rc = db_q(c, "DELETE FROM agents WHERE id = $1", 1, (const char *[]){ en->agent_id }, NULL,
+		  err, errlen);
+	if (rc == 0)
+		rc = orch_audit(t->o, c, t->o->self_id, "agent.remove", en->agent_id,
+				SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "reason",
+				en->removed ? "unenrolled" : "its enrollment changed: it must register again",
+				NULL, NULL, err, errlen);
+	t->dropped = rc == 0;
+	return rc;
+}
+
+int orch_agent_reconcile(struct orch *o, const struct enrollment *en, char *err, size_t errlen)
+{
+	struct reconcile_tx t = { o, en, 0 };
+	int rc = db_tx(o->db, NULL, reconcile_tx, &t, err, errlen);
+	if (rc == 0 && (t.dropped || en->removed))
+		forget(o->reg, en->agent_id);
+	if (rc == 0 && t.dropped)
+		log_info("agent registration dropped", "agent=%s reason=%s", en->agent_id,
+			 en->removed ? "unenrolled" : "enrollment changed");
+	return rc;
+}
+
+struct unenrolled_tx {
+	struct orch *o;
+	const char *ids; /* a text[] literal of every enrolled agent */
+	PGresult *gone;
+};
+
+static int unenrolled_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct unenrolled_tx *t = arg;
+	PQclear(t->gone);
+	t->gone = NULL;
+	int rc = db_q(c, "DELETE FROM agents WHERE NOT (id = ANY ($1::text[])) RETURNING id", 1,
+		      (const char *[]){ t->ids }, &t->gone, err, errlen);
+	for (int i = 0; rc == 0 && i < PQntuples(t->gone); i++)
+		rc = orch_audit(t->o, c, t->o->self_id, "agent.remove", db_text(t->gone, i, 0),
+				SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "reason", "not enrolled", NULL,
+				NULL, err, errlen);
+	return rc;
+}
+
+int orch_agents_drop_unenrolled(struct orch *o, const char *ids, char *err, size_t errlen)
+{
+	struct unenrolled_tx t = { o, ids, NULL };
+	int rc = db_tx(o->db, NULL, unenrolled_tx, &t, err, errlen);
+	for (int i = 0; rc == 0 && i < PQntuples(t.gone); i++) {
+		forget(o->reg, db_text(t.gone, i, 0));
+		log_info("agent registration dropped", "agent=%s reason=not enrolled",
+			 db_text(t.gone, i, 0));
+	}
+	PQclear(t.gone);
+	return rc;
 }
 
 void orch_registry_stop(struct orch *o)

@@ -157,8 +157,16 @@ static int register_agent(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		return rc;
 	if ((rc = authz_require(o->authz, ctx, "run", "agent", NULL, NULL, NULL)) != 0)
 		return rc;
-	if ((rc = orch_register(o, ctx, rpc_peer(ctx), (const void *)reqm, err, sizeof err)) != 0)
+	struct enrollment en;
+	if ((rc = orch_enrollment_check(o, ctx, rpc_peer(ctx), (const void *)reqm, &en, err,
+					sizeof err)) != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
+	if ((rc = orch_register(o, ctx, rpc_peer(ctx), (const void *)reqm, &en, err,
+				sizeof err)) != 0) {
+		if (rc == SW_EPERM)
+			orch_register_denied(o, rpc_peer(ctx), err);
+		return rpc_errorf(ctx, rc, "%s", err);
+	}
 	resp->agent_id = (char *)rpc_peer(ctx);
 	resp->heartbeat_interval_ms = o->c.heartbeat_ms;
 	return 0;

@@ -192,7 +192,7 @@ static const struct vocab vocab[] = {
 	{ "policy", { "authorize", "read", "apply", "explain" } },
 	{ "deployment",
 	  { "evaluate", "approve", "deploy", "read", "cancel", "pause", "resume", "rollback" } },
-	{ "agent", { "read", "run" } },
+	{ "agent", { "read", "run", "enroll", "bind" } },
 	{ "secret", { "write", "read", "admin", "rotate", "grant", "fetch" } },
 };
 
@@ -464,11 +464,13 @@ static struct pol_rule r_service[] = {
 	{ .actions = L("evaluate"), .kinds = L("deployment") },
 	{ .actions = L("read"), .kinds = L("release") },
 	{ .actions = L("pin"), .kinds = L("artifact") },
+	{ .actions = L("read"), .kinds = L("agent") },
 };
 /* Only the orchestrator grants secrets, and it must know which secrets a
  * scope has to grant them (names and versions, never values). */
 static struct pol_rule r_orchestrator[] = {
 	{ .actions = L("grant", "read"), .kinds = L("secret") },
+	{ .actions = L("bind"), .kinds = L("agent") },
 };
 static struct pol_rule r_agent[] = {
 	{ .actions = L("run"), .kinds = L("agent") },
@@ -485,7 +487,7 @@ static const struct pol_role builtin_roles[] = {
 	ROLE("approver", "approve or reject deployments; read releases", r_approver),
 	ROLE("auditor", "read every kind, audit included; never writes", r_auditor),
 	ROLE("service", "what Slipway services need of each other", r_service),
-	ROLE("orchestrator", "what the orchestrator alone needs: grant secrets (and list their names)",
+	ROLE("orchestrator", "what the orchestrator alone needs: grant secrets (and list their names), pin agents' sealing keys",
 	     r_orchestrator),
 	ROLE("agent", "what deployment agents need", r_agent),
 };

@@ -171,6 +171,7 @@ int main(int argc, char **argv)
 		log_warn("no --audit-addr: audit events wait in the outbox", NULL);
 	}
 	if (pol_rpc_register(&s, svc_server(sv), err, sizeof err) != 0 ||
+	    pol_enroll_register(&s, svc_server(sv), err, sizeof err) != 0 ||
 	    svc_start(sv, err, sizeof err) != 0)
 		goto fail;
 

@@ -435,5 +435,7 @@ struct rpc_server;
 
 /* Registers the slipway.v1.Policy handlers with s as their data. */
 int pol_rpc_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen);
+/* enroll.c: the Enrollments service (agent enrollments). */
+int pol_enroll_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen);
 
 #endif

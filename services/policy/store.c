@@ -89,6 +89,22 @@ static const struct db_migration migrations[] = {
 	{ 3, "approval requests remember their last recorded decision",
 	  "ALTER TABLE approval_requests ADD COLUMN last_outcome text NOT NULL DEFAULT '',"
 	  " ADD COLUMN last_decision_id text NOT NULL DEFAULT ''" },
+	{ 4, "agent enrollments (enroll.c)",
+	  "CREATE SEQUENCE enrollment_revision;"
+	  "CREATE TABLE enrollments ("
+	  " agent_id text PRIMARY KEY,"
+	  " app text NOT NULL,"
+	  " environment text NOT NULL,"
+	  " region text NOT NULL,"
+	  " grp text NOT NULL DEFAULT '',"
+	  " seal_key text NOT NULL DEFAULT '',"
+	  " enrolled_by text NOT NULL,"
+	  " enrolled_ms bigint NOT NULL,"
+	  " key_pinned_by text NOT NULL DEFAULT '',"
+	  " key_pinned_ms bigint NOT NULL DEFAULT 0,"
+	  " removed boolean NOT NULL DEFAULT false,"
+	  " revision bigint NOT NULL);"
+	  "CREATE INDEX enrollments_revision ON enrollments (revision);" },
 };
 
 int pol_store_migrate(struct db *db, char *err, size_t errlen)

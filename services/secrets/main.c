@@ -183,6 +183,7 @@ int main(int argc, char **argv)
 		if (client(o.policy_addr, ca, cert, key, &policy, err, sizeof err) != 0)
 			goto fail;
 		ao.policy = policy;
+		s.policy = policy;
 		if (authz_new(&ao, &s.authz, err, sizeof err) != 0)
 			goto fail;
 	} else {

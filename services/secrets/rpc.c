@@ -9,6 +9,7 @@
  */
 #include "secrets.h"
 
+#include "enroll.h"
 #include "err.h"
 #include "log.h"
 #include "spiffe.h"
@@ -585,6 +586,27 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		if (rc != 0)
 			return rc;
 	}
+	/* ...and only to an agent enrolled in the deployment's scope, sealed to
+	 * the key pinned in its enrollment: neither the orchestrator's word nor
+	 * its database can send a secret elsewhere. */
+	struct enrollment en;
+	rc = enrollment_get(s->policy, ctx, req->agent, 3000, &en, err, sizeof err);
+	if (rc == SW_ENOTFOUND)
+		return fail(s, ctx, &w, SW_EPERM, "%.255s is not enrolled: no secret is granted to it",
+			    req->agent);
+	if (rc != 0)
+		return fail(s, ctx, &w, SW_EUNAVAIL, "cannot check the agent's enrollment: %s", err);
+	if (strcmp(en.app, req->app) != 0 || strcmp(en.env, req->environment) != 0)
+		return fail(s, ctx, &w, SW_EPERM,
+			    "%.255s is enrolled for %s/%s, not %s/%s: no secret of %s/%s is granted "
+			    "to it",
+			    req->agent, en.app, en.env, req->app, req->environment, req->app,
+			    req->environment);
+	if (!en.has_key || sodium_memcmp(en.seal_key, req->agent_public_key.data, 32) != 0)
+		return fail(s, ctx, &w, SW_EPERM,
+			    "agent_public_key is not the sealing key pinned in the enrollment of "
+			    "%.255s",
+			    req->agent);
 	struct sec_grant_req g = { .in = req, .actor = rpc_peer(ctx), .expires_ms = exp };
 	rc = sec_grant_create(s, &g, err, sizeof err);
 	if (rc != 0)

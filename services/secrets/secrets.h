@@ -148,6 +148,7 @@ struct sec {
 	struct db *db;
 	struct sec_keys *keys;
 	struct authz *authz;          /* NULL: no policy service, deny everything */
+	struct rpc_client *policy;    /* enrollments (NULL: no grant is made) */
 	struct outbox_relay *relay;   /* NULL: events stay in the outbox */
 	const char *trust_domain;
 	char *grantors;               /* comma-separated SPIFFE IDs */

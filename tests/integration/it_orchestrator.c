@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 static char dir[256], td[128];
@@ -79,6 +80,12 @@ static int setup(void **st)
 	issue("agent/px/b", "b", b_crt, b_key);
 	issue("agent/px/c", "c", c_crt, c_key);
 	issue("user/mallory", "u", u_crt, u_key);
+	/* a and b are enrolled for proto/prod; c is enrolled for another app. */
+	if (h_run("for h in a b; do build/bin/slipway agents enroll spiffe://%s/agent/px/$h --app proto"
+		  " --env prod >/dev/null || exit 1; done && build/bin/slipway agents enroll"
+		  " spiffe://%s/agent/px/c --app other --env prod >/dev/null",
+		  td, td) != 0)
+		return -1;
 	const char *addr = h_env("SLIPWAY_ORCHESTRATOR_ADDR"), *ca = h_env("SLIPWAY_CA");
 	A = h_client(addr, ca, a_crt, a_key);
 	B = h_client(addr, ca, b_crt, b_key);
@@ -110,10 +117,26 @@ static void test_only_agents_speak_the_protocol(void **st)
 	Slipway__V1__HeartbeatRequest hb = SLIPWAY__V1__HEARTBEAT_REQUEST__INIT;
 	ProtobufCMessage *m = NULL;
 	assert_int_equal(call(U, "Heartbeat", &hb.base, &m, err), SW_EPERM);
-	/* Registration validates labels and the sealing key. */
-	assert_int_equal(register_as(A, NULL, err), SW_EINVAL);
-	assert_non_null(strstr(err, "app and environment"));
+	/* The scope is the enrollment's: a label that says otherwise is
+	 * refused; none is needed. */
+	assert_int_equal(register_as(C, "proto", err), SW_EPERM);
+	assert_non_null(strstr(err, "outside this agent's enrollment"));
+	assert_int_equal(register_as(C, NULL, err), 0);
+	assert_int_equal(register_as(C, "other", err), 0);
 	/* An agent unknown to the orchestrator is told to register... */
+	h_run("build/bin/slipway agents unenroll spiffe://%s/agent/px/c >/dev/null", td);
+	for (int i = 0; i < 100; i++) { /* the orchestrator follows within a second */
+		Slipway__V1__HeartbeatResponse *hr;
+		assert_int_equal(call(C, "Heartbeat", &hb.base, &m, err), 0);
+		hr = (void *)m;
+		int again = hr->reregister;
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (again)
+			break;
+		usleep(50000);
+	}
+	assert_int_equal(register_as(C, "other", err), SW_EPERM);
+	assert_non_null(strstr(err, "not enrolled"));
 	assert_int_equal(call(C, "Heartbeat", &hb.base, &m, err), 0);
 	assert_true(((Slipway__V1__HeartbeatResponse *)m)->reregister);
 	protobuf_c_message_free_unpacked(m, NULL);

@@ -43,14 +43,15 @@ bundles() { # APP [MAKE-BUNDLES ARGS]: the demo app's releases under $T/bundles
   scripts/make-bundles --app "$app" --out "$T/bundles" "$@" >/dev/null || fail "make-bundles $app"
 }
 agents() { # APP ENV REGION/HOST...: starts (enrolled) agents and waits until all are online
-  local app=$1 env=$2 n=0 i; shift 2
+  local app=$1 env=$2 i want="" td; shift 2
+  td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
   for rh in "$@"; do
     scripts/stack agent "$S" "$rh" --label app="$app" --label environment="$env" >/dev/null \
       || fail "cannot start agent $rh"
-    n=$((n + 1))
+    want="$want,spiffe://$td/agent/$rh"
   done
   for i in $(seq 1 100); do
-    [ "$(slipway -o json agents ls --app "$app" | js "j.filter(a=>a.health==='online'&&a.environment==='$env').length")" = "$n" ] && return 0
+    [ "$(slipway -o json agents ls --app "$app" | js "'$want'.split(',').filter(x=>x).every(x=>j.some(a=>a.id===x&&a.health==='online'&&a.labels.environment==='$env'))")" = true ] && return 0
     sleep 0.1
   done
   fail "the $app agents did not register"
