@@ -49,6 +49,8 @@ bench_secrets() {
       names+=("SECRET_$i")
     done
     rm -f "$tmp/v"
+    # Grants go only to an agent enrolled for the scope, with its key pinned.
+    $sw agents enroll "$agent" --app bench --env prod --sealing-key "$tmp/agentkey.pub" >/dev/null
     $sw --cert "$tmp/orch.crt" --key "$tmp/orch.key" secrets grant --deployment bench-dep \
       --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope bench/prod --ttl 24h "${names[@]}" >/dev/null
     # The agent opens what it gets: the bundle is the real one.

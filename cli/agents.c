@@ -3,7 +3,7 @@
  *
  *   slipway agents ls [--app A] [--env E]
  *   slipway agents enroll SPIFFE_ID --app A --env E [--region R] [--group G]
- *                         [--sealing-key HEX] [--reason R]
+ *                         [--sealing-key HEX|FILE] [--reason R]
  *   slipway agents unenroll SPIFFE_ID [--reason R]
  *
  * An agent serves only the app, environment, region and group an admin
@@ -14,6 +14,7 @@
  * later deployment.
  */
 #include "cli.h"
+#include "sealed.h"
 
 #include "slipway/v1/enrollment.pb-c.h"
 #include "slipway/v1/orchestrator.pb-c.h"
@@ -207,7 +208,7 @@ static int cmd_enroll(struct cli *c, int argc, char **argv)
 					    { "reason", required_argument, 0, 'R' },
 					    { 0, 0, 0, 0 } };
 	const char *usage = "usage: slipway agents enroll SPIFFE_ID --app A --env E [--region R] "
-			    "[--group G] [--sealing-key HEX] [--reason R]";
+			    "[--group G] [--sealing-key HEX|FILE] [--reason R]";
 	Slipway__V1__EnrollAgentRequest req = SLIPWAY__V1__ENROLL_AGENT_REQUEST__INIT;
 	uint8_t key[32];
 	int o;
@@ -221,10 +222,17 @@ static int cmd_enroll(struct cli *c, int argc, char **argv)
 		case 'R': req.reason = optarg; break;
 		case 'k': {
 			size_t n = 0;
-			if (sodium_hex2bin(key, sizeof key, optarg, strlen(optarg), NULL, &n, NULL) != 0 ||
-			    n != sizeof key || strlen(optarg) != 64)
-				return cli_usage("--sealing-key: the agent's X25519 public key, 64 hex "
-						 "digits");
+			char err[256];
+			if (strlen(optarg) == 64 &&
+			    sodium_hex2bin(key, sizeof key, optarg, 64, NULL, &n, NULL) == 0 &&
+			    n == sizeof key) {
+				/* 64 hex digits */
+			} else if (sealed_public_key_read(optarg, SEALED_LABEL_X25519_PUBLIC, key,
+							  sizeof key, err, sizeof err) != 0) {
+				return cli_usage("--sealing-key: the agent's X25519 public key, as 64 hex "
+						 "digits or a public key file (%s)",
+						 err);
+			}
 			req.seal_public_key.data = key;
 			req.seal_public_key.len = sizeof key;
 			break;

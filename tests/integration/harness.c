@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,6 +297,17 @@ int h_health(const char *addr)
 	}
 	rpc_client_free(c);
 	return st;
+}
+
+int h_enroll(const char *agent, const char *app, const char *env, const unsigned char *pk)
+{
+	char key[80] = "";
+	if (pk != NULL) {
+		memcpy(key, "--sealing-key ", 14);
+		sodium_bin2hex(key + 14, 65, pk, 32);
+	}
+	return h_run("build/bin/slipway agents enroll '%s' --app '%s' --env '%s' %s >/dev/null", agent,
+		     app, env, key);
 }
 
 int h_run(const char *fmt, ...)

@@ -27,6 +27,11 @@ char *h_read_file(const char *path);
  * system()'s status. */
 int h_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Enrolls agent (a SPIFFE ID) for app/env, as the stack's admin, with its
+ * sealing key pk pinned (NULL: pinned at its first registration). Returns
+ * the CLI's exit status. */
+int h_enroll(const char *agent, const char *app, const char *env, const unsigned char *pk);
+
 /* Counts the lines of path that contain needle. */
 int h_grep_count(const char *path, const char *needle);
 

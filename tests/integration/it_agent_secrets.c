@@ -117,6 +117,10 @@ static void grant(const char *dep, const char *agent, const uint8_t pk[32])
 {
 	struct rpc_client *c = secrets_as(orch_crt, orch_key);
 	char err[512];
+	/* The secrets service grants only to an agent enrolled for the scope,
+	 * sealed to the key its enrollment pins. */
+	if (h_enroll(agent, "web", "itsec", pk) != 0)
+		fail_msg("cannot enroll %s", agent);
 	Slipway__V1__SecretScope sc = SLIPWAY__V1__SECRET_SCOPE__INIT;
 	sc.app = "web";
 	sc.environment = "itsec";

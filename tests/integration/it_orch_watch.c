@@ -52,7 +52,7 @@ static int setup(void **st)
 	A = h_client(addr, ca, a_crt, a_key);
 	ADMIN = h_client(addr, ca, h_env("SLIPWAY_CERT"), h_env("SLIPWAY_KEY"));
 	/* Agents register only inside an enrollment. */
-	if (h_run("build/bin/slipway agents enroll '%s' --app wx --env prod >/dev/null", uri) != 0)
+	if (h_enroll(uri, "wx", "prod", NULL) != 0)
 		return -1;
 	/* Releases for app "wx" (the bytes never run). */
 	for (int v = 1; v <= 2; v++)

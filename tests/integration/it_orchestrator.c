@@ -81,10 +81,11 @@ static int setup(void **st)
 	issue("agent/px/c", "c", c_crt, c_key);
 	issue("user/mallory", "u", u_crt, u_key);
 	/* a and b are enrolled for proto/prod; c is enrolled for another app. */
-	if (h_run("for h in a b; do build/bin/slipway agents enroll spiffe://%s/agent/px/$h --app proto"
-		  " --env prod >/dev/null || exit 1; done && build/bin/slipway agents enroll"
-		  " spiffe://%s/agent/px/c --app other --env prod >/dev/null",
-		  td, td) != 0)
+	char id[3][256];
+	for (int i = 0; i < 3; i++)
+		snprintf(id[i], sizeof id[i], "spiffe://%s/agent/px/%c", td, 'a' + i);
+	if (h_enroll(id[0], "proto", "prod", NULL) != 0 || h_enroll(id[1], "proto", "prod", NULL) != 0 ||
+	    h_enroll(id[2], "other", "prod", NULL) != 0)
 		return -1;
 	const char *addr = h_env("SLIPWAY_ORCHESTRATOR_ADDR"), *ca = h_env("SLIPWAY_CA");
 	A = h_client(addr, ca, a_crt, a_key);

@@ -152,6 +152,8 @@ struct ref {
 	uint32_t version;
 };
 
+static int enroll_for_grants = 1;
+
 static int grant(struct rpc_client *c, const char *dep, const char *agent, const uint8_t *pk,
 		 const char *a, const char *env, const struct ref *refs, size_t n, int64_t expires,
 		 char *err)
@@ -172,6 +174,16 @@ static int grant(struct rpc_client *c, const char *dep, const char *agent, const
 		}
 		rp[i] = &r[i];
 	}
+	/* The secrets service grants only to an agent enrolled for the grant's
+	 * scope, sealed to the key its enrollment pins: a well-formed grant's
+	 * agent is enrolled so (the checks before it are what is tested). */
+	static const uint8_t zero[32];
+	char prefix[300];
+	snprintf(prefix, sizeof prefix, "spiffe://%s/agent/", td);
+	if (pk != NULL && memcmp(pk, zero, 32) != 0 && strncmp(agent, prefix, strlen(prefix)) == 0 &&
+	    a != NULL && a[0] && env != NULL && env[0] && enroll_for_grants &&
+	    h_enroll(agent, a, env, pk) != 0)
+		fail_msg("cannot enroll %s", agent);
 	req.deployment_id = (char *)dep;
 	req.agent = (char *)agent;
 	req.agent_public_key.data = (uint8_t *)pk;
@@ -819,6 +831,24 @@ static void test_grant_validation(void **state)
 	assert_int_equal(grants_for("dep-v"), 0);
 	assert_int_equal(grant(orch, "dep-v", agent1_id, a1_pk, app, "prod", ok, 1, exp, err), 0);
 	assert_int_equal(grants_for("dep-v"), 1);
+	/* Only to an agent enrolled for the scope, sealed to its pinned key:
+	 * the orchestrator's word is not enough. */
+	enroll_for_grants = 0;
+	assert_int_equal(h_enroll(agent1_id, app, "staging", a1_pk), 0);
+	assert_int_equal(grant(orch, "dep-v", agent1_id, a1_pk, app, "prod", ok, 1, exp, err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "is enrolled for"));
+	assert_int_equal(h_enroll(agent1_id, app, "prod", a2_pk), 0);
+	assert_int_equal(grant(orch, "dep-v", agent1_id, a1_pk, app, "prod", ok, 1, exp, err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "not the sealing key pinned"));
+	assert_int_equal(h_run("build/bin/slipway agents unenroll '%s' >/dev/null", agent1_id), 0);
+	assert_int_equal(grant(orch, "dep-v", agent1_id, a1_pk, app, "prod", ok, 1, exp, err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "is not enrolled"));
+	assert_int_equal(grants_for("dep-v"), 1);
+	enroll_for_grants = 1;
+	assert_int_equal(h_enroll(agent1_id, app, "prod", a1_pk), 0); /* as the next tests expect */
 }
 
 /* A request id makes CreateGrant idempotent: the orchestrator repeats a

@@ -76,6 +76,9 @@ agent="spiffe://$td/agent/r9/cli-host"
 check "keygen" 0 "$sw" secrets keygen --out "$tmp/agentkey"
 has "keygen wrote the secret key" "$tmp/agentkey.key" "slipway-key x25519-secret"
 [ "$(stat -c %a "$tmp/agentkey.key")" = 600 ] && echo "ok   key is 0600" || { echo "FAIL key mode"; fails=$((fails + 1)); }
+# the secrets service grants only to an agent enrolled for the scope, with
+# the key its enrollment pins
+check "enroll" 0 "$sw" agents enroll "$agent" --app "$app" --env prod --sealing-key "$tmp/agentkey.pub"
 check "grant as admin" 1 "$sw" secrets grant --deployment d-cli --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope "$app/prod" DB_URL
 has "only the orchestrator" "$tmp/err" "PERMISSION_DENIED"
 check "grant" 0 "$sw" --cert "$tmp/orch.crt" --key "$tmp/orch.key" secrets grant --deployment d-cli \
