@@ -347,9 +347,10 @@ static int refs_load(struct orch *o, struct refs *f, const char *app, const char
 }
 
 struct grant_rec {
+	struct orch *o;
 	const char *deployment, *agent, *why;
 	int64_t requested_ms, expires_ms, next_try_ms;
-	int ok;
+	int ok, refused;
 };
 
 static int grant_rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
@@ -358,6 +359,9 @@ static int grant_rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	if (g->ok)
 		return store_grant_done(c, g->deployment, g->agent, g->requested_ms, g->expires_ms, err,
 					errlen);
+	if (g->refused)
+		return store_grant_refused(c, g->o, g->deployment, g->agent, g->next_try_ms, g->why,
+					   err, errlen);
 	return store_grant_failed(c, g->deployment, g->agent, g->next_try_ms, g->why, err, errlen);
 }
 
@@ -382,7 +386,7 @@ static int make_grants(struct orch *o)
 		int64_t now = clock_wall_ms();
 		uint8_t key[32];
 		char gerr[256] = "";
-		struct grant_rec g = { dep, agent, gerr, db_int64(r, i, 5), 0, 0, 0 };
+		struct grant_rec g = { o, dep, agent, gerr, db_int64(r, i, 5), 0, 0, 0, 0 };
 		int attempts = (int)db_int64(r, i, 6);
 		int kl = db_bytea(r, i, 4, key, sizeof key);
 		if (down) {
@@ -410,11 +414,17 @@ static int make_grants(struct orch *o)
 			req.request_id = rid;
 			ProtobufCMessage *m = NULL;
 			struct rpc_call_opts co = { .timeout_ms = SIDE_CALL_MS };
-			if (rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "CreateGrant",
-				     &req.base, &m, &co, gerr, sizeof gerr) == 0) {
+			int grc = rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "CreateGrant",
+					   &req.base, &m, &co, gerr, sizeof gerr);
+			if (grc == 0) {
 				g.ok = 1;
 				g.expires_ms = ((Slipway__V1__CreateGrantResponse *)m)->expires_unix_ms;
 				made++;
+			} else if (grc == SW_EPERM || grc == SW_EPRECOND) {
+				/* An answer, not an outage: the grant is refused (the
+				 * orchestrator may no longer grant these secrets here, or
+				 * a version was disabled). The deployment stops. */
+				g.refused = 1;
 			} else {
 				down = 1;
 			}
@@ -429,13 +439,18 @@ static int make_grants(struct orch *o)
 			for (int k = 1; k < attempts && wait < 15000; k++)
 				wait *= 2;
 			g.next_try_ms = now + (wait > 15000 ? 15000 : wait);
-			if (!down || i == 0)
+			if (g.refused)
+				log_warn("secrets grant refused; the deployment stops (a rollback retries)",
+					 "deployment=%s agent=%s error=%s", dep, agent, gerr);
+			else if (!down || i == 0)
 				log_warn("secrets grant failed; will retry", "deployment=%s agent=%s error=%s",
 					 dep, agent, gerr);
 		}
 		if (db_tx(o->db, NULL, grant_rec_tx, &g, err, sizeof err) != 0)
 			log_warn("grant not recorded; will be asked again", "deployment=%s agent=%s error=%s",
 				 dep, agent, err);
+		else if (g.refused)
+			orch_engine_kick(o); /* it may have ended: the queue moves */
 	}
 	refs_free(&refs);
 	PQclear(r);

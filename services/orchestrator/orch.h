@@ -294,6 +294,15 @@ int store_grant_done(struct db_conn *c, const char *deployment, const char *agen
 		     int64_t requested_ms, int64_t expires_ms, char *err, size_t errlen);
 int store_grant_failed(struct db_conn *c, const char *deployment, const char *agent,
 		       int64_t next_try_ms, const char *why, char *err, size_t errlen);
+/* The secrets service refused a grant (PERMISSION_DENIED: the policy no
+ * longer lets the orchestrator grant these secrets here; FAILED_PRECONDITION:
+ * a version disabled or destroyed). A running or paused deployment ends
+ * FAILED with that reason (unfinished targets skipped, pending grants
+ * dropped, timeline, audit deploy.failed); a rollback keeps asking, as
+ * store_grant_failed. Takes the deployment's row lock. */
+int store_grant_refused(struct db_conn *c, struct orch *o, const char *deployment,
+			const char *agent, int64_t next_try_ms, const char *why, char *err,
+			size_t errlen);
 int store_pins_unsynced(struct db_conn *c, PGresult **out, char *err, size_t errlen);
 int store_pins_synced(struct db_conn *c, const char *app, const char *env, const char *current,
 		      const char *good, char *err, size_t errlen);

@@ -903,6 +903,52 @@ int store_grant_failed(struct db_conn *c, const char *deployment, const char *ag
 
 /* ---- pins ---- */
 
+int store_grant_refused(struct db_conn *c, struct orch *o, const char *deployment,
+			const char *agent, int64_t next_try_ms, const char *why, char *err,
+			size_t errlen)
+{
+	PGresult *r = NULL;
+	char ms[24], sf[8], ss[8], set[48], detail[1000], res[200];
+	int64_t now = clock_wall_ms();
+	int rc = db_q(c, "SELECT state FROM deployments WHERE id = $1 FOR UPDATE", 1,
+		      (const char *[]){ deployment }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	int state = PQntuples(r) == 1 ? (int)db_int64(r, 0, 0) : 0;
+	PQclear(r);
+	if (state != PLAN_D_RUNNING && state != PLAN_D_PAUSED) {
+		/* A rollback is not abandoned: it keeps asking (back-off). */
+		return store_grant_failed(c, deployment, agent, next_try_ms, why, err, errlen);
+	}
+	snprintf(detail, sizeof detail, "the secrets service refused the grant for %.200s: %.600s",
+		 agent, why);
+	db_i64(ms, now);
+	rc = db_q(c,
+		  "UPDATE deployments SET state = $2, reason = $3, finished_ms = $4, lease_owner = ''"
+		  " WHERE id = $1",
+		  4, (const char *[]){ deployment, st(sf, PLAN_D_FAILED), detail, ms }, NULL, err, errlen);
+	/* As on cancel: work not started is skipped, running tasks superseded. */
+	if (rc == 0)
+		rc = db_q(c,
+			  "UPDATE targets SET state = $3, message = 'secrets grant refused', updated_ms = $2"
+			  " WHERE deployment_id = $1 AND state = ANY($4::smallint[])",
+			  4, (const char *[]){ deployment, ms, st(ss, PLAN_T_SKIPPED), UNFINISHED(set) },
+			  NULL, err, errlen);
+	if (rc == 0)
+		rc = db_q(c, "DELETE FROM grants WHERE deployment_id = $1 AND NOT done", 1,
+			  (const char *[]){ deployment }, NULL, err, errlen);
+	if (rc == 0)
+		rc = orch_timeline(c, deployment, "failed", detail, err, errlen);
+	resource(res, sizeof res, deployment);
+	if (rc == 0)
+		rc = orch_audit(o, c, o->self_id, "deploy.failed", res,
+				SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "reason", detail, NULL, NULL, err,
+				errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, deployment, err, errlen);
+	return rc;
+}
+
 int store_pins_unsynced(struct db_conn *c, PGresult **out, char *err, size_t errlen)
 {
 	return db_q(c,
