@@ -6,7 +6,8 @@
 # instead. A rollback without new approvals may only go back to a digest
 # that ran successfully in that environment before; anything else is
 # refused and never runs. A rollback to a known-good release still works,
-# also during a freeze.
+# also during a freeze, and so does an automatic rollback (approvals
+# required, a freeze begun after the deployment started).
 . "$(dirname "$0")/lib.sh"
 
 app=rbk
@@ -15,8 +16,8 @@ slipway policy get >"$T/policy-before.json" 2>/dev/null || echo '{}' >"$T/policy
 restore() { slipway policy apply "$T/policy-before.json" >/dev/null 2>&1; }
 trap restore EXIT
 
-bundles $app --versions "1.0.0 2.0.0 3.0.0 9.9.9"
-for v in 1.0.0 2.0.0 3.0.0; do push $app $v "$T/bundles/$app-$v.tar.gz" --branch main; done
+bundles $app --versions "1.0.0 2.0.0 3.0.0 5.0.0 9.9.9"
+for v in 1.0.0 2.0.0 3.0.0 5.0.0; do push $app $v "$T/bundles/$app-$v.tar.gz" --branch main; done
 push $app 9.9.9 "$T/bundles/$app-9.9.9.tar.gz" --branch feature/yolo
 agents $app prod eu/rb1 eu/rb2
 
@@ -74,11 +75,21 @@ id=$(as_user mallory slipway -o json rollback $app prod --to 1.0.0 --reason "bac
 wait_state "$id" SUCCEEDED 60
 ok "rollback --to 1.0.0 (ran successfully before) proceeds without approvals"
 
-# ... also during a freeze (which denies deploy).
+# Automatic rollback is part of a deployment already allowed: it works with
+# approvals required and during a freeze that began after it started. 5.0.0
+# passes its health check, then fails it 3 s after it started.
+c=$(deploy $app prod 5.0.0 --strategy canary --canary 1 --bake 60s)
+wait_state "$c" PENDING_APPROVAL 10
+as_user bob slipway approve "$c" --comment "ok" >/dev/null || fail "bob approves 5.0.0"
+wait_state "$c" RUNNING 30
 now=$(date -u +%s)
 from=$(date -u -d "@$((now - 3600))" +%Y-%m-%dT%H:%M)
 to=$(date -u -d "@$((now + 3600))" +%Y-%m-%dT%H:%M)
 write_policy ", \"freeze\": { \"dates\": [ { \"start\": \"$from\", \"end\": \"$to\" } ] }"
+wait_state "$c" ROLLED_BACK 90
+ok "automatic rollback (approvals required, freeze begun meanwhile) returns to the known-good release"
+
+# ... and a manual rollback to known-good works during the freeze (which denies deploy).
 expect_denied "mallory deploys 2.0.0 during the freeze" as_user mallory slipway deploy $app prod 2.0.0
 grep -qi "freeze" "$T/err" || fail "the deploy during the freeze should name it: $(cat "$T/err")"
 id=$(as_user mallory slipway -o json rollback $app prod --to 2.0.0 --reason "freeze, back to 2.0.0" | js 'j.id') \
