@@ -592,6 +592,42 @@ int orch_rollback_check(const Slipway__V1__RollbackRequest *req, char *err, size
 	return 0;
 }
 
+/* 0 when rel's digest is in app/env's known-good history; otherwise the
+ * refusal is audited (as rollback.request, DENIED, on deployment/id) and
+ * SW_EPRECOND returned with what to do instead. */
+static int ran_good(struct orch *o, const char *app, const char *env, const struct release *rel,
+		    const char *id, const char *requester, char *err, size_t errlen)
+{
+	struct db_conn *c = NULL;
+	char why[700], rel_s[300], res[200], ignored[256];
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = store_ran_good(c, app, env, rel->digest, err, errlen);
+	if (rc == 0) {
+		snprintf(why, sizeof why,
+			 "rollback not allowed: %s@%s (%s) never ran successfully in %s/%s, so it is"
+			 " not a known-good release there; deploy it with `slipway deploy` (policy and"
+			 " approvals apply)",
+			 app, rel->version, rel->digest, app, env);
+		snprintf(rel_s, sizeof rel_s, "%s@%s (%s)", app, rel->version, rel->digest);
+		snprintf(res, sizeof res, "deployment/%s", id);
+		/* Best effort, like a denied deploy: the refusal stands unrecorded. */
+		if (db_q(c, "BEGIN", 0, NULL, NULL, ignored, sizeof ignored) == 0) {
+			if (store_audit_refusal(c, o, requester, "rollback.request", res, rel_s, why,
+						ignored, sizeof ignored) == 0)
+				db_q(c, "COMMIT", 0, NULL, NULL, ignored, sizeof ignored);
+			else
+				db_q(c, "ROLLBACK", 0, NULL, NULL, ignored, sizeof ignored);
+		}
+		rc = sw_errf(err, errlen, SW_EPRECOND, "%s", why);
+	} else if (rc == 1) {
+		rc = 0;
+	}
+	db_release(o->db, c);
+	return rc;
+}
+
 int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1__RollbackRequest *req,
 			  char *id_out, char *err, size_t errlen)
 {
@@ -628,11 +664,20 @@ int orch_rollback_request(struct orch *o, struct rpc_ctx *ctx, const Slipway__V1
 	if (rc != 0)
 		return rc;
 	orch_new_id(id, "d");
+	/* Without new approvals, and during a freeze, a rollback may only
+	 * return to a digest that ran successfully here before (the known-good
+	 * history); anything else is a deployment, gated by policy. */
+	if ((rc = ran_good(o, req->app, req->environment, &rel, id, rpc_peer(ctx), err, errlen)) != 0) {
+		release_free(&rel);
+		return rc;
+	}
 	char reason[1100];
 	snprintf(reason, sizeof reason, "manual rollback%s%s", req->reason[0] ? ": " : "",
 		 req->reason);
 	/* A rollback skips analysis: every target at once, abort on failure,
-	 * ahead of the queue; the `rollback` permission is its gate. */
+	 * ahead of the queue; the `rollback` permission and the known-good
+	 * history are its gates (no approvals, no freeze, not asked again at
+	 * its start). */
 	struct orch_new_deployment t = {
 		.o = o, .id = id, .app = req->app, .env = req->environment,
 		.requester = rpc_peer(ctx), .idem = req->idempotency_key, .hash = hash,
@@ -679,6 +724,68 @@ static int action_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	return store_action(c, t->o, t->id, t->action, t->reason, t->actor, err, errlen);
 }
 
+struct refused_tx {
+	struct orch *o;
+	const char *id, *actor, *why;
+};
+
+static int refused_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct refused_tx *t = arg;
+	return store_refused(c, t->o, t->id, "resume", t->actor, t->why, err, errlen);
+}
+
+/* A paused deployment goes on only if the policy still allows it (a freeze
+ * may have begun, an approval expired or been withdrawn, the requester's
+ * binding removed since it started): EvaluateDeployment again, here on the
+ * caller's thread (no transaction is open). Rollbacks are not asked. 0 to
+ * go on; SW_EPRECOND (recorded: timeline "resume refused", audit DENIED;
+ * the deployment stays paused) or SW_EUNAVAIL otherwise. */
+static int resume_allowed(struct orch *o, struct rpc_ctx *ctx, const char *id, char *err,
+			  size_t errlen)
+{
+	struct db_conn *c = NULL;
+	PGresult *r = NULL;
+	int rc = db_acquire(o->db, &c, 5000, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = store_eval_facts(c, id, &r, err, errlen);
+	db_release(o->db, c);
+	if (rc != 0)
+		return rc;
+	if (db_bool(r, 0, 10) || (int)db_int64(r, 0, 11) != OS_PAUSED) {
+		PQclear(r); /* a rollback; or not paused: store_action says so */
+		return 0;
+	}
+	uint8_t pbuf[4096];
+	int plen = db_bytea(r, 0, 9, pbuf, sizeof pbuf);
+	Slipway__V1__Provenance *prov =
+		plen > 0 ? slipway__v1__provenance__unpack(NULL, (size_t)plen, pbuf) : NULL;
+	char reason[1024] = "", e[512];
+	int v = orch_evaluate(o, ctx, id, db_text(r, 0, 1), db_text(r, 0, 2), db_text(r, 0, 3),
+			      db_text(r, 0, 4), db_text(r, 0, 5), prov, db_bool(r, 0, 6),
+			      db_text(r, 0, 7), db_int64(r, 0, 8), reason, sizeof reason, e, sizeof e);
+	if (prov)
+		slipway__v1__provenance__free_unpacked(prov, NULL);
+	PQclear(r);
+	if (v < 0)
+		return sw_errf(err, errlen, SW_EUNAVAIL, "cannot ask the policy service before resuming: %s",
+			       e);
+	if (v == SLIPWAY__V1__VERDICT__VERDICT_ALLOWED)
+		return 0;
+	char why[1200];
+	snprintf(why, sizeof why, "by %s: the policy no longer allows deployment %s to go on (%s): %s",
+		 rpc_peer(ctx), id,
+		 v == SLIPWAY__V1__VERDICT__VERDICT_DENIED ? "denied" : "approvals missing", reason);
+	struct refused_tx t = { o, id, rpc_peer(ctx), why };
+	if (db_tx(o->db, NULL, refused_tx, &t, e, sizeof e) != 0)
+		log_warn("refused resume not recorded", "deployment=%s error=%s", id, e);
+	return sw_errf(err, errlen, SW_EPRECOND,
+		       "resume refused: the policy no longer allows deployment %s to go on: %s; it stays"
+		       " paused (cancel it, or resume it when the policy allows)",
+		       id, reason);
+}
+
 int orch_action(struct orch *o, struct rpc_ctx *ctx, const char *id, const char *action,
 		const char *reason, char *err, size_t errlen)
 {
@@ -689,6 +796,8 @@ int orch_action(struct orch *o, struct rpc_ctx *ctx, const char *id, const char 
 	if (rc != 0)
 		return rc;
 	if ((rc = orch_authorize(o, ctx, action, app, env, err, errlen)) != 0)
+		return rc;
+	if (strcmp(action, "resume") == 0 && (rc = resume_allowed(o, ctx, id, err, errlen)) != 0)
 		return rc;
 	struct action_tx t = { o, id, action, reason, rpc_peer(ctx) };
 	rc = db_tx(o->db, NULL, action_tx, &t, err, errlen);

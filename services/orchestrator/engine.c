@@ -7,7 +7,8 @@
  *   at once when a notification kicks it): admission (queued deployments
  *   start in priority order, FIFO within a priority, one active per app x
  *   environment, within the global cap, serialized across replicas by an
- *   advisory lock), then each active deployment this replica owns (or whose
+ *   advisory lock; one without a fresh "may start" from the policy service
+ *   is marked to be asked instead, and waits), then each active deployment this replica owns (or whose
  *   owner stopped renewing its lease) is stepped: in one short transaction
  *   the store loads its snapshot (locking its row, SKIP LOCKED, and renewing
  *   the lease), the planner decides (plan.c, pure), and the store applies
@@ -19,7 +20,11 @@
  *   in `grants`, claimed, granted, then recorded; a crash between the call
  *   and the record repeats the call with the same request id, which the
  *   secrets service answers with the grant it made), approvals of deployments waiting
- *   for them (the policy service), and the pins of each environment's
+ *   for them and the policy's answer again for each queued deployment
+ *   admission would start now (the policy service: admission starts it only
+ *   on an answer given after it asked, so a freeze that began, an approval
+ *   that expired or a binding removed while it waited stops it), and the
+ *   pins of each environment's
  *   releases (the artifact service). A dead peer slows only its own work:
  *   after one failed call the rest of that kind waits for the next round.
  *
@@ -77,10 +82,15 @@ static void nap(struct orch *o, pthread_cond_t *cv, int *flag, int64_t ms)
 
 /* ---- the engine thread: admission and steps ---- */
 
+struct admit_tx {
+	struct orch *o;
+	int asked;
+};
+
 static int admit_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 {
-	struct orch *o = arg;
-	return store_admit(c, o, clock_wall_ms(), err, errlen);
+	struct admit_tx *a = arg;
+	return store_admit(c, a->o, clock_wall_ms(), &a->asked, err, errlen);
 }
 
 struct step_tx {
@@ -161,8 +171,11 @@ static void *engine_main(void *arg)
 	struct orch *o = arg;
 	char err[512];
 	while (!atomic_load(&o->stopping)) {
-		if (db_tx(o->db, NULL, admit_tx, o, err, sizeof err) != 0)
+		struct admit_tx a = { o, 0 };
+		if (db_tx(o->db, NULL, admit_tx, &a, err, sizeof err) != 0)
 			log_warn("admission failed", "error=%s", err);
+		else if (a.asked > 0)
+			side_kick(o); /* policy is asked before they start */
 		step_all(o);
 		nap(o, &o->cv, &o->kicked, o->c.tick_ms);
 	}
@@ -170,6 +183,24 @@ static void *engine_main(void *arg)
 }
 
 /* ---- the side thread: remote calls ---- */
+
+/* The policy service's verdict on row i of a store_pending_approvals-shaped
+ * result (reason filled), or a negative code. */
+static int evaluate_row(struct orch *o, const PGresult *r, int i, char *reason, size_t rlen,
+			char *err, size_t errlen)
+{
+	uint8_t pbuf[4096];
+	int plen = db_bytea(r, i, 9, pbuf, sizeof pbuf);
+	Slipway__V1__Provenance *prov =
+		plen > 0 ? slipway__v1__provenance__unpack(NULL, (size_t)plen, pbuf) : NULL;
+	int v = orch_evaluate(o, NULL, db_text(r, i, 0), db_text(r, i, 1), db_text(r, i, 2),
+			      db_text(r, i, 3), db_text(r, i, 4), db_text(r, i, 5), prov,
+			      db_bool(r, i, 6), db_text(r, i, 7), db_int64(r, i, 8), reason, rlen, err,
+			      errlen);
+	if (prov)
+		slipway__v1__provenance__free_unpacked(prov, NULL);
+	return v;
+}
 
 struct approval_tx {
 	struct orch *o;
@@ -199,17 +230,8 @@ static void evaluate_pending(struct orch *o)
 		return;
 	for (int i = 0; i < PQntuples(r) && !atomic_load(&o->stopping); i++) {
 		const char *id = db_text(r, i, 0);
-		uint8_t pbuf[4096];
-		int plen = db_bytea(r, i, 9, pbuf, sizeof pbuf);
-		Slipway__V1__Provenance *prov =
-			plen > 0 ? slipway__v1__provenance__unpack(NULL, (size_t)plen, pbuf) : NULL;
 		char reason[1024] = "";
-		int v = orch_evaluate(o, NULL, id, db_text(r, i, 1), db_text(r, i, 2), db_text(r, i, 3),
-				      db_text(r, i, 4), db_text(r, i, 5), prov, db_bool(r, i, 6),
-				      db_text(r, i, 7), db_int64(r, i, 8), reason, sizeof reason, err,
-				      sizeof err);
-		if (prov)
-			slipway__v1__provenance__free_unpacked(prov, NULL);
+		int v = evaluate_row(o, r, i, reason, sizeof reason, err, sizeof err);
 		struct approval_tx t = { o, id, reason, v };
 		if (db_tx(o->db, NULL, approval_tx, &t, err, sizeof err) != 0)
 			log_warn("approval not recorded; will retry", "deployment=%s error=%s", id, err);
@@ -217,6 +239,57 @@ static void evaluate_pending(struct orch *o)
 			break; /* the policy service is unavailable: the rest waits too */
 	}
 	PQclear(r);
+}
+
+struct start_tx {
+	struct orch *o;
+	const char *id, *reason;
+	int64_t check_ms;
+	int verdict;
+};
+
+static int start_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
+{
+	struct start_tx *t = arg;
+	return store_start_verdict(c, t->o, t->id, t->check_ms, t->verdict, t->reason,
+				   clock_wall_ms(), err, errlen);
+}
+
+/* Queued deployments that admission would start now are evaluated again:
+ * the policy may have changed since they were queued (a freeze began, an
+ * approval expired or was withdrawn, a binding was removed). The policy
+ * service down: they wait (fail closed). */
+static void evaluate_starts(struct orch *o)
+{
+	struct db_conn *c = NULL;
+	PGresult *r = NULL;
+	char err[512];
+	int decided = 0;
+	if (db_acquire(o->db, &c, 2000, err, sizeof err) != 0)
+		return;
+	int rc = store_start_checks(c, clock_wall_ms(), 20, &r, err, sizeof err);
+	db_release(o->db, c);
+	if (rc != 0)
+		return;
+	for (int i = 0; i < PQntuples(r) && !atomic_load(&o->stopping); i++) {
+		const char *id = db_text(r, i, 0);
+		char reason[1024] = "";
+		int v = evaluate_row(o, r, i, reason, sizeof reason, err, sizeof err);
+		if (v < 0)
+			log_warn("cannot ask the policy before a start; will retry", "deployment=%s error=%s",
+				 id, err);
+		struct start_tx t = { o, id, reason, db_int64(r, i, 10), v };
+		if (db_tx(o->db, NULL, start_tx, &t, err, sizeof err) != 0)
+			log_warn("start verdict not recorded; will retry", "deployment=%s error=%s", id,
+				 err);
+		else if (v >= 0)
+			decided++;
+		if (v < 0)
+			break; /* the policy service is unavailable: the rest waits too */
+	}
+	PQclear(r);
+	if (decided > 0)
+		orch_engine_kick(o);
 }
 
 /* The secrets in a deployment's scope, listed once per round. */
@@ -274,9 +347,10 @@ static int refs_load(struct orch *o, struct refs *f, const char *app, const char
 }
 
 struct grant_rec {
+	struct orch *o;
 	const char *deployment, *agent, *why;
 	int64_t requested_ms, expires_ms, next_try_ms;
-	int ok;
+	int ok, refused;
 };
 
 static int grant_rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
@@ -285,6 +359,9 @@ static int grant_rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	if (g->ok)
 		return store_grant_done(c, g->deployment, g->agent, g->requested_ms, g->expires_ms, err,
 					errlen);
+	if (g->refused)
+		return store_grant_refused(c, g->o, g->deployment, g->agent, g->next_try_ms, g->why,
+					   err, errlen);
 	return store_grant_failed(c, g->deployment, g->agent, g->next_try_ms, g->why, err, errlen);
 }
 
@@ -309,7 +386,7 @@ static int make_grants(struct orch *o)
 		int64_t now = clock_wall_ms();
 		uint8_t key[32];
 		char gerr[256] = "";
-		struct grant_rec g = { dep, agent, gerr, db_int64(r, i, 5), 0, 0, 0 };
+		struct grant_rec g = { o, dep, agent, gerr, db_int64(r, i, 5), 0, 0, 0, 0 };
 		int attempts = (int)db_int64(r, i, 6);
 		int kl = db_bytea(r, i, 4, key, sizeof key);
 		if (down) {
@@ -337,11 +414,17 @@ static int make_grants(struct orch *o)
 			req.request_id = rid;
 			ProtobufCMessage *m = NULL;
 			struct rpc_call_opts co = { .timeout_ms = SIDE_CALL_MS };
-			if (rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "CreateGrant",
-				     &req.base, &m, &co, gerr, sizeof gerr) == 0) {
+			int grc = rpc_call(o->secrets, &slipway__v1__secrets__descriptor, "CreateGrant",
+					   &req.base, &m, &co, gerr, sizeof gerr);
+			if (grc == 0) {
 				g.ok = 1;
 				g.expires_ms = ((Slipway__V1__CreateGrantResponse *)m)->expires_unix_ms;
 				made++;
+			} else if (grc == SW_EPERM || grc == SW_EPRECOND) {
+				/* An answer, not an outage: the grant is refused (the
+				 * orchestrator may no longer grant these secrets here, or
+				 * a version was disabled). The deployment stops. */
+				g.refused = 1;
 			} else {
 				down = 1;
 			}
@@ -356,13 +439,18 @@ static int make_grants(struct orch *o)
 			for (int k = 1; k < attempts && wait < 15000; k++)
 				wait *= 2;
 			g.next_try_ms = now + (wait > 15000 ? 15000 : wait);
-			if (!down || i == 0)
+			if (g.refused)
+				log_warn("secrets grant refused; the deployment stops (a rollback retries)",
+					 "deployment=%s agent=%s error=%s", dep, agent, gerr);
+			else if (!down || i == 0)
 				log_warn("secrets grant failed; will retry", "deployment=%s agent=%s error=%s",
 					 dep, agent, gerr);
 		}
 		if (db_tx(o->db, NULL, grant_rec_tx, &g, err, sizeof err) != 0)
 			log_warn("grant not recorded; will be asked again", "deployment=%s agent=%s error=%s",
 				 dep, agent, err);
+		else if (g.refused)
+			orch_engine_kick(o); /* it may have ended: the queue moves */
 	}
 	refs_free(&refs);
 	PQclear(r);
@@ -423,6 +511,7 @@ static void *side_main(void *arg)
 	while (!atomic_load(&o->stopping)) {
 		int64_t ms = clock_wall_ms();
 		make_grants(o);
+		evaluate_starts(o); /* a deployment about to start waits on it: every round */
 		if (ms - last_enroll >= 1000) {
 			orch_enrollments_follow(o);
 			last_enroll = ms;

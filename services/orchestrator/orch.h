@@ -270,8 +270,32 @@ int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult 
 /* Records the policy verdict (< 0: could not ask; try again in a second). */
 int store_approval_verdict(struct db_conn *c, struct orch *o, const char *id, int verdict,
 			   const char *reason, int64_t now, char *err, size_t errlen);
-/* Starts queued deployments within the caps (takes the admission lock). */
-int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_t errlen);
+/* Starts queued deployments within the caps (takes the admission lock).
+ * One that would start but has no fresh "may start" answer of the policy
+ * service is marked to be asked instead (*asked counts them; the side
+ * thread asks: store_start_checks, store_start_verdict). Rollbacks are not
+ * asked (they only return to releases that succeeded there). */
+int store_admit(struct db_conn *c, struct orch *o, int64_t now, int *asked, char *err,
+		size_t errlen);
+/* Queued deployments admission wants policy asked about before they start:
+ * the columns of store_pending_approvals, then start_check_ms (10). */
+int store_start_checks(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
+		       size_t errlen);
+/* Records the answer to the question asked at check_ms: ALLOWED lets
+ * admission start it; DENIED ends it FAILED (targets skipped, timeline
+ * "denied", audit deploy.denied); NEEDS_APPROVAL sends it back to
+ * PENDING_APPROVAL (audit deploy.unapproved); < 0: ask again in a second. */
+int store_start_verdict(struct db_conn *c, struct orch *o, const char *id, int64_t check_ms,
+			int verdict, const char *reason, int64_t now, char *err, size_t errlen);
+/* What EvaluateDeployment is asked about deployment id (the columns of
+ * store_pending_approvals, then is_rollback (10) and state (11));
+ * SW_ENOTFOUND when there is none. *out: free with PQclear. */
+int store_eval_facts(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen);
+/* A request about deployment id that the policy refused ("resume"): a
+ * timeline line "<action> refused" and an audit event deploy.<action>,
+ * DENIED, with the reason; the deployment is unchanged. */
+int store_refused(struct db_conn *c, struct orch *o, const char *id, const char *action,
+		  const char *actor, const char *why, char *err, size_t errlen);
 /* The ids of active deployments this replica owns or may take over. */
 int store_steppable(struct db_conn *c, const char *replica, int64_t now, PGresult **out, char *err,
 		    size_t errlen);
@@ -294,6 +318,15 @@ int store_grant_done(struct db_conn *c, const char *deployment, const char *agen
 		     int64_t requested_ms, int64_t expires_ms, char *err, size_t errlen);
 int store_grant_failed(struct db_conn *c, const char *deployment, const char *agent,
 		       int64_t next_try_ms, const char *why, char *err, size_t errlen);
+/* The secrets service refused a grant (PERMISSION_DENIED: the policy no
+ * longer lets the orchestrator grant these secrets here; FAILED_PRECONDITION:
+ * a version disabled or destroyed). A running or paused deployment ends
+ * FAILED with that reason (unfinished targets skipped, pending grants
+ * dropped, timeline, audit deploy.failed); a rollback keeps asking, as
+ * store_grant_failed. Takes the deployment's row lock. */
+int store_grant_refused(struct db_conn *c, struct orch *o, const char *deployment,
+			const char *agent, int64_t next_try_ms, const char *why, char *err,
+			size_t errlen);
 int store_pins_unsynced(struct db_conn *c, PGresult **out, char *err, size_t errlen);
 int store_pins_synced(struct db_conn *c, const char *app, const char *env, const char *current,
 		      const char *good, char *err, size_t errlen);
@@ -320,6 +353,16 @@ int store_idempotent(struct db_conn *c, const char *requester, const char *key, 
 /* The environment's last known-good digest ("" when none). */
 int store_known_good(struct db_conn *c, const char *app, const char *env, char *digest,
 		     size_t dlen, char *err, size_t errlen);
+/* The known-good history: 1 when `digest` ran successfully in app/env
+ * (a deployment of it succeeded, a rollback to it finished, or it is the
+ * environment's known-good release), 0 when not, or a negative code. */
+int store_ran_good(struct db_conn *c, const char *app, const char *env, const char *digest,
+		   char *err, size_t errlen);
+/* An audit event (outcome DENIED) for a request refused before anything
+ * was recorded (resource: what it was about). */
+int store_audit_refusal(struct db_conn *c, struct orch *o, const char *actor, const char *action,
+			const char *resource_, const char *release, const char *why, char *err,
+			size_t errlen);
 /* Records t (the queue bound checked inside the transaction; an
  * idempotency key that won a race fills t->existing instead). */
 int store_create(struct db_conn *c, struct orch_new_deployment *t, char *err, size_t errlen);

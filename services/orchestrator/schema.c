@@ -4,7 +4,8 @@
  * Intent and progress live here, so any replica can resume any deployment:
  * deployments (with their lease), per-target rows (the task state of each
  * target, its fencing generation and attempts), the timeline, agents, and
- * the known-good release of each environment. A partial unique index makes
+ * the known-good release of each environment (and, over the deployments
+ * that succeeded, its known-good history). A partial unique index makes
  * "one active deployment per app x environment" a database fact.
  */
 #include "orch.h"
@@ -104,6 +105,16 @@ const struct db_migration orch_migrations[] = {
 	  "UPDATE deployments SET stepped_ms = greatest(started_ms, 0);"
 	  /* An idempotency key is bound to the request it was first sent with. */
 	  "ALTER TABLE deployments ADD COLUMN request_hash text NOT NULL DEFAULT ''" },
+	/* Policy is asked again when a queued deployment would start: when
+	 * admission asked (start_check_ms) and when the policy last allowed
+	 * it (start_ok_ms); admission starts it only on an answer given after
+	 * it asked. The known-good history (digests that succeeded in an
+	 * environment, what a rollback may return to without approvals) is a
+	 * query over deployments: this index serves it. */
+	{ 3, "gates",
+	  "ALTER TABLE deployments ADD COLUMN start_check_ms bigint NOT NULL DEFAULT 0;"
+	  "ALTER TABLE deployments ADD COLUMN start_ok_ms bigint NOT NULL DEFAULT 0;"
+	  "CREATE INDEX deployments_digest ON deployments (app, environment, digest)" },
 };
 
 const size_t orch_nmigrations = sizeof orch_migrations / sizeof orch_migrations[0];

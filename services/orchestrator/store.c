@@ -74,27 +74,60 @@ int orch_timeline(struct db_conn *c, const char *id, const char *event, const ch
 
 /* ---- approvals ---- */
 
+/* What EvaluateDeployment is asked about a deployment (orch.h: ORCH_EVAL_*). */
+#define EVAL_COLS                                                                              \
+	"id, app, environment, version, digest, requester, break_glass, break_glass_reason,"  \
+	" created_ms, provenance"
+
 int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
 			    size_t errlen)
 {
 	char ms[24], lim[16], s[8];
 	snprintf(lim, sizeof lim, "%d", limit);
 	return db_q(c,
-		    "SELECT id, app, environment, version, digest, requester, break_glass,"
-		    " break_glass_reason, created_ms, provenance FROM deployments"
+		    "SELECT " EVAL_COLS " FROM deployments"
 		    " WHERE state = $1 AND next_eval_ms <= $2 ORDER BY queue_seq LIMIT $3",
 		    3, (const char *[]){ st(s, PLAN_D_PENDING_APPROVAL), db_i64(ms, now), lim }, out, err,
 		    errlen);
 }
 
+/* Ends a deployment still in state `from` (waiting for approval, or queued
+ * and asked again before its start) as FAILED: the policy denies it. Its
+ * targets are skipped; the timeline and the audit log say why. */
+static int deny(struct db_conn *c, struct orch *o, const char *id, int from, const char *reason,
+		const char *detail, int64_t now, char *err, size_t errlen)
+{
+	char ms[24], s0[8], s1[8], t1[8], res[200];
+	PGresult *u = NULL;
+	resource(res, sizeof res, id);
+	int rc = db_q(c,
+		      "UPDATE deployments SET state = $2, reason = $3, finished_ms = $4"
+		      " WHERE id = $1 AND state = $5 RETURNING id",
+		      5, (const char *[]){ id, st(s1, PLAN_D_FAILED), reason, db_i64(ms, now), st(s0, from) },
+		      &u, err, errlen);
+	if (rc == 0 && PQntuples(u) == 1) {
+		rc = db_q(c, "UPDATE targets SET state = $2, message = 'denied' WHERE deployment_id = $1",
+			  2, (const char *[]){ id, st(t1, PLAN_T_SKIPPED) }, NULL, err, errlen);
+		if (rc == 0)
+			rc = orch_timeline(c, id, "denied", detail, err, errlen);
+		if (rc == 0)
+			rc = orch_audit(o, c, o->self_id, "deploy.denied", res,
+					SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "policy", detail, NULL, NULL,
+					err, errlen);
+		if (rc == 0)
+			rc = orch_notify_deployment(c, id, err, errlen);
+	}
+	PQclear(u);
+	return rc;
+}
+
 int store_approval_verdict(struct db_conn *c, struct orch *o, const char *id, int verdict,
 			   const char *reason, int64_t now, char *err, size_t errlen)
 {
-	char next[24], ms[24], s0[8], s1[8], t1[8], res[200];
+	char next[24], s0[8], s1[8], res[200];
 	PGresult *u = NULL;
 	int rc;
 	db_i64(next, now + 1000);
-	db_i64(ms, now);
 	st(s0, PLAN_D_PENDING_APPROVAL);
 	resource(res, sizeof res, id);
 	if (verdict < 0)
@@ -117,34 +150,27 @@ int store_approval_verdict(struct db_conn *c, struct orch *o, const char *id, in
 		PQclear(u);
 		return rc;
 	}
-	if (verdict == SLIPWAY__V1__VERDICT__VERDICT_DENIED) {
-		rc = db_q(c,
-			  "UPDATE deployments SET state = $2, reason = $3, finished_ms = $4"
-			  " WHERE id = $1 AND state = $5 RETURNING id",
-			  5, (const char *[]){ id, st(s1, PLAN_D_FAILED), reason, ms, s0 }, &u, err, errlen);
-		if (rc == 0 && PQntuples(u) == 1) {
-			rc = db_q(c, "UPDATE targets SET state = $2, message = 'denied' WHERE deployment_id = $1",
-				  2, (const char *[]){ id, st(t1, PLAN_T_SKIPPED) }, NULL, err, errlen);
-			if (rc == 0)
-				rc = orch_timeline(c, id, "denied", reason, err, errlen);
-			if (rc == 0)
-				rc = orch_audit(o, c, o->self_id, "deploy.denied", res,
-						SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "policy", reason, NULL,
-						NULL, err, errlen);
-		}
-		PQclear(u);
-		return rc;
-	}
+	if (verdict == SLIPWAY__V1__VERDICT__VERDICT_DENIED)
+		return deny(c, o, id, PLAN_D_PENDING_APPROVAL, reason, reason, now, err, errlen);
 	return db_q(c, "UPDATE deployments SET reason = $2, next_eval_ms = $3 WHERE id = $1 AND state = $4",
 		    4, (const char *[]){ id, reason, next, s0 }, NULL, err, errlen);
 }
 
 /* ---- admission ---- */
 
-int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_t errlen)
+/* How long a "may start" answer of the policy service stays good for
+ * admission: it is asked when the deployment would start, and admission
+ * follows within a round; an answer older than this (the deployment was
+ * overtaken by a hotfix, or the global cap filled meanwhile) is asked
+ * again. */
+#define START_OK_MS 5000
+
+int store_admit(struct db_conn *c, struct orch *o, int64_t now, int *asked, char *err,
+		size_t errlen)
 {
 	PGresult *r = NULL;
 	char ms[24], lease[24], act[48], sq[8], sr[8];
+	*asked = 0;
 	int rc = db_q(c, "SELECT pg_advisory_xact_lock(hashtext('slipway.orchestrator.admission'))",
 		      0, NULL, NULL, err, errlen);
 	if (rc != 0)
@@ -159,7 +185,8 @@ int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_
 	if (running >= o->c.max_running)
 		return 0;
 	if ((rc = db_q(c,
-		       "SELECT d.id, d.app, d.environment FROM deployments d WHERE d.state = $1"
+		       "SELECT d.id, d.app, d.environment, d.is_rollback, d.start_check_ms,"
+		       " d.start_ok_ms FROM deployments d WHERE d.state = $1"
 		       " AND NOT EXISTS (SELECT 1 FROM deployments a WHERE a.app = d.app"
 		       " AND a.environment = d.environment AND a.state = ANY($2::smallint[]))"
 		       " ORDER BY d.priority DESC, d.queue_seq LIMIT 200",
@@ -178,6 +205,26 @@ int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_
 				seen = 1;
 		if (seen)
 			continue;
+		/* Policy is asked again before a deployment starts (a freeze
+		 * may have begun, an approval expired, a binding been removed
+		 * since it was queued): the side thread asks, this waits for an
+		 * answer given after the question. A rollback (only ever to a
+		 * release that succeeded here) is not asked. */
+		int64_t check = db_int64(r, i, 4), okm = db_int64(r, i, 5);
+		if (!db_bool(r, i, 3) && !(check > 0 && okm >= check && now - okm <= START_OK_MS)) {
+			if (check == 0 || okm >= check) { /* not asked, or the answer is stale */
+				char cm[24];
+				rc = db_q(c,
+					  "UPDATE deployments SET start_check_ms = $2, next_eval_ms = 0"
+					  " WHERE id = $1 AND state = $3",
+					  3, (const char *[]){ id, db_i64(cm, now > okm ? now : okm + 1), sq },
+					  NULL, err, errlen);
+				if (rc != 0)
+					break;
+				(*asked)++;
+			}
+			continue;
+		}
 		rc = db_q(c,
 			  "UPDATE deployments SET state = $5, started_ms = $2, current_batch = 0,"
 			  " lease_owner = $3, lease_expires_ms = $4, lease_gen = lease_gen + 1,"
@@ -196,6 +243,90 @@ int store_admit(struct db_conn *c, struct orch *o, int64_t now, char *err, size_
 		running++;
 	}
 	PQclear(r);
+	return rc;
+}
+
+int store_start_checks(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
+		       size_t errlen)
+{
+	char ms[24], lim[16], s[8];
+	snprintf(lim, sizeof lim, "%d", limit);
+	return db_q(c,
+		    "SELECT " EVAL_COLS ", start_check_ms FROM deployments WHERE state = $1"
+		    " AND start_check_ms > start_ok_ms AND next_eval_ms <= $2"
+		    " ORDER BY priority DESC, queue_seq LIMIT $3",
+		    3, (const char *[]){ st(s, PLAN_D_QUEUED), db_i64(ms, now), lim }, out, err, errlen);
+}
+
+int store_start_verdict(struct db_conn *c, struct orch *o, const char *id, int64_t check_ms,
+			int verdict, const char *reason, int64_t now, char *err, size_t errlen)
+{
+	char ms[24], next[24], chk[24], sq[8], sp[8], detail[1200], res[200];
+	PGresult *u = NULL;
+	int rc;
+	db_i64(ms, now);
+	db_i64(next, now + 1000);
+	db_i64(chk, check_ms);
+	st(sq, PLAN_D_QUEUED);
+	if (verdict < 0) /* the policy service could not say: ask again in a second */
+		return db_q(c, "UPDATE deployments SET next_eval_ms = $2 WHERE id = $1 AND state = $3",
+			    3, (const char *[]){ id, next, sq }, NULL, err, errlen);
+	if (verdict == SLIPWAY__V1__VERDICT__VERDICT_ALLOWED)
+		return db_q(c,
+			    "UPDATE deployments SET start_ok_ms = greatest($2::bigint, start_check_ms)"
+			    " WHERE id = $1 AND state = $3 AND start_check_ms = $4",
+			    4, (const char *[]){ id, ms, sq, chk }, NULL, err, errlen);
+	if (verdict == SLIPWAY__V1__VERDICT__VERDICT_DENIED) {
+		snprintf(detail, sizeof detail, "policy no longer allows it to start: %.1000s", reason);
+		return deny(c, o, id, PLAN_D_QUEUED, detail, detail, now, err, errlen);
+	}
+	/* NEEDS_APPROVAL: an approval expired or was withdrawn, or the policy
+	 * changed; it waits for approval again (re-evaluated every second). */
+	snprintf(detail, sizeof detail, "approvals no longer satisfy the policy: %.1000s", reason);
+	rc = db_q(c,
+		  "UPDATE deployments SET state = $2, reason = $3, next_eval_ms = $4,"
+		  " start_check_ms = 0, start_ok_ms = 0 WHERE id = $1 AND state = $5 RETURNING id",
+		  5, (const char *[]){ id, st(sp, PLAN_D_PENDING_APPROVAL), reason, next, sq }, &u, err,
+		  errlen);
+	if (rc == 0 && PQntuples(u) == 1) {
+		resource(res, sizeof res, id);
+		rc = orch_timeline(c, id, "waiting for approval", detail, err, errlen);
+		if (rc == 0)
+			rc = orch_audit(o, c, o->self_id, "deploy.unapproved", res,
+					SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "policy", detail, NULL, NULL,
+					err, errlen);
+		if (rc == 0)
+			rc = orch_notify_deployment(c, id, err, errlen);
+	}
+	PQclear(u);
+	return rc;
+}
+
+int store_eval_facts(struct db_conn *c, const char *id, PGresult **out, char *err, size_t errlen)
+{
+	int rc = db_q(c, "SELECT " EVAL_COLS ", is_rollback, state FROM deployments WHERE id = $1", 1,
+		      (const char *[]){ id }, out, err, errlen);
+	if (rc == 0 && PQntuples(*out) != 1) {
+		PQclear(*out);
+		*out = NULL;
+		return sw_errf(err, errlen, SW_ENOTFOUND, "no deployment %s", id);
+	}
+	return rc;
+}
+
+int store_refused(struct db_conn *c, struct orch *o, const char *id, const char *action,
+		  const char *actor, const char *why, char *err, size_t errlen)
+{
+	char event[64], act[64], res[200];
+	snprintf(event, sizeof event, "%s refused", action);
+	snprintf(act, sizeof act, "deploy.%s", action);
+	resource(res, sizeof res, id);
+	int rc = orch_timeline(c, id, event, why, err, errlen);
+	if (rc == 0)
+		rc = orch_audit(o, c, actor, act, res, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "reason",
+				why, NULL, NULL, err, errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, id, err, errlen);
 	return rc;
 }
 
@@ -772,6 +903,52 @@ int store_grant_failed(struct db_conn *c, const char *deployment, const char *ag
 
 /* ---- pins ---- */
 
+int store_grant_refused(struct db_conn *c, struct orch *o, const char *deployment,
+			const char *agent, int64_t next_try_ms, const char *why, char *err,
+			size_t errlen)
+{
+	PGresult *r = NULL;
+	char ms[24], sf[8], ss[8], set[48], detail[1000], res[200];
+	int64_t now = clock_wall_ms();
+	int rc = db_q(c, "SELECT state FROM deployments WHERE id = $1 FOR UPDATE", 1,
+		      (const char *[]){ deployment }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	int state = PQntuples(r) == 1 ? (int)db_int64(r, 0, 0) : 0;
+	PQclear(r);
+	if (state != PLAN_D_RUNNING && state != PLAN_D_PAUSED) {
+		/* A rollback is not abandoned: it keeps asking (back-off). */
+		return store_grant_failed(c, deployment, agent, next_try_ms, why, err, errlen);
+	}
+	snprintf(detail, sizeof detail, "the secrets service refused the grant for %.200s: %.600s",
+		 agent, why);
+	db_i64(ms, now);
+	rc = db_q(c,
+		  "UPDATE deployments SET state = $2, reason = $3, finished_ms = $4, lease_owner = ''"
+		  " WHERE id = $1",
+		  4, (const char *[]){ deployment, st(sf, PLAN_D_FAILED), detail, ms }, NULL, err, errlen);
+	/* As on cancel: work not started is skipped, running tasks superseded. */
+	if (rc == 0)
+		rc = db_q(c,
+			  "UPDATE targets SET state = $3, message = 'secrets grant refused', updated_ms = $2"
+			  " WHERE deployment_id = $1 AND state = ANY($4::smallint[])",
+			  4, (const char *[]){ deployment, ms, st(ss, PLAN_T_SKIPPED), UNFINISHED(set) },
+			  NULL, err, errlen);
+	if (rc == 0)
+		rc = db_q(c, "DELETE FROM grants WHERE deployment_id = $1 AND NOT done", 1,
+			  (const char *[]){ deployment }, NULL, err, errlen);
+	if (rc == 0)
+		rc = orch_timeline(c, deployment, "failed", detail, err, errlen);
+	resource(res, sizeof res, deployment);
+	if (rc == 0)
+		rc = orch_audit(o, c, o->self_id, "deploy.failed", res,
+				SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "reason", detail, NULL, NULL, err,
+				errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, deployment, err, errlen);
+	return rc;
+}
+
 int store_pins_unsynced(struct db_conn *c, PGresult **out, char *err, size_t errlen)
 {
 	return db_q(c,
@@ -1252,6 +1429,36 @@ int store_known_good(struct db_conn *c, const char *app, const char *env, char *
 	snprintf(digest, dlen, "%s", PQntuples(r) == 1 ? db_text(r, 0, 0) : "");
 	PQclear(r);
 	return 0;
+}
+
+int store_ran_good(struct db_conn *c, const char *app, const char *env, const char *digest,
+		   char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	char ss[8], sr[8];
+	/* A deployment of it that succeeded, a rollback to it that finished,
+	 * or the environment's known-good release. */
+	int rc = db_q(c,
+		      "SELECT EXISTS (SELECT 1 FROM deployments WHERE app = $1 AND environment = $2"
+		      " AND ((digest = $3 AND state = $4) OR (rollback_digest = $3 AND state = $5)))"
+		      " OR EXISTS (SELECT 1 FROM environments WHERE app = $1 AND environment = $2"
+		      " AND last_good_digest = $3)",
+		      5, (const char *[]){ app, env, digest, st(ss, PLAN_D_SUCCEEDED),
+					   st(sr, PLAN_D_ROLLED_BACK) },
+		      &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	rc = db_bool(r, 0, 0) ? 1 : 0;
+	PQclear(r);
+	return rc;
+}
+
+int store_audit_refusal(struct db_conn *c, struct orch *o, const char *actor, const char *action,
+			const char *resource_, const char *release, const char *why, char *err,
+			size_t errlen)
+{
+	return orch_audit(o, c, actor, action, resource_, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED,
+			  "reason", why, "release", release, err, errlen);
 }
 
 /* Records a new deployment, its targets, timeline and audit event. */

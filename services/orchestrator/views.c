@@ -282,7 +282,9 @@ int orch_status(struct orch *o, struct rpc_ctx *ctx, const char *app, const char
 				 "queued: %lld deployments are running, the global cap is %s",
 				 (long long)running, cap);
 		} else {
-			snprintf(why, sizeof why, "queued: starting");
+			snprintf(why, sizeof why, "%s",
+				 d->is_rollback ? "queued: starting"
+						: "queued: starting once the policy allows it again");
 		}
 		if (d->state == OS_QUEUED && first_queued == NULL)
 			first_queued = d->id;
