@@ -116,6 +116,20 @@ static int resolve_release(struct orch *o, struct rpc_ctx *ctx, const char *app,
 			return sw_errf(err, errlen, SW_ENOTFOUND, "digest %s is not a release of %s", digest,
 				       app);
 	}
+	/* An app whose releases must be signed never deploys one whose
+	 * provenance statement did not verify at push (pushed unsigned before
+	 * the requirement, or signed over the digest alone). The agent checks
+	 * again with its own keys. */
+	if (out->pb->signature_required &&
+	    (out->pb->provenance == NULL || !out->pb->provenance->verified)) {
+		rc = sw_errf(err, errlen, SW_EPRECOND,
+			     "release %s@%s is unsigned (no verified provenance statement) and app "
+			     "%s requires signatures",
+			     app, out->pb->version, app);
+		slipway__v1__release__free_unpacked(out->pb, NULL);
+		out->pb = NULL;
+		return rc;
+	}
 	snprintf(out->version, sizeof out->version, "%s", out->pb->version);
 	snprintf(out->digest, sizeof out->digest, "%s", out->pb->digest);
 	return 0;
