@@ -271,6 +271,7 @@ struct eval_args {
 	const char *caller;
 	const char *builder, *ref;    /* authenticated: see builders_of; ref "" unless signed */
 	const char *claimed_ref;      /* what an unsigned release claims (reasons only) */
+	int verified;                 /* the provenance statement verified at push */
 	int64_t now;
 	/* out */
 	int verdict;
@@ -395,23 +396,24 @@ static void decide(struct eval_args *e, const char *digest, const char *requeste
 		reason(e, "no approval policy applies to %s", res);
 		return;
 	}
-	/* 2. Where the release came from. */
-	if (a->refs.n > 0 && !pol_list_glob(&a->refs, e->ref)) {
+	/* 2. Where the release came from: only a signed ref counts, so an
+	 * unsigned release fails allowed_refs whatever the patterns. */
+	if (a->refs.n > 0 && (!e->verified || !pol_list_glob(&a->refs, e->ref))) {
 		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
 		char allowed[300] = "";
 		for (size_t i = 0, o = 0; i < a->refs.n && o < sizeof allowed; i++)
 			o += (size_t)snprintf(allowed + o, sizeof allowed - o, "%s%s", i ? ", " : "",
 					      a->refs.v[i]);
-		if (e->ref[0] == '\0' && e->claimed_ref[0] != '\0')
+		if (!e->verified)
 			reason(e, "approval policy %s allows releases built from %s only; this "
 				  "release is unsigned: its ref '%s' is only claimed by the pusher "
 				  "(no signed provenance statement)",
-			       a->name, allowed, e->claimed_ref);
+			       a->name, allowed, e->claimed_ref[0] ? e->claimed_ref : "-");
 		else
 			reason(e, "approval policy %s allows releases built from %s only; this one "
 				  "is from '%s'",
 			       a->name, allowed,
-			       e->ref[0] ? e->ref : "(no signed ref: the release is unsigned)");
+			       e->ref[0] ? e->ref : "(no ref in its signed provenance)");
 		return;
 	}
 	/* 3. Freeze windows. */
@@ -745,6 +747,7 @@ int pol_evaluate_deployment(struct pol_service *s, const char *caller,
 	e->builder = builder;
 	e->ref = ref;
 	e->claimed_ref = claimed_ref;
+	e->verified = pv != NULL && pv->verified;
 	e->now = clock_wall_ms();
 	int rc = db_tx(s->db, NULL, eval_tx, e, err, errlen);
 	if (rc != 0)
