@@ -99,7 +99,17 @@ static int resolve_release(struct orch *o, struct rpc_ctx *ctx, const char *app,
 				       ? sw_errf(err, errlen, SW_ENOTFOUND, "no release with digest %s", digest)
 				       : rc;
 		Slipway__V1__GetProvenanceResponse *p = (void *)m;
+		/* Of the app's releases with this digest, one whose provenance
+		 * verified if there is one. */
+		size_t pick = p->n_releases;
 		for (size_t i = 0; i < p->n_releases; i++)
+			if (strcmp(p->releases[i]->app, app) == 0 &&
+			    (pick == p->n_releases ||
+			     (p->releases[i]->provenance && p->releases[i]->provenance->verified &&
+			      !(p->releases[pick]->provenance &&
+				p->releases[pick]->provenance->verified))))
+				pick = i;
+		for (size_t i = pick; i < p->n_releases; i++)
 			if (strcmp(p->releases[i]->app, app) == 0) {
 				/* Keep that release: unpack a copy of it. */
 				size_t len = slipway__v1__release__get_packed_size(p->releases[i]);
