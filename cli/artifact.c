@@ -14,7 +14,9 @@
  *
  * push hashes the file first and announces its digest and size, so the
  * service streams it to S3 as it arrives and a signature (--sign) can be
- * made over the digest before anything is sent. pull writes FILE.part,
+ * made before anything is sent: over the provenance statement
+ * (lib/provenance.h) that binds app, version, digest and what the flags
+ * say about the build. pull writes FILE.part,
  * re-hashes everything it has (a resumed prefix included), and renames it
  * to FILE only when the bytes match the digest; on a mismatch it deletes
  * the partial file and fails loudly. Both draw a progress bar with rate and
@@ -24,6 +26,7 @@
 #include "cli.h"
 #include "digest.h"
 #include "err.h"
+#include "provenance.h"
 
 #include "slipway/v1/artifact.pb-c.h"
 
@@ -157,6 +160,13 @@ static json_t *provenance_json(const Slipway__V1__Provenance *p)
 	json_object_set_new(j, "build_time_unix_ms", json_integer(p->build_time_unix_ms));
 	json_object_set_new(j, "signing_key", json_string(p->signing_key));
 	json_object_set_new(j, "signed", json_boolean(p->signature.len > 0));
+	/* What the artifact service authenticated; the fields above are only
+	 * claims unless verified. */
+	json_object_set_new(j, "verified", json_boolean(p->verified));
+	json_object_set_new(j, "signer", json_string(p->signer));
+	json_object_set_new(j, "pusher", json_string(p->pusher));
+	json_object_set_new(j, "statement", json_stringn((const char *)p->statement.data,
+							 p->statement.len));
 	return j;
 }
 
@@ -171,6 +181,7 @@ static json_t *release_json(const Slipway__V1__Release *r)
 	json_object_set_new(j, "pushed_by", json_string(r->pushed_by));
 	json_object_set_new(j, "created_unix_ms", json_integer(r->created_unix_ms));
 	json_object_set_new(j, "signature_verified", json_boolean(r->signature_verified));
+	json_object_set_new(j, "signature_required", json_boolean(r->signature_required));
 	json_object_set_new(j, "provenance", provenance_json(r->provenance));
 	return j;
 }
@@ -195,9 +206,14 @@ static void print_release(const Slipway__V1__Release *r)
 	printf("signature   %s\n", r->signature_verified
 				       ? (p && p->signing_key[0] ? p->signing_key : "verified")
 				       : "none");
-	if (r->signature_verified)
-		printf("            verified by the artifact service with trusted key %s\n",
-		       p ? p->signing_key : "?");
+	if (r->signature_verified && p != NULL)
+		printf("            the provenance statement verified with trusted key %s%s%s\n",
+		       p->signing_key, p->signer[0] ? ", owned by " : "", p->signer);
+	else
+		printf("            unsigned: repository, commit, ref and builder are the pusher's "
+		       "claims%s\n",
+		       r->signature_required ? "; this app requires signatures: it will not deploy"
+					     : "");
 }
 
 /* ---- keys ---- */
@@ -351,8 +367,9 @@ static int cmd_keygen(struct cli *c, int argc, char **argv)
 					 "public_key_file", pubpath, "public_key", pk64));
 	} else {
 		printf("wrote %s (secret, 0600) and %s\n", path, pubpath);
-		printf("trust it on the artifact service with this --trusted-keys line "
-		       "(replace * with an app to narrow it):\n  key * %s %s\n",
+		printf("trust it on the artifact service (and agents) with this --trusted-keys line "
+		       "(replace * with an app to narrow it, and append the SPIFFE ID of whoever "
+		       "holds the key, so that they cannot approve what it signs):\n  key * %s %s\n",
 		       name, pk64);
 	}
 	rc = CLI_OK;
@@ -437,9 +454,38 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 		rc = cli_fail("%s: %s", file, strerror(errno));
 		goto out;
 	}
-	if (key.sk != NULL)
-		crypto_sign_detached(sig, NULL, (const unsigned char *)digest, strlen(digest),
-				     key.sk);
+	/* The statement the key signs: what the flags say about this build,
+	 * bound to app, version and digest (lib/provenance.h). */
+	struct prov_statement stmt;
+	char stext[PROV_STATEMENT_MAX];
+	size_t slen = 0;
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	int64_t build_ms = (int64_t)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
+	if (key.sk != NULL) {
+		memset(&stmt, 0, sizeof stmt);
+		if (strlen(app) >= sizeof stmt.app || strlen(version) >= sizeof stmt.version ||
+		    strlen(repo) >= sizeof stmt.repository || strlen(commit) >= sizeof stmt.commit ||
+		    strlen(ref) >= sizeof stmt.ref || strlen(builder) >= sizeof stmt.builder ||
+		    strlen(build_id) >= sizeof stmt.build_id) {
+			rc = cli_fail("--sign: a provenance field is too long to sign");
+			goto out;
+		}
+		snprintf(stmt.app, sizeof stmt.app, "%s", app);
+		snprintf(stmt.version, sizeof stmt.version, "%s", version);
+		snprintf(stmt.digest, sizeof stmt.digest, "%s", digest);
+		snprintf(stmt.repository, sizeof stmt.repository, "%s", repo);
+		snprintf(stmt.commit, sizeof stmt.commit, "%s", commit);
+		snprintf(stmt.ref, sizeof stmt.ref, "%s", ref);
+		snprintf(stmt.builder, sizeof stmt.builder, "%s", builder);
+		snprintf(stmt.build_id, sizeof stmt.build_id, "%s", build_id);
+		stmt.build_time_ms = build_ms;
+		if (prov_encode(&stmt, stext, sizeof stext, &slen, err, sizeof err) != 0) {
+			rc = cli_fail("--sign: %s", err);
+			goto out;
+		}
+		crypto_sign_detached(sig, NULL, (const unsigned char *)stext, slen, key.sk);
+	}
 
 	if (transfer_connect(c, addr, &cl) != 0)
 		goto out;
@@ -456,13 +502,13 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 	pv.ref = ref;
 	pv.build_id = (char *)build_id;
 	pv.builder = (char *)builder;
-	struct timespec rt;
-	clock_gettime(CLOCK_REALTIME, &rt);
-	pv.build_time_unix_ms = (int64_t)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
+	pv.build_time_unix_ms = build_ms;
 	if (key.sk != NULL) {
 		pv.signature.data = sig;
 		pv.signature.len = sizeof sig;
 		pv.signing_key = key.name;
+		pv.statement.data = (uint8_t *)stext;
+		pv.statement.len = slen;
 	}
 	Slipway__V1__PushHeader h = SLIPWAY__V1__PUSH_HEADER__INIT;
 	h.app = (char *)app;

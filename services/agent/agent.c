@@ -125,6 +125,9 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 		goto out;
 	}
 
+	if ((rc = agent_provenance_init(a, err, errlen)) != 0)
+		goto out;
+
 	if ((rc = tls_read_pem(cfg->ca, &ca, err, errlen)) != 0 ||
 	    (rc = tls_read_pem(cfg->cert, &cert, err, errlen)) != 0 ||
 	    (rc = tls_read_pem(cfg->key, &key, err, errlen)) != 0)
@@ -171,6 +174,7 @@ void agent_free(struct agent *a)
 		rpc_client_free(a->orch[i]);
 	rpc_client_free(a->secrets);
 	rpc_client_free(a->artifact);
+	agent_provenance_free(a);
 	if (a->keys.seal_sk != NULL) {
 		sodium_memzero(a->keys.seal_sk, SEALED_X25519_BYTES);
 		sodium_free(a->keys.seal_sk);

@@ -416,6 +416,7 @@ struct agent_config {
 	long long shutdown_grace_ms;
 	long long task_timeout_ms;    /* when a task carries no deadline */
 	long long pull_retry_ms;      /* give up a pull after this long without progress */
+	const char *trusted_builder_keys; /* "" = releases' provenance is not checked */
 };
 
 enum agent_pstate {
@@ -486,6 +487,7 @@ struct agent {
 	int sup_started;
 
 	struct agent_control *control; /* control.c state, NULL when unused */
+	struct prov_keys *builder_keys; /* --trusted-builder-keys, NULL when none */
 };
 
 /*
@@ -623,5 +625,24 @@ int agent_control_start(struct agent *a, char *err, size_t errlen);
  * the task did not stop in time (the threads still run: the caller must
  * exit without freeing the agent). Main thread. */
 int agent_control_stop(struct agent *a);
+
+/* ---------------------------------------------------------- provenance.c */
+
+struct prov_keys;
+
+/* Loads --trusted-builder-keys into a->builder_keys (none when unset).
+ * Returns 0 or SW_EINVAL with why. Main thread, from agent_new. */
+int agent_provenance_init(struct agent *a, char *err, size_t errlen);
+void agent_provenance_free(struct agent *a);
+/*
+ * Before a task runs its release: when the app requires signatures (the
+ * trusted builder keys say so), fetches the release's provenance statement
+ * and signature from the artifact service and verifies them with the
+ * agent's own keys (lib/provenance.h). Returns 0 (verified, or nothing to
+ * check), SW_EPERM with the reason in msg, or a transport error. deadline_ms
+ * is on the monotonic clock. Task thread.
+ */
+int agent_verify_provenance(struct agent *a, const struct agent_task *t, int64_t deadline_ms,
+			    char *msg, size_t len);
 
 #endif

@@ -257,7 +257,8 @@ static int run_task(struct run *r, char *msg, size_t len)
 	char sd[AGENT_PATH_MAX] = "", err[256], detail[AGENT_MSG_MAX];
 	int rc, port = 0;
 
-	if ((rc = check_task(r, msg, len)) != 0)
+	if ((rc = check_task(r, msg, len)) != 0 ||
+	    (rc = agent_verify_provenance(a, t, r->deadline, msg, len)) != 0)
 		return rc;
 	if (agent_now_ms() >= r->deadline)
 		return sw_errf(msg, len, SW_ETIMEDOUT, "the task's deadline passed before it started");

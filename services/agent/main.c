@@ -28,7 +28,7 @@ int main(int argc, char **argv)
 	struct agent_config c;
 	char *orch = NULL, *artifact = NULL, *secrets = NULL, *ca = NULL, *cert = NULL,
 	     *key = NULL, *root = NULL, *labels = NULL, *sign_key = NULL, *seal_key = NULL,
-	     *hostname = NULL, *shm = NULL, *log_level = NULL;
+	     *hostname = NULL, *shm = NULL, *log_level = NULL, *builder_keys = NULL;
 	struct agent *a = NULL;
 	char err[512];
 	int rc, code = 2;
@@ -89,6 +89,10 @@ int main(int argc, char **argv)
 		  "deadline of a task that carries none", &c.task_timeout_ms },
 		{ "pull-retry", CFG_MS, "30s", 1000, 3600000, 0,
 		  "how long a bundle download is retried without progress", &c.pull_retry_ms },
+		{ "trusted-builder-keys", CFG_PATH, NULL, 0, 0, 0,
+		  "trusted builder keys (the artifact service's --trusted-keys format): releases "
+		  "of apps it requires signatures of run only with a provenance statement that "
+		  "verifies here", &builder_keys },
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 
@@ -143,6 +147,7 @@ int main(int argc, char **argv)
 	c.seal_key = seal_key ? seal_key : "";
 	c.hostname = hostname ? hostname : "";
 	c.shm_dir = shm;
+	c.trusted_builder_keys = builder_keys ? builder_keys : "";
 
 	/* ---- logging */
 	log_init("agent", lvl);

@@ -89,29 +89,35 @@ int art_token_app(const char *tok, char out[ART_APP_MAX + 1]);
 
 /*
  * Loads the trusted-keys file (path may be NULL or "": no keys, nothing
- * required). Lines: "key APP|* NAME BASE64-ED25519-PUBLIC-KEY" and
- * "require APP|*"; '#' starts a comment. Returns 0 and *out (free with
- * art_keys_free), or SW_EINVAL with "file:line: why".
+ * required). Lines: "key APP|* NAME BASE64-ED25519-PUBLIC-KEY [OWNER]" and
+ * "require APP|*"; '#' starts a comment (lib/provenance.h). Returns 0 and
+ * *out (free with art_keys_free), or SW_EINVAL with "file:line: why".
  */
 int art_keys_load(const char *path, struct art_keys **out, char *err, size_t errlen);
 /* Parses the same format from memory (tests). */
 int art_keys_parse(const char *text, const char *name, struct art_keys **out, char *err,
 		   size_t errlen);
 void art_keys_free(struct art_keys *k);
-/* 1 when pushes of app must carry a valid signature. */
+/* 1 when releases of app must carry a valid signed provenance statement. */
 int art_keys_required(const struct art_keys *k, const char *app);
 /* Number of keys loaded. */
 size_t art_keys_count(const struct art_keys *k);
 /*
- * Verifies sig (64 bytes) over the ASCII digest string with the trusted key
- * `key_name` for app (a per-app key or a global one); an empty key_name tries
- * every key trusted for app. used (may be NULL, >= 64 bytes) receives the
- * name of the key that verified. Returns 0 when valid, SW_EPERM with why
- * otherwise.
+ * Verifies sig (64 bytes) over the NUL-terminated msg with the trusted key
+ * `key_name` for app (a per-app key or a global one); an empty key_name
+ * tries every key trusted for app. used (may be NULL, >= 65 bytes)
+ * receives the name of the key that verified. Returns 0 when valid,
+ * SW_EPERM with why otherwise.
  */
-int art_keys_verify(const struct art_keys *k, const char *app, const char *digest,
+int art_keys_verify(const struct art_keys *k, const char *app, const char *msg,
 		    const uint8_t *sig, size_t siglen, const char *key_name, char *used,
 		    size_t usedlen, char *why, size_t whylen);
+/* The same over msglen bytes; owner (may be NULL) also receives the
+ * identity the key is bound to ("" when none). */
+int art_keys_verify_owner(const struct art_keys *k, const char *app, const uint8_t *msg,
+			  size_t msglen, const uint8_t *sig, size_t siglen, const char *key_name,
+			  char *used, size_t usedlen, char *owner, size_t ownerlen, char *why,
+			  size_t whylen);
 
 /* ---- store.c: the schema and the queries ---- */
 
@@ -142,7 +148,9 @@ int art_release_from_row(struct rpc_ctx *ctx, const PGresult *res, int row,
 	"r.app, r.version, r.digest, r.size_bytes, r.media_type, r.repository, r.commit_id, " \
 	"r.ref, r.build_id, r.builder, r.build_time_ms, r.signature, r.signing_key, "        \
 	"r.pushed_by, (extract(epoch from r.created_at) * 1000)::bigint, "                   \
-	"r.signature_verified"
+	"(r.signature_verified AND r.statement IS NOT NULL), r.statement, r.signer"
+/* Columns in ART_RELEASE_COLS: a query's own columns come after them. */
+#define ART_RELEASE_NCOLS 18
 
 /* The live release app@version (0, SW_ENOTFOUND, or a database error). */
 int art_release_get(struct art *a, struct rpc_ctx *ctx, const char *app, const char *version,

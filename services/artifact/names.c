@@ -6,6 +6,7 @@
 #include "art.h"
 #include "cfg.h"
 #include "err.h"
+#include "provenance.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -93,6 +94,17 @@ int art_provenance_ok(const Slipway__V1__Provenance *p, char *why, size_t whylen
 	if (kn > 0 && p->signature.len == 0)
 		return sw_errf(why, whylen, SW_EINVAL,
 			       "provenance.signing_key is set but there is no signature");
+	if (p->statement.len > PROV_STATEMENT_MAX)
+		return sw_errf(why, whylen, SW_EINVAL, "provenance.statement: at most %d bytes",
+			       PROV_STATEMENT_MAX);
+	if (p->statement.len > 0 && p->signature.len == 0)
+		return sw_errf(why, whylen, SW_EINVAL,
+			       "provenance.statement is set but there is no signature");
+	/* What the service authenticates is never taken from the request. */
+	if (p->verified || p->signer[0] != '\0' || p->pusher[0] != '\0')
+		return sw_errf(why, whylen, SW_EINVAL,
+			       "provenance.verified, signer and pusher are set by the artifact "
+			       "service, not by the pusher");
 	return 0;
 }
 

@@ -28,6 +28,7 @@
 #include "err.h"
 #include "log.h"
 #include "clock.h"
+#include "provenance.h"
 
 #include <sodium.h>
 
@@ -90,10 +91,13 @@ struct push {
 	int uploaded;                /* bytes may have reached S3 */
 	char claim_state[12];
 	char claim_md5[33];
-	/* signature */
+	/* signature: when sig_verified, st holds the verified statement and
+	 * signer the identity its key is bound to */
 	int sig_checked;
 	int sig_verified;
 	char sig_key[65];
+	char signer[PROV_OWNER_MAX + 1];
+	struct prov_statement st;
 	/* result */
 	int deduplicated;
 	int release_existed;
@@ -324,30 +328,81 @@ static void audit_failure(struct push *p, const char *action, Slipway__V1__Outco
 
 /* ---- signature ---- */
 
-/* Checks the signature over digest when the app requires one or the push
- * carries one. A failure is audited and answered PERMISSION_DENIED. */
+static int deny(struct push *p, const char *action, const char *digest, const char *why)
+{
+	log_warn("push refused: signature", "app=%s version=%s digest=%s peer=%s reason=%s",
+		 p->h->app, p->h->version, digest, p->actor, why);
+	audit_failure(p, action, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, digest, why);
+	return sw_errf(p->err, p->errlen, SW_EPERM, "signature refused for %s@%s: %s", p->h->app,
+		       p->h->version, why);
+}
+
+/* A free-text header field must be empty or say what the statement says. */
+static int conflict(const char *field, const char *claimed, const char *signed_value, char *why,
+		    size_t whylen)
+{
+	if (claimed[0] == '\0' || strcmp(claimed, signed_value) == 0)
+		return 0;
+	snprintf(why, whylen, "provenance.%s '%.80s' contradicts the signed statement's '%.80s'",
+		 field, claimed, signed_value);
+	return 1;
+}
+
+/*
+ * Checks the signed provenance statement when the app requires one or the
+ * push carries a signature: it must be canonical, be about this app,
+ * version and digest, verify with a key trusted for the app, and the
+ * header's free-text fields may not contradict it. A failure is audited
+ * and answered PERMISSION_DENIED (INVALID_ARGUMENT for a contradiction).
+ * On success p->st is what the release records as its provenance.
+ */
 static int check_signature(struct push *p, const char *digest)
 {
 	const Slipway__V1__Provenance *pv = p->h->provenance;
 	int has = pv != NULL && pv->signature.len > 0;
 	int required = art_keys_required(p->a->keys, p->h->app);
-	char why[256];
+	char why[512];
 	p->sig_checked = 1;
 	if (!has && !required)
 		return 0;
-	int rc = art_keys_verify(p->a->keys, p->h->app, digest, has ? pv->signature.data : NULL,
-				 has ? pv->signature.len : 0, has ? pv->signing_key : "", p->sig_key,
-				 sizeof p->sig_key, why, sizeof why);
-	if (rc == 0) {
-		p->sig_verified = 1;
-		return 0;
+	if (!has)
+		return deny(p, "artifact.signature.missing", digest,
+			    "the release is unsigned: the app requires a signed provenance statement "
+			    "(slipway artifact push --sign KEY)");
+	if (pv->statement.len == 0)
+		return deny(p, "artifact.signature.invalid", digest,
+			    "the signature must cover a provenance statement (" PROV_VERSION_LINE
+			    "); a signature over the digest alone is not accepted");
+	if (prov_parse(pv->statement.data, pv->statement.len, &p->st, why, sizeof why) != 0)
+		return deny(p, "artifact.signature.invalid", digest, why);
+	if (strcmp(p->st.app, p->h->app) != 0 || strcmp(p->st.version, p->h->version) != 0 ||
+	    strcmp(p->st.digest, digest) != 0) {
+		snprintf(why, sizeof why, "the signed statement is about %s@%s %s", p->st.app,
+			 p->st.version, p->st.digest);
+		return deny(p, "artifact.signature.invalid", digest, why);
 	}
-	log_warn("push refused: signature", "app=%s version=%s digest=%s peer=%s reason=%s",
-		 p->h->app, p->h->version, digest, p->actor, why);
-	audit_failure(p, has ? "artifact.signature.invalid" : "artifact.signature.missing",
-		      SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, digest, why);
-	return sw_errf(p->err, p->errlen, SW_EPERM, "signature required for %s: %s", p->h->app,
-		       why);
+	if (art_keys_verify_owner(p->a->keys, p->h->app, pv->statement.data, pv->statement.len,
+				  pv->signature.data, pv->signature.len, pv->signing_key, p->sig_key,
+				  sizeof p->sig_key, p->signer, sizeof p->signer, why,
+				  sizeof why) != 0)
+		return deny(p, "artifact.signature.invalid", digest, why);
+	char bt[24];
+	snprintf(bt, sizeof bt, "%lld", (long long)pv->build_time_unix_ms);
+	char sbt[24];
+	snprintf(sbt, sizeof sbt, "%lld", (long long)p->st.build_time_ms);
+	if (conflict("repository", pv->repository, p->st.repository, why, sizeof why) ||
+	    conflict("commit", pv->commit, p->st.commit, why, sizeof why) ||
+	    conflict("ref", pv->ref, p->st.ref, why, sizeof why) ||
+	    conflict("builder", pv->builder, p->st.builder, why, sizeof why) ||
+	    conflict("build_id", pv->build_id, p->st.build_id, why, sizeof why) ||
+	    conflict("build_time_unix_ms", pv->build_time_unix_ms ? bt : "", sbt, why,
+		     sizeof why)) {
+		audit_failure(p, "artifact.signature.invalid", SLIPWAY__V1__OUTCOME__OUTCOME_DENIED,
+			      digest, why);
+		return sw_errf(p->err, p->errlen, SW_EINVAL, "%s", why);
+	}
+	p->sig_verified = 1;
+	return 0;
 }
 
 /* ---- the claim (transaction 1) ---- */
@@ -464,29 +519,41 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 			       "blob %s was garbage-collected while it was pushed; push again",
 			       p->digest);
 
+	/* A verified statement is the provenance; otherwise the header's
+	 * fields are kept as what the pusher claimed (signature_verified false,
+	 * no statement: nothing decides on them). */
 	char sighex[2 + 2 * 64 + 1]; /* "\\x" + hex + NUL */
-	const char *sig = NULL;
-	if (pv->signature.len == 64) {
-		sighex[0] = '\\';
-		sighex[1] = 'x';
+	char sthex[2 + 2 * PROV_STATEMENT_MAX + 1];
+	const char *sig = NULL, *stmt = NULL;
+	const char *repo = pv->repository, *commit = pv->commit, *ref = pv->ref,
+		   *build_id = pv->build_id, *builder = pv->builder;
+	int64_t btime = pv->build_time_unix_ms;
+	if (p->sig_verified) {
+		sighex[0] = sthex[0] = '\\';
+		sighex[1] = sthex[1] = 'x';
 		digest_hex(pv->signature.data, 64, sighex + 2);
+		digest_hex(pv->statement.data, pv->statement.len, sthex + 2);
 		sig = sighex;
+		stmt = sthex;
+		repo = p->st.repository;
+		commit = p->st.commit;
+		ref = p->st.ref;
+		build_id = p->st.build_id;
+		builder = p->st.builder;
+		btime = p->st.build_time_ms;
 	}
-	const char *vals[14] = {
-		p->h->app, p->h->version, p->digest, size, p->media_type, pv->repository,
-		pv->commit, pv->ref, pv->build_id, pv->builder,
-		db_i64(bt, pv->build_time_unix_ms), sig, p->sig_verified ? p->sig_key : "",
-		p->sig_verified ? "true" : "false",
+	const char *vals[17] = {
+		p->h->app, p->h->version, p->digest, size, p->media_type, repo, commit, ref,
+		build_id, builder, db_i64(bt, btime), sig, p->sig_verified ? p->sig_key : "",
+		p->sig_verified ? "true" : "false", p->actor, stmt, p->sig_verified ? p->signer : "",
 	};
-	const char *all[15];
-	memcpy(all, vals, sizeof vals);
-	all[14] = p->actor;
 	rc = db_q(c,
 		  "INSERT INTO releases (app, version, digest, size_bytes, media_type, repository,"
 		  " commit_id, ref, build_id, builder, build_time_ms, signature, signing_key,"
-		  " signature_verified, pushed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-		  " $11, $12::bytea, $13, $14, $15) ON CONFLICT (app, version) DO NOTHING RETURNING id",
-		  15, all, &r, err, errlen);
+		  " signature_verified, pushed_by, statement, signer) VALUES ($1, $2, $3, $4, $5, $6,"
+		  " $7, $8, $9, $10, $11, $12::bytea, $13, $14, $15, $16::bytea, $17)"
+		  " ON CONFLICT (app, version) DO NOTHING RETURNING id",
+		  17, vals, &r, err, errlen);
 	if (rc != 0)
 		return rc;
 	n = PQntuples(r);
@@ -554,14 +621,16 @@ static int commit_fn(struct db_conn *c, void *arg, char *err, size_t errlen)
 		outbox_detail(&ev, "digest", p->digest);
 		outbox_detail(&ev, "size_bytes", size);
 		outbox_detail(&ev, "media_type", p->media_type);
-		outbox_detail(&ev, "repository", pv->repository);
-		outbox_detail(&ev, "commit", pv->commit);
-		outbox_detail(&ev, "ref", pv->ref);
-		outbox_detail(&ev, "build_id", pv->build_id);
-		outbox_detail(&ev, "builder", pv->builder);
+		outbox_detail(&ev, "repository", repo);
+		outbox_detail(&ev, "commit", commit);
+		outbox_detail(&ev, "ref", ref);
+		outbox_detail(&ev, "build_id", build_id);
+		outbox_detail(&ev, "builder", builder);
 		outbox_detail(&ev, "signature_verified", p->sig_verified ? "true" : "false");
-		if (p->sig_verified)
+		if (p->sig_verified) {
 			outbox_detail(&ev, "signing_key", p->sig_key);
+			outbox_detail(&ev, "signer", p->signer);
+		}
 		if ((rc = outbox_add(c, ART_SERVICE, &ev, err, errlen)) != 0)
 			return rc;
 	}

@@ -105,6 +105,7 @@ static int h_push(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMe
 		rc = rpc_errorf(ctx, rc, "%s", err);
 	else {
 		resp->release = res.release;
+		res.release->signature_required = art_keys_required(a->keys, h->app);
 		resp->deduplicated = res.deduplicated;
 		resp->release_existed = res.release_existed;
 	}
@@ -247,6 +248,7 @@ static int h_resolve(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 	rc = art_release_get(a, ctx, req->app, req->version, resp, err, sizeof err);
 	if (rc != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
+	resp->signature_required = art_keys_required(a->keys, resp->app);
 	return 0;
 }
 
@@ -268,6 +270,9 @@ static int h_get_provenance(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 		return rpc_errorf(ctx, rc, "%s", err);
 	if (resp->n_releases == 0 && (rc = art_blob_get(a, req->digest, &b, err, sizeof err)) != 0)
 		return rpc_errorf(ctx, rc, "%s", err);
+	for (size_t i = 0; i < resp->n_releases; i++)
+		resp->releases[i]->signature_required =
+			art_keys_required(a->keys, resp->releases[i]->app);
 	resp->digest = rpc_strdup(ctx, req->digest);
 	return resp->digest ? 0 : rpc_errorf(ctx, SW_ENOMEM, "out of memory");
 }

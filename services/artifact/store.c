@@ -19,6 +19,7 @@
 #include "art.h"
 #include "err.h"
 #include "log.h"
+#include "provenance.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,9 +78,21 @@ static const char mig1[] =
 	"CREATE INDEX pins_current ON pins (current_digest);"
 	"CREATE INDEX pins_last_good ON pins (last_good_digest)";
 
+/* Signed provenance statements. A release's signature now covers the
+ * statement, not the digest alone: rows pushed before have no statement
+ * and count as unsigned from here on (ART_RELEASE_COLS reads
+ * signature_verified as "verified and has a statement"); their digest
+ * signature stays recorded. signer is the identity the verifying key is
+ * bound to (--trusted-keys). */
+static const char mig3[] =
+	"ALTER TABLE releases ADD COLUMN statement bytea"
+	" CHECK (statement IS NULL OR length(statement) <= 2048),"
+	" ADD COLUMN signer text NOT NULL DEFAULT ''";
+
 const struct db_migration art_migrations[] = {
 	{ 1, "blobs, releases, pins", mig1 },
 	{ 2, "outbox", OUTBOX_MIGRATION_SQL },
+	{ 3, "signed provenance statements", mig3 },
 };
 const size_t art_nmigrations = sizeof art_migrations / sizeof art_migrations[0];
 
@@ -121,10 +134,21 @@ int art_release_from_row(struct rpc_ctx *ctx, const PGresult *res, int row,
 	r->pushed_by = dup_text(ctx, res, row, 13);
 	r->created_unix_ms = db_int64(res, row, 14);
 	r->signature_verified = db_bool(res, row, 15);
+	if (!db_isnull(res, row, 16)) {
+		uint8_t *st = rpc_alloc(ctx, PROV_STATEMENT_MAX);
+		int n = st ? db_bytea(res, row, 16, st, PROV_STATEMENT_MAX) : -1;
+		if (n > 0) {
+			p->statement.data = st;
+			p->statement.len = (size_t)n;
+		}
+	}
+	p->signer = dup_text(ctx, res, row, 17);
+	p->verified = r->signature_verified;
+	p->pusher = r->pushed_by;
 	r->provenance = p;
 	if (!r->app || !r->version || !r->digest || !r->media_type || !p->repository ||
 	    !p->commit || !p->ref || !p->build_id || !p->builder || !p->signing_key ||
-	    !r->pushed_by)
+	    !r->pushed_by || !p->signer)
 		return SW_ENOMEM;
 	return 0;
 }
@@ -218,7 +242,7 @@ int art_release_get(struct art *a, struct rpc_ctx *ctx, const char *app, const c
 		return rc;
 	if (PQntuples(r) == 0)
 		rc = sw_errf(err, errlen, SW_ENOTFOUND, "no release %s@%s", app, version);
-	else if (db_bool(r, 0, 16))
+	else if (db_bool(r, 0, ART_RELEASE_NCOLS))
 		rc = sw_errf(err, errlen, SW_ENOTFOUND,
 			     "release %s@%s was garbage-collected (push the same bytes to restore it)",
 			     app, version);
@@ -256,7 +280,7 @@ int art_release_list(struct art *a, struct rpc_ctx *ctx, const char *app, int64_
 	}
 	out->n_releases = n;
 	if (rows > limit)
-		*next_id = db_int64(r, (int)limit - 1, 16);
+		*next_id = db_int64(r, (int)limit - 1, ART_RELEASE_NCOLS);
 	PQclear(r);
 	return 0;
 oom:

@@ -99,7 +99,17 @@ static int resolve_release(struct orch *o, struct rpc_ctx *ctx, const char *app,
 				       ? sw_errf(err, errlen, SW_ENOTFOUND, "no release with digest %s", digest)
 				       : rc;
 		Slipway__V1__GetProvenanceResponse *p = (void *)m;
+		/* Of the app's releases with this digest, one whose provenance
+		 * verified if there is one. */
+		size_t pick = p->n_releases;
 		for (size_t i = 0; i < p->n_releases; i++)
+			if (strcmp(p->releases[i]->app, app) == 0 &&
+			    (pick == p->n_releases ||
+			     (p->releases[i]->provenance && p->releases[i]->provenance->verified &&
+			      !(p->releases[pick]->provenance &&
+				p->releases[pick]->provenance->verified))))
+				pick = i;
+		for (size_t i = pick; i < p->n_releases; i++)
 			if (strcmp(p->releases[i]->app, app) == 0) {
 				/* Keep that release: unpack a copy of it. */
 				size_t len = slipway__v1__release__get_packed_size(p->releases[i]);
@@ -115,6 +125,20 @@ static int resolve_release(struct orch *o, struct rpc_ctx *ctx, const char *app,
 		if (out->pb == NULL)
 			return sw_errf(err, errlen, SW_ENOTFOUND, "digest %s is not a release of %s", digest,
 				       app);
+	}
+	/* An app whose releases must be signed never deploys one whose
+	 * provenance statement did not verify at push (pushed unsigned before
+	 * the requirement, or signed over the digest alone). The agent checks
+	 * again with its own keys. */
+	if (out->pb->signature_required &&
+	    (out->pb->provenance == NULL || !out->pb->provenance->verified)) {
+		rc = sw_errf(err, errlen, SW_EPRECOND,
+			     "release %s@%s is unsigned (no verified provenance statement) and app "
+			     "%s requires signatures",
+			     app, out->pb->version, app);
+		slipway__v1__release__free_unpacked(out->pb, NULL);
+		out->pb = NULL;
+		return rc;
 	}
 	snprintf(out->version, sizeof out->version, "%s", out->pb->version);
 	snprintf(out->digest, sizeof out->digest, "%s", out->pb->digest);

@@ -85,18 +85,59 @@ static const struct pol_approval *match_policy(const struct pol_policy *p, const
 	return NULL;
 }
 
-/* The builder identity of a release is free text from the CI system: it
- * names the approver when it equals the SPIFFE ID, or the user name of a
- * .../user/<name> ID. */
-static int is_builder(const char *builder, const char *approver, const char *td)
+/*
+ * The builders of a release: the identities that may not approve its
+ * deployment, as a '\n'-separated list (what approval_requests.builder
+ * holds). Only authenticated facts go in: the pusher (the artifact
+ * service's mTLS peer), and, when the provenance statement verified with
+ * a trusted key, the identity that key is bound to and the builder the
+ * statement names. The builder text of an unsigned release is the
+ * pusher's claim and is left out: it could name someone else to keep
+ * them from approving, or hide who built it.
+ */
+#define BUILDERS_MAX (3 * 260)
+
+static void builders_of(const Slipway__V1__Provenance *pv, char *out, size_t len)
 {
-	if (builder == NULL || builder[0] == '\0')
+	size_t o = 0;
+	out[0] = '\0';
+	if (pv == NULL)
+		return;
+	const char *v[3] = { pv->pusher, pv->verified ? pv->signer : "",
+			     pv->verified ? pv->builder : "" };
+	for (size_t i = 0; i < 3 && o < len; i++)
+		if (v[i][0] != '\0')
+			o += (size_t)snprintf(out + o, len - o, "%s%s", o ? "\n" : "", v[i]);
+}
+
+/* One builder names the approver when it equals the SPIFFE ID, or the
+ * user name of a .../user/<name> ID. */
+static int names_approver(const char *b, size_t n, const char *approver, const char *td)
+{
+	if (n == 0)
 		return 0;
-	if (strcmp(builder, approver) == 0)
+	if (strlen(approver) == n && memcmp(b, approver, n) == 0)
 		return 1;
 	struct spiffe_id id;
 	return spiffe_parse(approver, td, &id, NULL, 0) == 0 && id.kind == SPIFFE_USER &&
-	       strcmp(id.name, builder) == 0;
+	       strlen(id.name) == n && memcmp(id.name, b, n) == 0;
+}
+
+/* 1 when one of the builders (a '\n'-separated list) is the approver. */
+static int is_builder(const char *builders, const char *approver, const char *td)
+{
+	if (builders == NULL)
+		return 0;
+	for (const char *p = builders; *p != '\0';) {
+		const char *e = strchr(p, '\n');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+		if (names_approver(p, n, approver, td))
+			return 1;
+		p += n;
+		if (*p == '\n')
+			p++;
+	}
+	return 0;
 }
 
 /* ---- freeze windows ---- */
@@ -228,7 +269,9 @@ struct eval_args {
 	struct pol_policy *p;
 	const Slipway__V1__DeploymentFacts *f;
 	const char *caller;
-	const char *builder, *ref;
+	const char *builder, *ref;    /* authenticated: see builders_of; ref "" unless signed */
+	const char *claimed_ref;      /* what an unsigned release claims (reasons only) */
+	int verified;                 /* the provenance statement verified at push */
 	int64_t now;
 	/* out */
 	int verdict;
@@ -353,16 +396,24 @@ static void decide(struct eval_args *e, const char *digest, const char *requeste
 		reason(e, "no approval policy applies to %s", res);
 		return;
 	}
-	/* 2. Where the release came from. */
-	if (a->refs.n > 0 && !pol_list_glob(&a->refs, e->ref)) {
+	/* 2. Where the release came from: only a signed ref counts, so an
+	 * unsigned release fails allowed_refs whatever the patterns. */
+	if (a->refs.n > 0 && (!e->verified || !pol_list_glob(&a->refs, e->ref))) {
 		e->verdict = SLIPWAY__V1__VERDICT__VERDICT_DENIED;
 		char allowed[300] = "";
 		for (size_t i = 0, o = 0; i < a->refs.n && o < sizeof allowed; i++)
 			o += (size_t)snprintf(allowed + o, sizeof allowed - o, "%s%s", i ? ", " : "",
 					      a->refs.v[i]);
-		reason(e, "approval policy %s allows releases built from %s only; this one is from "
-			  "'%s'",
-		       a->name, allowed, e->ref[0] ? e->ref : "(no ref in its provenance)");
+		if (!e->verified)
+			reason(e, "approval policy %s allows releases built from %s only; this "
+				  "release is unsigned: its ref '%s' is only claimed by the pusher "
+				  "(no signed provenance statement)",
+			       a->name, allowed, e->claimed_ref[0] ? e->claimed_ref : "-");
+		else
+			reason(e, "approval policy %s allows releases built from %s only; this one "
+				  "is from '%s'",
+			       a->name, allowed,
+			       e->ref[0] ? e->ref : "(no ref in its signed provenance)");
 		return;
 	}
 	/* 3. Freeze windows. */
@@ -666,11 +717,19 @@ int pol_evaluate_deployment(struct pol_service *s, const char *caller,
 		return sw_errf(err, errlen, SW_EINVAL, "requester: %s", why);
 	if (!printable(f->version, 128))
 		return sw_errf(err, errlen, SW_EINVAL, "version: at most 128 printable bytes");
-	const char *builder = f->provenance ? f->provenance->builder : "";
-	const char *ref = f->provenance ? f->provenance->ref : "";
-	if (!printable(builder, 256) || !printable(ref, 256))
+	/* Only what the artifact service authenticated decides (see
+	 * builders_of): the ref of a release whose statement did not verify is
+	 * a claim, and counts as no ref. */
+	const Slipway__V1__Provenance *pv = f->provenance;
+	const char *claimed_ref = pv ? pv->ref : "";
+	const char *ref = pv && pv->verified ? pv->ref : "";
+	if (pv != NULL && (!printable(pv->builder, 256) || !printable(pv->ref, 256) ||
+			   !printable(pv->signer, 256) || !printable(pv->pusher, 256)))
 		return sw_errf(err, errlen, SW_EINVAL,
-			       "provenance builder and ref: at most 256 printable bytes");
+			       "provenance builder, ref, signer and pusher: at most 256 printable "
+			       "bytes");
+	char builder[BUILDERS_MAX];
+	builders_of(pv, builder, sizeof builder);
 	if (!printable(f->break_glass_reason, 1024))
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "break_glass_reason: at most 1024 printable bytes");
@@ -687,6 +746,8 @@ int pol_evaluate_deployment(struct pol_service *s, const char *caller,
 	e->caller = caller;
 	e->builder = builder;
 	e->ref = ref;
+	e->claimed_ref = claimed_ref;
+	e->verified = pv != NULL && pv->verified;
 	e->now = clock_wall_ms();
 	int rc = db_tx(s->db, NULL, eval_tx, e, err, errlen);
 	if (rc != 0)
@@ -746,7 +807,7 @@ static int approve_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_ENOTFOUND, "no approval request for deployment %s",
 			       a->dep);
 	}
-	char app[64], env[64], requester[SPIFFE_ID_MAX + 1], builder[260];
+	char app[64], env[64], requester[SPIFFE_ID_MAX + 1], builder[BUILDERS_MAX];
 	snprintf(app, sizeof app, "%s", db_text(r, 0, 0));
 	snprintf(env, sizeof env, "%s", db_text(r, 0, 1));
 	snprintf(a->used_digest, sizeof a->used_digest, "%s", db_text(r, 0, 2));
@@ -767,8 +828,10 @@ static int approve_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_EPERM,
 			       "%s may not approve deployment %s: self-approval (%s)", a->approver,
 			       a->dep,
-			       strcmp(a->approver, requester) == 0 ? "you requested it"
-								   : "you built the release");
+			       strcmp(a->approver, requester) == 0
+				       ? "you requested it"
+				       : "you built the release: you pushed it, or signed it, or "
+					 "its signed statement names you");
 
 	const struct pol_approval *ap = match_policy(a->p, app, env);
 	a->expires = ap && ap->ttl_ms ? a->now + ap->ttl_ms : 0;

@@ -10,6 +10,7 @@
  * SLIPWAY_PGURL (superuser), S3 through lib/s3 with the stack's keys.
  */
 #include "digest.h"
+#include "provenance.h"
 #include "err.h"
 #include "harness.h"
 #include "pki.h"
@@ -162,7 +163,9 @@ struct push_opts {
 	int64_t size_hint;       /* -1: the real size (default 0 means real too) */
 	int no_hint;
 	size_t chunk;            /* bytes per message; 0 = 256 KiB */
-	const unsigned char *sk; /* sign the announced digest with this key */
+	const unsigned char *sk; /* sign a provenance statement of the announced digest */
+	int digest_only;         /* sign the digest string alone (no longer accepted) */
+	const char *header_ref;  /* the header claims this ref instead of the signed one */
 	const char *key_name;
 	const char *commit;
 	size_t cancel_after;     /* cancel the call after this many bytes (0 = never) */
@@ -193,10 +196,31 @@ static int push(struct rpc_client *c, const char *app, const char *version, cons
 	pv.ref = "refs/heads/main";
 	pv.builder = "it_artifact";
 	uint8_t sig[64];
+	char stext[PROV_STATEMENT_MAX];
 	const char *announced = po->digest ? po->digest : digest;
-	if (po->sk != NULL) {
+	if (po->sk != NULL && po->digest_only) {
 		crypto_sign_detached(sig, NULL, (const unsigned char *)announced, strlen(announced),
 				     po->sk);
+	} else if (po->sk != NULL) {
+		struct prov_statement ps;
+		size_t slen = 0;
+		char why[256];
+		memset(&ps, 0, sizeof ps);
+		snprintf(ps.app, sizeof ps.app, "%s", app);
+		snprintf(ps.version, sizeof ps.version, "%s", version);
+		snprintf(ps.digest, sizeof ps.digest, "%s", announced);
+		snprintf(ps.repository, sizeof ps.repository, "%s", pv.repository);
+		snprintf(ps.commit, sizeof ps.commit, "%s", pv.commit);
+		snprintf(ps.ref, sizeof ps.ref, "%s", pv.ref);
+		snprintf(ps.builder, sizeof ps.builder, "%s", pv.builder);
+		assert_int_equal(prov_encode(&ps, stext, sizeof stext, &slen, why, sizeof why), 0);
+		crypto_sign_detached(sig, NULL, (const unsigned char *)stext, slen, po->sk);
+		pv.statement.data = (uint8_t *)stext;
+		pv.statement.len = slen;
+		if (po->header_ref != NULL)
+			pv.ref = (char *)po->header_ref;
+	}
+	if (po->sk != NULL) {
 		pv.signature.data = sig;
 		pv.signature.len = 64;
 		pv.signing_key = (char *)(po->key_name ? po->key_name : "");
@@ -940,6 +964,18 @@ static void test_signatures(void **state)
 	struct push_opts replay = { .sk = sig_sk, .key_name = "ci-sig", .digest = od };
 	int rc = push(adm2, "sig-app", "1", data, len, &replay, NULL, err, sizeof err);
 	assert_true(rc == SW_EINVAL || rc == SW_EPERM);
+	/* A trusted key's signature over the digest alone proves nothing about
+	 * where the release came from: refused. */
+	struct push_opts bare = { .sk = sig_sk, .key_name = "ci-sig", .digest_only = 1 };
+	assert_int_equal(push(adm2, "sig-app", "1", data, len, &bare, NULL, err, sizeof err),
+			 SW_EPERM);
+	assert_non_null(strstr(err, "statement"));
+	/* A header that contradicts the signed statement. */
+	struct push_opts liar = { .sk = sig_sk, .key_name = "ci-sig",
+				  .header_ref = "refs/heads/feature" };
+	assert_int_equal(push(adm2, "sig-app", "1", data, len, &liar, NULL, err, sizeof err),
+			 SW_EINVAL);
+	assert_non_null(strstr(err, "contradicts"));
 	/* Spooled without an announced digest: checked once the digest is known. */
 	struct push_opts spool = { .no_digest = 1 };
 	assert_int_equal(push(adm2, "sig-app", "1", data, len, &spool, NULL, err, sizeof err),
@@ -956,8 +992,13 @@ static void test_signatures(void **state)
 	struct push_opts good = { .sk = sig_sk, .key_name = "ci-sig" };
 	push_ok(adm2, "sig-app", "1", data, len, &good, &r);
 	assert_true(r->release->signature_verified);
+	assert_true(r->release->signature_required);
+	assert_true(r->release->provenance->verified);
 	assert_string_equal(r->release->provenance->signing_key, "ci-sig");
 	assert_int_equal(r->release->provenance->signature.len, 64);
+	assert_true(r->release->provenance->statement.len > 0);
+	assert_string_equal(r->release->provenance->pusher, r->release->pushed_by);
+	assert_string_equal(r->release->provenance->ref, "refs/heads/main");
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	/* Without naming the key, the trusted keys are tried. */
 	struct push_opts anon = { .sk = sig_sk };

@@ -90,7 +90,9 @@ static const char *new_dep(void)
 
 struct facts {
 	const char *dep, *app, *env, *digest, *requester, *builder, *ref, *reason;
+	const char *pusher;  /* the authenticated pusher ("" = none) */
 	int bg;
+	int unsigned_rel;    /* the provenance statement did not verify: claims only */
 };
 
 /* Evaluates as the orchestrator; returns the code and *out. */
@@ -107,6 +109,10 @@ static int evaluate(struct rpc_client *c, const struct facts *f,
 	req.requester = (char *)(f->requester ? f->requester : ph_id("user/alice"));
 	prov.builder = (char *)(f->builder ? f->builder : "ci-bot");
 	prov.ref = (char *)(f->ref ? f->ref : "refs/heads/main");
+	/* As the orchestrator passes it from the artifact service: a signed,
+	 * verified statement unless the case says otherwise. */
+	prov.verified = !f->unsigned_rel;
+	prov.pusher = (char *)(f->pusher ? f->pusher : "");
 	req.provenance = &prov;
 	req.break_glass = f->bg;
 	req.break_glass_reason = (char *)(f->reason ? f->reason : "");
@@ -337,6 +343,15 @@ static void test_no_self_approval(void **state)
 	assert_int_equal(approve_as(bob, g.dep, NULL, "", 1, NULL, err, sizeof err), SW_EPERM);
 	ok_approve(carol, g.dep);
 	assert_int_equal(verdict(&g, why, sizeof why, NULL), ALLOWED);
+	/* The builder an unsigned release claims is not a fact (carol may
+	 * approve), but its authenticated pusher may not approve. */
+	struct facts u = { .dep = new_dep(), .builder = "carol", .pusher = ph_id("user/bob"),
+			   .unsigned_rel = 1 };
+	assert_int_equal(verdict(&u, why, sizeof why, NULL), NEEDS);
+	assert_int_equal(approve_as(bob, u.dep, NULL, "", 1, NULL, err, sizeof err), SW_EPERM);
+	assert_non_null(strstr(err, "built the release"));
+	ok_approve(carol, u.dep);
+	assert_int_equal(verdict(&u, why, sizeof why, NULL), ALLOWED);
 	/* The refusals are recorded decisions. */
 	PGconn *pg = PQconnectdb(h_env("SLIPWAY_PGURL"));
 	const char *v[1] = { f.dep };
@@ -459,6 +474,10 @@ static void test_allowed_refs(void **state)
 	assert_int_equal(verdict(&h, why, sizeof why, NULL), ALLOWED);
 	struct facts i = { .dep = new_dep(), .ref = "" };
 	assert_int_equal(verdict(&i, why, sizeof why, NULL), DENIED);
+	/* An unsigned release has no ref for the policy, whatever it claims. */
+	struct facts j = { .dep = new_dep(), .ref = "refs/heads/main", .unsigned_rel = 1 };
+	assert_int_equal(verdict(&j, why, sizeof why, NULL), DENIED);
+	assert_non_null(strstr(why, "unsigned"));
 }
 
 /* The local wall clock of zone tz at now + delta_s, via the C library. */

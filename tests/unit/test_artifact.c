@@ -5,6 +5,7 @@
  */
 #include "../../services/artifact/keys.c"
 #include "../../services/artifact/names.c"
+#include <sodium.h>
 
 #include <setjmp.h>
 #include <stdarg.h>
