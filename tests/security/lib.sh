@@ -50,7 +50,7 @@ agents() { # APP ENV REGION/HOST...: starts (enrolled) agents and waits until al
     n=$((n + 1))
   done
   for i in $(seq 1 100); do
-    [ "$(slipway -o json agents ls --app "$app" | js "j.filter(a=>a.health==='online'&&a.environment==='$env').length")" = "$n" ] && return 0
+    [ "$(slipway -o json agents ls --app "$app" | js "j.filter(a=>a.health==='online'&&a.labels.environment==='$env').length")" = "$n" ] && return 0
     sleep 0.1
   done
   fail "the $app agents did not register"
