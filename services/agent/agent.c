@@ -151,7 +151,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 	case AGENT_USER_SELF_UNPRIVILEGED:
 		log_warn("THE AGENT CANNOT SWITCH USER: applications run as the agent's own user "
 			 "and can read its TLS key and seal key; run the agent as root (or with "
-			 "CAP_SETUID and CAP_SETGID) in production",
+			 "CAP_SETUID, CAP_SETGID and CAP_CHOWN) in production",
 			 "uid=%u", (unsigned)a->user.uid);
 		break;
 	}

@@ -305,7 +305,8 @@ struct agent_user {
  * item: AGENT_APP_USER_DEFAULT if that user exists, else "nobody". An agent
  * that is root (or holds CAP_SETUID and CAP_SETGID) switches to that user
  * (mode SWITCH); root itself only when asked by name (mode ROOT), never by
- * default, and never group 0. An agent that cannot switch runs
+ * default, and never group 0. An agent that cannot switch (not root,
+ * without CAP_SETUID, CAP_SETGID and CAP_CHOWN) runs
  * applications as itself (mode SELF_UNPRIVILEGED) unless spec names
  * another user, which is an error (SW_EPRECOND). Returns 0 or SW_EINVAL /
  * SW_EPRECOND / SW_EIO with err. Main thread (getpwnam_r).

@@ -114,10 +114,11 @@ static int mkdir_p(const char *path)
 }
 
 /* Creates path (when missing) as a directory of uid:gid with exactly mode,
- * and makes an existing one so, never through a symlink. The agent's own
- * directories (uid = the agent) must already be the agent's: one owned by
- * someone else is refused rather than taken over. */
-static int own_dir(const char *path, uid_t uid, gid_t gid, mode_t mode, char *err, size_t errlen)
+ * and makes an existing one so, never through a symlink. With agents_own,
+ * an existing directory must already be the agent's: one owned by someone
+ * else is refused rather than taken over. */
+static int own_dir(const char *path, uid_t uid, gid_t gid, mode_t mode, int agents_own, char *err,
+		   size_t errlen)
 {
 	if (mkdir(path, 0700) != 0 && errno != EEXIST)
 		return sw_errf(err, errlen, SW_EIO, "cannot create %s: %s", path, strerror(errno));
@@ -130,7 +131,7 @@ static int own_dir(const char *path, uid_t uid, gid_t gid, mode_t mode, char *er
 		return sw_errf(err, errlen, SW_EIO, "%s: not a directory (%s)", path, strerror(e));
 	}
 	int rc = 0;
-	if (uid == geteuid() && st.st_uid != uid)
+	if (agents_own && st.st_uid != uid)
 		rc = sw_errf(err, errlen, SW_EPERM, "%s is owned by uid %u, not by the agent (uid %u)",
 			     path, (unsigned)st.st_uid, (unsigned)uid);
 	else if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) != 0)
@@ -145,7 +146,7 @@ int agent_store_data_dir(struct agent_store *s, uid_t uid, gid_t gid, char *err,
 {
 	char path[AGENT_PATH_MAX];
 	agent_store_path(s, path, sizeof path, "data");
-	return own_dir(path, uid, gid, 0700, err, errlen);
+	return own_dir(path, uid, gid, 0700, 0, err, errlen);
 }
 
 static int load_generation(struct agent_store *s, char *err, size_t errlen)
@@ -198,11 +199,11 @@ int agent_store_open(const char *root, struct agent_store *s, char *err, size_t 
 	snprintf(s->root, sizeof s->root, "%s", abs);
 	/* The application user enters the root and releases/ to reach its
 	 * release: searchable, not listable; the rest is the agent's alone. */
-	if ((rc = own_dir(s->root, geteuid(), getegid(), 0711, err, errlen)) != 0)
+	if ((rc = own_dir(s->root, geteuid(), getegid(), 0711, 1, err, errlen)) != 0)
 		return rc;
 	for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
 		agent_store_path(s, path, sizeof path, "%s", dirs[i].name);
-		if ((rc = own_dir(path, geteuid(), getegid(), dirs[i].mode, err, errlen)) != 0)
+		if ((rc = own_dir(path, geteuid(), getegid(), dirs[i].mode, 1, err, errlen)) != 0)
 			return rc;
 	}
 	agent_store_path(s, path, sizeof path, "agent.lock");

@@ -32,10 +32,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define CAP_CHOWN_BIT 0
 #define CAP_SETGID_BIT 6
 #define CAP_SETUID_BIT 7
 
-/* Does the agent hold CAP_SETUID and CAP_SETGID (effective)? */
+/* Is the agent root, or does it hold CAP_SETUID, CAP_SETGID and CAP_CHOWN
+ * (effective: the switch, and handing files to the application user)? */
 static int may_switch(void)
 {
 	if (geteuid() == 0)
@@ -50,7 +52,9 @@ static int may_switch(void)
 		if (strncmp(line, "CapEff:", 7) == 0 && sscanf(line + 7, "%llx", &eff) == 1)
 			found = 1;
 	fclose(f);
-	return found && (eff & (1ULL << CAP_SETUID_BIT)) && (eff & (1ULL << CAP_SETGID_BIT));
+	unsigned long long need = (1ULL << CAP_SETUID_BIT) | (1ULL << CAP_SETGID_BIT) |
+				  (1ULL << CAP_CHOWN_BIT);
+	return found && (eff & need) == need;
 }
 
 static int name_ok(const char *s, size_t len)
@@ -259,8 +263,9 @@ int agent_user_resolve(const char *spec, const char *environment, struct agent_u
 	}
 	if (!can)
 		return sw_errf(err, errlen, SW_EPRECOND,
-			       "--app-user %s: the agent is not root and lacks CAP_SETUID and "
-			       "CAP_SETGID, so it cannot run applications as another user",
+			       "--app-user %s: the agent is not root and lacks CAP_SETUID, "
+			       "CAP_SETGID and CAP_CHOWN, so it cannot run applications as another "
+			       "user",
 			       uname);
 	u->mode = AGENT_USER_SWITCH;
 	u->uid = uid;
