@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pwd.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -113,6 +115,43 @@ static void test_resolve(void **state)
 			 SW_EINVAL);
 	assert_int_equal(agent_user_resolve("=nobody", "prod", &u, err, sizeof err), SW_EINVAL);
 	assert_int_equal(agent_user_resolve("nobody:", "prod", &u, err, sizeof err), SW_EINVAL);
+}
+
+/* An agent that cannot switch: applications run as itself (and it warns),
+ * asking it for another user is an error. Checked in a child that dropped
+ * to nobody. */
+static void test_resolve_unprivileged(void **state)
+{
+	(void)state;
+	need_root();
+	const struct passwd *nob = getpwnam("nobody");
+	assert_non_null(nob);
+	uid_t nuid = nob->pw_uid;
+	gid_t ngid = nob->pw_gid;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct agent_user u;
+		char err[256];
+		if (setgroups(0, NULL) != 0 || setgid(ngid) != 0 || setuid(nuid) != 0)
+			_exit(10);
+		if (agent_user_resolve("", "prod", &u, err, sizeof err) != 0 ||
+		    u.mode != AGENT_USER_SELF_UNPRIVILEGED || u.uid != nuid)
+			_exit(11);
+		if (agent_user_resolve("root", "prod", &u, err, sizeof err) != SW_EPRECOND)
+			_exit(12);
+		if (agent_user_resolve("daemon", "prod", &u, err, sizeof err) != SW_EPRECOND ||
+		    strstr(err, "CAP_SETUID") == NULL)
+			_exit(13);
+		if (agent_user_resolve("nobody", "prod", &u, err, sizeof err) != 0 ||
+		    u.mode != AGENT_USER_SELF_UNPRIVILEGED)
+			_exit(14);
+		_exit(0);
+	}
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 /* Reads a whole small file into buf (NUL-terminated). */
@@ -289,6 +328,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_resolve),
+		cmocka_unit_test(test_resolve_unprivileged),
 		cmocka_unit_test(test_spawn_switches_and_cannot_read_the_key),
 		cmocka_unit_test(test_startup_check),
 		cmocka_unit_test(test_root_modes),
