@@ -1,8 +1,8 @@
 /*
- * agent.c - the agent object: its root, its keys, its identity and its
- * clients of the artifact, secrets and orchestrator services. The
- * supervised application is not the agent's to stop on exit: agent_free
- * leaves it running.
+ * agent.c - the agent object: its root, its keys, its identity, the user
+ * its applications run as, and its clients of the artifact, secrets and
+ * orchestrator services. The supervised application is not the agent's to
+ * stop on exit: agent_free leaves it running.
  */
 #include "agent.h"
 #include "err.h"
@@ -14,9 +14,11 @@
 
 #include <signal.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int new_client(const char *addr, const char *ca, const char *cert, const char *key,
@@ -92,6 +94,12 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 
 	if ((rc = agent_store_open(cfg->root, &a->store, err, errlen)) != 0)
 		goto out;
+	/* Who the applications run as, and their writable directory. */
+	if ((rc = agent_user_resolve(cfg->app_user,
+				     agent_labels_get(&cfg->labels, "environment"), &a->user, err,
+				     errlen)) != 0 ||
+	    (rc = agent_store_data_dir(&a->store, a->user.uid, a->user.gid, err, errlen)) != 0)
+		goto out;
 	if (cfg->hostname != NULL && cfg->hostname[0] != '\0')
 		snprintf(a->hostname, sizeof a->hostname, "%s", cfg->hostname);
 	else if (gethostname(a->hostname, sizeof a->hostname - 1) != 0)
@@ -105,12 +113,48 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 		rc = sw_errf(err, errlen, SW_ENOMEM, "out of secure memory");
 		goto out;
 	}
-	if (cfg->seal_key != NULL && cfg->seal_key[0] != '\0')
+	if (cfg->seal_key != NULL && cfg->seal_key[0] != '\0') {
 		snprintf(path, sizeof path, "%s", cfg->seal_key);
-	else
-		agent_store_path(&a->store, path, sizeof path, "seal.key");
+	} else {
+		/* In keys/ (0700), which the application user cannot enter; a
+		 * root laid out before keys/ existed had it at its top. */
+		char old[AGENT_PATH_MAX];
+		struct stat st;
+		agent_store_path(&a->store, path, sizeof path, "keys/seal.key");
+		agent_store_path(&a->store, old, sizeof old, "seal.key");
+		if (lstat(path, &st) != 0 && errno == ENOENT && lstat(old, &st) == 0 &&
+		    S_ISREG(st.st_mode) && rename(old, path) == 0)
+			log_info("seal key moved into keys/", "path=%s", path);
+	}
 	if ((rc = sealed_x25519_load(path, 1, a->keys.seal_pk, a->keys.seal_sk, err, errlen)) != 0)
 		goto out;
+
+	/* Applications must not read the agent's keys, and must reach their
+	 * releases: checked once, as the application user itself. */
+	{
+		char rel[AGENT_PATH_MAX];
+		const char *keys[] = { cfg->key, path };
+		agent_store_path(&a->store, rel, sizeof rel, "releases");
+		if ((rc = agent_user_check(&a->user, keys, 2, rel, err, errlen)) != 0)
+			goto out;
+	}
+	switch (a->user.mode) {
+	case AGENT_USER_SWITCH:
+		log_info("applications run as their own user", "user=%s uid=%u gid=%u",
+			 a->user.name, (unsigned)a->user.uid, (unsigned)a->user.gid);
+		break;
+	case AGENT_USER_ROOT:
+		log_warn("applications run as root (--app-user root): they can read the agent's "
+			 "keys and everything on this host",
+			 "user=%s", a->user.name);
+		break;
+	case AGENT_USER_SELF_UNPRIVILEGED:
+		log_warn("THE AGENT CANNOT SWITCH USER: applications run as the agent's own user "
+			 "and can read its TLS key and seal key; run the agent as root (or with "
+			 "CAP_SETUID, CAP_SETGID and CAP_CHOWN) in production",
+			 "uid=%u", (unsigned)a->user.uid);
+		break;
+	}
 
 	/* Secrets are only ever accepted when signed by the pinned key. */
 	if (cfg->secrets_sign_key != NULL && cfg->secrets_sign_key[0] != '\0') {

@@ -12,6 +12,7 @@
  *   proc.c       spawning, watching and stopping process groups
  *   health.c     HTTP, TCP and command probes
  *   secrets.c    Secrets/Fetch, opening the sealed bundle, tmpfs injection
+ *   user.c       the user applications run as, and the switch to it
  *   supervise.c  the live process: adoption, restarts with backoff, crash
  *                loops, periodic health, the runtime snapshot
  *   exec.c       the task executor: make this agent run a digest, healthy
@@ -212,11 +213,18 @@ struct agent_store {
 	unsigned puts;                       /* results written (pruning cadence) */
 };
 
-/* Creates the layout under root (0700 dirs: state, state/tasks, blobs,
- * releases, run, logs) and takes an exclusive lock on root/agent.lock so
- * that two agents never share a root (SW_EPRECOND when another holds it).
- * Loads the persisted generation. Main thread. */
+/* Creates the layout under root and sets its modes (README.md, "The root
+ * directory": the root and releases/ 0711, keys, state, state/tasks, blobs,
+ * run, logs 0700; a directory owned by another user is refused, SW_EPERM)
+ * and takes an exclusive lock on root/agent.lock so that two agents never
+ * share a root (SW_EPRECOND when another holds it). Loads the persisted
+ * generation. Main thread. */
 int agent_store_open(const char *root, struct agent_store *s, char *err, size_t errlen);
+
+/* Creates root/data, the application's writable directory, owned by
+ * uid:gid, 0700 (an existing one is handed to them: its contents are left
+ * as they are). Main thread. */
+int agent_store_data_dir(struct agent_store *s, uid_t uid, gid_t gid, char *err, size_t errlen);
 void agent_store_close(struct agent_store *s);
 
 /* Formats root + "/" + fmt into out. Returns 0 or SW_EINVAL (too long). */
@@ -272,6 +280,76 @@ void agent_store_prune(struct agent_store *s, int keep);
 int agent_write_file_sync(const char *path, const char *text, size_t len, char *err,
 			  size_t errlen);
 
+/* ---------------------------------------------------------------- user.c */
+
+#define AGENT_APP_USER_DEFAULT "slipway-app" /* else "nobody" */
+
+enum agent_user_mode {
+	AGENT_USER_SWITCH = 1,             /* children switch to uid/gid before exec */
+	AGENT_USER_SELF_UNPRIVILEGED = 2,  /* the agent cannot switch: apps run as it */
+	AGENT_USER_ROOT = 3,               /* --app-user root: apps run as the (root) agent */
+};
+
+struct agent_user {
+	enum agent_user_mode mode;
+	uid_t uid;              /* the user applications run as */
+	gid_t gid;              /* and their only group */
+	char name[64];          /* for logs and errors */
+};
+
+/*
+ * Picks the user applications run as. spec (--app-user) is a comma-separated
+ * list of USER[:GROUP] items and ENV=USER[:GROUP] items; the item for this
+ * agent's environment label wins over the plain one. USER and GROUP are
+ * names or numbers; GROUP defaults to the user's primary group. Without an
+ * item: AGENT_APP_USER_DEFAULT if that user exists, else "nobody". An agent
+ * that is root (or holds CAP_SETUID and CAP_SETGID) switches to that user
+ * (mode SWITCH); root itself only when asked by name (mode ROOT), never by
+ * default, and never group 0. An agent that cannot switch (not root,
+ * without CAP_SETUID, CAP_SETGID and CAP_CHOWN) runs
+ * applications as itself (mode SELF_UNPRIVILEGED) unless spec names
+ * another user, which is an error (SW_EPRECOND). Returns 0 or SW_EINVAL /
+ * SW_EPRECOND / SW_EIO with err. Main thread (getpwnam_r).
+ */
+int agent_user_resolve(const char *spec, const char *environment, struct agent_user *u,
+		       char *err, size_t errlen);
+
+/* Steps of starting a process as the application user (what failed). */
+enum agent_user_stage {
+	AGENT_STAGE_SETGROUPS = 1,
+	AGENT_STAGE_SETGID,
+	AGENT_STAGE_SETUID,
+	AGENT_STAGE_CAPS,
+	AGENT_STAGE_NNP,
+	AGENT_STAGE_VERIFY,
+	AGENT_STAGE_PGID,
+	AGENT_STAGE_FDS,
+	AGENT_STAGE_CHDIR,
+	AGENT_STAGE_EXEC,
+};
+
+/* What a stage is, for error messages. */
+const char *agent_user_stage(int stage);
+
+/*
+ * In a child forked by the agent, before exec: becomes u (no supplementary
+ * groups, real/effective/saved ids, no capabilities, no_new_privs) and
+ * checks that it did, including that root cannot be regained. Returns 0, or
+ * the failed stage (AGENT_STAGE_*) with errno set; the caller must then
+ * _exit without running anything. A no-op unless u->mode is SWITCH.
+ * Async-signal-safe (raw system calls only).
+ */
+int agent_user_enter(const struct agent_user *u);
+
+/*
+ * Start-up check, in a child that became u: none of secret_paths (the
+ * agent's keys) may open for reading (SW_EPERM names the one that does),
+ * and the directory reach (the releases) must be reachable (SW_EPRECOND).
+ * A no-op unless u->mode is SWITCH. Any thread.
+ */
+int agent_user_check(const struct agent_user *u, const char *const *secret_paths, size_t n,
+		     const char *reach, char *err, size_t errlen);
+
 /* ---------------------------------------------------------------- proc.c */
 
 struct agent_proc {
@@ -287,11 +365,15 @@ struct agent_spawn {
 	char *const *envp;
 	const char *cwd;
 	const char *log_path;   /* stdout and stderr are appended here */
+	const struct agent_user *user; /* NULL or not SWITCH: runs as the agent */
 };
 
 /* Starts argv in its own process group (setpgid), with the signal mask and
  * the dispositions reset, stdin from /dev/null and every other descriptor
- * closed. Fills p (pid, start time, is_child = 1). */
+ * closed; as sp->user when it says SWITCH (agent_user_enter, then the
+ * working directory, so that it must be reachable by that user): a child
+ * that could not become it fails the call with the step that failed and
+ * never runs argv. Fills p (pid, start time, is_child = 1). Any thread. */
 int agent_proc_spawn(const struct agent_spawn *sp, struct agent_proc *p, char *err,
 		     size_t errlen);
 
@@ -320,11 +402,12 @@ int agent_proc_run(const struct agent_spawn *sp, long long timeout_ms, int *stat
 typedef void (*agent_proc_found_fn)(pid_t pid, pid_t pgid, uint64_t start_time, const char *env,
 				    size_t len, void *arg);
 
-/* Finds the live processes of this user (not zombies, not the caller)
- * whose initial environment (/proc/<pid>/environ) sets name to exactly
- * value, and calls fn for each. Returns how many, or SW_EIO / SW_ENOMEM.
- * Any thread. */
-int agent_proc_find_env(const char *name, const char *value, agent_proc_found_fn fn, void *arg);
+/* Finds the live processes of this user or of app_uid (the user
+ * applications run as; not zombies, not the caller) whose initial
+ * environment (/proc/<pid>/environ) sets name to exactly value, and calls
+ * fn for each. Returns how many, or SW_EIO / SW_ENOMEM. Any thread. */
+int agent_proc_find_env(const char *name, const char *value, uid_t app_uid,
+			agent_proc_found_fn fn, void *arg);
 
 /* The value of name in a NUL-separated environment block, or NULL. */
 const char *agent_env_lookup(const char *env, size_t len, const char *name);
@@ -339,10 +422,11 @@ int64_t agent_wall_ms(void);
 /* -------------------------------------------------------------- health.c */
 
 /* One probe of h against 127.0.0.1:port (HTTP/TCP) or by running the
- * command in cwd with envp. Returns 1 healthy, 0 not, with a short reason
- * in detail. */
+ * command in cwd with envp, as user (release code: the application user).
+ * Returns 1 healthy, 0 not, with a short reason in detail. */
 int agent_health_probe(const struct agent_health *h, int port, const char *cwd,
-		       char *const *envp, const char *log_path, char *detail, size_t detlen);
+		       char *const *envp, const char *log_path, const struct agent_user *user,
+		       char *detail, size_t detlen);
 
 /* ------------------------------------------------------------- secrets.c */
 
@@ -358,16 +442,20 @@ struct agent_keys {
  * Fetches the sealed bundle for deployment_id (Secrets/Fetch), opens and
  * checks it (signature by the pinned key, meant for this agent and this
  * deployment, not expired), and hands each secret the manifest asks for to
- * the release: into a new private directory on tmpfs (/dev/shm, 0700)
- * whose path goes to dir_out: files as <dir>/<file> (0400), environment
- * values in <dir>/.env (0400) for agent_secrets_env. Every copy in agent
+ * the release: into a new private directory on tmpfs (/dev/shm) whose path
+ * goes to dir_out: files as <dir>/<file> (0400), environment values in
+ * <dir>/.env (0400, the agent's: it reads them again at each start) for
+ * agent_secrets_env. When user switches, the directory is the agent's with
+ * mode 0710 and the user's group (the user may enter it, nobody else, and
+ * nobody may list it or add to it) and the files are the user's; otherwise
+ * everything is the agent's and the directory 0700. Every copy in agent
  * memory is wiped. A secret the manifest names but the bundle lacks fails
  * the call (SW_ENOTFOUND). On failure nothing is left on disk.
  */
 int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_keys *k,
 			      const char *deployment_id, const struct agent_manifest *m,
-			      const char *shm_base, char *dir_out, size_t dirlen, char *err,
-			      size_t errlen);
+			      const char *shm_base, const struct agent_user *user, char *dir_out,
+			      size_t dirlen, char *err, size_t errlen);
 
 /* An environment for a child: envp[0..nsecret) are secret values in
  * sodium memory, the rest ordinary strings; all are wiped on free. */
@@ -402,6 +490,7 @@ struct agent_config {
 	const char *secrets_sign_key; /* see agent_sign_key_parse */
 	const char *hostname;         /* "" = gethostname() */
 	const char *shm_dir;          /* tmpfs for secrets, default /dev/shm */
+	const char *app_user;         /* --app-user (agent_user_resolve); NULL/"" = default */
 	struct agent_labels labels;
 	long long poll_wait_ms;
 	long long heartbeat_ms;       /* until the orchestrator says otherwise */
@@ -470,6 +559,7 @@ struct agent {
 	const struct agent_config *cfg;
 	struct agent_store store;
 	struct agent_keys keys;
+	struct agent_user user;       /* who applications run as */
 	char hostname[256];
 	struct rpc_client *artifact;
 	struct rpc_client *secrets;
@@ -546,7 +636,8 @@ void agent_stop_app(struct agent *a);
 /* Builds the environment for a process of release hex: the environment
  * secrets from secrets_dir (when with_secrets), then PATH/LANG/TZ and the
  * sanitizer options inherited from the agent, PORT, SLIPWAY_APP,
- * SLIPWAY_VERSION, SLIPWAY_DIGEST, SLIPWAY_RELEASE_DIR,
+ * SLIPWAY_VERSION, SLIPWAY_DIGEST, SLIPWAY_RELEASE_DIR, SLIPWAY_DATA_DIR
+ * (also HOME when the application runs as its own user),
  * SLIPWAY_SECRETS_DIR and the manifest's env. Free with agent_env_free. */
 int agent_build_env(struct agent *a, const struct agent_manifest *m, const char *hex,
 		    const char *version, int port, const char *secrets_dir, int with_secrets,

@@ -101,7 +101,8 @@ static int already_running(struct run *r, char *msg, size_t len)
 	if (same && m->health.kind != AGENT_CHECK_COMMAND) {
 		agent_store_path(&a->store, cwd, sizeof cwd, "releases/%s/%s", r->hex, m->workdir);
 		agent_store_path(&a->store, logp, sizeof logp, "logs/app.log");
-		ok = agent_health_probe(&m->health, port, cwd, NULL, logp, detail, sizeof detail);
+		ok = agent_health_probe(&m->health, port, cwd, NULL, logp, &a->user, detail,
+					sizeof detail);
 	} else if (same) {
 		struct agent_env env;
 		char err[256];
@@ -109,8 +110,8 @@ static int already_running(struct run *r, char *msg, size_t len)
 		agent_store_path(&a->store, logp, sizeof logp, "logs/app.log");
 		if (agent_build_env(a, m, r->hex, r->t->version, port, sd, 0, &env, err,
 				    sizeof err) == 0) {
-			ok = agent_health_probe(&m->health, port, cwd, env.envp, logp, detail,
-						sizeof detail);
+			ok = agent_health_probe(&m->health, port, cwd, env.envp, logp, &a->user,
+						detail, sizeof detail);
 			agent_env_free(&env);
 		}
 	}
@@ -154,7 +155,8 @@ static int ensure_release(struct run *r, char *msg, size_t len)
 	agent_store_path(&a->store, tmp, sizeof tmp, "releases/.tmp-%.16s-%d", r->hex,
 			 (int)getpid());
 	agent_rmtree(tmp);
-	if (mkdir(tmp, 0755) != 0)
+	/* The agent's, readable by the application user (whatever the umask). */
+	if (mkdir(tmp, 0755) != 0 || chmod(tmp, 0755) != 0)
 		return sw_errf(msg, len, SW_EIO, "mkdir %s: %s", tmp, strerror(errno));
 	struct agent_unpack_limits lim = { .max_bytes = (uint64_t)c->max_unpacked_bytes,
 					   .max_entries = (uint64_t)c->max_entries };
@@ -224,7 +226,7 @@ static int health_gate(struct run *r, const struct agent_manifest *m, struct age
 				     p->exit_status);
 			break;
 		}
-		if (agent_health_probe(h, p->port, cwd, env.envp, logp, detail, detlen)) {
+		if (agent_health_probe(h, p->port, cwd, env.envp, logp, &a->user, detail, detlen)) {
 			rc = 0;
 			break;
 		}
@@ -284,7 +286,8 @@ static int run_task(struct run *r, char *msg, size_t len)
 			goto fail;
 		}
 		rc = agent_secrets_materialize(a->secrets, &a->keys, t->deployment_id, m,
-					       a->cfg->shm_dir, sd, sizeof sd, err, sizeof err);
+					       a->cfg->shm_dir, &a->user, sd, sizeof sd, err,
+					       sizeof err);
 		if (rc != 0) {
 			rc = sw_errf(msg, len, rc, "%s", err);
 			goto fail;

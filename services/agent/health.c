@@ -114,7 +114,8 @@ out:
 }
 
 int agent_health_probe(const struct agent_health *h, int port, const char *cwd,
-		       char *const *envp, const char *log_path, char *detail, size_t detlen)
+		       char *const *envp, const char *log_path, const struct agent_user *user,
+		       char *detail, size_t detlen)
 {
 	int64_t until = agent_now_ms() + h->timeout_ms;
 	int target = h->port ? h->port : port;
@@ -131,7 +132,7 @@ int agent_health_probe(const struct agent_health *h, int port, const char *cwd,
 	}
 	case AGENT_CHECK_COMMAND: {
 		struct agent_spawn sp = { .argv = h->argv, .envp = envp, .cwd = cwd,
-					  .log_path = log_path };
+					  .log_path = log_path, .user = user };
 		int status = -1;
 		char err[256];
 		if (agent_proc_run(&sp, h->timeout_ms, &status, err, sizeof err) != 0) {

@@ -28,7 +28,8 @@ int main(int argc, char **argv)
 	struct agent_config c;
 	char *orch = NULL, *artifact = NULL, *secrets = NULL, *ca = NULL, *cert = NULL,
 	     *key = NULL, *root = NULL, *labels = NULL, *sign_key = NULL, *seal_key = NULL,
-	     *hostname = NULL, *shm = NULL, *log_level = NULL, *builder_keys = NULL;
+	     *hostname = NULL, *shm = NULL, *log_level = NULL, *builder_keys = NULL,
+	     *app_user = NULL;
 	struct agent *a = NULL;
 	char err[512];
 	int rc, code = 2;
@@ -61,6 +62,11 @@ int main(int argc, char **argv)
 		  &hostname },
 		{ "shm-dir", CFG_PATH, "/dev/shm", 0, 0, 0,
 		  "tmpfs directory for secrets handed to releases", &shm },
+		{ "app-user", CFG_STR, NULL, 0, 0, 0,
+		  "user applications run as: USER[:GROUP], or per environment ENV=USER[:GROUP],... "
+		  "(default " AGENT_APP_USER_DEFAULT " if it exists, else nobody; root only when "
+		  "named; needs root or CAP_SETUID+CAP_SETGID)",
+		  &app_user },
 		{ "log-level", CFG_STR, "info", 0, 0, 0, "debug, info, warn or error", &log_level },
 		{ "poll-wait", CFG_MS, "25s", 1000, 120000, 0, "long poll wait asked of the orchestrator",
 		  &c.poll_wait_ms },
@@ -148,6 +154,7 @@ int main(int argc, char **argv)
 	c.hostname = hostname ? hostname : "";
 	c.shm_dir = shm;
 	c.trusted_builder_keys = builder_keys ? builder_keys : "";
+	c.app_user = app_user ? app_user : "";
 
 	/* ---- logging */
 	log_init("agent", lvl);

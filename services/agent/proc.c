@@ -6,6 +6,12 @@
  * must not take production down). A process the agent did not start itself
  * (adopted after an agent restart) is watched through /proc, with its start
  * time guarding against pid reuse.
+ *
+ * A process that runs as the application user (user.c) is started with
+ * fork instead: posix_spawn cannot change user. The child only makes raw
+ * system calls (it is the copy of a multi-threaded process), reports the
+ * step that failed through a close-on-exec pipe, and the parent waits for
+ * that pipe to close (exec happened) or to say why the child gave up.
  */
 #include "agent.h"
 #include "err.h"
@@ -21,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -86,6 +93,140 @@ uint64_t agent_proc_start_time(pid_t pid)
 	return read_stat(pid, &st, &t) == 0 ? t : 0;
 }
 
+/* What a child that gave up writes to its parent. */
+struct child_fail {
+	int stage;
+	int err;
+};
+
+_Noreturn static void child_fail(int fd, int stage, int e)
+{
+	struct child_fail f = { stage, e };
+	ssize_t w = write(fd, &f, sizeof f);
+	(void)w;
+	_exit(127);
+}
+
+/* execve of file, searched in path (":"-separated) when it has no '/', as
+ * posix_spawnp and execvp do. Returns only on failure, errno set. No
+ * allocation: runs in a forked child. */
+static void exec_search(const char *file, char *const *argv, char *const *envp, const char *path)
+{
+	char buf[AGENT_PATH_MAX + 256];
+	size_t fl = strlen(file);
+	int eacces = 0;
+	if (strchr(file, '/') != NULL) {
+		execve(file, argv, envp);
+		return;
+	}
+	const char *p = path;
+	for (;;) {
+		const char *end = strchr(p, ':');
+		size_t dl = end ? (size_t)(end - p) : strlen(p);
+		if (dl + fl + 2 <= sizeof buf) {
+			size_t off = 0;
+			if (dl > 0) {
+				memcpy(buf, p, dl);
+				buf[dl] = '/';
+				off = dl + 1;
+			}
+			memcpy(buf + off, file, fl + 1);
+			execve(buf, argv, envp);
+			if (errno == EACCES)
+				eacces = 1;
+			else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE &&
+				 errno != ENODEV && errno != ETIMEDOUT)
+				return;
+		}
+		if (end == NULL)
+			break;
+		p = end + 1;
+	}
+	errno = eacces ? EACCES : ENOENT;
+}
+
+/* The forked child: never returns. */
+_Noreturn static void spawn_child(const struct agent_spawn *sp, int logfd, int failfd,
+				  const char *path)
+{
+	static const int def[] = { SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD };
+	struct sigaction dfl;
+	sigset_t none;
+	memset(&dfl, 0, sizeof dfl);
+	dfl.sa_handler = SIG_DFL;
+	for (size_t i = 0; i < sizeof def / sizeof def[0]; i++)
+		sigaction(def[i], &dfl, NULL);
+	if (setpgid(0, 0) != 0)
+		child_fail(failfd, AGENT_STAGE_PGID, errno);
+	int nul = open("/dev/null", O_RDONLY);
+	if (nul < 0 || dup2(nul, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+		child_fail(failfd, AGENT_STAGE_FDS, errno);
+	/* Everything else closes at exec (the failure pipe stays usable
+	 * until then). */
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
+		for (int fd = 3; fd < 4096; fd++)
+			fcntl(fd, F_SETFD, FD_CLOEXEC);
+	int stage = agent_user_enter(sp->user);
+	if (stage != 0)
+		child_fail(failfd, stage, errno);
+	/* As the application user: its working directory must be its to reach. */
+	if (sp->cwd != NULL && chdir(sp->cwd) != 0)
+		child_fail(failfd, AGENT_STAGE_CHDIR, errno);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	exec_search(sp->argv[0], sp->argv, sp->envp, path);
+	child_fail(failfd, AGENT_STAGE_EXEC, errno);
+}
+
+/* agent_proc_spawn for a process that runs as the application user. */
+static int spawn_as_user(const struct agent_spawn *sp, int logfd, struct agent_proc *p,
+			 char *err, size_t errlen)
+{
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) != 0)
+		return sw_errf(err, errlen, SW_EIO, "pipe: %s", strerror(errno));
+	/* posix_spawnp searches the agent's PATH: so does this. */
+	const char *path = getenv("PATH");
+	if (path == NULL)
+		path = "/bin:/usr/bin";
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		spawn_child(sp, logfd, pfd[1], path);
+	}
+	int fe = errno;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	close(pfd[1]);
+	if (pid < 0) {
+		close(pfd[0]);
+		return sw_errf(err, errlen, SW_EIO, "cannot start %.200s: fork: %s", sp->argv[0],
+			       strerror(fe));
+	}
+	setpgid(pid, pid); /* also here: no window where kill(-pid) misses it */
+	struct child_fail f;
+	ssize_t n;
+	while ((n = read(pfd[0], &f, sizeof f)) < 0 && errno == EINTR)
+		;
+	close(pfd[0]);
+	if (n == (ssize_t)sizeof f) {
+		int status;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		return sw_errf(err, errlen,
+			       f.stage == AGENT_STAGE_EXEC || f.stage == AGENT_STAGE_CHDIR ? SW_EINVAL
+											      : SW_EPERM,
+			       "cannot start %.200s as %s: %s: %s", sp->argv[0], sp->user->name,
+			       agent_user_stage(f.stage), strerror(f.err));
+	}
+	p->pid = pid;
+	p->is_child = 1;
+	p->start_time = agent_proc_start_time(pid);
+	return 0;
+}
+
 int agent_proc_spawn(const struct agent_spawn *sp, struct agent_proc *p, char *err,
 		     size_t errlen)
 {
@@ -100,6 +241,11 @@ int agent_proc_spawn(const struct agent_spawn *sp, struct agent_proc *p, char *e
 		     O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (logfd < 0)
 		return sw_errf(err, errlen, SW_EIO, "open %s: %s", sp->log_path, strerror(errno));
+	if (sp->user != NULL && sp->user->mode == AGENT_USER_SWITCH) {
+		rc = spawn_as_user(sp, logfd, p, err, errlen);
+		close(logfd);
+		return rc;
+	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawnattr_init(&at);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -255,7 +401,8 @@ const char *agent_env_lookup(const char *env, size_t len, const char *name)
 
 #define ENV_READ_MAX (256 * 1024)
 
-int agent_proc_find_env(const char *name, const char *value, agent_proc_found_fn fn, void *arg)
+int agent_proc_find_env(const char *name, const char *value, uid_t app_uid,
+			agent_proc_found_fn fn, void *arg)
 {
 	DIR *d = opendir("/proc");
 	if (d == NULL)
@@ -279,7 +426,7 @@ int agent_proc_find_env(const char *name, const char *value, agent_proc_found_fn
 		uint64_t start;
 		struct stat sb;
 		snprintf(path, sizeof path, "/proc/%ld", pid);
-		if (stat(path, &sb) != 0 || sb.st_uid != uid)
+		if (stat(path, &sb) != 0 || (sb.st_uid != uid && sb.st_uid != app_uid))
 			continue;
 		if (read_pgrp((pid_t)pid, &st, &pg) != 0 || st == 'Z' || st == 'X' ||
 		    read_stat((pid_t)pid, &st, &start) != 0)

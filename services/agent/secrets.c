@@ -8,7 +8,13 @@
  * asks for goes to a private directory on tmpfs that lives as long as the
  * release is deployed: a file (0400) for `file` secrets, and one 0400 file
  * `.env` holding the `env` secrets, which is read again (into locked
- * memory) each time the process is started or restarted. Values never
+ * memory) each time the process is started or restarted. When applications
+ * run as their own user, the files are that user's and the directory the
+ * agent's, mode 0710 with the user's group: the application may open its
+ * files, nobody else may enter, and nobody but the agent may list the
+ * directory or put anything into it (so `.env`, which only the agent reads,
+ * cannot be replaced by the application with a link to a file of the
+ * agent's). Values never
  * reach a disk, a log line or an error message, and every copy the agent
  * holds is wiped once the process has been started.
  */
@@ -104,14 +110,19 @@ void agent_env_free(struct agent_env *e)
 	memset(e, 0, sizeof *e);
 }
 
-static int write_secret_file(int dfd, const char *name, const uint8_t *p, size_t n)
+/* Writes a 0400 file, owned by user when it switches (else the agent's). */
+static int write_secret_file(int dfd, const char *name, const uint8_t *p, size_t n,
+			     const struct agent_user *user)
 {
 	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
 	if (fd < 0)
 		return SW_EIO;
 	size_t off = 0;
 	int rc = 0;
-	while (off < n) {
+	if (user != NULL && user->mode == AGENT_USER_SWITCH &&
+	    (fchown(fd, user->uid, user->gid) != 0 || fchmod(fd, 0400) != 0))
+		rc = SW_EIO;
+	while (rc == 0 && off < n) {
 		ssize_t w = write(fd, p + off, n - off);
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -166,8 +177,8 @@ void agent_secrets_remove(const char *dir)
 
 int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_keys *k,
 			      const char *deployment_id, const struct agent_manifest *m,
-			      const char *shm_base, char *dir_out, size_t dirlen, char *err,
-			      size_t errlen)
+			      const char *shm_base, const struct agent_user *user, char *dir_out,
+			      size_t dirlen, char *err, size_t errlen)
 {
 	int rc = 0, dfd = -1;
 	ProtobufCMessage *resp = NULL;
@@ -224,6 +235,13 @@ int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_key
 			     "%s is not on tmpfs: secret values would reach a disk", shm_base);
 		goto out;
 	}
+	/* The application user may enter (not list, not write); nobody else. */
+	if (user != NULL && user->mode == AGENT_USER_SWITCH &&
+	    (fchown(dfd, geteuid(), user->gid) != 0 || fchmod(dfd, 0710) != 0)) {
+		rc = sw_errf(err, errlen, SW_EIO, "secrets directory for %s: %s", user->name,
+			     strerror(errno));
+		goto out;
+	}
 	for (size_t i = 0; i < m->nsecrets; i++) {
 		const struct agent_secret_spec *sp = &m->secrets[i];
 		struct sealed_item it;
@@ -233,7 +251,7 @@ int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_key
 			goto out;
 		}
 		if (sp->file[0] != '\0') {
-			if (write_secret_file(dfd, sp->file, it.value, it.len) != 0) {
+			if (write_secret_file(dfd, sp->file, it.value, it.len, user) != 0) {
 				rc = sw_errf(err, errlen, SW_EIO, "write secret file %s failed",
 					     sp->file);
 				goto out;
@@ -274,7 +292,8 @@ int agent_secrets_materialize(struct rpc_client *secrets, const struct agent_key
 		envbuf[envlen + nl + 1 + it.len] = '\0';
 		envlen += nl + 1 + it.len + 1;
 	}
-	if (envlen > 0 && write_secret_file(dfd, ENV_FILE, envbuf, envlen) != 0) {
+	/* .env stays the agent's: it reads it, the application never does. */
+	if (envlen > 0 && write_secret_file(dfd, ENV_FILE, envbuf, envlen, NULL) != 0) {
 		rc = sw_errf(err, errlen, SW_EIO, "write the environment secrets failed");
 		goto out;
 	}

@@ -1,12 +1,18 @@
 /*
- * store.c - the agent's root directory, its only durable state:
+ * store.c - the agent's root directory, its only durable state (modes in
+ * brackets: the application user may enter the root and releases/ and read
+ * the releases, and owns data/; everything else is the agent's alone):
  *
+ *   [0711]                  the root: entered, never listed, by the application
  *   agent.lock              flock: one agent per root
- *   seal.key                X25519 secret key (0600), sealed secrets open with it
+ *   keys/ [0700]            the agent's keys:
+ *     seal.key              X25519 secret key (0600), sealed secrets open with it
+ *   data/ [0700]            the application user's: its writable directory
  *   state/generation        "<generation> <task id>": the highest task generation seen
  *   state/tasks/<h>         the final result of task <id> (h = SHA-256 of the id)
  *   blobs/<hex>.tar.gz      a verified bundle (.partial while downloading)
- *   releases/<hex>/         an unpacked release; complete once renamed into place
+ *   releases/ [0711]
+ *   releases/<hex>/ [0755]  an unpacked release; complete once renamed into place
  *   current -> releases/<hex>   what runs (switched with symlink + rename)
  *   previous -> releases/<hex>  what ran before (kept for instant rollback)
  *   run/app.json, app.pid   the supervised process (for adoption after a restart)
@@ -107,6 +113,42 @@ static int mkdir_p(const char *path)
 	return SW_EIO;
 }
 
+/* Creates path (when missing) as a directory of uid:gid with exactly mode,
+ * and makes an existing one so, never through a symlink. With agents_own,
+ * an existing directory must already be the agent's: one owned by someone
+ * else is refused rather than taken over. */
+static int own_dir(const char *path, uid_t uid, gid_t gid, mode_t mode, int agents_own, char *err,
+		   size_t errlen)
+{
+	if (mkdir(path, 0700) != 0 && errno != EEXIST)
+		return sw_errf(err, errlen, SW_EIO, "cannot create %s: %s", path, strerror(errno));
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return sw_errf(err, errlen, SW_EIO, "%s: not a directory (%s)", path, strerror(e));
+	}
+	int rc = 0;
+	if (agents_own && st.st_uid != uid)
+		rc = sw_errf(err, errlen, SW_EPERM, "%s is owned by uid %u, not by the agent (uid %u)",
+			     path, (unsigned)st.st_uid, (unsigned)uid);
+	else if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) != 0)
+		rc = sw_errf(err, errlen, SW_EIO, "chown %s: %s", path, strerror(errno));
+	else if ((st.st_mode & 07777) != mode && fchmod(fd, mode) != 0)
+		rc = sw_errf(err, errlen, SW_EIO, "chmod %s: %s", path, strerror(errno));
+	close(fd);
+	return rc;
+}
+
+int agent_store_data_dir(struct agent_store *s, uid_t uid, gid_t gid, char *err, size_t errlen)
+{
+	char path[AGENT_PATH_MAX];
+	agent_store_path(s, path, sizeof path, "data");
+	return own_dir(path, uid, gid, 0700, 0, err, errlen);
+}
+
 static int load_generation(struct agent_store *s, char *err, size_t errlen)
 {
 	char path[AGENT_PATH_MAX], buf[256];
@@ -135,9 +177,13 @@ static int load_generation(struct agent_store *s, char *err, size_t errlen)
 
 int agent_store_open(const char *root, struct agent_store *s, char *err, size_t errlen)
 {
-	static const char *const dirs[] = { "state", "state/tasks", "blobs", "releases", "run",
-					    "logs" };
+	static const struct {
+		const char *name;
+		mode_t mode;
+	} dirs[] = { { "keys", 0700 }, { "state", 0700 }, { "state/tasks", 0700 },
+		     { "blobs", 0700 }, { "releases", 0711 }, { "run", 0700 }, { "logs", 0700 } };
 	char path[AGENT_PATH_MAX];
+	int rc;
 	memset(s, 0, sizeof *s);
 	s->lock_fd = -1;
 	if (root == NULL || root[0] == '\0' || strlen(root) > AGENT_PATH_MAX - 200)
@@ -151,10 +197,14 @@ int agent_store_open(const char *root, struct agent_store *s, char *err, size_t 
 	if (realpath(root, abs) == NULL || strlen(abs) > AGENT_PATH_MAX - 200)
 		return sw_errf(err, errlen, SW_EIO, "root %s: %s", root, strerror(errno));
 	snprintf(s->root, sizeof s->root, "%s", abs);
+	/* The application user enters the root and releases/ to reach its
+	 * release: searchable, not listable; the rest is the agent's alone. */
+	if ((rc = own_dir(s->root, geteuid(), getegid(), 0711, 1, err, errlen)) != 0)
+		return rc;
 	for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
-		agent_store_path(s, path, sizeof path, "%s", dirs[i]);
-		if (mkdir_p(path) != 0)
-			return sw_errf(err, errlen, SW_EIO, "cannot create %s", path);
+		agent_store_path(s, path, sizeof path, "%s", dirs[i].name);
+		if ((rc = own_dir(path, geteuid(), getegid(), dirs[i].mode, 1, err, errlen)) != 0)
+			return rc;
 	}
 	agent_store_path(s, path, sizeof path, "agent.lock");
 	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);

@@ -56,7 +56,11 @@ int agent_build_env(struct agent *a, const struct agent_manifest *m, const char 
 		if ((rc = agent_secrets_env(secrets_dir, out, err, errlen)) != 0)
 			goto out;
 	}
+	int own_home = a->user.mode == AGENT_USER_SWITCH;
 	for (size_t i = 0; i < sizeof inherited_env / sizeof inherited_env[0]; i++) {
+		/* The agent's HOME is not the application user's: it gets data/. */
+		if (own_home && strcmp(inherited_env[i], "HOME") == 0)
+			continue;
 		const char *v = getenv(inherited_env[i]);
 		if (v == NULL && strcmp(inherited_env[i], "PATH") == 0)
 			v = "/usr/local/bin:/usr/bin:/bin";
@@ -74,6 +78,10 @@ int agent_build_env(struct agent *a, const struct agent_manifest *m, const char 
 		goto out;
 	agent_store_path(&a->store, buf, sizeof buf, "releases/%s", hex);
 	if ((rc = agent_env_add(out, "SLIPWAY_RELEASE_DIR", buf)) != 0)
+		goto out;
+	agent_store_path(&a->store, buf, sizeof buf, "data");
+	if ((rc = agent_env_add(out, "SLIPWAY_DATA_DIR", buf)) != 0 ||
+	    (own_home && (rc = agent_env_add(out, "HOME", buf)) != 0))
 		goto out;
 	if (secrets_dir != NULL && secrets_dir[0] != '\0' &&
 	    (rc = agent_env_add(out, "SLIPWAY_SECRETS_DIR", secrets_dir)) != 0)
@@ -112,7 +120,8 @@ int agent_start_release(struct agent *a, const struct agent_manifest *m, const c
 		agent_env_free(&env);
 		return sw_errf(err, errlen, rc, "environment too large");
 	}
-	struct agent_spawn sp = { .argv = m->argv, .envp = env.envp, .cwd = cwd, .log_path = logp };
+	struct agent_spawn sp = { .argv = m->argv, .envp = env.envp, .cwd = cwd, .log_path = logp,
+				  .user = &a->user };
 	rc = agent_proc_spawn(&sp, p, err, errlen);
 	agent_env_free(&env);
 	if (rc == 0) {
@@ -313,7 +322,7 @@ static void leftovers_collect(struct agent *a, struct leftovers *lo)
 	leftover_add_json(lo, app ? json_object_get(app, "retiring") : NULL, "app.json retiring");
 	json_decref(cand);
 	json_decref(app);
-	if (agent_proc_find_env(AGENT_MARK_ENV, a->store.root, on_marked, lo) < 0)
+	if (agent_proc_find_env(AGENT_MARK_ENV, a->store.root, a->user.uid, on_marked, lo) < 0)
 		log_warn("cannot scan /proc for processes left by a previous agent", NULL);
 }
 
@@ -544,7 +553,8 @@ static void probe_step(struct agent *a)
 	    agent_build_env(a, m, hex, version, port, sd, 0, &env, err, sizeof err) != 0)
 		snprintf(detail, sizeof detail, "health command environment: %.200s", err);
 	else
-		ok = agent_health_probe(&m->health, port, cwd, env.envp, logp, detail, sizeof detail);
+		ok = agent_health_probe(&m->health, port, cwd, env.envp, logp, &a->user, detail,
+					sizeof detail);
 	agent_env_free(&env);
 
 	pthread_mutex_lock(&a->mu);

@@ -110,6 +110,8 @@ static int open_parent(int root, const char *rel, int create, const char **leaf)
 				return -1;
 			}
 			next = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (next >= 0)
+				fchmod(next, 0755); /* whatever the umask */
 		}
 		close(cur);
 		if (next < 0)
@@ -141,7 +143,11 @@ static int write_file(struct ctx *c, int dir, const char *leaf, const char *rel,
 			       errno == EEXIST ? "duplicate entry" : strerror(errno));
 	int rc = 0;
 	char buf[65536];
-	for (;;) {
+	/* Exactly mode, whatever the agent's umask: the application user
+	 * reads (and runs) the release's files. */
+	if (fchmod(fd, mode) != 0)
+		rc = sw_errf(c->err, c->errlen, SW_EIO, "chmod '%.200s': %s", rel, strerror(errno));
+	while (rc == 0) {
 		la_ssize_t n = archive_read_data(c->a, buf, sizeof buf);
 		if (n == 0)
 			break;
@@ -255,7 +261,12 @@ static int one_entry(struct ctx *c, struct archive_entry *e)
 				goto out;
 			}
 		}
-		rc = 0;
+		/* 0755 whatever the umask (a directory, not a symlink: checked
+		 * above or just made, and nothing else writes in the tree). */
+		rc = fchmodat(dir, leaf, 0755, 0) == 0
+			     ? 0
+			     : sw_errf(c->err, c->errlen, SW_EIO, "chmod '%.200s': %s", rel,
+				       strerror(errno));
 		break;
 	case AE_IFLNK: {
 		const char *target = archive_entry_symlink(e);

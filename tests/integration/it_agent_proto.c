@@ -558,12 +558,15 @@ static void test_register_and_heartbeat(void **state)
 	assert_int_equal(F.hb_process, SLIPWAY__V1__PROCESS_STATE__PROCESS_NONE);
 	assert_int_equal(F.hb_generation, 0);
 	pthread_mutex_unlock(&F.mu);
-	/* The seal key was created 0600 under the root. */
+	/* The seal key was created 0600 under the root, in keys/ (0700). */
 	char p[700];
-	snprintf(p, sizeof p, "%s/seal.key", root);
+	snprintf(p, sizeof p, "%s/keys/seal.key", root);
 	struct stat st;
 	assert_int_equal(stat(p, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
+	snprintf(p, sizeof p, "%s/keys", root);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
 }
 
 static void test_deploy_is_reported(void **state)

@@ -318,13 +318,22 @@ static void test_secrets_reach_the_release(void **state)
 	struct stat st;
 	struct statfs fs;
 	assert_int_equal(stat(secrets_dir, &st), 0);
-	assert_int_equal(st.st_mode & 0777, 0700);
+	/* The application user's group may enter it; nobody lists it, nobody
+	 * else enters (0700 when the agent cannot switch user). */
+	if (ag->user.mode == AGENT_USER_SWITCH) {
+		assert_int_equal(st.st_mode & 0777, 0710);
+		assert_int_equal(st.st_uid, geteuid());
+		assert_int_equal(st.st_gid, ag->user.gid);
+	} else {
+		assert_int_equal(st.st_mode & 0777, 0700);
+	}
 	assert_int_equal(statfs(secrets_dir, &fs), 0);
 	assert_int_equal((unsigned long)fs.f_type, 0x01021994UL); /* tmpfs */
 	char p[AGENT_PATH_MAX + 32];
 	snprintf(p, sizeof p, "%s/tls.key", secrets_dir);
 	assert_int_equal(stat(p, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0400);
+	assert_int_equal(st.st_uid, ag->user.uid); /* the application's own */
 	char *v = h_read_file(p);
 	assert_non_null(v);
 	assert_string_equal(v, tls_value);
@@ -332,6 +341,7 @@ static void test_secrets_reach_the_release(void **state)
 	snprintf(p, sizeof p, "%s/.env", secrets_dir);
 	assert_int_equal(stat(p, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0400);
+	assert_int_equal(st.st_uid, geteuid()); /* the agent's: the app cannot swap it */
 	/* The release's process has the value in its environment. */
 	char envp[64];
 	snprintf(envp, sizeof envp, "/proc/%d/environ", (int)ag->live.proc.pid);

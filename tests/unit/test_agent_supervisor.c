@@ -63,6 +63,9 @@ static int setup(void **state)
 	snprintf(dir, sizeof dir, "/tmp/test_agent_supervisor.XXXXXX");
 	if (mkdtemp(dir) == NULL)
 		return -1;
+	/* As root the applications run as an unprivileged user, which must
+	 * reach the root's releases. */
+	chmod(dir, 0755);
 	if (realpath("build/demo/demo-app", demo_app) == NULL) {
 		fprintf(stderr, "build/demo/demo-app is missing: run make\n");
 		return -1;
