@@ -38,9 +38,9 @@ value="encl-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s' "$value" | slipway secrets put db-password --scope $app/prod >/dev/null || fail "secrets put (prod)"
 printf '%s' "sandbox-value" | slipway secrets put db-password --scope $app/sandbox >/dev/null || fail "secrets put (sandbox)"
 
-P1=$(id_of eu/p1) S1=$(id_of eu/s1) X1=$(id_of eu/x1)
-agents $app prod eu/p1
-agents $app sandbox eu/s1
+P1=$(id_of eu/enc-p1) S1=$(id_of eu/enc-s1) X1=$(id_of eu/enc-x1)
+agents $app prod eu/enc-p1
+agents $app sandbox eu/enc-s1
 [ "$(prod_agents)" = "$P1" ] || fail "prod should have exactly p1: $(prod_agents)"
 ok "agents run only inside the scope they were enrolled for"
 
@@ -54,38 +54,38 @@ wait_until 90 ended "$id" || fail "the deployment with a forged target did not e
 [ "$(grants_for "$P1")" -ge 1 ] || fail "the prod agent should have its grant"
 [ "$(sql "select count(*) from audit.entries where action = 'secret.grant' and outcome = 3 and details::text like '%$S1%'")" -ge 1 ] \
   || fail "the refused grant should be audited"
-! grep -rqF "$value" "$S/agents/eu-s1" 2>/dev/null || fail "prod's secret reached the sandbox agent's disk"
+! grep -rqF "$value" "$S/agents/eu-enc-s1" 2>/dev/null || fail "prod's secret reached the sandbox agent's disk"
 ok "a sandbox agent made a prod target in the orchestrator's database gets no grant (the secrets service checks the enrollment)"
 sql "update orchestrator.agents set environment = 'sandbox', labels = '{\"app\":\"$app\",\"environment\":\"sandbox\",\"region\":\"eu\"}' where id = '$S1'" >/dev/null
 
 # ---- the sandbox agent claims prod ----
-scripts/stack stop "$S" agent-eu-s1 >/dev/null || fail "stop s1"
-sed -i 's/environment=sandbox/environment=prod/' "$S/run/agent-eu-s1.sh"
+scripts/stack stop "$S" agent-eu-enc-s1 >/dev/null || fail "stop s1"
+sed -i 's/environment=sandbox/environment=prod/' "$S/run/agent-eu-enc-s1.sh"
 before=$(denied_registrations "$S1")
-scripts/stack start "$S" agent-eu-s1 >/dev/null || fail "start s1 as prod"
+scripts/stack start "$S" agent-eu-enc-s1 >/dev/null || fail "start s1 as prod"
 wait_until 20 more_denied "$S1" "$before" || fail "the out-of-scope registration was not refused and audited"
-grep -q "outside this agent's enrollment" "$S/logs/agent-eu-s1.log" || fail "the agent was not told why it was refused"
+grep -q "outside this agent's enrollment" "$S/logs/agent-eu-enc-s1.log" || fail "the agent was not told why it was refused"
 id=$(deploy $app prod 2.0.0 --batch 2 --wait)
 [ "$(targets_of "$id")" = "$P1" ] || fail "a prod deployment targeted $(targets_of "$id")"
-! grep -rqF "$value" "$S/agents/eu-s1" 2>/dev/null || fail "prod's secret reached the sandbox agent's disk"
+! grep -rqF "$value" "$S/agents/eu-enc-s1" 2>/dev/null || fail "prod's secret reached the sandbox agent's disk"
 ok "an agent enrolled for sandbox that registers as prod is refused (audited), never targeted, never sealed to"
 
 # ---- an agent nobody enrolled ----
-scripts/stack agent "$S" eu/x1 --label app=$app --label environment=prod --no-enroll >/dev/null || fail "start x1"
+scripts/stack agent "$S" eu/enc-x1 --label app=$app --label environment=prod --no-enroll >/dev/null || fail "start x1"
 wait_until 20 more_denied "$X1" 0 || fail "the unenrolled agent's registration was not refused and audited"
-grep -q "is not enrolled" "$S/logs/agent-eu-x1.log" || fail "the unenrolled agent was not told why"
+grep -q "is not enrolled" "$S/logs/agent-eu-enc-x1.log" || fail "the unenrolled agent was not told why"
 [ "$(prod_agents)" = "$P1" ] || fail "an unenrolled agent became a prod agent: $(prod_agents)"
 ok "an agent nobody enrolled cannot register"
 
 # ---- another sealing key needs a new enrollment ----
-scripts/stack stop "$S" agent-eu-p1 >/dev/null || fail "stop p1"
-key=$(find "$S/agents/eu-p1" -name seal.key | head -1)
+scripts/stack stop "$S" agent-eu-enc-p1 >/dev/null || fail "stop p1"
+key=$(find "$S/agents/eu-enc-p1" -name seal.key | head -1)
 [ -n "$key" ] || fail "no sealing key under p1's root"
 rm -f "$key"
 before=$(denied_registrations "$P1")
-scripts/stack start "$S" agent-eu-p1 >/dev/null || fail "start p1 with a new key"
+scripts/stack start "$S" agent-eu-enc-p1 >/dev/null || fail "start p1 with a new key"
 wait_until 20 more_denied "$P1" "$before" || fail "a new sealing key was accepted without a new enrollment"
-grep -q "another sealing key" "$S/logs/agent-eu-p1.log" || fail "p1 was not told why"
+grep -q "another sealing key" "$S/logs/agent-eu-enc-p1.log" || fail "p1 was not told why"
 slipway agents enroll "$P1" --app $app --env prod --reason "host rebuilt" >/dev/null || fail "re-enroll p1"
 wait_until 30 online "$P1" || fail "p1 did not register after its re-enrollment"
 [ "$(sql "select count(*) from audit.entries where action = 'agent.enroll' and resource = '$P1'")" -ge 2 ] \
@@ -93,10 +93,10 @@ wait_until 30 online "$P1" || fail "p1 did not register after its re-enrollment"
 ok "an enrolled agent with another sealing key is refused until an admin enrolls it again (audited)"
 
 # ---- a lost host is unenrolled and stops failing deployments ----
-agents $app prod us/p2
-scripts/stack kill "$S" agent-us-p2 >/dev/null
+agents $app prod us/enc-p2
+scripts/stack kill "$S" agent-us-enc-p2 >/dev/null
 wait_until 30 lost_count 1 || fail "p2 was not seen lost"
-slipway agents unenroll "$(id_of us/p2)" --reason "host decommissioned" >/dev/null || fail "unenroll p2"
+slipway agents unenroll "$(id_of us/enc-p2)" --reason "host decommissioned" >/dev/null || fail "unenroll p2"
 wait_until 20 prod_is "$P1" || fail "the unenrolled host is still an agent of prod: $(prod_agents)"
 id=$(deploy $app prod 4.0.0 --batch 2 --wait)
 [ "$(state "$id")" = SUCCEEDED ] || fail "the deployment after unenrolling the lost host should succeed"
@@ -104,10 +104,10 @@ id=$(deploy $app prod 4.0.0 --batch 2 --wait)
 ok "an unenrolled lost host is no target of later deployments"
 
 # ---- ls shows enrolled agents that are absent; only admins enroll ----
-slipway agents enroll "$(id_of ap/never)" --app $app --env prod >/dev/null || fail "enroll an absent agent"
+slipway agents enroll "$(id_of ap/enc-never)" --app $app --env prod >/dev/null || fail "enroll an absent agent"
 absent=$(slipway -o json agents ls --app $app | js "j.filter(a=>a.health==='absent').map(a=>a.id).join(',')")
-[[ ",$absent," == *",$(id_of ap/never),"* && ",$absent," != *",$P1,"* ]] \
+[[ ",$absent," == *",$(id_of ap/enc-never),"* && ",$absent," != *",$P1,"* ]] \
   || fail "ls should show the enrolled agent that never registered as absent (and no registered one): $absent"
-expect_denied "a deployer enrolls an agent" as_user mallory slipway agents enroll "$(id_of eu/evil)" --app $app --env prod
+expect_denied "a deployer enrolls an agent" as_user mallory slipway agents enroll "$(id_of eu/enc-evil)" --app $app --env prod
 ok "agents ls lists enrolled absent agents; enrolling needs the enroll permission"
 done_checks
