@@ -11,7 +11,7 @@
  * revision watcher swaps in the next one.
  *
  * Files: doc.c (parse, validate, compile), eval.c (decisions, explain, the
- * escalation guard), tz.c (time zones for freeze windows), approval.c
+ * escalation guard), weaken.c (which changes weaken a document), tz.c (time zones for freeze windows), approval.c
  * (approval rules), diff.c (revision diffs), store.c (PostgreSQL: revisions,
  * decisions, approvals; the revision watcher and the decision writer),
  * rpc.c (one function per RPC), main.c (start-up and shutdown).
@@ -282,11 +282,11 @@ void pol_describe_guard(const struct pol_guard *g, char *out, size_t len);
 int pol_must_audit(const char *kind, const char *action, int allowed);
 
 /*
- * The escalation guard of ApplyPolicy: every binding of next that grants
- * more than cur already granted to its subjects must be covered by what
- * `actor` holds in cur at that binding's scope, unless actor holds escalate
- * there; removing or weakening a guardrail needs escalate globally.
- * Returns 0 or SW_EPERM with the first offending path in err.
+ * The escalation guard of ApplyPolicy in one call: pol_weaken(cur, next)
+ * then pol_escalation_judge (weaken.h): each change from cur to next that
+ * weakens the policy needs escalate where it applies (a grant may instead
+ * be covered by what `actor` holds in cur there). Returns 0, SW_EPERM with
+ * every refused change in err, or SW_ENOMEM. Any thread.
  */
 int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
 			 const char *actor, int64_t now_ms, char *err, size_t errlen);
