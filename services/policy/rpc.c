@@ -3,9 +3,10 @@
  * decode -> validate -> authorize -> domain call -> encode.
  *
  * Authorize runs inline on the completion-queue thread: it decides in
- * memory and, when the decision must be recorded (denials; deploy,
- * approve, secret and policy actions), defers the call to the decision
- * writer, which answers once the record is committed. Every other handler
+ * memory and, when the decision must be recorded (denials, up to
+ * --denials-per-minute per principal; deploy, approve, secret and policy
+ * actions), defers the call to the decision writer, which answers once the
+ * record is committed. Every other handler
  * runs on the worker pool and checks its caller against the same policy
  * (authorization.md), recording the check when it must.
  */
@@ -124,6 +125,32 @@ static void finish_deferred(void *arg, int code, const char *msg)
 
 /* ---- Authorize (inline; deferred when the decision is recorded) ---- */
 
+/*
+ * Whether a denial about principal is recorded (1) or only counted (0):
+ * at most --denials-per-minute recorded per principal (limit.c). When it
+ * is recorded after others were counted, their summary goes with it
+ * (d->summary, in call memory). CQ thread.
+ */
+static int admit_denial(struct pol_service *s, struct rpc_ctx *ctx, const char *principal,
+			int64_t now, struct pol_decision *d)
+{
+	struct pol_denial_summary sum;
+	int has = 0;
+	if (!pol_limiter_admit(s->limiter, principal, now, &sum, &has))
+		return 0;
+	if (has) {
+		struct pol_denial_summary *keep = rpc_alloc(ctx, sizeof *keep);
+		if (keep != NULL) {
+			*keep = sum;
+			d->summary = keep;
+		} else {
+			log_error("cannot keep a summary of suppressed denials", "principal=%s count=%llu",
+				  principal, (unsigned long long)sum.suppressed);
+		}
+	}
+	return 1;
+}
+
 static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 		     void *data)
 {
@@ -172,6 +199,8 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 					"permission denied: %s may not ask about other principals "
 					"(needs authorize on policy)",
 					caller);
+			if (!admit_denial(s, ctx, caller, now, &d))
+				goto out; /* counted, not recorded: answered at once */
 			rpc_defer(ctx);
 			if (pol_writer_submit(s, &d, rc, finish_deferred, ctx) != 0)
 				rpc_finish(ctx, rc);
@@ -194,7 +223,8 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 		rc = SW_ENOMEM;
 		goto out;
 	}
-	if (pol_must_audit(kind, action, r.allowed)) {
+	if (pol_must_audit(kind, action, r.allowed) &&
+	    (r.allowed || admit_denial(s, ctx, req->principal, now, &d))) {
 		d.principal = req->principal;
 		d.action = rpc_strdup(ctx, action);
 		d.kind = kind;
