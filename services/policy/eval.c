@@ -11,6 +11,7 @@
 #include "err.h"
 #include "weaken.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -397,14 +398,17 @@ static int holds_escalate(const struct pol_policy *cur, const char *actor, int64
 	return r.allowed;
 }
 
-/* Appends "N. path: what (detail)" to err at *off (bounded). */
-static void deny_line(char *err, size_t errlen, size_t *off, size_t k, const struct pol_weak *c,
-		      const char *detail)
+/* Appends printf output to err at *off, bounded (cut at errlen). */
+static void append(char *err, size_t errlen, size_t *off, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void append(char *err, size_t errlen, size_t *off, const char *fmt, ...)
 {
 	if (*off + 1 >= errlen)
 		return;
-	int n = snprintf(err + *off, errlen - *off, "%s%zu. %s: %s (%s)", k > 1 ? "; " : "", k,
-			 c->path, c->what, detail);
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err + *off, errlen - *off, fmt, ap);
+	va_end(ap);
 	if (n > 0)
 		*off += (size_t)n < errlen - *off ? (size_t)n : errlen - *off - 1;
 }
@@ -414,7 +418,7 @@ int pol_escalation_judge(const struct pol_policy *cur, const struct pol_policy *
 			 size_t errlen)
 {
 	const struct pol_binding **mb = NULL;
-	char acts[200], kinds[200], sc[160], detail[1024];
+	char acts[200], kinds[200], sc[160];
 	size_t ndenied = 0, off = 0;
 
 	for (size_t i = 0; i < w->n; i++)
@@ -436,52 +440,67 @@ int pol_escalation_judge(const struct pol_policy *cur, const struct pol_policy *
 	struct pol_query wq = { actor, "", "", "", "", "", now };
 	walk_collect(&wk, cur, &wq, &wr);
 
-	int n0 = snprintf(err, errlen,
-			  "escalation guard: %s does not hold the escalate permission on policy where "
-			  "these changes weaken it: ",
-			  actor);
-	off = n0 > 0 && (size_t)n0 < errlen ? (size_t)n0 : 0;
+	/* Who may make each change. */
 	for (size_t i = 0; i < w->n; i++) {
 		struct pol_weak *c = &w->v[i];
 		const char *app = c->app[0] ? c->app : NULL, *env = c->env[0] ? c->env : NULL;
-		pol_weak_scope_text(c, sc, sizeof sc);
 		if (c->cls == POL_WEAK_PROTECTION) {
-			if (holds_escalate(cur, actor, now, app, env))
-				continue;
-			snprintf(detail, sizeof detail, "needs escalate %s", sc);
+			c->denied = !holds_escalate(cur, actor, now, app, env);
 		} else if (c->cls == POL_WEAK_GRANT_BINDING) {
 			/* Delegation: what the actor holds there, it may hand out. */
 			const struct pol_binding *nb = &next->bindings[c->index];
-			if (holds_escalate(cur, actor, now, nb->app, nb->env))
-				continue;
-			size_t r;
-			for (r = 0; r < nb->role->nrules; r++)
-				if (!holds_rule(cur, &wk, mb, nmine, &nb->role->rules[r], nb->app, nb->env, 0))
-					break;
-			if (r == nb->role->nrules)
-				continue;
-			list_text(&nb->role->rules[r].actions, acts, sizeof acts);
-			list_text(&nb->role->rules[r].kinds, kinds, sizeof kinds);
-			snprintf(detail, sizeof detail,
-				 "needs escalate %s, or to hold it there: %s does not hold %s on %s there",
-				 sc, actor, acts, kinds);
+			int held = 1;
+			for (size_t r = 0; r < nb->role->nrules && held; r++)
+				held = holds_rule(cur, &wk, mb, nmine, &nb->role->rules[r], nb->app,
+						  nb->env, 0);
+			c->denied = !held && !holds_escalate(cur, actor, now, nb->app, nb->env);
 		} else {
 			const struct pol_rule *want = &next->roles[c->index].rules[c->rule];
-			if (holds_rule(cur, &wk, mb, nmine, want, NULL, NULL, 1))
-				continue;
-			snprintf(detail, sizeof detail,
-				 "needs escalate globally, or to hold it: %s does not hold it at any scope",
-				 actor);
+			c->denied = !holds_rule(cur, &wk, mb, nmine, want, NULL, NULL, 1);
 		}
-		c->denied = 1;
-		deny_line(err, errlen, &off, ++ndenied, c, detail);
+		ndenied += (size_t)c->denied;
 	}
-	free(mb);
 	if (ndenied == 0) {
+		free(mb);
 		if (errlen > 0)
 			err[0] = '\0';
 		return 0;
 	}
+	/* The refusal names every refused change up front (paths), then says
+	 * what each weakens, as far as the message goes. */
+	append(err, errlen, &off,
+	       "escalation guard: %s lacks the escalate permission on policy for %zu weakening "
+	       "change(s): ",
+	       actor, ndenied);
+	for (size_t i = 0, k = 0; i < w->n; i++)
+		if (w->v[i].denied)
+			append(err, errlen, &off, "%s%s", k++ ? ", " : "", w->v[i].path);
+	for (size_t i = 0, k = 0; i < w->n; i++) {
+		const struct pol_weak *c = &w->v[i];
+		if (!c->denied)
+			continue;
+		pol_weak_scope_text(c, sc, sizeof sc);
+		append(err, errlen, &off, "%s%zu. %s: %s (needs escalate %s", k ? "; " : " -- ", k + 1,
+		       c->path, c->what, sc);
+		k++;
+		if (c->cls == POL_WEAK_GRANT_BINDING) {
+			const struct pol_binding *nb = &next->bindings[c->index];
+			for (size_t r = 0; r < nb->role->nrules; r++) {
+				if (holds_rule(cur, &wk, mb, nmine, &nb->role->rules[r], nb->app, nb->env,
+					       0))
+					continue;
+				list_text(&nb->role->rules[r].actions, acts, sizeof acts);
+				list_text(&nb->role->rules[r].kinds, kinds, sizeof kinds);
+				append(err, errlen, &off, ", or holding %s on %s there, which it does not",
+				       acts, kinds);
+				break;
+			}
+		} else if (c->cls == POL_WEAK_GRANT_ROLE) {
+			append(err, errlen, &off, ", or holding it somewhere, which it does not");
+		}
+		append(err, errlen, &off, ")");
+	}
+	free(mb);
 	return SW_EPERM;
 }
 

@@ -287,18 +287,50 @@ static void joined_group(struct ctx *c, const char *name, const struct pol_membe
 	}
 }
 
+/* A guardrail of o reaches the members of group `name`: it names the
+ * group, or a role bound to the group. */
+static int group_guarded(const struct pol_policy *o, const char *name)
+{
+	size_t k;
+	const int *v = pol_index_get(o->by_group, name, &k);
+	for (size_t g = 0; g < o->nguards; g++) {
+		if (names_has(&o->guards[g].groups, name))
+			return 1;
+		for (size_t i = 0; i < k; i++)
+			if (names_has(&o->guards[g].roles, o->bindings[v[i]].role->name))
+				return 1;
+	}
+	return 0;
+}
+
+/* An approval policy of n names group `name`. */
+static int group_approves(const struct pol_policy *n, const char *name)
+{
+	for (size_t i = 0; i < n->napprovals; i++) {
+		const struct pol_approval *a = &n->approvals[i];
+		if (names_has(&a->approver_groups, name) || quorum_names(&a->quorum, name) ||
+		    (a->break_glass && quorum_names(&a->bg, name)))
+			return 1;
+	}
+	return 0;
+}
+
 static void groups(struct ctx *c)
 {
 	const struct pol_policy *o = c->o, *n = c->n;
-	for (size_t g = 0; g < o->ngroups; g++) {
+	for (size_t g = 0; g < o->ngroups && !c->w->overflow; g++) {
+		if (!group_guarded(o, o->groups[g].name))
+			continue;
 		int ng = pol_group_find(n, o->groups[g].name);
-		for (size_t i = 0; i < o->groups[g].n; i++)
+		for (size_t i = 0; i < o->groups[g].n && !c->w->overflow; i++)
 			if (!member_within(n, ng, &o->groups[g].m[i]))
 				left_group(c, o->groups[g].name, &o->groups[g].m[i]);
 	}
-	for (size_t g = 0; g < n->ngroups; g++) {
+	for (size_t g = 0; g < n->ngroups && !c->w->overflow; g++) {
+		if (!group_approves(n, n->groups[g].name))
+			continue;
 		int og = pol_group_find(o, n->groups[g].name);
-		for (size_t i = 0; i < n->groups[g].n; i++)
+		for (size_t i = 0; i < n->groups[g].n && !c->w->overflow; i++)
 			if (!member_within(o, og, &n->groups[g].m[i]))
 				joined_group(c, n->groups[g].name, &n->groups[g].m[i]);
 	}
@@ -348,6 +380,19 @@ static void roles(struct ctx *c)
 	}
 }
 
+/* The bindings of p that may have this subject (from its indexes; the
+ * caller still compares the subject). */
+static const int *subject_bindings(const struct pol_policy *p, enum pol_subject k,
+			       const char *subject, size_t *n)
+{
+	if (k == POL_SUBJ_PRINCIPAL)
+		return pol_index_get(p->by_principal, subject, n);
+	if (k == POL_SUBJ_GROUP)
+		return pol_index_get(p->by_group, subject, n);
+	*n = p->nprefix_bindings;
+	return p->prefix_bindings;
+}
+
 /* Binding nb of n grants nothing that a binding of o did not: same subject
  * and role (not grown), within an old binding's scope, expiring no later,
  * and for a group, the group has no new member. */
@@ -358,8 +403,10 @@ static int granted_before(const struct pol_policy *o, const struct pol_policy *n
 		return 0;
 	if (nb->skind == POL_SUBJ_GROUP && group_grew(o, n, nb->subject))
 		return 0;
-	for (size_t i = 0; i < o->nbindings; i++) {
-		const struct pol_binding *ob = &o->bindings[i];
+	size_t k;
+	const int *v = subject_bindings(o, nb->skind, nb->subject, &k);
+	for (size_t i = 0; i < k; i++) {
+		const struct pol_binding *ob = &o->bindings[v[i]];
 		if (ob->skind == nb->skind && strcmp(ob->subject, nb->subject) == 0 &&
 		    strcmp(ob->role->name, nb->role->name) == 0 &&
 		    scope_holds(ob->app, ob->env, nb->app, nb->env) &&
@@ -373,8 +420,10 @@ static int granted_before(const struct pol_policy *o, const struct pol_policy *n
  * n (the role counts for guardrails at any scope, until it expires). */
 static int holding_kept(const struct pol_policy *n, const struct pol_binding *ob)
 {
-	for (size_t i = 0; i < n->nbindings; i++) {
-		const struct pol_binding *nb = &n->bindings[i];
+	size_t k;
+	const int *v = subject_bindings(n, ob->skind, ob->subject, &k);
+	for (size_t i = 0; i < k; i++) {
+		const struct pol_binding *nb = &n->bindings[v[i]];
 		if (nb->skind == ob->skind && strcmp(nb->subject, ob->subject) == 0 &&
 		    strcmp(nb->role->name, ob->role->name) == 0 &&
 		    (nb->expires_ms == 0 || (ob->expires_ms != 0 && ob->expires_ms <= nb->expires_ms)))
@@ -399,8 +448,7 @@ static void bindings(struct ctx *c)
 		snprintf(path, sizeof path, "$.%s", nb->label);
 		scope_words(nb->app, nb->env, sc, sizeof sc);
 		add(c, POL_WEAK_GRANT_BINDING, nb->app, nb->env, (int)b, -1, path,
-		    "binds role '%s' to %s %s%s %s: more than before (a new binding, a wider scope, "
-		    "a later expiry, a role that grew or a group that gained members)",
+		    "binds role '%s' to %s %s%s %s, more than before",
 		    nb->role->name, subject_words(nb->skind), nb->subject,
 		    nb->skind == POL_SUBJ_PREFIX ? "*" : "", sc);
 	}

@@ -460,7 +460,7 @@ static void test_judge(void **state)
 			    "  {'name': 'q', 'apps': ['web*'], 'environments': ['prod'], 'required': 2}]}";
 	assert_int_equal(judge(cur, wider, "spiffe://td/user/ed", err, sizeof err, &nd), SW_EPERM);
 	assert_non_null(strstr(err, "$.bindings[3]"));
-	assert_non_null(strstr(err, "does not hold"));
+	assert_non_null(strstr(err, "or holding deploy,read,cancel,pause,resume,rollback on deployment there, which it does not"));
 }
 
 /* A refusal that does not fit the buffer is cut, never overrun. */
