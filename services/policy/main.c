@@ -106,7 +106,7 @@ int main(int argc, char **argv)
 		  "Authorize denials recorded per principal and minute (the rest are counted in "
 		  "a summary audit event); 0 = record every denial",
 		  &cf.denials_per_minute },
-		{ "denial-principals", CFG_INT, "4096", 16, 1000000, 0,
+		{ "denial-principals", CFG_INT, "4096", 16, 100000, 0,
 		  "principals whose recorded denials are counted at once (least recently used "
 		  "evicted first)",
 		  &cf.denial_principals },

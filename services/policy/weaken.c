@@ -252,10 +252,11 @@ static void left_group(struct ctx *c, const char *name, const struct pol_member 
 			add(c, POL_WEAK_PROTECTION, NULL, NULL, -1, -1, path,
 			    "removing %s%s lifts guardrail '%s' from them", m->id, m->prefix ? "*" : "",
 			    gd->name);
-		for (size_t b = 0; b < o->nbindings; b++) {
-			const struct pol_binding *ob = &o->bindings[b];
-			if (ob->skind == POL_SUBJ_GROUP && strcmp(ob->subject, name) == 0 &&
-			    names_has(&gd->roles, ob->role->name))
+		size_t k;
+		const int *v = pol_index_get(o->by_group, name, &k);
+		for (size_t b = 0; b < k; b++) {
+			const struct pol_binding *ob = &o->bindings[v[b]];
+			if (names_has(&gd->roles, ob->role->name))
 				add(c, POL_WEAK_PROTECTION, NULL, NULL, -1, -1, path,
 				    "removing %s%s takes away role %s (%s), which lifts guardrail '%s' "
 				    "from them",
