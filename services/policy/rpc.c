@@ -6,9 +6,10 @@
  * memory and, when the decision must be recorded (denials, up to
  * --denials-per-minute per principal; deploy, approve, secret and policy
  * actions), defers the call to the decision writer, which answers once the
- * record is committed. Every other handler
- * runs on the worker pool and checks its caller against the same policy
- * (authorization.md), recording the check when it must.
+ * record is committed. Every other handler runs on the worker pool and
+ * checks its caller against the same policy (authorization.md), recording
+ * the check when it must. ApplyPolicy adds the escalation guard over the
+ * document's weakening changes (weaken.h).
  */
 #include "policy.h"
 #include "approval.h"
