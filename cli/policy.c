@@ -4,6 +4,7 @@
  *   slipway policy apply FILE|- [--expected-revision N] [--dry-run]
  *   slipway policy get [--revision N]          (the document on stdout)
  *   slipway policy diff [FROM [TO]]            (default: previous -> current)
+ *   slipway policy diff --file FILE|-          (current -> a proposed document)
  *   slipway policy explain --principal P --action A --resource KIND[/APP[/ENV[/NAME]]]
  *   slipway policy revision
  *   slipway policy approvals DEPLOYMENT
@@ -82,6 +83,46 @@ static char *read_doc(const char *path, size_t *len)
 	return b;
 }
 
+static void weak_scope(const Slipway__V1__PolicyWeakening *w, char *out, size_t len)
+{
+	if (w->app[0] == '\0')
+		snprintf(out, len, "globally");
+	else if (w->environment[0] == '\0')
+		snprintf(out, len, "at app %s", w->app);
+	else
+		snprintf(out, len, "at app %s environment %s", w->app, w->environment);
+}
+
+/* The weakening changes, one "! WEAKENS" line each (nothing when none). */
+static void print_weakening(FILE *f, Slipway__V1__PolicyWeakening **v, size_t n)
+{
+	if (n == 0)
+		return;
+	fprintf(f, "%zu change(s) weaken the policy; each needs the escalate permission on policy "
+		   "where it applies:\n",
+		n);
+	for (size_t i = 0; i < n; i++) {
+		char sc[200];
+		weak_scope(v[i], sc, sizeof sc);
+		fprintf(f, "! WEAKENS %s: %s (needs escalate %s%s)\n", v[i]->path, v[i]->what, sc,
+			v[i]->grant ? ", or to hold what it grants there" : "");
+	}
+}
+
+static json_t *weakening_json(Slipway__V1__PolicyWeakening **v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++) {
+		char sc[200];
+		weak_scope(v[i], sc, sizeof sc);
+		json_array_append_new(a, json_pack("{s:s,s:s,s:s,s:s,s:b,s:s}", "path", v[i]->path,
+						   "what", v[i]->what, "app", v[i]->app,
+						   "environment", v[i]->environment, "grant",
+						   v[i]->grant, "needs_escalate", sc));
+	}
+	return a;
+}
+
 static int cmd_apply(struct cli *c, int argc, char **argv)
 {
 	static const struct option lo[] = { { "expected-revision", required_argument, 0, 'e' },
@@ -117,14 +158,17 @@ static int cmd_apply(struct cli *c, int argc, char **argv)
 		return rc;
 	Slipway__V1__ApplyPolicyResponse *r = (void *)out;
 	if (c->output == CLI_JSON) {
-		cli_print_json(json_pack("{s:I,s:b,s:b}", "revision", (json_int_t)r->revision,
-					 "changed", r->changed, "dry_run", req.dry_run));
+		cli_print_json(json_pack("{s:I,s:b,s:b,s:o}", "revision", (json_int_t)r->revision,
+					 "changed", r->changed, "dry_run", req.dry_run, "weakening",
+					 weakening_json(r->weakening, r->n_weakening)));
 	} else if (req.dry_run) {
 		printf("valid; applying it would %s (current revision %llu)\n",
 		       r->changed ? "create a new revision" : "change nothing",
 		       (unsigned long long)r->revision);
+		print_weakening(stdout, r->weakening, r->n_weakening);
 	} else if (r->changed) {
 		printf("applied: revision %llu\n", (unsigned long long)r->revision);
+		print_weakening(stdout, r->weakening, r->n_weakening);
 	} else {
 		printf("unchanged: revision %llu already holds this document\n",
 		       (unsigned long long)r->revision);
@@ -213,25 +257,34 @@ static int cmd_revision(struct cli *c, int argc, char **argv)
 
 static int cmd_diff(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'a' }, { 0, 0, 0, 0 } };
+	static const struct option lo[] = { { "file", required_argument, 0, 'f' },
+					    { "addr", required_argument, 0, 'a' },
+					    { 0, 0, 0, 0 } };
 	Slipway__V1__DiffPolicyRequest req = SLIPWAY__V1__DIFF_POLICY_REQUEST__INIT;
-	const char *addr = NULL;
+	const char *addr = NULL, *file = NULL;
+	char *doc = NULL;
 	int o;
 	optind = 0;
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-		if (o == 'a')
-			addr = optarg;
-		else
-			return CLI_USAGE;
+		switch (o) {
+		case 'f': file = optarg; break;
+		case 'a': addr = optarg; break;
+		default: return CLI_USAGE;
+		}
 	}
 	int npos = argc - optind;
-	if (npos > 2)
-		return cli_usage("usage: slipway policy diff [FROM [TO]]");
+	if (npos > 2 || (file != NULL && npos > 0))
+		return cli_usage("usage: slipway policy diff [FROM [TO]] | --file FILE|-");
 	if (npos >= 1 && parse_u64(argv[optind], &req.from_revision) != 0)
 		return cli_usage("FROM wants a revision number");
 	if (npos == 2 && parse_u64(argv[optind + 1], &req.to_revision) != 0)
 		return cli_usage("TO wants a revision number");
-	if (npos == 0) {
+	if (file != NULL) {
+		size_t len;
+		if ((doc = read_doc(file, &len)) == NULL)
+			return CLI_FAIL;
+		req.document = doc;
+	} else if (npos == 0) {
 		uint64_t cur;
 		int rc = current_revision(c, addr, &cur);
 		if (rc != CLI_OK)
@@ -241,6 +294,7 @@ static int cmd_diff(struct cli *c, int argc, char **argv)
 	}
 	ProtobufCMessage *out = NULL;
 	int rc = call(c, addr, "DiffPolicy", &req.base, &out);
+	free(doc);
 	if (rc != CLI_OK)
 		return rc;
 	Slipway__V1__DiffPolicyResponse *r = (void *)out;
@@ -253,12 +307,20 @@ static int cmd_diff(struct cli *c, int argc, char **argv)
 			json_array_append_new(lines, json_stringn(p, n));
 			p += n + (e != NULL);
 		}
-		cli_print_json(json_pack("{s:I,s:I,s:o}", "from", (json_int_t)req.from_revision, "to",
-					 (json_int_t)req.to_revision, "changes", lines));
+		json_t *j = file != NULL
+				    ? json_pack("{s:s,s:s}", "from", "current", "to", file)
+				    : json_pack("{s:I,s:I}", "from", (json_int_t)req.from_revision, "to",
+						(json_int_t)req.to_revision);
+		json_object_set_new(j, "changes", lines);
+		json_object_set_new(j, "weakening", weakening_json(r->weakening, r->n_weakening));
+		cli_print_json(j);
 	} else if (r->diff[0] == '\0') {
 		printf("no changes\n");
 	} else {
 		fputs(r->diff, stdout);
+		if (r->n_weakening > 0)
+			putchar('\n');
+		print_weakening(stdout, r->weakening, r->n_weakening);
 	}
 	protobuf_c_message_free_unpacked(out, NULL);
 	return CLI_OK;
@@ -415,7 +477,7 @@ static int cmd_approvals(struct cli *c, int argc, char **argv)
 static const struct cli_cmd policy_cmds[] = {
 	{ "apply", cmd_apply, "validate and apply a policy document as a new revision" },
 	{ "get", cmd_get, "print the current (or a given) revision's document" },
-	{ "diff", cmd_diff, "show what changed between two revisions" },
+	{ "diff", cmd_diff, "show what changed between two revisions (or would change), and what weakens" },
 	{ "explain", cmd_explain, "show a decision and the rules that made it" },
 	{ "revision", cmd_revision, "print the current revision number" },
 	{ "approvals", cmd_approvals, "list the approvals of a deployment" },

@@ -9,7 +9,9 @@
  */
 #include "policy.h"
 #include "err.h"
+#include "weaken.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,75 +258,6 @@ int pol_must_audit(const char *kind, const char *action, int allowed)
 /* ------------------------------------------------------------------ */
 /* escalation guard                                                    */
 
-static json_t *doc_find(json_t *doc, const char *section, const char *name)
-{
-	json_t *a = json_object_get(doc, section), *e;
-	size_t i;
-	json_array_foreach(a, i, e) {
-		json_t *n = json_object_get(e, "name");
-		if (json_is_string(n) && strcmp(json_string_value(n), name) == 0)
-			return e;
-	}
-	return NULL;
-}
-
-static int same_role(const struct pol_policy *cur, const struct pol_policy *next,
-		     const struct pol_role *r)
-{
-	if (r->builtin)
-		return 1;
-	json_t *a = doc_find(cur->doc, "roles", r->name);
-	json_t *b = doc_find(next->doc, "roles", r->name);
-	return a != NULL && b != NULL && json_equal(a, b);
-}
-
-/* Every member of next's group is a member of cur's group of that name. */
-static int group_not_grown(const struct pol_policy *cur, const struct pol_policy *next,
-			   const char *name)
-{
-	int gn = pol_group_find(next, name), gc = pol_group_find(cur, name);
-	if (gn < 0)
-		return 1;
-	const struct pol_group *n = &next->groups[gn];
-	if (n->n == 0)
-		return 1;
-	if (gc < 0)
-		return 0;
-	const struct pol_group *c = &cur->groups[gc];
-	for (size_t i = 0; i < n->n; i++) {
-		int found = 0;
-		for (size_t k = 0; k < c->n && !found; k++)
-			found = c->m[k].prefix == n->m[i].prefix && strcmp(c->m[k].id, n->m[i].id) == 0;
-		if (!found)
-			return 0;
-	}
-	return 1;
-}
-
-static int same_str(const char *a, const char *b)
-{
-	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
-}
-
-/* next's binding nb grants nothing cur did not already grant. */
-static int already_granted(const struct pol_policy *cur, const struct pol_policy *next,
-			   const struct pol_binding *nb)
-{
-	if (!same_role(cur, next, nb->role))
-		return 0;
-	if (nb->skind == POL_SUBJ_GROUP && !group_not_grown(cur, next, nb->subject))
-		return 0;
-	for (size_t i = 0; i < cur->nbindings; i++) {
-		const struct pol_binding *ob = &cur->bindings[i];
-		if (ob->skind == nb->skind && strcmp(ob->subject, nb->subject) == 0 &&
-		    strcmp(ob->role->name, nb->role->name) == 0 && same_str(ob->app, nb->app) &&
-		    same_str(ob->env, nb->env) &&
-		    (ob->expires_ms == 0 || (nb->expires_ms != 0 && nb->expires_ms <= ob->expires_ms)))
-			return 1;
-	}
-	return 0;
-}
-
 /* want is covered by have: have has "*" or every entry of want. */
 static int covers_exact(const struct pol_list *have, const struct pol_list *want)
 {
@@ -465,144 +398,119 @@ static int holds_escalate(const struct pol_policy *cur, const char *actor, int64
 	return r.allowed;
 }
 
-/* The binding of cur equivalent to ob in next (or wider), if any. */
-static int kept_in(const struct pol_policy *next, const struct pol_binding *ob)
+/* Appends printf output to err at *off, bounded (cut at errlen). */
+static void append(char *err, size_t errlen, size_t *off, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void append(char *err, size_t errlen, size_t *off, const char *fmt, ...)
 {
-	for (size_t i = 0; i < next->nbindings; i++) {
-		const struct pol_binding *nb = &next->bindings[i];
-		if (nb->skind == ob->skind && strcmp(nb->subject, ob->subject) == 0 &&
-		    strcmp(nb->role->name, ob->role->name) == 0 && same_str(nb->app, ob->app) &&
-		    same_str(nb->env, ob->env) &&
-		    (nb->expires_ms == 0 || (ob->expires_ms != 0 && ob->expires_ms <= nb->expires_ms)))
-			return 1;
-	}
-	return 0;
+	if (*off + 1 >= errlen)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err + *off, errlen - *off, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*off += (size_t)n < errlen - *off ? (size_t)n : errlen - *off - 1;
 }
 
-/* Changes that lift a guardrail without touching it: members leaving a
- * group it names, bindings of a role it names going away. */
-static int lifts_guardrail(const struct pol_policy *cur, const struct pol_policy *next,
-			   char *err, size_t errlen)
-{
-	for (size_t g = 0; g < cur->nguards; g++) {
-		const struct pol_guard *gd = &cur->guards[g];
-		for (size_t k = 0; k < gd->groups.n; k++) {
-			int gc = pol_group_find(cur, gd->groups.v[k]);
-			int gn = pol_group_find(next, gd->groups.v[k]);
-			if (gc < 0)
-				continue;
-			for (size_t m = 0; m < cur->groups[gc].n; m++) {
-				const struct pol_member *cm = &cur->groups[gc].m[m];
-				int kept = 0;
-				for (size_t x = 0; gn >= 0 && x < next->groups[gn].n && !kept; x++)
-					kept = next->groups[gn].m[x].prefix == cm->prefix &&
-					       strcmp(next->groups[gn].m[x].id, cm->id) == 0;
-				if (!kept)
-					return sw_errf(err, errlen, SW_EPERM,
-						       "$.groups.%s: removing %s%s lifts guardrail '%s' "
-						       "(escalation guard: needs the escalate permission)",
-						       gd->groups.v[k], cm->id, cm->prefix ? "*" : "",
-						       gd->name);
-			}
-		}
-		for (size_t k = 0; k < gd->roles.n; k++) {
-			for (size_t b = 0; b < cur->nbindings; b++) {
-				const struct pol_binding *ob = &cur->bindings[b];
-				if (strcmp(ob->role->name, gd->roles.v[k]) != 0 ||
-				    strncmp(ob->label, "builtin:", 8) == 0 || kept_in(next, ob))
-					continue;
-				return sw_errf(err, errlen, SW_EPERM,
-					       "$.bindings: removing what was %s (role %s to %s) lifts "
-					       "guardrail '%s' (escalation guard: needs the escalate "
-					       "permission)",
-					       ob->label, ob->role->name, ob->subject, gd->name);
-			}
-		}
-	}
-	return 0;
-}
-
-int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
-			 const char *actor, int64_t now, char *err, size_t errlen)
+int pol_escalation_judge(const struct pol_policy *cur, const struct pol_policy *next,
+			 const char *actor, int64_t now, struct pol_weaken *w, char *err,
+			 size_t errlen)
 {
 	const struct pol_binding **mb = NULL;
-	int rc = 0;
-	char acts[200], kinds[200];
+	char acts[200], kinds[200], sc[160];
+	size_t ndenied = 0, off = 0;
 
+	for (size_t i = 0; i < w->n; i++)
+		w->v[i].denied = 0;
 	if (holds_escalate(cur, actor, now, NULL, NULL))
 		return 0;
-
-	/* Removing or changing a guardrail widens what people may do. */
-	json_t *gs = json_object_get(cur->doc, "guardrails"), *g;
-	size_t i;
-	json_array_foreach(gs, i, g) {
-		json_t *name = json_object_get(g, "name");
-		json_t *now_g = json_is_string(name)
-					? doc_find(next->doc, "guardrails", json_string_value(name))
-					: NULL;
-		if (now_g == NULL || !json_equal(now_g, g))
-			return sw_errf(err, errlen, SW_EPERM,
-				       "$.guardrails: %s guardrail '%s' needs the escalate permission "
-				       "(escalation guard)",
-				       now_g == NULL ? "removing" : "changing",
-				       json_is_string(name) ? json_string_value(name) : "?");
-	}
-	if ((rc = lifts_guardrail(cur, next, err, errlen)) != 0)
-		return rc;
+	if (w->overflow)
+		return sw_errf(err, errlen, SW_EPERM,
+			       "escalation guard: the document weakens the policy in more than %d ways; "
+			       "only a holder of the escalate permission on policy globally may apply it",
+			       POL_WEAKEN_MAX);
 
 	mb = calloc(4096, sizeof *mb);
 	if (mb == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	size_t nmine = actor_bindings(cur, actor, now, mb, 4096);
-	struct walk w;
+	struct walk wk;
 	struct pol_result wr;
 	struct pol_query wq = { actor, "", "", "", "", "", now };
-	walk_collect(&w, cur, &wq, &wr);
+	walk_collect(&wk, cur, &wq, &wr);
 
-	/* A new or changed role may carry only what the actor holds somewhere. */
-	for (size_t r = 0; r < next->nroles; r++) {
-		const struct pol_role *role = &next->roles[r];
-		if (same_role(cur, next, role))
-			continue;
-		for (size_t k = 0; k < role->nrules; k++) {
-			if (holds_rule(cur, &w, mb, nmine, &role->rules[k], NULL, NULL, 1))
-				continue;
-			list_text(&role->rules[k].actions, acts, sizeof acts);
-			list_text(&role->rules[k].kinds, kinds, sizeof kinds);
-			rc = sw_errf(err, errlen, SW_EPERM,
-				     "$.roles[%zu].rules[%zu]: role '%s' would carry %s on %s, which %s "
-				     "does not hold (escalation guard: needs the escalate permission)",
-				     r - (next->nroles - (size_t)json_array_size(
-							json_object_get(next->doc, "roles"))),
-				     k, role->name, acts, kinds, actor);
-			goto out;
+	/* Who may make each change. */
+	for (size_t i = 0; i < w->n; i++) {
+		struct pol_weak *c = &w->v[i];
+		const char *app = c->app[0] ? c->app : NULL, *env = c->env[0] ? c->env : NULL;
+		if (c->cls == POL_WEAK_PROTECTION) {
+			c->denied = !holds_escalate(cur, actor, now, app, env);
+		} else if (c->cls == POL_WEAK_GRANT_BINDING) {
+			/* Delegation: what the actor holds there, it may hand out. */
+			const struct pol_binding *nb = &next->bindings[c->index];
+			int held = 1;
+			for (size_t r = 0; r < nb->role->nrules && held; r++)
+				held = holds_rule(cur, &wk, mb, nmine, &nb->role->rules[r], nb->app,
+						  nb->env, 0);
+			c->denied = !held && !holds_escalate(cur, actor, now, nb->app, nb->env);
+		} else {
+			const struct pol_rule *want = &next->roles[c->index].rules[c->rule];
+			c->denied = !holds_rule(cur, &wk, mb, nmine, want, NULL, NULL, 1);
 		}
+		ndenied += (size_t)c->denied;
 	}
-	/* A binding may hand out only what the actor holds at its scope. */
-	for (size_t b = 0; b < next->nbindings; b++) {
-		const struct pol_binding *nb = &next->bindings[b];
-		if (strncmp(nb->label, "builtin:", 8) == 0)
-			continue; /* built-ins are the same in every revision */
-		if (already_granted(cur, next, nb))
+	if (ndenied == 0) {
+		free(mb);
+		if (errlen > 0)
+			err[0] = '\0';
+		return 0;
+	}
+	/* The refusal names every refused change up front (paths), then says
+	 * what each weakens, as far as the message goes. */
+	append(err, errlen, &off,
+	       "escalation guard: %s lacks the escalate permission on policy for %zu weakening "
+	       "change(s): ",
+	       actor, ndenied);
+	for (size_t i = 0, k = 0; i < w->n; i++)
+		if (w->v[i].denied)
+			append(err, errlen, &off, "%s%s", k++ ? ", " : "", w->v[i].path);
+	for (size_t i = 0, k = 0; i < w->n; i++) {
+		const struct pol_weak *c = &w->v[i];
+		if (!c->denied)
 			continue;
-		if (holds_escalate(cur, actor, now, nb->app, nb->env))
-			continue;
-		for (size_t r = 0; r < nb->role->nrules; r++) {
-			const struct pol_rule *want = &nb->role->rules[r];
-			if (holds_rule(cur, &w, mb, nmine, want, nb->app, nb->env, 0))
-				continue;
-			char sc[200];
-			scope_text(nb->app, nb->env, sc, sizeof sc);
-			list_text(&want->actions, acts, sizeof acts);
-			list_text(&want->kinds, kinds, sizeof kinds);
-			rc = sw_errf(err, errlen, SW_EPERM,
-				     "$.%s: binds role '%s' %s, but %s does not hold %s on %s there "
-				     "(escalation guard: needs the escalate permission)",
-				     nb->label, nb->role->name, sc, actor, acts, kinds);
-			goto out;
+		pol_weak_scope_text(c, sc, sizeof sc);
+		append(err, errlen, &off, "%s%zu. %s: %s (needs escalate %s", k ? "; " : " -- ", k + 1,
+		       c->path, c->what, sc);
+		k++;
+		if (c->cls == POL_WEAK_GRANT_BINDING) {
+			const struct pol_binding *nb = &next->bindings[c->index];
+			for (size_t r = 0; r < nb->role->nrules; r++) {
+				if (holds_rule(cur, &wk, mb, nmine, &nb->role->rules[r], nb->app, nb->env,
+					       0))
+					continue;
+				list_text(&nb->role->rules[r].actions, acts, sizeof acts);
+				list_text(&nb->role->rules[r].kinds, kinds, sizeof kinds);
+				append(err, errlen, &off, ", or holding %s on %s there, which it does not",
+				       acts, kinds);
+				break;
+			}
+		} else if (c->cls == POL_WEAK_GRANT_ROLE) {
+			append(err, errlen, &off, ", or holding it somewhere, which it does not");
 		}
+		append(err, errlen, &off, ")");
 	}
-out:
 	free(mb);
+	return SW_EPERM;
+}
+
+int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
+			 const char *actor, int64_t now, char *err, size_t errlen)
+{
+	struct pol_weaken w = { 0 };
+	int rc = pol_weaken(cur, next, &w, err, errlen);
+	if (rc == 0)
+		rc = pol_escalation_judge(cur, next, actor, now, &w, err, errlen);
+	pol_weaken_free(&w);
 	return rc;
 }

@@ -26,6 +26,8 @@ struct config {
 	char *admins;
 	long long db_pool;
 	long long max_watchers;
+	long long denials_per_minute;
+	long long denial_principals;
 };
 
 static int probe(void *arg, char *why, size_t whylen)
@@ -100,6 +102,14 @@ int main(int argc, char **argv)
 		{ "max-watchers", CFG_INT, "0", 0, 1024, 0,
 		  "concurrent WatchRevision streams (each holds a worker); 0 = workers/2",
 		  &cf.max_watchers },
+		{ "denials-per-minute", CFG_INT, "20", 0, 100000, 0,
+		  "Authorize denials recorded per principal and minute (the rest are counted in "
+		  "a summary audit event); 0 = record every denial",
+		  &cf.denials_per_minute },
+		{ "denial-principals", CFG_INT, "4096", 16, 100000, 0,
+		  "principals whose recorded denials are counted at once (least recently used "
+		  "evicted first)",
+		  &cf.denial_principals },
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 	char err[1024];
@@ -151,6 +161,12 @@ int main(int argc, char **argv)
 	p = NULL;
 	log_info("policy loaded", "revision=%llu bootstrap_admins=%zu",
 		 (unsigned long long)s.cur->revision, nadmins);
+	if (cf.denials_per_minute > 0 &&
+	    pol_limiter_new((uint32_t)cf.denials_per_minute, (size_t)cf.denial_principals,
+			    &s.limiter) != 0) {
+		snprintf(err, sizeof err, "out of memory for the denial limiter");
+		goto fail;
+	}
 	if (pol_watcher_start(&s, err, sizeof err) != 0 || pol_writer_start(&s, err, sizeof err) != 0)
 		goto fail;
 	if (cf.audit_addr != NULL && cf.audit_addr[0] != '\0') {
@@ -188,6 +204,7 @@ out:
 	/* Tear-down in reverse: the writer finishes deferred calls during
 	 * svc_stop, so it stops after it. */
 	pol_writer_stop(&s);
+	pol_limiter_free(s.limiter);
 	pol_watcher_stop(&s);
 	if (relay_ok)
 		outbox_relay_stop(s.relay, 2000);

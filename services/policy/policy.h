@@ -11,7 +11,7 @@
  * revision watcher swaps in the next one.
  *
  * Files: doc.c (parse, validate, compile), eval.c (decisions, explain, the
- * escalation guard), tz.c (time zones for freeze windows), approval.c
+ * escalation guard), weaken.c (which changes weaken a document), tz.c (time zones for freeze windows), approval.c
  * (approval rules), diff.c (revision diffs), store.c (PostgreSQL: revisions,
  * decisions, approvals; the revision watcher and the decision writer),
  * rpc.c (one function per RPC), main.c (start-up and shutdown).
@@ -282,11 +282,11 @@ void pol_describe_guard(const struct pol_guard *g, char *out, size_t len);
 int pol_must_audit(const char *kind, const char *action, int allowed);
 
 /*
- * The escalation guard of ApplyPolicy: every binding of next that grants
- * more than cur already granted to its subjects must be covered by what
- * `actor` holds in cur at that binding's scope, unless actor holds escalate
- * there; removing or weakening a guardrail needs escalate globally.
- * Returns 0 or SW_EPERM with the first offending path in err.
+ * The escalation guard of ApplyPolicy in one call: pol_weaken(cur, next)
+ * then pol_escalation_judge (weaken.h): each change from cur to next that
+ * weakens the policy needs escalate where it applies (a grant may instead
+ * be covered by what `actor` holds in cur there). Returns 0, SW_EPERM with
+ * every refused change in err, or SW_ENOMEM. Any thread.
  */
 int pol_escalation_check(const struct pol_policy *cur, const struct pol_policy *next,
 			 const char *actor, int64_t now_ms, char *err, size_t errlen);
@@ -316,6 +316,43 @@ int pol_tz_posix(const char *s, struct pol_tz **out, char *err, size_t errlen);
  * (free()), capped at max bytes. Returns 0, or SW_ELIMIT past the cap. */
 int pol_diff(json_t *from, json_t *to, size_t max, char **out);
 
+/* ---- limit.c: recorded denials per principal ---- */
+
+#define POL_PRINCIPAL_MAX 255     /* SPIFFE_ID_MAX */
+
+struct pol_limiter;
+
+/* Denials of one principal that were answered but not recorded. */
+struct pol_denial_summary {
+	char principal[POL_PRINCIPAL_MAX + 1];
+	uint64_t suppressed;            /* how many */
+	int64_t from_ms, to_ms;         /* the first of them; when summarized */
+	uint32_t per_minute;            /* the limit then */
+};
+
+/* A limiter of per_minute recorded denials per principal (0 = no limit)
+ * over at most max principals. Returns 0 and *out (pol_limiter_free), or
+ * SW_ENOMEM. */
+int pol_limiter_new(uint32_t per_minute, size_t max, struct pol_limiter **out);
+void pol_limiter_free(struct pol_limiter *l);
+
+/*
+ * Whether a denial about principal at now must be recorded (1) or only
+ * counted (0). When it returns 1 and the window of denials of principal
+ * that were counted has ended (a minute after the first of them), *sum
+ * holds their summary and *has_sum is 1: record it with this denial.
+ * l NULL: always 1. Any thread (O(1), never blocks on I/O).
+ */
+int pol_limiter_admit(struct pol_limiter *l, const char *principal, int64_t now,
+		      struct pol_denial_summary *sum, int *has_sum);
+
+/* Writes into out (at most max) the summaries that are due at now: a
+ * minute after a principal's first counted denial (with all: every open
+ * count, at shutdown), and those of evicted principals. Returns how many.
+ * Any thread. */
+size_t pol_limiter_due(struct pol_limiter *l, int64_t now, int all,
+		       struct pol_denial_summary *out, size_t max);
+
 /* ---- the running service (store.c, rpc.c, approval.c, main.c) ---- */
 
 struct db;
@@ -342,6 +379,7 @@ struct pol_service {
 	atomic_int stop;
 
 	struct pol_writer *writer;       /* decision writer (store.c) */
+	struct pol_limiter *limiter;     /* recorded Authorize denials per principal; NULL: all */
 };
 
 /* A decision to record (strings borrowed for the call). */
@@ -359,6 +397,9 @@ struct pol_decision {
 	size_t nextra;                   /* extra audit details */
 	const char *ekeys[12];
 	const char *evals[12];
+	/* Denials of a principal that were counted, not recorded: audited
+	 * (policy.denials_suppressed) with this decision. NULL: none. */
+	const struct pol_denial_summary *summary;
 };
 
 /* ---- store.c ---- */
@@ -386,8 +427,14 @@ int pol_watcher_start(struct pol_service *s, char *err, size_t errlen);
 void pol_watcher_stop(struct pol_service *s);
 
 /* Records d (decisions table) and audits it (outbox) on c, inside the
- * caller's transaction. */
+ * caller's transaction; and d->summary, if any. */
 int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_t errlen);
+
+/* Audits a summary of suppressed denials (policy.denials_suppressed: actor
+ * the principal, details suppressed, window_start, window_end,
+ * limit_per_minute) on c, inside the caller's transaction. */
+int pol_record_summary(struct db_conn *c, const struct pol_denial_summary *s, char *err,
+		       size_t errlen);
 
 /* Records d in its own transaction and kicks the relay. */
 int pol_record_now(struct pol_service *s, const struct pol_decision *d, char *err,

@@ -3,14 +3,17 @@
  * decode -> validate -> authorize -> domain call -> encode.
  *
  * Authorize runs inline on the completion-queue thread: it decides in
- * memory and, when the decision must be recorded (denials; deploy,
- * approve, secret and policy actions), defers the call to the decision
- * writer, which answers once the record is committed. Every other handler
- * runs on the worker pool and checks its caller against the same policy
- * (authorization.md), recording the check when it must.
+ * memory and, when the decision must be recorded (denials, up to
+ * --denials-per-minute per principal; deploy, approve, secret and policy
+ * actions), defers the call to the decision writer, which answers once the
+ * record is committed. Every other handler runs on the worker pool and
+ * checks its caller against the same policy (authorization.md), recording
+ * the check when it must. ApplyPolicy adds the escalation guard over the
+ * document's weakening changes (weaken.h).
  */
 #include "policy.h"
 #include "approval.h"
+#include "weaken.h"
 #include "err.h"
 #include "log.h"
 #include "rpc.h"
@@ -123,6 +126,32 @@ static void finish_deferred(void *arg, int code, const char *msg)
 
 /* ---- Authorize (inline; deferred when the decision is recorded) ---- */
 
+/*
+ * Whether a denial about principal is recorded (1) or only counted (0):
+ * at most --denials-per-minute recorded per principal (limit.c). When it
+ * is recorded after others were counted, their summary goes with it
+ * (d->summary, in call memory). CQ thread.
+ */
+static int admit_denial(struct pol_service *s, struct rpc_ctx *ctx, const char *principal,
+			int64_t now, struct pol_decision *d)
+{
+	struct pol_denial_summary sum;
+	int has = 0;
+	if (!pol_limiter_admit(s->limiter, principal, now, &sum, &has))
+		return 0;
+	if (has) {
+		struct pol_denial_summary *keep = rpc_alloc(ctx, sizeof *keep);
+		if (keep != NULL) {
+			*keep = sum;
+			d->summary = keep;
+		} else {
+			log_error("cannot keep a summary of suppressed denials", "principal=%s count=%llu",
+				  principal, (unsigned long long)sum.suppressed);
+		}
+	}
+	return 1;
+}
+
 static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 		     void *data)
 {
@@ -171,6 +200,8 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 					"permission denied: %s may not ask about other principals "
 					"(needs authorize on policy)",
 					caller);
+			if (!admit_denial(s, ctx, caller, now, &d))
+				goto out; /* counted, not recorded: answered at once */
 			rpc_defer(ctx);
 			if (pol_writer_submit(s, &d, rc, finish_deferred, ctx) != 0)
 				rpc_finish(ctx, rc);
@@ -193,7 +224,8 @@ static int authorize(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protobuf
 		rc = SW_ENOMEM;
 		goto out;
 	}
-	if (pol_must_audit(kind, action, r.allowed)) {
+	if (pol_must_audit(kind, action, r.allowed) &&
+	    (r.allowed || admit_denial(s, ctx, req->principal, now, &d))) {
 		d.principal = req->principal;
 		d.action = rpc_strdup(ctx, action);
 		d.kind = kind;
@@ -281,6 +313,76 @@ static int watch_revision(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 
 /* ---- the document ---- */
 
+/* The weakening changes w into call memory for a response. */
+static int weakening_out(struct rpc_ctx *ctx, const struct pol_weaken *w,
+			 Slipway__V1__PolicyWeakening ***out, size_t *n)
+{
+	Slipway__V1__PolicyWeakening **v = rpc_alloc(ctx, (w->n + 1) * sizeof *v);
+	if (v == NULL)
+		return SW_ENOMEM;
+	for (size_t i = 0; i < w->n; i++) {
+		const struct pol_weak *c = &w->v[i];
+		Slipway__V1__PolicyWeakening *m = rpc_alloc(ctx, sizeof *m);
+		if (m == NULL)
+			return SW_ENOMEM;
+		slipway__v1__policy_weakening__init(m);
+		m->path = rpc_strdup(ctx, c->path);
+		m->what = rpc_strdup(ctx, c->what);
+		m->app = rpc_strdup(ctx, c->app);
+		m->environment = rpc_strdup(ctx, c->env);
+		m->grant = c->cls != POL_WEAK_PROTECTION;
+		if (m->path == NULL || m->what == NULL || m->app == NULL || m->environment == NULL)
+			return SW_ENOMEM;
+		v[i] = m;
+	}
+	*out = v;
+	*n = w->n;
+	return 0;
+}
+
+/*
+ * Records the escalation guard's refusal of an apply by the RPC peer as a
+ * denied `escalate` decision (decisions table and audit log), one reason
+ * per refused change. Worker threads.
+ */
+static void record_refusal(struct pol_service *s, struct rpc_ctx *ctx,
+			   const struct pol_policy *cur, const struct pol_weaken *w,
+			   const char *msg)
+{
+	enum { MAXR = 16 };
+	char rerr[512], count[24], more[64];
+	const char *rv[MAXR + 1];
+	size_t n = 0, denied = 0;
+	for (size_t i = 0; i < w->n; i++) {
+		if (!w->v[i].denied)
+			continue;
+		denied++;
+		if (n < MAXR) {
+			char line[POL_WEAKEN_PATH + POL_REASON_LEN + 4];
+			snprintf(line, sizeof line, "%s: %s", w->v[i].path, w->v[i].what);
+			rv[n] = rpc_strdup(ctx, line);
+			if (rv[n] != NULL)
+				n++;
+		}
+	}
+	if (denied > n) {
+		snprintf(more, sizeof more, "... and %zu more", denied - n);
+		rv[n++] = more;
+	}
+	if (n == 0)
+		rv[n++] = msg;
+	snprintf(count, sizeof count, "%zu", denied);
+	struct pol_decision d = { .principal = rpc_peer(ctx), .action = "escalate", .kind = "policy",
+				  .app = "", .env = "", .name = "", .allowed = 0, .nreasons = n,
+				  .reasons = rv, .revision = cur->revision, .caller = rpc_peer(ctx),
+				  .request_id = rpc_request_id(ctx),
+				  .note = "ApplyPolicy escalation guard: the document was not applied",
+				  .nextra = 1, .ekeys = { "weakening_refused" }, .evals = { count } };
+	rpc_new_request_id(d.id);
+	if (pol_record_now(s, &d, rerr, sizeof rerr) != 0)
+		log_error("cannot record a decision", "error=%s", rerr);
+}
+
 static int apply_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			ProtobufCMessage *respm, void *data)
 {
@@ -288,7 +390,8 @@ static int apply_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	const Slipway__V1__ApplyPolicyRequest *req = (const void *)reqm;
 	Slipway__V1__ApplyPolicyResponse *resp = (void *)respm;
 	struct pol_policy *next = NULL, *cur = NULL;
-	char err[1024];
+	struct pol_weaken w = { 0 };
+	char err[4096];
 	int rc;
 
 	if ((rc = require(s, ctx, "apply", "policy", NULL, NULL, NULL)) != 0)
@@ -302,20 +405,23 @@ static int apply_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	if ((rc = pol_compile(req->document, len, &s->bopts, &next, err, sizeof err)) != 0)
 		return rpc_errorf(ctx, rc, "invalid policy document: %s", err);
 	cur = pol_current(s);
-	rc = pol_escalation_check(cur, next, rpc_peer(ctx), clock_wall_ms(), err, sizeof err);
-	if (rc != 0) {
-		char rerr[512];
-		const char *rv[1] = { err };
-		struct pol_decision d = { .principal = rpc_peer(ctx), .action = "escalate",
-					  .kind = "policy", .app = "", .env = "", .name = "",
-					  .allowed = 0, .nreasons = 1, .reasons = rv,
-					  .revision = cur->revision, .caller = rpc_peer(ctx),
-					  .request_id = rpc_request_id(ctx),
-					  .note = "ApplyPolicy escalation guard" };
-		rpc_new_request_id(d.id);
-		if (pol_record_now(s, &d, rerr, sizeof rerr) != 0)
-			log_error("cannot record a decision", "error=%s", rerr);
+	/* What the document weakens, and whether the applier may. */
+	if ((rc = pol_weaken(cur, next, &w, err, sizeof err)) != 0) {
+		rc = rpc_errorf(ctx, rc, "%s", err);
+		goto out;
+	}
+	rc = pol_escalation_judge(cur, next, rpc_peer(ctx), clock_wall_ms(), &w, err, sizeof err);
+	if (rc == SW_EPERM) {
+		record_refusal(s, ctx, cur, &w, err);
 		rc = rpc_errorf(ctx, rc, "permission denied: %s", err);
+		goto out;
+	}
+	if (rc != 0) {
+		rc = rpc_errorf(ctx, rc, "%s", err);
+		goto out;
+	}
+	if ((rc = weakening_out(ctx, &w, &resp->weakening, &resp->n_weakening)) != 0) {
+		rc = rpc_errorf(ctx, rc, "out of memory");
 		goto out;
 	}
 	if (req->dry_run) {
@@ -333,9 +439,10 @@ static int apply_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	}
 	resp->revision = rev;
 	resp->changed = changed;
-	log_info("policy applied", "revision=%llu changed=%d by=%s", (unsigned long long)rev,
-		 changed, rpc_peer(ctx));
+	log_info("policy applied", "revision=%llu changed=%d by=%s weakening=%zu",
+		 (unsigned long long)rev, changed, rpc_peer(ctx), w.n);
 out:
+	pol_weaken_free(&w);
 	pol_unref(next);
 	pol_unref(cur);
 	return rc;
@@ -388,46 +495,70 @@ static int diff_policy(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	const Slipway__V1__DiffPolicyRequest *req = (const void *)reqm;
 	Slipway__V1__DiffPolicyResponse *resp = (void *)respm;
 	struct pol_policy *a = NULL, *b = NULL;
-	char err[512], *text = NULL;
+	struct pol_weaken w = { 0 };
+	char err[1024], *text = NULL;
 	int rc;
 
 	if ((rc = require(s, ctx, "read", "policy", NULL, NULL, NULL)) != 0)
 		return rc;
+	size_t dlen = req->document != NULL ? strlen(req->document) : 0;
+	if (dlen > 0 && (req->from_revision != 0 || req->to_revision != 0))
+		return rpc_errorf(ctx, SW_EINVAL,
+				  "a proposed document is compared with the current revision: "
+				  "from_revision and to_revision must be 0");
+	if (dlen > POL_MAX_DOC_BYTES)
+		return rpc_errorf(ctx, SW_EINVAL, "$: document larger than %u bytes",
+				  POL_MAX_DOC_BYTES);
 	if (pol_refresh(s, err, sizeof err) != 0)
 		log_warn("cannot check for a newer revision", "error=%s", err);
-	struct pol_policy *cur = pol_current(s);
-	uint64_t have = cur->revision;
-	pol_unref(cur);
-	uint64_t to = req->to_revision ? req->to_revision : have;
-	if (req->from_revision > have || to > have)
-		return rpc_errorf(ctx, SW_ENOTFOUND, "no such revision (current is %llu)",
-				  (unsigned long long)have);
-	if ((rc = pol_store_load(s, req->from_revision, &a, err, sizeof err)) != 0 &&
-	    req->from_revision != 0) {
-		rc = rpc_errorf(ctx, rc, "%s", err);
-		goto out;
-	}
-	if (req->from_revision == 0) {
-		/* Revision 0 is the empty document (built-ins only). */
-		pol_unref(a);
-		a = NULL;
-		if ((rc = pol_compile(NULL, 0, &s->bopts, &a, err, sizeof err)) != 0) {
+	if (dlen > 0) {
+		/* The current revision -> the proposed document. */
+		a = pol_current(s);
+		if ((rc = pol_compile(req->document, dlen, &s->bopts, &b, err, sizeof err)) != 0) {
+			rc = rpc_errorf(ctx, rc, "invalid policy document: %s", err);
+			goto out;
+		}
+	} else {
+		struct pol_policy *cur = pol_current(s);
+		uint64_t have = cur->revision;
+		pol_unref(cur);
+		uint64_t to = req->to_revision ? req->to_revision : have;
+		if (req->from_revision > have || to > have)
+			return rpc_errorf(ctx, SW_ENOTFOUND, "no such revision (current is %llu)",
+					  (unsigned long long)have);
+		if ((rc = pol_store_load(s, req->from_revision, &a, err, sizeof err)) != 0 &&
+		    req->from_revision != 0) {
+			rc = rpc_errorf(ctx, rc, "%s", err);
+			goto out;
+		}
+		if (req->from_revision == 0) {
+			/* Revision 0 is the empty document (built-ins only). */
+			pol_unref(a);
+			a = NULL;
+			if ((rc = pol_compile(NULL, 0, &s->bopts, &a, err, sizeof err)) != 0) {
+				rc = rpc_errorf(ctx, rc, "%s", err);
+				goto out;
+			}
+		}
+		if ((rc = pol_store_load(s, to, &b, err, sizeof err)) != 0) {
 			rc = rpc_errorf(ctx, rc, "%s", err);
 			goto out;
 		}
 	}
-	if ((rc = pol_store_load(s, to, &b, err, sizeof err)) != 0) {
-		rc = rpc_errorf(ctx, rc, "%s", err);
-		goto out;
-	}
 	if ((rc = pol_diff(a->doc, b->doc, 2u << 20, &text)) != 0) {
 		rc = rpc_errorf(ctx, rc, "the diff is larger than 2 MiB");
+		goto out;
+	}
+	if ((rc = pol_weaken(a, b, &w, err, sizeof err)) != 0 ||
+	    (rc = weakening_out(ctx, &w, &resp->weakening, &resp->n_weakening)) != 0) {
+		rc = rpc_errorf(ctx, rc, "cannot list the weakening changes: out of memory");
 		goto out;
 	}
 	resp->diff = rpc_strdup(ctx, text);
 	if (resp->diff == NULL)
 		rc = rpc_errorf(ctx, SW_ELIMIT, "the diff does not fit in a response");
 out:
+	pol_weaken_free(&w);
 	free(text);
 	pol_unref(a);
 	pol_unref(b);

@@ -4,7 +4,8 @@
  * watcher that keeps the in-memory policy current across replicas
  * (LISTEN/NOTIFY, with a poll as a safety net); and the decision writer,
  * which group-commits the decisions that deferred Authorize calls must
- * record before they answer.
+ * record before they answer, and audits the summaries of denials that were
+ * only counted (limit.c) when they are due.
  */
 #include "policy.h"
 #include "db.h"
@@ -348,6 +349,7 @@ static char *pg_array(const char *const *v, size_t n)
 int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_t errlen)
 {
 	char rev[24], res[400], joined[2048];
+	int rc;
 	char *arr = pg_array(d->reasons, d->nreasons);
 	if (arr == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -363,7 +365,7 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 				 db_i64(rev, (int64_t)d->revision),
 				 d->caller ? d->caller : "",
 				 d->request_id ? d->request_id : log_request_id() };
-	int rc = db_q(c,
+	rc = db_q(c,
 		      "INSERT INTO decisions (id, principal, action, kind, app, environment, name,"
 		      " allowed, reasons, revision, caller, request_id)"
 		      " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::boolean, $9::text[], $10::bigint,"
@@ -399,12 +401,48 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 		outbox_detail(&e, "note", d->note);
 	for (size_t i = 0; i < d->nextra && i < 12; i++)
 		outbox_detail(&e, d->ekeys[i], d->evals[i]);
+	if ((rc = outbox_add(c, "policy", &e, err, errlen)) != 0)
+		return rc;
+	return d->summary != NULL ? pol_record_summary(c, d->summary, err, errlen) : 0;
+}
+
+static void rfc3339(int64_t ms, char *out, size_t len)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	char s[32];
+	gmtime_r(&t, &tm);
+	strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, len, "%s.%03dZ", s, (int)(ms % 1000));
+}
+
+int pol_record_summary(struct db_conn *c, const struct pol_denial_summary *s, char *err,
+		       size_t errlen)
+{
+	char n[24], from[40], to[40], lim[24];
+	snprintf(n, sizeof n, "%llu", (unsigned long long)s->suppressed);
+	snprintf(lim, sizeof lim, "%u", s->per_minute);
+	rfc3339(s->from_ms, from, sizeof from);
+	rfc3339(s->to_ms, to, sizeof to);
+	struct outbox_event e = { .actor = s->principal,
+				  .action = "policy.denials_suppressed",
+				  .resource = "policy",
+				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED };
+	outbox_detail(&e, "suppressed", n);
+	outbox_detail(&e, "window_start", from);
+	outbox_detail(&e, "window_end", to);
+	outbox_detail(&e, "limit_per_minute", lim);
+	outbox_detail(&e, "note",
+		      "denials of this principal past the limit were answered (denied) but not "
+		      "recorded one by one");
 	return outbox_add(c, "policy", &e, err, errlen);
 }
 
 struct rec_args {
 	const struct pol_decision *d;
 	size_t n;
+	const struct pol_denial_summary *sum;
+	size_t nsum;
 };
 
 static int rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
@@ -412,6 +450,11 @@ static int rec_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	struct rec_args *a = arg;
 	for (size_t i = 0; i < a->n; i++) {
 		int rc = pol_record(c, &a->d[i], err, errlen);
+		if (rc != 0)
+			return rc;
+	}
+	for (size_t i = 0; i < a->nsum; i++) {
+		int rc = pol_record_summary(c, &a->sum[i], err, errlen);
 		if (rc != 0)
 			return rc;
 	}
@@ -426,7 +469,7 @@ void pol_kick(struct pol_service *s)
 int pol_record_now(struct pol_service *s, const struct pol_decision *d, char *err,
 		   size_t errlen)
 {
-	struct rec_args a = { d, 1 };
+	struct rec_args a = { d, 1, NULL, 0 };
 	int rc = db_tx(s->db, NULL, rec_tx, &a, err, errlen);
 	if (rc == 0)
 		pol_kick(s);
@@ -494,18 +537,50 @@ struct pol_writer {
 	int stop;
 };
 
+/* Audits the summaries of suppressed denials that are due (limit.c): a
+ * minute after a principal's first uncounted denial, on eviction, or with
+ * all every open count. sum (cap entries) holds the ones a failed write
+ * left (*held), retried first. Returns how many were written, or a
+ * negative code. Writer thread. */
+static int flush_summaries(struct pol_service *s, int all, struct pol_denial_summary *sum,
+			   size_t cap, size_t *held)
+{
+	char err[512];
+	if (s->limiter == NULL)
+		return 0;
+	*held += pol_limiter_due(s->limiter, clock_wall_ms(), all, sum + *held, cap - *held);
+	if (*held == 0)
+		return 0;
+	struct rec_args a = { NULL, 0, sum, *held };
+	int rc = db_tx(s->db, NULL, rec_tx, &a, err, sizeof err);
+	if (rc != 0) {
+		log_error("cannot record summaries of suppressed denials", "count=%zu error=%s",
+			  *held, err);
+		return rc;
+	}
+	int n = (int)*held;
+	*held = 0;
+	pol_kick(s);
+	return n;
+}
+
 static void *writer_main(void *arg)
 {
 	struct pol_service *s = arg;
 	struct pol_writer *w = s->writer;
 	struct pol_decision *batch = calloc(WRITER_BATCH, sizeof *batch);
 	struct pending **items = calloc(WRITER_BATCH, sizeof *items);
+	struct pol_denial_summary *sum = calloc(WRITER_BATCH, sizeof *sum);
+	size_t held = 0;
 	char err[512];
 
 	for (;;) {
 		pthread_mutex_lock(&w->mu);
-		while (w->head == NULL && !w->stop)
-			pthread_cond_wait(&w->cv, &w->mu);
+		/* Wake at least every second for the summaries that are due. */
+		if (w->head == NULL && !w->stop) {
+			struct timespec dl = clock_after(CLOCK_REALTIME, 1000);
+			pthread_cond_timedwait(&w->cv, &w->mu, &dl);
+		}
 		if (w->head == NULL && w->stop) {
 			pthread_mutex_unlock(&w->mu);
 			break;
@@ -520,12 +595,16 @@ static void *writer_main(void *arg)
 		if (w->head == NULL)
 			w->tail = &w->head;
 		pthread_mutex_unlock(&w->mu);
+		if (sum != NULL)
+			flush_summaries(s, 0, sum, WRITER_BATCH, &held);
+		if (n == 0)
+			continue;
 
 		int rc = SW_ENOMEM;
 		if (batch != NULL && items != NULL) {
 			for (size_t i = 0; i < n; i++)
 				batch[i] = items[i]->d;
-			struct rec_args a = { batch, n };
+			struct rec_args a = { batch, n, NULL, 0 };
 			rc = db_tx(s->db, NULL, rec_tx, &a, err, sizeof err);
 		}
 		if (rc == 0)
@@ -545,6 +624,10 @@ static void *writer_main(void *arg)
 			free(p);
 		}
 	}
+	/* At shutdown every open count is summarized now, a batch at a time. */
+	while (sum != NULL && flush_summaries(s, 1, sum, WRITER_BATCH, &held) > 0)
+		;
+	free(sum);
 	free(batch);
 	free(items);
 	return NULL;

@@ -11,6 +11,7 @@
 #include "../../services/policy/doc.c"
 #include "../../services/policy/eval.c"
 #include "../../services/policy/tz.c"
+#include "../../services/policy/weaken.c"
 
 #include <setjmp.h>
 #include <stdarg.h>
