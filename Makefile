@@ -142,7 +142,7 @@ build/tests/test_%: $(OBJ)/tests/unit/test_%.o $(LIBA) $(MODE_STAMP)
 build/tests/it_%: $(OBJ)/tests/integration/it_%.o $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
 	@mkdir -p build/tests
 	@echo "  LINK    $@"
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lssl -lcmocka
 
 build/tests/slipway-testsvc: $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
 	@mkdir -p build/tests
@@ -166,7 +166,7 @@ build/tests/test_agent_%: $(OBJ)/tests/unit/test_agent_%.o $(AGENT_OBJS) $(LIBA)
 build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_STAMP)
 	@mkdir -p build/tests
 	@echo "  LINK    $@"
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lcmocka
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lssl -lcmocka
 
 # ---- top-level targets ----
 .PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles

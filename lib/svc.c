@@ -5,6 +5,7 @@
 #include "svc.h"
 #include "err.h"
 #include "log.h"
+#include "spiffe.h"
 #include "tls.h"
 
 #include "grpc/health/v1/health.pb-c.h"
@@ -166,8 +167,8 @@ static int health_watch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method health_methods[] = {
-	{ "Check", RPC_UNARY, 0, health_check },
-	{ "Watch", RPC_SERVER_STREAM, 0, health_watch },
+	{ "Check", RPC_UNARY, 0, health_check, RPC_PEER_ANY },
+	{ "Watch", RPC_SERVER_STREAM, 0, health_watch, RPC_PEER_ANY },
 };
 
 /* ---- life cycle ---- */
@@ -250,19 +251,24 @@ void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg)
 	}
 }
 
-int svc_client(const struct svc_config *c, const char *target, struct rpc_client **out, char *err,
-	       size_t errlen)
+int svc_client(const struct svc_config *c, const char *target, const char *service,
+	       struct rpc_client **out, char *err, size_t errlen)
 {
 	char *ca = NULL, *cert = NULL, *key = NULL;
 	int rc;
 	*out = NULL;
 	if (target == NULL || target[0] == '\0')
 		return sw_errf(err, errlen, SW_EINVAL, "no address given");
+	char id[SPIFFE_ID_MAX + 1];
+	if (spiffe_format(id, sizeof id, c->trust_domain, SPIFFE_SERVICE, service) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "no valid SPIFFE ID for service '%s' in '%s'",
+			       service, c->trust_domain);
 	if ((rc = tls_read_pem(c->ca, &ca, err, errlen)) == 0 &&
 	    (rc = tls_read_pem(c->cert, &cert, err, errlen)) == 0 &&
 	    (rc = tls_read_pem(c->key, &key, err, errlen)) == 0) {
 		struct rpc_client_opts o = { .target = target, .ca_pem = ca, .cert_pem = cert,
-					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg };
+					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg,
+					     .server_id = id };
 		rc = rpc_client_new(&o, out, err, errlen);
 	}
 	if (key != NULL) {

@@ -109,11 +109,12 @@ void svc_stop(struct svc *s);
 
 void svc_free(struct svc *s);
 
-/* Opens a client to another service at `target` with this service's own
- * certificate (the --ca/--cert/--key of c). Returns 0 and *out (free with
- * rpc_client_free). */
-int svc_client(const struct svc_config *c, const char *target, struct rpc_client **out, char *err,
-	       size_t errlen);
+/* Opens a client to the service named `service` ("policy") at `target`
+ * with this service's own certificate (the --ca/--cert/--key of c),
+ * pinned to spiffe://<c->trust_domain>/service/<service>. Returns 0 and
+ * *out (free with rpc_client_free). */
+int svc_client(const struct svc_config *c, const char *target, const char *service,
+	       struct rpc_client **out, char *err, size_t errlen);
 
 /* Writes text to path atomically (temporary file + rename), mode 0644. */
 int svc_write_file_atomic(const char *path, const char *text, char *err, size_t errlen);

@@ -87,7 +87,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		return rc;
 
 	if (c->audit_addr[0] != '\0') {
-		if ((rc = svc_client(&c->svc, c->audit_addr, &a->audit_cli, err, errlen)) != 0)
+		if ((rc = svc_client(&c->svc, c->audit_addr, "audit", &a->audit_cli, err, errlen)) != 0)
 			return rc;
 		struct outbox_relay_opts ro = { .db = a->db, .audit = a->audit_cli };
 		if ((rc = outbox_relay_start(&ro, &a->relay, err, errlen)) != 0)
@@ -96,7 +96,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		log_warn("no --audit-addr: audit events stay in the outbox until one is configured",
 			 NULL);
 	}
-	if ((rc = svc_client(&c->svc, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
+	if ((rc = svc_client(&c->svc, c->policy_addr, "policy", &a->policy_cli, err, errlen)) != 0)
 		return rc;
 	struct authz_opts ao = { .policy = a->policy_cli };
 	if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)

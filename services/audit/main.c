@@ -149,7 +149,7 @@ int main(int argc, char **argv)
 		goto fail;
 	if (c->policy_addr && c->policy_addr[0]) {
 		struct authz_opts ao = { 0 };
-		if (svc_client(&c->svc, c->policy_addr, &a.policy, err, sizeof err) != 0)
+		if (svc_client(&c->svc, c->policy_addr, "policy", &a.policy, err, sizeof err) != 0)
 			goto fail;
 		ao.policy = a.policy;
 		if (authz_new(&ao, &a.authz, err, sizeof err) != 0)

@@ -159,7 +159,8 @@ int main(int argc, char **argv)
 		    tls_read_pem(cf.c.key, &key, err, sizeof err) != 0)
 			goto fail;
 		struct rpc_client_opts co = { .target = cf.audit_addr, .ca_pem = ca,
-					      .cert_pem = cert, .key_pem = key };
+					      .cert_pem = cert, .key_pem = key,
+					      .server_service = "audit" };
 		struct outbox_relay_opts ro = { .db = s.db };
 		if (rpc_client_new(&co, &audit, err, sizeof err) != 0)
 			goto fail;

@@ -50,11 +50,11 @@ static int key_path(char *out, size_t cap, const char *flag, const char *state_d
 	return 0;
 }
 
-static int client(const char *addr, const char *ca, const char *cert, const char *key,
-		  struct rpc_client **out, char *err, size_t errlen)
+static int client(const char *addr, const char *service, const char *ca, const char *cert,
+		  const char *key, struct rpc_client **out, char *err, size_t errlen)
 {
 	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
-				     .key_pem = key };
+				     .key_pem = key, .server_service = service };
 	return rpc_client_new(&o, out, err, errlen);
 }
 
@@ -180,7 +180,7 @@ int main(int argc, char **argv)
 	}
 	if (o.policy_addr != NULL && o.policy_addr[0] != '\0') {
 		struct authz_opts ao = { 0 };
-		if (client(o.policy_addr, ca, cert, key, &policy, err, sizeof err) != 0)
+		if (client(o.policy_addr, "policy", ca, cert, key, &policy, err, sizeof err) != 0)
 			goto fail;
 		ao.policy = policy;
 		if (authz_new(&ao, &s.authz, err, sizeof err) != 0)
@@ -190,7 +190,7 @@ int main(int argc, char **argv)
 	}
 	if (o.audit_addr != NULL && o.audit_addr[0] != '\0') {
 		struct outbox_relay_opts ro = { .db = s.db };
-		if (client(o.audit_addr, ca, cert, key, &audit, err, sizeof err) != 0)
+		if (client(o.audit_addr, "audit", ca, cert, key, &audit, err, sizeof err) != 0)
 			goto fail;
 		ro.audit = audit;
 		if (outbox_relay_start(&ro, &s.relay, err, sizeof err) != 0)
