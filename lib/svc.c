@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,9 +88,14 @@ void svc_process_init(void)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	/* Our daemons hold key material: never write it to a core file. */
+	/* Our daemons hold key material: never write it to a core file, and
+	 * let no other process of the same user attach to us or read our
+	 * memory and environment (/proc/PID/mem, environ: the S3 secret key).
+	 * Not dumpable also makes the /proc/PID files owned by root. */
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+		log_warn("cannot make the process non-dumpable", "error=%s", strerror(errno));
 
 	rpc_init();
 }

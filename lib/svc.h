@@ -74,8 +74,9 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 
 /* The process set-up svc_configure does after logging, for daemons without
  * a listener (the agent): SIGTERM/SIGINT/SIGHUP blocked for every thread
- * (wait for them with sigwait), SIGPIPE ignored, no core dumps, gRPC
- * initialised. Call from main before any thread starts. */
+ * (wait for them with sigwait), SIGPIPE ignored, no core dumps and not
+ * dumpable (PR_SET_DUMPABLE 0: no ptrace or /proc/PID/mem or environ for
+ * other processes of the user), gRPC initialised. Call from main before any thread starts. */
 void svc_process_init(void);
 
 /* Creates the mTLS server from the common options, with the health service

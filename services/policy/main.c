@@ -22,6 +22,7 @@
 struct config {
 	struct svc_config c;
 	char *pg_url;
+	char *pg_sslmode;
 	char *audit_addr;
 	char *admins;
 	long long db_pool;
@@ -89,8 +90,11 @@ int main(int argc, char **argv)
 	static struct pol_service s;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&cf.c),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection URL (the service owns schema 'policy')", &cf.pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &cf.pg_sslmode },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0,
 		  "audit service address; empty: audit events wait in the outbox", &cf.audit_addr },
 		{ "bootstrap-admins", CFG_STR, NULL, 0, 0, 0,
@@ -132,6 +136,7 @@ int main(int argc, char **argv)
 	s.bopts.admins = (const char *const *)admins;
 	s.bopts.nadmins = nadmins;
 	s.pg_url = cf.pg_url;
+	s.pg_sslmode = cf.pg_sslmode;
 	s.max_watchers = cf.max_watchers > 0 ? (int)cf.max_watchers
 					     : (int)(cf.c.workers / 2 > 0 ? cf.c.workers / 2 : 1);
 
@@ -139,7 +144,7 @@ int main(int argc, char **argv)
 		goto fail;
 	svc_on_drain(sv, on_drain, &s);
 
-	struct db_opts dbo = { .url = cf.pg_url, .schema = "policy", .app_name = "slipway-policy",
+	struct db_opts dbo = { .url = cf.pg_url, .sslmode = cf.pg_sslmode, .schema = "policy", .app_name = "slipway-policy",
 			       .pool_size = (int)cf.db_pool };
 	if (db_open(&dbo, &s.db, err, sizeof err) != 0 ||
 	    pol_store_migrate(s.db, err, sizeof err) != 0)

@@ -20,7 +20,7 @@
 
 struct opts {
 	struct svc_config c;
-	char *pg_url, *audit_addr, *policy_addr, *state_dir;
+	char *pg_url, *pg_sslmode, *audit_addr, *policy_addr, *state_dir;
 	char *keyring, *seal_key, *sign_key, *grantors;
 	int generate_keys;
 	long long db_pool, max_value, grant_ttl, grant_max_ttl, bundle_ttl, max_grant_secrets;
@@ -64,8 +64,11 @@ int main(int argc, char **argv)
 	static struct sec s;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&o.c),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_SECRET | CFG_REQUIRED,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection string (the service's own role)", &o.pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &o.pg_sslmode },
 		{ "db-pool", CFG_INT, "16", 2, 256, 0, "database connections", &o.db_pool },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0,
 		  "audit service address (empty: events wait in the outbox)", &o.audit_addr },
@@ -158,7 +161,7 @@ int main(int argc, char **argv)
 
 	/* Own start-up: database, keys (checked against the database),
 	 * clients, relay. */
-	struct db_opts dbo = { .url = o.pg_url, .schema = "secrets", .app_name = "slipway-secrets",
+	struct db_opts dbo = { .url = o.pg_url, .sslmode = o.pg_sslmode, .schema = "secrets", .app_name = "slipway-secrets",
 			       .pool_size = (int)o.db_pool };
 	int64_t known_keys = 0;
 	if (db_open(&dbo, &s.db, err, sizeof err) != 0 ||
