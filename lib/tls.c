@@ -268,16 +268,21 @@ int tls_peer_kind_ok(const char *peer, unsigned kinds, const char *path, char *e
 			       path);
 	if (kinds & TLS_PEER_KIND_BIT(id.kind))
 		return 0;
+	/* "services", "services and users", "services, agents and users" */
 	char allowed[64] = "";
 	size_t used = 0;
+	int total = 0, done = 0;
+	for (int k = SPIFFE_SERVICE; k <= SPIFFE_USER; k++)
+		total += (kinds & TLS_PEER_KIND_BIT(k)) != 0;
 	for (int k = SPIFFE_SERVICE; k <= SPIFFE_USER; k++) {
 		if (!(kinds & TLS_PEER_KIND_BIT(k)))
 			continue;
-		int w = snprintf(allowed + used, sizeof allowed - used, "%s%ss", used ? ", " : "",
-				 names[k]);
+		const char *sep = done == 0 ? "" : done == total - 1 ? " and " : ", ";
+		int w = snprintf(allowed + used, sizeof allowed - used, "%s%ss", sep, names[k]);
 		if (w < 0 || (size_t)w >= sizeof allowed - used)
 			break;
 		used += (size_t)w;
+		done++;
 	}
 	return sw_errf(err, errlen, SW_EPERM,
 		       "permission denied: %s is not for %s principals (only %s may call it); "
