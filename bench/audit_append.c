@@ -44,7 +44,8 @@ static struct rpc_client *client(void)
 	struct rpc_client *c = NULL;
 	char err[256];
 	struct rpc_client_opts o = { .target = target, .ca_pem = ca_pem, .cert_pem = cert_pem,
-				     .key_pem = key_pem, .own_connection = 1, .max_msg_bytes = 16u << 20 };
+				     .key_pem = key_pem, .own_connection = 1, .max_msg_bytes = 16u << 20,
+				     .server_service = "audit" };
 	if (rpc_client_new(&o, &c, err, sizeof err) != 0) {
 		fprintf(stderr, "client: %s\n", err);
 		exit(1);

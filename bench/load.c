@@ -128,7 +128,7 @@ int main(int argc, char **argv)
 	grpc_init();
 	payload = grpc_slice_from_copied_buffer((const char *)pb, hl / 2);
 	method = grpc_slice_from_copied_string(m);
-	grpc_channel_credentials *cc = tls_client_creds(ca_pem, cert_pem, key_pem);
+	grpc_channel_credentials *cc = tls_client_creds(ca_pem, cert_pem, key_pem, NULL, NULL) /* a benchmark: no pin */;
 	ch = grpc_channel_create(target, cc, NULL);
 	grpc_channel_credentials_release(cc);
 	cq = grpc_completion_queue_create_for_next(NULL);

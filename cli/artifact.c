@@ -73,7 +73,7 @@ static int transfer_connect(struct cli *c, const char *addr, struct rpc_client *
 		addr = getenv("SLIPWAY_ARTIFACT_ADDR"); /* cli_connect checked it */
 	struct rpc_client_opts o = { .target = addr, .ca_pem = c->ca_pem, .cert_pem = c->cert_pem,
 				     .key_pem = c->key_pem, .max_msg_bytes = 64u << 20,
-				     .stream_window = 8u << 20 };
+				     .stream_window = 8u << 20, .server_service = "artifact" };
 	if (rpc_client_new(&o, out, err, sizeof err) != 0)
 		return cli_fail("%s", err);
 	return 0;

@@ -162,7 +162,7 @@ int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc
 	}
 	struct rpc_client_opts o = { .target = addr, .ca_pem = c->ca_pem, .cert_pem = c->cert_pem,
 				     .key_pem = c->key_pem, .max_msg_bytes = 64u << 20,
-				     .fail_fast = 1 };
+				     .fail_fast = 1, .server_service = service };
 	if (rpc_client_new(&o, out, err, sizeof err) != 0)
 		return cli_fail("%s", err);
 	return 0;

@@ -6,8 +6,11 @@
  *                     --out PREFIX [--dns NAME]... [--ip ADDR]... [--days N]
  *
  * Every certificate carries exactly one URI SAN, the principal's SPIFFE ID.
- * Service and agent certificates also get DNS localhost and IP 127.0.0.1
- * unless --dns/--ip are given, and may serve TLS.
+ * Only service certificates may serve TLS: they get serverAuth and
+ * clientAuth, and DNS localhost and IP 127.0.0.1 unless --dns/--ip are
+ * given. Agent and user certificates are client-only (clientAuth, no DNS
+ * or IP names): a stolen agent key cannot pose as a service, and clients
+ * pin the service's SPIFFE ID besides (rpc.h).
  */
 #include "cfg.h"
 #include "cli.h"
@@ -120,14 +123,15 @@ static int cmd_issue(struct cli *c, int argc, char **argv)
 	r.out_prefix = out;
 	r.common_name = name;
 	r.uris[0] = id;
-	if (kind != SPIFFE_USER) {
+	if (kind == SPIFFE_SERVICE) {
 		r.server = 1;
 		if (ndns == 0 && nip == 0) {
 			r.dns[0] = "localhost";
 			r.ips[0] = "127.0.0.1";
 		}
 	} else if (ndns || nip) {
-		return cli_usage("user certificates carry no DNS or IP names");
+		return cli_usage("%s certificates are client-only: they carry no DNS or IP names",
+				 kind == SPIFFE_USER ? "user" : "agent");
 	}
 	if (pki_issue(&r, err, sizeof err) != 0)
 		return cli_fail("pki issue: %s", err);

@@ -7,6 +7,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +167,78 @@ static int store(const struct cfg_opt *o, const char *v, const char *source,
 	return 0;
 }
 
+#define SECRET_FILE_MAX 4096
+
+/* Reads a secret's file (regular, not readable by group or others, at
+ * most SECRET_FILE_MAX bytes, one line: a trailing newline is dropped)
+ * and stores it into o. */
+static int store_secret_file(const struct cfg_opt *o, const char *path, const char *source,
+			     char *err, size_t errlen)
+{
+	char buf[SECRET_FILE_MAX + 1];
+	struct stat st;
+	int rc = 0;
+	ssize_t got = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return sw_errf(err, errlen, SW_EINVAL, "%s: --%s-file %s: %s", source, o->name, path,
+			       strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "%s: --%s-file %s is not a regular file", source,
+			     o->name, path);
+	} else if ((st.st_mode & 077) != 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL,
+			     "%s: --%s-file %s is readable by others (chmod 600)", source, o->name,
+			     path);
+	} else {
+		size_t used = 0;
+		while (used < sizeof buf && (got = read(fd, buf + used, sizeof buf - used)) != 0) {
+			if (got < 0 && errno == EINTR)
+				continue;
+			if (got < 0)
+				break;
+			used += (size_t)got;
+		}
+		if (got < 0 || used > SECRET_FILE_MAX) {
+			rc = sw_errf(err, errlen, SW_EINVAL, "%s: --%s-file %s: unreadable or over %d bytes",
+				     source, o->name, path, SECRET_FILE_MAX);
+		} else {
+			while (used > 0 && (buf[used - 1] == '\n' || buf[used - 1] == '\r'))
+				used--;
+			buf[used] = '\0';
+			if (memchr(buf, '\n', used) != NULL || memchr(buf, '\0', used) != NULL)
+				rc = sw_errf(err, errlen, SW_EINVAL, "%s: --%s-file %s holds more than one line",
+					     source, o->name, path);
+			else
+				rc = store(o, buf, source, err, errlen);
+		}
+	}
+	explicit_bzero(buf, sizeof buf);
+	close(fd);
+	return rc;
+}
+
+/* Whether a URL or connection string carries a password. */
+static int has_password(const char *v)
+{
+	const char *scheme = strstr(v, "://");
+	if (scheme != NULL) {
+		const char *host = scheme + 3;
+		size_t auth = strcspn(host, "/?#");
+		const char *at = memchr(host, '@', auth);
+		if (at != NULL && memchr(host, ':', (size_t)(at - host)) != NULL)
+			return 1;
+	}
+	for (const char *p = v; (p = strcasestr(p, "password")) != NULL; p++) {
+		const char *q = p + 8;
+		while (*q == ' ')
+			q++;
+		if (*q == '=')
+			return 1;
+	}
+	return 0;
+}
+
 static int find_opt(const struct cfg_opt *opts, size_t n, const char *name, size_t len)
 {
 	for (size_t i = 0; i < n; i++)
@@ -192,6 +267,14 @@ int cfg_parse(const char *prefix, struct cfg_opt *opts, size_t n, int argc,
 		const char *ev = getenv(env);
 		if (ev != NULL && (rc = store(&opts[i], ev, env, err, errlen)) != 0)
 			return rc;
+		if (opts[i].flags & CFG_SECRET) {
+			char fenv[160];
+			snprintf(fenv, sizeof fenv, "%s_FILE", env);
+			const char *fv = getenv(fenv);
+			if (fv != NULL && fv[0] != '\0' &&
+			    (rc = store_secret_file(&opts[i], fv, fenv, err, errlen)) != 0)
+				return rc;
+		}
 	}
 	for (int a = 1; a < argc; a++) {
 		const char *arg = argv[a];
@@ -209,9 +292,24 @@ int cfg_parse(const char *prefix, struct cfg_opt *opts, size_t n, int argc,
 		const char *eq = strchr(name, '=');
 		size_t len = eq ? (size_t)(eq - name) : strlen(name);
 		int idx = find_opt(opts, n, name, len);
+		int from_file = 0;
+		if (idx < 0 && len > 5 && strncmp(name + len - 5, "-file", 5) == 0) {
+			idx = find_opt(opts, n, name, len - 5);
+			from_file = 1;
+			if (idx >= 0 && !(opts[idx].flags & CFG_SECRET))
+				idx = -1;
+		}
 		if (idx < 0)
 			return sw_errf(err, errlen, SW_EINVAL, "unknown flag '--%.*s' (see --help)",
 				       (int)len, name);
+		if ((opts[idx].flags & CFG_SECRET) && !from_file) {
+			char env[128];
+			env_name(env, sizeof env, prefix, opts[idx].name);
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "--%s takes a secret, which a flag would show in the process "
+				       "list: set %s, or name a file (mode 0600) with --%s-file or %s_FILE",
+				       opts[idx].name, env, opts[idx].name, env);
+		}
 		const char *val;
 		if (eq != NULL) {
 			val = eq + 1;
@@ -224,9 +322,21 @@ int cfg_parse(const char *prefix, struct cfg_opt *opts, size_t n, int argc,
 					       opts[idx].name);
 			val = argv[++a];
 		}
-		int rc = store(&opts[idx], val, "flag", err, errlen);
+		int rc = from_file ? store_secret_file(&opts[idx], val, "flag", err, errlen)
+				   : store(&opts[idx], val, "flag", err, errlen);
 		if (rc != 0)
 			return rc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *v = (opts[i].type == CFG_STR || opts[i].type == CFG_PATH)
+					? *(char **)opts[i].dst
+					: NULL;
+		if ((opts[i].flags & CFG_NO_PASSWORD) && v != NULL && has_password(v))
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "--%s must not hold a password (it would show in the process "
+				       "list and in --check-config): give it to libpq in PGPASSFILE "
+				       "(a .pgpass file, mode 0600) or PGPASSWORD",
+				       opts[i].name);
 	}
 	if (want == CFG_HELP)
 		return CFG_HELP;
@@ -237,6 +347,10 @@ int cfg_parse(const char *prefix, struct cfg_opt *opts, size_t n, int argc,
 		    (*(char **)opts[i].dst == NULL || **(char **)opts[i].dst == '\0')) {
 			char env[128];
 			env_name(env, sizeof env, prefix, opts[i].name);
+			if (opts[i].flags & CFG_SECRET)
+				return sw_errf(err, errlen, SW_EINVAL,
+					       "%s (or --%s-file, or %s_FILE) is required", env,
+					       opts[i].name, env);
 			return sw_errf(err, errlen, SW_EINVAL, "--%s (or %s) is required",
 				       opts[i].name, env);
 		}
@@ -258,6 +372,12 @@ void cfg_print_help(FILE *f, const char *prog, const char *prefix,
 		if (opts[i].flags & CFG_REQUIRED)
 			fprintf(f, " required");
 		fprintf(f, "\n      %s", opts[i].help);
+		if (opts[i].flags & CFG_SECRET)
+			fprintf(f, " (never as a flag: set %s, or name a file of mode 0600 with "
+				   "--%s-file or %s_FILE)",
+				env, opts[i].name, env);
+		if (opts[i].flags & CFG_NO_PASSWORD)
+			fprintf(f, " (no password in it: use PGPASSFILE or PGPASSWORD)");
 		if (opts[i].def && *opts[i].def)
 			fprintf(f, " [default: %s]", opts[i].def);
 		if (opts[i].type == CFG_INT || opts[i].type == CFG_MS || opts[i].type == CFG_SIZE)

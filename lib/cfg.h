@@ -6,7 +6,7 @@
  * prefix is empty) are derived, so the three can never drift apart. Values
  * come from the flag, else the environment, else the default. Ranges are
  * checked for numbers, sizes and durations. Options marked CFG_SECRET are
- * never printed. `--help` prints the table and `--check-config` validates
+ * never printed and never taken from a flag (environment or a file only). `--help` prints the table and `--check-config` validates
  * and prints the effective values; the caller then exits 0.
  */
 #ifndef SLIPWAY_CFG_H
@@ -24,8 +24,17 @@ enum cfg_type {
 };
 
 enum {
-	CFG_SECRET = 1,   /* never printed: --check-config shows "(set)" */
+	/* A secret: never printed (--check-config shows "(set)"), and never
+	 * taken from a flag, which any local user reads in the process list:
+	 * it comes from the environment variable, or from a file named by
+	 * --<name>-file / SLIPWAY_..._<NAME>_FILE (mode 0600, one line). A
+	 * flag carrying the value is refused with a message naming both. */
+	CFG_SECRET = 1,
 	CFG_REQUIRED = 2, /* an empty value is an error */
+	/* A URL or libpq connection string that must not hold a password
+	 * ("user:pass@", "password="): libpq reads it from PGPASSFILE or
+	 * PGPASSWORD instead. */
+	CFG_NO_PASSWORD = 4,
 };
 
 struct cfg_opt {

@@ -33,7 +33,7 @@ struct db_conn {
 };
 
 struct db {
-	char *url, *schema, *app_name;
+	char *url, *schema, *app_name, *sslmode;
 	int connect_timeout_s, retries, statement_timeout_ms, lock_timeout_ms, idle_tx_ms;
 	int tcp_user_timeout_ms, ka_idle_s, ka_interval_s, ka_count;
 	pthread_mutex_t mu;
@@ -63,6 +63,35 @@ static int schema_ok(const char *s)
 	return 1;
 }
 
+int db_sslmode_ok(const char *s)
+{
+	static const char *const modes[] = { "",	"disable",   "allow",
+					     "prefer",	"require",   "verify-ca",
+					     "verify-full" };
+	if (s == NULL)
+		return 1;
+	for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+		if (strcmp(s, modes[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Whether an sslmode given by the operator overrides the URL's: anything
+ * but the default. */
+static int sslmode_forced(const char *m)
+{
+	return m != NULL && m[0] != '\0' && strcmp(m, "prefer") != 0;
+}
+
+void *db_connect_plain(const char *url, const char *sslmode)
+{
+	const char *keys[] = { "dbname", "sslmode", NULL };
+	const char *vals[] = { url, sslmode, NULL };
+	if (!sslmode_forced(sslmode))
+		keys[1] = NULL;
+	return PQconnectdbParams(keys, vals, 1);
+}
+
 int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 {
 	*out = NULL;
@@ -70,6 +99,10 @@ int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 		return sw_errf(err, errlen, SW_EINVAL, "no database URL configured");
 	if (o->schema == NULL || !schema_ok(o->schema))
 		return sw_errf(err, errlen, SW_EINVAL, "invalid schema name");
+	if (!db_sslmode_ok(o->sslmode))
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--pg-sslmode: want disable, allow, prefer, require, verify-ca or "
+			       "verify-full");
 	struct db *db = calloc(1, sizeof *db);
 	if (db == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -78,6 +111,7 @@ int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 	db->url = strdup(o->url);
 	db->schema = strdup(o->schema);
 	db->app_name = strdup(o->app_name ? o->app_name : "slipway");
+	db->sslmode = strdup(o->sslmode ? o->sslmode : "");
 	db->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
 	db->retries = o->retries > 0 ? o->retries : 3;
 	db->statement_timeout_ms = tmo(o->statement_timeout_ms, 30000);
@@ -87,7 +121,7 @@ int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 	db->ka_idle_s = o->keepalives_idle_s > 0 ? o->keepalives_idle_s : 10;
 	db->ka_interval_s = o->keepalives_interval_s > 0 ? o->keepalives_interval_s : 5;
 	db->ka_count = o->keepalives_count > 0 ? o->keepalives_count : 3;
-	if (!db->conns || !db->url || !db->schema || !db->app_name) {
+	if (!db->conns || !db->url || !db->schema || !db->app_name || !db->sslmode) {
 		db_close(db);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
@@ -110,6 +144,7 @@ void db_close(struct db *db)
 	if (db->url) {
 		memset(db->url, 0, strlen(db->url)); /* may hold a password */
 		free(db->url);
+		free(db->sslmode);
 	}
 	free(db->schema);
 	free(db->app_name);
@@ -231,10 +266,14 @@ static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errl
 	snprintf(ki, sizeof ki, "%d", db->ka_idle_s);
 	snprintf(kv, sizeof kv, "%d", db->ka_interval_s);
 	snprintf(kc, sizeof kc, "%d", db->ka_count);
+	/* sslmode after dbname, so that a required TLS cannot be lowered by
+	 * the URL; the default (prefer) is left to the URL. */
 	const char *keys[] = { "keepalives",	      "keepalives_idle", "keepalives_interval",
 			       "keepalives_count",    "tcp_user_timeout", "dbname",
-			       "connect_timeout",     "application_name", NULL };
-	const char *vals[] = { "1", ki, kv, kc, ut, db->url, ct, db->app_name, NULL };
+			       "connect_timeout",     "application_name", "sslmode", NULL };
+	const char *vals[] = { "1", ki, kv, kc, ut, db->url, ct, db->app_name, db->sslmode, NULL };
+	if (!sslmode_forced(db->sslmode))
+		keys[8] = NULL;
 	int backoff = 100;
 	pthread_mutex_lock(&db->mu);
 	uint64_t gen = db->gen;

@@ -35,6 +35,10 @@ struct db_conn;
  * TCP connections and are ignored on Unix sockets). */
 struct db_opts {
 	const char *url;            /* libpq connection string or URI */
+	const char *sslmode;        /* libpq sslmode; NULL, "" or "prefer": the
+				     * URL's (default prefer); any other value
+				     * (require, verify-ca, verify-full, allow,
+				     * disable) overrides the URL */
 	const char *schema;         /* [a-z_][a-z0-9_]{0,62}: the service's schema */
 	const char *app_name;       /* application_name, e.g. "slipway-audit" */
 	int pool_size;              /* connections (>= 1); 0 = 4 */
@@ -61,8 +65,17 @@ struct db_migration {
 	const char *sql;            /* constant SQL, may hold several statements */
 };
 
+/* Whether s is a libpq sslmode (disable, allow, prefer, require,
+ * verify-ca, verify-full), or NULL/"". */
+int db_sslmode_ok(const char *s);
+
+/* One plain libpq connection (for LISTEN) with sslmode applied as db_open
+ * does. Returns what PQconnectdbParams returns (check PQstatus). */
+void *db_connect_plain(const char *url, const char *sslmode);
+
 /* Creates the pool. Connections are made lazily; call db_migrate or
- * db_ping to connect now. Returns 0 and *out (free with db_close). */
+ * db_ping to connect now. Returns 0 and *out (free with db_close), or
+ * SW_EINVAL (no URL, a bad schema name or sslmode). */
 int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen);
 void db_close(struct db *db);
 

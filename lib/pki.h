@@ -3,7 +3,8 @@
  *
  * `slipway pki init` creates DIR/ca.key (0600) and DIR/ca.crt; `slipway pki
  * issue` signs EC P-256 leaf certificates with exactly one URI SAN, the
- * principal's SPIFFE ID, plus DNS/IP SANs for servers. The trust domain is
+ * principal's SPIFFE ID, plus DNS/IP SANs for servers (services only:
+ * agent and user certificates are clientAuth only). The trust domain is
  * recorded in DIR/trust-domain. Private keys are always written 0600.
  */
 #ifndef SLIPWAY_PKI_H

@@ -943,10 +943,11 @@ static void on_new_call(struct slot *s, int success)
 		ctx_unref(ctx);
 		return;
 	}
-	char why[200];
+	char why[512];
 	if (tls_peer_spiffe_id(ctx->call, srv->trust_domain, ctx->peer, sizeof ctx->peer, why,
-			       sizeof why) != 0) {
-		ctx_finish(ctx, rpc_errorf(ctx, SW_EUNAUTH, "%s", why));
+			       sizeof why) != 0 ||
+	    tls_peer_kind_ok(ctx->peer, m->impl->peers, ctx->path, why, sizeof why) != 0) {
+		ctx_finish(ctx, rpc_errorf(ctx, ctx->peer[0] ? SW_EPERM : SW_EUNAUTH, "%s", why));
 		ctx_unref(ctx);
 		return;
 	}
@@ -1072,6 +1073,9 @@ int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescrip
 		if (methods[i].fn == NULL)
 			return sw_errf(err, errlen, SW_EINVAL, "%s.%s has no handler", sd->name,
 				       methods[i].name);
+		if ((methods[i].peers & RPC_PEER_ANY) == 0 || (methods[i].peers & ~RPC_PEER_ANY))
+			return sw_errf(err, errlen, SW_EINVAL, "%s.%s names no kind of caller (peers)",
+				       sd->name, methods[i].name);
 	}
 	size_t need = srv->nmethods + sd->n_methods;
 	if (need > srv->capmethods) {

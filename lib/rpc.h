@@ -16,7 +16,9 @@
  * Every server requires a client certificate from the deployment CA (see
  * tls.h). Before any handler runs, the caller's SPIFFE ID is read from the
  * auth property peer_spiffe_id (and nothing else) and validated; a call
- * without exactly one valid SPIFFE ID is answered UNAUTHENTICATED.
+ * without exactly one valid SPIFFE ID is answered UNAUTHENTICATED, and a
+ * caller whose kind (service, agent, user) the method does not accept
+ * (rpc_method.peers) PERMISSION_DENIED.
  *
  * Every call carries x-request-id: read from the request (when well formed)
  * or generated, sent back in the response headers, set as the log request
@@ -24,6 +26,9 @@
  *
  * Client: long-lived channels, unary and streaming calls with deadlines, and
  * deadline/cancellation propagation from a server call to downstream calls.
+ * Every client pins the SPIFFE ID of the server it calls (tls.h): a server
+ * presenting another identity is refused during the handshake, before any
+ * request is sent, and calls fail with UNAVAILABLE naming both IDs.
  */
 #ifndef SLIPWAY_RPC_H
 #define SLIPWAY_RPC_H
@@ -58,11 +63,24 @@ enum {
 typedef int (*rpc_handler_fn)(struct rpc_ctx *ctx, const ProtobufCMessage *req,
 			      ProtobufCMessage *resp, void *svc_data);
 
+/* Kinds of principal a method accepts (rpc_method.peers): the kind is the
+ * certificate's SPIFFE ID (.../service/..., .../agent/..., .../user/...),
+ * fixed at issuance, so no policy can grant it away. Deny by default: a
+ * method must name the kinds it serves (registration refuses 0), and a
+ * caller of another kind gets PERMISSION_DENIED before the handler runs. */
+enum {
+	RPC_PEER_SERVICE = 1u << 1, /* TLS_PEER_KIND_BIT(SPIFFE_SERVICE) */
+	RPC_PEER_AGENT = 1u << 2,   /* TLS_PEER_KIND_BIT(SPIFFE_AGENT) */
+	RPC_PEER_USER = 1u << 3,    /* TLS_PEER_KIND_BIT(SPIFFE_USER) */
+	RPC_PEER_ANY = RPC_PEER_SERVICE | RPC_PEER_AGENT | RPC_PEER_USER,
+};
+
 struct rpc_method {
 	const char *name; /* the method's name in the service descriptor */
 	enum rpc_kind kind;
 	unsigned flags;   /* RPC_INLINE */
 	rpc_handler_fn fn;
+	unsigned peers;   /* RPC_PEER_* the method accepts (never 0) */
 };
 
 struct rpc_server_opts {
@@ -248,6 +266,12 @@ struct rpc_client_opts {
 	const char *cert_pem;     /* our certificate (mTLS) */
 	const char *key_pem;      /* our private key */
 	const char *server_name;  /* expected name in the server cert; NULL = host */
+	/* The server's identity, required (one of the two): server_id is its
+	 * full SPIFFE ID; server_service a service name ("orchestrator"),
+	 * pinned as spiffe://<our trust domain>/service/<name>, the trust
+	 * domain read from cert_pem. */
+	const char *server_id;
+	const char *server_service;
 	size_t max_msg_bytes;     /* receive/send cap; 0 = 16 MiB */
 	int own_connection;       /* 1 = do not share the TCP connection */
 	/* 0 (services, agents): a call waits, within its deadline, for a
@@ -265,7 +289,8 @@ struct rpc_client_opts {
 };
 
 /* Creates a long-lived channel. Returns 0 and *out (free with
- * rpc_client_free), or SW_EINVAL. Thread-safe to use from many threads. */
+ * rpc_client_free), or SW_EINVAL (also when no server identity is given).
+ * Thread-safe to use from many threads. */
 int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out,
 		   char *err, size_t errlen);
 void rpc_client_free(struct rpc_client *c);

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "rpc.h"
 #include "rpc_internal.h"
+#include "spiffe.h"
 #include "tls.h"
 
 #include <grpc/byte_buffer.h>
@@ -43,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define DEFAULT_TIMEOUT_MS 10000
 #define PROBE_EVERY_MS 1000 /* at most one reconnection probe a second */
@@ -54,6 +56,7 @@ struct rpc_client {
 	size_t max_msg;
 	int fail_fast;
 	char target[128];                 /* for messages, maybe cut */
+	struct tls_pin *pin;              /* the server's pinned identity */
 	atomic_ullong fast_failures;      /* calls refused because the peer was down */
 	atomic_llong next_probe_ms;       /* clock_mono_ms of the next allowed probe */
 	atomic_int probing;               /* a probe is running */
@@ -81,6 +84,28 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	*out = NULL;
 	if (opts->target == NULL || opts->ca_pem == NULL)
 		return sw_errf(err, errlen, SW_EINVAL, "target and CA are required");
+	char expect[SPIFFE_ID_MAX + 1], why[256];
+	if (opts->server_id != NULL) {
+		if (spiffe_parse(opts->server_id, NULL, NULL, why, sizeof why) != 0)
+			return sw_errf(err, errlen, SW_EINVAL, "server identity: %s", why);
+		snprintf(expect, sizeof expect, "%s", opts->server_id);
+	} else if (opts->server_service != NULL) {
+		struct spiffe_id own;
+		char id[SPIFFE_ID_MAX + 2];
+		if (opts->cert_pem == NULL ||
+		    tls_cert_spiffe_id(opts->cert_pem, id, sizeof id, why, sizeof why) != 0 ||
+		    spiffe_parse(id, NULL, &own, why, sizeof why) != 0)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "cannot learn the trust domain from our certificate: %s",
+				       opts->cert_pem ? why : "no certificate");
+		if (spiffe_format(expect, sizeof expect, own.trust_domain, SPIFFE_SERVICE,
+				  opts->server_service) != 0)
+			return sw_errf(err, errlen, SW_EINVAL, "invalid service name '%s'",
+				       opts->server_service);
+	} else {
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "the server's SPIFFE ID must be pinned (server_id or server_service)");
+	}
 	struct rpc_client *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -91,7 +116,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	atomic_init(&c->next_probe_ms, 0);
 	atomic_init(&c->probing, 0);
 	grpc_channel_credentials *creds =
-		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem);
+		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem, expect, &c->pin);
 	if (creds == NULL) {
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
@@ -173,6 +198,7 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	c->ch = grpc_channel_create(opts->target, creds, &chargs);
 	grpc_channel_credentials_release(creds);
 	if (c->ch == NULL) {
+		tls_pin_release(c->pin);
 		free(c);
 		return sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", opts->target);
 	}
@@ -185,6 +211,7 @@ void rpc_client_free(struct rpc_client *c)
 	if (c == NULL)
 		return;
 	grpc_channel_destroy(c->ch);
+	tls_pin_release(c->pin);
 	free(c);
 }
 
@@ -346,21 +373,57 @@ static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, c
 	return call;
 }
 
+/* Whether a transport failure's text is about TLS (the handshake, the
+ * certificate or the host name). */
+static int tls_trouble(const char *s, size_t n)
+{
+	static const char *const words[] = { "ssl", "handshake", "certificate", "peer name",
+					     "verify peer" };
+	for (size_t w = 0; w < sizeof words / sizeof words[0]; w++) {
+		size_t k = strlen(words[w]);
+		for (size_t i = 0; i + k <= n; i++)
+			if (strncasecmp(s + i, words[w], k) == 0)
+				return 1;
+	}
+	return 0;
+}
+
+/* Appends to err[errlen] why the server was not accepted: the pin's last
+ * refusal ("... is not spiffe://td/service/x: it presented ..."), or for a
+ * failure of the TLS handshake which ID was expected. */
+static void explain_pin(struct rpc_client *c, const char *details, size_t n, char *err,
+			size_t errlen)
+{
+	char why[384];
+	size_t used = strnlen(err, errlen);
+	if (used + 1 >= errlen)
+		return;
+	if (tls_pin_refusal(c->pin, why, sizeof why))
+		snprintf(err + used, errlen - used,
+			 "; refused the server at %s before sending anything: it is not %s, %s",
+			 c->target, tls_pin_expected(c->pin), why);
+	else if (tls_trouble(details, n))
+		snprintf(err + used, errlen - used, " (expected the server at %s to be %s)",
+			 c->target, tls_pin_expected(c->pin));
+}
+
 /* Turns a finished call's status into an SW_E* code and a message. */
-static int status_to_err(grpc_status_code st, grpc_slice details, const char *error_string,
-			 char *err, size_t errlen)
+static int status_to_err(struct rpc_client *c, grpc_status_code st, grpc_slice details,
+			 const char *error_string, char *err, size_t errlen)
 {
 	if (st == GRPC_STATUS_OK)
 		return 0;
 	size_t n = GRPC_SLICE_LENGTH(details);
+	const char *d = (const char *)GRPC_SLICE_START_PTR(details);
 	if (error_string != NULL)
 		log_debug("rpc client error detail", "status=%s detail=%s",
 			  sw_grpc_status_name((int)st), error_string);
 	if (n > 0)
-		sw_errf(err, errlen, 0, "%s: %.*s", sw_grpc_status_name((int)st), (int)n,
-			(const char *)GRPC_SLICE_START_PTR(details));
+		sw_errf(err, errlen, 0, "%s: %.*s", sw_grpc_status_name((int)st), (int)n, d);
 	else
 		sw_errf(err, errlen, 0, "%s", sw_grpc_status_name((int)st));
+	if (st == GRPC_STATUS_UNAVAILABLE || st == GRPC_STATUS_DEADLINE_EXCEEDED)
+		explain_pin(c, d, n, err, errlen);
 	return sw_err_from_grpc((int)st);
 }
 
@@ -401,6 +464,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	char why[384];
 	if (peer_down(c, path, opts, cq, dl, why, sizeof why)) {
 		rc = sw_errf(err, errlen, SW_EUNAVAIL, "UNAVAILABLE: %s", why);
+		explain_pin(c, "", 0, err, errlen);
 		goto out;
 	}
 	call = create_call(c, cq, path, opts, dl);
@@ -423,7 +487,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 		goto out;
 	}
 	grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-	rc = status_to_err(status, details, error_string, err, errlen);
+	rc = status_to_err(c, status, details, error_string, err, errlen);
 	if (rc != 0)
 		goto out;
 	if (recv_bb == NULL) {
@@ -589,7 +653,7 @@ int rpc_stream_finish(struct rpc_stream *s, char *err, size_t errlen)
 {
 	grpc_completion_queue_pluck(s->cq, &s->status_tag, gpr_inf_future(GPR_CLOCK_MONOTONIC),
 				    NULL);
-	int rc = status_to_err(s->status, s->details, s->error_string, err, errlen);
+	int rc = status_to_err(s->c, s->status, s->details, s->error_string, err, errlen);
 	grpc_slice_unref(s->details);
 	gpr_free((void *)s->error_string);
 	grpc_metadata_array_destroy(&s->init_md);

@@ -5,6 +5,7 @@
 #include "svc.h"
 #include "err.h"
 #include "log.h"
+#include "spiffe.h"
 #include "tls.h"
 
 #include "grpc/health/v1/health.pb-c.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,9 +88,14 @@ void svc_process_init(void)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	/* Our daemons hold key material: never write it to a core file. */
+	/* Our daemons hold key material: never write it to a core file, and
+	 * let no other process of the same user attach to us or read our
+	 * memory and environment (/proc/PID/mem, environ: the S3 secret key).
+	 * Not dumpable also makes the /proc/PID files owned by root. */
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+		log_warn("cannot make the process non-dumpable", "error=%s", strerror(errno));
 
 	rpc_init();
 }
@@ -166,8 +173,8 @@ static int health_watch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method health_methods[] = {
-	{ "Check", RPC_UNARY, 0, health_check },
-	{ "Watch", RPC_SERVER_STREAM, 0, health_watch },
+	{ "Check", RPC_UNARY, 0, health_check, RPC_PEER_ANY },
+	{ "Watch", RPC_SERVER_STREAM, 0, health_watch, RPC_PEER_ANY },
 };
 
 /* ---- life cycle ---- */
@@ -250,19 +257,24 @@ void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg)
 	}
 }
 
-int svc_client(const struct svc_config *c, const char *target, struct rpc_client **out, char *err,
-	       size_t errlen)
+int svc_client(const struct svc_config *c, const char *target, const char *service,
+	       struct rpc_client **out, char *err, size_t errlen)
 {
 	char *ca = NULL, *cert = NULL, *key = NULL;
 	int rc;
 	*out = NULL;
 	if (target == NULL || target[0] == '\0')
 		return sw_errf(err, errlen, SW_EINVAL, "no address given");
+	char id[SPIFFE_ID_MAX + 1];
+	if (spiffe_format(id, sizeof id, c->trust_domain, SPIFFE_SERVICE, service) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "no valid SPIFFE ID for service '%s' in '%s'",
+			       service, c->trust_domain);
 	if ((rc = tls_read_pem(c->ca, &ca, err, errlen)) == 0 &&
 	    (rc = tls_read_pem(c->cert, &cert, err, errlen)) == 0 &&
 	    (rc = tls_read_pem(c->key, &key, err, errlen)) == 0) {
 		struct rpc_client_opts o = { .target = target, .ca_pem = ca, .cert_pem = cert,
-					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg };
+					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg,
+					     .server_id = id };
 		rc = rpc_client_new(&o, out, err, errlen);
 	}
 	if (key != NULL) {

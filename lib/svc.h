@@ -74,8 +74,9 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 
 /* The process set-up svc_configure does after logging, for daemons without
  * a listener (the agent): SIGTERM/SIGINT/SIGHUP blocked for every thread
- * (wait for them with sigwait), SIGPIPE ignored, no core dumps, gRPC
- * initialised. Call from main before any thread starts. */
+ * (wait for them with sigwait), SIGPIPE ignored, no core dumps and not
+ * dumpable (PR_SET_DUMPABLE 0: no ptrace or /proc/PID/mem or environ for
+ * other processes of the user), gRPC initialised. Call from main before any thread starts. */
 void svc_process_init(void);
 
 /* Creates the mTLS server from the common options, with the health service
@@ -109,11 +110,12 @@ void svc_stop(struct svc *s);
 
 void svc_free(struct svc *s);
 
-/* Opens a client to another service at `target` with this service's own
- * certificate (the --ca/--cert/--key of c). Returns 0 and *out (free with
- * rpc_client_free). */
-int svc_client(const struct svc_config *c, const char *target, struct rpc_client **out, char *err,
-	       size_t errlen);
+/* Opens a client to the service named `service` ("policy") at `target`
+ * with this service's own certificate (the --ca/--cert/--key of c),
+ * pinned to spiffe://<c->trust_domain>/service/<service>. Returns 0 and
+ * *out (free with rpc_client_free). */
+int svc_client(const struct svc_config *c, const char *target, const char *service,
+	       struct rpc_client **out, char *err, size_t errlen);
 
 /* Writes text to path atomically (temporary file + rename), mode 0644. */
 int svc_write_file_atomic(const char *path, const char *text, char *err, size_t errlen);

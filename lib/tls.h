@@ -28,10 +28,58 @@ int tls_read_pem(const char *path, char **out, char *err, size_t errlen);
 grpc_server_credentials *tls_server_creds(const char *ca_pem, const char *cert_pem,
 					  const char *key_pem);
 
-/* Client credentials presenting cert/key (may be NULL for none) and
- * trusting ca_pem. Caller releases with grpc_channel_credentials_release. */
+/*
+ * Server pinning. A client states the SPIFFE ID of the server it means to
+ * reach; during the TLS handshake, after gRPC has checked the chain and the
+ * host name and before any request byte is sent, the server's leaf
+ * certificate must be meant for serving (tls_check_server_cert) and carry
+ * exactly that ID as its only URI SAN. Otherwise the handshake fails and
+ * the connection is closed: calls fail with UNAVAILABLE, and the reason is
+ * kept in the pin for the client's error message (gRPC's own message only
+ * says "Verify peer callback returned a failure").
+ */
+struct tls_pin;
+
+/* Client credentials presenting cert/key (may be NULL for none), trusting
+ * ca_pem, and pinned to the server ID expect_id (NULL: no pin, for
+ * benchmarks and raw tools only; rpc_client_new always pins). When pin is
+ * not NULL it receives a new reference to the pin's state (release with
+ * tls_pin_release). Returns NULL on failure. Caller releases the
+ * credentials with grpc_channel_credentials_release. */
 grpc_channel_credentials *tls_client_creds(const char *ca_pem, const char *cert_pem,
-					   const char *key_pem);
+					   const char *key_pem, const char *expect_id,
+					   struct tls_pin **pin);
+
+/* Copies the reason of the pin's last refusal into out and returns 1, or
+ * returns 0 when the last handshake checked passed (or none ran). Any
+ * thread. */
+int tls_pin_refusal(struct tls_pin *pin, char *out, size_t outlen);
+
+/* The ID a pin expects (borrowed for the pin's life). */
+const char *tls_pin_expected(const struct tls_pin *pin);
+
+/* Drops a reference. NULL ok. */
+void tls_pin_release(struct tls_pin *pin);
+
+/* The check the pin runs on a server's leaf certificate (PEM): it may
+ * serve TLS (no extended key usage, or one with serverAuth: agent and
+ * user certificates are clientAuth only) and its single URI SAN is
+ * expect_id. Returns 0, or SW_EUNAUTH with the reason in why (names the ID
+ * found, never key material). */
+int tls_check_server_cert(const char *pem, const char *expect_id, char *why, size_t whylen);
+
+/* Copies the single URI SAN (the SPIFFE ID) of the certificate in pem into
+ * out, e.g. to learn our own trust domain. Returns 0, or SW_EINVAL. */
+int tls_cert_spiffe_id(const char *pem, char *out, size_t outlen, char *err, size_t errlen);
+
+/* Kinds of principal, as bits for rpc_method.peers (1u << enum spiffe_kind). */
+#define TLS_PEER_KIND_BIT(kind) (1u << (unsigned)(kind))
+
+/* Whether the principal `peer` (a validated SPIFFE ID) is of a kind in the
+ * mask `kinds` (TLS_PEER_KIND_BIT of enum spiffe_kind). Returns 0, or
+ * SW_EPERM with "<path> is not for <kind> principals (...)" in err. */
+int tls_peer_kind_ok(const char *peer, unsigned kinds, const char *path, char *err,
+		     size_t errlen);
 
 /*
  * Copies the caller's SPIFFE ID into out[outlen]: there must be exactly one

@@ -21,12 +21,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int new_client(const char *addr, const char *ca, const char *cert, const char *key,
-		      int own, struct rpc_client **out, char *err, size_t errlen)
+/* A client of the control-plane service `service`, pinned to its SPIFFE ID
+ * in our own trust domain: an agent never talks to a server that is not
+ * that service (another agent's key, say), even for the right address. */
+static int new_client(const char *addr, const char *service, const char *ca, const char *cert,
+		      const char *key, int own, struct rpc_client **out, char *err, size_t errlen)
 {
 	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
 				     .key_pem = key, .max_msg_bytes = 8u << 20,
-				     .own_connection = own };
+				     .own_connection = own, .server_service = service };
 	char e2[256];
 	int rc = rpc_client_new(&o, out, e2, sizeof e2);
 	if (rc != 0)
@@ -51,7 +54,7 @@ static int orch_clients(struct agent *a, const char *list, const char *ca, const
 			char *addr = a->orch_addr[a->norch];
 			memcpy(addr, p, len);
 			addr[len] = '\0';
-			int rc = new_client(addr, ca, cert, key, 1, &a->orch[a->norch], err, errlen);
+			int rc = new_client(addr, "orchestrator", ca, cert, key, 1, &a->orch[a->norch], err, errlen);
 			if (rc != 0)
 				return rc;
 			a->norch++;
@@ -176,10 +179,10 @@ int agent_new(const struct agent_config *cfg, struct agent **out, char *err, siz
 	    (rc = tls_read_pem(cfg->cert, &cert, err, errlen)) != 0 ||
 	    (rc = tls_read_pem(cfg->key, &key, err, errlen)) != 0)
 		goto out;
-	if ((rc = new_client(cfg->artifact_addr, ca, cert, key, 0, &a->artifact, err, errlen)) != 0)
+	if ((rc = new_client(cfg->artifact_addr, "artifact", ca, cert, key, 0, &a->artifact, err, errlen)) != 0)
 		goto out;
 	if (cfg->secrets_addr != NULL && cfg->secrets_addr[0] != '\0' &&
-	    (rc = new_client(cfg->secrets_addr, ca, cert, key, 0, &a->secrets, err, errlen)) != 0)
+	    (rc = new_client(cfg->secrets_addr, "secrets", ca, cert, key, 0, &a->secrets, err, errlen)) != 0)
 		goto out;
 	/* The long poll gets its own connection, so that a slow pull never
 	 * shares a TCP connection with it. */

@@ -153,8 +153,12 @@ void agent_secrets_remove(const char *dir)
 			struct stat st;
 			if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 			    S_ISREG(st.st_mode)) {
-				/* 0400 files: make them writable to overwrite. */
-				fchmodat(dfd, de->d_name, 0600, 0);
+				/* 0400 files: make them writable to overwrite. On
+				 * failure the open below fails and the file is only
+				 * removed. */
+				if (fchmodat(dfd, de->d_name, 0600, 0) != 0)
+					log_debug("cannot make a secret file writable", "file=%s",
+						  de->d_name);
 				int fd = openat(dfd, de->d_name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
 				if (fd >= 0) {
 					char zero[4096] = { 0 };

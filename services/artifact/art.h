@@ -39,6 +39,7 @@
 struct art_config {
 	struct svc_config svc;
 	char *pg_url;
+	char *pg_sslmode;
 	long long pg_pool;
 	char *s3_host, *s3_bucket, *s3_access_key, *s3_secret_key;
 	int s3_https;

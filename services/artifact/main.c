@@ -70,7 +70,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 	if ((rc = art_keys_load(c->trusted_keys, &a->keys, err, errlen)) != 0)
 		return rc;
 
-	struct db_opts dbo = { .url = c->pg_url, .schema = "artifact", .app_name = "slipway-artifact",
+	struct db_opts dbo = { .url = c->pg_url, .sslmode = c->pg_sslmode, .schema = "artifact", .app_name = "slipway-artifact",
 			       .pool_size = (int)c->pg_pool };
 	if ((rc = db_open(&dbo, &a->db, err, errlen)) != 0 ||
 	    (rc = db_migrate(a->db, art_migrations, art_nmigrations, err, errlen)) != 0)
@@ -87,7 +87,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		return rc;
 
 	if (c->audit_addr[0] != '\0') {
-		if ((rc = svc_client(&c->svc, c->audit_addr, &a->audit_cli, err, errlen)) != 0)
+		if ((rc = svc_client(&c->svc, c->audit_addr, "audit", &a->audit_cli, err, errlen)) != 0)
 			return rc;
 		struct outbox_relay_opts ro = { .db = a->db, .audit = a->audit_cli };
 		if ((rc = outbox_relay_start(&ro, &a->relay, err, errlen)) != 0)
@@ -96,7 +96,7 @@ static int start(struct art *a, struct svc *s, char *err, size_t errlen)
 		log_warn("no --audit-addr: audit events stay in the outbox until one is configured",
 			 NULL);
 	}
-	if ((rc = svc_client(&c->svc, c->policy_addr, &a->policy_cli, err, errlen)) != 0)
+	if ((rc = svc_client(&c->svc, c->policy_addr, "policy", &a->policy_cli, err, errlen)) != 0)
 		return rc;
 	struct authz_opts ao = { .policy = a->policy_cli };
 	if ((rc = authz_new(&ao, &a->authz, err, errlen)) != 0)
@@ -123,8 +123,11 @@ int main(int argc, char **argv)
 	struct art_config *c = &a.c;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&c->svc),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection string (libpq URL)", &c->pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &c->pg_sslmode },
 		{ "pg-pool", CFG_INT, "8", 1, 256, 0, "database connections", &c->pg_pool },
 		{ "s3-host", CFG_STR, NULL, 0, 0, CFG_REQUIRED, "S3 endpoint host:port",
 		  &c->s3_host },

@@ -318,15 +318,15 @@ static int h_gc(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMess
 }
 
 static const struct rpc_method methods[] = {
-	{ "Push", RPC_CLIENT_STREAM, 0, h_push },
-	{ "Pull", RPC_SERVER_STREAM, 0, h_pull },
-	{ "Stat", RPC_UNARY, 0, h_stat },
-	{ "ListVersions", RPC_UNARY, 0, h_list_versions },
-	{ "ListApps", RPC_UNARY, 0, h_list_apps },
-	{ "Resolve", RPC_UNARY, 0, h_resolve },
-	{ "GetProvenance", RPC_UNARY, 0, h_get_provenance },
-	{ "SetPins", RPC_UNARY, 0, h_set_pins },
-	{ "GarbageCollect", RPC_UNARY, 0, h_gc },
+	{ "Push", RPC_CLIENT_STREAM, 0, h_push, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "Pull", RPC_SERVER_STREAM, 0, h_pull, RPC_PEER_ANY },
+	{ "Stat", RPC_UNARY, 0, h_stat, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListVersions", RPC_UNARY, 0, h_list_versions, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListApps", RPC_UNARY, 0, h_list_apps, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "Resolve", RPC_UNARY, 0, h_resolve, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetProvenance", RPC_UNARY, 0, h_get_provenance, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "SetPins", RPC_UNARY, 0, h_set_pins, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GarbageCollect", RPC_UNARY, 0, h_gc, RPC_PEER_USER | RPC_PEER_SERVICE },
 };
 
 int art_rpc_register(struct art *a, struct rpc_server *srv, char *err, size_t errlen)

@@ -31,7 +31,9 @@
 struct aud_config {
 	struct svc_config svc;
 	char *pg_url;
+	char *pg_sslmode;
 	char *s3_host, *s3_bucket, *s3_access_key, *s3_secret_key;
+	int s3_https;
 	char *policy_addr;
 	char *state_dir;
 	int generate_keys;

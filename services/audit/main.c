@@ -76,8 +76,11 @@ int main(int argc, char **argv)
 	struct aud_config *c = &a.c;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&c->svc),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection string (schema 'audit')", &c->pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &c->pg_sslmode },
 		{ "db-pool", CFG_INT, "8", 2, 256, 0, "database connections", &c->db_pool },
 		{ "s3-host", CFG_STR, NULL, 0, 0, CFG_REQUIRED, "S3 endpoint host:port", &c->s3_host },
 		{ "s3-bucket", CFG_STR, NULL, 0, 0, CFG_REQUIRED, "S3 bucket for checkpoints",
@@ -86,6 +89,8 @@ int main(int argc, char **argv)
 		  &c->s3_access_key },
 		{ "s3-secret-key", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET, "S3 secret key",
 		  &c->s3_secret_key },
+		{ "s3-https", CFG_BOOL, "false", 0, 0, 0, "talk to S3 over HTTPS (TLS)",
+		  &c->s3_https },
 		{ "policy-addr", CFG_STR, NULL, 0, 0, 0,
 		  "policy service host:port (without it every read is denied)", &c->policy_addr },
 		{ "state-dir", CFG_PATH, NULL, 0, 0, 0, "directory for the signing key",
@@ -138,10 +143,11 @@ int main(int argc, char **argv)
 		snprintf(err, sizeof err, "--origin and --key-name must be single printable words");
 		goto fail;
 	}
-	struct db_opts dbo = { .url = c->pg_url, .schema = "audit", .app_name = "slipway-audit",
+	struct db_opts dbo = { .url = c->pg_url, .sslmode = c->pg_sslmode, .schema = "audit", .app_name = "slipway-audit",
 			       .pool_size = (int)c->db_pool };
 	struct s3_opts so = { .host = c->s3_host, .bucket = c->s3_bucket,
-			      .access_key = c->s3_access_key, .secret_key = c->s3_secret_key };
+			      .access_key = c->s3_access_key, .secret_key = c->s3_secret_key,
+			      .https = c->s3_https };
 	if (svc_new("audit", &c->svc, probe, &a, &s, err, sizeof err) != 0 ||
 	    db_open(&dbo, &a.db, err, sizeof err) != 0 ||
 	    db_migrate(a.db, migrations, sizeof migrations / sizeof migrations[0], err, sizeof err) != 0 ||
@@ -149,7 +155,7 @@ int main(int argc, char **argv)
 		goto fail;
 	if (c->policy_addr && c->policy_addr[0]) {
 		struct authz_opts ao = { 0 };
-		if (svc_client(&c->svc, c->policy_addr, &a.policy, err, sizeof err) != 0)
+		if (svc_client(&c->svc, c->policy_addr, "policy", &a.policy, err, sizeof err) != 0)
 			goto fail;
 		ao.policy = a.policy;
 		if (authz_new(&ao, &a.authz, err, sizeof err) != 0)

@@ -518,17 +518,19 @@ static int get_log_info(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method methods[] = {
-	{ "Append", RPC_UNARY, RPC_INLINE, append },
-	{ "AppendBatch", RPC_UNARY, 0, append_batch },
-	{ "GetEntry", RPC_UNARY, 0, get_entry },
-	{ "ListEntries", RPC_UNARY, 0, list_entries },
-	{ "ExportEntries", RPC_SERVER_STREAM, 0, export_entries },
-	{ "GetInclusionProof", RPC_UNARY, 0, get_inclusion_proof },
-	{ "GetConsistencyProof", RPC_UNARY, 0, get_consistency_proof },
-	{ "GetCheckpoint", RPC_UNARY, 0, get_checkpoint },
-	{ "ListCheckpoints", RPC_UNARY, 0, list_checkpoints },
-	{ "SignCheckpoint", RPC_UNARY, 0, sign_checkpoint },
-	{ "GetLogInfo", RPC_UNARY, 0, get_log_info },
+	{ "Append", RPC_UNARY, RPC_INLINE, append, RPC_PEER_SERVICE },
+	{ "AppendBatch", RPC_UNARY, 0, append_batch, RPC_PEER_SERVICE },
+	{ "GetEntry", RPC_UNARY, 0, get_entry, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListEntries", RPC_UNARY, 0, list_entries, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ExportEntries", RPC_SERVER_STREAM, 0, export_entries, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetInclusionProof", RPC_UNARY, 0, get_inclusion_proof,
+	  RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetConsistencyProof", RPC_UNARY, 0, get_consistency_proof,
+	  RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetCheckpoint", RPC_UNARY, 0, get_checkpoint, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListCheckpoints", RPC_UNARY, 0, list_checkpoints, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "SignCheckpoint", RPC_UNARY, 0, sign_checkpoint, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetLogInfo", RPC_UNARY, 0, get_log_info, RPC_PEER_USER | RPC_PEER_SERVICE },
 };
 
 int aud_rpc_register(struct aud *a, struct rpc_server *srv, char *err, size_t errlen)

@@ -13,12 +13,12 @@ int orch_clients_open(struct orch *o, char *err, size_t errlen)
 {
 	struct orch_config *c = &o->c;
 	int rc;
-	if ((rc = svc_client(&c->svc, c->audit_addr, &o->audit, err, errlen)) != 0 ||
-	    (rc = svc_client(&c->svc, c->policy_addr, &o->policy, err, errlen)) != 0 ||
-	    (rc = svc_client(&c->svc, c->artifact_addr, &o->artifact, err, errlen)) != 0)
+	if ((rc = svc_client(&c->svc, c->audit_addr, "audit", &o->audit, err, errlen)) != 0 ||
+	    (rc = svc_client(&c->svc, c->policy_addr, "policy", &o->policy, err, errlen)) != 0 ||
+	    (rc = svc_client(&c->svc, c->artifact_addr, "artifact", &o->artifact, err, errlen)) != 0)
 		return rc;
 	if (c->secrets_addr && c->secrets_addr[0] &&
-	    (rc = svc_client(&c->svc, c->secrets_addr, &o->secrets, err, errlen)) != 0)
+	    (rc = svc_client(&c->svc, c->secrets_addr, "secrets", &o->secrets, err, errlen)) != 0)
 		return rc;
 	struct authz_opts ao = { .policy = o->policy };
 	if ((rc = authz_new(&ao, &o->authz, err, errlen)) != 0)

@@ -33,8 +33,11 @@ int main(int argc, char **argv)
 	long long max_watchers = 0;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&c->svc),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection string (schema 'orchestrator')", &c->pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &c->pg_sslmode },
 		{ "db-pool", CFG_INT, "12", 4, 256, 0, "database connections", &c->db_pool },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, CFG_REQUIRED, "audit service host:port",
 		  &c->audit_addr },
@@ -91,7 +94,7 @@ int main(int argc, char **argv)
 		gethostname(host, sizeof host - 1);
 		snprintf(o.replica, sizeof o.replica, "%.40s-%d", host, (int)getpid());
 	}
-	struct db_opts dbo = { .url = c->pg_url, .schema = "orchestrator",
+	struct db_opts dbo = { .url = c->pg_url, .sslmode = c->pg_sslmode, .schema = "orchestrator",
 			       .app_name = "slipway-orchestrator", .pool_size = (int)c->db_pool };
 	if (svc_new("orchestrator", &c->svc, probe, &o, &s, err, sizeof err) != 0 ||
 	    db_open(&dbo, &o.db, err, sizeof err) != 0 ||

@@ -79,6 +79,7 @@ _Static_assert(SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS == 1 && SLIPWAY__V1__OUTCOM
 struct orch_config {
 	struct svc_config svc;
 	char *pg_url;
+	char *pg_sslmode;
 	char *audit_addr, *policy_addr, *artifact_addr, *secrets_addr;
 	char *replica;              /* this replica's name (leases) */
 	long long db_pool;

@@ -220,23 +220,24 @@ static int report_task(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Protob
 }
 
 static const struct rpc_method orchestrator_methods[] = {
-	{ "CreateDeployment", RPC_UNARY, 0, create_deployment },
-	{ "GetDeployment", RPC_UNARY, 0, get_deployment },
-	{ "ListDeployments", RPC_UNARY, 0, list_deployments },
-	{ "CancelDeployment", RPC_UNARY, 0, cancel_deployment },
-	{ "PauseDeployment", RPC_UNARY, 0, pause_deployment },
-	{ "ResumeDeployment", RPC_UNARY, 0, resume_deployment },
-	{ "Rollback", RPC_UNARY, 0, rollback },
-	{ "GetStatus", RPC_UNARY, 0, get_status },
-	{ "WatchDeployment", RPC_SERVER_STREAM, 0, watch_deployment },
-	{ "ListAgents", RPC_UNARY, 0, list_agents },
+	{ "CreateDeployment", RPC_UNARY, 0, create_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetDeployment", RPC_UNARY, 0, get_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListDeployments", RPC_UNARY, 0, list_deployments, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "CancelDeployment", RPC_UNARY, 0, cancel_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "PauseDeployment", RPC_UNARY, 0, pause_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ResumeDeployment", RPC_UNARY, 0, resume_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "Rollback", RPC_UNARY, 0, rollback, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetStatus", RPC_UNARY, 0, get_status, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "WatchDeployment", RPC_SERVER_STREAM, 0, watch_deployment,
+	  RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListAgents", RPC_UNARY, 0, list_agents, RPC_PEER_USER | RPC_PEER_SERVICE },
 };
 
 static const struct rpc_method agent_methods[] = {
-	{ "RegisterAgent", RPC_UNARY, 0, register_agent },
-	{ "Heartbeat", RPC_UNARY, RPC_INLINE, heartbeat },
-	{ "PollTasks", RPC_UNARY, RPC_INLINE, poll_tasks },
-	{ "ReportTask", RPC_UNARY, 0, report_task },
+	{ "RegisterAgent", RPC_UNARY, 0, register_agent, RPC_PEER_AGENT },
+	{ "Heartbeat", RPC_UNARY, RPC_INLINE, heartbeat, RPC_PEER_AGENT },
+	{ "PollTasks", RPC_UNARY, RPC_INLINE, poll_tasks, RPC_PEER_AGENT },
+	{ "ReportTask", RPC_UNARY, 0, report_task, RPC_PEER_AGENT },
 };
 
 int orch_rpc_register(struct orch *o, struct rpc_server *srv, char *err, size_t errlen)

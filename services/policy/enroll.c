@@ -491,11 +491,12 @@ static int pin_sealing_key(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method methods[] = {
-	{ "EnrollAgent", RPC_UNARY, 0, enroll_agent },
-	{ "UnenrollAgent", RPC_UNARY, 0, unenroll_agent },
-	{ "GetEnrollment", RPC_UNARY, 0, get_enrollment },
-	{ "ListEnrollments", RPC_UNARY, 0, list_enrollments },
-	{ "PinSealingKey", RPC_UNARY, 0, pin_sealing_key },
+	{ "EnrollAgent", RPC_UNARY, 0, enroll_agent, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "UnenrollAgent", RPC_UNARY, 0, unenroll_agent, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetEnrollment", RPC_UNARY, 0, get_enrollment, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListEnrollments", RPC_UNARY, 0, list_enrollments, RPC_PEER_USER | RPC_PEER_SERVICE },
+	/* the orchestrator, at an agent's first registration */
+	{ "PinSealingKey", RPC_UNARY, 0, pin_sealing_key, RPC_PEER_SERVICE },
 };
 
 int pol_enroll_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen)

@@ -22,6 +22,7 @@
 struct config {
 	struct svc_config c;
 	char *pg_url;
+	char *pg_sslmode;
 	char *audit_addr;
 	char *admins;
 	long long db_pool;
@@ -91,8 +92,11 @@ int main(int argc, char **argv)
 	static struct pol_service s;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&cf.c),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_SECRET,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection URL (the service owns schema 'policy')", &cf.pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &cf.pg_sslmode },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0,
 		  "audit service address; empty: audit events wait in the outbox", &cf.audit_addr },
 		{ "bootstrap-admins", CFG_STR, NULL, 0, 0, 0,
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
 	s.bopts.admins = (const char *const *)admins;
 	s.bopts.nadmins = nadmins;
 	s.pg_url = cf.pg_url;
+	s.pg_sslmode = cf.pg_sslmode;
 	s.max_watchers = cf.max_watchers > 0 ? (int)cf.max_watchers
 					     : (int)(cf.c.workers / 2 > 0 ? cf.c.workers / 2 : 1);
 
@@ -149,7 +154,7 @@ int main(int argc, char **argv)
 		goto fail;
 	svc_on_drain(sv, on_drain, &s);
 
-	struct db_opts dbo = { .url = cf.pg_url, .schema = "policy", .app_name = "slipway-policy",
+	struct db_opts dbo = { .url = cf.pg_url, .sslmode = cf.pg_sslmode, .schema = "policy", .app_name = "slipway-policy",
 			       .pool_size = (int)cf.db_pool };
 	if (db_open(&dbo, &s.db, err, sizeof err) != 0 ||
 	    pol_store_migrate(s.db, err, sizeof err) != 0)
@@ -175,7 +180,8 @@ int main(int argc, char **argv)
 		    tls_read_pem(cf.c.key, &key, err, sizeof err) != 0)
 			goto fail;
 		struct rpc_client_opts co = { .target = cf.audit_addr, .ca_pem = ca,
-					      .cert_pem = cert, .key_pem = key };
+					      .cert_pem = cert, .key_pem = key,
+					      .server_service = "audit" };
 		struct outbox_relay_opts ro = { .db = s.db };
 		if (rpc_client_new(&co, &audit, err, sizeof err) != 0)
 			goto fail;

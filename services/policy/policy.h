@@ -363,6 +363,7 @@ struct pol_writer;
 struct pol_service {
 	struct pol_builtin_opts bopts;
 	const char *pg_url;
+	const char *pg_sslmode;
 	struct db *db;
 	struct outbox_relay *relay;      /* NULL without --audit-addr */
 	int max_watchers;

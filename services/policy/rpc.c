@@ -772,17 +772,17 @@ static int list_approvals(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 }
 
 static const struct rpc_method methods[] = {
-	{ "Authorize", RPC_UNARY, RPC_INLINE, authorize },
-	{ "EvaluateDeployment", RPC_UNARY, 0, evaluate_deployment },
-	{ "Approve", RPC_UNARY, 0, approve },
-	{ "Reject", RPC_UNARY, 0, reject },
-	{ "ListApprovals", RPC_UNARY, 0, list_approvals },
-	{ "ApplyPolicy", RPC_UNARY, 0, apply_policy },
-	{ "GetPolicy", RPC_UNARY, 0, get_policy },
-	{ "DiffPolicy", RPC_UNARY, 0, diff_policy },
-	{ "Explain", RPC_UNARY, 0, explain },
-	{ "GetRevision", RPC_UNARY, RPC_INLINE, get_revision },
-	{ "WatchRevision", RPC_SERVER_STREAM, 0, watch_revision },
+	{ "Authorize", RPC_UNARY, RPC_INLINE, authorize, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "EvaluateDeployment", RPC_UNARY, 0, evaluate_deployment, RPC_PEER_SERVICE },
+	{ "Approve", RPC_UNARY, 0, approve, RPC_PEER_USER },
+	{ "Reject", RPC_UNARY, 0, reject, RPC_PEER_USER },
+	{ "ListApprovals", RPC_UNARY, 0, list_approvals, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ApplyPolicy", RPC_UNARY, 0, apply_policy, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetPolicy", RPC_UNARY, 0, get_policy, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "DiffPolicy", RPC_UNARY, 0, diff_policy, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "Explain", RPC_UNARY, 0, explain, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "GetRevision", RPC_UNARY, RPC_INLINE, get_revision, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "WatchRevision", RPC_SERVER_STREAM, 0, watch_revision, RPC_PEER_USER | RPC_PEER_SERVICE },
 };
 
 int pol_rpc_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen)

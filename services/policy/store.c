@@ -243,7 +243,7 @@ static void *watcher_main(void *arg)
 		if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
 			if (pg != NULL)
 				PQfinish(pg);
-			pg = PQconnectdb(s->pg_url);
+			pg = db_connect_plain(s->pg_url, s->pg_sslmode);
 			PGresult *r = NULL;
 			if (PQstatus(pg) == CONNECTION_OK)
 				r = PQexec(pg, "LISTEN " NOTIFY_CHANNEL);

@@ -20,7 +20,7 @@
 
 struct opts {
 	struct svc_config c;
-	char *pg_url, *audit_addr, *policy_addr, *state_dir;
+	char *pg_url, *pg_sslmode, *audit_addr, *policy_addr, *state_dir;
 	char *keyring, *seal_key, *sign_key, *grantors;
 	int generate_keys;
 	long long db_pool, max_value, grant_ttl, grant_max_ttl, bundle_ttl, max_grant_secrets;
@@ -50,11 +50,11 @@ static int key_path(char *out, size_t cap, const char *flag, const char *state_d
 	return 0;
 }
 
-static int client(const char *addr, const char *ca, const char *cert, const char *key,
-		  struct rpc_client **out, char *err, size_t errlen)
+static int client(const char *addr, const char *service, const char *ca, const char *cert,
+		  const char *key, struct rpc_client **out, char *err, size_t errlen)
 {
 	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
-				     .key_pem = key };
+				     .key_pem = key, .server_service = service };
 	return rpc_client_new(&o, out, err, errlen);
 }
 
@@ -64,8 +64,11 @@ int main(int argc, char **argv)
 	static struct sec s;
 	struct cfg_opt opts[] = {
 		SVC_COMMON_OPTS(&o.c),
-		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_SECRET | CFG_REQUIRED,
+		{ "pg-url", CFG_STR, NULL, 0, 0, CFG_REQUIRED | CFG_NO_PASSWORD,
 		  "PostgreSQL connection string (the service's own role)", &o.pg_url },
+		{ "pg-sslmode", CFG_STR, "prefer", 0, 0, 0,
+		  "TLS to PostgreSQL (libpq sslmode): prefer yields to the URL; require, "
+		  "verify-ca, verify-full (or disable, allow) override it", &o.pg_sslmode },
 		{ "db-pool", CFG_INT, "16", 2, 256, 0, "database connections", &o.db_pool },
 		{ "audit-addr", CFG_STR, NULL, 0, 0, 0,
 		  "audit service address (empty: events wait in the outbox)", &o.audit_addr },
@@ -158,7 +161,7 @@ int main(int argc, char **argv)
 
 	/* Own start-up: database, keys (checked against the database),
 	 * clients, relay. */
-	struct db_opts dbo = { .url = o.pg_url, .schema = "secrets", .app_name = "slipway-secrets",
+	struct db_opts dbo = { .url = o.pg_url, .sslmode = o.pg_sslmode, .schema = "secrets", .app_name = "slipway-secrets",
 			       .pool_size = (int)o.db_pool };
 	int64_t known_keys = 0;
 	if (db_open(&dbo, &s.db, err, sizeof err) != 0 ||
@@ -180,7 +183,7 @@ int main(int argc, char **argv)
 	}
 	if (o.policy_addr != NULL && o.policy_addr[0] != '\0') {
 		struct authz_opts ao = { 0 };
-		if (client(o.policy_addr, ca, cert, key, &policy, err, sizeof err) != 0)
+		if (client(o.policy_addr, "policy", ca, cert, key, &policy, err, sizeof err) != 0)
 			goto fail;
 		ao.policy = policy;
 		s.policy = policy;
@@ -191,7 +194,7 @@ int main(int argc, char **argv)
 	}
 	if (o.audit_addr != NULL && o.audit_addr[0] != '\0') {
 		struct outbox_relay_opts ro = { .db = s.db };
-		if (client(o.audit_addr, ca, cert, key, &audit, err, sizeof err) != 0)
+		if (client(o.audit_addr, "audit", ca, cert, key, &audit, err, sizeof err) != 0)
 			goto fail;
 		ro.audit = audit;
 		if (outbox_relay_start(&ro, &s.relay, err, sizeof err) != 0)

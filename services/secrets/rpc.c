@@ -579,6 +579,12 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	/* Identity first: only the orchestrator hands out grants... */
 	if (!is_grantor(s, rpc_peer(ctx)))
 		return fail(s, ctx, &w, SW_EPERM, "only %s may create grants", s->grantors);
+	/* A grantor is a service: a user or agent named in --grantors by
+	 * mistake still may not hand out secrets. */
+	struct spiffe_id gid;
+	if (spiffe_parse(rpc_peer(ctx), s->trust_domain, &gid, NULL, 0) != 0 ||
+	    gid.kind != SPIFFE_SERVICE)
+		return fail(s, ctx, &w, SW_EPERM, "only service principals may create grants");
 	/* ...and only what policy lets it grant. */
 	for (size_t i = 0; i < req->n_secrets; i++) {
 		rc = authorize(s, ctx, "grant", "secret.grant", req->app, req->environment,
@@ -647,16 +653,18 @@ static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 }
 
 const struct rpc_method sec_methods[] = {
-	{ "GetServiceKeys", RPC_UNARY, RPC_INLINE, get_service_keys },
-	{ "PutSecret", RPC_UNARY, 0, put_secret },
-	{ "ListSecrets", RPC_UNARY, 0, list_secrets },
-	{ "ListVersions", RPC_UNARY, 0, list_versions },
-	{ "SetCurrentVersion", RPC_UNARY, 0, set_current },
-	{ "DisableVersion", RPC_UNARY, 0, disable_version },
-	{ "EnableVersion", RPC_UNARY, 0, enable_version },
-	{ "DestroyVersion", RPC_UNARY, 0, destroy_version },
-	{ "RotateMaster", RPC_UNARY, 0, rotate_master },
-	{ "CreateGrant", RPC_UNARY, 0, create_grant },
-	{ "Fetch", RPC_UNARY, 0, fetch },
+	{ "GetServiceKeys", RPC_UNARY, RPC_INLINE, get_service_keys, RPC_PEER_ANY },
+	{ "PutSecret", RPC_UNARY, 0, put_secret, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListSecrets", RPC_UNARY, 0, list_secrets, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "ListVersions", RPC_UNARY, 0, list_versions, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "SetCurrentVersion", RPC_UNARY, 0, set_current, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "DisableVersion", RPC_UNARY, 0, disable_version, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "EnableVersion", RPC_UNARY, 0, enable_version, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "DestroyVersion", RPC_UNARY, 0, destroy_version, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "RotateMaster", RPC_UNARY, 0, rotate_master, RPC_PEER_USER | RPC_PEER_SERVICE },
+	/* These two refuse other kinds of caller in the handler, not here, so
+	 * that the refusal is audited (secret.grant / secret.fetch DENY). */
+	{ "CreateGrant", RPC_UNARY, 0, create_grant, RPC_PEER_ANY },
+	{ "Fetch", RPC_UNARY, 0, fetch, RPC_PEER_ANY },
 };
 const size_t sec_nmethods = sizeof sec_methods / sizeof sec_methods[0];

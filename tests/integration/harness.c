@@ -3,7 +3,14 @@
  */
 #include "harness.h"
 #include "pki.h"
+#include "spiffe.h"
 #include "tls.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -107,6 +114,90 @@ void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const
 	}
 }
 
+const char *h_server_id;
+
+/*
+ * The identity a test client pins: the stack's service at that address
+ * (SLIPWAY_<SVC>_ADDR), else h_server_id when a test set it, else, for a
+ * server a test started itself, the ID its certificate carries, read once
+ * over TLS (trust on first use: these clients test other things; pinning
+ * itself is tested by tests/security/impersonation.sh). A server that
+ * cannot be reached (tests of unreachable peers) gets a pin no server
+ * holds: service/unreachable.
+ */
+static void pin_for(const char *target, const char *ca, const char *cert, const char *key,
+		    char *out, size_t outlen)
+{
+	static const char *const svcs[] = { "audit", "policy", "secrets", "artifact",
+					     "orchestrator" };
+	char env[64], err[256], td[128];
+	for (size_t i = 0; i < sizeof svcs / sizeof svcs[0]; i++) {
+		snprintf(env, sizeof env, "SLIPWAY_%s_ADDR", svcs[i]);
+		for (char *p = env; *p; p++)
+			if (*p >= 'a' && *p <= 'z')
+				*p = (char)(*p - 'a' + 'A');
+		const char *a = getenv(env);
+		const char *pki = getenv("SLIPWAY_PKI_DIR");
+		if (a != NULL && strcmp(a, target) == 0 && pki != NULL &&
+		    pki_trust_domain(pki, td, sizeof td, err, sizeof err) == 0 &&
+		    spiffe_format(out, outlen, td, SPIFFE_SERVICE, svcs[i]) == 0)
+			return;
+	}
+	if (h_server_id != NULL) {
+		snprintf(out, outlen, "%s", h_server_id);
+		return;
+	}
+	const char *colon = strrchr(target, ':');
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	char host[64];
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL *ssl = NULL;
+	X509 *x = NULL;
+	int fd = -1, ok = 0;
+	if (colon == NULL || (size_t)(colon - target) >= sizeof host || ctx == NULL)
+		goto out;
+	snprintf(host, sizeof host, "%.*s", (int)(colon - target), target);
+	if (strcmp(host, "localhost") == 0)
+		snprintf(host, sizeof host, "127.0.0.1");
+	sa.sin_port = htons((uint16_t)strtol(colon + 1, NULL, 10));
+	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || (fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+	    connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+		goto out;
+	if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 ||
+	    (cert && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) ||
+	    (key && SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1))
+		goto out;
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	static const unsigned char alpn[] = "\x02h2";
+	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+	if ((ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1 ||
+	    (x = SSL_get1_peer_certificate(ssl)) == NULL)
+		goto out;
+	BIO *b = BIO_new(BIO_s_mem());
+	char *pem = NULL;
+	long n = 0;
+	if (b != NULL && PEM_write_bio_X509(b, x) == 1 && (n = BIO_get_mem_data(b, &pem)) > 0) {
+		char *copy = strndup(pem, (size_t)n);
+		ok = copy != NULL && tls_cert_spiffe_id(copy, out, outlen, err, sizeof err) == 0;
+		free(copy);
+	}
+	BIO_free(b);
+out:
+	X509_free(x);
+	if (ssl != NULL)
+		SSL_shutdown(ssl);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	if (fd >= 0)
+		close(fd);
+	const char *pki = getenv("SLIPWAY_PKI_DIR");
+	if (!ok && (pki == NULL || pki_trust_domain(pki, td, sizeof td, err, sizeof err) != 0 ||
+		    spiffe_format(out, outlen, td, SPIFFE_SERVICE, "unreachable") != 0)) {
+		fprintf(stderr, "harness: cannot learn the SPIFFE ID of the server at %s\n", target);
+		exit(1);
+	}
+}
+
 static struct rpc_client *make_client(const char *target, const char *ca, const char *cert,
 				      const char *key, int fail_fast)
 {
@@ -120,8 +211,11 @@ static struct rpc_client *make_client(const char *target, const char *ca, const 
 	}
 	/* Each test client gets its own connection, so handshakes are not
 	 * shared between clients with different certificates. */
+	char server_id[SPIFFE_ID_MAX + 2];
+	pin_for(target, ca, cert, key, server_id, sizeof server_id);
 	struct rpc_client_opts o = { .target = target, .ca_pem = ca_pem, .cert_pem = cert_pem,
-				     .key_pem = key_pem, .own_connection = 1, .fail_fast = fail_fast };
+				     .key_pem = key_pem, .own_connection = 1, .fail_fast = fail_fast,
+				     .server_id = server_id };
 	if (rpc_client_new(&o, &c, err, sizeof err) != 0) {
 		fprintf(stderr, "harness: client: %s\n", err);
 		exit(1);

@@ -42,6 +42,11 @@ void h_issue(const char *pki_dir, const char *out_prefix, const char *uri, const
 
 /* Client credentials from files; cert/key may be NULL (no client cert).
  * Calls fail at once when the server cannot be reached (like the CLI). */
+/* The SPIFFE ID clients of servers a test started itself pin (NULL: learn
+ * it from the server's certificate; the stack's services are always
+ * pinned by their address). Set by tests whose servers come and go. */
+extern const char *h_server_id;
+
 struct rpc_client *h_client(const char *target, const char *ca, const char *cert,
 			    const char *key);
 

@@ -254,10 +254,10 @@ static void on_drain(void *arg)
 }
 
 static const struct rpc_method methods[] = {
-	{ "RegisterAgent", RPC_UNARY, 0, h_register },
-	{ "Heartbeat", RPC_UNARY, 0, h_heartbeat },
-	{ "PollTasks", RPC_UNARY, 0, h_poll },
-	{ "ReportTask", RPC_UNARY, 0, h_report },
+	{ "RegisterAgent", RPC_UNARY, 0, h_register, RPC_PEER_AGENT },
+	{ "Heartbeat", RPC_UNARY, 0, h_heartbeat, RPC_PEER_AGENT },
+	{ "PollTasks", RPC_UNARY, 0, h_poll, RPC_PEER_AGENT },
+	{ "ReportTask", RPC_UNARY, 0, h_report, RPC_PEER_AGENT },
 };
 
 static void fake_start(int port)

@@ -79,6 +79,9 @@ static int group_setup(void **state)
 	snprintf(prefix, sizeof prefix, "%s/testsvc", dir);
 	snprintf(uri, sizeof uri, "spiffe://%s/service/testsvc", td);
 	h_issue(pki, prefix, uri, NULL, 1);
+	static char testsvc_id[256];
+	snprintf(testsvc_id, sizeof testsvc_id, "%s", uri);
+	h_server_id = testsvc_id; /* every server here is a testsvc */
 	snprintf(prefix, sizeof prefix, "%s/alice", dir);
 	snprintf(uri, sizeof uri, "spiffe://%s/user/alice", td);
 	h_issue(pki, prefix, uri, NULL, 0);

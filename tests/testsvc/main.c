@@ -7,6 +7,7 @@
 #include "log.h"
 #include "rpc.h"
 #include "svc.h"
+#include "spiffe.h"
 #include "tls.h"
 
 #include "slipway/test/v1/echo.pb-c.h"
@@ -23,6 +24,9 @@ struct app {
 	char *downstream;
 	struct rpc_client *client;
 	char *ca, *cert, *key;
+	/* The downstream's pinned identity: its instances run with our own
+	 * certificate (it_rpc), so our own SPIFFE ID. */
+	char downstream_id[SPIFFE_ID_MAX + 2];
 };
 
 static void sleep_ms(unsigned ms)
@@ -83,7 +87,8 @@ static int chain(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 		free(a->downstream);
 		a->downstream = strdup(req->downstream);
 		struct rpc_client_opts o = { .target = req->downstream, .ca_pem = a->ca,
-					     .cert_pem = a->cert, .key_pem = a->key };
+					     .cert_pem = a->cert, .key_pem = a->key,
+					     .server_id = a->downstream_id };
 		rc = rpc_client_new(&o, &a->client, err, sizeof err);
 	}
 	struct rpc_client *cli = a->client;
@@ -201,12 +206,12 @@ static int later(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 }
 
 static const struct rpc_method methods[] = {
-	{ "Say", RPC_UNARY, RPC_INLINE, say },
-	{ "Work", RPC_UNARY, 0, work },
-	{ "Chain", RPC_UNARY, 0, chain },
-	{ "Download", RPC_SERVER_STREAM, 0, download },
-	{ "Upload", RPC_CLIENT_STREAM, 0, upload },
-	{ "Later", RPC_UNARY, 0, later },
+	{ "Say", RPC_UNARY, RPC_INLINE, say, RPC_PEER_ANY },
+	{ "Work", RPC_UNARY, 0, work, RPC_PEER_ANY },
+	{ "Chain", RPC_UNARY, 0, chain, RPC_PEER_ANY },
+	{ "Download", RPC_SERVER_STREAM, 0, download, RPC_PEER_ANY },
+	{ "Upload", RPC_CLIENT_STREAM, 0, upload, RPC_PEER_ANY },
+	{ "Later", RPC_UNARY, 0, later, RPC_PEER_ANY },
 };
 
 int main(int argc, char **argv)
@@ -231,6 +236,7 @@ int main(int argc, char **argv)
 	if (tls_read_pem(a.c.ca, &a.ca, err, sizeof err) != 0 ||
 	    tls_read_pem(a.c.cert, &a.cert, err, sizeof err) != 0 ||
 	    tls_read_pem(a.c.key, &a.key, err, sizeof err) != 0 ||
+	    tls_cert_spiffe_id(a.cert, a.downstream_id, sizeof a.downstream_id, err, sizeof err) != 0 ||
 	    svc_new("testsvc", &a.c, NULL, NULL, &s, err, sizeof err) != 0 ||
 	    rpc_server_add_service(svc_server(s), &slipway__test__v1__echo__descriptor, methods,
 				   sizeof methods / sizeof methods[0], &a, err, sizeof err) != 0 ||

@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
-static char *s_listen, *s_secret, *s_req;
+static char *s_listen, *s_secret, *s_req, *s_db;
 static long long i_workers, ms_grace, sz_max;
 static int b_flag;
 
@@ -22,6 +24,7 @@ static struct cfg_opt table[] = {
 	{ "verbose", CFG_BOOL, "false", 0, 0, 0, "verbose", &b_flag },
 	{ "secret-key", CFG_STR, NULL, 0, 0, CFG_SECRET, "secret", &s_secret },
 	{ "needed", CFG_PATH, NULL, 0, 0, CFG_REQUIRED, "needed", &s_req },
+	{ "db-url", CFG_STR, NULL, 0, 0, CFG_NO_PASSWORD, "db", &s_db },
 };
 #define N (sizeof table / sizeof table[0])
 
@@ -84,8 +87,10 @@ static void test_help_and_check(void **state)
 	char err[256];
 	char *a1[] = { "x", "--help", NULL };
 	assert_int_equal(parse(a1, 2, err), CFG_HELP); /* no required check for help */
-	char *a2[] = { "x", "--needed", "p", "--check-config", "--secret-key", "hunter2", NULL };
-	assert_int_equal(parse(a2, 6, err), CFG_CHECK);
+	setenv("SLIPWAY_UT_SECRET_KEY", "hunter2", 1);
+	char *a2[] = { "x", "--needed", "p", "--check-config", NULL };
+	assert_int_equal(parse(a2, 4, err), CFG_CHECK);
+	unsetenv("SLIPWAY_UT_SECRET_KEY");
 	char buf[4096];
 	FILE *f = fmemopen(buf, sizeof buf, "w");
 	cfg_print_values(f, table, N);
@@ -97,6 +102,54 @@ static void test_help_and_check(void **state)
 	fclose(f);
 	assert_non_null(strstr(buf, "SLIPWAY_UT_MAX_MSG"));
 	assert_non_null(strstr(buf, "--max-msg"));
+	cfg_free(table, N);
+}
+
+/* A secret never comes from a flag (the process list shows flags): the
+ * environment or a private file only; a URL never holds a password. */
+static void test_secrets_stay_off_the_command_line(void **state)
+{
+	(void)state;
+	char err[256];
+	char *a1[] = { "x", "--needed", "p", "--secret-key", "hunter2", NULL };
+	assert_int_equal(parse(a1, 5, err), SW_EINVAL);
+	assert_non_null(strstr(err, "SLIPWAY_UT_SECRET_KEY"));
+	assert_non_null(strstr(err, "--secret-key-file"));
+	assert_null(strstr(err, "hunter2"));
+	char *a1b[] = { "x", "--needed", "p", "--secret-key=hunter2", NULL };
+	assert_int_equal(parse(a1b, 4, err), SW_EINVAL);
+	assert_null(strstr(err, "hunter2"));
+
+	char path[] = "/tmp/test_cfg_secret.XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "s3cr3t\n", 7), 7);
+	close(fd);
+	char *a2[] = { "x", "--needed", "p", "--secret-key-file", path, NULL };
+	assert_int_equal(parse(a2, 5, err), CFG_RUN);
+	assert_string_equal(s_secret, "s3cr3t");
+	chmod(path, 0644); /* readable by others: refused */
+	assert_int_equal(parse(a2, 5, err), SW_EINVAL);
+	assert_non_null(strstr(err, "chmod 600"));
+	chmod(path, 0600);
+	setenv("SLIPWAY_UT_SECRET_KEY_FILE", path, 1);
+	char *a3[] = { "x", "--needed", "p", NULL };
+	assert_int_equal(parse(a3, 3, err), CFG_RUN);
+	assert_string_equal(s_secret, "s3cr3t");
+	unsetenv("SLIPWAY_UT_SECRET_KEY_FILE");
+	unlink(path);
+	char *a4[] = { "x", "--needed", "p", "--verbose-file", "/dev/null", NULL };
+	assert_int_equal(parse(a4, 5, err), SW_EINVAL); /* only secrets have -file */
+
+	char *a5[] = { "x", "--needed", "p", "--db-url", "postgresql://u:pw@h/db", NULL };
+	assert_int_equal(parse(a5, 5, err), SW_EINVAL);
+	assert_non_null(strstr(err, "PGPASSFILE"));
+	assert_null(strstr(err, "pw@"));
+	char *a6[] = { "x", "--needed", "p", "--db-url", "host=h dbname=d password = pw", NULL };
+	assert_int_equal(parse(a6, 5, err), SW_EINVAL);
+	char *a7[] = { "x", "--needed", "p", "--db-url", "postgresql://u@h:5432/db?sslmode=require",
+		       NULL };
+	assert_int_equal(parse(a7, 5, err), CFG_RUN);
 	cfg_free(table, N);
 }
 
@@ -129,6 +182,7 @@ int main(void)
 		cmocka_unit_test(test_defaults_env_flags_precedence),
 		cmocka_unit_test(test_range_and_type_errors),
 		cmocka_unit_test(test_help_and_check),
+		cmocka_unit_test(test_secrets_stay_off_the_command_line),
 		cmocka_unit_test(test_number_parsers),
 	};
 	return cmocka_run_group_tests_name("cfg", tests, NULL, NULL);
