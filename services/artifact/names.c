@@ -6,6 +6,7 @@
 #include "art.h"
 #include "cfg.h"
 #include "err.h"
+#include "names.h"
 #include "provenance.h"
 
 #include <stdio.h>
@@ -40,23 +41,11 @@ int art_media_type_ok(const char *s)
 	return 1;
 }
 
-/* Printable ASCII without control characters, at most max bytes. */
-static int text_ok(const char *s, size_t max)
-{
-	size_t n = strlen(s);
-	if (n > max)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
-			return 0;
-	return 1;
-}
-
 int art_provenance_ok(const Slipway__V1__Provenance *p, char *why, size_t whylen)
 {
 	if (p == NULL)
 		return 0;
-	if (!text_ok(p->repository, 512))
+	if (!name_text_ok(p->repository, 512))
 		return sw_errf(why, whylen, SW_EINVAL,
 			       "provenance.repository: at most 512 printable ASCII characters");
 	size_t cn = strlen(p->commit);
@@ -69,13 +58,13 @@ int art_provenance_ok(const Slipway__V1__Provenance *p, char *why, size_t whylen
 			return sw_errf(why, whylen, SW_EINVAL,
 				       "provenance.commit: 7 to 64 lower-case hex digits");
 	}
-	if (!text_ok(p->ref, 256) || strchr(p->ref, ' ') != NULL)
+	if (!name_text_ok(p->ref, 256) || strchr(p->ref, ' ') != NULL)
 		return sw_errf(why, whylen, SW_EINVAL,
 			       "provenance.ref: at most 256 printable characters, no spaces");
-	if (!text_ok(p->build_id, 256))
+	if (!name_text_ok(p->build_id, 256))
 		return sw_errf(why, whylen, SW_EINVAL, "provenance.build_id: at most 256 printable "
 						       "ASCII characters");
-	if (!text_ok(p->builder, 256))
+	if (!name_text_ok(p->builder, 256))
 		return sw_errf(why, whylen, SW_EINVAL, "provenance.builder: at most 256 printable "
 						       "ASCII characters");
 	if (p->build_time_unix_ms < 0)

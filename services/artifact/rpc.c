@@ -324,7 +324,9 @@ static const struct rpc_method methods[] = {
 	{ "ListVersions", RPC_UNARY, 0, h_list_versions, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "ListApps", RPC_UNARY, 0, h_list_apps, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "Resolve", RPC_UNARY, 0, h_resolve, RPC_PEER_USER | RPC_PEER_SERVICE },
-	{ "GetProvenance", RPC_UNARY, 0, h_get_provenance, RPC_PEER_USER | RPC_PEER_SERVICE },
+	/* agents too: one verifies a release's signed statement before it
+	 * runs a release of an app that requires signatures */
+	{ "GetProvenance", RPC_UNARY, 0, h_get_provenance, RPC_PEER_ANY },
 	{ "SetPins", RPC_UNARY, 0, h_set_pins, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "GarbageCollect", RPC_UNARY, 0, h_gc, RPC_PEER_USER | RPC_PEER_SERVICE },
 };

@@ -10,9 +10,7 @@
 
 app=apq
 td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
-slipway policy get >"$T/policy-before.json" 2>/dev/null || echo '{}' >"$T/policy-before.json"
-restore() { slipway policy apply "$T/policy-before.json" >/dev/null 2>&1; }
-trap restore EXIT
+keep_policy
 
 bundles $app --versions "1.0.0 2.0.0"
 for v in 1.0.0 2.0.0; do push $app $v "$T/bundles/$app-$v.tar.gz"; done

@@ -21,6 +21,7 @@ grants_for() { # AGENT-ID
 }
 targets_of() { slipway -o json deployment show "$1" | js 'j.targets.map(t=>t.agent).sort().join(",")'; }
 more_denied() { [ "$(denied_registrations "$1")" -gt "$2" ]; }
+online_in() { [ "$(slipway -o json agents ls --app $app --env "$1" | js "j.filter(a=>a.id==='$2'&&a.health==='online').length")" = 1 ]; }
 online() { [ "$(slipway -o json agents ls --app $app --env prod | js "j.filter(a=>a.id==='$1'&&a.health==='online').length")" = 1 ]; }
 lost_count() { [ "$(slipway -o json agents ls --app $app --env prod | js "j.filter(a=>a.health==='lost').length")" = "$1" ]; }
 prod_is() { [ "$(prod_agents)" = "$1" ]; }
@@ -45,8 +46,20 @@ agents $app sandbox eu/enc-s1
 ok "agents run only inside the scope they were enrolled for"
 
 # ---- a tampered orchestrator database cannot redirect prod's secret ----
-sql "update orchestrator.agents set environment = 'prod', labels = '{\"app\":\"$app\",\"environment\":\"prod\",\"region\":\"eu\"}' where id = '$S1'" >/dev/null \
-  || fail "cannot edit the orchestrator's database"
+forge() {
+  sql "update orchestrator.agents set environment = 'prod', labels = '{\"app\":\"$app\",\"environment\":\"prod\",\"region\":\"eu\"}' where id = '$S1'" >/dev/null \
+    || fail "cannot edit the orchestrator's database"
+}
+# The orchestrator follows enrollment changes once a second: if it has not
+# yet looked at s1's (its key was pinned a moment ago), it finds the forged
+# row and drops it (a defence too, but not the one tested here); s1 then
+# registers again as sandbox and the row is forged again.
+for i in $(seq 1 20); do
+  forge
+  sleep 0.5
+  prod_is "$P1,$S1" && { sleep 1.5; prod_is "$P1,$S1" && break; }
+  wait_until 20 online_in sandbox "$S1" || fail "s1 did not register again"
+done
 [ "$(prod_agents)" = "$P1,$S1" ] || fail "the edit should make s1 look like a prod agent: $(prod_agents)"
 id=$(deploy $app prod 1.0.0 --batch 2 --on-failure abort --progress-deadline 15s)
 wait_until 90 ended "$id" || fail "the deployment with a forged target did not end"

@@ -9,6 +9,7 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$top"
 S=$SLIPWAY_STACK_DIR
 T=$(mktemp -d "${SLIPWAY_TEST_TMP:-/tmp}/$(basename "$0" .sh).XXXXXX")
+chmod 755 "$T"  # agents rooted below it run applications as another user
 export PATH="$top/build/bin:$PATH"
 checks=0
 
@@ -75,3 +76,10 @@ wait_state() { # ID STATE SECONDS
 }
 # audited PATTERN [AUDIT LOG FILTERS]: the audit log holds an event whose JSON matches.
 audited() { slipway -o json audit log --limit 1000 "${@:2}" 2>/dev/null | grep -qE "$1"; }
+
+# keep_policy: the policy document as it is now is applied again when the
+# test exits (tests that change the policy leave it as they found it).
+keep_policy() {
+  slipway policy get >"$T/policy-before.json" 2>/dev/null || echo '{}' >"$T/policy-before.json"
+  trap 'slipway policy apply "$T/policy-before.json" >/dev/null 2>&1' EXIT
+}

@@ -12,9 +12,7 @@
 
 app=rbk
 td=$(cat "$SLIPWAY_PKI_DIR/trust-domain")
-slipway policy get >"$T/policy-before.json" 2>/dev/null || echo '{}' >"$T/policy-before.json"
-restore() { slipway policy apply "$T/policy-before.json" >/dev/null 2>&1; }
-trap restore EXIT
+keep_policy
 
 bundles $app --versions "1.0.0 2.0.0 3.0.0 5.0.0 9.9.9"
 for v in 1.0.0 2.0.0 3.0.0 5.0.0; do push $app $v "$T/bundles/$app-$v.tar.gz" --branch main; done
