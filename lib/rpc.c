@@ -912,9 +912,12 @@ static int admit(struct rpc_ctx *ctx)
 	const struct rpc_method *impl = ctx->m->impl;
 	int stream = impl->kind != RPC_UNARY;
 	int worker = !((impl->flags & RPC_INLINE) && impl->kind != RPC_CLIENT_STREAM);
+	struct spiffe_id id;
+	int service = spiffe_parse(ctx->peer, NULL, &id, NULL, 0) == 0 &&
+		      id.kind == SPIFFE_SERVICE;
 	char why[sizeof ctx->errmsg];
-	int rc = rpc_limits_admit(ctx->srv->limits, ctx->peer, stream, worker, &ctx->hold, why,
-				  sizeof why);
+	int rc = rpc_limits_admit(ctx->srv->limits, ctx->peer, service, stream, worker, &ctx->hold,
+				  why, sizeof why);
 	if (rc != 0)
 		rpc_errorf(ctx, rc, "%s", why);
 	return rc;
@@ -1116,7 +1119,7 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out, 
 	if (srv->o.max_streams < 1)
 		srv->o.max_streams = 1024;
 	if (srv->o.max_streams_per_peer < 1)
-		srv->o.max_streams_per_peer = 16;
+		srv->o.max_streams_per_peer = 32;
 	/* One caller may hold half the pool, and fewer worker slots than
 	 * streams may hold in all: a caller at its limit leaves threads (and
 	 * stream slots) to the others. */

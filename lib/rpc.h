@@ -96,9 +96,10 @@ struct rpc_server_opts {
 	 * with RESOURCE_EXHAUSTED naming the flag, never queued. 0 picks the
 	 * default. */
 	int max_streams;          /* open streams in all (1024) */
-	int max_streams_per_peer; /* open streams of one SPIFFE ID (16) */
+	int max_streams_per_peer; /* open streams of one SPIFFE ID (32) */
 	int max_calls_per_peer;   /* calls of one SPIFFE ID queued for or on a
-				   * worker (half the workers, >= 1) */
+				   * worker (half the workers, >= 1); service
+				   * principals are exempt */
 	int max_worker_streams;   /* streams queued for or on a worker, in all
 				   * (three quarters of workers, >= 1): the rest
 				   * of the pool stays for unary calls */

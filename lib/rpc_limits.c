@@ -104,8 +104,8 @@ static void peer_put(struct rpc_limits *l, struct rpc_limits_peer *p)
 	free(p);
 }
 
-int rpc_limits_admit(struct rpc_limits *l, const char *peer, int stream, int worker,
-		     struct rpc_hold *h, char *why, size_t whylen)
+int rpc_limits_admit(struct rpc_limits *l, const char *peer, int service, int stream,
+		     int worker, struct rpc_hold *h, char *why, size_t whylen)
 {
 	int rc = 0;
 	memset(h, 0, sizeof *h);
@@ -135,7 +135,7 @@ int rpc_limits_admit(struct rpc_limits *l, const char *peer, int stream, int wor
 			     l->o.max_worker_streams);
 		goto out;
 	}
-	if (worker && p->calls >= l->o.max_calls_per_peer) {
+	if (worker && !service && p->calls >= l->o.max_calls_per_peer) {
 		rc = sw_errf(why, whylen, SW_ELIMIT,
 			     "too many calls in progress from %s (%d, --max-calls-per-peer)", peer,
 			     l->o.max_calls_per_peer);

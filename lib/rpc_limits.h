@@ -42,12 +42,16 @@ void rpc_limits_free(struct rpc_limits *l);
 
 /*
  * Admits a call of `peer` (borrowed) that opens a stream (stream != 0)
- * and/or needs a worker (worker != 0). On success returns 0 and fills *h;
- * past a limit returns SW_ELIMIT with a message naming the flag that sets
- * it in why, and holds nothing. Any thread.
+ * and/or needs a worker (worker != 0). A service principal (service != 0)
+ * is not held to max_calls_per_peer: our services call each other on
+ * behalf of many users at once (the orchestrator's handlers each call
+ * the artifact service), so one per-caller share would turn one user's
+ * load into refusals for all; every other limit applies to it. On success
+ * returns 0 and fills *h; past a limit returns SW_ELIMIT with a message
+ * naming the flag that sets it in why, and holds nothing. Any thread.
  */
-int rpc_limits_admit(struct rpc_limits *l, const char *peer, int stream, int worker,
-		     struct rpc_hold *h, char *why, size_t whylen);
+int rpc_limits_admit(struct rpc_limits *l, const char *peer, int service, int stream,
+		     int worker, struct rpc_hold *h, char *why, size_t whylen);
 
 /* Gives the worker slot of h back (the handler returned or deferred). Any
  * thread; a no-op when h holds none. */

@@ -63,7 +63,7 @@ struct svc_config {
 	{ "max-streams", CFG_INT, "1024", 1, 1000000, 0,                                         \
 	  "open streams (watches, uploads, downloads) in all; past it RESOURCE_EXHAUSTED",       \
 	  &(c)->max_streams },                                                                    \
-	{ "max-streams-per-peer", CFG_INT, "16", 1, 1000000, 0,                                   \
+	{ "max-streams-per-peer", CFG_INT, "32", 1, 1000000, 0,                                   \
 	  "open streams of one caller (SPIFFE ID); past it RESOURCE_EXHAUSTED",                  \
 	  &(c)->max_streams_per_peer },                                                           \
 	{ "max-calls-per-peer", CFG_INT, "0", 0, 1000000, 0,                                     \

@@ -24,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nwatch=12 npush=24
+nwatch=40 npush=24
 total=$((nwatch + npush))
 
 # --- the flood: held open until the writer of the fifo (a sleep) goes
