@@ -911,7 +911,8 @@ static int admit(struct rpc_ctx *ctx)
 {
 	const struct rpc_method *impl = ctx->m->impl;
 	int stream = impl->kind != RPC_UNARY;
-	int worker = !((impl->flags & RPC_INLINE) && impl->kind != RPC_CLIENT_STREAM);
+	int worker = !((impl->flags & RPC_INLINE) && impl->kind != RPC_CLIENT_STREAM) &&
+		     !((impl->flags & RPC_DEFERS) && impl->kind == RPC_SERVER_STREAM);
 	struct spiffe_id id;
 	int service = spiffe_parse(ctx->peer, NULL, &id, NULL, 0) == 0 &&
 		      id.kind == SPIFFE_SERVICE;

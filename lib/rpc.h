@@ -51,6 +51,11 @@ enum {
 			 * (unary calls, and server streams whose handler only
 			 * defers: rpc_stream_defer, never rpc_send; ignored on
 			 * client streams, which block in rpc_recv) */
+	RPC_DEFERS = 2, /* a server stream whose handler does bounded work (a
+			 * query) and then always defers: it runs on the pool
+			 * but is not counted as a stream holding a worker, nor
+			 * against the caller's --max-calls-per-peer, so a
+			 * burst of watches from one caller is not refused */
 };
 
 /* Returned by a handler that called rpc_defer(): the call stays open until

@@ -220,7 +220,7 @@ static const struct rpc_method orchestrator_methods[] = {
 	{ "ResumeDeployment", RPC_UNARY, 0, resume_deployment },
 	{ "Rollback", RPC_UNARY, 0, rollback },
 	{ "GetStatus", RPC_UNARY, 0, get_status },
-	{ "WatchDeployment", RPC_SERVER_STREAM, 0, watch_deployment },
+	{ "WatchDeployment", RPC_SERVER_STREAM, RPC_DEFERS, watch_deployment },
 	{ "ListAgents", RPC_UNARY, 0, list_agents },
 };
 
