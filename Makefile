@@ -171,7 +171,16 @@ build/tests/slipway-testsvc: $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(MODE_S
 	@echo "  LINK    $@"
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(TESTSVC_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS)
 
-TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc)
+# The stream-flood client of tests/security/stream_flood.sh.
+FLOOD_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(wildcard tests/flood/*.c))
+
+build/tests/slipway-flood: $(FLOOD_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(FLOOD_OBJS) $(LIBA) $(PKG_LIBS)
+
+TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc) \
+             $(if $(FLOOD_OBJS),build/tests/slipway-flood)
 # Every fuzz harness also replays its corpus as a unit test (tests/fuzz/rules.mk).
 include tests/fuzz/rules.mk
 TEST_BINS += $(FUZZ_REPLAY_BINS)

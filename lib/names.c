@@ -36,3 +36,14 @@ int name_version_ok(const char *s)
 			return 0;
 	return strstr(s, "..") == NULL;
 }
+
+int name_text_ok(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+			return 0;
+	return 1;
+}

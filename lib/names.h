@@ -7,6 +7,8 @@
 #ifndef SLIPWAY_NAMES_H
 #define SLIPWAY_NAMES_H
 
+#include <stddef.h>
+
 #define NAME_APP_MAX 63
 #define NAME_VERSION_MAX 128
 
@@ -15,5 +17,9 @@ int name_app_ok(const char *s);
 
 /* A version: [A-Za-z0-9][A-Za-z0-9._+-]{0,127}, without "..". */
 int name_version_ok(const char *s);
+
+/* Free text that goes into records and statements (a repository, a ref, a
+ * builder): printable ASCII (0x20-0x7e), at most max bytes. */
+int name_text_ok(const char *s, size_t max);
 
 #endif

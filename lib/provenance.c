@@ -22,18 +22,6 @@
 
 /* ---- the statement ---- */
 
-/* Printable ASCII (0x20-0x7e), at most max bytes. */
-static int text_ok(const char *s, size_t max)
-{
-	size_t n = strlen(s);
-	if (n > max)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
-			return 0;
-	return 1;
-}
-
 static int commit_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -56,19 +44,19 @@ static int check(const struct prov_statement *s, char *err, size_t errlen)
 	if (digest_parse(s->digest, NULL) != 0)
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement digest: want sha256:<64 lower-case hex>");
-	if (!text_ok(s->repository, 512))
+	if (!name_text_ok(s->repository, 512))
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement repository: at most 512 printable ASCII characters");
 	if (!commit_ok(s->commit))
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement commit: empty or 7 to 64 lower-case hex digits");
-	if (!text_ok(s->ref, 256) || strchr(s->ref, ' ') != NULL)
+	if (!name_text_ok(s->ref, 256) || strchr(s->ref, ' ') != NULL)
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement ref: at most 256 printable characters, no spaces");
-	if (!text_ok(s->builder, 256))
+	if (!name_text_ok(s->builder, 256))
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement builder: at most 256 printable ASCII characters");
-	if (!text_ok(s->build_id, 256))
+	if (!name_text_ok(s->build_id, 256))
 		return sw_errf(err, errlen, SW_EINVAL,
 			       "statement build-id: at most 256 printable ASCII characters");
 	if (s->build_time_ms < 0)

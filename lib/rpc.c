@@ -21,6 +21,8 @@
  */
 #include "rpc.h"
 #include "rpc_internal.h"
+#include "rpc_limits.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "spiffe.h"
@@ -34,6 +36,7 @@
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -128,6 +131,10 @@ struct rpc_ctx {
 	int cb_running;
 	pthread_t cb_thread;
 	struct tag op_tag, close_tag, final_tag, write_tag;
+	/* admission (rpc_limits.h) and the idle timeout of blocking ops */
+	struct rpc_hold hold;
+	int idle_expired;                /* under mu */
+	char idle_msg[128];
 };
 
 struct rpc_server {
@@ -156,6 +163,7 @@ struct rpc_server {
 	int inflight;
 	void (*drain_fn)(void *);
 	void *drain_arg;
+	struct rpc_limits *limits;
 };
 
 static void ctx_unref(struct rpc_ctx *ctx);
@@ -371,6 +379,7 @@ static void ctx_destroy(struct rpc_ctx *ctx)
 	}
 	pthread_mutex_destroy(&ctx->mu);
 	pthread_cond_destroy(&ctx->cv);
+	rpc_limits_release(srv->limits, &ctx->hold);
 	free(ctx);
 	inflight_add(srv, -1);
 }
@@ -413,20 +422,54 @@ static void fill_initial_md(struct rpc_ctx *ctx, grpc_op *op)
 }
 
 /* Runs a batch from a worker and waits for it. Returns 1 if it succeeded,
- * 0 if the call is over, negative if it could not start. */
+ * 0 if the call is over, negative if it could not start. With an idle
+ * timeout, a batch the client leaves waiting that long (a stream that
+ * sends nothing, or reads nothing under flow control) cancels the call
+ * with DEADLINE_EXCEEDED, which completes the batch (ctx->idle_expired is
+ * then set): a silent client cannot hold a worker for longer. */
 static int op_wait(struct rpc_ctx *ctx, const grpc_op *ops, size_t n)
 {
+	int64_t idle_ms = ctx->srv->o.stream_idle_ms;
 	pthread_mutex_lock(&ctx->mu);
 	ctx->op_done = 0;
 	pthread_mutex_unlock(&ctx->mu);
 	if (start_batch(ctx, ops, n, &ctx->op_tag) != 0)
 		return SW_EINTERNAL;
 	pthread_mutex_lock(&ctx->mu);
+	if (idle_ms > 0) {
+		struct timespec dl = clock_after(CLOCK_MONOTONIC, idle_ms);
+		while (!ctx->op_done && !ctx->idle_expired)
+			if (pthread_cond_timedwait(&ctx->cv, &ctx->mu, &dl) == ETIMEDOUT &&
+			    !ctx->op_done)
+				ctx->idle_expired = 1;
+		if (ctx->idle_expired && !ctx->op_done) {
+			snprintf(ctx->idle_msg, sizeof ctx->idle_msg,
+				 "stream idle for %lld ms (--stream-idle-timeout)",
+				 (long long)idle_ms);
+			pthread_mutex_unlock(&ctx->mu);
+			grpc_call_cancel_with_status(ctx->call, GRPC_STATUS_DEADLINE_EXCEEDED,
+						     ctx->idle_msg, NULL);
+			atomic_store(&ctx->cancelled, 1);
+			pthread_mutex_lock(&ctx->mu);
+		}
+	}
 	while (!ctx->op_done)
 		pthread_cond_wait(&ctx->cv, &ctx->mu);
 	int ok = ctx->op_ok;
 	pthread_mutex_unlock(&ctx->mu);
 	return ok;
+}
+
+/* The error of a blocking op that did not succeed: SW_ETIMEDOUT (with the
+ * message) when the idle timeout cancelled the call, else SW_ECANCELLED. */
+static int op_failed(struct rpc_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->mu);
+	int idle = ctx->idle_expired;
+	pthread_mutex_unlock(&ctx->mu);
+	if (idle)
+		return rpc_errorf(ctx, SW_ETIMEDOUT, "%s", ctx->idle_msg);
+	return SW_ECANCELLED;
 }
 
 grpc_byte_buffer *rpc_pack(const ProtobufCMessage *msg, size_t cap)
@@ -475,7 +518,7 @@ int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg)
 	grpc_byte_buffer_destroy(bb);
 	if (ok < 0)
 		return ok;
-	return ok ? 0 : SW_ECANCELLED;
+	return ok ? 0 : op_failed(ctx);
 }
 
 int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg)
@@ -491,9 +534,9 @@ int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg)
 	if (ok < 0)
 		return ok;
 	if (!ok)
-		return SW_ECANCELLED;
+		return op_failed(ctx);
 	if (ctx->recv_bb == NULL)
-		return atomic_load(&ctx->cancelled) ? SW_ECANCELLED : 0; /* end of stream */
+		return atomic_load(&ctx->cancelled) ? op_failed(ctx) : 0; /* end of stream */
 	ProtobufCMessage *m = rpc_unpack(ctx->m->md->input, ctx->recv_bb);
 	grpc_byte_buffer_destroy(ctx->recv_bb);
 	ctx->recv_bb = NULL;
@@ -601,6 +644,8 @@ static void run_handler(struct rpc_ctx *ctx)
 	rc = impl->fn(ctx, ctx->req, ctx->resp, ctx->m->svc_data);
 	int deferred = rc == RPC_DEFERRED && ctx->deferred &&
 		       (impl->kind == RPC_UNARY || ctx->async);
+	/* This thread is free again: a deferred call waits without one. */
+	rpc_limits_release_worker(ctx->srv->limits, &ctx->hold);
 	ctx_unref(ctx);
 	if (deferred) {
 		log_set_request_id(NULL);
@@ -609,6 +654,7 @@ static void run_handler(struct rpc_ctx *ctx)
 	if (rc == RPC_DEFERRED)
 		rc = rpc_errorf(ctx, SW_EINTERNAL, "handler deferred without rpc_defer");
 done:
+	rpc_limits_release_worker(ctx->srv->limits, &ctx->hold);
 	ctx_finish(ctx, rc);
 	log_set_request_id(NULL);
 	ctx_unref(ctx);
@@ -857,6 +903,27 @@ static void post_slot(struct slot *s)
 		log_error("rpc request_call refused", "grpc_call_error=%d", (int)e);
 }
 
+/* Admits a call under the server's limits (rpc_limits.h): a stream takes
+ * a stream slot for its life, a call run on the pool a worker slot until
+ * its handler returns. Past a limit: SW_ELIMIT with the message set, and
+ * the call holds nothing. */
+static int admit(struct rpc_ctx *ctx)
+{
+	const struct rpc_method *impl = ctx->m->impl;
+	int stream = impl->kind != RPC_UNARY;
+	int worker = !((impl->flags & RPC_INLINE) && impl->kind != RPC_CLIENT_STREAM) &&
+		     !((impl->flags & RPC_DEFERS) && impl->kind == RPC_SERVER_STREAM);
+	struct spiffe_id id;
+	int service = spiffe_parse(ctx->peer, NULL, &id, NULL, 0) == 0 &&
+		      id.kind == SPIFFE_SERVICE;
+	char why[sizeof ctx->errmsg];
+	int rc = rpc_limits_admit(ctx->srv->limits, ctx->peer, service, stream, worker, &ctx->hold,
+				  why, sizeof why);
+	if (rc != 0)
+		rpc_errorf(ctx, rc, "%s", why);
+	return rc;
+}
+
 static void on_new_call(struct slot *s, int success)
 {
 	struct rpc_server *srv = s->srv;
@@ -897,7 +964,11 @@ static void on_new_call(struct slot *s, int success)
 	atomic_init(&ctx->refs, 1);
 	atomic_init(&ctx->cancelled, 0);
 	pthread_mutex_init(&ctx->mu, NULL);
-	pthread_cond_init(&ctx->cv, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* op_wait's idle timeout */
+	pthread_cond_init(&ctx->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	ctx->op_tag = (struct tag){ TAG_OP, ctx };
 	ctx->close_tag = (struct tag){ TAG_CLOSE, ctx };
 	ctx->final_tag = (struct tag){ TAG_FINAL, ctx };
@@ -951,6 +1022,11 @@ static void on_new_call(struct slot *s, int success)
 		ctx_unref(ctx);
 		return;
 	}
+	if (admit(ctx) != 0) {
+		ctx_finish(ctx, SW_ELIMIT);
+		ctx_unref(ctx);
+		return;
+	}
 	if (m->impl->kind != RPC_UNARY) {
 		/* Learn about cancellation while a stream is open. */
 		grpc_op op;
@@ -961,7 +1037,7 @@ static void on_new_call(struct slot *s, int success)
 		if (start_batch(ctx, &op, 1, &ctx->close_tag) != 0)
 			ctx->close_started = 0;
 	}
-	if ((m->impl->flags & RPC_INLINE) && m->impl->kind == RPC_UNARY) {
+	if ((m->impl->flags & RPC_INLINE) && m->impl->kind != RPC_CLIENT_STREAM) {
 		run_handler(ctx);
 		return;
 	}
@@ -1039,6 +1115,32 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out, 
 		srv->o.max_queue = 1024;
 	if (srv->o.requests_per_method < 1)
 		srv->o.requests_per_method = 8;
+	int three_quarters = srv->o.workers * 3 / 4;
+	if (three_quarters < 1)
+		three_quarters = 1;
+	if (srv->o.max_streams < 1)
+		srv->o.max_streams = 1024;
+	if (srv->o.max_streams_per_peer < 1)
+		srv->o.max_streams_per_peer = 32;
+	/* One caller may hold half the pool, and fewer worker slots than
+	 * streams may hold in all: a caller at its limit leaves threads (and
+	 * stream slots) to the others. */
+	if (srv->o.max_calls_per_peer < 1)
+		srv->o.max_calls_per_peer = srv->o.workers / 2 > 0 ? srv->o.workers / 2 : 1;
+	if (srv->o.max_worker_streams < 1)
+		srv->o.max_worker_streams = three_quarters;
+	if (srv->o.stream_idle_ms < 0)
+		srv->o.stream_idle_ms = 0;
+	struct rpc_limits_opts lo = {
+		.max_streams = srv->o.max_streams,
+		.max_streams_per_peer = srv->o.max_streams_per_peer,
+		.max_calls_per_peer = srv->o.max_calls_per_peer,
+		.max_worker_streams = srv->o.max_worker_streams,
+	};
+	if (rpc_limits_new(&lo, &srv->limits) != 0) {
+		free(srv);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
 	srv->ca = strdup(opts->ca_pem);
 	srv->cert = strdup(opts->cert_pem);
 	srv->key = strdup(opts->key_pem);
@@ -1274,6 +1376,7 @@ void rpc_server_free(struct rpc_server *srv)
 	free(srv->listen);
 	free(srv->service);
 	free(srv->trust_domain);
+	rpc_limits_free(srv->limits);
 	pthread_mutex_destroy(&srv->pmu);
 	pthread_cond_destroy(&srv->pcv);
 	pthread_mutex_destroy(&srv->imu);

@@ -20,6 +20,13 @@
  * caller whose kind (service, agent, user) the method does not accept
  * (rpc_method.peers) PERMISSION_DENIED.
  *
+ * Admission (rpc_limits.h): once the caller is known, a call that would
+ * take it past its share (open streams, calls on the worker pool) or the
+ * service past its stream limits is answered RESOURCE_EXHAUSTED at once,
+ * naming the flag that sets the limit; it is never queued. A blocking
+ * rpc_recv or rpc_send that waits for the client longer than the idle
+ * timeout cancels the call (DEADLINE_EXCEEDED), freeing its worker.
+ *
  * Every call carries x-request-id: read from the request (when well formed)
  * or generated, sent back in the response headers, set as the log request
  * id while the handler runs, and forwarded by the client on downstream calls.
@@ -45,7 +52,15 @@ struct rpc_stream;
 enum rpc_kind { RPC_UNARY = 0, RPC_SERVER_STREAM = 1, RPC_CLIENT_STREAM = 2 };
 
 enum {
-	RPC_INLINE = 1, /* the handler never blocks: run it on the CQ thread */
+	RPC_INLINE = 1, /* the handler never blocks: run it on the CQ thread
+			 * (unary calls, and server streams whose handler only
+			 * defers: rpc_stream_defer, never rpc_send; ignored on
+			 * client streams, which block in rpc_recv) */
+	RPC_DEFERS = 2, /* a server stream whose handler does bounded work (a
+			 * query) and then always defers: it runs on the pool
+			 * but is not counted as a stream holding a worker, nor
+			 * against the caller's --max-calls-per-peer, so a
+			 * burst of watches from one caller is not refused */
 };
 
 /* Returned by a handler that called rpc_defer(): the call stays open until
@@ -100,6 +115,20 @@ struct rpc_server_opts {
 				   * bytes without BDP probing, which bounds what a fast
 				   * sender can make this server buffer for a slow
 				   * handler (big uploads) */
+	/* Admission limits (rpc_limits.h): a call past one is refused at once
+	 * with RESOURCE_EXHAUSTED naming the flag, never queued. 0 picks the
+	 * default. */
+	int max_streams;          /* open streams in all (1024) */
+	int max_streams_per_peer; /* open streams of one SPIFFE ID (32) */
+	int max_calls_per_peer;   /* calls of one SPIFFE ID queued for or on a
+				   * worker (half the workers, >= 1); service
+				   * principals are exempt */
+	int max_worker_streams;   /* streams queued for or on a worker, in all
+				   * (three quarters of workers, >= 1): the rest
+				   * of the pool stays for unary calls */
+	int64_t stream_idle_ms;   /* > 0: a blocking rpc_recv or rpc_send that
+				   * waits this long for the client cancels the
+				   * call with DEADLINE_EXCEEDED; 0: no limit */
 };
 
 /* Creates a server (not yet listening). Returns 0 and *out (free with
@@ -181,14 +210,17 @@ int rpc_errorf(struct rpc_ctx *ctx, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /* Server streaming: sends one message and waits until the transport took it
- * (flow control). Returns 0, SW_ECANCELLED when the client went away, or
- * SW_ELIMIT when the message is over the size cap. Worker thread only. */
+ * (flow control). Returns 0, SW_ECANCELLED when the client went away,
+ * SW_ETIMEDOUT when it took nothing for the idle timeout (stream_idle_ms:
+ * the call is then cancelled with DEADLINE_EXCEEDED), or SW_ELIMIT when the
+ * message is over the size cap. Worker thread only. */
 int rpc_send(struct rpc_ctx *ctx, const ProtobufCMessage *msg);
 
 /* Client streaming: receives the next message. Returns 1 and *msg (free
  * with protobuf_c_message_free_unpacked(msg, NULL)), 0 at the end of the
- * stream, SW_ECANCELLED, or SW_EINVAL when the bytes do not decode. Worker
- * thread only. */
+ * stream, SW_ECANCELLED, SW_ETIMEDOUT when the client sent nothing for the
+ * idle timeout (the call is then cancelled with DEADLINE_EXCEEDED), or
+ * SW_EINVAL when the bytes do not decode. Worker thread only. */
 int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg);
 
 /* Defers a unary call: the handler returns RPC_DEFERRED and later, from any

@@ -26,6 +26,19 @@
 
 #define MAX_DRAIN 8
 #define PROBE_CACHE_MS 1000
+#define WATCH_TICK_MS 200
+
+/* An open Health/Watch stream: deferred, so it holds no thread. Whoever
+ * takes it off the list (the ticker, on_cancel or the drain) finishes the
+ * call and frees it, exactly once. */
+struct watcher {
+	struct watcher *next;
+	struct svc *s;
+	struct rpc_ctx *ctx;
+	char service[64];
+	int unknown; /* asks about a service this process is not */
+	int last;    /* status last sent; -1 none */
+};
 
 struct svc {
 	char name[32];
@@ -40,6 +53,13 @@ struct svc {
 	void (*drain_fn[MAX_DRAIN])(void *);
 	void *drain_arg[MAX_DRAIN];
 	int ndrain;
+	/* Health/Watch: the deferred watchers and the thread that tells them */
+	pthread_mutex_t wmu;
+	pthread_cond_t wcv;
+	struct watcher *watchers;
+	int ticker_started, ticker_stop;
+	int watch_new; /* a watcher waits for its first status */
+	pthread_t ticker;
 };
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
@@ -149,32 +169,163 @@ static int health_check(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	return 0;
 }
 
+/* Sends the status to w if it changed. Returns 0, or non-zero when the
+ * stream is over (the client went away). Caller holds w (off the list or
+ * under wmu). */
+static int watch_send(struct watcher *w, int st)
+{
+	if (rpc_cancelled(w->ctx))
+		return SW_ECANCELLED;
+	if (st == w->last)
+		return 0;
+	Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+	r.status = st;
+	int rc = rpc_send_async(w->ctx, &r.base);
+	if (rc == 0)
+		w->last = st;
+	return rc == SW_ELIMIT ? 0 : rc; /* a slow reader gets the newest later */
+}
+
+/* Unlinks w from the list if it is there. Under wmu. Returns 1 if it was. */
+static int watch_unlink(struct svc *s, struct watcher *w)
+{
+	for (struct watcher **pp = &s->watchers; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			return 1;
+		}
+	return 0;
+}
+
+/* The client went away (completion-queue thread): end the stream if it is
+ * still listed, else whoever unlinked it does. Never blocks for long. */
+static void watch_cancelled(struct rpc_ctx *ctx, void *arg)
+{
+	struct watcher *w = arg;
+	struct svc *s = w->s;
+	pthread_mutex_lock(&s->wmu);
+	int mine = watch_unlink(s, w);
+	pthread_mutex_unlock(&s->wmu);
+	if (mine) {
+		rpc_finish(ctx, SW_ECANCELLED);
+		free(w);
+	}
+}
+
+/* Every WATCH_TICK_MS while anyone watches: probe once, tell each watcher
+ * whose status changed, end the streams whose client went away. One thread
+ * for all watchers. */
+static void *watch_ticker(void *arg)
+{
+	struct svc *s = arg;
+	pthread_mutex_lock(&s->wmu);
+	while (!s->ticker_stop) {
+		if (!s->watch_new) {
+			struct timespec dl = clock_after(CLOCK_MONOTONIC, WATCH_TICK_MS);
+			pthread_cond_timedwait(&s->wcv, &s->wmu, &dl);
+		}
+		s->watch_new = 0;
+		if (s->ticker_stop || s->watchers == NULL)
+			continue;
+		pthread_mutex_unlock(&s->wmu);
+		char why[256] = "";
+		int st = serving(s, why, sizeof why)
+				 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+				 : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+		pthread_mutex_lock(&s->wmu);
+		struct watcher *done = NULL;
+		for (struct watcher **pp = &s->watchers; *pp != NULL;) {
+			struct watcher *w = *pp;
+			int wst = w->unknown
+					  ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
+					  : st;
+			if (watch_send(w, wst) != 0) {
+				*pp = w->next;
+				w->next = done;
+				done = w;
+			} else {
+				pp = &w->next;
+			}
+		}
+		pthread_mutex_unlock(&s->wmu);
+		while (done != NULL) {
+			struct watcher *w = done;
+			done = w->next;
+			rpc_finish(w->ctx, SW_ECANCELLED);
+			free(w);
+		}
+		pthread_mutex_lock(&s->wmu);
+	}
+	pthread_mutex_unlock(&s->wmu);
+	return NULL;
+}
+
+/* Ends every watch: the service is shutting down (its last status,
+ * NOT_SERVING, goes first). Any thread. */
+static void watch_end_all(struct svc *s)
+{
+	pthread_mutex_lock(&s->wmu);
+	struct watcher *list = s->watchers;
+	s->watchers = NULL;
+	pthread_mutex_unlock(&s->wmu);
+	while (list != NULL) {
+		struct watcher *w = list;
+		list = w->next;
+		if (!w->unknown)
+			watch_send(w, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+		rpc_finish(w->ctx, 0);
+		free(w);
+	}
+}
+
+/*
+ * Health/Watch: a deferred stream (no thread while it waits), run inline on
+ * the completion-queue thread: it only registers the watcher and wakes the
+ * ticker, which sends the first status at once and then each change (the
+ * probe may block, so only the ticker runs it). The stream counts against
+ * the caller's stream limit (--max-streams-per-peer) like any other.
+ */
 static int health_watch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			ProtobufCMessage *respm, void *data)
 {
 	(void)respm;
 	struct svc *s = data;
 	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)reqm;
-	int last = -1;
-	while (!rpc_cancelled(ctx) && !atomic_load(&s->draining)) {
-		int st = health_status(s, req->service);
-		if (st != last) {
-			Grpc__Health__V1__HealthCheckResponse r =
-				GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-			r.status = st;
-			if (rpc_send(ctx, &r.base) != 0)
-				return SW_ECANCELLED;
-			last = st;
-		}
-		struct timespec ts = { 0, 200 * 1000000L };
-		nanosleep(&ts, NULL);
+	if (strlen(req->service) >= sizeof((struct watcher *)0)->service)
+		return rpc_errorf(ctx, SW_EINVAL, "service name too long");
+	struct watcher *w = calloc(1, sizeof *w);
+	if (w == NULL)
+		return SW_ENOMEM;
+	w->s = s;
+	w->ctx = ctx;
+	w->last = -1;
+	snprintf(w->service, sizeof w->service, "%s", req->service);
+	w->unknown = w->service[0] != '\0' && strcmp(w->service, s->name) != 0;
+	int rc = rpc_stream_defer(ctx, watch_cancelled, w);
+	if (rc != RPC_DEFERRED) {
+		free(w);
+		return rc;
 	}
-	return 0;
+	/* From here the call is ours to finish, exactly once. */
+	pthread_mutex_lock(&s->wmu);
+	int over = atomic_load(&s->draining);
+	if (!over) {
+		w->next = s->watchers;
+		s->watchers = w;
+		s->watch_new = 1;
+	}
+	pthread_cond_signal(&s->wcv);
+	pthread_mutex_unlock(&s->wmu);
+	if (over) {
+		rpc_finish(ctx, 0);
+		free(w);
+	}
+	return RPC_DEFERRED;
 }
 
 static const struct rpc_method health_methods[] = {
 	{ "Check", RPC_UNARY, 0, health_check, RPC_PEER_ANY },
-	{ "Watch", RPC_SERVER_STREAM, 0, health_watch, RPC_PEER_ANY },
+	{ "Watch", RPC_SERVER_STREAM, RPC_INLINE, health_watch, RPC_PEER_ANY },
 };
 
 /* ---- life cycle ---- */
@@ -183,6 +334,7 @@ static void on_drain(void *arg)
 {
 	struct svc *s = arg;
 	atomic_store(&s->draining, 1);
+	watch_end_all(s);
 	for (int i = 0; i < s->ndrain; i++)
 		s->drain_fn[i](s->drain_arg[i]);
 }
@@ -209,6 +361,12 @@ int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, vo
 	s->probe = probe;
 	s->probe_arg = probe_arg;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->wmu, NULL);
+	pthread_condattr_t cattr;
+	pthread_condattr_init(&cattr);
+	pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->wcv, &cattr);
+	pthread_condattr_destroy(&cattr);
 	atomic_init(&s->draining, 0);
 	struct rpc_server_opts o = {
 		.service = name,
@@ -223,6 +381,11 @@ int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, vo
 		.max_queue = (int)c->max_queue,
 		.requests_per_method = 8,
 		.stream_window = c->stream_window > 0 ? (size_t)c->stream_window : 0,
+		.max_streams = (int)c->max_streams,
+		.max_streams_per_peer = (int)c->max_streams_per_peer,
+		.max_calls_per_peer = (int)c->max_calls_per_peer,
+		.max_worker_streams = (int)c->max_worker_streams,
+		.stream_idle_ms = c->stream_idle_ms,
 	};
 	if ((rc = rpc_server_new(&o, &s->srv, err, errlen)) != 0)
 		goto out;
@@ -312,6 +475,9 @@ int svc_start(struct svc *s, char *err, size_t errlen)
 	int rc = rpc_server_start(s->srv, &port, err, errlen);
 	if (rc != 0)
 		return rc;
+	if (pthread_create(&s->ticker, NULL, watch_ticker, s) != 0)
+		return sw_errf(err, errlen, SW_ENOMEM, "cannot start the health watch thread");
+	s->ticker_started = 1;
 	if (s->c->port_file != NULL && s->c->port_file[0] != '\0') {
 		char text[32];
 		snprintf(text, sizeof text, "%d\n", port);
@@ -367,9 +533,22 @@ int svc_wait(struct svc *s)
 	return sig;
 }
 
+static void stop_ticker(struct svc *s)
+{
+	if (!s->ticker_started)
+		return;
+	pthread_mutex_lock(&s->wmu);
+	s->ticker_stop = 1;
+	pthread_cond_signal(&s->wcv);
+	pthread_mutex_unlock(&s->wmu);
+	pthread_join(s->ticker, NULL);
+	s->ticker_started = 0;
+}
+
 void svc_stop(struct svc *s)
 {
 	int cancelled = rpc_server_shutdown(s->srv, (int)s->c->grace_ms);
+	stop_ticker(s);
 	log_info("stopped serving", "cancelled_calls=%d", cancelled);
 }
 
@@ -377,7 +556,10 @@ void svc_free(struct svc *s)
 {
 	if (s == NULL)
 		return;
-	rpc_server_free(s->srv);
+	rpc_server_free(s->srv); /* ends every watch (drain) */
+	stop_ticker(s);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->wmu);
+	pthread_cond_destroy(&s->wcv);
 	free(s);
 }

@@ -29,6 +29,11 @@ struct svc_config {
 	long long max_msg;
 	long long max_queue;
 	long long grace_ms;
+	long long max_streams;
+	long long max_streams_per_peer;
+	long long max_calls_per_peer;
+	long long max_worker_streams;
+	long long stream_idle_ms;
 	long long stream_window; /* not a common option: a service that takes big
 				  * uploads sets it (see rpc_server_opts) */
 };
@@ -54,7 +59,22 @@ struct svc_config {
 	{ "max-queue", CFG_INT, "1024", 1, 1000000, 0,                                           \
 	  "calls waiting for a handler thread before RESOURCE_EXHAUSTED", &(c)->max_queue },     \
 	{ "shutdown-grace", CFG_MS, "10s", 0, 600000, 0,                                         \
-	  "how long in-flight calls may run after SIGTERM", &(c)->grace_ms }
+	  "how long in-flight calls may run after SIGTERM", &(c)->grace_ms },                    \
+	{ "max-streams", CFG_INT, "1024", 1, 1000000, 0,                                         \
+	  "open streams (watches, uploads, downloads) in all; past it RESOURCE_EXHAUSTED",       \
+	  &(c)->max_streams },                                                                    \
+	{ "max-streams-per-peer", CFG_INT, "32", 1, 1000000, 0,                                   \
+	  "open streams of one caller (SPIFFE ID); past it RESOURCE_EXHAUSTED",                  \
+	  &(c)->max_streams_per_peer },                                                           \
+	{ "max-calls-per-peer", CFG_INT, "0", 0, 1000000, 0,                                     \
+	  "calls of one caller waiting for or on a handler thread; 0 = half of --workers",       \
+	  &(c)->max_calls_per_peer },                                                             \
+	{ "max-worker-streams", CFG_INT, "0", 0, 1000000, 0,                                     \
+	  "streams holding a handler thread, in all; 0 = 3/4 of --workers",                      \
+	  &(c)->max_worker_streams },                                                             \
+	{ "stream-idle-timeout", CFG_MS, "60s", 0, 24LL * 3600 * 1000, 0,                        \
+	  "cancel a stream whose handler waited this long for the client (0 = never)",          \
+	  &(c)->stream_idle_ms }
 
 /* Health probe: returns 0 when the service can do its work, else a
  * negative code with the reason in why. Called from a worker thread. */

@@ -228,7 +228,7 @@ static const struct rpc_method orchestrator_methods[] = {
 	{ "ResumeDeployment", RPC_UNARY, 0, resume_deployment, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "Rollback", RPC_UNARY, 0, rollback, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "GetStatus", RPC_UNARY, 0, get_status, RPC_PEER_USER | RPC_PEER_SERVICE },
-	{ "WatchDeployment", RPC_SERVER_STREAM, 0, watch_deployment,
+	{ "WatchDeployment", RPC_SERVER_STREAM, RPC_DEFERS, watch_deployment,
 	  RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "ListAgents", RPC_UNARY, 0, list_agents, RPC_PEER_USER | RPC_PEER_SERVICE },
 };

@@ -44,6 +44,7 @@ static void on_drain(void *arg)
 	s->draining = 1;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
+	pol_watch_end_all(s);
 }
 
 /* Splits the comma-separated --bootstrap-admins into a new array. */
@@ -104,7 +105,7 @@ int main(int argc, char **argv)
 		  &cf.admins },
 		{ "db-pool", CFG_INT, "8", 1, 256, 0, "database connections", &cf.db_pool },
 		{ "max-watchers", CFG_INT, "0", 0, 1024, 0,
-		  "concurrent WatchRevision streams (each holds a worker); 0 = workers/2",
+		  "concurrent WatchRevision streams (deferred: no thread each); 0 = workers/2",
 		  &cf.max_watchers },
 		{ "denials-per-minute", CFG_INT, "20", 0, 100000, 0,
 		  "Authorize denials recorded per principal and minute (the rest are counted in "
@@ -124,8 +125,9 @@ int main(int argc, char **argv)
 	size_t nadmins = 0;
 	struct pol_policy *p = NULL;
 
-	/* Each open WatchRevision stream (one per client service replica)
-	 * holds a worker: this service starts with more of them. */
+	/* This service answers every other service's checks: it starts with
+	 * more handler threads. (WatchRevision streams, one per client service
+	 * replica, are deferred and hold none.) */
 	for (size_t i = 0; i < nopts; i++)
 		if (strcmp(opts[i].name, "workers") == 0)
 			opts[i].def = "32";

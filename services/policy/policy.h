@@ -372,7 +372,8 @@ struct pol_service {
 	pthread_cond_t cv;               /* a new revision, or draining */
 	struct pol_policy *cur;          /* current compiled policy (a reference) */
 	int draining;
-	int nwatchers;
+	int nwatchers;                   /* open WatchRevision streams */
+	struct pol_rwatch *rwatchers;    /* their list (watch.c) */
 
 	pthread_t watcher;               /* revision watcher (store.c) */
 	int watcher_started;
@@ -418,6 +419,27 @@ struct pol_policy *pol_current(struct pol_service *s);
 /* Installs p (takes the reference) if it is newer than the current one,
  * and wakes the revision streams. Any thread. */
 void pol_install(struct pol_service *s, struct pol_policy *p);
+
+/* ---- WatchRevision (watch.c): deferred streams, no thread while open ---- */
+struct pol_rwatch;
+struct rpc_ctx;
+
+/* The WatchRevision handler: sends the revision in force and defers the
+ * stream (returns RPC_DEFERRED; the call's status is then set here when it
+ * ends), or refuses it with SW_EUNAVAIL (draining), SW_ELIMIT
+ * (--max-watchers) or SW_ENOMEM and the reason in err for rpc.c to send.
+ * Never blocks (takes s->mu): runs inline. */
+int pol_watch_revision(struct rpc_ctx *ctx, struct pol_service *s, char *err, size_t errlen);
+
+/* Sends the revision in force to every watcher; returns those whose client
+ * is gone, unlinked, to end with pol_watch_finish once s->mu is released.
+ * Under s->mu. */
+struct pol_rwatch *pol_watch_notify_locked(struct pol_service *s);
+void pol_watch_finish(struct pol_rwatch *list);
+
+/* Ends every watch (shutdown: the clients reconnect elsewhere). Any
+ * thread, not under s->mu. */
+void pol_watch_end_all(struct pol_service *s);
 
 /* Loads the latest revision now if it is newer (before decisions that must
  * not use a stale policy, such as the escalation guard). */

@@ -261,54 +261,16 @@ static int get_revision(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	return 0;
 }
 
+/* WatchRevision: a deferred stream (watch.c), so an open watch holds no
+ * thread; counted against --max-watchers and the caller's stream limits. */
 static int watch_revision(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 			  ProtobufCMessage *respm, void *data)
 {
 	(void)reqm;
 	(void)respm;
-	struct pol_service *s = data;
-	int rc = 0;
-
-	pthread_mutex_lock(&s->mu);
-	if (s->draining) {
-		pthread_mutex_unlock(&s->mu);
-		return rpc_errorf(ctx, SW_EUNAVAIL, "shutting down");
-	}
-	if (s->nwatchers >= s->max_watchers) {
-		pthread_mutex_unlock(&s->mu);
-		return rpc_errorf(ctx, SW_ELIMIT, "too many revision watchers (%d)", s->max_watchers);
-	}
-	s->nwatchers++;
-	uint64_t last = s->cur->revision;
-	pthread_mutex_unlock(&s->mu);
-
-	for (;;) {
-		Slipway__V1__GetRevisionResponse m = SLIPWAY__V1__GET_REVISION_RESPONSE__INIT;
-		m.revision = last;
-		if ((rc = rpc_send(ctx, &m.base)) != 0)
-			break;
-		pthread_mutex_lock(&s->mu);
-		while (s->cur->revision == last && !s->draining && !rpc_cancelled(ctx)) {
-			/* Cancellation is only noticed by polling: wake up often. */
-			struct timespec dl = clock_after(CLOCK_REALTIME, 200);
-			pthread_cond_timedwait(&s->cv, &s->mu, &dl);
-		}
-		int draining = s->draining;
-		last = s->cur->revision;
-		pthread_mutex_unlock(&s->mu);
-		if (draining) {
-			rc = 0; /* the client reconnects to another replica */
-			break;
-		}
-		if (rpc_cancelled(ctx)) {
-			rc = SW_ECANCELLED;
-			break;
-		}
-	}
-	pthread_mutex_lock(&s->mu);
-	s->nwatchers--;
-	pthread_mutex_unlock(&s->mu);
-	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "revision stream ended");
+	char err[256];
+	int rc = pol_watch_revision(ctx, data, err, sizeof err);
+	return rc == RPC_DEFERRED ? rc : rpc_errorf(ctx, rc, "%s", err);
 }
 
 /* ---- the document ---- */
@@ -782,7 +744,7 @@ static const struct rpc_method methods[] = {
 	{ "DiffPolicy", RPC_UNARY, 0, diff_policy, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "Explain", RPC_UNARY, 0, explain, RPC_PEER_USER | RPC_PEER_SERVICE },
 	{ "GetRevision", RPC_UNARY, RPC_INLINE, get_revision, RPC_PEER_USER | RPC_PEER_SERVICE },
-	{ "WatchRevision", RPC_SERVER_STREAM, 0, watch_revision, RPC_PEER_USER | RPC_PEER_SERVICE },
+	{ "WatchRevision", RPC_SERVER_STREAM, RPC_INLINE, watch_revision, RPC_PEER_USER | RPC_PEER_SERVICE },
 };
 
 int pol_rpc_register(struct pol_service *s, struct rpc_server *srv, char *err, size_t errlen)

@@ -127,15 +127,18 @@ struct pol_policy *pol_current(struct pol_service *s)
 void pol_install(struct pol_service *s, struct pol_policy *p)
 {
 	struct pol_policy *old = NULL;
+	struct pol_rwatch *gone = NULL;
 	pthread_mutex_lock(&s->mu);
 	if (s->cur == NULL || p->revision > s->cur->revision) {
 		old = s->cur;
 		s->cur = p;
 		p = NULL;
 		pthread_cond_broadcast(&s->cv);
+		gone = pol_watch_notify_locked(s);
 	}
 	uint64_t rev = s->cur->revision;
 	pthread_mutex_unlock(&s->mu);
+	pol_watch_finish(gone);
 	if (old != NULL)
 		log_info("policy revision in force", "revision=%llu", (unsigned long long)rev);
 	pol_unref(old);

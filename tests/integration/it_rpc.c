@@ -442,12 +442,14 @@ static void test_busy_server_resource_exhausted(void **state)
 {
 	(void)state;
 	/* One worker and room for one queued call: the third concurrent call
-	 * is refused at once instead of waiting. */
+	 * is refused at once instead of waiting. (The same caller makes all
+	 * three: --max-calls-per-peer lets it have two, so that the queue is
+	 * what refuses.) */
 	struct h_proc p;
 	char log2[600];
 	snprintf(log2, sizeof log2, "%s/busy.log", dir);
 	assert_int_equal(start_testsvc(&p, log2, "127.0.0.1:0", "--workers", "1", "--max-queue", "1",
-				       NULL),
+				       "--max-calls-per-peer", "2", NULL),
 			 0);
 	char a2[64];
 	snprintf(a2, sizeof a2, "127.0.0.1:%d", p.port);
