@@ -9,6 +9,8 @@
 #   make fuzz          build the libFuzzer harnesses (clang); make fuzz-run FUZZ=<name> runs one
 #   make bundles       the demo application's release bundles (build/demo/web-*.tar.gz)
 #   make clean         remove build/
+#   make install       binaries, systemd units, man pages (PREFIX=/usr/local DESTDIR=...)
+#   make deb           build/slipway_<version>_<arch>.deb (dpkg-deb)
 #   V=1                show the commands
 
 SHELL := /bin/bash
@@ -244,6 +246,77 @@ fuzz-run:
 
 clean:
 	rm -rf build
+
+# ---- install and the Debian package (packaging/README.md) ----
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the CLI to bin/, the
+# daemons (services and agent) to sbin/ (they are started by systemd, not
+# typed), systemd units, the sysusers.d file, man pages made from each
+# binary's --help, the docs and example configuration. /etc is never
+# written: configuration is the operator's (docs/operations.md).
+# make deb: build/slipway_$(VERSION)_<arch>.deb with dpkg-deb (PREFIX=/usr).
+# NOBUILD=1 installs or packages what build/bin holds without building
+# (tests/packaging/install_and_deb.sh uses it, so a test run never relinks build/bin).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+DOCDIR ?= $(PREFIX)/share/doc/slipway
+MANDIR ?= $(PREFIX)/share/man
+# Units go where systemd looks for them: /lib/systemd/system for the
+# distribution's prefix (Debian 12 packages ship there), else under PREFIX
+# (/usr/local/lib/systemd/system is on systemd's search path).
+UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo unknown)
+DEB_OUT ?= build
+DEB_WORK ?= build/deb
+DEB_MAINTAINER ?= Slipway maintainers <slipway@localhost>
+UNITS := $(wildcard packaging/systemd/*.service packaging/systemd/*.target)
+MAN8 := $(SERVICES:%=slipway-%)
+INSTALL_DEPS := $(if $(filter 1,$(NOBUILD)),,bins)
+
+.PHONY: install deb
+install: $(INSTALL_DEPS)
+	$(Q)if [ "$(NOBUILD)" != 1 ] && [ "$(SANITIZE)" = 1 ]; then \
+		echo "make install: installs the plain build; drop SANITIZE=1" >&2; exit 2; fi
+	$(Q)for b in build/bin/slipway $(SERVICE_BINS); do \
+		[ -x $$b ] || { echo "make install: $$b missing (run make)" >&2; exit 1; }; done
+	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
+	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(DOCDIR)/examples
+	$(Q)install -m 0755 build/bin/slipway $(DESTDIR)$(BINDIR)/slipway
+	$(Q)install -m 0755 $(SERVICE_BINS) $(DESTDIR)$(SBINDIR)/
+	$(Q)for u in $(UNITS); do \
+		sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $$u \
+		> $(DESTDIR)$(UNITDIR)/$$(basename $$u) && chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u) \
+		|| exit 1; done
+	$(Q)install -m 0644 packaging/sysusers/slipway.conf $(DESTDIR)$(SYSUSERSDIR)/slipway.conf
+	$(Q)install -m 0644 packaging/env/*.env $(DESTDIR)$(DOCDIR)/examples/
+	$(Q)install -m 0644 README.md LICENSE docs/operations.md docs/architecture.md $(DESTDIR)$(DOCDIR)/
+	$(Q)for s in $(SERVICES); do install -m 0644 services/$$s/README.md \
+		$(DESTDIR)$(DOCDIR)/README.$$s.md || exit 1; done
+	$(Q)DOCDIR=$(DOCDIR) VERSION=$(VERSION) packaging/man/mkman build/bin/slipway 1 \
+		"deploy, approve, roll back and audit with Slipway" | gzip -9n > $(DESTDIR)$(MANDIR)/man1/slipway.1.gz
+	$(Q)for b in $(MAN8); do DOCDIR=$(DOCDIR) VERSION=$(VERSION) packaging/man/mkman build/bin/$$b 8 \
+		"the Slipway $${b#slipway-} $$([ $$b = slipway-agent ] && echo daemon || echo service)" \
+		| gzip -9n > $(DESTDIR)$(MANDIR)/man8/$$b.8.gz || exit 1; done
+
+deb: $(INSTALL_DEPS)
+	$(Q)rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/debian/slipway/DEBIAN $(DEB_OUT)
+	$(Q)$(MAKE) --no-print-directory install NOBUILD=1 PREFIX=/usr DESTDIR=$(abspath $(DEB_WORK))/debian/slipway
+	@echo "  DEB     $(DEB_OUT)/slipway_$(VERSION)_$(DEB_ARCH).deb"
+	$(Q)printf 'Source: slipway\n\nPackage: slipway\nArchitecture: any\n' > $(DEB_WORK)/debian/control
+	$(Q)deps=$$(cd $(DEB_WORK) && dpkg-shlibdeps -O $(patsubst %,-edebian/slipway/usr/sbin/%,$(MAN8)) \
+		-edebian/slipway/usr/bin/slipway 2>/dev/null | sed -n 's/^shlibs:Depends=//p'); \
+	[ -n "$$deps" ] || { echo "make deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }; \
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e "s|@DEPENDS@|$$deps, adduser|" \
+		-e 's|@MAINTAINER@|$(DEB_MAINTAINER)|' \
+		-e "s|@SIZE@|$$(du -sk $(DEB_WORK)/debian/slipway | cut -f1)|" \
+		packaging/deb/control > $(DEB_WORK)/debian/slipway/DEBIAN/control
+	$(Q)install -m 0755 packaging/deb/postinst packaging/deb/postrm $(DEB_WORK)/debian/slipway/DEBIAN/
+	$(Q)dpkg-deb --root-owner-group -Zxz --build $(DEB_WORK)/debian/slipway \
+		$(DEB_OUT)/slipway_$(VERSION)_$(DEB_ARCH).deb >/dev/null
 
 -include $(shell find build/obj build/obj-san -name '*.d' 2>/dev/null)
 
