@@ -80,15 +80,18 @@ static int registered(const Slipway__V1__ListAgentsResponse *r, const char *id)
 	return 0;
 }
 
+static const struct cli_opt ls_opts[] = {
+	{ "app", required_argument, 'a', "APP", "only this app" },
+	{ "env", required_argument, 'e', "ENV", "only this environment" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_ls(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "app", required_argument, 0, 'a' },
-					    { "env", required_argument, 0, 'e' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__ListAgentsRequest req = SLIPWAY__V1__LIST_AGENTS_REQUEST__INIT;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'a')
 			req.app = optarg;
 		else if (o == 'e')
@@ -99,9 +102,10 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	if (optind != argc)
 		return cli_usage("usage: slipway agents ls [--app A] [--env E]");
 	ProtobufCMessage *m = NULL;
-	if (cli_call(c, "orchestrator", &slipway__v1__orchestrator__descriptor, "ListAgents",
-		     &req.base, &m) != CLI_OK)
-		return CLI_FAIL;
+	int rc = cli_call(c, "orchestrator", &slipway__v1__orchestrator__descriptor, "ListAgents",
+		     &req.base, &m);
+	if (rc != CLI_OK)
+		return rc;
 	Slipway__V1__ListAgentsResponse *r = (void *)m;
 	size_t npages = 0;
 	Slipway__V1__ListEnrollmentsResponse **pages = enrollments(c, req.app, req.environment,
@@ -198,22 +202,25 @@ static void print_enrollment(const struct cli *c, const char *what,
 	       key[0] ? key : "pinned at its first registration");
 }
 
+static const struct cli_opt enroll_opts[] = {
+	{ "app", required_argument, 'a', "APP", "the app it serves (required)" },
+	{ "env", required_argument, 'e', "ENV", "the environment it serves (required)" },
+	{ "region", required_argument, 'r', "REGION", "the agent's region" },
+	{ "group", required_argument, 'g', "GROUP", "the agent's group" },
+	{ "sealing-key", required_argument, 'k', "HEX|FILE", "the agent's X25519 public key (64 hex digits or a .pub file)" },
+	{ "reason", required_argument, 'R', "TEXT", "why (recorded in the audit log)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_enroll(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "app", required_argument, 0, 'a' },
-					    { "env", required_argument, 0, 'e' },
-					    { "region", required_argument, 0, 'r' },
-					    { "group", required_argument, 0, 'g' },
-					    { "sealing-key", required_argument, 0, 'k' },
-					    { "reason", required_argument, 0, 'R' },
-					    { 0, 0, 0, 0 } };
 	const char *usage = "usage: slipway agents enroll SPIFFE_ID --app A --env E [--region R] "
 			    "[--group G] [--sealing-key HEX|FILE] [--reason R]";
 	Slipway__V1__EnrollAgentRequest req = SLIPWAY__V1__ENROLL_AGENT_REQUEST__INIT;
 	uint8_t key[32];
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'a': req.app = optarg; break;
 		case 'e': req.environment = optarg; break;
@@ -244,22 +251,26 @@ static int cmd_enroll(struct cli *c, int argc, char **argv)
 		return cli_usage("%s", usage);
 	req.agent_id = argv[optind];
 	ProtobufCMessage *m = NULL;
-	if (cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "EnrollAgent", &req.base,
-		     &m) != CLI_OK)
-		return CLI_FAIL;
+	int rc = cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "EnrollAgent", &req.base,
+		     &m);
+	if (rc != CLI_OK)
+		return rc;
 	print_enrollment(c, "enrolled", (void *)m);
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CLI_OK;
 }
 
+static const struct cli_opt unenroll_opts[] = {
+	{ "reason", required_argument, 'R', "TEXT", "why (recorded in the audit log)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_unenroll(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "reason", required_argument, 0, 'R' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__UnenrollAgentRequest req = SLIPWAY__V1__UNENROLL_AGENT_REQUEST__INIT;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'R')
 			req.reason = optarg;
 		else
@@ -269,21 +280,32 @@ static int cmd_unenroll(struct cli *c, int argc, char **argv)
 		return cli_usage("usage: slipway agents unenroll SPIFFE_ID [--reason R]");
 	req.agent_id = argv[optind];
 	ProtobufCMessage *m = NULL;
-	if (cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "UnenrollAgent",
-		     &req.base, &m) != CLI_OK)
-		return CLI_FAIL;
+	int rc = cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "UnenrollAgent",
+		     &req.base, &m);
+	if (rc != CLI_OK)
+		return rc;
 	print_enrollment(c, "unenrolled", (void *)m);
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CLI_OK;
 }
 
+extern const struct cli_cmd cli_agents_cmds[];
+const struct cli_cmd cli_agents_cmds[] = {
+	{ "ls", cmd_ls, "registered agents (health, version, heartbeat) and enrolled absent ones",
+	  "[--app APP] [--env ENV]", ls_opts, "slipway agents ls\nslipway agents ls --app web --env prod", NULL, NULL },
+	{ "enroll", cmd_enroll, "bind an agent to an app, environment, region (audited)",
+	  "SPIFFE_ID --app APP --env ENV [--region R] [--group G] [--sealing-key HEX|FILE] "
+	  "[--reason TEXT]",
+	  enroll_opts,
+	  "slipway agents enroll spiffe://slipway/agent/eu/web-1 --app web --env prod --region eu", NULL, NULL },
+	{ "unenroll", cmd_unenroll, "remove an agent's binding: it serves nothing (audited)",
+	  "SPIFFE_ID [--reason TEXT]", unenroll_opts,
+	  "slipway agents unenroll spiffe://slipway/agent/eu/web-1 --reason \"host retired\"", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_agents(struct cli *c, int argc, char **argv);
 int cli_cmd_agents(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "ls", cmd_ls, "registered agents (health, version, heartbeat) and enrolled absent ones" },
-		{ "enroll", cmd_enroll, "bind an agent to an app, environment, region (audited)" },
-		{ "unenroll", cmd_unenroll, "remove an agent's binding: it serves nothing (audited)" },
-	};
-	return cli_dispatch(c, "agents", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+	return cli_dispatch(c, "agents", cli_agents_cmds, argc, argv);
 }

@@ -281,15 +281,18 @@ static int key_load(const char *path, struct signing_key *k)
 	return rc;
 }
 
+static const struct cli_opt keygen_opts[] = {
+	{ "out", required_argument, 'o', "PREFIX", "write PREFIX.key and PREFIX.pub" },
+	{ "name", required_argument, 'n', "NAME", "the key's name (default: the prefix's file name)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_keygen(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "out", required_argument, 0, 'o' },
-					    { "name", required_argument, 0, 'n' },
-					    { 0, 0, 0, 0 } };
 	const char *prefix = NULL, *name = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'o')
 			prefix = optarg;
 		else if (o == 'n')
@@ -387,23 +390,30 @@ out:
 
 /* ---- push ---- */
 
+static const struct cli_opt push_opts[] = {
+	{ "app", required_argument, 'a', "APP", "the app" },
+	{ "version", required_argument, 'V', "VERSION", "the release's version" },
+	{ "repo", required_argument, 'r', "URL", "the source repository (provenance)" },
+	{ "commit", required_argument, 'c', "SHA", "the source commit (provenance)" },
+	{ "branch", required_argument, 'b', "BRANCH", "the source branch (provenance)" },
+	{ "tag", required_argument, 't', "TAG", "the source tag (provenance)" },
+	{ "ref", required_argument, 'R', "REF", "another source ref (provenance)" },
+	{ "build-id", required_argument, 'i', "ID", "the CI build id (provenance)" },
+	{ "builder", required_argument, 'B', "NAME", "who built it (provenance)" },
+	{ "media-type", required_argument, 'm', "TYPE", "the artifact's media type" },
+	{ "sign", required_argument, 's', "KEYFILE", "sign the provenance statement with this builder key" },
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_push(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "app", required_argument, 0, 'a' },	  { "version", required_argument, 0, 'V' },
-		{ "repo", required_argument, 0, 'r' },	  { "commit", required_argument, 0, 'c' },
-		{ "branch", required_argument, 0, 'b' },  { "tag", required_argument, 0, 't' },
-		{ "ref", required_argument, 0, 'R' },	  { "build-id", required_argument, 0, 'i' },
-		{ "builder", required_argument, 0, 'B' }, { "media-type", required_argument, 0, 'm' },
-		{ "sign", required_argument, 0, 's' },	  { "addr", required_argument, 0, 'A' },
-		{ 0, 0, 0, 0 }
-	};
 	const char *app = NULL, *version = NULL, *repo = "", *commit = "", *build_id = "",
 		   *builder = "", *media = "", *keyfile = NULL, *addr = NULL;
 	char ref[300] = "";
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'a': app = optarg; break;
 		case 'V': version = optarg; break;
@@ -715,16 +725,19 @@ static void sink_close(struct sink *k, pthread_t t)
 	pthread_join(t, NULL);
 }
 
+static const struct cli_opt pull_opts[] = {
+	{ "out", required_argument, 'o', "FILE", "write to FILE (also -O FILE; default APP-VERSION)" },
+	{ "resume", no_argument, 'r', NULL, "continue a partial download (FILE.part)" },
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_pull(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "out", required_argument, 0, 'o' },
-					    { "resume", no_argument, 0, 'r' },
-					    { "addr", required_argument, 0, 'A' },
-					    { 0, 0, 0, 0 } };
 	const char *out = NULL, *addr = NULL;
 	int resume = 0, o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "O:", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'o':
 		case 'O': out = optarg; break;
@@ -952,22 +965,25 @@ static int call(struct cli *c, struct rpc_client *cl, const char *method,
 	struct rpc_call_opts co = cli_call_opts(c);
 	int rc = rpc_call(cl, svc_desc, method, req, resp, &co, err, sizeof err);
 	if (rc != 0)
-		return cli_fail("%s: %s", method, err);
+		return cli_fail_rc(rc, "%s: %s", method, err);
 	return 0;
 }
 
+static const struct cli_opt ls_opts[] = {
+	{ "limit", required_argument, 'l', "N", "page size" },
+	{ "page-token", required_argument, 'p', "TOKEN", "continue from the token a previous page printed" },
+	{ "all", no_argument, 'a', NULL, "every page, not just the first" },
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_ls(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "limit", required_argument, 0, 'l' },
-					    { "page-token", required_argument, 0, 'p' },
-					    { "all", no_argument, 0, 'a' },
-					    { "addr", required_argument, 0, 'A' },
-					    { 0, 0, 0, 0 } };
 	const char *token = "", *addr = NULL;
 	long long limit = 0;
 	int all = 0, o, rc = CLI_FAIL;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'l':
 			if (cfg_parse_ll(optarg, &limit) != 0 || limit < 1 || limit > 500)
@@ -1052,13 +1068,17 @@ out:
 	return rc;
 }
 
+static const struct cli_opt show_opts[] = {
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_show(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'A' }, { 0, 0, 0, 0 } };
 	const char *addr = NULL;
 	int o, rc = CLI_FAIL, is_digest;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'A')
 			addr = optarg;
 		else
@@ -1132,17 +1152,20 @@ out:
 	return rc;
 }
 
+static const struct cli_opt gc_opts[] = {
+	{ "dry-run", no_argument, 'n', NULL, "show what would change, change nothing" },
+	{ "retention", required_argument, 'r', "DUR", "keep unreferenced blobs younger than this (e.g. 168h)" },
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_gc(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "dry-run", no_argument, 0, 'n' },
-					    { "retention", required_argument, 0, 'r' },
-					    { "addr", required_argument, 0, 'A' },
-					    { 0, 0, 0, 0 } };
 	const char *addr = NULL;
 	long long retention = 0;
 	int dry = 0, o, rc = CLI_FAIL;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'n': dry = 1; break;
 		case 'r':
@@ -1205,16 +1228,19 @@ out:
 	return rc;
 }
 
+static const struct cli_opt pin_opts[] = {
+	{ "current", required_argument, 'c', "DIGEST", "pin the current release's digest" },
+	{ "last-good", required_argument, 'l', "DIGEST", "pin the last known-good digest" },
+	{ "addr", required_argument, 'A', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_pin(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "current", required_argument, 0, 'c' },
-					    { "last-good", required_argument, 0, 'l' },
-					    { "addr", required_argument, 0, 'A' },
-					    { 0, 0, 0, 0 } };
 	const char *cur = "", *good = "", *addr = NULL;
 	int o, rc = CLI_FAIL;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'c': cur = optarg; break;
 		case 'l': good = optarg; break;
@@ -1251,17 +1277,36 @@ out:
 	return rc;
 }
 
+extern const struct cli_cmd cli_artifact_cmds[];
+const struct cli_cmd cli_artifact_cmds[] = {
+	{ "push", cmd_push, "push FILE as APP@VERSION (hashed, optionally signed)",
+	  "FILE --app APP --version VERSION [--repo URL] [--commit SHA] [--branch B | --tag T | "
+	  "--ref R] [--build-id ID] [--builder NAME] [--media-type TYPE] [--sign KEYFILE]",
+	  push_opts,
+	  "slipway artifact push web-1.0.0.tar.gz --app web --version 1.0.0 \\\n"
+	  "    --repo https://git.example.com/web --commit 0123abc --branch main --sign ci.key", NULL, NULL },
+	{ "pull", cmd_pull, "download and verify APP@VERSION or a digest",
+	  "(APP@VERSION | sha256:HEX) [--out FILE] [--resume]", pull_opts,
+	  "slipway artifact pull web@1.0.0\nslipway artifact pull web@1.0.0 --out web.tgz --resume",
+	  "O:", NULL },
+	{ "ls", cmd_ls, "list apps, or the versions of an app (newest first)",
+	  "[APP] [--limit N] [--page-token T] [--all]", ls_opts,
+	  "slipway artifact ls\nslipway artifact ls web --all", NULL, NULL },
+	{ "show", cmd_show, "a release's provenance, or a digest and its releases",
+	  "(APP@VERSION | sha256:HEX)", show_opts, "slipway artifact show web@1.0.0", NULL, NULL },
+	{ "gc", cmd_gc, "delete unreferenced and expired, unpinned blobs",
+	  "[--dry-run] [--retention DUR]", gc_opts,
+	  "slipway artifact gc --dry-run\nslipway artifact gc --retention 168h", NULL, NULL },
+	{ "pin", cmd_pin, "record an environment's current and last-good digests",
+	  "APP ENV [--current DIGEST] [--last-good DIGEST]", pin_opts,
+	  "slipway artifact pin web prod --current sha256:... --last-good sha256:...", NULL, NULL },
+	{ "keygen", cmd_keygen, "create a builder signing key pair", "--out PREFIX [--name NAME]",
+	  keygen_opts, "slipway artifact keygen --out ./ci --name ci-builder", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_artifact(struct cli *c, int argc, char **argv);
 int cli_cmd_artifact(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "push", cmd_push, "push FILE as APP@VERSION (hashed, optionally signed)" },
-		{ "pull", cmd_pull, "download and verify APP@VERSION or a digest" },
-		{ "ls", cmd_ls, "list apps, or the versions of an app (newest first)" },
-		{ "show", cmd_show, "a release's provenance, or a digest and its releases" },
-		{ "gc", cmd_gc, "delete unreferenced and expired, unpinned blobs" },
-		{ "pin", cmd_pin, "record an environment's current and last-good digests" },
-		{ "keygen", cmd_keygen, "create a builder signing key pair" },
-	};
-	return cli_dispatch(c, "artifact", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+	return cli_dispatch(c, "artifact", cli_artifact_cmds, argc, argv);
 }

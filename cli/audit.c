@@ -186,9 +186,10 @@ static int get_verifier(struct cli *c, struct rpc_client *cl, const char *flag, 
 		Slipway__V1__GetLogInfoRequest req = SLIPWAY__V1__GET_LOG_INFO_REQUEST__INIT;
 		ProtobufCMessage *resp = NULL;
 		struct rpc_call_opts o = cli_call_opts(c);
-		if (rpc_call(cl, &slipway__v1__audit__descriptor, "GetLogInfo", &req.base, &resp, &o,
-			     err, sizeof err) != 0)
-			return cli_fail("get log info: %s", err);
+		int crc = rpc_call(cl, &slipway__v1__audit__descriptor, "GetLogInfo", &req.base,
+				   &resp, &o, err, sizeof err);
+		if (crc != 0)
+			return cli_fail_rc(crc, "get log info: %s", err);
 		snprintf(st->verifier, sizeof st->verifier, "%s",
 			 ((Slipway__V1__GetLogInfoResponse *)resp)->verifier_key);
 		protobuf_c_message_free_unpacked(resp, NULL);
@@ -236,23 +237,30 @@ static int leaf_of(const Slipway__V1__AuditEntry *e, uint8_t leaf[32], uint8_t e
 
 /* ---- log ---- */
 
+static const struct cli_opt log_opts[] = {
+	{ "actor", required_argument, 'a', "SPIFFE-ID", "only entries by this principal" },
+	{ "service", required_argument, 's', "NAME", "only entries from this service" },
+	{ "action", required_argument, 'x', "ACTION", "only this action" },
+	{ "resource", required_argument, 'r', "RESOURCE", "only this resource" },
+	{ "outcome", required_argument, 'o', "OUTCOME", "only this outcome: success, failure or denied" },
+	{ "request-id", required_argument, 'q', "ID", "only this request" },
+	{ "since", required_argument, 'S', "TIME", "from this time: 2026-11-26T17:00:00Z, unix ms, or 15m (ago)" },
+	{ "until", required_argument, 'U', "TIME", "up to this time (same forms as --since)" },
+	{ "limit", required_argument, 'n', "N", "at most N entries" },
+	{ "from-seq", required_argument, 'f', "SEQ", "from this sequence number" },
+	{ "all", no_argument, 'A', NULL, "every page, not just the first" },
+	{ "addr", required_argument, 'D', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_log(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "actor", required_argument, 0, 'a' },	 { "service", required_argument, 0, 's' },
-		{ "action", required_argument, 0, 'x' }, { "resource", required_argument, 0, 'r' },
-		{ "outcome", required_argument, 0, 'o' }, { "request-id", required_argument, 0, 'q' },
-		{ "since", required_argument, 0, 'S' },	 { "until", required_argument, 0, 'U' },
-		{ "limit", required_argument, 0, 'n' },	 { "from-seq", required_argument, 0, 'f' },
-		{ "all", no_argument, 0, 'A' },		 { "addr", required_argument, 0, 'D' },
-		{ 0, 0, 0, 0 }
-	};
 	Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
 	const char *addr = NULL;
 	long long limit = 50, from = 0;
 	int all = 0, o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'a': f.actor = optarg; break;
 		case 's': f.service = optarg; break;
@@ -305,9 +313,10 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 		req.page_size = (uint32_t)(want > 1000 ? 1000 : want);
 		ProtobufCMessage *m = NULL;
 		struct rpc_call_opts co = cli_call_opts(c);
-		if (rpc_call(cl, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m, &co,
-			     err, sizeof err) != 0) {
-			rc = cli_fail("audit log: %s", err);
+		int crc = rpc_call(cl, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m,
+				   &co, err, sizeof err);
+		if (crc != 0) {
+			rc = cli_fail_rc(crc, "audit log: %s", err);
 			break;
 		}
 		Slipway__V1__ListEntriesResponse *r = (void *)m;
@@ -342,19 +351,22 @@ struct common {
 	long long size;
 };
 
-static int parse_common(int argc, char **argv, struct common *cm, long long *seq, int need_seq)
+static const struct cli_opt common_opts[] = {
+	{ "addr", required_argument, 'D', "HOST:PORT", "the audit service (else SLIPWAY_AUDIT_ADDR)" },
+	{ "verifier-key", required_argument, 'k', "KEY", "the log's public key (else SLIPWAY_AUDIT_VERIFIER_KEY or the state file)" },
+	{ "state", required_argument, 's', "FILE", "the local state file of checkpoints seen" },
+	{ "trust", no_argument, 't', NULL, "trust and pin the key the service announces, the first time" },
+	{ "size", required_argument, 'z', "N", "prove against the tree of this size" },
+	{ "s3-prefix", required_argument, 'p', "PREFIX", "also check the checkpoints published on S3 under this prefix" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
+static int parse_common(struct cli *c, int argc, char **argv, struct common *cm, long long *seq, int need_seq)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'D' },
-					    { "verifier-key", required_argument, 0, 'k' },
-					    { "state", required_argument, 0, 's' },
-					    { "trust", no_argument, 0, 't' },
-					    { "size", required_argument, 0, 'z' },
-					    { "s3-prefix", required_argument, 0, 'p' },
-					    { 0, 0, 0, 0 } };
 	int o;
 	memset(cm, 0, sizeof *cm);
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'D': cm->addr = optarg; break;
 		case 'k': cm->key = optarg; break;
@@ -390,10 +402,11 @@ static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struc
 		return cli_fail("cannot read the state file %s", st->path);
 	if (cli_connect(c, "audit", cm->addr, cl) != 0)
 		return CLI_FAIL;
-	if (get_verifier(c, *cl, cm->key, cm->trust, st, v) != 0) {
+	int rc = get_verifier(c, *cl, cm->key, cm->trust, st, v);
+	if (rc != 0) {
 		rpc_client_free(*cl);
 		*cl = NULL;
-		return CLI_FAIL;
+		return rc;
 	}
 	return 0;
 }
@@ -404,23 +417,24 @@ static int prove(struct cli *c, int argc, char **argv, int show_entry)
 {
 	struct common cm;
 	long long seq = 0;
-	int rc = parse_common(argc, argv, &cm, &seq, 1);
+	int rc = parse_common(c, argc, argv, &cm, &seq, 1);
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
 	struct state st;
 	struct note_verifier v;
-	if (setup(c, &cm, &cl, &st, &v) != 0)
-		return CLI_FAIL;
+	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
+		return rc;
 	char err[512], origin[256];
 	ProtobufCMessage *em = NULL, *pm = NULL, *cm2 = NULL;
 	struct rpc_call_opts co = cli_call_opts(c);
 	rc = CLI_FAIL;
 	Slipway__V1__GetEntryRequest ger = SLIPWAY__V1__GET_ENTRY_REQUEST__INIT;
 	ger.seq = (uint64_t)seq;
-	if (rpc_call(cl, &slipway__v1__audit__descriptor, "GetEntry", &ger.base, &em, &co, err,
-		     sizeof err) != 0) {
-		cli_fail("get entry %lld: %s", seq, err);
+	int crc = rpc_call(cl, &slipway__v1__audit__descriptor, "GetEntry", &ger.base, &em, &co,
+			   err, sizeof err);
+	if (crc != 0) {
+		rc = cli_fail_rc(crc, "get entry %lld: %s", seq, err);
 		goto out;
 	}
 	Slipway__V1__GetEntryResponse *ge = (void *)em;
@@ -540,20 +554,23 @@ static int cmd_proof(struct cli *c, int argc, char **argv)
 
 /* ---- checkpoint ---- */
 
+static const struct cli_opt checkpoint_opts[] = {
+	{ "addr", required_argument, 'D', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ "verifier-key", required_argument, 'k', "KEY", "the log's public key (else SLIPWAY_AUDIT_VERIFIER_KEY or the state file)" },
+	{ "state", required_argument, 's', "FILE", "the local state file of checkpoints seen" },
+	{ "trust", no_argument, 't', NULL, "trust and pin the key the service announces, the first time" },
+	{ "size", required_argument, 'z', "N", "prove against the tree of this size" },
+	{ "sign", no_argument, 'S', NULL, "ask the service to sign a fresh checkpoint" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'D' },
-					    { "verifier-key", required_argument, 0, 'k' },
-					    { "state", required_argument, 0, 's' },
-					    { "trust", no_argument, 0, 't' },
-					    { "size", required_argument, 0, 'z' },
-					    { "sign", no_argument, 0, 'S' },
-					    { 0, 0, 0, 0 } };
 	struct common cm;
-	int sign = 0, o;
+	int sign = 0, o, rc;
 	memset(&cm, 0, sizeof cm);
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'D': cm.addr = optarg; break;
 		case 'k': cm.key = optarg; break;
@@ -570,12 +587,11 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 	struct rpc_client *cl = NULL;
 	struct state st;
 	struct note_verifier v;
-	if (setup(c, &cm, &cl, &st, &v) != 0)
-		return CLI_FAIL;
+	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
+		return rc;
 	char err[512], origin[256];
 	ProtobufCMessage *m = NULL;
 	struct rpc_call_opts co = cli_call_opts(c);
-	int rc;
 	if (sign) {
 		Slipway__V1__SignCheckpointRequest req = SLIPWAY__V1__SIGN_CHECKPOINT_REQUEST__INIT;
 		rc = rpc_call(cl, &slipway__v1__audit__descriptor, "SignCheckpoint", &req.base, &m, &co,
@@ -696,14 +712,14 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 {
 	struct common cm;
 	long long unused;
-	int rc = parse_common(argc, argv, &cm, &unused, 0);
+	int rc = parse_common(c, argc, argv, &cm, &unused, 0);
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
 	struct state st;
 	struct note_verifier v;
-	if (setup(c, &cm, &cl, &st, &v) != 0)
-		return CLI_FAIL;
+	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
+		return rc;
 	json_t *report = json_object();
 	char err[512], origin[256];
 	struct rpc_call_opts co = cli_call_opts(c);
@@ -934,15 +950,31 @@ out:
 	return rc;
 }
 
+extern const struct cli_cmd cli_audit_cmds[];
+const struct cli_cmd cli_audit_cmds[] = {
+	{ "log", cmd_log, "list entries (filters, pagination)",
+	  "[--actor ID] [--service S] [--action A] [--resource R] [--outcome O] [--request-id ID] "
+	  "[--since T] [--until T] [--from-seq N] [--limit N] [--all]",
+	  log_opts,
+	  "slipway audit log --service orchestrator --limit 20\n"
+	  "slipway audit log --outcome denied --since 1h --all", NULL, NULL },
+	{ "show", cmd_show, "show one entry and prove it is in the signed log",
+	  "SEQ [--size N] [--verifier-key KEY] [--state FILE] [--trust]", common_opts,
+	  "slipway audit show 42", NULL, NULL },
+	{ "proof", cmd_proof, "print and check an inclusion proof",
+	  "SEQ [--size N] [--verifier-key KEY] [--state FILE] [--trust]", common_opts,
+	  "slipway audit proof 42 --size 100", NULL, NULL },
+	{ "checkpoint", cmd_checkpoint, "print and check a signed checkpoint (--sign: sign now)",
+	  "[--sign] [--size N] [--verifier-key KEY] [--state FILE] [--trust]", checkpoint_opts,
+	  "slipway audit checkpoint\nslipway audit checkpoint --sign", NULL, NULL },
+	{ "verify", cmd_verify, "recompute the whole log and check it against every checkpoint",
+	  "[--verifier-key KEY] [--state FILE] [--trust] [--s3-prefix PREFIX]", common_opts,
+	  "slipway audit verify\nslipway audit verify --trust --state ./audit.state", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_audit(struct cli *c, int argc, char **argv);
 int cli_cmd_audit(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "log", cmd_log, "list entries (filters, pagination)" },
-		{ "show", cmd_show, "show one entry and prove it is in the signed log" },
-		{ "proof", cmd_proof, "print and check an inclusion proof" },
-		{ "checkpoint", cmd_checkpoint, "print and check a signed checkpoint (--sign: sign now)" },
-		{ "verify", cmd_verify, "recompute the whole log and check it against every checkpoint" },
-	};
-	return cli_dispatch(c, "audit", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+	return cli_dispatch(c, "audit", cli_audit_cmds, argc, argv);
 }

@@ -20,30 +20,75 @@ struct cli {
 	const char *ca, *cert, *key;   /* paths: flag, else SLIPWAY_CA/CERT/KEY */
 	char *ca_pem, *cert_pem, *key_pem;
 	int verbose;
+	const char *group;          /* the running command's group, or NULL */
+	const struct cli_cmd *cmd;  /* the running command (set by cli_dispatch) */
 };
 
-/* Exit codes: 0 success, 1 the operation failed, 2 usage error. */
-enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+/*
+ * Exit codes, the same for every command (README.md, `slipway help`):
+ * 0 success, 1 the operation failed (e.g. a deployment rolled back), 2 usage,
+ * 3 not found or not allowed (NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED),
+ * 4 the service cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED).
+ */
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_DENIED = 3, CLI_UNREACHABLE = 4 };
+
+struct cli_cmd;
 
 /* A group or a command: argv[0] is its own name, as for main(). */
 typedef int (*cli_cmd_fn)(struct cli *c, int argc, char **argv);
 
+/*
+ * One option of a command. The same row makes the getopt_long table
+ * (cli_getopt), the --help text and the shell completion, so they cannot
+ * drift apart. Tables end with a row whose name is NULL.
+ */
+struct cli_opt {
+	const char *name; /* long name without the dashes */
+	int has_arg;      /* no_argument or required_argument */
+	int val;          /* what cli_getopt returns for it */
+	const char *arg;  /* the value's placeholder ("DIR"); NULL for a flag */
+	const char *help; /* one line */
+};
+
+/*
+ * A command, or a group of commands (sub != NULL). Tables of commands end
+ * with a row whose name is NULL.
+ */
 struct cli_cmd {
 	const char *name;
 	cli_cmd_fn fn;
-	const char *summary;
+	const char *summary;           /* one line, lower case, no full stop */
+	const char *synopsis;          /* what follows "slipway [GROUP] NAME" in Usage */
+	const struct cli_opt *opts;    /* NULL when the command takes no option */
+	const char *examples;          /* lines separated by '\n', or NULL */
+	const char *shorts;            /* getopt short options ("O:"), or NULL */
+	const struct cli_cmd *sub;     /* a group: its commands */
 };
 
-/* Runs the command named argv[1] from table cmds (argv[0] is the group),
- * or prints the group's usage. `group` is e.g. "audit". */
-int cli_dispatch(struct cli *c, const char *group, const struct cli_cmd *cmds, size_t n,
-		 int argc, char **argv);
+/* Runs the command named argv[1] from the NULL-terminated table cmds
+ * (argv[0] is the group), or prints the group's help. `group` is e.g.
+ * "audit". Returns the command's exit code. */
+int cli_dispatch(struct cli *c, const char *group, const struct cli_cmd *cmds, int argc,
+		 char **argv);
+
+/* getopt_long over the options of the running command (c->cmd), with the
+ * table made from its cli_opt rows. Same contract as getopt_long: set
+ * optind = 0 before the first call. --help never reaches it (cli_dispatch
+ * answers it first). */
+int cli_getopt(struct cli *c, int argc, char **argv);
+
+/* Maps an SW_E* code from a failed call to the CLI exit code (3 not found
+ * or denied, 4 unreachable, 1 otherwise). The one place of this mapping. */
+int cli_exit_code(int sw_err);
+
+/* Prints "slipway: <fmt>" to stderr and returns cli_exit_code(sw_err). */
+int cli_fail_rc(int sw_err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /*
  * Connects to service `service` ("audit", "artifact", ...): the address is
  * `addr` when not NULL, else SLIPWAY_<SERVICE>_ADDR. Loads the TLS material
  * once. Returns 0 and *out (free with rpc_client_free), or prints why and
- * returns CLI_FAIL.
+ * returns CLI_FAIL (CLI_UNREACHABLE when the address is unusable).
  */
 int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc_client **out);
 
@@ -51,7 +96,7 @@ int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc
 struct rpc_call_opts cli_call_opts(const struct cli *c);
 
 /* One call to service (its address from SLIPWAY_<SERVICE>_ADDR). CLI_OK,
- * or CLI_FAIL with the error printed. */
+ * or the exit code of the failure (cli_exit_code) with the error printed. */
 int cli_call(struct cli *c, const char *service, const ProtobufCServiceDescriptor *sd,
 	     const char *method, const ProtobufCMessage *req, ProtobufCMessage **resp);
 

@@ -207,7 +207,7 @@ static int call_n(struct cli *c, const char *method, const ProtobufCMessage *req
 	}
 	rpc_client_free(cl);
 	if (rc != 0)
-		return cli_fail("%s", err);
+		return cli_fail_rc(rc, "%s", err);
 	return CLI_OK;
 }
 
@@ -308,7 +308,7 @@ static int watch(struct cli *c, const char *id)
 	if (last)
 		protobuf_c_message_free_unpacked(last, NULL);
 	if (rc != 0 && !terminal(last_state))
-		return cli_fail("watch: %s", err);
+		return cli_fail_rc(rc, "watch: %s", err);
 	if (c->output == CLI_TABLE)
 		printf("deployment %s %s\n", id, state_name(last_state));
 	return last_state == SLIPWAY__V1__DEPLOYMENT_STATE__SUCCEEDED ? CLI_OK : CLI_FAIL;
@@ -333,21 +333,32 @@ static int parse_u32(const char *s, uint32_t *out, long long max)
 }
 
 int cli_cmd_deploy(struct cli *c, int argc, char **argv);
+const struct cli_opt cli_deploy_opts[] = {
+	{ "digest", required_argument, 'd', "sha256:HEX", "the artifact's digest" },
+	{ "strategy", required_argument, 's', "rolling|canary", "how to roll out (default rolling)" },
+	{ "batch", required_argument, 'b', "N", "targets per batch" },
+	{ "batch-percent", required_argument, 'P', "P", "targets per batch, as a percentage" },
+	{ "max-unavailable", required_argument, 'u', "N", "at most N targets down at once" },
+	{ "pause", required_argument, 'p', "DUR", "wait between batches" },
+	{ "on-failure", required_argument, 'f', "rollback|pause|abort", "what a failed batch does" },
+	{ "max-failed", required_argument, 'm', "N", "failed targets tolerated" },
+	{ "max-failed-percent", required_argument, 'M', "P", "failed targets tolerated, as a percentage" },
+	{ "retries", required_argument, 'r', "N", "retries per target" },
+	{ "retry-backoff", required_argument, 'B', "DUR", "wait between retries" },
+	{ "progress-deadline", required_argument, 'D', "DUR", "fail a batch that makes no progress for this long" },
+	{ "hotfix", no_argument, 'h', NULL, "a hotfix (the policy may allow it in a freeze)" },
+	{ "break-glass", required_argument, 'g', "REASON", "deploy through a freeze, with a reason (audited)" },
+	{ "idempotency-key", required_argument, 'k', "K", "a key that makes a retried request safe (default: random)" },
+	{ "wait", no_argument, 'w', NULL, "follow it until it ends; exit 1 when it failed or rolled back" },
+	{ "canary", required_argument, 'c', "N", "canary targets" },
+	{ "canary-percent", required_argument, 'C', "P", "canary targets, as a percentage" },
+	{ "bake", required_argument, 'K', "DUR", "how long the canary must stay healthy" },
+	{ "promote", required_argument, 'R', "auto|manual", "promote the canary by itself, or on resume" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "digest", required_argument, 0, 'd' },   { "strategy", required_argument, 0, 's' },
-		{ "batch", required_argument, 0, 'b' },	   { "batch-percent", required_argument, 0, 'P' },
-		{ "max-unavailable", required_argument, 0, 'u' }, { "pause", required_argument, 0, 'p' },
-		{ "on-failure", required_argument, 0, 'f' }, { "max-failed", required_argument, 0, 'm' },
-		{ "max-failed-percent", required_argument, 0, 'M' }, { "retries", required_argument, 0, 'r' },
-		{ "retry-backoff", required_argument, 0, 'B' }, { "progress-deadline", required_argument, 0, 'D' },
-		{ "hotfix", no_argument, 0, 'h' },	   { "break-glass", required_argument, 0, 'g' },
-		{ "idempotency-key", required_argument, 0, 'k' }, { "wait", no_argument, 0, 'w' },
-		{ "canary", required_argument, 0, 'c' },   { "canary-percent", required_argument, 0, 'C' },
-		{ "bake", required_argument, 0, 'K' },	   { "promote", required_argument, 0, 'R' },
-		{ 0, 0, 0, 0 }
-	};
 	Slipway__V1__CreateDeploymentRequest req = SLIPWAY__V1__CREATE_DEPLOYMENT_REQUEST__INIT;
 	Slipway__V1__Strategy strategy = SLIPWAY__V1__STRATEGY__INIT;
 	Slipway__V1__RollingStrategy rolling = SLIPWAY__V1__ROLLING_STRATEGY__INIT;
@@ -357,7 +368,7 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 	int wait = 0, o, have_fp = 0;
 	const char *digest = NULL;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'd': digest = optarg; break;
 		case 's':
@@ -430,8 +441,9 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 		req.idempotency_key = key;
 	}
 	ProtobufCMessage *m = NULL;
-	if (create_call(c, "CreateDeployment", &req.base, &m) != 0)
-		return CLI_FAIL;
+	int rc = create_call(c, "CreateDeployment", &req.base, &m);
+	if (rc != 0)
+		return rc;
 	Slipway__V1__Deployment *d = (void *)m;
 	char id[64];
 	snprintf(id, sizeof id, "%s", d->id);
@@ -459,8 +471,9 @@ int cli_cmd_status(struct cli *c, int argc, char **argv)
 	req.app = argv[1];
 	req.environment = argv[2];
 	ProtobufCMessage *m = NULL;
-	if (call(c, "GetStatus", &req.base, &m, NULL) != 0)
-		return CLI_FAIL;
+	int rc = call(c, "GetStatus", &req.base, &m, NULL);
+	if (rc != 0)
+		return rc;
 	Slipway__V1__EnvironmentStatus *s = (void *)m;
 	if (c->output == CLI_JSON) {
 		json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:i}", "app", s->app, "environment",
@@ -498,17 +511,20 @@ int cli_cmd_status(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+static const struct cli_opt ls_opts[] = {
+	{ "app", required_argument, 'a', "APP", "only this app" },
+	{ "env", required_argument, 'e', "ENV", "only this environment" },
+	{ "state", required_argument, 's', "STATE", "only deployments in this state" },
+	{ "limit", required_argument, 'n', "N", "at most N rows" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_ls(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "app", required_argument, 0, 'a' },
-					    { "env", required_argument, 0, 'e' },
-					    { "state", required_argument, 0, 's' },
-					    { "limit", required_argument, 0, 'n' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__ListDeploymentsRequest req = SLIPWAY__V1__LIST_DEPLOYMENTS_REQUEST__INIT;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'a': req.app = optarg; break;
 		case 'e': req.environment = optarg; break;
@@ -524,8 +540,9 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		}
 	}
 	ProtobufCMessage *m = NULL;
-	if (call(c, "ListDeployments", &req.base, &m, NULL) != 0)
-		return CLI_FAIL;
+	int rc = call(c, "ListDeployments", &req.base, &m, NULL);
+	if (rc != 0)
+		return rc;
 	Slipway__V1__ListDeploymentsResponse *r = (void *)m;
 	if (c->output == CLI_JSON) {
 		json_t *a = json_array();
@@ -546,11 +563,18 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+extern const struct cli_cmd cli_deployments_cmds[], cli_deployment_cmds[];
+const struct cli_cmd cli_deployments_cmds[] = {
+	{ "ls", cmd_ls, "list deployments, newest first",
+	  "[--app APP] [--env ENV] [--state STATE] [--limit N]", ls_opts,
+	  "slipway deployments ls --app web\nslipway deployments ls --state running", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_deployments(struct cli *c, int argc, char **argv);
 int cli_cmd_deployments(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = { { "ls", cmd_ls, "list deployments, newest first" } };
-	return cli_dispatch(c, "deployments", cmds, 1, argc, argv);
+	return cli_dispatch(c, "deployments", cli_deployments_cmds, argc, argv);
 }
 
 static int cmd_show(struct cli *c, int argc, char **argv)
@@ -560,8 +584,9 @@ static int cmd_show(struct cli *c, int argc, char **argv)
 	Slipway__V1__GetDeploymentRequest req = SLIPWAY__V1__GET_DEPLOYMENT_REQUEST__INIT;
 	req.id = argv[1];
 	ProtobufCMessage *m = NULL;
-	if (call(c, "GetDeployment", &req.base, &m, NULL) != 0)
-		return CLI_FAIL;
+	int rc = call(c, "GetDeployment", &req.base, &m, NULL);
+	if (rc != 0)
+		return rc;
 	if (c->output == CLI_JSON)
 		cli_print_json(detail_json((void *)m));
 	else
@@ -577,23 +602,31 @@ static int cmd_watch(struct cli *c, int argc, char **argv)
 	return watch(c, argv[1]);
 }
 
+const struct cli_cmd cli_deployment_cmds[] = {
+	{ "show", cmd_show, "a deployment with its targets and timeline", "ID", NULL,
+	  "slipway deployment show d-0123\nslipway -o json deployment show d-0123", NULL, NULL },
+	{ "watch", cmd_watch, "follow a deployment until it ends (exit 1 when it failed)", "ID",
+	  NULL, "slipway deployment watch d-0123", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_deployment(struct cli *c, int argc, char **argv);
 int cli_cmd_deployment(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "show", cmd_show, "a deployment with its targets and timeline" },
-		{ "watch", cmd_watch, "follow a deployment until it ends" },
-	};
-	return cli_dispatch(c, "deployment", cmds, 2, argc, argv);
+	return cli_dispatch(c, "deployment", cli_deployment_cmds, argc, argv);
 }
+
+const struct cli_opt cli_action_opts[] = {
+	{ "reason", required_argument, 'r', "TEXT", "why (recorded in the audit log)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
 
 static int action(struct cli *c, int argc, char **argv, const char *method)
 {
-	static const struct option lo[] = { { "reason", required_argument, 0, 'r' }, { 0, 0, 0, 0 } };
 	Slipway__V1__DeploymentActionRequest req = SLIPWAY__V1__DEPLOYMENT_ACTION_REQUEST__INIT;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'r')
 			req.reason = optarg;
 		else
@@ -603,8 +636,9 @@ static int action(struct cli *c, int argc, char **argv, const char *method)
 		return cli_usage("usage: slipway %s ID [--reason R]", argv[0]);
 	req.id = argv[optind];
 	ProtobufCMessage *m = NULL;
-	if (call(c, method, &req.base, &m, NULL) != 0)
-		return CLI_FAIL;
+	int rc = call(c, method, &req.base, &m, NULL);
+	if (rc != 0)
+		return rc;
 	Slipway__V1__Deployment *d = (void *)m;
 	if (c->output == CLI_JSON)
 		cli_print_json(deployment_json(d));
@@ -633,17 +667,20 @@ int cli_cmd_resume(struct cli *c, int argc, char **argv)
 }
 
 int cli_cmd_rollback(struct cli *c, int argc, char **argv);
+const struct cli_opt cli_rollback_opts[] = {
+	{ "to", required_argument, 't', "VERSION", "roll back to this version (one that succeeded here before)" },
+	{ "reason", required_argument, 'r', "TEXT", "why (recorded in the audit log)" },
+	{ "wait", no_argument, 'w', NULL, "follow it until it ends; exit 1 when it failed or rolled back" },
+	{ "idempotency-key", required_argument, 'k', "K", "a key that makes a retried request safe (default: random)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "to", required_argument, 0, 't' },
-					    { "reason", required_argument, 0, 'r' },
-					    { "wait", no_argument, 0, 'w' },
-					    { "idempotency-key", required_argument, 0, 'k' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__RollbackRequest req = SLIPWAY__V1__ROLLBACK_REQUEST__INIT;
 	int o, wait = 0;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 't': req.to_version = optarg; break;
 		case 'r': req.reason = optarg; break;
@@ -662,8 +699,9 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 		req.idempotency_key = key;
 	}
 	ProtobufCMessage *m = NULL;
-	if (create_call(c, "Rollback", &req.base, &m) != 0)
-		return CLI_FAIL;
+	int rc = create_call(c, "Rollback", &req.base, &m);
+	if (rc != 0)
+		return rc;
 	Slipway__V1__Deployment *d = (void *)m;
 	char id[64];
 	snprintf(id, sizeof id, "%s", d->id);

@@ -48,14 +48,18 @@ static int check_one(struct cli *c, const char *name, const char *addr, json_t *
 }
 
 int cli_cmd_health(struct cli *c, int argc, char **argv);
+const struct cli_opt cli_health_opts[] = {
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 int cli_cmd_health(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'a' }, { 0, 0, 0, 0 } };
 	const char *addr = NULL;
 	int o, bad = 0, checked = 0;
 	optind = 0;
 	char **args = argv;
-	while ((o = getopt_long(argc, args, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, args)) != -1) {
 		if (o == 'a')
 			addr = optarg;
 		else

@@ -13,6 +13,8 @@
 #include "log.h"
 #include "tls.h"
 
+#include <ctype.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,24 +40,57 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv);
 int cli_cmd_agents(struct cli *c, int argc, char **argv);
 int cli_cmd_secrets(struct cli *c, int argc, char **argv);
 
+/* The commands of each group and the single commands' options live beside
+ * their code, one file per group. */
+extern const struct cli_cmd cli_pki_cmds[], cli_audit_cmds[], cli_policy_cmds[],
+	cli_artifact_cmds[], cli_deployments_cmds[], cli_deployment_cmds[], cli_agents_cmds[],
+	cli_secrets_cmds[];
+extern const struct cli_opt cli_health_opts[], cli_deploy_opts[], cli_action_opts[],
+	cli_rollback_opts[], cli_verdict_opts[];
+
 static const struct cli_cmd groups[] = {
-	{ "pki", cli_cmd_pki, "create the CA and issue certificates" },
-	{ "health", cli_cmd_health, "check the health of the running services" },
-	{ "audit", cli_cmd_audit, "read, prove and verify the audit log" },
-	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy" },
-	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval" },
-	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)" },
-	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts" },
-	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (rolling or canary; --wait follows it)" },
-	{ "status", cli_cmd_status, "an environment: current release, active and waiting deployments" },
-	{ "deployments", cli_cmd_deployments, "list deployments" },
-	{ "deployment", cli_cmd_deployment, "show or watch one deployment (targets, timeline)" },
-	{ "cancel", cli_cmd_cancel, "cancel a deployment" },
-	{ "pause", cli_cmd_pause, "pause a running deployment" },
-	{ "resume", cli_cmd_resume, "resume a paused deployment" },
-	{ "rollback", cli_cmd_rollback, "roll an environment back to its last known-good release (or --to)" },
-	{ "agents", cli_cmd_agents, "list, enroll and unenroll agents (health, version, scope)" },
-	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)" },
+	{ "pki", cli_cmd_pki, "create the CA and issue certificates", .sub = cli_pki_cmds },
+	{ "health", cli_cmd_health, "check the health of the running services",
+	  "[--addr HOST:PORT] [SERVICE...]", cli_health_opts,
+	  "slipway health\nslipway health audit policy\nslipway health --addr 127.0.0.1:7443", NULL, NULL },
+	{ "audit", cli_cmd_audit, "read, prove and verify the audit log", .sub = cli_audit_cmds },
+	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy",
+	  .sub = cli_policy_cmds },
+	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval",
+	  "ID [--comment TEXT]", cli_verdict_opts, "slipway approve d-0123 --comment \"lgtm\"", NULL, NULL },
+	{ "reject", cli_cmd_reject, "reject a deployment waiting for approval (ends it)",
+	  "ID --comment TEXT", cli_verdict_opts,
+	  "slipway reject d-0123 --comment \"not during the sale\"", NULL, NULL },
+	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts",
+	  .sub = cli_artifact_cmds },
+	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (rolling or canary; --wait follows it)",
+	  "APP ENV VERSION [--strategy rolling|canary] [--batch N | --batch-percent P] [options] "
+	  "[--wait]",
+	  cli_deploy_opts,
+	  "slipway deploy web prod 1.0.0 --batch-percent 50 --max-unavailable 1 --on-failure "
+	  "rollback --wait\n"
+	  "slipway deploy web prod 2.0.0 --strategy canary --canary 1 --bake 10m --promote manual "
+	  "--batch 2", NULL, NULL },
+	{ "status", cli_cmd_status, "an environment: current release, active and waiting deployments",
+	  "APP ENV", NULL, "slipway status web prod", NULL, NULL },
+	{ "deployments", cli_cmd_deployments, "list deployments", .sub = cli_deployments_cmds },
+	{ "deployment", cli_cmd_deployment, "show or watch one deployment (targets, timeline)",
+	  .sub = cli_deployment_cmds },
+	{ "cancel", cli_cmd_cancel, "cancel a deployment", "ID [--reason TEXT]", cli_action_opts,
+	  "slipway cancel d-0123 --reason \"wrong build\"", NULL, NULL },
+	{ "pause", cli_cmd_pause, "pause a running deployment", "ID [--reason TEXT]",
+	  cli_action_opts, "slipway pause d-0123", NULL, NULL },
+	{ "resume", cli_cmd_resume, "resume a paused deployment", "ID [--reason TEXT]",
+	  cli_action_opts, "slipway resume d-0123", NULL, NULL },
+	{ "rollback", cli_cmd_rollback,
+	  "roll an environment back to its last known-good release (or --to)",
+	  "APP ENV [--to VERSION] [--reason TEXT] [--idempotency-key K] [--wait]",
+	  cli_rollback_opts, "slipway rollback web prod\nslipway rollback web prod --to 1.0.0 --wait", NULL, NULL },
+	{ "agents", cli_cmd_agents, "list, enroll and unenroll agents (health, version, scope)",
+	  .sub = cli_agents_cmds },
+	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)",
+	  .sub = cli_secrets_cmds },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 int cli_fail(const char *fmt, ...)
@@ -118,22 +153,300 @@ int cli_tty(void)
 	return isatty(STDERR_FILENO);
 }
 
-int cli_dispatch(struct cli *c, const char *group, const struct cli_cmd *cmds, size_t n,
-		 int argc, char **argv)
+int cli_exit_code(int sw_err)
 {
+	switch (sw_err) {
+	case SW_OK: return CLI_OK;
+	case SW_ENOTFOUND:
+	case SW_EPERM:
+	case SW_EUNAUTH: return CLI_DENIED;
+	case SW_EUNAVAIL:
+	case SW_ETIMEDOUT: return CLI_UNREACHABLE;
+	default: return CLI_FAIL;
+	}
+}
+
+int cli_fail_rc(int sw_err, const char *fmt, ...)
+{
+	va_list ap;
+	fputs("slipway: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return cli_exit_code(sw_err);
+}
+
+/* ---------------------------------------------------------------- help */
+
+static const char global_help[] =
+	"Global options (anywhere on the line):\n"
+	"  -o, --output table|json   output format (else SLIPWAY_OUTPUT)\n"
+	"  --timeout DUR             per-call timeout, e.g. 30s (default 30s)\n"
+	"  --ca FILE, --cert FILE, --key FILE\n"
+	"                            TLS material (else SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY)\n"
+	"  -v, --verbose             debug logs on stderr\n";
+
+static const char exit_help[] =
+	"Exit codes:\n"
+	"  0  success\n"
+	"  1  the operation failed (e.g. a deployment failed or rolled back with --wait)\n"
+	"  2  usage error (unknown command or option, missing argument)\n"
+	"  3  not found, or not allowed (NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED)\n"
+	"  4  cannot reach the service (UNAVAILABLE, DEADLINE_EXCEEDED)\n";
+
+/* "slipway GROUP NAME" or "slipway NAME" into out. */
+static const char *cmd_path(const char *group, const struct cli_cmd *cmd, char *out, size_t n)
+{
+	if (group != NULL)
+		snprintf(out, n, "slipway %s %s", group, cmd->name);
+	else
+		snprintf(out, n, "slipway %s", cmd->name);
+	return out;
+}
+
+static void print_usage_line(FILE *f, const char *group, const struct cli_cmd *cmd)
+{
+	char path[128];
+	fprintf(f, "Usage: %s%s%s\n", cmd_path(group, cmd, path, sizeof path),
+		cmd->synopsis && cmd->synopsis[0] ? " " : "", cmd->synopsis ? cmd->synopsis : "");
+}
+
+/* The --help of one command: usage, summary, options, examples. */
+static void print_cmd_help(FILE *f, const char *group, const struct cli_cmd *cmd)
+{
+	char left[96];
+	print_usage_line(f, group, cmd);
+	fprintf(f, "\n%c%s.\n\nOptions:\n", toupper((unsigned char)cmd->summary[0]),
+		cmd->summary + 1);
+	for (const struct cli_opt *o = cmd->opts; o != NULL && o->name != NULL; o++) {
+		snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "",
+			 o->arg ? o->arg : "");
+		if (strlen(left) > 26)
+			fprintf(f, "  %s\n  %-26s %s\n", left, "", o->help);
+		else
+			fprintf(f, "  %-26s %s\n", left, o->help);
+	}
+	fprintf(f, "  %-26s %s\n", "-h, --help", "print this help and exit");
+	if (cmd->examples != NULL) {
+		fputs("\nExamples:\n  ", f);
+		for (const char *p = cmd->examples; *p; p++) {
+			fputc(*p, f);
+			if (*p == '\n')
+				fputs("  ", f);
+		}
+		fputc('\n', f);
+	}
+	fprintf(f, "\nGlobal options and exit codes: slipway help\n");
+}
+
+static void print_group_help(FILE *f, const struct cli_cmd *g)
+{
+	fprintf(f, "Usage: slipway %s COMMAND [options]\n\n%c%s.\n\nCommands:\n", g->name,
+		toupper((unsigned char)g->summary[0]), g->summary + 1);
+	for (const struct cli_cmd *k = g->sub; k->name != NULL; k++)
+		fprintf(f, "  %-14s %s\n", k->name, k->summary);
+	fprintf(f, "\n'slipway %s COMMAND --help' describes a command; global options and exit "
+		   "codes: slipway help\n",
+		g->name);
+}
+
+static void print_main_help(FILE *f)
+{
+	fprintf(f, "Usage: slipway [global options] COMMAND [ARGS...]\n"
+		   "       slipway help [GROUP [COMMAND]]\n\n"
+		   "Slipway deploys immutable releases to agents, under a policy, with an audit "
+		   "log.\n\nCommands:\n");
+	for (const struct cli_cmd *g = groups; g->name != NULL; g++)
+		fprintf(f, "  %-12s %s\n", g->name, g->summary);
+	fprintf(f, "  %-12s %s\n  %-12s %s\n  %-12s %s\n", "help", "this text, or a group's or "
+		   "command's help", "completion", "print a bash or zsh completion script "
+		   "(completion bash|zsh)", "version", "print the version");
+	fprintf(f, "\n%s\n%s\nEnvironment: SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY, "
+		   "SLIPWAY_<SERVICE>_ADDR, SLIPWAY_OUTPUT\n(`scripts/stack up DIR` writes them to "
+		   "DIR/env).\n",
+		global_help, exit_help);
+}
+
+static const struct cli_opt *find_opt(const struct cli_cmd *cmd, const char *name, size_t len)
+{
+	const struct cli_opt *prefix = NULL;
+	for (const struct cli_opt *o = cmd->opts; o != NULL && o->name != NULL; o++) {
+		if (strncmp(o->name, name, len) != 0)
+			continue;
+		if (o->name[len] == '\0')
+			return o;
+		prefix = o; /* getopt_long takes an unambiguous prefix */
+	}
+	return prefix;
+}
+
+/*
+ * Looks at a command's arguments before it runs: --help or -h anywhere
+ * (not as an option's value, not after "--") prints the help; an option
+ * that is not in the table prints the usage. Returns -1 to go on, or the
+ * exit code.
+ */
+static int precheck(const char *group, const struct cli_cmd *cmd, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--") == 0)
+			break;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			print_cmd_help(stdout, group, cmd);
+			return CLI_OK;
+		}
+		if (a[0] != '-' || a[1] == '\0')
+			continue;
+		if (a[1] == '-') {
+			const char *eq = strchr(a + 2, '=');
+			size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+			const struct cli_opt *o = find_opt(cmd, a + 2, len);
+			if (o == NULL) {
+				fprintf(stderr, "slipway: unknown option '%.*s'\n", (int)len + 2, a);
+				goto usage;
+			}
+			if (o->has_arg == required_argument && eq == NULL)
+				i++;
+			continue;
+		}
+		const char *s = cmd->shorts ? strchr(cmd->shorts, a[1]) : NULL;
+		if (s == NULL || a[1] == ':') {
+			fprintf(stderr, "slipway: unknown option '%s'\n", a);
+			goto usage;
+		}
+		if (s[1] == ':' && a[2] == '\0')
+			i++;
+	}
+	return -1;
+usage:
+	print_usage_line(stderr, group, cmd);
+	fprintf(stderr, "(see '%s --help')\n", cmd_path(group, cmd, (char[128]){ 0 }, 128));
+	return CLI_USAGE;
+}
+
+/* Runs one command under group (NULL for a single command). */
+static int run_cmd(struct cli *c, const char *group, const struct cli_cmd *cmd, int argc,
+		   char **argv)
+{
+	int rc = precheck(group, cmd, argc, argv);
+	if (rc >= 0)
+		return rc;
+	c->group = group;
+	c->cmd = cmd;
+	return cmd->fn(c, argc, argv);
+}
+
+int cli_dispatch(struct cli *c, const char *group, const struct cli_cmd *cmds, int argc,
+		 char **argv)
+{
+	const struct cli_cmd *g = NULL;
+	for (const struct cli_cmd *k = groups; k->name != NULL; k++)
+		if (k->sub == cmds)
+			g = k;
 	argc--; /* argv[0] is the group's own name */
 	argv++;
-	if (argc >= 1 && strcmp(argv[0], "help") != 0 && strcmp(argv[0], "--help") != 0) {
-		for (size_t i = 0; i < n; i++)
-			if (strcmp(cmds[i].name, argv[0]) == 0)
-				return cmds[i].fn(c, argc, argv);
+	int want_help = argc >= 1 && (strcmp(argv[0], "help") == 0 ||
+				      strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0);
+	if (argc >= 1 && !want_help) {
+		for (const struct cli_cmd *k = cmds; k->name != NULL; k++)
+			if (strcmp(k->name, argv[0]) == 0)
+				return run_cmd(c, group, k, argc, argv);
 		fprintf(stderr, "slipway %s: unknown command '%s'\n\n", group, argv[0]);
 	}
-	FILE *f = argc >= 1 && strcmp(argv[0], "help") == 0 ? stdout : stderr;
-	fprintf(f, "usage: slipway %s COMMAND [options]\n\ncommands:\n", group);
-	for (size_t i = 0; i < n; i++)
-		fprintf(f, "  %-14s %s\n", cmds[i].name, cmds[i].summary);
-	return f == stdout ? CLI_OK : CLI_USAGE;
+	FILE *f = want_help ? stdout : stderr;
+	if (g != NULL) {
+		print_group_help(f, g);
+	} else {
+		fprintf(f, "Usage: slipway %s COMMAND [options]\n\nCommands:\n", group);
+		for (const struct cli_cmd *k = cmds; k->name != NULL; k++)
+			fprintf(f, "  %-14s %s\n", k->name, k->summary);
+	}
+	return want_help ? CLI_OK : CLI_USAGE;
+}
+
+int cli_getopt(struct cli *c, int argc, char **argv)
+{
+	enum { MAX_OPTS = 48 };
+	static struct option table[MAX_OPTS + 1];
+	static const struct cli_opt *made_for;
+	const struct cli_opt *opts = c->cmd != NULL ? c->cmd->opts : NULL;
+	if (opts != made_for || opts == NULL) {
+		size_t n = 0;
+		for (const struct cli_opt *o = opts; o != NULL && o->name != NULL && n < MAX_OPTS;
+		     o++, n++)
+			table[n] = (struct option){ o->name, o->has_arg, NULL, o->val };
+		table[n] = (struct option){ 0, 0, 0, 0 };
+		made_for = opts;
+	}
+	return getopt_long(argc, argv, c->cmd && c->cmd->shorts ? c->cmd->shorts : "", table,
+			   NULL);
+}
+
+/* ---------------------------------------------------------- completion */
+
+static void words(FILE *f, const struct cli_cmd *cmd)
+{
+	for (const struct cli_opt *o = cmd->opts; o != NULL && o->name != NULL; o++)
+		fprintf(f, " --%s", o->name);
+	fputs(" --help", f);
+}
+
+static int completion(const char *shell)
+{
+	if (shell != NULL && strcmp(shell, "bash") == 0) {
+		printf("# bash completion for slipway (generated by `slipway completion bash`)\n"
+		       "_slipway() {\n"
+		       "  local cur=\"${COMP_WORDS[COMP_CWORD]}\" i w g= c= words=\n"
+		       "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
+		       "    w=\"${COMP_WORDS[i]}\"\n"
+		       "    case \"$w\" in -*) continue ;; esac\n"
+		       "    if [ -z \"$g\" ]; then g=\"$w\"; elif [ -z \"$c\" ]; then c=\"$w\"; fi\n"
+		       "  done\n"
+		       "  case \"$g/$c\" in\n");
+		printf("    /) words=\"help completion version");
+		for (const struct cli_cmd *g = groups; g->name != NULL; g++)
+			printf(" %s", g->name);
+		printf(" -o --output --timeout --ca --cert --key --verbose\" ;;\n");
+		for (const struct cli_cmd *g = groups; g->name != NULL; g++) {
+			if (g->sub == NULL) {
+				printf("    %s/*) words=\"", g->name);
+				words(stdout, g);
+				printf("\" ;;\n");
+				continue;
+			}
+			printf("    %s/) words=\"", g->name);
+			for (const struct cli_cmd *k = g->sub; k->name != NULL; k++)
+				printf(" %s", k->name);
+			printf("\" ;;\n");
+			for (const struct cli_cmd *k = g->sub; k->name != NULL; k++) {
+				printf("    %s/%s) words=\"", g->name, k->name);
+				words(stdout, k);
+				printf("\" ;;\n");
+			}
+		}
+		printf("    help/*) words=\"");
+		for (const struct cli_cmd *g = groups; g->name != NULL; g++)
+			printf(" %s", g->name);
+		printf("\" ;;\n    completion/*) words=\"bash zsh\" ;;\n"
+		       "  esac\n"
+		       "  COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n"
+		       "  case \"$cur\" in -*) ;; *) [ ${#COMPREPLY[@]} -eq 0 ] && "
+		       "COMPREPLY=($(compgen -f -- \"$cur\")) ;; esac\n"
+		       "}\n"
+		       "complete -o filenames -F _slipway slipway\n");
+		return CLI_OK;
+	}
+	if (shell != NULL && strcmp(shell, "zsh") == 0) {
+		/* zsh runs the bash function through bashcompinit: one table, one script. */
+		printf("#compdef slipway\n# zsh completion for slipway (generated by `slipway "
+		       "completion zsh`)\nautoload -U +X bashcompinit && bashcompinit\n");
+		fflush(stdout);
+		int rc = completion("bash");
+		return rc;
+	}
+	return cli_usage("usage: slipway completion bash|zsh");
 }
 
 int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc_client **out)
@@ -178,7 +491,7 @@ int cli_call(struct cli *c, const char *service, const ProtobufCServiceDescripto
 	struct rpc_call_opts o = cli_call_opts(c);
 	int rc = rpc_call(cl, sd, method, req, resp, &o, err, sizeof err);
 	rpc_client_free(cl);
-	return rc == 0 ? CLI_OK : cli_fail("%s", err);
+	return rc == 0 ? CLI_OK : cli_fail_rc(rc, "%s", err);
 }
 
 struct rpc_call_opts cli_call_opts(const struct cli *c)
@@ -195,16 +508,6 @@ void cli_free(struct cli *c)
 		memset(c->key_pem, 0, strlen(c->key_pem));
 		free(c->key_pem);
 	}
-}
-
-static void usage(FILE *f)
-{
-	fprintf(f, "usage: slipway [-o table|json] [--timeout DUR] [--ca F --cert F --key F] "
-		   "GROUP COMMAND ...\n\ngroups:\n");
-	for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++)
-		fprintf(f, "  %-12s %s\n", groups[i].name, groups[i].summary);
-	fprintf(f, "\nenvironment: SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY, "
-		   "SLIPWAY_<SERVICE>_ADDR (see scripts/stack)\n");
 }
 
 /* Removes argv[i] and, when take_value, argv[i+1]; returns the value. */
@@ -261,26 +564,57 @@ int main(int argc, char **argv)
 			i++;
 		}
 	}
-	if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
-	    strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? CLI_USAGE : CLI_OK;
+	if (argc < 2) {
+		print_main_help(stderr);
+		return CLI_USAGE;
 	}
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+		argv[1] = "help";
 	if (strcmp(argv[1], "version") == 0) {
 		printf("slipway %s\n", SLIPWAY_VERSION);
 		return CLI_OK;
 	}
+	if (strcmp(argv[1], "completion") == 0)
+		return completion(argc == 3 ? argv[2] : NULL);
+	const struct cli_cmd *g = NULL;
+	for (const struct cli_cmd *k = groups; k->name != NULL; k++)
+		if (strcmp(k->name, argc >= 3 && strcmp(argv[1], "help") == 0 ? argv[2] : argv[1]) == 0)
+			g = k;
+	if (strcmp(argv[1], "help") == 0) {
+		/* slipway help [GROUP [COMMAND]] */
+		if (argc == 2) {
+			print_main_help(stdout);
+			return CLI_OK;
+		}
+		if (g == NULL || argc > 4)
+			return cli_usage("usage: slipway help [GROUP [COMMAND]]: no '%s'", argv[2]);
+		if (g->sub == NULL) {
+			print_cmd_help(stdout, NULL, g);
+			return CLI_OK;
+		}
+		if (argc == 3) {
+			print_group_help(stdout, g);
+			return CLI_OK;
+		}
+		for (const struct cli_cmd *k = g->sub; k->name != NULL; k++)
+			if (strcmp(k->name, argv[3]) == 0) {
+				print_cmd_help(stdout, g->name, k);
+				return CLI_OK;
+			}
+		return cli_usage("slipway %s has no command '%s' (slipway help %s)", g->name,
+				 argv[3], g->name);
+	}
+	if (g == NULL) {
+		fprintf(stderr, "slipway: unknown command '%s'\n\n", argv[1]);
+		print_main_help(stderr);
+		return CLI_USAGE;
+	}
 	log_init("cli", c.verbose ? LOG_DEBUG : LOG_OFF);
 	rpc_init();
-	rc = -1;
-	for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++)
-		if (strcmp(groups[i].name, argv[1]) == 0)
-			rc = groups[i].fn(&c, argc - 1, argv + 1);
-	if (rc == -1) {
-		fprintf(stderr, "slipway: unknown group '%s'\n\n", argv[1]);
-		usage(stderr);
-		rc = CLI_USAGE;
-	}
+	if (g->sub != NULL)
+		rc = g->fn(&c, argc - 1, argv + 1);
+	else
+		rc = run_cmd(&c, NULL, g, argc - 1, argv + 1);
 	cli_free(&c);
 	rpc_shutdown();
 	return rc;

@@ -31,18 +31,21 @@ static int parse_days(const char *s, int *out)
 	return 0;
 }
 
+static const struct cli_opt init_opts[] = {
+	{ "dir", required_argument, 'd', "DIR", "where to create ca.crt and ca.key" },
+	{ "trust-domain", required_argument, 't', "TD", "the SPIFFE trust domain (default slipway)" },
+	{ "days", required_argument, 'n', "N", "validity in days (1..36500)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_init(struct cli *c, int argc, char **argv)
 {
 	(void)c;
-	static const struct option lo[] = { { "dir", required_argument, 0, 'd' },
-					    { "trust-domain", required_argument, 0, 't' },
-					    { "days", required_argument, 0, 'n' },
-					    { 0, 0, 0, 0 } };
 	const char *dir = NULL, *td = "slipway";
 	int days = 3650, o;
 	char err[512];
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'd': dir = optarg; break;
 		case 't': td = optarg; break;
@@ -61,18 +64,21 @@ static int cmd_init(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+static const struct cli_opt issue_opts[] = {
+	{ "dir", required_argument, 'd', "DIR", "the CA directory" },
+	{ "service", required_argument, 's', "NAME", "a service certificate (serves TLS)" },
+	{ "agent", required_argument, 'a', "REGION/HOST", "an agent certificate (client only)" },
+	{ "user", required_argument, 'u', "NAME", "a user certificate (client only)" },
+	{ "out", required_argument, 'o', "PREFIX", "write PREFIX.crt and PREFIX.key" },
+	{ "dns", required_argument, 'D', "NAME", "a DNS name for a service certificate (repeatable)" },
+	{ "ip", required_argument, 'I', "ADDR", "an IP address for a service certificate (repeatable)" },
+	{ "days", required_argument, 'n', "N", "validity in days (1..36500)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_issue(struct cli *c, int argc, char **argv)
 {
 	(void)c;
-	static const struct option lo[] = { { "dir", required_argument, 0, 'd' },
-					    { "service", required_argument, 0, 's' },
-					    { "agent", required_argument, 0, 'a' },
-					    { "user", required_argument, 0, 'u' },
-					    { "out", required_argument, 0, 'o' },
-					    { "dns", required_argument, 0, 'D' },
-					    { "ip", required_argument, 0, 'I' },
-					    { "days", required_argument, 0, 'n' },
-					    { 0, 0, 0, 0 } };
 	const char *dir = NULL, *out = NULL, *name = NULL;
 	enum spiffe_kind kind = SPIFFE_OTHER;
 	int kinds = 0, ndns = 0, nip = 0, o;
@@ -81,7 +87,7 @@ static int cmd_issue(struct cli *c, int argc, char **argv)
 
 	memset(&r, 0, sizeof r);
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'd': dir = optarg; break;
 		case 'o': out = optarg; break;
@@ -139,12 +145,22 @@ static int cmd_issue(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+extern const struct cli_cmd cli_pki_cmds[];
+const struct cli_cmd cli_pki_cmds[] = {
+	{ "init", cmd_init, "create a CA in --dir", "--dir DIR [--trust-domain TD] [--days N]",
+	  init_opts, "slipway pki init --dir ./pki", NULL, NULL },
+	{ "issue", cmd_issue, "issue a service, agent or user certificate",
+	  "--dir DIR (--service NAME | --agent REGION/HOST | --user NAME) --out PREFIX "
+	  "[--dns NAME]... [--ip ADDR]... [--days N]",
+	  issue_opts,
+	  "slipway pki issue --dir ./pki --user bob --out ./bob\n"
+	  "slipway pki issue --dir ./pki --agent eu/web-1 --out ./web-1\n"
+	  "slipway pki issue --dir ./pki --service audit --dns audit.internal --out ./audit", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_pki(struct cli *c, int argc, char **argv);
 int cli_cmd_pki(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "init", cmd_init, "create a CA in --dir" },
-		{ "issue", cmd_issue, "issue a service, agent or user certificate" },
-	};
-	return cli_dispatch(c, "pki", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+	return cli_dispatch(c, "pki", cli_pki_cmds, argc, argv);
 }

@@ -40,7 +40,7 @@ static int call(struct cli *c, const char *addr, const char *method, const Proto
 			  sizeof err);
 	rpc_client_free(cl);
 	if (rc != 0)
-		return cli_fail("%s", err);
+		return cli_fail_rc(rc, "%s", err);
 	return CLI_OK;
 }
 
@@ -123,17 +123,20 @@ static json_t *weakening_json(Slipway__V1__PolicyWeakening **v, size_t n)
 	return a;
 }
 
+static const struct cli_opt apply_opts[] = {
+	{ "expected-revision", required_argument, 'e', "N", "fail unless the current revision is N (compare-and-swap)" },
+	{ "dry-run", no_argument, 'n', NULL, "validate and show the diff, apply nothing" },
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_apply(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "expected-revision", required_argument, 0, 'e' },
-					    { "dry-run", no_argument, 0, 'n' },
-					    { "addr", required_argument, 0, 'a' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__ApplyPolicyRequest req = SLIPWAY__V1__APPLY_POLICY_REQUEST__INIT;
 	const char *addr = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'e':
 			if (parse_u64(optarg, &req.expected_revision) != 0)
@@ -177,16 +180,19 @@ static int cmd_apply(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+static const struct cli_opt get_opts[] = {
+	{ "revision", required_argument, 'r', "N", "this revision (default: the current one)" },
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_get(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "revision", required_argument, 0, 'r' },
-					    { "addr", required_argument, 0, 'a' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__GetPolicyRequest req = SLIPWAY__V1__GET_POLICY_REQUEST__INIT;
 	const char *addr = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'r':
 			if (parse_u64(optarg, &req.revision) != 0)
@@ -232,13 +238,17 @@ static int current_revision(struct cli *c, const char *addr, uint64_t *rev)
 	return CLI_OK;
 }
 
+static const struct cli_opt revision_opts[] = {
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_revision(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'a' }, { 0, 0, 0, 0 } };
 	const char *addr = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'a')
 			addr = optarg;
 		else
@@ -255,17 +265,20 @@ static int cmd_revision(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+static const struct cli_opt diff_opts[] = {
+	{ "file", required_argument, 'f', "FILE|-", "compare the current policy with this proposed document" },
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_diff(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "file", required_argument, 0, 'f' },
-					    { "addr", required_argument, 0, 'a' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__DiffPolicyRequest req = SLIPWAY__V1__DIFF_POLICY_REQUEST__INIT;
 	const char *addr = NULL, *file = NULL;
 	char *doc = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'f': file = optarg; break;
 		case 'a': addr = optarg; break;
@@ -368,20 +381,23 @@ static void print_list(const char *label, char **v, size_t n)
 		printf("%-10s %s\n", i == 0 ? label : "", v[i]);
 }
 
+static const struct cli_opt explain_opts[] = {
+	{ "principal", required_argument, 'p', "SPIFFE-ID", "who asks" },
+	{ "action", required_argument, 'A', "ACTION", "what it wants to do" },
+	{ "resource", required_argument, 'r', "KIND[/APP[/ENV[/NAME]]]", "on what" },
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_explain(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "principal", required_argument, 0, 'p' },
-					    { "action", required_argument, 0, 'A' },
-					    { "resource", required_argument, 0, 'r' },
-					    { "addr", required_argument, 0, 'a' },
-					    { 0, 0, 0, 0 } };
 	Slipway__V1__ExplainRequest req = SLIPWAY__V1__EXPLAIN_REQUEST__INIT;
 	Slipway__V1__Resource res = SLIPWAY__V1__RESOURCE__INIT;
 	const char *addr = NULL;
 	char *rtext = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'p': req.principal = optarg; break;
 		case 'A': req.action = optarg; break;
@@ -437,14 +453,18 @@ static void approval_row(const Slipway__V1__Approval *a)
 	       a->digest, a->comment);
 }
 
+static const struct cli_opt approvals_opts[] = {
+	{ "addr", required_argument, 'a', "HOST:PORT", "the service address (else SLIPWAY_<SERVICE>_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
 static int cmd_approvals(struct cli *c, int argc, char **argv)
 {
-	static const struct option lo[] = { { "addr", required_argument, 0, 'a' }, { 0, 0, 0, 0 } };
 	Slipway__V1__ListApprovalsRequest req = SLIPWAY__V1__LIST_APPROVALS_REQUEST__INIT;
 	const char *addr = NULL;
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == 'a')
 			addr = optarg;
 		else
@@ -474,33 +494,49 @@ static int cmd_approvals(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
-static const struct cli_cmd policy_cmds[] = {
-	{ "apply", cmd_apply, "validate and apply a policy document as a new revision" },
-	{ "get", cmd_get, "print the current (or a given) revision's document" },
-	{ "diff", cmd_diff, "show what changed between two revisions (or would change), and what weakens" },
-	{ "explain", cmd_explain, "show a decision and the rules that made it" },
-	{ "revision", cmd_revision, "print the current revision number" },
-	{ "approvals", cmd_approvals, "list the approvals of a deployment" },
+extern const struct cli_cmd cli_policy_cmds[];
+const struct cli_cmd cli_policy_cmds[] = {
+	{ "apply", cmd_apply, "validate and apply a policy document as a new revision",
+	  "FILE|- [--expected-revision N] [--dry-run]", apply_opts,
+	  "slipway policy apply policy.json\nslipway policy apply --dry-run policy.json\n"
+	  "slipway policy get | slipway policy apply --expected-revision 7 -", NULL, NULL },
+	{ "get", cmd_get, "print the current (or a given) revision's document", "[--revision N]",
+	  get_opts, "slipway policy get > policy.json\nslipway policy get --revision 3", NULL, NULL },
+	{ "diff", cmd_diff,
+	  "show what changed between two revisions (or would change), and what weakens",
+	  "[FROM [TO]] | --file FILE|-", diff_opts,
+	  "slipway policy diff\nslipway policy diff 3 5\nslipway policy diff --file proposed.json", NULL, NULL },
+	{ "explain", cmd_explain, "show a decision and the rules that made it",
+	  "--principal SPIFFE-ID --action ACTION --resource KIND[/APP[/ENV[/NAME]]]", explain_opts,
+	  "slipway policy explain --principal spiffe://slipway/user/bob --action approve "
+	  "--resource deployment/web/prod", NULL, NULL },
+	{ "revision", cmd_revision, "print the current revision number", "", revision_opts,
+	  "slipway policy revision", NULL, NULL },
+	{ "approvals", cmd_approvals, "list the approvals of a deployment", "DEPLOYMENT",
+	  approvals_opts, "slipway policy approvals d-0123", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 int cli_cmd_policy(struct cli *c, int argc, char **argv);
 int cli_cmd_policy(struct cli *c, int argc, char **argv)
 {
-	return cli_dispatch(c, "policy", policy_cmds, sizeof policy_cmds / sizeof policy_cmds[0],
-			    argc, argv);
+	return cli_dispatch(c, "policy", cli_policy_cmds, argc, argv);
 }
+
+extern const struct cli_opt cli_verdict_opts[];
+const struct cli_opt cli_verdict_opts[] = {
+	{ "comment", required_argument, 'c', "TEXT", "a comment, recorded with the verdict (reject needs one)" },
+	{ "digest", required_argument, 'd', "sha256:HEX", "the digest you reviewed: refused if the deployment's differs" },
+	{ "addr", required_argument, 'a', "HOST:PORT", "the policy service (else SLIPWAY_POLICY_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
 
 static int approve_or_reject(struct cli *c, int argc, char **argv, int approve)
 {
-	static const struct option lo[] = { { "comment", required_argument, 0, 'c' },
-					    { "digest", required_argument, 0, 'd' },
-					    { "addr", required_argument, 0, 'a' },
-					    { "help", no_argument, 0, 'h' },
-					    { 0, 0, 0, 0 } };
 	const char *addr = NULL, *comment = "", *digest = "";
 	int o;
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
 		case 'c': comment = optarg; break;
 		case 'd': digest = optarg; break;

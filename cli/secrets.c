@@ -61,17 +61,38 @@ struct args {
 	long long cas_version, version;
 };
 
-static const struct option lo[] = {
-	{ "scope", required_argument, 0, 's' },	    { "file", required_argument, 0, 'f' },
-	{ "cas", required_argument, 0, 'c' },	    { "keep-current", no_argument, 0, 'k' },
-	{ "version", required_argument, 0, 'v' },   { "yes", no_argument, 0, 'y' },
-	{ "retire", no_argument, 0, 'r' },	    { "out", required_argument, 0, 'o' },
-	{ "strip-newline", no_argument, 0, 'n' },   { "deployment", required_argument, 0, 'd' },
-	{ "agent-key", required_argument, 0, 'a' }, { "pin", required_argument, 0, 'p' },
-	{ "addr", required_argument, 0, 'A' },	    { "agent", required_argument, 0, 'g' },
-	{ "agent-pub", required_argument, 0, 'P' }, { "ttl", required_argument, 0, 't' },
-	{ 0, 0, 0, 0 },
+/* The options, one row each; every command's table takes the rows it uses
+ * (and --addr). */
+#define O_SCOPE { "scope", required_argument, 's', "APP[/ENV]", "the secret's scope: an app, or an app and environment" }
+#define O_FILE { "file", required_argument, 'f', "FILE", "read the value from FILE (else stdin, not echoed)" }
+#define O_CAS { "cas", required_argument, 'c', "N", "fail unless the latest version is N (0: a new secret)" }
+#define O_KEEP { "keep-current", no_argument, 'k', NULL, "store the version without making it current" }
+#define O_VERSION { "version", required_argument, 'v', "N", "the version (1 or more)" }
+#define O_YES { "yes", no_argument, 'y', NULL, "yes, erase it for good" }
+#define O_RETIRE { "retire", no_argument, 'r', NULL, "retire the old master key once every data key is rewrapped" }
+#define O_OUT { "out", required_argument, 'o', "PATH", "where to write" }
+#define O_STRIP { "strip-newline", no_argument, 'n', NULL, "drop one trailing newline from the value" }
+#define O_DEPLOY { "deployment", required_argument, 'd', "ID", "the deployment" }
+#define O_AGENTKEY { "agent-key", required_argument, 'a', "FILE", "the agent's X25519 secret key file" }
+#define O_PIN { "pin", required_argument, 'p', "FILE", "the service's signing key pin file (secrets keys --out)" }
+#define O_ADDR { "addr", required_argument, 'A', "HOST:PORT", "the secrets service (else SLIPWAY_SECRETS_ADDR)" }
+#define O_AGENT { "agent", required_argument, 'g', "SPIFFE-ID", "the agent" }
+#define O_AGENTPUB { "agent-pub", required_argument, 'P', "FILE", "the agent's X25519 public key file" }
+#define O_TTL { "ttl", required_argument, 't', "DUR", "how long the bundle may be fetched (e.g. 15m)" }
+#define O_END { NULL, 0, 0, NULL, NULL }
+
+static const struct cli_opt keys_opts[] = { O_OUT, O_ADDR, O_END };
+static const struct cli_opt put_opts[] = { O_SCOPE, O_FILE, O_CAS, O_KEEP, O_STRIP, O_ADDR, O_END };
+static const struct cli_opt scope_opts[] = { O_SCOPE, O_ADDR, O_END };
+static const struct cli_opt version_opts[] = { O_SCOPE, O_VERSION, O_ADDR, O_END };
+static const struct cli_opt destroy_opts[] = { O_SCOPE, O_VERSION, O_YES, O_ADDR, O_END };
+static const struct cli_opt rotate_opts[] = { O_RETIRE, O_ADDR, O_END };
+static const struct cli_opt keygen_opts[] = {
+	{ "out", required_argument, 'o', "PREFIX", "write PREFIX.key (secret) and PREFIX.pub" },
+	O_ADDR, O_END,
 };
+static const struct cli_opt grant_opts[] = { O_DEPLOY, O_AGENT, O_AGENTPUB, O_SCOPE, O_TTL, O_ADDR, O_END };
+static const struct cli_opt fetch_opts[] = { O_DEPLOY, O_AGENT, O_AGENTKEY, O_PIN, O_ADDR, O_END };
 
 static int allowed(int mask, int opt)
 {
@@ -112,13 +133,13 @@ static int parse_scope(const char *s, struct args *a)
 
 /* Parses options allowed by mask and `names` positional arguments (0 or 1:
  * the secret name). Returns 0 or CLI_USAGE. */
-static int parse(int argc, char **argv, int mask, int names, const char *usage, struct args *a)
+static int parse(struct cli *c, int argc, char **argv, int mask, int names, const char *usage, struct args *a)
 {
 	long long v;
 	int o;
 	memset(a, 0, sizeof *a);
 	optind = 0;
-	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		if (o == '?' || !allowed(mask, o))
 			return cli_usage("usage: %s", usage);
 		switch (o) {
@@ -181,7 +202,7 @@ static int call(struct cli *c, const struct args *a, const char *method,
 			  sizeof err);
 	rpc_client_free(cl);
 	if (rc != 0)
-		return cli_fail("secrets %s: %s", method, err);
+		return cli_fail_rc(rc, "secrets %s: %s", method, err);
 	return CLI_OK;
 }
 
@@ -233,7 +254,7 @@ static void scope_set(Slipway__V1__SecretScope *sc, struct args *a)
 static int cmd_keys(struct cli *c, int argc, char **argv)
 {
 	struct args a;
-	int rc = parse(argc, argv, A_OUT, 0, "slipway secrets keys [--out DIR]", &a);
+	int rc = parse(c, argc, argv, A_OUT, 0, "slipway secrets keys [--out DIR]", &a);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__GetServiceKeysRequest req = SLIPWAY__V1__GET_SERVICE_KEYS_REQUEST__INIT;
@@ -356,7 +377,7 @@ static int cmd_put(struct cli *c, int argc, char **argv)
 	uint8_t *value = NULL, *box = NULL;
 	size_t vlen = 0;
 	ProtobufCMessage *m = NULL;
-	int rc = parse(argc, argv, A_SCOPE | A_FILE | A_CAS | A_KEEP | A_STRIP, 1, usage, &a);
+	int rc = parse(c, argc, argv, A_SCOPE | A_FILE | A_CAS | A_KEEP | A_STRIP, 1, usage, &a);
 	if (rc != 0)
 		return rc;
 	if (!sealed_name_ok(a.name))
@@ -419,7 +440,7 @@ out:
 static int cmd_ls(struct cli *c, int argc, char **argv)
 {
 	struct args a;
-	int rc = parse(argc, argv, A_SCOPE, 0, "slipway secrets ls [--scope APP[/ENV]]", &a);
+	int rc = parse(c, argc, argv, A_SCOPE, 0, "slipway secrets ls [--scope APP[/ENV]]", &a);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__SecretScope sc = SLIPWAY__V1__SECRET_SCOPE__INIT;
@@ -462,7 +483,7 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 static int cmd_versions(struct cli *c, int argc, char **argv)
 {
 	struct args a;
-	int rc = parse(argc, argv, A_SCOPE, 1, "slipway secrets versions NAME --scope APP[/ENV]",
+	int rc = parse(c, argc, argv, A_SCOPE, 1, "slipway secrets versions NAME --scope APP[/ENV]",
 		       &a);
 	if (rc != 0)
 		return rc;
@@ -500,7 +521,7 @@ static int version_cmd(struct cli *c, int argc, char **argv, const char *method,
 	struct args a;
 	snprintf(usage, sizeof usage, "slipway secrets %s NAME --scope APP[/ENV] --version N%s",
 		 argv[0], need_yes ? " --yes" : "");
-	int rc = parse(argc, argv, A_SCOPE | A_VERSION | (need_yes ? A_YES : 0), 1, usage, &a);
+	int rc = parse(c, argc, argv, A_SCOPE | A_VERSION | (need_yes ? A_YES : 0), 1, usage, &a);
 	if (rc != 0)
 		return rc;
 	if (need_yes && !a.yes)
@@ -551,7 +572,7 @@ static int cmd_set_current(struct cli *c, int argc, char **argv)
 static int cmd_rotate(struct cli *c, int argc, char **argv)
 {
 	struct args a;
-	int rc = parse(argc, argv, A_RETIRE, 0, "slipway secrets rotate-master [--retire]", &a);
+	int rc = parse(c, argc, argv, A_RETIRE, 0, "slipway secrets rotate-master [--retire]", &a);
 	if (rc != 0)
 		return rc;
 	Slipway__V1__RotateMasterRequest req = SLIPWAY__V1__ROTATE_MASTER_REQUEST__INIT;
@@ -580,7 +601,7 @@ static int cmd_keygen(struct cli *c, int argc, char **argv)
 	struct args a;
 	char p1[4096], p2[4096], err[512], hex[65];
 	uint8_t pk[32], *sk = NULL;
-	int rc = parse(argc, argv, A_OUT, 0, "slipway secrets keygen --out PREFIX", &a);
+	int rc = parse(c, argc, argv, A_OUT, 0, "slipway secrets keygen --out PREFIX", &a);
 	if (rc != 0)
 		return rc;
 	if (a.out == NULL)
@@ -610,7 +631,7 @@ static int cmd_grant(struct cli *c, int argc, char **argv)
 	struct args a;
 	uint8_t pk[32];
 	char err[512];
-	int rc = parse(argc, argv, A_DEPLOY | A_AGENT | A_AGENTPUB | A_SCOPE | A_TTL, -1, usage, &a);
+	int rc = parse(c, argc, argv, A_DEPLOY | A_AGENT | A_AGENTPUB | A_SCOPE | A_TTL, -1, usage, &a);
 	if (rc != 0)
 		return rc;
 	if (a.deployment == NULL || a.agent == NULL || a.agent_pub == NULL || !a.have_scope ||
@@ -694,7 +715,7 @@ static int cmd_fetch_check(struct cli *c, int argc, char **argv)
 	struct sealed_bundle *b = NULL;
 	ProtobufCMessage *m = NULL;
 	char err[512];
-	int rc = parse(argc, argv, A_DEPLOY | A_AGENT | A_AGENTKEY | A_PIN, 0, usage, &a);
+	int rc = parse(c, argc, argv, A_DEPLOY | A_AGENT | A_AGENTKEY | A_PIN, 0, usage, &a);
 	if (rc != 0)
 		return rc;
 	if (a.deployment == NULL || a.agent == NULL || a.agent_key == NULL || a.pin == NULL)
@@ -751,27 +772,54 @@ out:
 	return rc;
 }
 
+extern const struct cli_cmd cli_secrets_cmds[];
+const struct cli_cmd cli_secrets_cmds[] = {
+	{ "keys", cmd_keys, "print the service's public keys (--out DIR writes pin files)",
+	  "[--out DIR]", keys_opts, "slipway secrets keys --out ./pins", NULL, NULL },
+	{ "put", cmd_put, "store a new version, sealed client-side (stdin or --file)",
+	  "NAME --scope APP[/ENV] [--file FILE] [--cas N] [--keep-current] [--strip-newline]",
+	  put_opts,
+	  "printf 'hunter2' | slipway secrets put db-password --scope web/prod\n"
+	  "slipway secrets put tls-key --scope web --file key.pem --cas 0", NULL, NULL },
+	{ "ls", cmd_ls, "list secrets and their current versions (metadata only)",
+	  "[--scope APP[/ENV]]", scope_opts, "slipway secrets ls --scope web/prod", NULL, NULL },
+	{ "versions", cmd_versions, "list every version of a secret (metadata only)",
+	  "NAME --scope APP[/ENV]", scope_opts, "slipway secrets versions db-password --scope web/prod", NULL, NULL },
+	{ "set-current", cmd_set_current, "make an enabled version current",
+	  "NAME --scope APP[/ENV] --version N", version_opts,
+	  "slipway secrets set-current db-password --scope web/prod --version 2", NULL, NULL },
+	{ "disable", cmd_disable, "stop delivering a version", "NAME --scope APP[/ENV] --version N",
+	  version_opts, "slipway secrets disable db-password --scope web/prod --version 1", NULL, NULL },
+	{ "enable", cmd_enable, "deliver a disabled version again",
+	  "NAME --scope APP[/ENV] --version N", version_opts,
+	  "slipway secrets enable db-password --scope web/prod --version 1", NULL, NULL },
+	{ "destroy", cmd_destroy, "erase a version's ciphertext and data key (--yes)",
+	  "NAME --scope APP[/ENV] --version N --yes", destroy_opts,
+	  "slipway secrets destroy db-password --scope web/prod --version 1 --yes", NULL, NULL },
+	{ "rotate-master", cmd_rotate, "new master key, rewrap every data key (--retire)",
+	  "[--retire]", rotate_opts, "slipway secrets rotate-master --retire", NULL, NULL },
+	{ "keygen", cmd_keygen, "make an agent's X25519 key pair (PREFIX.key, PREFIX.pub)",
+	  "--out PREFIX", keygen_opts, "slipway secrets keygen --out ./web-1", NULL, NULL },
+	{ "grant", cmd_grant, "as the orchestrator: grant secrets to an agent for a deployment",
+	  "--deployment ID --agent SPIFFE-ID --agent-pub FILE --scope APP/ENV [--ttl DUR] "
+	  "NAME[@VERSION]...",
+	  grant_opts,
+	  "slipway --cert orch.crt --key orch.key secrets grant --deployment d-0123 \\\n"
+	  "    --agent spiffe://slipway/agent/eu/web-1 --agent-pub web-1.pub --scope web/prod db-password", NULL, NULL },
+	{ "fetch-check", cmd_fetch_check, "as an agent: fetch and verify a bundle, print metadata",
+	  "--deployment ID --agent SPIFFE-ID --agent-key FILE --pin FILE", fetch_opts,
+	  "slipway --cert web-1.crt --key web-1.key secrets fetch-check --deployment d-0123 \\\n"
+	  "    --agent spiffe://slipway/agent/eu/web-1 --agent-key web-1.key --pin pins/sign.pin", NULL, NULL },
+	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
+
 int cli_cmd_secrets(struct cli *c, int argc, char **argv);
 int cli_cmd_secrets(struct cli *c, int argc, char **argv)
 {
-	static const struct cli_cmd cmds[] = {
-		{ "keys", cmd_keys, "print the service's public keys (--out DIR writes pin files)" },
-		{ "put", cmd_put, "store a new version, sealed client-side (stdin or --file)" },
-		{ "ls", cmd_ls, "list secrets and their current versions (metadata only)" },
-		{ "versions", cmd_versions, "list every version of a secret (metadata only)" },
-		{ "set-current", cmd_set_current, "make an enabled version current" },
-		{ "disable", cmd_disable, "stop delivering a version" },
-		{ "enable", cmd_enable, "deliver a disabled version again" },
-		{ "destroy", cmd_destroy, "erase a version's ciphertext and data key (--yes)" },
-		{ "rotate-master", cmd_rotate, "new master key, rewrap every data key (--retire)" },
-		{ "keygen", cmd_keygen, "make an agent's X25519 key pair (PREFIX.key, PREFIX.pub)" },
-		{ "grant", cmd_grant, "as the orchestrator: grant secrets to an agent for a deployment" },
-		{ "fetch-check", cmd_fetch_check, "as an agent: fetch and verify a bundle, print metadata" },
-	};
 	/* This process may hold a value: no core file. */
 	struct rlimit rl = { 0, 0 };
 	setrlimit(RLIMIT_CORE, &rl);
 	if (sealed_init() != 0)
 		return cli_fail("libsodium failed to initialise");
-	return cli_dispatch(c, "secrets", cmds, sizeof cmds / sizeof cmds[0], argc, argv);
+	return cli_dispatch(c, "secrets", cli_secrets_cmds, argc, argv);
 }
