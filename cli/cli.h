@@ -14,6 +14,23 @@
 
 enum cli_output { CLI_TABLE = 0, CLI_JSON = 1 };
 
+enum { CLI_CONF_NAME = 64, CLI_CONF_CONTEXTS = 64, CLI_CONF_KEYS = 32 };
+
+/* The config file's context in use (config.c): only paths and addresses. */
+struct cli_conf {
+	char path[4096];
+	int exists;
+	char current[CLI_CONF_NAME];  /* current-context in the file */
+	char selected[CLI_CONF_NAME]; /* the context in use ("" none) */
+	char contexts[CLI_CONF_CONTEXTS][CLI_CONF_NAME];
+	int ncontexts;
+	struct {
+		char key[32];
+		char val[512];
+	} kv[CLI_CONF_KEYS];
+	int nkv;
+};
+
 struct cli {
 	enum cli_output output;
 	int64_t timeout_ms;
@@ -22,6 +39,7 @@ struct cli {
 	int verbose;
 	const char *group;          /* the running command's group, or NULL */
 	const struct cli_cmd *cmd;  /* the running command (set by cli_dispatch) */
+	struct cli_conf conf;
 };
 
 /*
@@ -91,6 +109,20 @@ int cli_fail_rc(int sw_err, const char *fmt, ...) __attribute__((format(printf, 
  * returns CLI_FAIL (CLI_UNREACHABLE when the address is unusable).
  */
 int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc_client **out);
+
+/* Reads the config file ($XDG_CONFIG_HOME/slipway/config, else
+ * ~/.config/slipway/config) into c->conf, keeping the settings of context
+ * `want` (NULL: the file's current-context). No file is fine unless a
+ * context is asked for. Returns CLI_OK, or prints why and returns
+ * CLI_USAGE (a malformed file), CLI_DENIED (no such context) or CLI_FAIL. */
+int cli_config_load(struct cli *c, const char *want);
+
+/* The context's value of key ("ca", "orchestrator", ...), or NULL. */
+const char *cli_config_get(const struct cli *c, const char *key);
+
+/* The address of service: SLIPWAY_<SERVICE>_ADDR, else the context's
+ * `<service> =`, else its `address =`; NULL when none. */
+const char *cli_service_addr(const struct cli *c, const char *service);
 
 /* Default call options (the global timeout). */
 struct rpc_call_opts cli_call_opts(const struct cli *c);

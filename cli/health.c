@@ -1,7 +1,8 @@
 /*
  * health.c - `slipway health [--addr HOST:PORT] [SERVICE...]`: asks each
  * service's grpc.health.v1.Health/Check over mTLS. With no arguments it
- * checks every service whose SLIPWAY_<SERVICE>_ADDR is set. Exit status 0
+ * checks every service that has an address (SLIPWAY_<SERVICE>_ADDR, or the
+ * config file's context). Exit status 0
  * only when every checked service is SERVING.
  */
 #include "cli.h"
@@ -74,12 +75,7 @@ int cli_cmd_health(struct cli *c, int argc, char **argv)
 		checked++;
 	} else {
 		for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-			char env[64];
-			snprintf(env, sizeof env, "SLIPWAY_%s_ADDR", known[i]);
-			for (char *p = env; *p; p++)
-				if (*p >= 'a' && *p <= 'z')
-					*p = (char)(*p - 'a' + 'A');
-			if (getenv(env) == NULL)
+			if (cli_service_addr(c, known[i]) == NULL)
 				continue;
 			checked++;
 			bad |= check_one(c, known[i], NULL, out) != 1;

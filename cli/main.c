@@ -39,12 +39,13 @@ int cli_cmd_resume(struct cli *c, int argc, char **argv);
 int cli_cmd_rollback(struct cli *c, int argc, char **argv);
 int cli_cmd_agents(struct cli *c, int argc, char **argv);
 int cli_cmd_secrets(struct cli *c, int argc, char **argv);
+int cli_cmd_config(struct cli *c, int argc, char **argv);
 
 /* The commands of each group and the single commands' options live beside
  * their code, one file per group. */
 extern const struct cli_cmd cli_pki_cmds[], cli_audit_cmds[], cli_policy_cmds[],
 	cli_artifact_cmds[], cli_deployments_cmds[], cli_deployment_cmds[], cli_agents_cmds[],
-	cli_secrets_cmds[];
+	cli_secrets_cmds[], cli_config_cmds[];
 extern const struct cli_opt cli_health_opts[], cli_deploy_opts[], cli_action_opts[],
 	cli_rollback_opts[], cli_verdict_opts[];
 
@@ -90,6 +91,8 @@ static const struct cli_cmd groups[] = {
 	  .sub = cli_agents_cmds },
 	{ "secrets", cli_cmd_secrets, "store, version and rotate secrets (values never printed)",
 	  .sub = cli_secrets_cmds },
+	{ "config", cli_cmd_config, "the config file's contexts: view, use-context",
+	  .sub = cli_config_cmds },
 	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -183,6 +186,8 @@ static const char global_help[] =
 	"Global options (anywhere on the line):\n"
 	"  -o, --output table|json   output format (else SLIPWAY_OUTPUT)\n"
 	"  --timeout DUR             per-call timeout, e.g. 30s (default 30s)\n"
+	"  --context NAME            a context of the config file (else SLIPWAY_CONTEXT, else\n"
+	"                            its current-context)\n"
 	"  --ca FILE, --cert FILE, --key FILE\n"
 	"                            TLS material (else SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY)\n"
 	"  -v, --verbose             debug logs on stderr\n";
@@ -263,8 +268,13 @@ static void print_main_help(FILE *f)
 		   "command's help", "completion", "print a bash or zsh completion script "
 		   "(completion bash|zsh)", "version", "print the version");
 	fprintf(f, "\n%s\n%s\nEnvironment: SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY, "
-		   "SLIPWAY_<SERVICE>_ADDR, SLIPWAY_OUTPUT\n(`scripts/stack up DIR` writes them to "
-		   "DIR/env).\n",
+		   "SLIPWAY_<SERVICE>_ADDR, SLIPWAY_OUTPUT, SLIPWAY_CONTEXT\n(`scripts/stack up DIR` "
+		   "writes them to DIR/env).\n\n"
+		   "Config file: $XDG_CONFIG_HOME/slipway/config (else ~/.config/slipway/config),\n"
+		   "optional: `current-context = NAME`, then `[context NAME]` sections of `key = "
+		   "value`\n(address or one per service: audit, artifact, policy, secrets, "
+		   "orchestrator;\nca, cert, key, output, timeout). A flag wins over the "
+		   "environment, which wins\nover the file.\n",
 		global_help, exit_help);
 }
 
@@ -408,7 +418,7 @@ static int completion(const char *shell)
 		printf("    /) words=\"help completion version");
 		for (const struct cli_cmd *g = groups; g->name != NULL; g++)
 			printf(" %s", g->name);
-		printf(" -o --output --timeout --ca --cert --key --verbose\" ;;\n");
+		printf(" -o --output --timeout --context --ca --cert --key --verbose\" ;;\n");
 		for (const struct cli_cmd *g = groups; g->name != NULL; g++) {
 			if (g->sub == NULL) {
 				printf("    %s/*) words=\"", g->name);
@@ -458,16 +468,19 @@ int cli_connect(struct cli *c, const char *service, const char *addr, struct rpc
 		for (char *p = env; *p; p++)
 			if (*p >= 'a' && *p <= 'z')
 				*p = (char)(*p - 'a' + 'A');
-		addr = getenv(env);
+		addr = cli_service_addr(c, service);
 		if (addr == NULL || *addr == '\0')
-			return cli_fail("no address for the %s service: set %s or pass --addr "
-					"(did you source the stack's env file?)",
-					service, env);
+			return cli_fail("no address for the %s service: set %s, pass --addr, or "
+					"add it to a context in %s (did you source the stack's env "
+					"file?)",
+					service, env, c->conf.path);
 	}
 	if (c->ca_pem == NULL) {
 		if (c->ca == NULL || c->cert == NULL || c->key == NULL)
 			return cli_fail("TLS material missing: set SLIPWAY_CA, SLIPWAY_CERT and "
-					"SLIPWAY_KEY (or --ca/--cert/--key)");
+					"SLIPWAY_KEY (or --ca/--cert/--key, or ca/cert/key in a "
+					"context of %s)",
+					c->conf.path);
 		if (tls_read_pem(c->ca, &c->ca_pem, err, sizeof err) != 0 ||
 		    tls_read_pem(c->cert, &c->cert_pem, err, sizeof err) != 0 ||
 		    tls_read_pem(c->key, &c->key_pem, err, sizeof err) != 0)
@@ -521,42 +534,74 @@ static char *take(int *argc, char **argv, int i, int take_value)
 	return v;
 }
 
+/* flag, else environment, else the config file's context. */
+static const char *pick(const char *flag, const char *env, const struct cli *c, const char *key)
+{
+	if (flag != NULL)
+		return flag;
+	const char *v = env ? getenv(env) : NULL;
+	if (v != NULL && *v != '\0')
+		return v;
+	return cli_config_get(c, key);
+}
+
+/* Settles output, timeout and TLS paths from the flags, the environment and
+ * the config file, in that order. CLI_OK or CLI_USAGE. */
+static int resolve(struct cli *c, const char *f_output, const char *f_timeout, const char *f_ca,
+		   const char *f_cert, const char *f_key)
+{
+	const char *out = f_output;
+	if (out == NULL && getenv("SLIPWAY_OUTPUT") != NULL)
+		/* as before: SLIPWAY_OUTPUT=json asks for JSON, anything else for a table */
+		out = strcmp(getenv("SLIPWAY_OUTPUT"), "json") == 0 ? "json" : "table";
+	if (out == NULL)
+		out = cli_config_get(c, "output");
+	if (out != NULL && strcmp(out, "json") != 0 && strcmp(out, "table") != 0)
+		return cli_usage("output in %s wants 'table' or 'json'", c->conf.path);
+	c->output = out != NULL && strcmp(out, "json") == 0 ? CLI_JSON : CLI_TABLE;
+	const char *t = f_timeout ? f_timeout : cli_config_get(c, "timeout");
+	if (t != NULL) {
+		long long ms;
+		if (cfg_parse_ms(t, &ms) != 0 || ms <= 0)
+			return cli_usage("%s wants a duration such as 30s",
+					 f_timeout ? "--timeout" : "timeout in the config file");
+		c->timeout_ms = ms;
+	}
+	c->ca = pick(f_ca, "SLIPWAY_CA", c, "ca");
+	c->cert = pick(f_cert, "SLIPWAY_CERT", c, "cert");
+	c->key = pick(f_key, "SLIPWAY_KEY", c, "key");
+	return CLI_OK;
+}
+
 int main(int argc, char **argv)
 {
-	struct cli c = { .output = CLI_TABLE, .timeout_ms = 30000 };
+	static struct cli c = { .output = CLI_TABLE, .timeout_ms = 30000 };
+	const char *f_output = NULL, *f_timeout = NULL, *f_context = NULL;
+	const char *f_ca = NULL, *f_cert = NULL, *f_key = NULL;
 	int rc;
 
-	c.ca = getenv("SLIPWAY_CA");
-	c.cert = getenv("SLIPWAY_CERT");
-	c.key = getenv("SLIPWAY_KEY");
-	if (getenv("SLIPWAY_OUTPUT") && strcmp(getenv("SLIPWAY_OUTPUT"), "json") == 0)
-		c.output = CLI_JSON;
-
-	/* Global options anywhere on the line (but not after "--"). */
+	/* Global options anywhere on the line (but not after "--"). Each
+	 * setting is the flag's, else the environment's, else the config
+	 * file's (below, once the command is known). */
 	for (int i = 1; i < argc;) {
 		const char *a = argv[i];
 		int has_val = i + 1 < argc;
 		if (strcmp(a, "--") == 0)
 			break;
 		if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && has_val) {
-			const char *v = take(&argc, argv, i, 1);
-			if (strcmp(v, "json") == 0)
-				c.output = CLI_JSON;
-			else if (strcmp(v, "table") == 0)
-				c.output = CLI_TABLE;
-			else
+			f_output = take(&argc, argv, i, 1);
+			if (strcmp(f_output, "json") != 0 && strcmp(f_output, "table") != 0)
 				return cli_usage("-o wants 'table' or 'json'");
 		} else if (strcmp(a, "--timeout") == 0 && has_val) {
-			long long ms;
-			if (cfg_parse_ms(take(&argc, argv, i, 1), &ms) != 0 || ms <= 0)
-				return cli_usage("--timeout wants a duration such as 30s");
-			c.timeout_ms = ms;
+			f_timeout = take(&argc, argv, i, 1);
+		} else if (strcmp(a, "--context") == 0 && has_val) {
+			f_context = take(&argc, argv, i, 1);
 		} else if (strcmp(a, "--ca") == 0 && has_val) {
-			c.ca = take(&argc, argv, i, 1);
+			f_ca = take(&argc, argv, i, 1);
 		} else if (strcmp(a, "--cert") == 0 && has_val) {
-			c.cert = take(&argc, argv, i, 1);
+			f_cert = take(&argc, argv, i, 1);
 		} else if (strcmp(a, "--key") == 0 && has_val) {
-			c.key = take(&argc, argv, i, 1);
+			f_key = take(&argc, argv, i, 1);
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			take(&argc, argv, i, 0);
 			c.verbose = 1;
@@ -609,6 +654,12 @@ int main(int argc, char **argv)
 		print_main_help(stderr);
 		return CLI_USAGE;
 	}
+	if (f_context == NULL && getenv("SLIPWAY_CONTEXT") && *getenv("SLIPWAY_CONTEXT"))
+		f_context = getenv("SLIPWAY_CONTEXT");
+	if ((rc = cli_config_load(&c, f_context)) != CLI_OK)
+		return rc;
+	if ((rc = resolve(&c, f_output, f_timeout, f_ca, f_cert, f_key)) != CLI_OK)
+		return rc;
 	log_init("cli", c.verbose ? LOG_DEBUG : LOG_OFF);
 	rpc_init();
 	if (g->sub != NULL)

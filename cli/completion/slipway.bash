@@ -7,7 +7,7 @@ _slipway() {
     if [ -z "$g" ]; then g="$w"; elif [ -z "$c" ]; then c="$w"; fi
   done
   case "$g/$c" in
-    /) words="help completion version pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets -o --output --timeout --ca --cert --key --verbose" ;;
+    /) words="help completion version pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config -o --output --timeout --context --ca --cert --key --verbose" ;;
     pki/) words=" init issue" ;;
     pki/init) words=" --dir --trust-domain --days --help" ;;
     pki/issue) words=" --dir --service --agent --user --out --dns --ip --days --help" ;;
@@ -63,7 +63,10 @@ _slipway() {
     secrets/keygen) words=" --out --addr --help" ;;
     secrets/grant) words=" --deployment --agent --agent-pub --scope --ttl --addr --help" ;;
     secrets/fetch-check) words=" --deployment --agent --agent-key --pin --addr --help" ;;
-    help/*) words=" pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets" ;;
+    config/) words=" view use-context" ;;
+    config/view) words=" --help" ;;
+    config/use-context) words=" --help" ;;
+    help/*) words=" pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config" ;;
     completion/*) words="bash zsh" ;;
   esac
   COMPREPLY=($(compgen -W "$words" -- "$cur"))

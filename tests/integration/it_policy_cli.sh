@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # it_policy_cli.sh - `slipway policy apply|get|diff|explain|revision` and
-# their exit codes (0 ok, 1 failed, 2 usage) against the stack's policy
+# their exit codes (0 ok, 1 failed, 2 usage, 3 not found or denied) against the stack's policy
 # service, as the stack admin (SLIPWAY_CERT). Run by tests/run.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,7 +67,7 @@ check "diff usage" 2 "$sw" policy diff a b
 check "unknown command" 2 "$sw" policy frobnicate
 check "approve usage" 2 "$sw" approve
 check "reject needs a comment" 2 "$sw" reject dep-1
-check "approve unknown deployment" 1 "$sw" approve no-such-deployment --comment ok
+check "approve unknown deployment" 3 "$sw" approve no-such-deployment --comment ok
 has "approve unknown says so" "$tmp/err" "no approval request"
 check "revision" 0 "$sw" policy revision
 check "leave an empty policy" 0 bash -c "echo '{}' | \"$sw\" policy apply -"

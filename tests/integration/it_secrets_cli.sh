@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # it_secrets_cli.sh - every `slipway secrets` command and its exit codes
-# (0 ok, 1 failed, 2 usage) against the stack's secrets service: as the
+# (0 ok, 1 failed, 2 usage, 3 not found or denied) against the stack's secrets service: as the
 # stack admin for puts and the lifecycle, as an orchestrator for a grant,
 # as an agent for fetch-check; and no command ever prints the value.
 # Run by tests/run.
@@ -53,7 +53,7 @@ check "ls json" 0 "$sw" -o json secrets ls --scope "$app/prod"
 has "ls json" "$tmp/out" "\"name\": \"DB_URL\""
 check "versions" 0 "$sw" secrets versions DB_URL --scope "$app/prod"
 has "versions lists both" "$tmp/out" "spiffe://$td/user/admin"
-check "versions of nothing" 1 "$sw" secrets versions NOPE --scope "$app/prod"
+check "versions of nothing" 3 "$sw" secrets versions NOPE --scope "$app/prod"
 has "not found" "$tmp/err" "NOT_FOUND"
 
 # lifecycle
@@ -79,12 +79,12 @@ has "keygen wrote the secret key" "$tmp/agentkey.key" "slipway-key x25519-secret
 # the secrets service grants only to an agent enrolled for the scope, with
 # the key its enrollment pins
 check "enroll" 0 "$sw" agents enroll "$agent" --app "$app" --env prod --sealing-key "$tmp/agentkey.pub"
-check "grant as admin" 1 "$sw" secrets grant --deployment d-cli --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope "$app/prod" DB_URL
+check "grant as admin" 3 "$sw" secrets grant --deployment d-cli --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope "$app/prod" DB_URL
 has "only the orchestrator" "$tmp/err" "PERMISSION_DENIED"
 check "grant" 0 "$sw" --cert "$tmp/orch.crt" --key "$tmp/orch.key" secrets grant --deployment d-cli \
   --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope "$app/prod" --ttl 10m DB_URL@1
 has "grant id" "$tmp/out" "1 secrets of $app/prod"
-check "grant unknown" 1 "$sw" --cert "$tmp/orch.crt" --key "$tmp/orch.key" secrets grant --deployment d-cli \
+check "grant unknown" 3 "$sw" --cert "$tmp/orch.crt" --key "$tmp/orch.key" secrets grant --deployment d-cli \
   --agent "$agent" --agent-pub "$tmp/agentkey.pub" --scope "$app/prod" NOPE
 check "fetch-check" 0 "$sw" --cert "$tmp/agent.crt" --key "$tmp/agent.key" secrets fetch-check \
   --deployment d-cli --agent "$agent" --agent-key "$tmp/agentkey.key" --pin "$tmp/secrets-sign.pub"
@@ -93,7 +93,7 @@ has "names and sizes" "$tmp/out" "DB_URL"
 check "fetch-check json" 0 "$sw" -o json --cert "$tmp/agent.crt" --key "$tmp/agent.key" secrets fetch-check \
   --deployment d-cli --agent "$agent" --agent-key "$tmp/agentkey.key" --pin "$tmp/secrets-sign.pub"
 has "json size" "$tmp/out" "\"size_bytes\": ${#value}"
-check "fetch-check another deployment" 1 "$sw" --cert "$tmp/agent.crt" --key "$tmp/agent.key" secrets fetch-check \
+check "fetch-check another deployment" 3 "$sw" --cert "$tmp/agent.crt" --key "$tmp/agent.key" secrets fetch-check \
   --deployment d-other --agent "$agent" --agent-key "$tmp/agentkey.key" --pin "$tmp/secrets-sign.pub"
 check "fetch-check as another agent id" 1 "$sw" --cert "$tmp/agent.crt" --key "$tmp/agent.key" secrets fetch-check \
   --deployment d-cli --agent "spiffe://$td/agent/r9/other" --agent-key "$tmp/agentkey.key" --pin "$tmp/secrets-sign.pub"
