@@ -100,7 +100,7 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 			return CLI_USAGE;
 	}
 	if (optind != argc)
-		return cli_usage("usage: slipway agents ls [--app A] [--env E]");
+		return cli_usage_cmd(c);
 	ProtobufCMessage *m = NULL;
 	int rc = cli_call(c, "orchestrator", &slipway__v1__orchestrator__descriptor, "ListAgents",
 		     &req.base, &m);
@@ -214,8 +214,6 @@ static const struct cli_opt enroll_opts[] = {
 
 static int cmd_enroll(struct cli *c, int argc, char **argv)
 {
-	const char *usage = "usage: slipway agents enroll SPIFFE_ID --app A --env E [--region R] "
-			    "[--group G] [--sealing-key HEX|FILE] [--reason R]";
 	Slipway__V1__EnrollAgentRequest req = SLIPWAY__V1__ENROLL_AGENT_REQUEST__INIT;
 	uint8_t key[32];
 	int o;
@@ -244,11 +242,11 @@ static int cmd_enroll(struct cli *c, int argc, char **argv)
 			req.seal_public_key.len = sizeof key;
 			break;
 		}
-		default: return cli_usage("%s", usage);
+		default: return cli_usage_cmd(c);
 		}
 	}
 	if (optind != argc - 1 || req.app[0] == '\0' || req.environment[0] == '\0')
-		return cli_usage("%s", usage);
+		return cli_usage_cmd(c);
 	req.agent_id = argv[optind];
 	ProtobufCMessage *m = NULL;
 	int rc = cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "EnrollAgent", &req.base,
@@ -277,7 +275,7 @@ static int cmd_unenroll(struct cli *c, int argc, char **argv)
 			return CLI_USAGE;
 	}
 	if (optind != argc - 1)
-		return cli_usage("usage: slipway agents unenroll SPIFFE_ID [--reason R]");
+		return cli_usage_cmd(c);
 	req.agent_id = argv[optind];
 	ProtobufCMessage *m = NULL;
 	int rc = cli_call(c, "policy", &slipway__v1__enrollments__descriptor, "UnenrollAgent",

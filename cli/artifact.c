@@ -301,7 +301,7 @@ static int cmd_keygen(struct cli *c, int argc, char **argv)
 			return CLI_USAGE;
 	}
 	if (prefix == NULL)
-		return cli_usage("usage: slipway artifact keygen --out PREFIX [--name NAME]");
+		return cli_usage_cmd(c);
 	if (name == NULL) {
 		const char *slash = strrchr(prefix, '/');
 		name = slash ? slash + 1 : prefix;
@@ -431,9 +431,7 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc || app == NULL || version == NULL)
-		return cli_usage("usage: slipway artifact push FILE --app APP --version VERSION "
-				 "[--repo R] [--commit C] [--branch B|--tag T|--ref R] "
-				 "[--build-id ID] [--builder NAME] [--media-type T] [--sign KEYFILE]");
+		return cli_usage_cmd(c);
 	const char *file = argv[optind];
 	int fd = -1, rc = CLI_FAIL;
 	transfer_malloc_tuning();
@@ -747,8 +745,7 @@ static int cmd_pull(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc)
-		return cli_usage("usage: slipway artifact pull (APP@VERSION | sha256:HEX) "
-				 "[--out FILE] [--resume]");
+		return cli_usage_cmd(c);
 	const char *target = argv[optind];
 	char app[64], version[160], defout[256], part[4200], err[512], what[300];
 	char want[DIGEST_STR_LEN] = "", got_digest[DIGEST_STR_LEN];
@@ -996,7 +993,7 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind + 1 < argc)
-		return cli_usage("usage: slipway artifact ls [APP] [--limit N] [--page-token T] [--all]");
+		return cli_usage_cmd(c);
 	const char *app = optind < argc ? argv[optind] : NULL;
 	struct rpc_client *cl = NULL;
 	if (cli_connect(c, "artifact", addr, &cl) != 0)
@@ -1085,7 +1082,7 @@ static int cmd_show(struct cli *c, int argc, char **argv)
 			return CLI_USAGE;
 	}
 	if (optind + 1 != argc)
-		return cli_usage("usage: slipway artifact show (APP@VERSION | sha256:HEX)");
+		return cli_usage_cmd(c);
 	const char *target = argv[optind];
 	char app[64], version[160];
 	if ((rc = parse_target(target, app, sizeof app, version, sizeof version, &is_digest)) != 0)
@@ -1177,7 +1174,7 @@ static int cmd_gc(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return cli_usage("usage: slipway artifact gc [--dry-run] [--retention DUR]");
+		return cli_usage_cmd(c);
 	struct rpc_client *cl = NULL;
 	ProtobufCMessage *resp = NULL;
 	if (cli_connect(c, "artifact", addr, &cl) != 0)
@@ -1249,8 +1246,7 @@ static int cmd_pin(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind + 2 != argc)
-		return cli_usage("usage: slipway artifact pin APP ENV [--current DIGEST] "
-				 "[--last-good DIGEST]   (neither: remove the pins)");
+		return cli_usage_cmd(c);
 	struct rpc_client *cl = NULL;
 	ProtobufCMessage *resp = NULL;
 	if (cli_connect(c, "artifact", addr, &cl) != 0)

@@ -382,8 +382,7 @@ static int parse_common(struct cli *c, int argc, char **argv, struct common *cm,
 	}
 	if (need_seq) {
 		if (optind != argc - 1 || cfg_parse_ll(argv[optind], seq) != 0 || *seq < 0)
-			return cli_usage("usage: slipway audit %s SEQ [--size N] [--verifier-key K]",
-					 argv[0]);
+			return cli_usage_cmd(c);
 	} else if (optind != argc) {
 		return cli_usage("unexpected argument '%s'", argv[optind]);
 	}

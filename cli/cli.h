@@ -135,6 +135,10 @@ int cli_call(struct cli *c, const char *service, const ProtobufCServiceDescripto
 /* Prints "slipway: <fmt>" to stderr and returns CLI_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Prints the running command's Usage line (from its descriptor) to stderr
+ * and returns CLI_USAGE. */
+int cli_usage_cmd(const struct cli *c);
+
 /* Prints "slipway: <fmt>" to stderr and returns CLI_USAGE. */
 int cli_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -410,7 +410,7 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 	}
 	int npos = argc - optind;
 	if (npos != 3 && !(npos == 2 && digest))
-		return cli_usage("usage: slipway deploy APP ENV VERSION [options] (or --digest D instead of VERSION)");
+		return cli_usage_cmd(c);
 	req.app = argv[optind];
 	req.environment = argv[optind + 1];
 	if (npos == 3) {
@@ -466,7 +466,7 @@ int cli_cmd_status(struct cli *c, int argc, char **argv);
 int cli_cmd_status(struct cli *c, int argc, char **argv)
 {
 	if (argc != 3)
-		return cli_usage("usage: slipway status APP ENV");
+		return cli_usage_cmd(c);
 	Slipway__V1__GetStatusRequest req = SLIPWAY__V1__GET_STATUS_REQUEST__INIT;
 	req.app = argv[1];
 	req.environment = argv[2];
@@ -580,7 +580,7 @@ int cli_cmd_deployments(struct cli *c, int argc, char **argv)
 static int cmd_show(struct cli *c, int argc, char **argv)
 {
 	if (argc != 2)
-		return cli_usage("usage: slipway deployment show ID");
+		return cli_usage_cmd(c);
 	Slipway__V1__GetDeploymentRequest req = SLIPWAY__V1__GET_DEPLOYMENT_REQUEST__INIT;
 	req.id = argv[1];
 	ProtobufCMessage *m = NULL;
@@ -598,7 +598,7 @@ static int cmd_show(struct cli *c, int argc, char **argv)
 static int cmd_watch(struct cli *c, int argc, char **argv)
 {
 	if (argc != 2)
-		return cli_usage("usage: slipway deployment watch ID");
+		return cli_usage_cmd(c);
 	return watch(c, argv[1]);
 }
 
@@ -633,7 +633,7 @@ static int action(struct cli *c, int argc, char **argv, const char *method)
 			return CLI_USAGE;
 	}
 	if (optind != argc - 1)
-		return cli_usage("usage: slipway %s ID [--reason R]", argv[0]);
+		return cli_usage_cmd(c);
 	req.id = argv[optind];
 	ProtobufCMessage *m = NULL;
 	int rc = call(c, method, &req.base, &m, NULL);
@@ -690,7 +690,7 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (argc - optind != 2)
-		return cli_usage("usage: slipway rollback APP ENV [--to VERSION] [--reason R] [--idempotency-key K] [--wait]");
+		return cli_usage_cmd(c);
 	req.app = argv[optind];
 	req.environment = argv[optind + 1];
 	char key[40];

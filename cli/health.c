@@ -64,7 +64,7 @@ int cli_cmd_health(struct cli *c, int argc, char **argv)
 		if (o == 'a')
 			addr = optarg;
 		else
-			return cli_usage("usage: slipway health [--addr HOST:PORT] [SERVICE...]");
+			return cli_usage_cmd(c);
 	}
 	json_t *out = json_object();
 	if (optind < argc) {

@@ -65,7 +65,8 @@ static const struct cli_cmd groups[] = {
 	{ "artifact", cli_cmd_artifact, "push, pull, list and collect artifacts",
 	  .sub = cli_artifact_cmds },
 	{ "deploy", cli_cmd_deploy, "deploy APP ENV VERSION (rolling or canary; --wait follows it)",
-	  "APP ENV VERSION [--strategy rolling|canary] [--batch N | --batch-percent P] [options] "
+	  "APP ENV (VERSION | --digest sha256:HEX) [--strategy rolling|canary] [--batch N | "
+	  "--batch-percent P] [options] "
 	  "[--wait]",
 	  cli_deploy_opts,
 	  "slipway deploy web prod 1.0.0 --batch-percent 50 --max-unavailable 1 --on-failure "
@@ -278,6 +279,14 @@ static void print_main_help(FILE *f)
 		global_help, exit_help);
 }
 
+/* The usage line and where to read more, on stderr. */
+static void usage_of(const char *group, const struct cli_cmd *cmd)
+{
+	char path[128];
+	print_usage_line(stderr, group, cmd);
+	fprintf(stderr, "(see '%s --help')\n", cmd_path(group, cmd, path, sizeof path));
+}
+
 static const struct cli_opt *find_opt(const struct cli_cmd *cmd, const char *name, size_t len)
 {
 	const struct cli_opt *prefix = NULL;
@@ -331,8 +340,14 @@ static int precheck(const char *group, const struct cli_cmd *cmd, int argc, char
 	}
 	return -1;
 usage:
-	print_usage_line(stderr, group, cmd);
-	fprintf(stderr, "(see '%s --help')\n", cmd_path(group, cmd, (char[128]){ 0 }, 128));
+	usage_of(group, cmd);
+	return CLI_USAGE;
+}
+
+int cli_usage_cmd(const struct cli *c)
+{
+	if (c->cmd != NULL)
+		usage_of(c->group, c->cmd);
 	return CLI_USAGE;
 }
 

@@ -57,7 +57,7 @@ static int cmd_init(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (dir == NULL)
-		return cli_usage("usage: slipway pki init --dir DIR [--trust-domain TD] [--days N]");
+		return cli_usage_cmd(c);
 	if (pki_init(dir, td, days, err, sizeof err) != 0)
 		return cli_fail("pki init: %s", err);
 	printf("created CA for trust domain %s in %s (ca.crt, ca.key)\n", td, dir);
@@ -112,8 +112,7 @@ static int cmd_issue(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (dir == NULL || out == NULL || kinds != 1)
-		return cli_usage("usage: slipway pki issue --dir DIR (--service NAME | --agent "
-				 "REGION/HOST | --user NAME) --out PREFIX [--dns N] [--ip A]");
+		return cli_usage_cmd(c);
 	if (kind == SPIFFE_AGENT) {
 		const char *slash = strchr(name, '/');
 		if (slash == NULL || strchr(slash + 1, '/') != NULL)

@@ -148,7 +148,7 @@ static int cmd_apply(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc)
-		return cli_usage("usage: slipway policy apply FILE|- [--expected-revision N] [--dry-run]");
+		return cli_usage_cmd(c);
 	size_t len;
 	char *doc = read_doc(argv[optind], &len);
 	if (doc == NULL)
@@ -203,7 +203,7 @@ static int cmd_get(struct cli *c, int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return cli_usage("usage: slipway policy get [--revision N]");
+		return cli_usage_cmd(c);
 	ProtobufCMessage *out = NULL;
 	int rc = call(c, addr, "GetPolicy", &req.base, &out);
 	if (rc != CLI_OK)
@@ -287,7 +287,7 @@ static int cmd_diff(struct cli *c, int argc, char **argv)
 	}
 	int npos = argc - optind;
 	if (npos > 2 || (file != NULL && npos > 0))
-		return cli_usage("usage: slipway policy diff [FROM [TO]] | --file FILE|-");
+		return cli_usage_cmd(c);
 	if (npos >= 1 && parse_u64(argv[optind], &req.from_revision) != 0)
 		return cli_usage("FROM wants a revision number");
 	if (npos == 2 && parse_u64(argv[optind + 1], &req.to_revision) != 0)
@@ -408,8 +408,7 @@ static int cmd_explain(struct cli *c, int argc, char **argv)
 	}
 	if (optind != argc || req.principal == NULL || req.action == NULL || rtext == NULL ||
 	    parse_resource(rtext, &res) != 0)
-		return cli_usage("usage: slipway policy explain --principal SPIFFE-ID --action ACTION "
-				 "--resource KIND[/APP[/ENV[/NAME]]]");
+		return cli_usage_cmd(c);
 	req.resource = &res;
 	ProtobufCMessage *out = NULL;
 	int rc = call(c, addr, "Explain", &req.base, &out);
@@ -471,7 +470,7 @@ static int cmd_approvals(struct cli *c, int argc, char **argv)
 			return CLI_USAGE;
 	}
 	if (optind + 1 != argc)
-		return cli_usage("usage: slipway policy approvals DEPLOYMENT");
+		return cli_usage_cmd(c);
 	req.deployment_id = argv[optind];
 	ProtobufCMessage *out = NULL;
 	int rc = call(c, addr, "ListApprovals", &req.base, &out);
@@ -574,8 +573,7 @@ static int approve_or_reject(struct cli *c, int argc, char **argv, int approve)
 	protobuf_c_message_free_unpacked(out, NULL);
 	return CLI_OK;
 usage:
-	return cli_usage(approve ? "usage: slipway approve DEPLOYMENT [--comment C] [--digest D]"
-				 : "usage: slipway reject DEPLOYMENT --comment C [--digest D]");
+	return cli_usage_cmd(c);
 }
 
 int cli_cmd_approve(struct cli *c, int argc, char **argv);
