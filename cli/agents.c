@@ -148,15 +148,11 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		cli_print_json(a);
 	} else {
 		char t[32];
-		size_t w = 5;
 		json_t *e;
 		size_t i;
-		json_array_foreach(a, i, e) {
-			size_t n = strlen(short_id(json_string_value(json_object_get(e, "id"))));
-			w = n > w ? n : w;
-		}
-		printf("%-*s %-7s %-20s %-10s %-9s %-8s %s\n", (int)w, "AGENT", "HEALTH", "APP/ENV",
-		       "VERSION", "PROCESS", "HEALTHY", "LAST HEARTBEAT");
+		struct cli_table tab;
+		cli_table_init(&tab, "lllllll", "AGENT", "HEALTH", "APP/ENV", "VERSION", "PROCESS",
+			       "HEALTHY", "LAST HEARTBEAT");
 		json_array_foreach(a, i, e) {
 			char ae[140], up[8];
 			const char *h = json_string_value(json_object_get(e, "health"));
@@ -167,13 +163,15 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 				*q = (char)(*q >= 'a' && *q <= 'z' ? *q - 'a' + 'A' : *q);
 			json_t *v = json_object_get(e, "version");
 			json_t *hb = json_object_get(e, "last_heartbeat_unix_ms");
-			printf("%-*s %-7s %-20s %-10s %-9s %-8s %s\n", (int)w,
-			       short_id(json_string_value(json_object_get(e, "id"))), up, ae,
-			       v && json_string_value(v)[0] ? json_string_value(v) : "-",
-			       v ? json_string_value(json_object_get(e, "process")) : "-",
-			       v ? (json_is_true(json_object_get(e, "healthy")) ? "yes" : "no") : "-",
-			       hb ? cli_time(json_integer_value(hb), t) : "never registered");
+			cli_table_row(&tab, short_id(json_string_value(json_object_get(e, "id"))), up,
+				      ae, v && json_string_value(v)[0] ? json_string_value(v) : "-",
+				      v ? json_string_value(json_object_get(e, "process")) : "-",
+				      v ? (json_is_true(json_object_get(e, "healthy")) ? "yes" : "no")
+					: "-",
+				      hb ? cli_time(json_integer_value(hb), t) : "never registered");
 		}
+		cli_table_print(&tab, stdout);
+		cli_table_free(&tab);
 	}
 	json_decref(a);
 	for (size_t p = 0; p < npages; p++)

@@ -1002,6 +1002,9 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	char next[128] = "";
 	snprintf(next, sizeof next, "%s", token);
 	int first = 1;
+	struct cli_table tab;
+	cli_table_init(&tab, "llrlll", "VERSION", "DIGEST", "SIZE", "CREATED", "COMMIT",
+		       "PUSHED BY");
 	do {
 		ProtobufCMessage *resp = NULL;
 		if (app != NULL) {
@@ -1009,31 +1012,32 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 			req.app = (char *)app;
 			req.page_size = (uint32_t)limit;
 			req.page_token = next;
-			if (call(c, cl, "ListVersions", &req.base, &resp) != 0)
+			if ((rc = call(c, cl, "ListVersions", &req.base, &resp)) != 0)
 				goto out;
 			Slipway__V1__ListVersionsResponse *r = (void *)resp;
-			if (c->output != CLI_JSON && first)
-				printf("%-24s %-19s %10s %-20s %-10s %s\n", "VERSION", "DIGEST", "SIZE",
-				       "CREATED", "COMMIT", "PUSHED BY");
 			for (size_t i = 0; i < r->n_releases; i++) {
 				const Slipway__V1__Release *x = r->releases[i];
 				if (c->output == CLI_JSON) {
 					json_array_append_new(items, release_json(x));
 					continue;
 				}
-				char t[32], h[32];
-				printf("%-24s %.19s %10s %-20s %-10.10s %s%s\n", x->version, x->digest,
-				       human(x->size_bytes, h), cli_time(x->created_unix_ms, t),
-				       x->provenance && x->provenance->commit[0] ? x->provenance->commit
-										  : "-",
-				       x->pushed_by, x->signature_verified ? " (signed)" : "");
+				char t[32], h[32], digest[20], commit[11], by[300];
+				snprintf(digest, sizeof digest, "%.19s", x->digest);
+				snprintf(commit, sizeof commit, "%.10s",
+					 x->provenance && x->provenance->commit[0]
+						 ? x->provenance->commit
+						 : "-");
+				snprintf(by, sizeof by, "%s%s", x->pushed_by,
+					 x->signature_verified ? " (signed)" : "");
+				cli_table_row(&tab, x->version, digest, human(x->size_bytes, h),
+					      cli_time(x->created_unix_ms, t), commit, by);
 			}
 			snprintf(next, sizeof next, "%s", r->next_page_token);
 		} else {
 			Slipway__V1__ListAppsRequest req = SLIPWAY__V1__LIST_APPS_REQUEST__INIT;
 			req.page_size = (uint32_t)limit;
 			req.page_token = next;
-			if (call(c, cl, "ListApps", &req.base, &resp) != 0)
+			if ((rc = call(c, cl, "ListApps", &req.base, &resp)) != 0)
 				goto out;
 			Slipway__V1__ListAppsResponse *r = (void *)resp;
 			if (c->output != CLI_JSON && first)
@@ -1055,11 +1059,15 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		items = NULL;
 		json_object_set_new(j, "next_page_token", json_string(next));
 		cli_print_json(j);
-	} else if (next[0] != '\0') {
-		printf("(more: --page-token %s, or --all)\n", next);
+	} else {
+		if (app != NULL)
+			cli_table_print(&tab, stdout);
+		if (next[0] != '\0')
+			printf("(more: --page-token %s, or --all)\n", next);
 	}
 	rc = CLI_OK;
 out:
+	cli_table_free(&tab);
 	json_decref(items);
 	rpc_client_free(cl);
 	return rc;

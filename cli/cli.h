@@ -142,6 +142,32 @@ int cli_usage_cmd(const struct cli *c);
 /* Prints "slipway: <fmt>" to stderr and returns CLI_USAGE. */
 int cli_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+enum { CLI_TABLE_COLS = 12 };
+
+/* A table printed with each column as wide as its widest cell (table.c). */
+struct cli_table {
+	int ncols;
+	const char *align;                 /* one 'l' or 'r' per column */
+	const char *head[CLI_TABLE_COLS];  /* borrowed */
+	char **cells;                      /* owned copies, row by row */
+	size_t n, cap, dropped;
+};
+
+/* Starts a table: align has one 'l' (left) or 'r' (right) per column, then
+ * one header string per column (borrowed until cli_table_free). 0, or -1
+ * for more than CLI_TABLE_COLS columns. */
+int cli_table_init(struct cli_table *t, const char *align, ...);
+
+/* Adds a row: one string per column, copied (NULL prints empty). 0, or -1
+ * when out of memory or over the cap (the row is counted as not shown). */
+int cli_table_row(struct cli_table *t, ...);
+
+/* Prints the header and rows to f, columns two spaces apart. */
+void cli_table_print(struct cli_table *t, FILE *f);
+
+/* Releases the copies; t can be reused after cli_table_init. */
+void cli_table_free(struct cli_table *t);
+
 /* Prints j as indented JSON on stdout and releases it. */
 void cli_print_json(json_t *j);
 

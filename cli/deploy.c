@@ -551,13 +551,15 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		cli_print_json(a);
 	} else {
 		char t[32];
-		printf("%-34s %-12s %-10s %-12s %-17s %s\n", "ID", "APP", "ENV", "VERSION", "STATE",
-		       "CREATED");
+		struct cli_table tab;
+		cli_table_init(&tab, "llllll", "ID", "APP", "ENV", "VERSION", "STATE", "CREATED");
 		for (size_t i = 0; i < r->n_deployments; i++) {
 			const Slipway__V1__Deployment *d = r->deployments[i];
-			printf("%-34s %-12s %-10s %-12s %-17s %s\n", d->id, d->app, d->environment,
-			       d->version, state_name(d->state), cli_time(d->created_unix_ms, t));
+			cli_table_row(&tab, d->id, d->app, d->environment, d->version,
+				      state_name(d->state), cli_time(d->created_unix_ms, t));
 		}
+		cli_table_print(&tab, stdout);
+		cli_table_free(&tab);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CLI_OK;

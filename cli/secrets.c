@@ -227,20 +227,22 @@ static json_t *version_json(const Slipway__V1__SecretVersion *v)
 			 "size_bytes", (json_int_t)v->size_bytes);
 }
 
-static void version_header(void)
+static void version_header(struct cli_table *t)
 {
-	printf("%-24s %-20s %7s %-9s %-3s %6s %8s %-20s %s\n", "NAME", "SCOPE", "VERSION",
-	       "STATE", "CUR", "MASTER", "SIZE", "CREATED", "BY");
+	cli_table_init(t, "llrllrrll", "NAME", "SCOPE", "VERSION", "STATE", "CUR", "MASTER",
+		       "SIZE", "CREATED", "BY");
 }
 
-static void version_row(const Slipway__V1__SecretVersion *v)
+static void version_row(struct cli_table *t, const Slipway__V1__SecretVersion *v)
 {
-	char scope[140], t[32];
+	char scope[140], t_[32], ver[16], master[16], size[16];
 	snprintf(scope, sizeof scope, "%s/%s", v->scope ? v->scope->app : "",
 		 v->scope && v->scope->environment[0] ? v->scope->environment : "*");
-	printf("%-24s %-20s %7u %-9s %-3s %6u %8u %-20s %s\n", v->name, scope, v->version,
-	       state_text(v->state), v->current ? "*" : "", v->master_key_version, v->size_bytes,
-	       cli_time(v->created_unix_ms, t), v->created_by);
+	snprintf(ver, sizeof ver, "%u", v->version);
+	snprintf(master, sizeof master, "%u", v->master_key_version);
+	snprintf(size, sizeof size, "%u", v->size_bytes);
+	cli_table_row(t, v->name, scope, ver, state_text(v->state), v->current ? "*" : "",
+		      master, size, cli_time(v->created_unix_ms, t_), v->created_by);
 }
 
 static void scope_set(Slipway__V1__SecretScope *sc, struct args *a)
@@ -447,6 +449,7 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	scope_set(&sc, &a);
 	char *token = strdup("");
 	json_t *arr = json_array();
+	struct cli_table tab = { 0 };
 	int first = 1;
 	while (token != NULL) {
 		Slipway__V1__ListSecretsRequest req = SLIPWAY__V1__LIST_SECRETS_REQUEST__INIT;
@@ -461,13 +464,13 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 			break;
 		Slipway__V1__ListSecretsResponse *r = (void *)m;
 		if (first && c->output != CLI_JSON)
-			version_header();
+			version_header(&tab);
 		first = 0;
 		for (size_t i = 0; i < r->n_secrets; i++) {
 			if (c->output == CLI_JSON)
 				json_array_append_new(arr, version_json(r->secrets[i]));
 			else
-				version_row(r->secrets[i]);
+				version_row(&tab, r->secrets[i]);
 		}
 		if (r->next_page_token[0] != '\0')
 			token = strdup(r->next_page_token);
@@ -477,6 +480,9 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 		cli_print_json(arr);
 	else
 		json_decref(arr);
+	if (rc == 0 && c->output != CLI_JSON && !first)
+		cli_table_print(&tab, stdout);
+	cli_table_free(&tab);
 	return rc;
 }
 
@@ -504,9 +510,12 @@ static int cmd_versions(struct cli *c, int argc, char **argv)
 			json_array_append_new(arr, version_json(r->versions[i]));
 		cli_print_json(arr);
 	} else {
-		version_header();
+		struct cli_table tab;
+		version_header(&tab);
 		for (size_t i = 0; i < r->n_versions; i++)
-			version_row(r->versions[i]);
+			version_row(&tab, r->versions[i]);
+		cli_table_print(&tab, stdout);
+		cli_table_free(&tab);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CLI_OK;

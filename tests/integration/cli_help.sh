@@ -114,6 +114,20 @@ check "unreachable policy service is 4" 4 env SLIPWAY_POLICY_ADDR=127.0.0.1:1 "$
 # Exit 1 stays for failures that are neither.
 check "invalid policy document is still 1" 1 "$sw" policy apply --dry-run "$top/README.md"
 
+# Tables align for any width: a name longer than any fixed column still
+# leaves every column starting where its header does.
+long=CLIHELP_A_NAME_LONGER_THAN_THE_OLD_COLUMN_$$
+printf 'v' >"$tmp/v"
+check "put a long-named secret" 0 "$sw" secrets put "$long" --scope clihelp/prod --file "$tmp/v"
+check "put a short-named secret" 0 "$sw" secrets put S --scope clihelp/prod --file "$tmp/v"
+check "secrets ls" 0 "$sw" secrets ls --scope clihelp/prod
+checks=$((checks + 1))
+if ! awk 'NR == 1 {col = index($0, "SCOPE"); next}
+          {if (index($0, "clihelp/prod") != col) bad = 1; n++}
+          END {exit !(col > 0 && n == 2 && !bad)}' "$tmp/out"; then
+  echo "FAIL secrets ls columns do not line up:"; sed 's/^/  /' "$tmp/out"; fails=$((fails + 1))
+fi
+
 # Completion scripts come from the same tables.
 check "completion bash" 0 "$sw" completion bash
 cp "$tmp/out" "$tmp/slipway.bash"
