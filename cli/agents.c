@@ -72,12 +72,52 @@ static Slipway__V1__ListEnrollmentsResponse **enrollments(struct cli *c, const c
 	return pages;
 }
 
-static int registered(const Slipway__V1__ListAgentsResponse *r, const char *id)
+static int registered(Slipway__V1__ListAgentsResponse *const *ap, size_t nap, const char *id)
 {
-	for (size_t i = 0; i < r->n_agents; i++)
-		if (strcmp(r->agents[i]->id, id) == 0)
-			return 1;
+	for (size_t p = 0; p < nap; p++)
+		for (size_t i = 0; i < ap[p]->n_agents; i++)
+			if (strcmp(ap[p]->agents[i]->id, id) == 0)
+				return 1;
 	return 0;
+}
+
+#define AGENT_PAGES_MAX 1000 /* pages of up to 1000 agents: far past any fleet */
+
+/* Every page of ListAgents into *out (free each with
+ * protobuf_c_message_free_unpacked, then the array). CLI_OK or the exit
+ * code of the failure (printed). */
+static int all_agents(struct cli *c, Slipway__V1__ListAgentsRequest *req,
+		      Slipway__V1__ListAgentsResponse ***out, size_t *n)
+{
+	char token[256] = "";
+	int rc = CLI_OK;
+	*out = NULL;
+	*n = 0;
+	do {
+		ProtobufCMessage *m = NULL;
+		req->page_token = token;
+		if ((rc = cli_call(c, "orchestrator", &slipway__v1__orchestrator__descriptor,
+				   "ListAgents", &req->base, &m)) != CLI_OK)
+			break;
+		void *np = realloc(*out, (*n + 1) * sizeof **out);
+		if (np == NULL) {
+			protobuf_c_message_free_unpacked(m, NULL);
+			rc = cli_fail("out of memory");
+			break;
+		}
+		*out = np;
+		Slipway__V1__ListAgentsResponse *r = (void *)m;
+		(*out)[(*n)++] = r;
+		if (strlen(r->next_page_token) >= sizeof token) {
+			rc = cli_fail("the orchestrator's page token is too long");
+			break;
+		}
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+	} while (token[0] != '\0' && *n < AGENT_PAGES_MAX);
+	if (rc == CLI_OK && token[0] != '\0')
+		fprintf(stderr, "slipway: more than %d pages of agents; the rest are not shown\n",
+			AGENT_PAGES_MAX);
+	return rc;
 }
 
 static const struct cli_opt ls_opts[] = {
@@ -101,42 +141,47 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	}
 	if (optind != argc)
 		return cli_usage_cmd(c);
-	ProtobufCMessage *m = NULL;
-	int rc = cli_call(c, "orchestrator", &slipway__v1__orchestrator__descriptor, "ListAgents",
-		     &req.base, &m);
-	if (rc != CLI_OK)
+	Slipway__V1__ListAgentsResponse **ap = NULL;
+	size_t nap = 0;
+	int rc = all_agents(c, &req, &ap, &nap);
+	if (rc != CLI_OK) {
+		for (size_t p = 0; p < nap; p++)
+			protobuf_c_message_free_unpacked(&ap[p]->base, NULL);
+		free(ap);
 		return rc;
-	Slipway__V1__ListAgentsResponse *r = (void *)m;
+	}
 	size_t npages = 0;
 	Slipway__V1__ListEnrollmentsResponse **pages = enrollments(c, req.app, req.environment,
 								   &npages);
 	static const char *const proc[] = { "?", "none", "starting", "running", "crashloop", "stopped" };
 	json_t *a = json_array();
-	for (size_t i = 0; i < r->n_agents; i++) {
-		const Slipway__V1__AgentInfo *ag = r->agents[i];
-		json_t *l = json_object();
-		for (size_t k = 0; k < ag->n_labels; k++)
-			json_object_set_new(l, ag->labels[k]->key, json_string(ag->labels[k]->value));
-		const Slipway__V1__AgentRuntime *rt = ag->runtime;
-		json_array_append_new(
-			a, json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:s,s:s,s:I}",
-				     "id", ag->id, "app", label(ag, "app"), "environment",
-				     label(ag, "environment"), "region", label(ag, "region"), "labels",
-				     l, "health",
-				     ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "lost"
-											 : "online",
-				     "version", rt ? rt->version : "", "digest", rt ? rt->digest : "",
-				     "process", rt && rt->process <= 5 ? proc[rt->process] : "?",
-				     "healthy", rt ? rt->healthy : 0, "health_detail",
-				     rt ? rt->health_detail : "", "endpoint", rt ? rt->endpoint : "",
-				     "restarts", (json_int_t)(rt ? rt->restarts : 0), "hostname",
-				     ag->hostname, "agent_version", ag->agent_version,
-				     "last_heartbeat_unix_ms", (json_int_t)ag->last_heartbeat_unix_ms));
+	for (size_t p = 0; p < nap; p++) {
+		for (size_t i = 0; i < ap[p]->n_agents; i++) {
+			const Slipway__V1__AgentInfo *ag = ap[p]->agents[i];
+			json_t *l = json_object();
+			for (size_t k = 0; k < ag->n_labels; k++)
+				json_object_set_new(l, ag->labels[k]->key, json_string(ag->labels[k]->value));
+			const Slipway__V1__AgentRuntime *rt = ag->runtime;
+			json_array_append_new(
+				a, json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:s,s:s,s:I}",
+					     "id", ag->id, "app", label(ag, "app"), "environment",
+					     label(ag, "environment"), "region", label(ag, "region"), "labels",
+					     l, "health",
+					     ag->health == SLIPWAY__V1__AGENT_HEALTH__AGENT_LOST ? "lost"
+												 : "online",
+					     "version", rt ? rt->version : "", "digest", rt ? rt->digest : "",
+					     "process", rt && rt->process <= 5 ? proc[rt->process] : "?",
+					     "healthy", rt ? rt->healthy : 0, "health_detail",
+					     rt ? rt->health_detail : "", "endpoint", rt ? rt->endpoint : "",
+					     "restarts", (json_int_t)(rt ? rt->restarts : 0), "hostname",
+					     ag->hostname, "agent_version", ag->agent_version,
+					     "last_heartbeat_unix_ms", (json_int_t)ag->last_heartbeat_unix_ms));
+		}
 	}
 	for (size_t p = 0; p < npages; p++)
 		for (size_t i = 0; i < pages[p]->n_enrollments; i++) {
 			const Slipway__V1__Enrollment *e = pages[p]->enrollments[i];
-			if (registered(r, e->agent_id))
+			if (registered(ap, nap, e->agent_id))
 				continue;
 			json_array_append_new(
 				a, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "id", e->agent_id, "app",
@@ -177,7 +222,9 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 	for (size_t p = 0; p < npages; p++)
 		protobuf_c_message_free_unpacked(&pages[p]->base, NULL);
 	free(pages);
-	protobuf_c_message_free_unpacked(m, NULL);
+	for (size_t p = 0; p < nap; p++)
+		protobuf_c_message_free_unpacked(&ap[p]->base, NULL);
+	free(ap);
 	return CLI_OK;
 }
 

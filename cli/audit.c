@@ -301,10 +301,9 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 	char token[32], err[512], when[32];
 	snprintf(token, sizeof token, "%lld", from);
 	long long shown = 0;
-	int rc = CLI_OK;
-	if (c->output == CLI_TABLE)
-		printf("%-8s %-21s %-8s %-24s %-34s %s\n", "SEQ", "LOGGED", "OUTCOME", "ACTION",
-		       "ACTOR", "RESOURCE");
+	int rc = CLI_OK, left = 0;
+	struct cli_table tab;
+	cli_table_init(&tab, "rlllll", "SEQ", "LOGGED", "OUTCOME", "ACTION", "ACTOR", "RESOURCE");
 	for (;;) {
 		Slipway__V1__ListEntriesRequest req = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
 		req.filter = &f;
@@ -324,12 +323,16 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 			const Slipway__V1__AuditEntry *e = r->entries[i];
 			if (c->output == CLI_JSON)
 				json_array_append_new(arr, entry_json(e));
-			else
-				printf("%-8llu %-21s %-8s %-24s %-34s %s\n", (unsigned long long)e->seq,
-				       cli_time(e->logged_unix_ms, when), outcome_name(e->event->outcome),
-				       e->event->action, e->event->actor, e->event->resource);
+			else {
+				char seqs[24];
+				snprintf(seqs, sizeof seqs, "%llu", (unsigned long long)e->seq);
+				cli_table_row(&tab, seqs, cli_time(e->logged_unix_ms, when),
+					      outcome_name(e->event->outcome), e->event->action,
+					      e->event->actor, e->event->resource);
+			}
 		}
 		int more = r->next_page_token[0] != '\0' && (all || shown < limit);
+		left = r->next_page_token[0] != '\0' && !more;
 		snprintf(token, sizeof token, "%s", r->next_page_token);
 		protobuf_c_message_free_unpacked(m, NULL);
 		if (!more)
@@ -339,6 +342,15 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 		cli_print_json(arr);
 	else
 		json_decref(arr);
+	if (c->output == CLI_TABLE && rc == CLI_OK)
+		cli_table_print(&tab, stdout);
+	if (rc == CLI_OK && left) {
+		if (c->output == CLI_JSON)
+			fprintf(stderr, "slipway: more entries: --from-seq %s, or --all\n", token);
+		else
+			printf("(more: --from-seq %s, or --all)\n", token);
+	}
+	cli_table_free(&tab);
 	rpc_client_free(cl);
 	return rc;
 }

@@ -7,7 +7,7 @@
  *                  [--max-failed N] [--retries N] [--progress-deadline DUR] [--hotfix]
  *                  [--break-glass REASON] [--idempotency-key K] [--wait]
  *   slipway status APP ENV
- *   slipway deployments ls [--app A] [--env E] [--state S] [--limit N]
+ *   slipway deployments ls [--app A] [--env E] [--state S] [--limit N] [--page-token T] [--all]
  *   slipway deployment show ID
  *   slipway cancel|pause|resume ID [--reason R]
  *   slipway rollback APP ENV [--to VERSION] [--reason R] [--idempotency-key K] [--wait]
@@ -515,14 +515,17 @@ static const struct cli_opt ls_opts[] = {
 	{ "app", required_argument, 'a', "APP", "only this app" },
 	{ "env", required_argument, 'e', "ENV", "only this environment" },
 	{ "state", required_argument, 's', "STATE", "only deployments in this state" },
-	{ "limit", required_argument, 'n', "N", "at most N rows" },
+	{ "limit", required_argument, 'n', "N", "page size (1..500)" },
+	{ "page-token", required_argument, 'T', "TOKEN", "continue from the token a previous page printed" },
+	{ "all", no_argument, 'A', NULL, "every page, not just the first" },
 	{ NULL, 0, 0, NULL, NULL },
 };
 
 static int cmd_ls(struct cli *c, int argc, char **argv)
 {
 	Slipway__V1__ListDeploymentsRequest req = SLIPWAY__V1__LIST_DEPLOYMENTS_REQUEST__INIT;
-	int o;
+	char token[256] = "", t[32];
+	int o, all = 0, rc;
 	optind = 0;
 	while ((o = cli_getopt(c, argc, argv)) != -1) {
 		switch (o) {
@@ -536,39 +539,63 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 			break;
 		}
 		case 'n': if (parse_u32(optarg, &req.page_size, 500)) return cli_usage("--limit wants 1..500"); break;
+		case 'T':
+			if (strlen(optarg) >= sizeof token)
+				return cli_usage("--page-token is too long");
+			snprintf(token, sizeof token, "%s", optarg);
+			break;
+		case 'A': all = 1; break;
 		default: return CLI_USAGE;
 		}
 	}
-	ProtobufCMessage *m = NULL;
-	int rc = call(c, "ListDeployments", &req.base, &m, NULL);
-	if (rc != 0)
-		return rc;
-	Slipway__V1__ListDeploymentsResponse *r = (void *)m;
-	if (c->output == CLI_JSON) {
-		json_t *a = json_array();
-		for (size_t i = 0; i < r->n_deployments; i++)
-			json_array_append_new(a, deployment_json(r->deployments[i]));
-		cli_print_json(a);
-	} else {
-		char t[32];
-		struct cli_table tab;
-		cli_table_init(&tab, "llllll", "ID", "APP", "ENV", "VERSION", "STATE", "CREATED");
+	if (optind != argc)
+		return cli_usage_cmd(c);
+	json_t *arr = json_array();
+	struct cli_table tab;
+	cli_table_init(&tab, "llllll", "ID", "APP", "ENV", "VERSION", "STATE", "CREATED");
+	do {
+		ProtobufCMessage *m = NULL;
+		req.page_token = token;
+		if ((rc = call(c, "ListDeployments", &req.base, &m, NULL)) != 0)
+			goto out;
+		Slipway__V1__ListDeploymentsResponse *r = (void *)m;
 		for (size_t i = 0; i < r->n_deployments; i++) {
 			const Slipway__V1__Deployment *d = r->deployments[i];
-			cli_table_row(&tab, d->id, d->app, d->environment, d->version,
-				      state_name(d->state), cli_time(d->created_unix_ms, t));
+			if (c->output == CLI_JSON)
+				json_array_append_new(arr, deployment_json(d));
+			else
+				cli_table_row(&tab, d->id, d->app, d->environment, d->version,
+					      state_name(d->state), cli_time(d->created_unix_ms, t));
 		}
+		if (strlen(r->next_page_token) >= sizeof token) {
+			protobuf_c_message_free_unpacked(m, NULL);
+			rc = cli_fail("the orchestrator's page token is too long");
+			goto out;
+		}
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+	} while (all && token[0] != '\0');
+	if (c->output == CLI_JSON) {
+		cli_print_json(arr); /* the same array as before; the note goes to stderr */
+		arr = NULL;
+		if (token[0] != '\0')
+			fprintf(stderr, "slipway: more deployments: --page-token %s, or --all\n", token);
+	} else {
 		cli_table_print(&tab, stdout);
-		cli_table_free(&tab);
+		if (token[0] != '\0')
+			printf("(more: --page-token %s, or --all)\n", token);
 	}
-	protobuf_c_message_free_unpacked(m, NULL);
-	return CLI_OK;
+	rc = CLI_OK;
+out:
+	json_decref(arr);
+	cli_table_free(&tab);
+	return rc;
 }
 
 extern const struct cli_cmd cli_deployments_cmds[], cli_deployment_cmds[];
 const struct cli_cmd cli_deployments_cmds[] = {
 	{ "ls", cmd_ls, "list deployments, newest first",
-	  "[--app APP] [--env ENV] [--state STATE] [--limit N]", ls_opts,
+	  "[--app APP] [--env ENV] [--state STATE] [--limit N] [--page-token T] [--all]", ls_opts,
 	  "slipway deployments ls --app web\nslipway deployments ls --state running", NULL, NULL },
 	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };

@@ -38,7 +38,7 @@ _slipway() {
     deploy/*) words=" --digest --strategy --batch --batch-percent --max-unavailable --pause --on-failure --max-failed --max-failed-percent --retries --retry-backoff --progress-deadline --hotfix --break-glass --idempotency-key --wait --canary --canary-percent --bake --promote --help" ;;
     status/*) words=" --help" ;;
     deployments/) words=" ls" ;;
-    deployments/ls) words=" --app --env --state --limit --help" ;;
+    deployments/ls) words=" --app --env --state --limit --page-token --all --help" ;;
     deployment/) words=" show watch" ;;
     deployment/show) words=" --help" ;;
     deployment/watch) words=" --help" ;;
