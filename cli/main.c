@@ -1,11 +1,21 @@
 /*
- * main.c - the `slipway` command: global options, then a command group.
+ * main.c - the `slipway` command: global options, then a command or a group
+ * of commands.
  *
- *   slipway [-o table|json] [--timeout DUR] [--ca F --cert F --key F] GROUP CMD ...
+ *   slipway [-o table|json] [--timeout DUR] [--context NAME] [--ca F --cert F --key F]
+ *           COMMAND|GROUP COMMAND ...
  *
  * Global options may appear anywhere on the line. Connection settings come
- * from the SLIPWAY_* environment that `scripts/stack up DIR` writes to
- * DIR/env, so `. DIR/env; slipway ...` just works.
+ * from the flags, else the SLIPWAY_* environment that `scripts/stack up DIR`
+ * writes to DIR/env (so `. DIR/env; slipway ...` just works), else the
+ * config file's context (config.c).
+ *
+ * Every command is a row of a table (struct cli_cmd): its name, summary,
+ * synopsis, options and examples. The same rows make the getopt_long table
+ * (cli_getopt), the help (`slipway help`, `--help`, `-h`), the usage printed
+ * on a usage error, and the completion scripts (`slipway completion`), so
+ * none of them can drift from what the parser takes. Exit codes are mapped
+ * from the services' status in one place, cli_exit_code().
  */
 #include "cfg.h"
 #include "cli.h"
