@@ -190,7 +190,8 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 					     e->enrolled_by));
 		}
 	if (c->output == CLI_JSON) {
-		cli_print_json(a);
+		cli_print_json(a); /* takes the reference */
+		a = NULL;
 	} else {
 		char t[32];
 		json_t *e;
