@@ -91,15 +91,32 @@ int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult 
 		    errlen);
 }
 
+/* A deployment turned away (denied, sent back to approval, an action
+ * refused): its timeline line, a DENIED audit event with `key` = detail,
+ * and a wake-up for its watchers, in the caller's transaction. */
+static int turned_away(struct db_conn *c, struct orch *o, const char *actor, const char *id,
+		       const char *event, const char *action, const char *key, const char *detail,
+		       char *err, size_t errlen)
+{
+	char res[200];
+	resource(res, sizeof res, id);
+	int rc = orch_timeline(c, id, event, detail, err, errlen);
+	if (rc == 0)
+		rc = orch_audit(o, c, actor, action, res, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, key,
+				detail, NULL, NULL, err, errlen);
+	if (rc == 0)
+		rc = orch_notify_deployment(c, id, err, errlen);
+	return rc;
+}
+
 /* Ends a deployment still in state `from` (waiting for approval, or queued
  * and asked again before its start) as FAILED: the policy denies it. Its
  * targets are skipped; the timeline and the audit log say why. */
 static int deny(struct db_conn *c, struct orch *o, const char *id, int from, const char *reason,
 		const char *detail, int64_t now, char *err, size_t errlen)
 {
-	char ms[24], s0[8], s1[8], t1[8], res[200];
+	char ms[24], s0[8], s1[8], t1[8];
 	PGresult *u = NULL;
-	resource(res, sizeof res, id);
 	int rc = db_q(c,
 		      "UPDATE deployments SET state = $2, reason = $3, finished_ms = $4"
 		      " WHERE id = $1 AND state = $5 RETURNING id",
@@ -109,13 +126,8 @@ static int deny(struct db_conn *c, struct orch *o, const char *id, int from, con
 		rc = db_q(c, "UPDATE targets SET state = $2, message = 'denied' WHERE deployment_id = $1",
 			  2, (const char *[]){ id, st(t1, PLAN_T_SKIPPED) }, NULL, err, errlen);
 		if (rc == 0)
-			rc = orch_timeline(c, id, "denied", detail, err, errlen);
-		if (rc == 0)
-			rc = orch_audit(o, c, o->self_id, "deploy.denied", res,
-					SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "policy", detail, NULL, NULL,
-					err, errlen);
-		if (rc == 0)
-			rc = orch_notify_deployment(c, id, err, errlen);
+			rc = turned_away(c, o, o->self_id, id, "denied", "deploy.denied", "policy",
+					 detail, err, errlen);
 	}
 	PQclear(u);
 	return rc;
@@ -261,7 +273,7 @@ int store_start_checks(struct db_conn *c, int64_t now, int limit, PGresult **out
 int store_start_verdict(struct db_conn *c, struct orch *o, const char *id, int64_t check_ms,
 			int verdict, const char *reason, int64_t now, char *err, size_t errlen)
 {
-	char ms[24], next[24], chk[24], sq[8], sp[8], detail[1200], res[200];
+	char ms[24], next[24], chk[24], sq[8], sp[8], detail[1200];
 	PGresult *u = NULL;
 	int rc;
 	db_i64(ms, now);
@@ -289,14 +301,8 @@ int store_start_verdict(struct db_conn *c, struct orch *o, const char *id, int64
 		  5, (const char *[]){ id, st(sp, PLAN_D_PENDING_APPROVAL), reason, next, sq }, &u, err,
 		  errlen);
 	if (rc == 0 && PQntuples(u) == 1) {
-		resource(res, sizeof res, id);
-		rc = orch_timeline(c, id, "waiting for approval", detail, err, errlen);
-		if (rc == 0)
-			rc = orch_audit(o, c, o->self_id, "deploy.unapproved", res,
-					SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "policy", detail, NULL, NULL,
-					err, errlen);
-		if (rc == 0)
-			rc = orch_notify_deployment(c, id, err, errlen);
+		rc = turned_away(c, o, o->self_id, id, "waiting for approval", "deploy.unapproved",
+				 "policy", detail, err, errlen);
 	}
 	PQclear(u);
 	return rc;
@@ -317,17 +323,10 @@ int store_eval_facts(struct db_conn *c, const char *id, PGresult **out, char *er
 int store_refused(struct db_conn *c, struct orch *o, const char *id, const char *action,
 		  const char *actor, const char *why, char *err, size_t errlen)
 {
-	char event[64], act[64], res[200];
+	char event[64], act[64];
 	snprintf(event, sizeof event, "%s refused", action);
 	snprintf(act, sizeof act, "deploy.%s", action);
-	resource(res, sizeof res, id);
-	int rc = orch_timeline(c, id, event, why, err, errlen);
-	if (rc == 0)
-		rc = orch_audit(o, c, actor, act, res, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "reason",
-				why, NULL, NULL, err, errlen);
-	if (rc == 0)
-		rc = orch_notify_deployment(c, id, err, errlen);
-	return rc;
+	return turned_away(c, o, actor, id, event, act, "reason", why, err, errlen);
 }
 
 int store_steppable(struct db_conn *c, const char *replica, int64_t now, PGresult **out, char *err,

@@ -132,6 +132,22 @@ static int require_scope(struct pol_service *s, struct rpc_ctx *ctx, const char 
 	return rc == 0 ? 0 : rpc_errorf(ctx, rc, "%s", err);
 }
 
+/* Runs a change's transaction and answers with the row it returned (it
+ * frees *row). 0, or the code with the call's message set. */
+static int change_and_answer(struct pol_service *s, struct rpc_ctx *ctx, db_tx_fn fn, void *arg,
+			     PGresult **row, ProtobufCMessage *respm)
+{
+	char err[512];
+	int rc = db_tx(s->db, NULL, fn, arg, err, sizeof err);
+	if (rc != 0)
+		rpc_errorf(ctx, rc, "%s", err);
+	else if ((rc = fill(ctx, *row, 0, (void *)respm)) != 0)
+		rpc_errorf(ctx, rc, "cannot encode the enrollment");
+	PQclear(*row);
+	*row = NULL;
+	return rc;
+}
+
 /* ---- EnrollAgent ---- */
 
 struct enroll_tx {
@@ -238,15 +254,7 @@ static int enroll_agent(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 				       .grp = req->group, .key_hex = key_hex },
 			       .old_app = old_app[0] ? old_app : NULL,
 			       .old_env = old_app[0] ? old_env : NULL };
-	rc = db_tx(s->db, NULL, enroll_tx, &t, err, sizeof err);
-	if (rc == 0) {
-		rc = fill(ctx, t.row, 0, (void *)respm);
-		if (rc != 0)
-			rpc_errorf(ctx, rc, "cannot encode the enrollment");
-	} else {
-		rpc_errorf(ctx, rc, "%s", err);
-	}
-	PQclear(t.row);
+	rc = change_and_answer(s, ctx, enroll_tx, &t, &t.row, respm);
 	if (rc == 0) {
 		outbox_relay_kick(s->relay);
 		log_info("agent enrolled", "agent=%s app=%s environment=%s region=%s by=%s",
@@ -315,14 +323,7 @@ static int unenroll_agent(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	struct unenroll_tx t = { .ch = { .actor = rpc_peer(ctx), .action = "agent.unenroll",
 					 .agent = req->agent_id, .reason = req->reason, .app = app,
 					 .env = env } };
-	rc = db_tx(s->db, NULL, unenroll_tx, &t, err, sizeof err);
-	if (rc == 0) {
-		if ((rc = fill(ctx, t.row, 0, (void *)respm)) != 0)
-			rpc_errorf(ctx, rc, "cannot encode the enrollment");
-	} else {
-		rpc_errorf(ctx, rc, "%s", err);
-	}
-	PQclear(t.row);
+	rc = change_and_answer(s, ctx, unenroll_tx, &t, &t.row, respm);
 	if (rc == 0) {
 		outbox_relay_kick(s->relay);
 		log_info("agent unenrolled", "agent=%s app=%s environment=%s by=%s", req->agent_id,
@@ -463,7 +464,7 @@ static int pin_sealing_key(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	struct pol_service *s = data;
 	const Slipway__V1__PinSealingKeyRequest *req = (const void *)reqm;
 	struct spiffe_id id;
-	char err[512], key_hex[65];
+	char key_hex[65];
 	int rc;
 	if ((rc = check_agent_id(s, ctx, req->agent_id, &id)) != 0)
 		return rc;
@@ -475,14 +476,7 @@ static int pin_sealing_key(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	struct pin_tx t = { .ch = { .actor = rpc_peer(ctx), .action = "agent.seal_key.pin",
 				    .agent = req->agent_id, .key_hex = key_hex,
 				    .reason = "first registration" } };
-	rc = db_tx(s->db, NULL, pin_tx, &t, err, sizeof err);
-	if (rc == 0) {
-		if ((rc = fill(ctx, t.row, 0, (void *)respm)) != 0)
-			rpc_errorf(ctx, rc, "cannot encode the enrollment");
-	} else {
-		rpc_errorf(ctx, rc, "%s", err);
-	}
-	PQclear(t.row);
+	rc = change_and_answer(s, ctx, pin_tx, &t, &t.row, respm);
 	if (rc == 0 && t.pinned) {
 		outbox_relay_kick(s->relay);
 		log_info("sealing key pinned", "agent=%s by=%s", req->agent_id, rpc_peer(ctx));
