@@ -11,6 +11,7 @@
 #   make clean         remove build/
 #   make install       binaries, systemd units, man pages (PREFIX=/usr/local DESTDIR=...)
 #   make deb           build/slipway_<version>_<arch>.deb (dpkg-deb)
+#   make lint-proto    buf lint on proto/ (also part of the unit tests)
 #   V=1                show the commands
 
 SHELL := /bin/bash
@@ -202,7 +203,7 @@ build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lssl -lcmocka
 
 # ---- top-level targets ----
-.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles
+.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles lint-proto
 
 all: bins tests bundles
 
@@ -214,6 +215,11 @@ tests: $(TEST_BINS)
 
 bootstrap:
 	$(Q)scripts/bootstrap
+
+# make lint-proto: buf lint on proto/ with buf.yaml (proto/README.md); the
+# unit tests run it too (tests/packaging/proto_lint.sh).
+lint-proto: bootstrap
+	$(Q).deps/buf/node_modules/.bin/buf lint
 
 # `make test` installs what is missing first, so a new machine needs nothing else.
 test: bootstrap
