@@ -15,7 +15,7 @@
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$top" || exit 1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/slipway-protolint.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 export BUF_CACHE_DIR="$tmp/cache"
