@@ -60,6 +60,7 @@ struct svc {
 	int ticker_started, ticker_stop;
 	int watch_new; /* a watcher waits for its first status */
 	pthread_t ticker;
+	struct metrics_http *metrics;
 };
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
@@ -484,8 +485,24 @@ int svc_start(struct svc *s, char *err, size_t errlen)
 		if ((rc = svc_write_file_atomic(s->c->port_file, text, err, errlen)) != 0)
 			return rc;
 	}
+	if ((rc = svc_metrics_start(s->name, s->c->metrics_listen, s->c->metrics_allow_remote,
+				    &s->metrics, err, errlen)) != 0)
+		return rc;
 	log_info("serving", "listen=%s port=%d pid=%d", s->c->listen, port, (int)getpid());
 	return 0;
+}
+
+int svc_metrics_start(const char *name, const char *listen, int allow_remote,
+		      struct metrics_http **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	metrics_process_init(name);
+	if (listen == NULL || listen[0] == '\0')
+		return 0;
+	int rc = metrics_http_start(listen, allow_remote, out, err, errlen);
+	if (rc == 0)
+		log_info("serving metrics", "listen=%s port=%d", listen, metrics_http_port(*out));
+	return rc;
 }
 
 static void *second_signal(void *arg)
@@ -547,6 +564,8 @@ static void stop_ticker(struct svc *s)
 
 void svc_stop(struct svc *s)
 {
+	metrics_http_stop(s->metrics);
+	s->metrics = NULL;
 	int cancelled = rpc_server_shutdown(s->srv, (int)s->c->grace_ms);
 	stop_ticker(s);
 	log_info("stopped serving", "cancelled_calls=%d", cancelled);
@@ -556,6 +575,7 @@ void svc_free(struct svc *s)
 {
 	if (s == NULL)
 		return;
+	metrics_http_stop(s->metrics);
 	rpc_server_free(s->srv); /* ends every watch (drain) */
 	stop_ticker(s);
 	pthread_mutex_destroy(&s->mu);
