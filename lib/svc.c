@@ -473,8 +473,13 @@ int svc_write_file_atomic(const char *path, const char *text, char *err, size_t 
 int svc_start(struct svc *s, char *err, size_t errlen)
 {
 	int port = 0;
-	int rc = rpc_server_start(s->srv, &port, err, errlen);
+	/* The metrics endpoint first: a refused or taken address fails the
+	 * start-up before the service accepts any call. */
+	int rc = svc_metrics_start(s->name, s->c->metrics_listen, s->c->metrics_allow_remote,
+				   &s->metrics, err, errlen);
 	if (rc != 0)
+		return rc;
+	if ((rc = rpc_server_start(s->srv, &port, err, errlen)) != 0)
 		return rc;
 	if (pthread_create(&s->ticker, NULL, watch_ticker, s) != 0)
 		return sw_errf(err, errlen, SW_ENOMEM, "cannot start the health watch thread");
@@ -485,9 +490,6 @@ int svc_start(struct svc *s, char *err, size_t errlen)
 		if ((rc = svc_write_file_atomic(s->c->port_file, text, err, errlen)) != 0)
 			return rc;
 	}
-	if ((rc = svc_metrics_start(s->name, s->c->metrics_listen, s->c->metrics_allow_remote,
-				    &s->metrics, err, errlen)) != 0)
-		return rc;
 	log_info("serving", "listen=%s port=%d pid=%d", s->c->listen, port, (int)getpid());
 	return 0;
 }
