@@ -69,6 +69,7 @@ pport=$(free_port)
   echo "  scrape_interval: 1s"
   echo "  scrape_timeout: 1s"
   echo "  evaluation_interval: 1s"
+  echo "rule_files: ['$top/compose/prometheus/alerts.yml']"
   echo "scrape_configs:"
   for s in "${svcs[@]}" agent-mx-m1; do
     echo "  - job_name: '$s'"
@@ -158,5 +159,21 @@ ok "all ${#families[@]} metric families are in Prometheus"
 [ "$(q 'sum(slipway_rpc_server_handling_seconds_bucket{le="+Inf"}) - sum(slipway_rpc_server_handling_seconds_count)' | js 'j.data.result[0].value[1]')" = 0 ] \
   || fail "the RPC histogram's +Inf bucket differs from its count"
 ok "every process identifies itself; RPC, pool and outbox families come from each service that has them"
+
+# The shipped alert rules and dashboard queries evaluate against these
+# families (a renamed metric or a typo in PromQL shows here).
+promtool check config "$top/compose/prometheus/prometheus.yml" >"$T/promtool.out" 2>&1 \
+  || fail "compose/prometheus/prometheus.yml: $(cat "$T/promtool.out")"
+rules_ok() { curl -sf "$P/api/v1/rules" | js 'j.data.groups.length === 1 && j.data.groups[0].rules.length > 0 && j.data.groups[0].rules.every(r => r.health === "ok")'; }
+wait_true "an alert rule does not evaluate: $(curl -sf "$P/api/v1/rules" | js 'j.data.groups.flatMap(g=>g.rules).filter(r=>r.health!=="ok").map(r=>r.name+": "+r.lastError).join("; ")' 2>/dev/null)" rules_ok
+n=0
+while IFS= read -r expr; do
+  n=$((n + 1))
+  expr=${expr//\$__rate_interval/1m}
+  expr=${expr//\$job/.*}
+  [ "$(q "$expr" | js 'j.status')" = success ] || fail "dashboard query does not evaluate: $expr"
+done < <(js 'j.panels.flatMap(p=>(p.targets||[]).map(t=>t.expr)).join("\n")' <"$top/compose/grafana/slipway-dashboard.json")
+[ $n -gt 10 ] || fail "the dashboard has only $n queries"
+ok "the compose alert rules evaluate in Prometheus, and all $n dashboard queries too"
 
 echo "metrics: $checks checks passed"
