@@ -774,16 +774,95 @@ static void rpc_families(void)
 					   "service,method", NULL, 0);
 }
 
-static void rpc_observe(int side, const char *path, const char *code, double seconds)
+/*
+ * The hot path's cache: (path, code) -> the two children, so that a
+ * finished call costs one hash of its path and two string compares instead
+ * of splitting the path and looking both label sets up. Lock-free reads
+ * as for children (entries are published once, never changed or freed);
+ * at most RPC_CACHE_MAX entries per side, past which calls take the slow
+ * path (the label sets are bounded anyway: a server's own methods, the
+ * status names, and "unknown").
+ */
+#define RPC_CACHE_SLOTS 1024
+#define RPC_CACHE_MAX 400
+
+struct rpc_entry {
+	uint64_t h;
+	char path[128];
+	char code[32];
+	struct metrics_child *handled, *seconds;
+};
+
+static _Atomic(struct rpc_entry *) rpc_cache[2][RPC_CACHE_SLOTS];
+static int rpc_cache_n[2];
+static pthread_mutex_t rpc_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t rpc_key(const char *path, const char *code)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const char *p = path; *p != '\0'; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	h = (h ^ 0xff) * 1099511628211ULL;
+	for (const char *p = code; *p != '\0'; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	return h;
+}
+
+/* The children for (path, code), from the labels (slow path). */
+static void rpc_children(int side, const char *path, const char *code,
+			 struct metrics_child **handled, struct metrics_child **seconds)
 {
 	char svc[128], method[128];
-	pthread_once(&rpc_once, rpc_families);
 	if (split_path(path, svc, sizeof svc, method, sizeof method) != 0) {
 		snprintf(svc, sizeof svc, "unknown");
 		snprintf(method, sizeof method, "unknown");
 	}
-	metrics_add(metrics_with(rpc_handled[side], svc, method, code != NULL ? code : "UNKNOWN"), 1);
-	metrics_observe(metrics_with(rpc_seconds[side], svc, method), seconds);
+	*handled = metrics_with(rpc_handled[side], svc, method, code);
+	*seconds = metrics_with(rpc_seconds[side], svc, method);
+}
+
+static void rpc_observe(int side, const char *path, const char *code, double seconds)
+{
+	pthread_once(&rpc_once, rpc_families);
+	if (path == NULL || path[0] != '/' || strlen(path) >= sizeof((struct rpc_entry *)0)->path)
+		path = ""; /* "unknown": never a caller's made-up name */
+	if (code == NULL || strlen(code) >= sizeof((struct rpc_entry *)0)->code)
+		code = "UNKNOWN";
+	uint64_t h = rpc_key(path, code);
+	size_t i = (size_t)(h % RPC_CACHE_SLOTS);
+	struct rpc_entry *e;
+	for (;; i = (i + 1) % RPC_CACHE_SLOTS) {
+		e = atomic_load_explicit(&rpc_cache[side][i], memory_order_acquire);
+		if (e == NULL || (e->h == h && strcmp(e->path, path) == 0 && strcmp(e->code, code) == 0))
+			break;
+	}
+	if (e == NULL) {
+		pthread_mutex_lock(&rpc_cache_mu);
+		for (;; i = (i + 1) % RPC_CACHE_SLOTS) { /* again: another thread may have added it */
+			e = atomic_load_explicit(&rpc_cache[side][i], memory_order_acquire);
+			if (e == NULL || (e->h == h && strcmp(e->path, path) == 0 &&
+					  strcmp(e->code, code) == 0))
+				break;
+		}
+		if (e == NULL && rpc_cache_n[side] < RPC_CACHE_MAX && (e = calloc(1, sizeof *e)) != NULL) {
+			e->h = h;
+			snprintf(e->path, sizeof e->path, "%s", path);
+			snprintf(e->code, sizeof e->code, "%s", code);
+			rpc_children(side, path, code, &e->handled, &e->seconds);
+			rpc_cache_n[side]++;
+			atomic_store_explicit(&rpc_cache[side][i], e, memory_order_release);
+		}
+		pthread_mutex_unlock(&rpc_cache_mu);
+		if (e == NULL) { /* cache full: the slow path */
+			struct metrics_child *hc, *sc;
+			rpc_children(side, path, code, &hc, &sc);
+			metrics_add(hc, 1);
+			metrics_observe(sc, seconds);
+			return;
+		}
+	}
+	metrics_add(e->handled, 1);
+	metrics_observe(e->seconds, seconds);
 }
 
 void metrics_rpc_observe(const char *path, const char *code, double seconds)

@@ -174,6 +174,11 @@ while IFS= read -r expr; do
   [ "$(q "$expr" | js 'j.status')" = success ] || fail "dashboard query does not evaluate: $expr"
 done < <(js 'j.panels.flatMap(p=>(p.targets||[]).map(t=>t.expr)).join("\n")' <"$top/compose/grafana/slipway-dashboard.json")
 [ $n -gt 10 ] || fail "the dashboard has only $n queries"
+# Every slipway_* name the rules and the dashboard use is one Prometheus has.
+for f in $(grep -ohE 'slipway_[a-z_]+' "$top/compose/prometheus/alerts.yml" "$top/compose/grafana/slipway-dashboard.json" | sort -u); do
+  case "$f" in slipway_overview|slipway_compose) continue ;; esac
+  [[ " $names " == *" $f "* ]] || fail "compose/ refers to $f, which no target exports"
+done
 ok "the compose alert rules evaluate in Prometheus, and all $n dashboard queries too"
 
 echo "metrics: $checks checks passed"
