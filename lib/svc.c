@@ -63,9 +63,38 @@ struct svc {
 	struct metrics_http *metrics;
 };
 
+/* --metrics-listen: a well-formed address, and loopback unless
+ * --metrics-allow-remote (metrics.h), checked with the rest of the
+ * configuration (and by --check-config) rather than after start-up. */
+static int check_metrics_listen(const struct cfg_opt *opts, size_t n, char *err, size_t errlen)
+{
+	const char *listen = NULL;
+	int remote = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(opts[i].name, "metrics-listen") == 0)
+			listen = *(char **)opts[i].dst;
+		else if (strcmp(opts[i].name, "metrics-allow-remote") == 0)
+			remote = *(int *)opts[i].dst;
+	}
+	if (listen == NULL || listen[0] == '\0')
+		return 0;
+	int lb = metrics_listen_is_loopback(listen);
+	if (lb < 0)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: '%s' is not HOST:PORT (an IP address or localhost)",
+			       listen);
+	if (lb == 0 && !remote)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: %s is not a loopback address; pass "
+			       "--metrics-allow-remote to serve metrics beyond this host",
+			       listen);
+	return 0;
+}
+
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
 		  int argc, char **argv, int *exit_code, char *err, size_t errlen)
 {
+	int rc2;
 	*exit_code = -1;
 	int rc = cfg_parse(env_prefix, opts, n, argc, argv, err, errlen);
 	if (rc < 0)
@@ -86,6 +115,8 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 				return sw_errf(err, errlen, SW_EINVAL, "--log-level: unknown level '%s'", v);
 		}
 	}
+	if ((rc2 = check_metrics_listen(opts, n, err, errlen)) != 0)
+		return rc2;
 	if (rc == CFG_CHECK) {
 		cfg_print_values(stdout, opts, n);
 		printf("configuration ok\n");
