@@ -63,9 +63,24 @@ struct svc {
 	struct metrics_http *metrics;
 };
 
-/* --metrics-listen: a well-formed address, and loopback unless
- * --metrics-allow-remote (metrics.h), checked with the rest of the
- * configuration (and by --check-config) rather than after start-up. */
+int svc_metrics_check(const char *listen, int allow_remote, char *err, size_t errlen)
+{
+	if (listen == NULL || listen[0] == '\0')
+		return 0;
+	int lb = metrics_listen_is_loopback(listen);
+	if (lb < 0)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: '%s' is not HOST:PORT (an IP address or localhost)",
+			       listen);
+	if (lb == 0 && !allow_remote)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: %s is not a loopback address; pass "
+			       "--metrics-allow-remote to serve metrics beyond this host",
+			       listen);
+	return 0;
+}
+
+/* svc_metrics_check on the values of a service's table. */
 static int check_metrics_listen(const struct cfg_opt *opts, size_t n, char *err, size_t errlen)
 {
 	const char *listen = NULL;
@@ -76,19 +91,7 @@ static int check_metrics_listen(const struct cfg_opt *opts, size_t n, char *err,
 		else if (strcmp(opts[i].name, "metrics-allow-remote") == 0)
 			remote = *(int *)opts[i].dst;
 	}
-	if (listen == NULL || listen[0] == '\0')
-		return 0;
-	int lb = metrics_listen_is_loopback(listen);
-	if (lb < 0)
-		return sw_errf(err, errlen, SW_EINVAL,
-			       "--metrics-listen: '%s' is not HOST:PORT (an IP address or localhost)",
-			       listen);
-	if (lb == 0 && !remote)
-		return sw_errf(err, errlen, SW_EINVAL,
-			       "--metrics-listen: %s is not a loopback address; pass "
-			       "--metrics-allow-remote to serve metrics beyond this host",
-			       listen);
-	return 0;
+	return svc_metrics_check(listen, remote, err, errlen);
 }
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,

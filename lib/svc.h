@@ -125,6 +125,12 @@ struct rpc_server *svc_server(struct svc *s);
  * e.g. to end long polls. At most 8. */
 void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg);
 
+/* Checks --metrics-listen with the configuration: NULL or "" (off), or a
+ * HOST:PORT that is loopback unless allow_remote. Returns 0 or SW_EINVAL
+ * with the reason naming the flags. svc_configure runs it for services;
+ * the agent calls it itself. Any thread. */
+int svc_metrics_check(const char *listen, int allow_remote, char *err, size_t errlen);
+
 /* Starts the metrics endpoint when listen is set (metrics.h; the agent
  * calls it directly, services through svc_start). Returns 0 with *out
  * NULL when listen is NULL or "". Main thread. */

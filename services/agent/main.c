@@ -138,6 +138,10 @@ int main(int argc, char **argv)
 				"(--label app=web --label environment=prod)\n");
 		goto out;
 	}
+	if (svc_metrics_check(mc.metrics_listen, mc.metrics_allow_remote, err, sizeof err) != 0) {
+		fprintf(stderr, "slipway-agent: %s\n", err);
+		goto out;
+	}
 	if (c.restart_backoff_max_ms < c.restart_backoff_ms)
 		c.restart_backoff_max_ms = c.restart_backoff_ms;
 	if (rc == CFG_CHECK) {
