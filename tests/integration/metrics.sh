@@ -51,6 +51,23 @@ fi
 grep -q -- "--metrics-allow-remote" "$T/pol2.log" || fail "the refusal does not name the flag: $(tail -3 "$T/pol2.log")"
 ok "a non-loopback --metrics-listen is refused without --metrics-allow-remote"
 
+# Label values come from the server's own method table, never from the
+# caller: 40 made-up method names (quotes and all) all count as
+# service="unknown", method="unknown", so a caller cannot grow the
+# metrics (or smuggle text into them).
+printf '\x00\x00\x00\x00\x00' >"$T/empty.grpc" # one empty gRPC message
+a=$(cat "$S/run/audit.port")
+for i in $(seq 1 40); do
+  curl -s --http2 --cacert "$SLIPWAY_CA" --cert "$SLIPWAY_CERT" --key "$SLIPWAY_KEY" \
+    -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @"$T/empty.grpc" \
+    -o /dev/null "https://127.0.0.1:$a/made.up.Service$i/Evil%22x$i" || true # gRPC status in trailers
+done
+curl -sf "http://$m/metrics" >"$T/audit2.txt" || fail "GET /metrics failed"
+! grep -q 'made\.up\|Evil' "$T/audit2.txt" || fail "a caller's method name became a label value"
+n=$(sed -n 's/^slipway_rpc_server_handled_total{service="unknown",method="unknown",code="UNIMPLEMENTED"} //p' "$T/audit2.txt")
+[ "${n:-0}" -ge 40 ] || fail "the made-up calls were not counted as unknown/UNIMPLEMENTED (got '${n:-}')"
+ok "made-up method names count as service=\"unknown\", method=\"unknown\": callers cannot add label values"
+
 # ---- an agent and its release
 scripts/make-bundles --app mtr --out "$T/bundles" >/dev/null || fail "make-bundles"
 slipway artifact push "$T/bundles/mtr-1.0.0.tar.gz" --app mtr --version 1.0.0 >/dev/null 2>"$T/push.err" \
