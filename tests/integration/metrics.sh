@@ -7,8 +7,10 @@
 # docs promise (docs/operations.md, "Metrics"), and the counters the
 # deployment moves (deployments created, Deploy RPCs, bytes pushed and
 # pulled, tasks run) above what they were before it. Also: the endpoint
-# answers 404 off /metrics and 405 to other methods, and a service refuses
-# a non-loopback --metrics-listen without --metrics-allow-remote.
+# answers 404 off /metrics and 405 to other methods, a service refuses a
+# non-loopback --metrics-listen without --metrics-allow-remote, made-up
+# method names never become label values, and the alert rules and the
+# dashboard's queries in compose/ evaluate and name only exported families.
 # No timing thresholds: every wait is "until it shows, or give up".
 set -uo pipefail
 
