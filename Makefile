@@ -24,7 +24,7 @@ V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
 SANITIZE ?= 0
 
-PKGS := grpc libprotobuf-c libpq libsodium libcrypto libarchive jansson
+PKGS := grpc libprotobuf-c libpq libsodium libcrypto libarchive jansson libmicrohttpd
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ls3 -lpthread -lm
 

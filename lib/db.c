@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -44,12 +45,21 @@ struct db {
 	uint64_t gen;
 	int n;
 	struct db_conn *conns;
+	/* metrics (metrics.h), labelled pool=<schema> */
+	struct metrics_child *m_size, *m_in_use, *m_wait, *m_query;
 };
 
 /* opt == 0: def; opt < 0: off (0 for PostgreSQL); else opt. */
 static int tmo(int opt, int def)
 {
 	return opt == 0 ? def : opt < 0 ? 0 : opt;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
 static int schema_ok(const char *s)
@@ -92,6 +102,8 @@ void *db_connect_plain(const char *url, const char *sslmode)
 	return PQconnectdbParams(keys, vals, 1);
 }
 
+static void pool_metrics(struct db *db);
+
 int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 {
 	*out = NULL;
@@ -129,14 +141,40 @@ int db_open(const struct db_opts *o, struct db **out, char *err, size_t errlen)
 		db->conns[i].db = db;
 	pthread_mutex_init(&db->mu, NULL);
 	pthread_cond_init(&db->cv, NULL);
+	pool_metrics(db);
+	metrics_add(db->m_size, db->n);
 	*out = db;
 	return 0;
+}
+
+/* The pool's series; several pools of one schema share them (sums). */
+static void pool_metrics(struct db *db)
+{
+	static const double query_b[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+					  0.1,    0.25,  0.5,    1,     2.5,  5,     10, 30 };
+	db->m_size = metrics_with(metrics_gauge("slipway_db_pool_connections",
+						"Connections the PostgreSQL pool may hold.", "pool"),
+				  db->schema);
+	db->m_in_use = metrics_with(metrics_gauge("slipway_db_pool_connections_in_use",
+						  "Pool connections lent out right now.", "pool"),
+				    db->schema);
+	db->m_wait = metrics_with(metrics_histogram("slipway_db_pool_wait_seconds",
+						    "Time spent waiting for a free pool "
+						    "connection (db_acquire), reconnects included.",
+						    "pool", NULL, 0),
+				  db->schema);
+	db->m_query = metrics_with(metrics_histogram("slipway_db_query_duration_seconds",
+						     "Time of one statement, round trip included "
+						     "(db_exec).",
+						     "pool", query_b, sizeof query_b / sizeof query_b[0]),
+				   db->schema);
 }
 
 void db_close(struct db *db)
 {
 	if (db == NULL)
 		return;
+	metrics_add(db->m_size, db->conns != NULL ? -db->n : 0);
 	for (int i = 0; db->conns && i < db->n; i++)
 		if (db->conns[i].pg)
 			PQfinish(db->conns[i].pg);
@@ -313,6 +351,8 @@ int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *er
 {
 	struct timespec dl = clock_after(CLOCK_REALTIME, timeout_ms);
 	struct db_conn *c = NULL;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	pthread_mutex_lock(&db->mu);
 	for (;;) {
 		for (int i = 0; i < db->n && c == NULL; i++)
@@ -328,6 +368,7 @@ int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *er
 	c->in_use = 1;
 	int stale = c->gen != db->gen;
 	pthread_mutex_unlock(&db->mu);
+	metrics_add(db->m_in_use, 1);
 
 	if (c->pg == NULL || c->broken || stale || !idle_alive(c->pg)) {
 		int rc = connect_conn(db, c, err, errlen);
@@ -336,6 +377,7 @@ int db_acquire(struct db *db, struct db_conn **out, int64_t timeout_ms, char *er
 			return rc;
 		}
 	}
+	metrics_observe(db->m_wait, seconds_since(&t0));
 	*out = c;
 	return 0;
 }
@@ -354,6 +396,7 @@ void db_release(struct db *db, struct db_conn *c)
 	c->in_use = 0;
 	pthread_cond_signal(&db->cv);
 	pthread_mutex_unlock(&db->mu);
+	metrics_add(db->m_in_use, -1);
 }
 
 PGconn *db_pg(struct db_conn *c)
@@ -367,7 +410,10 @@ int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
 {
 	if (res != NULL)
 		*res = NULL;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	PGresult *r = PQexecParams(c->pg, sql, n, NULL, vals, lens, fmts, binary_result);
+	metrics_observe(c->db->m_query, seconds_since(&t0));
 	ExecStatusType st = PQresultStatus(r);
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (res != NULL)
@@ -441,6 +487,29 @@ int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *er
 			return rc;
 		sleep_ms(5 << attempt);
 	}
+	return rc;
+}
+
+int db_read_bounded(struct db *db, int timeout_ms, db_tx_fn fn, void *arg, char *err,
+		    size_t errlen)
+{
+	struct db_conn *c = NULL;
+	char ms[24];
+	int rc = db_acquire(db, &c, timeout_ms, err, errlen);
+	if (rc != 0)
+		return rc;
+	const char *v[1] = { db_i64(ms, timeout_ms > 0 ? timeout_ms : 1) };
+	if ((rc = db_q(c, "BEGIN READ ONLY", 0, NULL, NULL, err, errlen)) == 0 &&
+	    (rc = db_q(c, "SELECT set_config('statement_timeout', $1, true)", 1, v, NULL, err,
+		       errlen)) == 0)
+		rc = fn(c, arg, err, errlen);
+	if (PQtransactionStatus(db_pg(c)) != PQTRANS_IDLE) {
+		char e2[128];
+		int crc = db_q(c, rc == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, NULL, e2, sizeof e2);
+		if (rc == 0)
+			rc = crc;
+	}
+	db_release(db, c);
 	return rc;
 }
 

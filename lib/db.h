@@ -128,6 +128,14 @@ typedef int (*db_tx_fn)(struct db_conn *c, void *arg, char *err, size_t errlen);
 int db_tx(struct db *db, const char *isolation, db_tx_fn fn, void *arg, char *err,
 	  size_t errlen);
 
+/* Runs fn in a READ ONLY transaction bounded for callers that must not
+ * wait long (metrics collectors): a free connection is waited for at most
+ * timeout_ms, and each statement runs under a statement_timeout of
+ * timeout_ms. No retries. Returns 0, fn's code, SW_ETIMEDOUT or
+ * SW_EUNAVAIL. Any thread. */
+int db_read_bounded(struct db *db, int timeout_ms, db_tx_fn fn, void *arg, char *err,
+		    size_t errlen);
+
 /* Checks that the database answers (SELECT 1), on a fresh connection if
  * the pooled one turns out lost, so that the answer is about the database
  * (for health probes). Any thread. */

@@ -6,6 +6,7 @@
 #include "auditlog.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "clock.h"
 
 #include <pthread.h>
@@ -23,7 +24,33 @@ struct outbox_relay {
 	int stopping;
 	int64_t stop_deadline;
 	unsigned long long delivered;
+	/* metrics (metrics.h): refreshed by the relay thread on its own
+	 * connection, so a scrape never queries the database for them */
+	struct metrics_child *m_backlog, *m_oldest, *m_delivered;
+	int64_t stats_ms;
 };
+
+#define OUTBOX_STATS_MS 5000
+
+/* Backlog and oldest age of the outbox (every replica reports the shared
+ * table; take the max across replicas). Relay thread only. */
+static void refresh_stats(struct outbox_relay *r, struct db_conn *c)
+{
+	int64_t now = clock_mono_ms();
+	if (r->stats_ms != 0 && now - r->stats_ms < OUTBOX_STATS_MS)
+		return;
+	r->stats_ms = now;
+	PGresult *res = NULL;
+	char err[256];
+	if (db_q(c,
+		 "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)"
+		 " FROM outbox",
+		 0, NULL, &res, err, sizeof err) != 0)
+		return;
+	metrics_set(r->m_backlog, (double)db_int64(res, 0, 0));
+	metrics_set(r->m_oldest, strtod(db_text(res, 0, 1), NULL));
+	PQclear(res);
+}
 
 void outbox_detail(struct outbox_event *e, const char *key, const char *value)
 {
@@ -228,6 +255,7 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 		rc = n;
 		pthread_mutex_lock(&r->mu);
 		r->delivered += (unsigned long long)n;
+		metrics_add(r->m_delivered, n);
 		pthread_mutex_unlock(&r->mu);
 	}
 out:
@@ -291,6 +319,7 @@ static void *relay_main(void *arg)
 			}
 			have_lock = 0;
 		}
+		refresh_stats(r, c);
 		if (!have_lock) {
 			PGresult *res = NULL;
 			int rc = db_q(c,
@@ -378,6 +407,18 @@ int outbox_relay_start(const struct outbox_relay_opts *o, struct outbox_relay **
 		r->o.max_backoff_ms = 5000;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
+	r->m_backlog = metrics_with(metrics_gauge("slipway_outbox_backlog_events",
+						  "Audit events in this service's outbox, not yet "
+						  "delivered to the audit service.",
+						  NULL));
+	r->m_oldest = metrics_with(metrics_gauge("slipway_outbox_oldest_age_seconds",
+						 "Age of the oldest undelivered outbox event (0 "
+						 "when empty).",
+						 NULL));
+	r->m_delivered = metrics_with(metrics_counter("slipway_outbox_delivered_total",
+						      "Outbox events delivered to the audit service "
+						      "by this process.",
+						      NULL));
 	if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
 		free(r);
 		return sw_errf(err, errlen, SW_EINTERNAL, "cannot start the outbox relay thread");

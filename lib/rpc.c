@@ -25,6 +25,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "spiffe.h"
 #include "tls.h"
 
@@ -592,6 +593,8 @@ static void ctx_finish(struct rpc_ctx *ctx, int code)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double ms = (double)(now.tv_sec - ctx->start.tv_sec) * 1e3 +
 		    (double)(now.tv_nsec - ctx->start.tv_nsec) / 1e6;
+	metrics_rpc_observe(ctx->m != NULL ? ctx->path : NULL,
+			    sw_grpc_status_name((int)ctx->status), ms / 1e3);
 	enum log_level lvl = code == 0 ? LOG_DEBUG
 			     : ctx->status == GRPC_STATUS_INTERNAL ? LOG_ERROR
 								    : LOG_INFO;

@@ -29,6 +29,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "rpc_internal.h"
 #include "spiffe.h"
@@ -441,6 +442,8 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	grpc_slice details = grpc_empty_slice();
 	const char *error_string = NULL;
 
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	*resp = NULL;
 	grpc_metadata_array_init(&init_md);
 	grpc_metadata_array_init(&trail_md);
@@ -498,6 +501,13 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	if (*resp == NULL)
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "%s: the response does not decode", path);
 out:
+	if (md != NULL) {
+		struct timespec t1;
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		metrics_rpc_client_observe(path, sw_grpc_status_name(sw_err_to_grpc(rc)),
+					   (double)(t1.tv_sec - t0.tv_sec) +
+						   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+	}
 	if (send_bb)
 		grpc_byte_buffer_destroy(send_bb);
 	if (recv_bb)

@@ -60,11 +60,44 @@ struct svc {
 	int ticker_started, ticker_stop;
 	int watch_new; /* a watcher waits for its first status */
 	pthread_t ticker;
+	struct metrics_http *metrics;
 };
+
+int svc_metrics_check(const char *listen, int allow_remote, char *err, size_t errlen)
+{
+	if (listen == NULL || listen[0] == '\0')
+		return 0;
+	int lb = metrics_listen_is_loopback(listen);
+	if (lb < 0)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: '%s' is not HOST:PORT (an IP address or localhost)",
+			       listen);
+	if (lb == 0 && !allow_remote)
+		return sw_errf(err, errlen, SW_EINVAL,
+			       "--metrics-listen: %s is not a loopback address; pass "
+			       "--metrics-allow-remote to serve metrics beyond this host",
+			       listen);
+	return 0;
+}
+
+/* svc_metrics_check on the values of a service's table. */
+static int check_metrics_listen(const struct cfg_opt *opts, size_t n, char *err, size_t errlen)
+{
+	const char *listen = NULL;
+	int remote = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(opts[i].name, "metrics-listen") == 0)
+			listen = *(char **)opts[i].dst;
+		else if (strcmp(opts[i].name, "metrics-allow-remote") == 0)
+			remote = *(int *)opts[i].dst;
+	}
+	return svc_metrics_check(listen, remote, err, errlen);
+}
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
 		  int argc, char **argv, int *exit_code, char *err, size_t errlen)
 {
+	int rc2;
 	*exit_code = -1;
 	int rc = cfg_parse(env_prefix, opts, n, argc, argv, err, errlen);
 	if (rc < 0)
@@ -85,6 +118,8 @@ int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts
 				return sw_errf(err, errlen, SW_EINVAL, "--log-level: unknown level '%s'", v);
 		}
 	}
+	if ((rc2 = check_metrics_listen(opts, n, err, errlen)) != 0)
+		return rc2;
 	if (rc == CFG_CHECK) {
 		cfg_print_values(stdout, opts, n);
 		printf("configuration ok\n");
@@ -472,8 +507,13 @@ int svc_write_file_atomic(const char *path, const char *text, char *err, size_t 
 int svc_start(struct svc *s, char *err, size_t errlen)
 {
 	int port = 0;
-	int rc = rpc_server_start(s->srv, &port, err, errlen);
+	/* The metrics endpoint first: a refused or taken address fails the
+	 * start-up before the service accepts any call. */
+	int rc = svc_metrics_start(s->name, s->c->metrics_listen, s->c->metrics_allow_remote,
+				   &s->metrics, err, errlen);
 	if (rc != 0)
+		return rc;
+	if ((rc = rpc_server_start(s->srv, &port, err, errlen)) != 0)
 		return rc;
 	if (pthread_create(&s->ticker, NULL, watch_ticker, s) != 0)
 		return sw_errf(err, errlen, SW_ENOMEM, "cannot start the health watch thread");
@@ -486,6 +526,19 @@ int svc_start(struct svc *s, char *err, size_t errlen)
 	}
 	log_info("serving", "listen=%s port=%d pid=%d", s->c->listen, port, (int)getpid());
 	return 0;
+}
+
+int svc_metrics_start(const char *name, const char *listen, int allow_remote,
+		      struct metrics_http **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	metrics_process_init(name);
+	if (listen == NULL || listen[0] == '\0')
+		return 0;
+	int rc = metrics_http_start(listen, allow_remote, out, err, errlen);
+	if (rc == 0)
+		log_info("serving metrics", "listen=%s port=%d", listen, metrics_http_port(*out));
+	return rc;
 }
 
 static void *second_signal(void *arg)
@@ -547,6 +600,8 @@ static void stop_ticker(struct svc *s)
 
 void svc_stop(struct svc *s)
 {
+	metrics_http_stop(s->metrics);
+	s->metrics = NULL;
 	int cancelled = rpc_server_shutdown(s->srv, (int)s->c->grace_ms);
 	stop_ticker(s);
 	log_info("stopped serving", "cancelled_calls=%d", cancelled);
@@ -556,6 +611,7 @@ void svc_free(struct svc *s)
 {
 	if (s == NULL)
 		return;
+	metrics_http_stop(s->metrics);
 	rpc_server_free(s->srv); /* ends every watch (drain) */
 	stop_ticker(s);
 	pthread_mutex_destroy(&s->mu);

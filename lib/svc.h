@@ -12,6 +12,7 @@
 #define SLIPWAY_SVC_H
 
 #include "cfg.h"
+#include "metrics.h"
 #include "rpc.h"
 
 #include <stddef.h>
@@ -34,6 +35,8 @@ struct svc_config {
 	long long max_calls_per_peer;
 	long long max_worker_streams;
 	long long stream_idle_ms;
+	char *metrics_listen;     /* NULL/"": no metrics endpoint */
+	int metrics_allow_remote;
 	long long stream_window; /* not a common option: a service that takes big
 				  * uploads sets it (see rpc_server_opts) */
 };
@@ -74,7 +77,17 @@ struct svc_config {
 	  &(c)->max_worker_streams },                                                             \
 	{ "stream-idle-timeout", CFG_MS, "60s", 0, 24LL * 3600 * 1000, 0,                        \
 	  "cancel a stream whose handler waited this long for the client (0 = never)",          \
-	  &(c)->stream_idle_ms }
+	  &(c)->stream_idle_ms },                                                                 \
+	SVC_METRICS_OPTS(c)
+
+/* The metrics endpoint's options (metrics.h), also for the agent. */
+#define SVC_METRICS_OPTS(c)                                                                    \
+	{ "metrics-listen", CFG_STR, NULL, 0, 0, 0,                                              \
+	  "serve Prometheus metrics over plain HTTP on HOST:PORT (GET /metrics); off when unset", \
+	  &(c)->metrics_listen },                                                                 \
+	{ "metrics-allow-remote", CFG_BOOL, "false", 0, 0, 0,                                     \
+	  "allow --metrics-listen on an address other than loopback",                            \
+	  &(c)->metrics_allow_remote }
 
 /* Health probe: returns 0 when the service can do its work, else a
  * negative code with the reason in why. Called from a worker thread. */
@@ -112,7 +125,20 @@ struct rpc_server *svc_server(struct svc *s);
  * e.g. to end long polls. At most 8. */
 void svc_on_drain(struct svc *s, void (*fn)(void *), void *arg);
 
-/* Starts serving and writes the port file. */
+/* Checks --metrics-listen with the configuration: NULL or "" (off), or a
+ * HOST:PORT that is loopback unless allow_remote. Returns 0 or SW_EINVAL
+ * with the reason naming the flags. svc_configure runs it for services;
+ * the agent calls it itself. Any thread. */
+int svc_metrics_check(const char *listen, int allow_remote, char *err, size_t errlen);
+
+/* Starts the metrics endpoint when listen is set (metrics.h; the agent
+ * calls it directly, services through svc_start). Returns 0 with *out
+ * NULL when listen is NULL or "". Main thread. */
+int svc_metrics_start(const char *name, const char *listen, int allow_remote,
+		      struct metrics_http **out, char *err, size_t errlen);
+
+/* Starts serving, starts the metrics endpoint (--metrics-listen) and
+ * writes the port file. */
 int svc_start(struct svc *s, char *err, size_t errlen);
 
 /* Blocks until SIGTERM or SIGINT (SIGHUP is logged and ignored), then
@@ -124,8 +150,10 @@ int svc_wait_signal(void);
 /* svc_wait_signal, logged with the service's grace period. */
 int svc_wait(struct svc *s);
 
-/* Ordered shutdown: stop accepting, drain in-flight calls for up to the
- * grace period, then cancel the rest and join the RPC threads. */
+/* Ordered shutdown: stop the metrics endpoint (so that no collector runs
+ * while the service tears down what collectors read), stop accepting,
+ * drain in-flight calls for up to the grace period, then cancel the rest
+ * and join the RPC threads. */
 void svc_stop(struct svc *s);
 
 void svc_free(struct svc *s);

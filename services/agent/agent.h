@@ -18,6 +18,7 @@
  *   exec.c       the task executor: make this agent run a digest, healthy
  *   control.c    the orchestrator protocol: register, heartbeat, long poll,
  *                fencing, reports
+ *   metrics.c    the agent's Prometheus families (heartbeats, tasks, restarts)
  *
  * Everything except control.c and main.c works without an orchestrator, so
  * tests link it as a library and drive the executor directly.
@@ -735,5 +736,16 @@ void agent_provenance_free(struct agent *a);
  */
 int agent_verify_provenance(struct agent *a, const struct agent_task *t, int64_t deadline_ms,
 			    char *msg, size_t len);
+
+/* ---- metrics.c: the agent's Prometheus families (lib/metrics.h); any thread */
+
+/* Creates every family's series (value 0), so a scrape shows them at once. */
+void agent_metrics_init(void);
+/* One heartbeat sent (ok) or failed. */
+void agent_metrics_heartbeat(int ok);
+/* One task run to an end. */
+void agent_metrics_task(int succeeded, int64_t duration_ms);
+/* One restart of the supervised application. */
+void agent_metrics_restart(void);
 
 #endif

@@ -374,6 +374,7 @@ static void *hb_main(void *arg)
 			continue; /* the first heartbeat follows at once */
 		}
 		int rc = do_heartbeat(c, &moved, err, sizeof err);
+		agent_metrics_heartbeat(rc == 0);
 		if (rc != 0) {
 			quiet_fail(&q, "Heartbeat", err);
 			if (unknown_agent(rc)) {
@@ -709,6 +710,8 @@ static void *work_main(void *arg)
 				log_error("cannot record the task result", "task=%s error=%s", t->task_id,
 					  err);
 			report(c, t, res.result, res.message, res.duration_ms);
+			agent_metrics_task(res.result == SLIPWAY__V1__TASK_RESULT__TASK_SUCCEEDED,
+					   res.duration_ms);
 		}
 		log_set_request_id(NULL);
 		pthread_mutex_lock(&c->mu);

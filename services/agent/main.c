@@ -31,6 +31,11 @@ int main(int argc, char **argv)
 	     *hostname = NULL, *shm = NULL, *log_level = NULL, *builder_keys = NULL,
 	     *app_user = NULL;
 	struct agent *a = NULL;
+	struct {
+		char *metrics_listen;
+		int metrics_allow_remote;
+	} mc = { 0 };
+	struct metrics_http *metrics = NULL;
 	char err[512];
 	int rc, code = 2;
 
@@ -99,6 +104,7 @@ int main(int argc, char **argv)
 		  "trusted builder keys (the artifact service's --trusted-keys format): releases "
 		  "of apps it requires signatures of run only with a provenance statement that "
 		  "verifies here", &builder_keys },
+		SVC_METRICS_OPTS(&mc),
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 
@@ -130,6 +136,10 @@ int main(int argc, char **argv)
 	    agent_labels_get(&c.labels, "environment") == NULL) {
 		fprintf(stderr, "slipway-agent: labels app and environment are required "
 				"(--label app=web --label environment=prod)\n");
+		goto out;
+	}
+	if (svc_metrics_check(mc.metrics_listen, mc.metrics_allow_remote, err, sizeof err) != 0) {
+		fprintf(stderr, "slipway-agent: %s\n", err);
 		goto out;
 	}
 	if (c.restart_backoff_max_ms < c.restart_backoff_ms)
@@ -175,6 +185,12 @@ int main(int argc, char **argv)
 		log_error("cannot start", "error=%s", err);
 		goto out_agent;
 	}
+	agent_metrics_init();
+	if ((rc = svc_metrics_start("agent", mc.metrics_listen, mc.metrics_allow_remote, &metrics,
+				    err, sizeof err)) != 0) {
+		log_error("cannot start", "error=%s", err);
+		goto out_agent;
+	}
 	log_info("agent running", "agent=%s root=%s orchestrator=%s pid=%d", a->keys.self_id,
 		 a->store.root, orch, (int)getpid());
 
@@ -184,6 +200,8 @@ int main(int argc, char **argv)
 		 c.shutdown_grace_ms);
 
 	/* ---- shutdown */
+	metrics_http_stop(metrics);
+	metrics = NULL;
 	if (agent_control_stop(a) != 0) {
 		/* Threads are still blocked in calls: exit without tearing down
 		 * what they use. A task that did not finish is recorded as not
@@ -193,6 +211,7 @@ int main(int argc, char **argv)
 	}
 	code = 0;
 out_agent:
+	metrics_http_stop(metrics);
 	agent_sup_stop(a);
 	agent_free(a);
 	if (code == 0)

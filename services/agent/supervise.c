@@ -482,6 +482,7 @@ static void restart_step(struct agent *a, int64_t now)
 		l->restart_at[l->nrestart_at % cap] = now;
 		l->nrestart_at++;
 		l->restarts++;
+		agent_metrics_restart();
 		l->next_restart_ms = 0;
 		if (crashloop_count(a, now) >= a->cfg->crashloop_restarts &&
 		    l->state != AGENT_PROC_CRASHLOOP) {

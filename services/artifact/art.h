@@ -1,7 +1,8 @@
 /*
  * art.h - what the artifact service's files share: its configuration, the
  * service state every handler borrows, and the domain functions that
- * rpc.c calls (names.c, keys.c, store.c, push.c, pull.c, gc.c).
+ * rpc.c calls (names.c, keys.c, store.c, push.c, pull.c, gc.c), and the
+ * Prometheus families (metrics.c).
  *
  * The service owns content-addressed blobs in S3 under blobs/sha256/<hex>,
  * and in its PostgreSQL schema `artifact` the blob rows, the immutable
@@ -232,5 +233,11 @@ int art_rpc_register(struct art *a, struct rpc_server *srv, char *err, size_t er
 /* Counts a push or pull; SW_ELIMIT past --max-transfers. */
 int art_transfer_begin(struct art *a);
 void art_transfer_end(struct art *a);
+
+/* ---- metrics.c: bytes in and out for Prometheus; any thread ---- */
+/* Creates the series (0), so a scrape shows them before the first push. */
+void art_metrics_init(void);
+/* n bundle bytes received (out = 0, Push) or sent (out = 1, Pull). */
+void art_metrics_bytes(int out, size_t n);
 
 #endif

@@ -199,6 +199,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	code = 1;
+	art_metrics_init();
 	if (svc_new(ART_SERVICE, &c->svc, probe, &a, &s, err, sizeof err) != 0 ||
 	    start(&a, s, err, sizeof err) != 0 || svc_start(s, err, sizeof err) != 0) {
 		log_error("start-up failed", "error=%s", err);

@@ -111,7 +111,10 @@ static int send_chunk(struct rpc_ctx *ctx, const uint8_t *p, size_t n)
 	m.msg_case = SLIPWAY__V1__PULL_RESPONSE__MSG_CHUNK;
 	m.chunk.data = (uint8_t *)p;
 	m.chunk.len = n;
-	return rpc_send(ctx, &m.base);
+	int rc = rpc_send(ctx, &m.base);
+	if (rc == 0)
+		art_metrics_bytes(1, n);
+	return rc;
 }
 
 /* Handler thread: sends queued chunks until the reader is done. Returns 0,

@@ -711,6 +711,7 @@ static int receive(struct push *p)
 					(unsigned long long)p->hint);
 		if (rc == 0 && n > 0) {
 			p->received += n;
+			art_metrics_bytes(0, n);
 			digest_update(&p->sha, d, n);
 			if (p->mode == MODE_SPOOL) {
 				digest_update(&p->md5, d, n);

@@ -7,6 +7,7 @@
  *   checkpoint.c  the signing key, signed checkpoints (timer and on
  *                 demand), their copies on S3 and the integrity check
  *   rpc.c         one function per RPC
+ *   metrics.c     log size and checkpoint age for Prometheus
  *   main.c        start-up and shutdown
  */
 #ifndef SLIPWAY_AUDIT_H
@@ -176,5 +177,11 @@ int aud_latest_size(struct aud *a, uint64_t *size, char *err, size_t errlen);
 /* Checks the database against the newest checkpoint on S3 and in the
  * database; sets integrity_failed when they disagree. */
 int aud_integrity_check(struct aud *a, char *err, size_t errlen);
+
+/* ---- metrics.c: log size and checkpoint age for Prometheus ---- */
+/* Creates the families and registers the scrape-time collector (reads
+ * a->db). Returns 0 or SW_ELIMIT. Main thread; stop before db_close. */
+int aud_metrics_start(struct aud *a);
+void aud_metrics_stop(struct aud *a);
 
 #endif

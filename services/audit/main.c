@@ -116,7 +116,7 @@ int main(int argc, char **argv)
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 	char err[512];
-	int code = 2, exit_code, store = 0, cps = 0;
+	int code = 2, exit_code, store = 0, cps = 0, metrics = 0;
 	struct svc *s = NULL;
 
 	if (svc_configure("audit", "AUDIT", opts, nopts, argc, argv, &exit_code, err, sizeof err) != 0) {
@@ -166,6 +166,11 @@ int main(int argc, char **argv)
 	if (aud_store_start(&a, err, sizeof err) != 0)
 		goto fail;
 	store = 1;
+	if (aud_metrics_start(&a) != 0) {
+		snprintf(err, sizeof err, "cannot register the metrics collector");
+		goto fail;
+	}
+	metrics = 1;
 	if (aud_checkpoint_start(&a, err, sizeof err) != 0)
 		goto fail;
 	cps = 1;
@@ -187,6 +192,8 @@ out:
 	if (store)
 		aud_store_stop(&a);
 	svc_free(s);
+	if (metrics)
+		aud_metrics_stop(&a);
 	authz_free(a.authz);
 	rpc_client_free(a.policy);
 	note_signer_free(a.signer);

@@ -456,6 +456,8 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct orch_new_de
 						 "a concurrent request conflicted; retry")
 				       : rc;
 	snprintf(id_out, ORCH_ID_MAX, "%s", t->existing[0] ? t->existing : t->id);
+	if (!t->existing[0])
+		orch_metrics_created(t->is_rollback);
 	orch_engine_kick(o);
 	return 0;
 }

@@ -68,7 +68,7 @@ int main(int argc, char **argv)
 	};
 	size_t nopts = sizeof opts / sizeof opts[0];
 	char err[512];
-	int code = 2, exit_code, reg = 0, waiters = 0, engine = 0, watch = 0;
+	int code = 2, exit_code, reg = 0, waiters = 0, engine = 0, watch = 0, metrics = 0;
 	struct svc *s = NULL;
 
 	pthread_mutex_init(&o.mu, NULL);
@@ -101,6 +101,11 @@ int main(int argc, char **argv)
 	    db_migrate(o.db, orch_migrations, orch_nmigrations, err, sizeof err) != 0 ||
 	    orch_clients_open(&o, err, sizeof err) != 0)
 		goto fail;
+	if (orch_metrics_start(&o) != 0) {
+		snprintf(err, sizeof err, "cannot register the metrics collector");
+		goto fail;
+	}
+	metrics = 1;
 	if (orch_registry_start(&o, err, sizeof err) != 0)
 		goto fail;
 	reg = 1;
@@ -140,6 +145,8 @@ out:
 	if (reg)
 		orch_registry_stop(&o);
 	svc_free(s);
+	if (metrics)
+		orch_metrics_stop(&o);
 	orch_clients_close(&o);
 	db_close(o.db);
 	cfg_free(opts, nopts);

@@ -21,6 +21,7 @@
  *   tasks.c     what agents receive and what they report
  *   views.c     read models: deployment detail, lists, environment status
  *   rpc.c       the Orchestrator and AgentControl RPCs
+ *   metrics.c   Prometheus families: deployments by state, queue, agents
  *   main.c      start-up and shutdown
  */
 #ifndef SLIPWAY_ORCH_H
@@ -118,6 +119,14 @@ struct orch {
 	int side_kicked;
 	atomic_int stopping;
 };
+
+/* ---- metrics.c ---- */
+/* Creates the families and registers the scrape-time collector (reads
+ * o->db). Returns 0 or SW_ELIMIT. Main thread; stop before db_close. */
+int orch_metrics_start(struct orch *o);
+void orch_metrics_stop(struct orch *o);
+/* One deployment created (after its transaction committed). Any thread. */
+void orch_metrics_created(int is_rollback);
 
 /* ---- schema.c ---- */
 extern const struct db_migration orch_migrations[];

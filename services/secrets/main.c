@@ -156,6 +156,7 @@ int main(int argc, char **argv)
 	    tls_read_pem(o.c.key, &key, err, sizeof err) != 0)
 		goto fail;
 
+	sec_metrics_init();
 	if (svc_new(SEC_SERVICE, &o.c, probe, &s, &sv, err, sizeof err) != 0)
 		goto fail;
 

@@ -625,8 +625,8 @@ static int create_grant(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 
 /* ---------------------------------------------------------------- Fetch */
 
-static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
-		 void *data)
+static int fetch_bundle(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
+			ProtobufCMessage *respm, void *data)
 {
 	struct sec *s = data;
 	const Slipway__V1__FetchRequest *req = (const void *)reqm;
@@ -650,6 +650,15 @@ static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMes
 	resp->sealed_bundle.data = box;
 	resp->sealed_bundle.len = len;
 	return 0;
+}
+
+/* Fetch, counted by outcome (metrics.c). */
+static int fetch(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
+		 void *data)
+{
+	int rc = fetch_bundle(ctx, reqm, respm, data);
+	sec_metrics_fetch(rc);
+	return rc;
 }
 
 const struct rpc_method sec_methods[] = {

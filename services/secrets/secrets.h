@@ -3,7 +3,8 @@
  * files: keys.c (master keyring, sealing and signing keys), envelope.c
  * (per-version encryption), scratch.c (per-thread secure memory),
  * store.c (secrets and versions in PostgreSQL), grants.c (grants and
- * Fetch), events.c (audit events) and rpc.c (one function per RPC).
+ * Fetch), events.c (audit events), rpc.c (one function per RPC) and
+ * metrics.c (Fetch outcomes for Prometheus).
  *
  * Threads: everything here may be called from any handler thread unless a
  * comment says otherwise; struct sec is read-only after start-up except
@@ -315,5 +316,11 @@ int sec_scope_ok(const char *app, const char *env);
 int sec_deployment_ok(const char *id);
 
 int64_t sec_now_ms(void);
+
+/* ---- metrics.c: Fetch outcomes for Prometheus; any thread ---- */
+/* Creates the series (0), so a scrape shows them before the first Fetch. */
+void sec_metrics_init(void);
+/* One Fetch answered with rc (0 or an SW_E* code). */
+void sec_metrics_fetch(int rc);
 
 #endif

@@ -13,7 +13,7 @@
 down=${FAULT_DOWN:-20}
 fault_up
 p1=$(cat "$S/run/orchestrator.port")
-setsid "$S/run/orchestrator.sh" --listen 127.0.0.1:0 --port-file "$T/orch2.port" --replica r2 \
+setsid "$S/run/orchestrator.sh" --listen 127.0.0.1:0 --port-file "$T/orch2.port" --replica r2 --metrics-listen 127.0.0.1:0 \
   >>"$S/logs/orchestrator-r2.log" 2>&1 </dev/null &
 r2=$!
 echo "$r2" > "$S/run/orchestrator-r2.pid"   # stack down stops it too

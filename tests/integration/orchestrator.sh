@@ -223,7 +223,7 @@ ok "a full queue answers RESOURCE_EXHAUSTED"
 
 # ---- two replicas: kill -9 the lease owner mid-rollout ----
 p1=$(cat "$S/run/orchestrator.port")
-setsid "$S/run/orchestrator.sh" --listen 127.0.0.1:0 --port-file "$T/orch2.port" --replica r2 \
+setsid "$S/run/orchestrator.sh" --listen 127.0.0.1:0 --port-file "$T/orch2.port" --replica r2 --metrics-listen 127.0.0.1:0 \
   >>"$S/logs/orchestrator-r2.log" 2>&1 </dev/null &
 replica2=$!
 for i in $(seq 1 100); do [ -s "$T/orch2.port" ] && break; sleep 0.1; done

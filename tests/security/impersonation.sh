@@ -77,6 +77,7 @@ openssl x509 -req -in "$T/legacy.csr" -CA "$SLIPWAY_PKI_DIR/ca.crt" -CAkey "$SLI
   -out "$T/legacy.crt" 2>/dev/null || fail "cannot sign the legacy agent certificate"
 sed -e "s|'$S/pki/artifact.crt'|'$T/legacy.crt'|; s|'$S/pki/artifact.key'|'$T/legacy.key'|" \
   -e "s|--listen 127.0.0.1:[0-9]*|--listen 127.0.0.1:0|; s|--port-file '[^']*'|--port-file '$T/art.port'|" \
+  -e "s|--metrics-listen 127.0.0.1:[0-9]*|--metrics-listen 127.0.0.1:0|" \
   "$S/run/artifact.sh" >"$T/artifact.sh"
 grep -q "$T/legacy.crt" "$T/artifact.sh" || fail "cannot rewrite the artifact launcher"
 bash "$T/artifact.sh" >"$T/artifact.log" 2>&1 </dev/null &

@@ -72,7 +72,7 @@ ok "every refusal names the flag that sets the limit"
 ok "mallory got at most $per_peer streams ($open_watch watches, $served_push pushes)"
 
 # (c) a second artifact instance with a 2 s idle timeout.
-"$S/run/artifact.sh" --listen 127.0.0.1:0 --port-file "$T/art2.port" --stream-idle-timeout 2s \
+"$S/run/artifact.sh" --listen 127.0.0.1:0 --port-file "$T/art2.port" --stream-idle-timeout 2s --metrics-listen 127.0.0.1:0 \
   >"$T/art2.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do [ -s "$T/art2.port" ] && break; sleep 0.1; done
