@@ -123,22 +123,21 @@ static struct chan *chan_get(struct rpc_client *c)
 }
 
 /* A new channel to c's target with credentials from ca/cert/key (PEM,
- * borrowed), pinned to c->expect. Returns NULL with err. */
-static struct chan *chan_make(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
-			      const char *key_pem, char *err, size_t errlen)
+ * borrowed), pinned to c->expect, into *out (one reference). Returns 0,
+ * or SW_ENOMEM / SW_EINVAL with err. */
+static int chan_make(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
+		     const char *key_pem, struct chan **out, char *err, size_t errlen)
 {
+	*out = NULL;
 	struct chan *ch = calloc(1, sizeof *ch);
-	if (ch == NULL) {
-		sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-		return NULL;
-	}
+	if (ch == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	atomic_init(&ch->refs, 1);
 	grpc_channel_credentials *creds =
 		tls_client_creds(ca_pem, cert_pem, key_pem, c->expect, &ch->pin);
 	if (creds == NULL) {
 		free(ch);
-		sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
-		return NULL;
+		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
 	}
 	grpc_arg args[16];
 	size_t n = 0;
@@ -197,10 +196,10 @@ static struct chan *chan_make(struct rpc_client *c, const char *ca_pem, const ch
 	if (ch->ch == NULL) {
 		tls_pin_release(ch->pin);
 		free(ch);
-		sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", c->target);
-		return NULL;
+		return sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", c->target);
 	}
-	return ch;
+	*out = ch;
+	return 0;
 }
 
 static void client_free_fields(struct rpc_client *c)
@@ -280,9 +279,8 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		client_free_fields(c);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
-	c->cur = chan_make(c, opts->ca_pem, opts->cert_pem, opts->key_pem, err, errlen);
-	if (c->cur == NULL) {
-		int rc = strstr(err, "memory") ? SW_ENOMEM : SW_EINVAL;
+	int rc = chan_make(c, opts->ca_pem, opts->cert_pem, opts->key_pem, &c->cur, err, errlen);
+	if (rc != 0) {
 		client_free_fields(c);
 		return rc;
 	}
@@ -300,9 +298,10 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 int rpc_client_set_tls(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
 		       const char *key_pem, char *err, size_t errlen)
 {
-	struct chan *ch = chan_make(c, ca_pem, cert_pem, key_pem, err, errlen);
-	if (ch == NULL)
-		return SW_EINVAL;
+	struct chan *ch = NULL;
+	int rc = chan_make(c, ca_pem, cert_pem, key_pem, &ch, err, errlen);
+	if (rc != 0)
+		return rc;
 	pthread_mutex_lock(&c->mu);
 	struct chan *old = c->cur;
 	c->cur = ch;

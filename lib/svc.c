@@ -357,6 +357,12 @@ int svc_reload_files(const char *ca, const char *cert, const char *key, const ch
 		rc = sw_errf(err, errlen, SW_EINVAL, "%s", why);
 		goto out;
 	}
+	/* A server's certificate must be one clients accept as a server
+	 * (serverAuth, not an agent's or a user's), as their pins check. */
+	if (srv != NULL && tls_check_server_cert(cert_pem, info.spiffe_id, why, sizeof why) != 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "not a server certificate: %s", why);
+		goto out;
+	}
 	if (expect_id != NULL && strcmp(info.spiffe_id, expect_id) != 0) {
 		rc = sw_errf(err, errlen, SW_EINVAL,
 			     "the new certificate is for %s, not %s (a reload keeps the identity)",

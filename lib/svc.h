@@ -137,7 +137,8 @@ void svc_on_reload(int (*fn)(void *arg, char *err, size_t errlen), void *arg);
  * Certificate rotation for a process whose identity is the files ca, cert
  * and key: reads them again, checks them (tls_check_material: the key is
  * the certificate's, the certificate verifies against the CA, and it is
- * still `expect_id` when that is not NULL), then switches every reloadable
+ * still `expect_id` when that is not NULL; with a server, one clients
+ * accept as a server's), then switches every reloadable
  * client (rpc_client_reload_all) and, when srv is not NULL, the server
  * (rpc_server_set_tls), and logs the new serial and expiry. A bad set is
  * refused with SW_EINVAL and the reason in err: nothing changes and the
