@@ -100,5 +100,20 @@ TRACEPARENT="00-$tid3-0000000000000000-01" slipway -o json deployment show "$id"
 [ "$(gets "[0-9a-f]\{32\}")" -ge 2 ] || fail "the call under a bad traceparent has no trace"
 ok "a valid traceparent is continued, an invalid one starts a new trace"
 
+# --no-access-log (here through the environment): successful calls leave
+# no info line, failed ones still do.
+scripts/stack stop "$S" audit >/dev/null || fail "stop audit"
+SLIPWAY_AUDIT_NO_ACCESS_LOG=true scripts/stack start "$S" audit >/dev/null || fail "start audit with --no-access-log"
+tid4=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+TRACEPARENT="00-$tid4-$span-01" slipway audit log --limit 1 >/dev/null 2>"$T/err" || fail "audit log: $(cat "$T/err")"
+tid5=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+TRACEPARENT="00-$tid5-$span-01" slipway audit show 999999999 >/dev/null 2>&1 && fail "audit show of a missing entry succeeded"
+grep -q "trace_id=$tid4 msg=access " "$L/audit.log" && fail "--no-access-log: a successful call was logged at info"
+grep "trace_id=$tid5 msg=access " "$L/audit.log" | grep -q -v " status=OK " \
+  || fail "--no-access-log: the failed call was not logged"
+scripts/stack stop "$S" audit >/dev/null || fail "stop audit"
+scripts/stack start "$S" audit >/dev/null || fail "start audit"
+ok "--no-access-log keeps failures at info and successful calls out of it"
+
 scripts/stack stop "$S" trc/h1 >/dev/null 2>&1 || true
 echo "tracing: $checks checks passed"
