@@ -22,6 +22,7 @@
 #include "err.h"
 #include "log.h"
 #include "tls.h"
+#include "trace.h"
 
 #include <ctype.h>
 #include <getopt.h>
@@ -201,7 +202,8 @@ static const char global_help[] =
 	"                            its current-context)\n"
 	"  --ca FILE, --cert FILE, --key FILE\n"
 	"                            TLS material (else SLIPWAY_CA, SLIPWAY_CERT, SLIPWAY_KEY)\n"
-	"  -v, --verbose             debug logs on stderr\n";
+	"  -v, --verbose             debug logs on stderr, with the command's trace_id\n"
+	"                            (TRACEPARENT continues a W3C trace a script started)\n";
 
 static const char exit_help[] =
 	"Exit codes:\n"
@@ -686,6 +688,18 @@ int main(int argc, char **argv)
 	if ((rc = resolve(&c, f_output, f_timeout, f_ca, f_cert, f_key)) != CLI_OK)
 		return rc;
 	log_init("cli", c.verbose ? LOG_DEBUG : LOG_OFF);
+	/* One trace per command: every call it makes carries a span of it
+	 * (traceparent), so its work can be followed in the services' logs.
+	 * TRACEPARENT (the usual environment variable) continues a trace a
+	 * script or a CI job started; an invalid one is ignored. */
+	struct trace_ctx tr, parent;
+	const char *tp = getenv("TRACEPARENT");
+	if (tp != NULL && trace_parse(tp, strlen(tp), &parent) == 0)
+		trace_child(&parent, &tr);
+	else
+		trace_new(&tr);
+	trace_set_current(&tr);
+	log_debug("trace started", NULL); /* --verbose: the line shows trace_id */
 	rpc_init();
 	if (g->sub != NULL)
 		rc = g->fn(&c, argc - 1, argv + 1);

@@ -21,6 +21,7 @@ static char service_name[32];
 static log_sink_fn sink;
 static void *sink_arg;
 static _Thread_local char request_id[64];
+static _Thread_local char trace_id[33];
 
 static const char *const level_names[] = { "debug", "info", "warn", "error", "off" };
 
@@ -58,6 +59,19 @@ void log_set_request_id(const char *rid)
 const char *log_request_id(void)
 {
 	return request_id;
+}
+
+void log_set_trace_id(const char *tid)
+{
+	if (tid == NULL)
+		trace_id[0] = '\0';
+	else
+		snprintf(trace_id, sizeof trace_id, "%s", tid);
+}
+
+const char *log_trace_id(void)
+{
+	return trace_id;
 }
 
 int log_enabled(enum log_level lvl)
@@ -292,6 +306,10 @@ void log_emit(enum log_level lvl, const char *msg, const char *kvfmt, ...)
 	if (request_id[0]) {
 		put(&o, " req=", 5);
 		put_value(&o, request_id, strlen(request_id));
+	}
+	if (trace_id[0]) {
+		put(&o, " trace_id=", 10);
+		put_value(&o, trace_id, strlen(trace_id));
 	}
 	put(&o, " msg=", 5);
 	put_value(&o, msg, strlen(msg));

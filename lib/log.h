@@ -1,13 +1,15 @@
 /*
  * log.h - structured logging: one logfmt line per event on stderr.
  *
- *   ts=2026-11-26T17:54:19.123Z level=info service=audit req=4f1c... msg="appended" seq=42
+ *   ts=2026-11-26T17:54:19.123Z level=info service=audit req=4f1c... trace_id=0af7... msg="appended" seq=42
  *
  * Nothing is written until log_init() is called, so lib/ never prints on its
  * own: the service decides. Values formatted through the key/value format are
  * quoted and escaped automatically, so untrusted input can neither break a
  * line in two nor forge a key. The request id comes from a thread-local set
- * by the RPC layer for the duration of a handler (log_set_request_id).
+ * by the RPC layer for the duration of a handler (log_set_request_id), and
+ * so does the trace id of the thread's W3C trace context (trace.h), when
+ * one is set.
  *
  * Never pass secret values or key material to these functions.
  */
@@ -37,6 +39,14 @@ void log_set_request_id(const char *rid);
 
 /* Returns the calling thread's request id, or "" when none. */
 const char *log_request_id(void);
+
+/* Sets the calling thread's trace id (32 hex digits, copied; NULL clears
+ * it): while set, every line of the thread carries trace_id=. trace.h sets
+ * it with the thread's trace context; other callers need not. Any thread. */
+void log_set_trace_id(const char *trace_id);
+
+/* Returns the calling thread's trace id, or "" when none. */
+const char *log_trace_id(void);
 
 /* Returns 1 if events at `lvl` are written. */
 int log_enabled(enum log_level lvl);

@@ -7,6 +7,7 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+#include "trace.h"
 #include "clock.h"
 
 #include <pthread.h>
@@ -159,11 +160,13 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
 	slipway__v1__audit_event__pack(&ev, buf);
-	const char *vals[2] = { id, (const char *)buf };
-	int lens[2] = { 0, (int)n };
-	int fmts[2] = { 0, 1 };
-	int rc = db_exec(c, "INSERT INTO outbox (event_id, event) VALUES ($1, $2)", 2, vals, lens,
-			 fmts, 0, NULL, err, errlen);
+	char trace_hex[TRACE_ID_HEX + 1];
+	trace_id_hex(trace_current(), trace_hex);
+	const char *vals[3] = { id, (const char *)buf, trace_hex };
+	int lens[3] = { 0, (int)n, 0 };
+	int fmts[3] = { 0, 1, 0 };
+	int rc = db_exec(c, "INSERT INTO outbox (event_id, event, trace_id) VALUES ($1, $2, $3)", 3,
+			 vals, lens, fmts, 0, NULL, err, errlen);
 	free(buf);
 	free(values);
 	return rc;
@@ -198,7 +201,8 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 	char lim[24];
 	/* Commit order (seq, assigned at commit); rows written before the
 	 * outbox had seq come first, in id order. */
-	int rc = db_exec(c, "SELECT id, event FROM outbox ORDER BY seq NULLS FIRST, id LIMIT $1::int",
+	int rc = db_exec(c,
+			 "SELECT id, event, trace_id FROM outbox ORDER BY seq NULLS FIRST, id LIMIT $1::int",
 			 1,
 			 (const char *[]){ db_i64(lim, r->o.batch) }, NULL, NULL, 1, &res, err,
 			 errlen);
@@ -209,6 +213,15 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 		PQclear(res);
 		return 0;
 	}
+	/* This round delivers the leading run of events of one trace, under
+	 * that trace; the next round takes the next run. Order is kept. */
+	char trace_hex[TRACE_ID_HEX + 1];
+	snprintf(trace_hex, sizeof trace_hex, "%s", PQgetvalue(res, 0, 2));
+	for (int i = 1; i < rows; i++)
+		if (strcmp(PQgetvalue(res, i, 2), trace_hex) != 0) {
+			rows = i;
+			break;
+		}
 	int n = 0;
 	Slipway__V1__AuditEvent **evs = calloc((size_t)rows, sizeof *evs);
 	size_t idlen = (size_t)rows * 22 + 3;
@@ -242,8 +255,10 @@ static int deliver(struct outbox_relay *r, struct db_conn *c, char *err, size_t 
 		req.events = evs;
 		ProtobufCMessage *resp = NULL;
 		struct rpc_call_opts co = { .timeout_ms = 10000 };
+		trace_enter_id(trace_hex); /* "" (untraced events): none */
 		rc = rpc_call(r->o.audit, &slipway__v1__audit__descriptor, "AppendBatch", &req.base,
 			      &resp, &co, err, errlen);
+		trace_set_current(NULL);
 		if (resp != NULL)
 			protobuf_c_message_free_unpacked(resp, NULL);
 		if (rc != 0)

@@ -8,7 +8,9 @@
  * events in commit order with AppendBatch (idempotent by event id, so a
  * retry after a lost reply changes nothing), deletes them once the audit
  * service acknowledged them, and backs off while the audit service is
- * unreachable: audit downtime delays the log but loses nothing. Replicas
+ * unreachable: audit downtime delays the log but loses nothing. Events
+ * written under different traces go in separate batches, each sent under
+ * its trace (OUTBOX_TRACE_SQL). Replicas
  * share the outbox; a session advisory lock lets one relay at a time
  * deliver, which keeps each producer's events in order.
  *
@@ -68,6 +70,12 @@
 	" event bytea NOT NULL,"                                               \
 	" created_at timestamptz NOT NULL DEFAULT now());"                     \
 	OUTBOX_COMMIT_ORDER_SQL
+
+/* Tracing (trace.h): each event keeps the trace id current when it was
+ * written, and the relay delivers it under that trace, so the audit
+ * service's log lines for it carry the same trace_id. A migration of its
+ * own in each service, after OUTBOX_MIGRATION_SQL. */
+#define OUTBOX_TRACE_SQL "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS trace_id text NOT NULL DEFAULT ''"
 
 #define OUTBOX_MAX_DETAILS 32
 

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "spiffe.h"
 #include "tls.h"
+#include "trace.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -96,6 +97,7 @@ struct rpc_ctx {
 	char peer[SPIFFE_ID_MAX + 1];
 	char rid[65];
 	char path[256];
+	struct trace_ctx trace; /* this call's span (traceparent, or a new trace) */
 	atomic_int refs;
 	atomic_int cancelled;
 	int close_started;     /* RECV_CLOSE_ON_SERVER issued early */
@@ -140,7 +142,8 @@ struct rpc_ctx {
 
 struct rpc_server {
 	struct rpc_server_opts o;
-	char *ca, *cert, *key, *listen, *service, *trust_domain;
+	char *listen, *service, *trust_domain;
+	struct tls_server_src *tls; /* the certificate new handshakes use */
 	grpc_server *server;
 	grpc_completion_queue *cq;
 	pthread_t *cq_threads;
@@ -305,6 +308,7 @@ const char *rpc_request_id(const struct rpc_ctx *ctx) { return ctx->rid; }
 const char *rpc_method_path(const struct rpc_ctx *ctx) { return ctx->path; }
 ProtobufCMessage *rpc_response(struct rpc_ctx *ctx) { return ctx->resp; }
 grpc_call *rpc_ctx_call(struct rpc_ctx *ctx) { return ctx->call; }
+const struct trace_ctx *rpc_ctx_trace(const struct rpc_ctx *ctx) { return &ctx->trace; }
 
 int64_t rpc_remaining_ms(const struct rpc_ctx *ctx)
 {
@@ -547,6 +551,46 @@ int rpc_recv(struct rpc_ctx *ctx, ProtobufCMessage **msg)
 	return 1;
 }
 
+/*
+ * The access log: one line per finished call, written where every call
+ * ends (ctx_finish), whatever thread that is:
+ *
+ *   level=info ... req=<id> trace_id=<32 hex> msg=access method=/pkg.Svc/M
+ *     peer=spiffe://... status=OK duration_ms=1.234 [error="..."]
+ *
+ * Request bodies are never logged; `error` is the status message sent to
+ * the caller, which by rpc_errorf's contract holds no secrets. Health
+ * checks (grpc.health.v1) log at debug, INTERNAL errors at error, and
+ * with --no-access-log (opts.no_access_log) successful calls log at debug
+ * only, failures still at info.
+ */
+static void access_log(struct rpc_ctx *ctx, int code, const char *msg, double ms)
+{
+	int health = strncmp(ctx->path, "/grpc.health.v1.Health/", 23) == 0;
+	enum log_level lvl = ctx->status == GRPC_STATUS_INTERNAL		? LOG_ERROR
+			     : health || (code == 0 && ctx->srv->o.no_access_log) ? LOG_DEBUG
+										    : LOG_INFO;
+	if (!log_enabled(lvl))
+		return;
+	/* The call may end on a thread that serves another (deferred calls):
+	 * log under this call's ids and put the thread's back. */
+	char saved_rid[65], saved_tid[TRACE_ID_HEX + 1], tid[TRACE_ID_HEX + 1];
+	snprintf(saved_rid, sizeof saved_rid, "%s", log_request_id());
+	snprintf(saved_tid, sizeof saved_tid, "%s", log_trace_id());
+	trace_id_hex(&ctx->trace, tid);
+	log_set_request_id(ctx->rid);
+	log_set_trace_id(tid[0] ? tid : NULL);
+	if (code == 0)
+		log_emit(lvl, "access", "method=%s peer=%s status=%s duration_ms=%.3f", ctx->path,
+			 ctx->peer[0] ? ctx->peer : "-", sw_grpc_status_name((int)ctx->status), ms);
+	else
+		log_emit(lvl, "access", "method=%s peer=%s status=%s duration_ms=%.3f error=%s",
+			 ctx->path, ctx->peer[0] ? ctx->peer : "-",
+			 sw_grpc_status_name((int)ctx->status), ms, msg);
+	log_set_request_id(saved_rid[0] ? saved_rid : NULL);
+	log_set_trace_id(saved_tid[0] ? saved_tid : NULL);
+}
+
 /* Sends the final status (and the response for unary/client-streaming
  * calls when code == 0). Any thread; once per call. */
 static void ctx_finish(struct rpc_ctx *ctx, int code)
@@ -595,18 +639,7 @@ static void ctx_finish(struct rpc_ctx *ctx, int code)
 		    (double)(now.tv_nsec - ctx->start.tv_nsec) / 1e6;
 	metrics_rpc_observe(ctx->m != NULL ? ctx->path : NULL,
 			    sw_grpc_status_name((int)ctx->status), ms / 1e3);
-	enum log_level lvl = code == 0 ? LOG_DEBUG
-			     : ctx->status == GRPC_STATUS_INTERNAL ? LOG_ERROR
-								    : LOG_INFO;
-	if (log_enabled(lvl)) {
-		char saved[65];
-		snprintf(saved, sizeof saved, "%s", log_request_id());
-		log_set_request_id(ctx->rid);
-		log_emit(lvl, "call", "path=%s peer=%s status=%s ms=%.3f error=%s", ctx->path,
-			 ctx->peer[0] ? ctx->peer : "-", sw_grpc_status_name((int)ctx->status), ms,
-			 code == 0 ? "" : msg);
-		log_set_request_id(saved[0] ? saved : NULL);
-	}
+	access_log(ctx, code, msg, ms);
 	start_batch(ctx, ops, n, &ctx->final_tag);
 }
 
@@ -618,6 +651,7 @@ static void run_handler(struct rpc_ctx *ctx)
 	int rc;
 
 	log_set_request_id(ctx->rid);
+	trace_set_current(&ctx->trace);
 	if (impl->kind != RPC_CLIENT_STREAM) {
 		if (ctx->payload == NULL) {
 			rc = rpc_errorf(ctx, SW_EINVAL, "the call carried no request message");
@@ -652,6 +686,7 @@ static void run_handler(struct rpc_ctx *ctx)
 	ctx_unref(ctx);
 	if (deferred) {
 		log_set_request_id(NULL);
+		trace_set_current(NULL);
 		return; /* rpc_finish will finish and drop the handler reference */
 	}
 	if (rc == RPC_DEFERRED)
@@ -660,6 +695,7 @@ done:
 	rpc_limits_release_worker(ctx->srv->limits, &ctx->hold);
 	ctx_finish(ctx, rc);
 	log_set_request_id(NULL);
+	trace_set_current(NULL);
 	ctx_unref(ctx);
 }
 
@@ -1010,6 +1046,18 @@ static void on_new_call(struct slot *s, int success)
 	}
 	if (ctx->rid[0] == '\0')
 		rpc_new_request_id(ctx->rid);
+	/* Trace context: this call is a child span of the caller's
+	 * traceparent; none, or an invalid one, starts a new trace (never an
+	 * error: tracing must not refuse work). */
+	struct trace_ctx parent = { .valid = 0 };
+	for (size_t i = 0; i < ctx->req_md.count; i++) {
+		const grpc_metadata *md = &ctx->req_md.metadata[i];
+		if (grpc_slice_str_cmp(md->key, "traceparent") == 0 &&
+		    trace_parse((const char *)GRPC_SLICE_START_PTR(md->value),
+				GRPC_SLICE_LENGTH(md->value), &parent) == 0)
+			break;
+	}
+	trace_child(&parent, &ctx->trace);
 
 	if (m == NULL || m->impl == NULL) {
 		ctx_finish(ctx, rpc_errorf(ctx, SW_EUNIMPL, "method %s is not implemented",
@@ -1144,14 +1192,12 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out, 
 		free(srv);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
-	srv->ca = strdup(opts->ca_pem);
-	srv->cert = strdup(opts->cert_pem);
-	srv->key = strdup(opts->key_pem);
+	srv->tls = tls_server_src_new(opts->ca_pem, opts->cert_pem, opts->key_pem);
 	srv->listen = strdup(opts->listen);
 	srv->service = strdup(opts->service ? opts->service : "rpc");
 	srv->trust_domain = opts->trust_domain ? strdup(opts->trust_domain) : NULL;
 	srv->queue = calloc((size_t)srv->o.max_queue, sizeof *srv->queue);
-	if (!srv->ca || !srv->cert || !srv->key || !srv->listen || !srv->service ||
+	if (!srv->tls || !srv->listen || !srv->service ||
 	    (opts->trust_domain && !srv->trust_domain) || !srv->queue) {
 		rpc_server_free(srv);
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -1258,7 +1304,9 @@ int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t 
 		if (e->reg == NULL)
 			return sw_errf(err, errlen, SW_EINVAL, "cannot register %s", e->path);
 	}
-	grpc_server_credentials *creds = tls_server_creds(srv->ca, srv->cert, srv->key);
+	/* Reloadable (rpc_server_set_tls): each new handshake takes the
+	 * material last set. */
+	grpc_server_credentials *creds = tls_server_creds_reloadable(srv->tls);
 	if (creds == NULL)
 		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
 	int port = grpc_server_add_http2_port(srv->server, srv->listen, creds);
@@ -1347,6 +1395,12 @@ int rpc_server_shutdown(struct rpc_server *srv, int grace_ms)
 	return cancelled;
 }
 
+int rpc_server_set_tls(struct rpc_server *srv, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem)
+{
+	return tls_server_src_set(srv->tls, ca_pem, cert_pem, key_pem);
+}
+
 void rpc_server_free(struct rpc_server *srv)
 {
 	if (srv == NULL)
@@ -1370,12 +1424,7 @@ void rpc_server_free(struct rpc_server *srv)
 	free(srv->workers);
 	free(srv->methods);
 	free(srv->queue);
-	if (srv->key != NULL) {
-		memset(srv->key, 0, strlen(srv->key));
-		free(srv->key);
-	}
-	free(srv->ca);
-	free(srv->cert);
+	tls_server_src_free(srv->tls); /* after grpc_server_destroy: gRPC asks it */
 	free(srv->listen);
 	free(srv->service);
 	free(srv->trust_domain);

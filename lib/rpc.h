@@ -31,6 +31,17 @@
  * or generated, sent back in the response headers, set as the log request
  * id while the handler runs, and forwarded by the client on downstream calls.
  *
+ * Access log: when a call finishes, one info line "msg=access" with its
+ * method, the caller's SPIFFE ID, the status name, the duration, the
+ * request id and the trace id (health checks at debug; never a request
+ * body). It is written at the single point where every call ends.
+ *
+ * Trace context (trace.h): every call's W3C `traceparent` is parsed (an
+ * invalid one is ignored and a new trace started); the call gets a span
+ * of its own in that trace, current on the handler's thread while it
+ * runs, and downstream calls (rpc_call, rpc_stream_open) carry a child
+ * span of the parent call or of the thread's current context.
+ *
  * Client: long-lived channels, unary and streaming calls with deadlines, and
  * deadline/cancellation propagation from a server call to downstream calls.
  * Every client pins the SPIFFE ID of the server it calls (tls.h): a server
@@ -129,6 +140,8 @@ struct rpc_server_opts {
 	int64_t stream_idle_ms;   /* > 0: a blocking rpc_recv or rpc_send that
 				   * waits this long for the client cancels the
 				   * call with DEADLINE_EXCEEDED; 0: no limit */
+	int no_access_log;        /* 1: successful calls are logged at debug, not
+				   * info (failures stay at info; see "Access log") */
 };
 
 /* Creates a server (not yet listening). Returns 0 and *out (free with
@@ -159,6 +172,12 @@ int rpc_server_start(struct rpc_server *srv, int *bound_port, char *err, size_t 
  * joins every thread. Returns the number of calls that had to be cancelled.
  * Main thread. */
 int rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
+
+/* Certificate rotation: connections accepted from now on use this
+ * material (PEM text, copied); established ones keep theirs. Check it with
+ * tls_check_material first. Returns 0 or SW_ENOMEM. Any thread. */
+int rpc_server_set_tls(struct rpc_server *srv, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem);
 
 /* Frees a server after rpc_server_shutdown (or one never started). NULL ok. */
 void rpc_server_free(struct rpc_server *srv);
@@ -318,6 +337,9 @@ struct rpc_client_opts {
 				   * > 0: a fixed per-stream window without BDP probing,
 				   * so a server streaming bulk data is not throttled to
 				   * the estimated BDP */
+	int reloadable;           /* 1: rpc_client_reload_all replaces its TLS
+				   * material (a process's own identity: services'
+				   * and the agent's clients, on SIGHUP) */
 };
 
 /* Creates a long-lived channel. Returns 0 and *out (free with
@@ -326,6 +348,19 @@ struct rpc_client_opts {
 int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out,
 		   char *err, size_t errlen);
 void rpc_client_free(struct rpc_client *c);
+
+/* Certificate rotation: new calls of c use a new channel made with these
+ * credentials (PEM text, copied), still pinned to the same server ID;
+ * calls in flight finish on the old channel, which is destroyed after the
+ * last. Returns 0, or SW_EINVAL (c keeps its channel). Any thread. */
+int rpc_client_set_tls(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem, char *err, size_t errlen);
+
+/* rpc_client_set_tls on every client created with opts.reloadable.
+ * Returns how many were switched, or a negative code with the first
+ * failure in err (the others are still switched). Any thread. */
+int rpc_client_reload_all(const char *ca_pem, const char *cert_pem, const char *key_pem,
+			  char *err, size_t errlen);
 
 struct rpc_call_opts {
 	int64_t timeout_ms;          /* 0 = 10 s default; a deadline is always set */

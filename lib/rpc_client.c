@@ -34,6 +34,7 @@
 #include "rpc_internal.h"
 #include "spiffe.h"
 #include "tls.h"
+#include "trace.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -41,6 +42,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +54,29 @@
 #define PROBE_MAX_MS 300    /* how long a probe waits for readiness */
 #define DEFAULT_MAX_MSG (16u << 20)
 
-struct rpc_client {
+/* A channel and the pin of the credentials it was made with. Calls hold a
+ * reference for their life, so a channel replaced by new credentials
+ * (rpc_client_set_tls) is destroyed only when its last call ends. */
+struct chan {
 	grpc_channel *ch;
+	struct tls_pin *pin;              /* the server's pinned identity */
+	atomic_int refs;
+};
+
+struct rpc_client {
+	pthread_mutex_t mu;               /* guards cur */
+	struct chan *cur;                 /* the channel new calls use */
 	size_t max_msg;
 	int fail_fast;
 	char target[128];                 /* for messages, maybe cut */
-	struct tls_pin *pin;              /* the server's pinned identity */
+	/* what a new channel is made from (rpc_client_set_tls) */
+	char *full_target;
+	char *server_name;                /* NULL: the target's host */
+	char expect[SPIFFE_ID_MAX + 1];   /* the pinned server ID */
+	int own_connection;
+	size_t stream_window;
+	int reloadable;                   /* in the registry (rpc_client_reload_all) */
+	struct rpc_client *reg_next;
 	atomic_ullong fast_failures;      /* calls refused because the peer was down */
 	atomic_llong next_probe_ms;       /* clock_mono_ms of the next allowed probe */
 	atomic_int probing;               /* a probe is running */
@@ -65,11 +84,13 @@ struct rpc_client {
 
 struct rpc_stream {
 	struct rpc_client *c;
+	struct chan *chan;
 	grpc_call *call;
 	grpc_completion_queue *cq;
 	const ProtobufCMethodDescriptor *md;
-	grpc_metadata send_md[1];
+	grpc_metadata send_md[2];
 	char rid[65];
+	char traceparent[TRACE_PARENT_LEN + 1];
 	grpc_metadata_array init_md, trail_md;
 	int got_init_md;
 	grpc_status_code status;
@@ -78,6 +99,117 @@ struct rpc_stream {
 	int status_tag;
 	int op_tag;
 };
+
+/* Clients made reloadable, for rpc_client_reload_all. */
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rpc_client *reg_head;
+
+static void chan_put(struct chan *ch)
+{
+	if (ch == NULL || atomic_fetch_sub(&ch->refs, 1) != 1)
+		return;
+	grpc_channel_destroy(ch->ch);
+	tls_pin_release(ch->pin);
+	free(ch);
+}
+
+/* The channel new calls use, with a reference for the caller. */
+static struct chan *chan_get(struct rpc_client *c)
+{
+	pthread_mutex_lock(&c->mu);
+	struct chan *ch = c->cur;
+	atomic_fetch_add(&ch->refs, 1);
+	pthread_mutex_unlock(&c->mu);
+	return ch;
+}
+
+/* A new channel to c's target with credentials from ca/cert/key (PEM,
+ * borrowed), pinned to c->expect, into *out (one reference). Returns 0,
+ * or SW_ENOMEM / SW_EINVAL with err. */
+static int chan_make(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
+		     const char *key_pem, struct chan **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct chan *ch = calloc(1, sizeof *ch);
+	if (ch == NULL)
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	atomic_init(&ch->refs, 1);
+	grpc_channel_credentials *creds =
+		tls_client_creds(ca_pem, cert_pem, key_pem, c->expect, &ch->pin);
+	if (creds == NULL) {
+		free(ch);
+		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
+	}
+	grpc_arg args[16];
+	size_t n = 0;
+	memset(args, 0, sizeof args);
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	args[n++].value.integer = (int)c->max_msg;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+	args[n++].value.integer = (int)c->max_msg;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_KEEPALIVE_TIME_MS;
+	args[n++].value.integer = 30000;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+	args[n++].value.integer = 10000;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_ENABLE_RETRIES;
+	args[n++].value.integer = 0;
+	/* A receive window as large as a message: with gRPC's default 64 KiB a
+	 * larger message waits for window updates that a client polling only
+	 * while it reads send late (about 10 ms a message, measured). */
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+	args[n++].value.integer = c->stream_window > 0 ? (int)c->stream_window : (int)c->max_msg;
+	/* Services restart: reconnect within seconds, not gRPC's default of up
+	 * to two minutes. */
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 200;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 200;
+	args[n].type = GRPC_ARG_INTEGER;
+	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+	args[n++].value.integer = 5000;
+	if (c->stream_window > 0) {
+		/* A fixed window for bulk transfers (set below): no BDP probing. */
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_HTTP2_BDP_PROBE;
+		args[n++].value.integer = 0;
+	}
+	if (c->server_name != NULL) {
+		args[n].type = GRPC_ARG_STRING;
+		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		args[n++].value.string = c->server_name;
+	}
+	if (c->own_connection) {
+		args[n].type = GRPC_ARG_INTEGER;
+		args[n].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+		args[n++].value.integer = 1;
+	}
+	grpc_channel_args chargs = { n, args };
+	ch->ch = grpc_channel_create(c->full_target, creds, &chargs);
+	grpc_channel_credentials_release(creds);
+	if (ch->ch == NULL) {
+		tls_pin_release(ch->pin);
+		free(ch);
+		return sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", c->target);
+	}
+	*out = ch;
+	return 0;
+}
+
+static void client_free_fields(struct rpc_client *c)
+{
+	free(c->full_target);
+	free(c->server_name);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
 
 int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, char *err,
 		   size_t errlen)
@@ -110,59 +242,16 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 	struct rpc_client *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	pthread_mutex_init(&c->mu, NULL);
 	c->max_msg = opts->max_msg_bytes ? opts->max_msg_bytes : DEFAULT_MAX_MSG;
 	c->fail_fast = opts->fail_fast;
+	c->own_connection = opts->own_connection;
+	c->stream_window = opts->stream_window;
 	snprintf(c->target, sizeof c->target, "%s", opts->target);
+	snprintf(c->expect, sizeof c->expect, "%s", expect);
 	atomic_init(&c->fast_failures, 0);
 	atomic_init(&c->next_probe_ms, 0);
 	atomic_init(&c->probing, 0);
-	grpc_channel_credentials *creds =
-		tls_client_creds(opts->ca_pem, opts->cert_pem, opts->key_pem, expect, &c->pin);
-	if (creds == NULL) {
-		free(c);
-		return sw_errf(err, errlen, SW_EINVAL, "invalid TLS material");
-	}
-	grpc_arg args[16];
-	size_t n = 0;
-	memset(args, 0, sizeof args);
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-	args[n++].value.integer = (int)c->max_msg;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-	args[n++].value.integer = (int)c->max_msg;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_KEEPALIVE_TIME_MS;
-	args[n++].value.integer = 30000;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
-	args[n++].value.integer = 10000;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_ENABLE_RETRIES;
-	args[n++].value.integer = 0;
-	/* A receive window as large as a message: with gRPC's default 64 KiB a
-	 * larger message waits for window updates that a client polling only
-	 * while it reads send late (about 10 ms a message, measured). */
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
-	args[n++].value.integer = opts->stream_window > 0 ? (int)opts->stream_window : (int)c->max_msg;
-	/* Services restart: reconnect within seconds, not gRPC's default of up
-	 * to two minutes. */
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
-	args[n++].value.integer = 200;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-	args[n++].value.integer = 200;
-	args[n].type = GRPC_ARG_INTEGER;
-	args[n].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
-	args[n++].value.integer = 5000;
-	if (opts->stream_window > 0) {
-		/* A fixed window for bulk transfers (set below): no BDP probing. */
-		args[n].type = GRPC_ARG_INTEGER;
-		args[n].key = GRPC_ARG_HTTP2_BDP_PROBE;
-		args[n++].value.integer = 0;
-	}
 	/* A list of addresses ("ipv4:10.0.0.1:7443,10.0.0.2:7443", for several
 	 * replicas) has no single authority: check the servers' certificates
 	 * against the first host unless told otherwise. */
@@ -185,35 +274,75 @@ int rpc_client_new(const struct rpc_client_opts *opts, struct rpc_client **out, 
 		if (first_host[0])
 			server_name = first_host;
 	}
-	if (server_name != NULL) {
-		args[n].type = GRPC_ARG_STRING;
-		args[n].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-		args[n++].value.string = (char *)server_name;
+	c->full_target = strdup(opts->target);
+	c->server_name = server_name ? strdup(server_name) : NULL;
+	if (c->full_target == NULL || (server_name != NULL && c->server_name == NULL)) {
+		client_free_fields(c);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
-	if (opts->own_connection) {
-		args[n].type = GRPC_ARG_INTEGER;
-		args[n].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
-		args[n++].value.integer = 1;
+	int rc = chan_make(c, opts->ca_pem, opts->cert_pem, opts->key_pem, &c->cur, err, errlen);
+	if (rc != 0) {
+		client_free_fields(c);
+		return rc;
 	}
-	grpc_channel_args chargs = { n, args };
-	c->ch = grpc_channel_create(opts->target, creds, &chargs);
-	grpc_channel_credentials_release(creds);
-	if (c->ch == NULL) {
-		tls_pin_release(c->pin);
-		free(c);
-		return sw_errf(err, errlen, SW_EINVAL, "cannot create a channel to %s", opts->target);
+	if (opts->reloadable) {
+		c->reloadable = 1;
+		pthread_mutex_lock(&reg_mu);
+		c->reg_next = reg_head;
+		reg_head = c;
+		pthread_mutex_unlock(&reg_mu);
 	}
 	*out = c;
 	return 0;
+}
+
+int rpc_client_set_tls(struct rpc_client *c, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem, char *err, size_t errlen)
+{
+	struct chan *ch = NULL;
+	int rc = chan_make(c, ca_pem, cert_pem, key_pem, &ch, err, errlen);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&c->mu);
+	struct chan *old = c->cur;
+	c->cur = ch;
+	pthread_mutex_unlock(&c->mu);
+	chan_put(old); /* destroyed once its last call ends */
+	return 0;
+}
+
+int rpc_client_reload_all(const char *ca_pem, const char *cert_pem, const char *key_pem,
+			  char *err, size_t errlen)
+{
+	int n = 0, rc = 0;
+	pthread_mutex_lock(&reg_mu);
+	for (struct rpc_client *c = reg_head; c != NULL; c = c->reg_next) {
+		char e[256];
+		if (rpc_client_set_tls(c, ca_pem, cert_pem, key_pem, e, sizeof e) != 0) {
+			rc = sw_errf(err, errlen, SW_EINVAL, "client of %s: %s", c->target, e);
+			continue;
+		}
+		n++;
+	}
+	pthread_mutex_unlock(&reg_mu);
+	return rc != 0 ? rc : n;
 }
 
 void rpc_client_free(struct rpc_client *c)
 {
 	if (c == NULL)
 		return;
-	grpc_channel_destroy(c->ch);
-	tls_pin_release(c->pin);
-	free(c);
+	if (c->reloadable) {
+		pthread_mutex_lock(&reg_mu);
+		for (struct rpc_client **pp = &reg_head; *pp != NULL; pp = &(*pp)->reg_next)
+			if (*pp == c) {
+				*pp = c->reg_next;
+				break;
+			}
+		pthread_mutex_unlock(&reg_mu);
+	}
+	chan_put(c->cur);
+	client_free_fields(c);
 }
 
 static const ProtobufCMethodDescriptor *find_method(const ProtobufCServiceDescriptor *sd,
@@ -239,6 +368,18 @@ static void pick_request_id(const struct rpc_call_opts *o, char rid[65])
 		snprintf(rid, 65, "%s", r);
 	else
 		rpc_new_request_id(rid);
+}
+
+/* The traceparent of an outgoing call: a child span of the parent call's,
+ * else of the thread's current context, else a new trace. */
+static void pick_traceparent(const struct rpc_call_opts *o, char tp[TRACE_PARENT_LEN + 1])
+{
+	struct trace_ctx t;
+	if (o != NULL && o->parent != NULL)
+		trace_child(rpc_ctx_trace(o->parent), &t);
+	else
+		trace_child(trace_current(), &t);
+	trace_format(&t, tp);
 }
 
 unsigned long long rpc_client_fast_failures(struct rpc_client *c)
@@ -290,10 +431,10 @@ static void unary_ops(grpc_op ops[6], grpc_metadata *md, size_t n, uint32_t flag
 /* Sends an empty grpc.health.v1 Check that waits for readiness until pdl,
  * which makes a channel in TRANSIENT_FAILURE try the peer again; the answer
  * does not matter. Uses cq (plucked). */
-static void probe(struct rpc_client *c, grpc_completion_queue *cq, gpr_timespec pdl)
+static void probe(struct chan *ch, grpc_completion_queue *cq, gpr_timespec pdl)
 {
 	grpc_slice m = grpc_slice_from_static_string("/grpc.health.v1.Health/Check");
-	grpc_call *call = grpc_channel_create_call(c->ch, NULL, 0, cq, m, NULL, pdl, NULL);
+	grpc_call *call = grpc_channel_create_call(ch->ch, NULL, 0, cq, m, NULL, pdl, NULL);
 	grpc_slice_unref(m);
 	if (call == NULL)
 		return;
@@ -327,18 +468,18 @@ static void probe(struct rpc_client *c, grpc_completion_queue *cq, gpr_timespec 
  * else 0. Uses cq (the call's pluck queue) for the connectivity watch and
  * the probe. Any thread.
  */
-static int peer_down(struct rpc_client *c, const char *path, const struct rpc_call_opts *o,
+static int peer_down(struct rpc_client *c, struct chan *ch, const char *path, const struct rpc_call_opts *o,
 		     grpc_completion_queue *cq, gpr_timespec dl, char *why, size_t whylen)
 {
 	if (c->fail_fast || (o != NULL && o->wait_for_ready))
 		return 0;
-	grpc_connectivity_state st = grpc_channel_check_connectivity_state(c->ch, 1);
+	grpc_connectivity_state st = grpc_channel_check_connectivity_state(ch->ch, 1);
 	while ((st == GRPC_CHANNEL_IDLE || st == GRPC_CHANNEL_CONNECTING) &&
 	       gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), dl) < 0) {
 		int tag = 0;
-		grpc_channel_watch_connectivity_state(c->ch, st, dl, cq, &tag);
+		grpc_channel_watch_connectivity_state(ch->ch, st, dl, cq, &tag);
 		grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-		st = grpc_channel_check_connectivity_state(c->ch, 1);
+		st = grpc_channel_check_connectivity_state(ch->ch, 1);
 	}
 	int64_t now = clock_mono_ms();
 	if (st == GRPC_CHANNEL_TRANSIENT_FAILURE && now >= atomic_load(&c->next_probe_ms) &&
@@ -347,12 +488,12 @@ static int peer_down(struct rpc_client *c, const char *path, const struct rpc_ca
 		/* The channel may be waiting out its reconnect back-off (up to
 		 * the max, 5 s): try the peer now, so a peer that is back is
 		 * found by this probe, not seconds later. */
-		grpc_channel_reset_connect_backoff(c->ch);
+		grpc_channel_reset_connect_backoff(ch->ch);
 		gpr_timespec pdl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 						gpr_time_from_millis(PROBE_MAX_MS, GPR_TIMESPAN));
-		probe(c, cq, gpr_time_cmp(pdl, dl) < 0 ? pdl : dl);
+		probe(ch, cq, gpr_time_cmp(pdl, dl) < 0 ? pdl : dl);
 		atomic_store(&c->probing, 0);
-		st = grpc_channel_check_connectivity_state(c->ch, 0);
+		st = grpc_channel_check_connectivity_state(ch->ch, 0);
 	}
 	if (st != GRPC_CHANNEL_TRANSIENT_FAILURE && st != GRPC_CHANNEL_SHUTDOWN)
 		return 0; /* READY, or still connecting at the deadline: the call tells */
@@ -362,12 +503,12 @@ static int peer_down(struct rpc_client *c, const char *path, const struct rpc_ca
 	return 1;
 }
 
-static grpc_call *create_call(struct rpc_client *c, grpc_completion_queue *cq, const char *path,
+static grpc_call *create_call(struct chan *ch, grpc_completion_queue *cq, const char *path,
 			      const struct rpc_call_opts *o, gpr_timespec dl)
 {
 	grpc_call *parent = (o != NULL && o->parent != NULL) ? rpc_ctx_call(o->parent) : NULL;
 	grpc_slice method = grpc_slice_from_copied_string(path);
-	grpc_call *call = grpc_channel_create_call(c->ch, parent,
+	grpc_call *call = grpc_channel_create_call(ch->ch, parent,
 						   parent ? GRPC_PROPAGATE_DEFAULTS : 0, cq,
 						   method, NULL, dl, NULL);
 	grpc_slice_unref(method);
@@ -392,24 +533,24 @@ static int tls_trouble(const char *s, size_t n)
 /* Appends to err[errlen] why the server was not accepted: the pin's last
  * refusal ("... is not spiffe://td/service/x: it presented ..."), or for a
  * failure of the TLS handshake which ID was expected. */
-static void explain_pin(struct rpc_client *c, const char *details, size_t n, char *err,
+static void explain_pin(struct rpc_client *c, struct chan *ch, const char *details, size_t n, char *err,
 			size_t errlen)
 {
 	char why[384];
 	size_t used = strnlen(err, errlen);
 	if (used + 1 >= errlen)
 		return;
-	if (tls_pin_refusal(c->pin, why, sizeof why))
+	if (tls_pin_refusal(ch->pin, why, sizeof why))
 		snprintf(err + used, errlen - used,
 			 "; refused the server at %s before sending anything: it is not %s, %s",
-			 c->target, tls_pin_expected(c->pin), why);
+			 c->target, tls_pin_expected(ch->pin), why);
 	else if (tls_trouble(details, n))
 		snprintf(err + used, errlen - used, " (expected the server at %s to be %s)",
-			 c->target, tls_pin_expected(c->pin));
+			 c->target, tls_pin_expected(ch->pin));
 }
 
 /* Turns a finished call's status into an SW_E* code and a message. */
-static int status_to_err(struct rpc_client *c, grpc_status_code st, grpc_slice details,
+static int status_to_err(struct rpc_client *c, struct chan *ch, grpc_status_code st, grpc_slice details,
 			 const char *error_string, char *err, size_t errlen)
 {
 	if (st == GRPC_STATUS_OK)
@@ -424,7 +565,7 @@ static int status_to_err(struct rpc_client *c, grpc_status_code st, grpc_slice d
 	else
 		sw_errf(err, errlen, 0, "%s", sw_grpc_status_name((int)st));
 	if (st == GRPC_STATUS_UNAVAILABLE || st == GRPC_STATUS_DEADLINE_EXCEEDED)
-		explain_pin(c, d, n, err, errlen);
+		explain_pin(c, ch, d, n, err, errlen);
 	return sw_err_from_grpc((int)st);
 }
 
@@ -436,6 +577,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 	int rc = 0;
 	grpc_completion_queue *cq = NULL;
 	grpc_call *call = NULL;
+	struct chan *ch = NULL;
 	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
 	grpc_metadata_array init_md, trail_md;
 	grpc_status_code status = GRPC_STATUS_UNKNOWN;
@@ -462,26 +604,31 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 		goto out;
 	}
 	pick_request_id(opts, rid);
+	char tp[TRACE_PARENT_LEN + 1];
+	pick_traceparent(opts, tp);
+	ch = chan_get(c);
 	cq = grpc_completion_queue_create_for_pluck(NULL);
 	gpr_timespec dl = call_deadline(opts);
 	char why[384];
-	if (peer_down(c, path, opts, cq, dl, why, sizeof why)) {
+	if (peer_down(c, ch, path, opts, cq, dl, why, sizeof why)) {
 		rc = sw_errf(err, errlen, SW_EUNAVAIL, "UNAVAILABLE: %s", why);
-		explain_pin(c, "", 0, err, errlen);
+		explain_pin(c, ch, "", 0, err, errlen);
 		goto out;
 	}
-	call = create_call(c, cq, path, opts, dl);
+	call = create_call(ch, cq, path, opts, dl);
 	if (call == NULL) {
 		rc = sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
 		goto out;
 	}
-	grpc_metadata smd[1];
+	grpc_metadata smd[2];
 	memset(smd, 0, sizeof smd);
 	smd[0].key = grpc_slice_from_static_string("x-request-id");
 	smd[0].value = grpc_slice_from_static_string(rid);
+	smd[1].key = grpc_slice_from_static_string("traceparent");
+	smd[1].value = grpc_slice_from_static_string(tp);
 
 	grpc_op ops[6];
-	unary_ops(ops, smd, 1, waits_for_ready(c, opts) ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0,
+	unary_ops(ops, smd, 2, waits_for_ready(c, opts) ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0,
 		  send_bb, &recv_bb, &init_md, &trail_md, &status, &details, &error_string);
 	int tag = 1;
 	grpc_call_error ce = grpc_call_start_batch(call, ops, 6, &tag, NULL);
@@ -490,7 +637,7 @@ int rpc_call(struct rpc_client *c, const ProtobufCServiceDescriptor *sd, const c
 		goto out;
 	}
 	grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-	rc = status_to_err(c, status, details, error_string, err, errlen);
+	rc = status_to_err(c, ch, status, details, error_string, err, errlen);
 	if (rc != 0)
 		goto out;
 	if (recv_bb == NULL) {
@@ -526,6 +673,7 @@ out:
 			;
 		grpc_completion_queue_destroy(cq);
 	}
+	chan_put(ch);
 	return rc;
 }
 
@@ -557,11 +705,13 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 	grpc_metadata_array_init(&s->init_md);
 	grpc_metadata_array_init(&s->trail_md);
 	pick_request_id(opts, s->rid);
+	pick_traceparent(opts, s->traceparent);
+	s->chan = chan_get(c);
 	s->cq = grpc_completion_queue_create_for_pluck(NULL);
 	gpr_timespec dl = call_deadline(opts);
 	char why[384];
-	int down = peer_down(c, path, opts, s->cq, dl, why, sizeof why);
-	s->call = create_call(c, s->cq, path, opts, dl);
+	int down = peer_down(c, s->chan, path, opts, s->cq, dl, why, sizeof why);
+	s->call = create_call(s->chan, s->cq, path, opts, dl);
 	if (s->call == NULL) {
 		grpc_completion_queue_shutdown(s->cq);
 		while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC),
@@ -571,15 +721,18 @@ int rpc_stream_open(struct rpc_client *c, const ProtobufCServiceDescriptor *sd,
 		grpc_completion_queue_destroy(s->cq);
 		grpc_metadata_array_destroy(&s->init_md);
 		grpc_metadata_array_destroy(&s->trail_md);
+		chan_put(s->chan);
 		free(s);
 		return sw_errf(err, errlen, SW_EINTERNAL, "cannot create call");
 	}
 	s->send_md[0].key = grpc_slice_from_static_string("x-request-id");
 	s->send_md[0].value = grpc_slice_from_static_string(s->rid);
+	s->send_md[1].key = grpc_slice_from_static_string("traceparent");
+	s->send_md[1].value = grpc_slice_from_static_string(s->traceparent);
 	grpc_op op;
 	memset(&op, 0, sizeof op);
 	op.op = GRPC_OP_SEND_INITIAL_METADATA;
-	op.data.send_initial_metadata.count = 1;
+	op.data.send_initial_metadata.count = 2;
 	op.data.send_initial_metadata.metadata = s->send_md;
 	if (waits_for_ready(c, opts))
 		op.flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
@@ -663,7 +816,7 @@ int rpc_stream_finish(struct rpc_stream *s, char *err, size_t errlen)
 {
 	grpc_completion_queue_pluck(s->cq, &s->status_tag, gpr_inf_future(GPR_CLOCK_MONOTONIC),
 				    NULL);
-	int rc = status_to_err(s->c, s->status, s->details, s->error_string, err, errlen);
+	int rc = status_to_err(s->c, s->chan, s->status, s->details, s->error_string, err, errlen);
 	grpc_slice_unref(s->details);
 	gpr_free((void *)s->error_string);
 	grpc_metadata_array_destroy(&s->init_md);
@@ -674,6 +827,7 @@ int rpc_stream_finish(struct rpc_stream *s, char *err, size_t errlen)
 		       .type != GRPC_QUEUE_SHUTDOWN)
 		;
 	grpc_completion_queue_destroy(s->cq);
+	chan_put(s->chan);
 	free(s);
 	return rc;
 }

@@ -14,6 +14,11 @@ struct rpc_ctx;
  * downstream calls. Borrowed: valid while the call is being handled. */
 grpc_call *rpc_ctx_call(struct rpc_ctx *ctx);
 
+struct trace_ctx;
+/* The trace context (span) of a server call, the parent of the spans of
+ * downstream calls. Borrowed like the call. */
+const struct trace_ctx *rpc_ctx_trace(const struct rpc_ctx *ctx);
+
 /* Packs msg into a new byte buffer, or returns NULL past the size cap. */
 grpc_byte_buffer *rpc_pack(const ProtobufCMessage *msg, size_t cap);
 

@@ -61,6 +61,7 @@ struct svc {
 	int watch_new; /* a watcher waits for its first status */
 	pthread_t ticker;
 	struct metrics_http *metrics;
+	char spiffe_id[256]; /* ours, read from --cert at start: a reload keeps it */
 };
 
 int svc_metrics_check(const char *listen, int allow_remote, char *err, size_t errlen)
@@ -93,6 +94,9 @@ static int check_metrics_listen(const struct cfg_opt *opts, size_t n, char *err,
 	}
 	return svc_metrics_check(listen, remote, err, errlen);
 }
+
+static int (*reload_fn)(void *, char *, size_t);
+static void *reload_arg;
 
 int svc_configure(const char *name, const char *env_prefix, struct cfg_opt *opts, size_t n,
 		  int argc, char **argv, int *exit_code, char *err, size_t errlen)
@@ -374,6 +378,66 @@ static void on_drain(void *arg)
 		s->drain_fn[i](s->drain_arg[i]);
 }
 
+int svc_reload_files(const char *ca, const char *cert, const char *key, const char *expect_id,
+		     struct rpc_server *srv, char *err, size_t errlen)
+{
+	char *ca_pem = NULL, *cert_pem = NULL, *key_pem = NULL;
+	struct tls_cert_info info;
+	char why[512];
+	int rc;
+	if ((rc = tls_read_pem(ca, &ca_pem, why, sizeof why)) != 0 ||
+	    (rc = tls_read_pem(cert, &cert_pem, why, sizeof why)) != 0 ||
+	    (rc = tls_read_pem(key, &key_pem, why, sizeof why)) != 0 ||
+	    (rc = tls_check_material(ca_pem, cert_pem, key_pem, &info, why, sizeof why)) != 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "%s", why);
+		goto out;
+	}
+	/* A server's certificate must be one clients accept as a server
+	 * (serverAuth, not an agent's or a user's), as their pins check. */
+	if (srv != NULL && tls_check_server_cert(cert_pem, info.spiffe_id, why, sizeof why) != 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "not a server certificate: %s", why);
+		goto out;
+	}
+	if (expect_id != NULL && strcmp(info.spiffe_id, expect_id) != 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL,
+			     "the new certificate is for %s, not %s (a reload keeps the identity)",
+			     info.spiffe_id, expect_id);
+		goto out;
+	}
+	/* Clients first: a client that cannot be switched keeps its old
+	 * channel, and the server then still switches (both are checked). */
+	int n = rpc_client_reload_all(ca_pem, cert_pem, key_pem, why, sizeof why);
+	if (n < 0)
+		log_warn("a client kept its old certificate", "error=%s", why);
+	if (srv != NULL && (rc = rpc_server_set_tls(srv, ca_pem, cert_pem, key_pem)) != 0) {
+		rc = sw_errf(err, errlen, rc, "out of memory");
+		goto out;
+	}
+	log_info("certificate reloaded", "serial=%s not_after=%s spiffe_id=%s clients=%d",
+		 info.serial, info.not_after, info.spiffe_id, n < 0 ? 0 : n);
+out:
+	if (key_pem != NULL) {
+		memset(key_pem, 0, strlen(key_pem));
+		free(key_pem);
+	}
+	free(ca_pem);
+	free(cert_pem);
+	return rc;
+}
+
+/* SIGHUP: the service's certificate, key and CA again (svc_reload_files). */
+static int reload_tls(void *arg, char *err, size_t errlen)
+{
+	struct svc *s = arg;
+	return svc_reload_files(s->c->ca, s->c->cert, s->c->key, s->spiffe_id, s->srv, err, errlen);
+}
+
+void svc_on_reload(int (*fn)(void *arg, char *err, size_t errlen), void *arg)
+{
+	reload_fn = fn;
+	reload_arg = arg;
+}
+
 int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, void *probe_arg,
 	    struct svc **out, char *err, size_t errlen)
 {
@@ -421,10 +485,14 @@ int svc_new(const char *name, const struct svc_config *c, svc_probe_fn probe, vo
 		.max_calls_per_peer = (int)c->max_calls_per_peer,
 		.max_worker_streams = (int)c->max_worker_streams,
 		.stream_idle_ms = c->stream_idle_ms,
+		.no_access_log = c->no_access_log,
 	};
+	if ((rc = tls_cert_spiffe_id(cert, s->spiffe_id, sizeof s->spiffe_id, err, errlen)) != 0)
+		goto out;
 	if ((rc = rpc_server_new(&o, &s->srv, err, errlen)) != 0)
 		goto out;
 	rpc_server_on_drain(s->srv, on_drain, s);
+	svc_on_reload(reload_tls, s);
 	rc = rpc_server_add_service(s->srv, &grpc__health__v1__health__descriptor, health_methods,
 				    2, s, err, errlen);
 	if (rc != 0)
@@ -472,7 +540,7 @@ int svc_client(const struct svc_config *c, const char *target, const char *servi
 	    (rc = tls_read_pem(c->key, &key, err, errlen)) == 0) {
 		struct rpc_client_opts o = { .target = target, .ca_pem = ca, .cert_pem = cert,
 					     .key_pem = key, .max_msg_bytes = (size_t)c->max_msg,
-					     .server_id = id };
+					     .server_id = id, .reloadable = 1 };
 		rc = rpc_client_new(&o, out, err, errlen);
 	}
 	if (key != NULL) {
@@ -568,7 +636,12 @@ int svc_wait_signal(void)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			log_info("SIGHUP ignored: restart to reload configuration", NULL);
+			char err[768];
+			if (reload_fn == NULL)
+				log_info("SIGHUP ignored: nothing to reload", NULL);
+			else if (reload_fn(reload_arg, err, sizeof err) != 0)
+				log_error("certificate reload refused; the old certificate stays in service",
+					  "error=%s", err);
 			continue;
 		}
 		break;
@@ -612,6 +685,8 @@ void svc_free(struct svc *s)
 	if (s == NULL)
 		return;
 	metrics_http_stop(s->metrics);
+	if (reload_arg == s)
+		svc_on_reload(NULL, NULL);
 	rpc_server_free(s->srv); /* ends every watch (drain) */
 	stop_ticker(s);
 	pthread_mutex_destroy(&s->mu);

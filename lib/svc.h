@@ -37,6 +37,7 @@ struct svc_config {
 	long long stream_idle_ms;
 	char *metrics_listen;     /* NULL/"": no metrics endpoint */
 	int metrics_allow_remote;
+	int no_access_log;
 	long long stream_window; /* not a common option: a service that takes big
 				  * uploads sets it (see rpc_server_opts) */
 };
@@ -78,6 +79,9 @@ struct svc_config {
 	{ "stream-idle-timeout", CFG_MS, "60s", 0, 24LL * 3600 * 1000, 0,                        \
 	  "cancel a stream whose handler waited this long for the client (0 = never)",          \
 	  &(c)->stream_idle_ms },                                                                 \
+	{ "no-access-log", CFG_BOOL, "false", 0, 0, 0,                                           \
+	  "log successful calls at debug instead of one info line per call",                    \
+	  &(c)->no_access_log },                                                                 \
 	SVC_METRICS_OPTS(c)
 
 /* The metrics endpoint's options (metrics.h), also for the agent. */
@@ -141,11 +145,33 @@ int svc_metrics_start(const char *name, const char *listen, int allow_remote,
  * writes the port file. */
 int svc_start(struct svc *s, char *err, size_t errlen);
 
-/* Blocks until SIGTERM or SIGINT (SIGHUP is logged and ignored), then
- * arms the second signal: another SIGTERM or SIGINT during shutdown exits
- * the process at once with status 1. Returns the signal number. Needs the
- * signal mask of svc_process_init. */
+/* Blocks until SIGTERM or SIGINT, then arms the second signal: another
+ * SIGTERM or SIGINT during shutdown exits the process at once with status
+ * 1. Returns the signal number. SIGHUP runs the reload function set with
+ * svc_on_reload (its failure is logged) and waits on; without one it is
+ * logged and ignored. No signal handler runs: the signals stay blocked and
+ * the calling thread takes them with sigwait, so the reload is ordinary
+ * code on this (the main) thread. Needs the signal mask of
+ * svc_process_init. */
 int svc_wait_signal(void);
+
+/* The reload function for SIGHUP (NULL: none). svc_new sets the service's
+ * (svc_reload_tls); the agent sets its own. Main thread, before waiting. */
+void svc_on_reload(int (*fn)(void *arg, char *err, size_t errlen), void *arg);
+
+/*
+ * Certificate rotation for a process whose identity is the files ca, cert
+ * and key: reads them again, checks them (tls_check_material: the key is
+ * the certificate's, the certificate verifies against the CA, and it is
+ * still `expect_id` when that is not NULL; with a server, one clients
+ * accept as a server's), then switches every reloadable
+ * client (rpc_client_reload_all) and, when srv is not NULL, the server
+ * (rpc_server_set_tls), and logs the new serial and expiry. A bad set is
+ * refused with SW_EINVAL and the reason in err: nothing changes and the
+ * old certificate stays in service. Main thread.
+ */
+int svc_reload_files(const char *ca, const char *cert, const char *key, const char *expect_id,
+		     struct rpc_server *srv, char *err, size_t errlen);
 
 /* svc_wait_signal, logged with the service's grace period. */
 int svc_wait(struct svc *s);

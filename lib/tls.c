@@ -6,6 +6,8 @@
 #include "spiffe.h"
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 int tls_read_pem(const char *path, char **out, char *err, size_t errlen)
@@ -81,6 +84,193 @@ grpc_server_credentials *tls_server_creds(const char *ca_pem, const char *cert_p
 	grpc_ssl_pem_key_cert_pair kp = { .private_key = key_pem, .cert_chain = cert_pem };
 	return grpc_ssl_server_credentials_create_ex(
 		ca_pem, &kp, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
+}
+
+/* ---- reloadable server material ---- */
+
+struct tls_server_src {
+	pthread_mutex_t mu;
+	char *ca, *cert, *key;  /* the material new handshakes should use */
+	unsigned gen;           /* bumped by tls_server_src_set */
+	unsigned served;        /* the generation gRPC has */
+	int fetched;            /* gRPC has fetched once */
+};
+
+static void free_key(char *key)
+{
+	if (key != NULL) {
+		memset(key, 0, strlen(key));
+		free(key);
+	}
+}
+
+struct tls_server_src *tls_server_src_new(const char *ca_pem, const char *cert_pem,
+					  const char *key_pem)
+{
+	struct tls_server_src *src = calloc(1, sizeof *src);
+	if (src == NULL)
+		return NULL;
+	pthread_mutex_init(&src->mu, NULL);
+	src->ca = strdup(ca_pem);
+	src->cert = strdup(cert_pem);
+	src->key = strdup(key_pem);
+	if (src->ca == NULL || src->cert == NULL || src->key == NULL) {
+		tls_server_src_free(src);
+		return NULL;
+	}
+	return src;
+}
+
+int tls_server_src_set(struct tls_server_src *src, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem)
+{
+	char *ca = strdup(ca_pem), *cert = strdup(cert_pem), *key = strdup(key_pem);
+	if (ca == NULL || cert == NULL || key == NULL) {
+		free(ca);
+		free(cert);
+		free_key(key);
+		return SW_ENOMEM;
+	}
+	pthread_mutex_lock(&src->mu);
+	free(src->ca);
+	free(src->cert);
+	free_key(src->key);
+	src->ca = ca;
+	src->cert = cert;
+	src->key = key;
+	src->gen++;
+	pthread_mutex_unlock(&src->mu);
+	return 0;
+}
+
+void tls_server_src_free(struct tls_server_src *src)
+{
+	if (src == NULL)
+		return;
+	free(src->ca);
+	free(src->cert);
+	free_key(src->key);
+	pthread_mutex_destroy(&src->mu);
+	free(src);
+}
+
+/* gRPC asks before each handshake (and once when the credentials are
+ * made): a new config when the material changed since it last asked. */
+static grpc_ssl_certificate_config_reload_status
+fetch_config(void *arg, grpc_ssl_server_certificate_config **config)
+{
+	struct tls_server_src *src = arg;
+	grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+	pthread_mutex_lock(&src->mu);
+	if (!src->fetched || src->served != src->gen) {
+		grpc_ssl_pem_key_cert_pair kp = { .private_key = src->key, .cert_chain = src->cert };
+		*config = grpc_ssl_server_certificate_config_create(src->ca, &kp, 1);
+		if (*config == NULL) {
+			st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+		} else {
+			st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
+			src->fetched = 1;
+			src->served = src->gen;
+		}
+	}
+	pthread_mutex_unlock(&src->mu);
+	return st;
+}
+
+grpc_server_credentials *tls_server_creds_reloadable(struct tls_server_src *src)
+{
+	grpc_ssl_server_credentials_options *o =
+		grpc_ssl_server_credentials_create_options_using_config_fetcher(
+			GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, fetch_config, src);
+	if (o == NULL)
+		return NULL;
+	/* Takes ownership of o. */
+	return grpc_ssl_server_credentials_create_with_options(o);
+}
+
+int tls_check_material(const char *ca_pem, const char *cert_pem, const char *key_pem,
+		       struct tls_cert_info *info, char *err, size_t errlen)
+{
+	int rc = 0;
+	BIO *b = NULL;
+	X509 *leaf = NULL;
+	STACK_OF(X509) *chain = NULL;
+	EVP_PKEY *key = NULL;
+	X509_STORE *store = NULL;
+	X509_STORE_CTX *vctx = NULL;
+	BIGNUM *bn = NULL;
+	char *hex = NULL;
+
+	memset(info, 0, sizeof *info);
+	/* The certificate chain: the leaf first, then any intermediates. */
+	b = BIO_new_mem_buf(cert_pem, -1);
+	leaf = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+	if (leaf == NULL) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "the certificate file holds no PEM certificate");
+		goto out;
+	}
+	chain = sk_X509_new_null();
+	for (X509 *x; chain != NULL && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL;)
+		if (!sk_X509_push(chain, x))
+			X509_free(x);
+	BIO_free(b);
+	/* The key, and that it belongs to the certificate. */
+	b = BIO_new_mem_buf(key_pem, -1);
+	key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+	if (key == NULL) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "the key file holds no PEM private key");
+		goto out;
+	}
+	if (X509_check_private_key(leaf, key) != 1) {
+		rc = sw_errf(err, errlen, SW_EINVAL,
+			     "the private key does not match the certificate");
+		goto out;
+	}
+	/* The certificate chains to the CA file and is valid now. */
+	BIO_free(b);
+	b = BIO_new_mem_buf(ca_pem, -1);
+	store = X509_STORE_new();
+	int ncas = 0;
+	for (X509 *x; b != NULL && store != NULL && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL;) {
+		if (X509_STORE_add_cert(store, x) == 1)
+			ncas++;
+		X509_free(x);
+	}
+	if (ncas == 0) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "the CA file holds no PEM certificate");
+		goto out;
+	}
+	vctx = X509_STORE_CTX_new();
+	if (vctx == NULL || X509_STORE_CTX_init(vctx, store, leaf, chain) != 1) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	if (X509_verify_cert(vctx) != 1) {
+		rc = sw_errf(err, errlen, SW_EINVAL, "the certificate does not verify against the CA: %s",
+			     X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+		goto out;
+	}
+	/* What the log says about it. */
+	bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL);
+	hex = bn ? BN_bn2hex(bn) : NULL;
+	snprintf(info->serial, sizeof info->serial, "%s", hex ? hex : "?");
+	struct tm tm;
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) == 1)
+		strftime(info->not_after, sizeof info->not_after, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	char why[256];
+	if (tls_cert_spiffe_id(cert_pem, info->spiffe_id, sizeof info->spiffe_id, why,
+			       sizeof why) != 0)
+		rc = sw_errf(err, errlen, SW_EINVAL, "%s", why);
+out:
+	OPENSSL_free(hex);
+	BN_free(bn);
+	X509_STORE_CTX_free(vctx);
+	X509_STORE_free(store);
+	EVP_PKEY_free(key);
+	sk_X509_pop_free(chain, X509_free);
+	X509_free(leaf);
+	BIO_free(b);
+	return rc;
 }
 
 struct tls_pin {

@@ -29,6 +29,48 @@ grpc_server_credentials *tls_server_creds(const char *ca_pem, const char *cert_p
 					  const char *key_pem);
 
 /*
+ * Certificate rotation (SIGHUP). A server's TLS material lives in a
+ * tls_server_src; credentials made with tls_server_creds_reloadable ask it
+ * before each handshake, so new connections use whatever was last set
+ * with tls_server_src_set while established connections keep theirs.
+ */
+struct tls_server_src;
+
+/* Returns a new source holding copies of the PEM texts (free with
+ * tls_server_src_free once the server using it is destroyed), or NULL. */
+struct tls_server_src *tls_server_src_new(const char *ca_pem, const char *cert_pem,
+					  const char *key_pem);
+
+/* Replaces the material (copied) for new handshakes. Check it first with
+ * tls_check_material: gRPC refusing it would fail every new handshake.
+ * Returns 0 or SW_ENOMEM (the old material stays). Any thread. */
+int tls_server_src_set(struct tls_server_src *src, const char *ca_pem, const char *cert_pem,
+		       const char *key_pem);
+
+void tls_server_src_free(struct tls_server_src *src);
+
+/* Server credentials (client certificate required, as tls_server_creds)
+ * that follow src, which must outlive them. NULL on failure. */
+grpc_server_credentials *tls_server_creds_reloadable(struct tls_server_src *src);
+
+struct tls_cert_info {
+	char serial[80];    /* hex */
+	char not_after[32]; /* 2027-01-01T00:00:00Z */
+	char spiffe_id[256];
+};
+
+/*
+ * Checks TLS material before it is put in service: the certificate file
+ * starts with a certificate, the key file holds the private key of that
+ * certificate, the certificate verifies against the CA file now (chain,
+ * validity dates) and carries exactly one URI SAN. Fills *info (for the
+ * log). Returns 0, or SW_EINVAL with the reason in err (never key
+ * material).
+ */
+int tls_check_material(const char *ca_pem, const char *cert_pem, const char *key_pem,
+		       struct tls_cert_info *info, char *err, size_t errlen);
+
+/*
  * Server pinning. A client states the SPIFFE ID of the server it means to
  * reach; during the TLS handshake, after gRPC has checked the chain and the
  * host name and before any request byte is sent, the server's leaf

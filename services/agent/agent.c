@@ -29,7 +29,8 @@ static int new_client(const char *addr, const char *service, const char *ca, con
 {
 	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
 				     .key_pem = key, .max_msg_bytes = 8u << 20,
-				     .own_connection = own, .server_service = service };
+				     .own_connection = own, .server_service = service,
+				     .reloadable = 1 };
 	char e2[256];
 	int rc = rpc_client_new(&o, out, e2, sizeof e2);
 	if (rc != 0)

@@ -681,6 +681,7 @@ struct agent_task {
 	uint32_t attempt;
 	int64_t deadline_unix_ms;     /* 0 = the agent's default */
 	int has_secrets;
+	char trace_id[33];            /* its deployment's W3C trace id, or "" */
 	char invalid[64];             /* why the delivered task is unusable ("" = fine) */
 	/* set by the control plane while the task runs */
 	atomic_int superseded;

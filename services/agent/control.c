@@ -31,6 +31,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "trace.h"
 
 #include "slipway/v1/orchestrator.pb-c.h"
 
@@ -418,6 +419,10 @@ static int copy_task(const Slipway__V1__Task *in, struct agent_task *t)
 	t->attempt = in->attempt;
 	t->deadline_unix_ms = in->deadline_unix_ms;
 	t->has_secrets = in->has_secrets;
+	/* The deployment's trace, when it is a well-formed one (else none:
+	 * it only labels log lines and calls). */
+	if (in->trace_id != NULL && strlen(in->trace_id) == TRACE_ID_HEX)
+		snprintf(t->trace_id, sizeof t->trace_id, "%s", in->trace_id);
 	atomic_init(&t->superseded, 0);
 	const char *f[5] = { in->deployment_id, in->app, in->environment, in->version, in->digest };
 	char *d[5] = { t->deployment_id, t->app, t->environment, t->version, t->digest };
@@ -697,6 +702,7 @@ static void *work_main(void *arg)
 		struct agent_task *t = &c->cur;
 		struct agent_result res;
 		log_set_request_id(t->task_id);
+		trace_enter_id(t->trace_id); /* its deployment's trace (or none) */
 		int r = report(c, t, SLIPWAY__V1__TASK_RESULT__TASK_STARTED, "", 0);
 		if (r == REPORT_SUPERSEDED || task_cancel(a, t, c)) {
 			log_info("task superseded before it started", "task=%s", t->task_id);
@@ -714,6 +720,7 @@ static void *work_main(void *arg)
 					   res.duration_ms);
 		}
 		log_set_request_id(NULL);
+		trace_set_current(NULL);
 		pthread_mutex_lock(&c->mu);
 		c->running = 0;
 		pthread_mutex_unlock(&c->mu);

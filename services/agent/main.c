@@ -23,6 +23,20 @@
 #include <string.h>
 #include <unistd.h>
 
+/* SIGHUP: the agent's certificate, key and CA again, for its clients of
+ * the control plane (svc_reload_files; the identity must stay the same). */
+struct reload_arg {
+	const struct agent_config *c;
+	const struct agent *a;
+};
+
+static int reload_tls(void *arg, char *err, size_t errlen)
+{
+	const struct reload_arg *r = arg;
+	return svc_reload_files(r->c->ca, r->c->cert, r->c->key, r->a->keys.self_id, NULL, err,
+				errlen);
+}
+
 int main(int argc, char **argv)
 {
 	struct agent_config c;
@@ -194,8 +208,11 @@ int main(int argc, char **argv)
 	log_info("agent running", "agent=%s root=%s orchestrator=%s pid=%d", a->keys.self_id,
 		 a->store.root, orch, (int)getpid());
 
-	/* ---- the loop: signals only */
+	/* ---- the loop: signals only (SIGHUP reloads the certificate) */
+	struct reload_arg ra = { &c, a };
+	svc_on_reload(reload_tls, &ra);
 	int sig = svc_wait_signal();
+	svc_on_reload(NULL, NULL);
 	log_info("shutting down; the application keeps running", "signal=%d grace_ms=%lld", sig,
 		 c.shutdown_grace_ms);
 

@@ -93,6 +93,7 @@ const struct db_migration art_migrations[] = {
 	{ 1, "blobs, releases, pins", mig1 },
 	{ 2, "outbox", OUTBOX_MIGRATION_SQL },
 	{ 3, "signed provenance statements", mig3 },
+	{ 4, "outbox trace (outbox.h)", OUTBOX_TRACE_SQL },
 };
 const size_t art_nmigrations = sizeof art_migrations / sizeof art_migrations[0];
 

@@ -779,7 +779,7 @@ static int resume_allowed(struct orch *o, struct rpc_ctx *ctx, const char *id, c
 	db_release(o->db, c);
 	if (rc != 0)
 		return rc;
-	if (db_bool(r, 0, 10) || (int)db_int64(r, 0, 11) != OS_PAUSED) {
+	if (db_bool(r, 0, 11) || (int)db_int64(r, 0, 12) != OS_PAUSED) { /* after EVAL_COLS */
 		PQclear(r); /* a rollback; or not paused: store_action says so */
 		return 0;
 	}

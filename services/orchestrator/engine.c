@@ -38,6 +38,7 @@
 #include "log.h"
 #include "orch.h"
 #include "plan.h"
+#include "trace.h"
 #include "watch.h"
 
 #include "slipway/v1/artifact.pb-c.h"
@@ -149,6 +150,8 @@ static void step_all(struct orch *o)
 	struct step_tx s = { .o = o };
 	for (int i = 0; i < PQntuples(r) && !atomic_load(&o->stopping); i++) {
 		s.id = db_text(r, i, 0);
+		/* Log lines, audit events and calls made for it carry its trace. */
+		trace_enter_id(db_text(r, i, 1));
 		for (int round = 0; round < 4; round++) {
 			if (db_tx(o->db, NULL, step_tx, &s, err, sizeof err) != 0) {
 				log_warn("step failed; will retry", "deployment=%s error=%s", s.id, err);
@@ -160,6 +163,7 @@ static void step_all(struct orch *o)
 				break;
 		}
 	}
+	trace_set_current(NULL);
 	plan_free(&s.plan);
 	PQclear(r);
 	if (s.grants > 0)
@@ -190,6 +194,9 @@ static int evaluate_row(struct orch *o, const PGresult *r, int i, char *reason, 
 			char *err, size_t errlen)
 {
 	uint8_t pbuf[4096];
+	/* The policy call, and the verdict's audit event, under its trace;
+	 * the caller clears it after recording the verdict. */
+	trace_enter_id(db_text(r, i, 10));
 	int plen = db_bytea(r, i, 9, pbuf, sizeof pbuf);
 	Slipway__V1__Provenance *prov =
 		plen > 0 ? slipway__v1__provenance__unpack(NULL, (size_t)plen, pbuf) : NULL;
@@ -235,6 +242,7 @@ static void evaluate_pending(struct orch *o)
 		struct approval_tx t = { o, id, reason, v };
 		if (db_tx(o->db, NULL, approval_tx, &t, err, sizeof err) != 0)
 			log_warn("approval not recorded; will retry", "deployment=%s error=%s", id, err);
+		trace_set_current(NULL);
 		if (v < 0)
 			break; /* the policy service is unavailable: the rest waits too */
 	}
@@ -278,12 +286,13 @@ static void evaluate_starts(struct orch *o)
 		if (v < 0)
 			log_warn("cannot ask the policy before a start; will retry", "deployment=%s error=%s",
 				 id, err);
-		struct start_tx t = { o, id, reason, db_int64(r, i, 10), v };
+		struct start_tx t = { o, id, reason, db_int64(r, i, 11), v };
 		if (db_tx(o->db, NULL, start_tx, &t, err, sizeof err) != 0)
 			log_warn("start verdict not recorded; will retry", "deployment=%s error=%s", id,
 				 err);
 		else if (v >= 0)
 			decided++;
+		trace_set_current(NULL);
 		if (v < 0)
 			break; /* the policy service is unavailable: the rest waits too */
 	}
@@ -389,6 +398,7 @@ static int make_grants(struct orch *o)
 		struct grant_rec g = { o, dep, agent, gerr, db_int64(r, i, 5), 0, 0, 0, 0 };
 		int attempts = (int)db_int64(r, i, 6);
 		int kl = db_bytea(r, i, 4, key, sizeof key);
+		trace_enter_id(db_text(r, i, 7)); /* the grant is for its deployment */
 		if (down) {
 			snprintf(gerr, sizeof gerr, "the secrets service is unavailable");
 		} else if (kl != 32) {
@@ -451,6 +461,7 @@ static int make_grants(struct orch *o)
 				 dep, agent, err);
 		else if (g.refused)
 			orch_engine_kick(o); /* it may have ended: the queue moves */
+		trace_set_current(NULL);
 	}
 	refs_free(&refs);
 	PQclear(r);

@@ -115,6 +115,14 @@ const struct db_migration orch_migrations[] = {
 	  "ALTER TABLE deployments ADD COLUMN start_check_ms bigint NOT NULL DEFAULT 0;"
 	  "ALTER TABLE deployments ADD COLUMN start_ok_ms bigint NOT NULL DEFAULT 0;"
 	  "CREATE INDEX deployments_digest ON deployments (app, environment, digest)" },
+	/* Tracing: the W3C trace id (32 hex) of the call that created a
+	 * deployment. The engine, the side thread and the agents work on it
+	 * under that trace, so its log lines carry trace_id in every service.
+	 * '' for deployments created before (they log without one). */
+	{ 4, "trace",
+	  "ALTER TABLE deployments ADD COLUMN trace_id text NOT NULL DEFAULT ''" },
+	/* Audit events keep the trace they were written under (outbox.h). */
+	{ 5, "outbox trace", OUTBOX_TRACE_SQL },
 };
 
 const size_t orch_nmigrations = sizeof orch_migrations / sizeof orch_migrations[0];

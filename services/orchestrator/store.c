@@ -16,6 +16,7 @@
 #include "err.h"
 #include "log.h"
 #include "orch.h"
+#include "trace.h"
 #include "plan.h"
 
 #include "slipway/v1/orchestrator.pb-c.h"
@@ -77,7 +78,7 @@ int orch_timeline(struct db_conn *c, const char *id, const char *event, const ch
 /* What EvaluateDeployment is asked about a deployment (orch.h: ORCH_EVAL_*). */
 #define EVAL_COLS                                                                              \
 	"id, app, environment, version, digest, requester, break_glass, break_glass_reason,"  \
-	" created_ms, provenance"
+	" created_ms, provenance, trace_id"
 
 int store_pending_approvals(struct db_conn *c, int64_t now, int limit, PGresult **out, char *err,
 			    size_t errlen)
@@ -334,7 +335,7 @@ int store_steppable(struct db_conn *c, const char *replica, int64_t now, PGresul
 {
 	char ms[24], act[48];
 	return db_q(c,
-		    "SELECT id FROM deployments WHERE state = ANY($3::smallint[])"
+		    "SELECT id, trace_id FROM deployments WHERE state = ANY($3::smallint[])"
 		    " AND (lease_owner = $1 OR lease_expires_ms < $2) ORDER BY priority DESC, queue_seq",
 		    3, (const char *[]){ replica, db_i64(ms, now), ACTIVE(act) }, out, err, errlen);
 }
@@ -865,7 +866,7 @@ int store_grants_claim(struct db_conn *c, int64_t now, int limit, PGresult **out
 		    " WHERE g.deployment_id = w.deployment_id AND g.agent_id = w.agent_id"
 		    " AND d.id = g.deployment_id AND a.id = g.agent_id"
 		    " RETURNING g.deployment_id, g.agent_id, d.app, d.environment, a.seal_key,"
-		    " g.requested_ms, g.attempts",
+		    " g.requested_ms, g.attempts, d.trace_id",
 		    3, (const char *[]){ db_i64(ms, now), db_i64(until, now + 15000), lim }, out, err,
 		    errlen);
 }
@@ -971,7 +972,8 @@ int store_pins_synced(struct db_conn *c, const char *app, const char *env, const
 #define TASK_COLS                                                                            \
 	"t.task_id, t.generation, t.phase, t.attempts, d.id, d.app, d.environment,"         \
 	" d.version, d.digest, d.rollback_version, d.rollback_digest, d.has_secrets,"       \
-	" t.dispatched_ms, coalesce((d.failure->>'progress_deadline_ms')::bigint, 300000)"
+	" t.dispatched_ms, coalesce((d.failure->>'progress_deadline_ms')::bigint, 300000),"  \
+	" d.trace_id"
 
 static int fill_task(struct rpc_ctx *ctx, const PGresult *r, int row, int col,
 		     Slipway__V1__PollTasksResponse *resp)
@@ -993,6 +995,7 @@ static int fill_task(struct rpc_ctx *ctx, const PGresult *r, int row, int col,
 	t->digest = rpc_strdup(ctx, db_text(r, row, col + (rollback ? 10 : 8)));
 	t->has_secrets = db_bool(r, row, col + 11);
 	t->deadline_unix_ms = db_int64(r, row, col + 12) + db_int64(r, row, col + 13);
+	t->trace_id = rpc_strdup(ctx, db_text(r, row, col + 14));
 	arr[0] = t;
 	resp->n_tasks = 1;
 	resp->tasks = arr;
@@ -1493,21 +1496,27 @@ int store_create(struct db_conn *c, struct orch_new_deployment *t, char *err, si
 			      t->failure, pr, t->requester, t->idem, db_i64(now, ms),
 			      t->is_rollback ? "true" : "false", t->rollback_of,
 			      t->break_glass ? "true" : "false", t->bg_reason, t->reason, nb };
-	const char *v20[21];
-	int lens[21] = { 0 }, fmts[21] = { 0 };
+	const char *v20[22];
+	int lens[22] = { 0 }, fmts[22] = { 0 };
 	memcpy(v20, v, sizeof v);
 	v20[18] = t->has_secrets ? "true" : "false";
 	v20[19] = t->prov ? (const char *)t->prov : "";
 	lens[19] = (int)t->prov_len;
 	fmts[19] = 1;
 	v20[20] = t->hash ? t->hash : "";
+	/* The trace of the call that created it (trace.h): the engine, the
+	 * side thread and the agents work on the deployment under it. */
+	char trace_hex[TRACE_ID_HEX + 1];
+	trace_id_hex(trace_current(), trace_hex);
+	v20[21] = trace_hex;
 	rc = db_exec(c,
 		     "INSERT INTO deployments (id, app, environment, version, digest, state, strategy,"
 		     " failure, priority, requester, idempotency_key, created_ms, is_rollback,"
 		     " rollback_of, break_glass, break_glass_reason, reason, total_batches, has_secrets,"
-		     " provenance, next_eval_ms, request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7::json,"
-		     " $8::json, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12, $21)",
-		     21, v20, lens, fmts, 0, NULL, err, errlen);
+		     " provenance, next_eval_ms, request_hash, trace_id) VALUES ($1, $2, $3, $4, $5, $6,"
+		     " $7::json, $8::json, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $12,"
+		     " $21, $22)",
+		     22, v20, lens, fmts, 0, NULL, err, errlen);
 	if (rc != 0)
 		return rc;
 	/* Targets, in the batches create_common planned. */

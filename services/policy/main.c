@@ -183,7 +183,7 @@ int main(int argc, char **argv)
 			goto fail;
 		struct rpc_client_opts co = { .target = cf.audit_addr, .ca_pem = ca,
 					      .cert_pem = cert, .key_pem = key,
-					      .server_service = "audit" };
+					      .server_service = "audit", .reloadable = 1 };
 		struct outbox_relay_opts ro = { .db = s.db };
 		if (rpc_client_new(&co, &audit, err, sizeof err) != 0)
 			goto fail;

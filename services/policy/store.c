@@ -106,6 +106,7 @@ static const struct db_migration migrations[] = {
 	  " removed boolean NOT NULL DEFAULT false,"
 	  " revision bigint NOT NULL);"
 	  "CREATE INDEX enrollments_revision ON enrollments (revision);" },
+	{ 5, "outbox trace (outbox.h)", OUTBOX_TRACE_SQL },
 };
 
 int pol_store_migrate(struct db *db, char *err, size_t errlen)

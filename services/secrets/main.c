@@ -54,7 +54,7 @@ static int client(const char *addr, const char *service, const char *ca, const c
 		  const char *key, struct rpc_client **out, char *err, size_t errlen)
 {
 	struct rpc_client_opts o = { .target = addr, .ca_pem = ca, .cert_pem = cert,
-				     .key_pem = key, .server_service = service };
+				     .key_pem = key, .server_service = service, .reloadable = 1 };
 	return rpc_client_new(&o, out, err, errlen);
 }
 

@@ -76,6 +76,7 @@ const struct db_migration sec_migrations[] = {
 	  " version integer NOT NULL,"
 	  " name text NOT NULL,"
 	  " PRIMARY KEY (grant_id, ord))" },
+	{ 3, "outbox trace (outbox.h)", OUTBOX_TRACE_SQL },
 };
 const size_t sec_nmigrations = sizeof sec_migrations / sizeof sec_migrations[0];
 

@@ -322,7 +322,8 @@ static void test_service_role_cannot_update_or_delete(void **state)
 
 /* The outbox: events committed while the audit service is down arrive
  * exactly once, in order, once it is back. */
-static const struct db_migration outbox_migs[] = { { 1, "outbox", OUTBOX_MIGRATION_SQL } };
+static const struct db_migration outbox_migs[] = { { 1, "outbox", OUTBOX_MIGRATION_SQL },
+						    { 2, "outbox trace", OUTBOX_TRACE_SQL } };
 
 struct produce_arg {
 	int from, to;
@@ -354,7 +355,7 @@ static void test_outbox_survives_audit_outage(void **state)
 	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_producer", .pool_size = 3 };
 	struct db *db = NULL;
 	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
-	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 2, err, sizeof err), 0);
 	struct rpc_client *c = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
 						prod_crt, prod_key);
 	struct outbox_relay_opts ro = { .db = db, .audit = c, .batch = 7, .idle_ms = 50,
@@ -431,7 +432,7 @@ static void test_outbox_fits_free_text(void **state)
 	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_producer", .pool_size = 3 };
 	struct db *db = NULL;
 	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
-	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 2, err, sizeof err), 0);
 	assert_int_equal(db_tx(db, NULL, produce_messy_tx, NULL, err, sizeof err), 0);
 	struct rpc_client *c = h_service_client(h_env("SLIPWAY_AUDIT_ADDR"), h_env("SLIPWAY_CA"),
 						prod_crt, prod_key);
@@ -471,7 +472,7 @@ static void test_outbox_relays_in_commit_order(void **state)
 	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_order", .pool_size = 3 };
 	struct db *db = NULL;
 	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
-	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 2, err, sizeof err), 0);
 	struct db_conn *t1 = NULL, *t2 = NULL;
 	assert_int_equal(db_acquire(db, &t1, 5000, err, sizeof err), 0);
 	assert_int_equal(db_acquire(db, &t2, 5000, err, sizeof err), 0);
@@ -541,13 +542,14 @@ static void test_outbox_upgrades_an_old_outbox(void **state)
 		{ 1, "outbox (before commit order)",
 		  "CREATE TABLE outbox (id bigserial PRIMARY KEY, event_id text NOT NULL UNIQUE,"
 		  " event bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" },
+		{ 2, "outbox trace", OUTBOX_TRACE_SQL },
 	};
 	char err[256];
 	struct db_opts o = { .url = h_env("SLIPWAY_PGURL"), .schema = "it_old_outbox",
 			     .pool_size = 2 };
 	struct db *db = NULL;
 	assert_int_equal(db_open(&o, &db, err, sizeof err), 0);
-	assert_int_equal(db_migrate(db, old, 1, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, old, 2, err, sizeof err), 0);
 	struct db_conn *c = NULL;
 	assert_int_equal(db_acquire(db, &c, 5000, err, sizeof err), 0);
 	add_one(c, "it-old-outbox-1");
