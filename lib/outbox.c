@@ -34,10 +34,7 @@ void outbox_detail(struct outbox_event *e, const char *key, const char *value)
 	}
 }
 
-/* Copies free text into out[max + 1] as printable UTF-8 of at most max
- * bytes: control characters and broken sequences become '?', and a cut
- * never splits a character. Returns the length. */
-static size_t fit_text(const char *in, char *out, size_t max)
+size_t outbox_fit_text(const char *in, char *out, size_t max)
 {
 	const unsigned char *p = (const unsigned char *)in;
 	size_t o = 0;
@@ -78,14 +75,14 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 	ev.action = (char *)(e->action ? e->action : "");
 	/* Free text is fitted to the log's caps here, so that an event can never
 	 * be refused by the audit service later and block the relay. */
-	if (fit_text(e->resource ? e->resource : "", resource, AUDITLOG_MAX_RESOURCE) == 0)
+	if (outbox_fit_text(e->resource ? e->resource : "", resource, AUDITLOG_MAX_RESOURCE) == 0)
 		snprintf(resource, sizeof resource, "-");
 	ev.resource = resource;
 	ev.outcome = e->outcome;
 	ev.request_id = (char *)(e->request_id ? e->request_id : log_request_id());
 	if (!auditlog_token_ok(ev.request_id, 0, 64, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._:-"))
 		ev.request_id = "";
-	ev.time_unix_ms = clock_wall_ms();
+	ev.time_unix_ms = e->time_unix_ms > 0 ? e->time_unix_ms : clock_wall_ms();
 	values = malloc(AUDITLOG_MAX_DETAILS_BYTES + 1);
 	if (values == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
@@ -99,7 +96,7 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 		}
 		size_t room = budget - used - kl;
 		size_t cap = room < AUDITLOG_MAX_VALUE ? room : AUDITLOG_MAX_VALUE;
-		size_t vl = fit_text(e->values[i], values + used, cap);
+		size_t vl = outbox_fit_text(e->values[i], values + used, cap);
 		if (vl < strlen(e->values[i]))
 			truncated = 1;
 		slipway__v1__key_value__init(&kv[nd]);
