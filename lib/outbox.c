@@ -62,9 +62,14 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 	Slipway__V1__AuditEvent ev = SLIPWAY__V1__AUDIT_EVENT__INIT;
 	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS + 1];
 	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS + 1];
-	char id[33], resource[AUDITLOG_MAX_RESOURCE + 1];
+	char id[65], resource[AUDITLOG_MAX_RESOURCE + 1];
 	char *values = NULL;
 
+	/* An event id is 1-64 characters (audit-canonical.md): a longer one
+	 * is a bug, refused below, never cut (two cut ids could collide). */
+	if (e->event_id != NULL && strlen(e->event_id) >= sizeof id)
+		return sw_errf(err, errlen, SW_EINVAL, "invalid audit event (a bug in %s): event id "
+			       "longer than 64 characters", service);
 	if (e->event_id != NULL && e->event_id[0] != '\0')
 		snprintf(id, sizeof id, "%s", e->event_id);
 	else
