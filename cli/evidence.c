@@ -291,11 +291,13 @@ static int export_one(struct exporter *x, const char *id, json_t **out)
 
 	/* 2. A signed checkpoint covering them all. */
 	for (;;) {
-		if ((rc = get_checkpoint(x, &cp)) != 0)
-			goto out;
-		if (cp->size > maxseq)
+		rc = get_checkpoint(x, &cp);
+		if (rc == 0 && cp->size > maxseq)
 			break;
-		protobuf_c_message_free_unpacked(&cp->base, NULL);
+		if (rc != 0 && rc != SW_ENOTFOUND) /* NOT_FOUND: none signed yet */
+			goto out;
+		if (cp != NULL)
+			protobuf_c_message_free_unpacked(&cp->base, NULL);
 		cp = NULL;
 		Slipway__V1__SignCheckpointRequest sr = SLIPWAY__V1__SIGN_CHECKPOINT_REQUEST__INIT;
 		ProtobufCMessage *sm = NULL;

@@ -994,11 +994,6 @@ int evidence_verify(const char *buf, size_t len, const struct evidence_verify_op
 			goto out;
 		}
 	}
-	for (size_t i = 0; i < nn; i++)
-		if (!used[i]) {
-			sw_errf(err, errlen, SW_EINVAL, "log.nodes[%zu]: used by no proof", i);
-			goto out;
-		}
 	r->entries = ne;
 
 	/* 3. The views: exactly what the entries say. */
@@ -1025,6 +1020,13 @@ int evidence_verify(const char *buf, size_t len, const struct evidence_verify_op
 			goto out;
 		}
 	}
+	/* A node no proof uses is not part of the evidence (checked after the
+	 * views, which name a dropped entry better). */
+	for (size_t i = 0; i < nn; i++)
+		if (!used[i]) {
+			sw_errf(err, errlen, SW_EINVAL, "log.nodes[%zu]: used by no proof", i);
+			goto out;
+		}
 	r->timeline = json_array_size(json_object_get(views, "timeline"));
 	r->approvals = json_array_size(json_object_get(views, "approvals"));
 	r->decisions = json_array_size(json_object_get(views, "decisions"));
