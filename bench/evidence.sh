@@ -79,7 +79,7 @@ bench_evidence() {
       fig "rollout_${n}_targets_ms" "$(sql "SELECT finished_ms - created_ms FROM orchestrator.deployments WHERE id = '$id'")"
       local o ex bytes entries
       o=$(build/bin/slipway -o json evidence export "$id" --out "$tmp/ev$n.json" --wait 120)
-      ex=$(jf .seconds <<<"$o"); bytes=$(jf .bytes <<<"$o"); entries=$(jf .entries <<<"$o")
+      ex=$(printf "%.4f" "$(jf .seconds <<<"$o")"); bytes=$(jf .bytes <<<"$o"); entries=$(jf .entries <<<"$o")
       log "evidence: $n targets: exported $entries entries, $bytes bytes in $ex s"
       local vin="" vwall="" hs="" r t0 t1
       for r in $(seq 1 "$REPS"); do
@@ -87,7 +87,7 @@ bench_evidence() {
         o=$(build/bin/slipway -o json evidence verify "$tmp/ev$n.json" --verifier-key "$SLIPWAY_AUDIT_VERIFIER_KEY")
         t1=$(date +%s%N)
         [ "$(jf .ok <<<"$o")" = true ] || { log "evidence: verify failed: $o"; exit 1; }
-        vin+=" $(jf .seconds <<<"$o")"
+        vin+=" $(printf "%.6f" "$(jf .seconds <<<"$o")")"
         vwall+=" $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", (b - a) / 1e9 }')"
         hs+=" $(python3 -c 'import hashlib, sys, time
 t = time.perf_counter(); d = open(sys.argv[1], "rb").read(); hashlib.sha256(d).digest(); print("%.6f" % (time.perf_counter() - t))' "$tmp/ev$n.json")"

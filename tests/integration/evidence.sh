@@ -9,7 +9,8 @@
 # fail naming the mismatch; a wrong key, a bundle from another log, an
 # unknown format version fail; an unknown deployment is NOT_FOUND; the
 # auditor's state file catches a log rolled back or forked since it was
-# last seen; a period export writes one bundle per deployment and an index.
+# last seen; a period export writes one bundle per deployment and an index;
+# an auditor with the read-only role exports too.
 . "$(dirname "$0")/../security/lib.sh"
 
 app=evd
@@ -30,7 +31,8 @@ agents $app prod eu/ev1 eu/ev2
 policy() { # FREEZE-JSON
   cat >"$T/policy.json" <<JSON
 { "version": 1,
-  "bindings": [ { "role": "approver", "principal": "spiffe://$td/user/bob", "scope": { "app": "$app" } } ],
+  "bindings": [ { "role": "approver", "principal": "spiffe://$td/user/bob", "scope": { "app": "$app" } },
+                { "role": "auditor", "principal": "spiffe://$td/user/aud" } ],
   "approval_policies": [ { "name": "$app-prod", "apps": ["$app"], "environments": ["prod"],
                            "required": 1, "break_glass": { "required": 1 } $1 } ] }
 JSON
@@ -76,6 +78,11 @@ slipway -o json deployment show "$a" | js 'JSON.stringify(j.timeline.map(t => [t
 js 'JSON.stringify(j.timeline.map(t => [t.event, t.detail]))' <"$T/a.json" >"$T/tl.bundle"
 cmp -s "$T/tl.orch" "$T/tl.bundle" || fail "timelines differ: $(cat "$T/tl.orch") vs $(cat "$T/tl.bundle")"
 ok "the bundle's timeline is the orchestrator's, line by line"
+# An auditor (the built-in read-only role, which may not sign a checkpoint)
+# exports the same evidence.
+as_user aud slipway evidence export "$a" --out "$T/a-aud.json" >/dev/null 2>"$T/err" || fail "the auditor's export: $(cat "$T/err")"
+verify_ok "$T/a-aud.json" >/dev/null
+ok "an auditor exports a bundle with the read-only role, and it verifies"
 
 # ---- 2. an automatic rollback (3.0.0 fails its health check)
 b=$(deploy $app prod 3.0.0 --batch 1)
