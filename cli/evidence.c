@@ -700,21 +700,19 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 		prov_keys_free(keys);
 		return cli_fail("cannot open %s: %s", path, strerror(errno));
 	}
-	size_t cap = 1 << 20, len = 0;
+	struct stat sb;
+	if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) ||
+	    (uint64_t)sb.st_size > EVIDENCE_MAX_BYTES) {
+		fclose(f);
+		prov_keys_free(keys);
+		printf("FAIL: %s: not a regular file of at most %u bytes\n", path, EVIDENCE_MAX_BYTES);
+		return CLI_FAIL;
+	}
+	size_t cap = (size_t)sb.st_size + 1, len = 0;
 	char *buf = malloc(cap);
 	while (buf != NULL) {
-		if (len == cap) {
-			if (cap >= EVIDENCE_MAX_BYTES + 1)
-				break;
-			char *nb = realloc(buf, cap * 2);
-			if (nb == NULL) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = nb;
-			cap *= 2;
-		}
+		if (len == cap) /* grew while read: evidence_verify refuses it */
+			break;
 		size_t r = fread(buf + len, 1, cap - len, f);
 		if (r == 0)
 			break;
