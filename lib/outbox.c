@@ -145,6 +145,8 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 }
 
 /* Waits up to ms for a kick or stop. */
+#define OUTBOX_LINGER_MS 20
+
 static void nap(struct outbox_relay *r, int ms)
 {
 	struct timespec dl = clock_after(CLOCK_REALTIME, ms);
@@ -153,6 +155,18 @@ static void nap(struct outbox_relay *r, int ms)
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)
 			break;
 	r->kicked = 0;
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits ms (or until stopping) whatever kicks arrive meanwhile: lets a
+ * burst of events gather into one batch. */
+static void linger(struct outbox_relay *r, int ms)
+{
+	struct timespec dl = clock_after(CLOCK_REALTIME, ms);
+	pthread_mutex_lock(&r->mu);
+	while (!r->stopping)
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)
+			break;
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -326,6 +340,11 @@ static void *relay_main(void *arg)
 				log_info("audit delivery resumed", NULL);
 			backoff = 100;
 			last_failed = 0;
+			/* A partial batch during a burst (a rollout's target
+			 * results): wait a moment so that the next round carries
+			 * many events in one AppendBatch instead of a few. */
+			if (rc < r->o.batch && !stopping)
+				linger(r, OUTBOX_LINGER_MS);
 			continue;
 		}
 		if (rc == 0) {
