@@ -32,7 +32,12 @@ bench_evidence() {
     local SIZES=${BENCH_EVIDENCE_SIZES:-10 100 1000}
     opid=$(cat "$stack/run/orchestrator.pid")
     pgpid=$(cat "$stack/run/postgres.pid")
-    cleanup() { exec 7>&- 2>/dev/null || true; [ -n "$simpid" ] && kill "$simpid" 2>/dev/null; wait 2>/dev/null || true; }
+    cleanup() {
+      exec 7>&- 2>/dev/null || true
+      [ -n "$simpid" ] && kill "$simpid" 2>/dev/null
+      wait 2>/dev/null || true
+      scripts/stack down "$stack" >/dev/null 2>&1 || true # also when a step failed
+    }
     trap cleanup EXIT
     : > "$lines"
     fig() { echo "figure $1 $2" >> "$lines"; }
