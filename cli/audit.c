@@ -12,6 +12,7 @@
  * first time and pins it.
  */
 #include "auditlog.h"
+#include "auditstate.h"
 #include "cfg.h"
 #include "cli.h"
 #include "err.h"
@@ -93,86 +94,9 @@ static json_t *entry_json(const Slipway__V1__AuditEntry *e)
 
 /* ---- verifier key and state file ---- */
 
-struct state {
-	char path[4096];
-	char origin[256];
-	char verifier[256];
-	uint64_t size;          /* newest checkpoint verified before (0 = none) */
-	uint8_t root[32];
-	char note[NOTE_MAX];
-};
-
-static void default_state_path(char *out, size_t len)
-{
-	const char *x = getenv("XDG_CONFIG_HOME"), *h = getenv("HOME");
-	if (x && *x)
-		snprintf(out, len, "%s/slipway/audit-state.json", x);
-	else
-		snprintf(out, len, "%s/.config/slipway/audit-state.json", h ? h : ".");
-}
-
-static int state_load(struct state *st)
-{
-	json_error_t je;
-	json_t *j = json_load_file(st->path, 0, &je);
-	if (j == NULL)
-		return errno == ENOENT || access(st->path, F_OK) != 0 ? 0 : -1;
-	const char *o = json_string_value(json_object_get(j, "origin"));
-	const char *v = json_string_value(json_object_get(j, "verifier_key"));
-	json_t *cp = json_object_get(j, "checkpoint");
-	if (o)
-		snprintf(st->origin, sizeof st->origin, "%s", o);
-	if (v)
-		snprintf(st->verifier, sizeof st->verifier, "%s", v);
-	if (json_is_object(cp)) {
-		const char *r = json_string_value(json_object_get(cp, "root"));
-		const char *n = json_string_value(json_object_get(cp, "note"));
-		st->size = (uint64_t)json_integer_value(json_object_get(cp, "size"));
-		if (r == NULL || hash_unhex(r, st->root, 32) != 0 || n == NULL) {
-			json_decref(j);
-			return -1;
-		}
-		snprintf(st->note, sizeof st->note, "%s", n);
-	}
-	json_decref(j);
-	return 0;
-}
-
-static int mkdirs(const char *path)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof tmp, "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	return 0;
-}
-
-static int state_save(const struct state *st)
-{
-	char root[65], tmp[4200];
-	hash_hex(st->root, 32, root);
-	json_t *j = json_pack("{s:s,s:s,s:{s:I,s:s,s:s}}", "origin", st->origin, "verifier_key",
-			      st->verifier, "checkpoint", "size", (json_int_t)st->size, "root", root,
-			      "note", st->note);
-	if (mkdirs(st->path) != 0)
-		return -1;
-	snprintf(tmp, sizeof tmp, "%s.tmp", st->path);
-	int rc = json_dump_file(j, tmp, JSON_INDENT(2));
-	json_decref(j);
-	if (rc != 0 || rename(tmp, st->path) != 0)
-		return -1;
-	return 0;
-}
-
 /* Resolves the verifier key. */
 static int get_verifier(struct cli *c, struct rpc_client *cl, const char *flag, int trust,
-			struct state *st, struct note_verifier *v)
+			struct auditstate *st, struct note_verifier *v)
 {
 	char err[256];
 	const char *text = flag ? flag : getenv("SLIPWAY_AUDIT_VERIFIER_KEY");
@@ -401,15 +325,15 @@ static int parse_common(struct cli *c, int argc, char **argv, struct common *cm,
 	return 0;
 }
 
-static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struct state *st,
+static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struct auditstate *st,
 		 struct note_verifier *v)
 {
 	memset(st, 0, sizeof *st);
 	if (cm->state)
 		snprintf(st->path, sizeof st->path, "%s", cm->state);
 	else
-		default_state_path(st->path, sizeof st->path);
-	if (state_load(st) != 0)
+		auditstate_default_path(st->path, sizeof st->path);
+	if (auditstate_load(st) != 0)
 		return cli_fail("cannot read the state file %s", st->path);
 	if (cli_connect(c, "audit", cm->addr, cl) != 0)
 		return CLI_FAIL;
@@ -432,7 +356,7 @@ static int prove(struct cli *c, int argc, char **argv, int show_entry)
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
-	struct state st;
+	struct auditstate st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -596,7 +520,7 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 		}
 	}
 	struct rpc_client *cl = NULL;
-	struct state st;
+	struct auditstate st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -727,7 +651,7 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
-	struct state st;
+	struct auditstate st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -930,7 +854,7 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 		memcpy(st.root, latest->root, 32);
 		snprintf(st.note, sizeof st.note, "%s", latest->note);
 	}
-	if (state_save(&st) != 0)
+	if (auditstate_save(&st) != 0)
 		fprintf(stderr, "slipway: warning: cannot write %s\n", st.path);
 	char root[65] = "";
 	if (latest)

@@ -36,6 +36,7 @@
 int cli_cmd_pki(struct cli *c, int argc, char **argv);
 int cli_cmd_health(struct cli *c, int argc, char **argv);
 int cli_cmd_audit(struct cli *c, int argc, char **argv);
+int cli_cmd_evidence(struct cli *c, int argc, char **argv);
 int cli_cmd_policy(struct cli *c, int argc, char **argv);
 int cli_cmd_approve(struct cli *c, int argc, char **argv);
 int cli_cmd_reject(struct cli *c, int argc, char **argv);
@@ -54,7 +55,7 @@ int cli_cmd_config(struct cli *c, int argc, char **argv);
 
 /* The commands of each group and the single commands' options live beside
  * their code, one file per group. */
-extern const struct cli_cmd cli_pki_cmds[], cli_audit_cmds[], cli_policy_cmds[],
+extern const struct cli_cmd cli_pki_cmds[], cli_audit_cmds[], cli_evidence_cmds[], cli_policy_cmds[],
 	cli_artifact_cmds[], cli_deployments_cmds[], cli_deployment_cmds[], cli_agents_cmds[],
 	cli_secrets_cmds[], cli_config_cmds[];
 extern const struct cli_opt cli_health_opts[], cli_deploy_opts[], cli_action_opts[],
@@ -66,6 +67,8 @@ static const struct cli_cmd groups[] = {
 	  "[--addr HOST:PORT] [SERVICE...]", cli_health_opts,
 	  "slipway health\nslipway health audit policy\nslipway health --addr 127.0.0.1:7443", NULL, NULL },
 	{ "audit", cli_cmd_audit, "read, prove and verify the audit log", .sub = cli_audit_cmds },
+	{ "evidence", cli_cmd_evidence, "export and verify offline evidence bundles of deployments",
+	  .sub = cli_evidence_cmds },
 	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy",
 	  .sub = cli_policy_cmds },
 	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval",

@@ -39,6 +39,7 @@
 #include "slipway/v1/audit.pb-c.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The commit-order machinery (see above), idempotent. Part of
  * OUTBOX_MIGRATION_SQL; the relay also applies it at start-up to an outbox
@@ -87,10 +88,17 @@ struct outbox_event {
 	const char *resource;   /* "release/web@1.2.0" */
 	Slipway__V1__Outcome outcome;
 	const char *request_id; /* NULL: the thread's (log_request_id) */
+	int64_t time_unix_ms;   /* when it happened; 0: now */
 	size_t ndetails;
 	const char *keys[OUTBOX_MAX_DETAILS];
 	const char *values[OUTBOX_MAX_DETAILS];
 };
+
+/* Copies free text into out[max + 1] as printable UTF-8 of at most max
+ * bytes, as outbox_add fits resources and detail values: control
+ * characters and broken sequences become '?', and a cut never splits a
+ * character. Returns the length. Any thread. */
+size_t outbox_fit_text(const char *in, char *out, size_t max);
 
 /* Adds a detail key/value (borrowed) to e; ignored past the cap. */
 void outbox_detail(struct outbox_event *e, const char *key, const char *value);

@@ -7,7 +7,7 @@ _slipway() {
     if [ -z "$g" ]; then g="$w"; elif [ -z "$c" ]; then c="$w"; fi
   done
   case "$g/$c" in
-    /) words="help completion version pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config -o --output --timeout --context --ca --cert --key --verbose" ;;
+    /) words="help completion version pki health audit evidence policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config -o --output --timeout --context --ca --cert --key --verbose" ;;
     pki/) words=" init issue" ;;
     pki/init) words=" --dir --trust-domain --days --help" ;;
     pki/issue) words=" --dir --service --agent --user --out --dns --ip --days --help" ;;
@@ -18,6 +18,9 @@ _slipway() {
     audit/proof) words=" --addr --verifier-key --state --trust --size --s3-prefix --help" ;;
     audit/checkpoint) words=" --addr --verifier-key --state --trust --size --sign --help" ;;
     audit/verify) words=" --addr --verifier-key --state --trust --size --s3-prefix --help" ;;
+    evidence/) words=" export verify" ;;
+    evidence/export) words=" --out --app --env --since --until --state --wait --help" ;;
+    evidence/verify) words=" --verifier-key --state --builder-keys --help" ;;
     policy/) words=" apply get diff explain revision approvals" ;;
     policy/apply) words=" --expected-revision --dry-run --addr --help" ;;
     policy/get) words=" --revision --addr --help" ;;
@@ -66,7 +69,7 @@ _slipway() {
     config/) words=" view use-context" ;;
     config/view) words=" --help" ;;
     config/use-context) words=" --help" ;;
-    help/*) words=" pki health audit policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config" ;;
+    help/*) words=" pki health audit evidence policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config" ;;
     completion/*) words="bash zsh" ;;
   esac
   COMPREPLY=($(compgen -W "$words" -- "$cur"))

@@ -252,9 +252,20 @@ int orch_deployment_scope(struct orch *o, const char *id, char *app, char *env, 
 int orch_engine_start(struct orch *o, char *err, size_t errlen);
 void orch_engine_stop(struct orch *o);
 void orch_engine_kick(struct orch *o);
-/* Appends a timeline line in the caller's transaction. */
-int orch_timeline(struct db_conn *c, const char *id, const char *event, const char *detail,
-		  char *err, size_t errlen);
+/* Caps of a timeline line (fitted to printable UTF-8 at most this long). */
+#define ORCH_TIMELINE_EVENT_MAX 120
+#define ORCH_TIMELINE_DETAIL_MAX 1000
+/*
+ * Appends a timeline line in the caller's transaction, and the same line
+ * as an audit event through the outbox (same transaction): event id
+ * "tl:<deployment>:<timeline row id>", action "timeline.<event as
+ * lower_snake>", resource "deployment/<id>", actor the orchestrator,
+ * details deployment_id, timeline_id, event and detail, time the row's.
+ * The evidence bundle (docs/evidence-format.md) rebuilds the timeline from
+ * these events. Returns 0 or an SW_E* code with err.
+ */
+int orch_timeline(struct orch *o, struct db_conn *c, const char *id, const char *event,
+		  const char *detail, char *err, size_t errlen);
 
 /* A deployment to record (deploy.c plans it, store_create writes it). */
 struct orch_new_deployment {
@@ -351,7 +362,7 @@ int store_report(struct db_conn *c, struct orch *o, const char *agent,
 		 struct store_report_out *out, char *err, size_t errlen);
 /* A re-registered agent's RUNNING task goes out again under a new
  * generation; `deployment` receives its deployment ("" when none). */
-int store_resend_running(struct db_conn *c, const char *agent, int64_t now, char *deployment,
+int store_resend_running(struct db_conn *c, struct orch *o, const char *agent, int64_t now, char *deployment,
 			 size_t dlen, char *err, size_t errlen);
 /* Wakes the owners of deployments with work in flight on a lost agent. */
 int store_notify_lost(struct db_conn *c, const char *agent, char *err, size_t errlen);

@@ -225,7 +225,7 @@ static int register_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		if (rc != 0)
 			return rc;
 	}
-	rc = store_resend_running(c, t->agent, ms, t->redispatched, sizeof t->redispatched, err,
+	rc = store_resend_running(c, t->o, t->agent, ms, t->redispatched, sizeof t->redispatched, err,
 				  errlen);
 	if (rc != 0)
 		return rc;

@@ -64,13 +64,78 @@ static void resource(char *out, size_t len, const char *id)
 	snprintf(out, len, "deployment/%s", id);
 }
 
-int orch_timeline(struct db_conn *c, const char *id, const char *event, const char *detail,
-		  char *err, size_t errlen)
+/* "batch started" -> "timeline.batch_started": lower-case letters and
+ * digits kept, everything else one '_'. */
+static void timeline_action(const char *event, char *out, size_t len)
 {
-	char now[24];
-	return db_q(c, "INSERT INTO timeline (deployment_id, time_ms, event, detail) VALUES ($1, $2, $3, $4)",
-		    4, (const char *[]){ id, db_i64(now, clock_wall_ms()), event, detail ? detail : "" },
-		    NULL, err, errlen);
+	size_t o = (size_t)snprintf(out, len, "timeline.");
+	int sep = 0;
+	for (const char *p = event; *p && o + 2 < len; p++) {
+		char ch = *p;
+		if (ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) {
+			if (sep && out[o - 1] != '.')
+				out[o++] = '_';
+			out[o++] = ch;
+			sep = 0;
+		} else {
+			sep = 1;
+		}
+	}
+	if (out[o - 1] == '.')
+		out[o++] = 'x';
+	out[o] = '\0';
+}
+
+/* FAILURE for failures, DENIED for refusals, else SUCCESS. */
+static int timeline_outcome(const char *event)
+{
+	if (strstr(event, "failed") || strstr(event, "exceeded") || strstr(event, "lost"))
+		return SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
+	if (strstr(event, "denied") || strstr(event, "refused") || strstr(event, "rejected"))
+		return SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
+	return SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
+}
+
+int orch_timeline(struct orch *o, struct db_conn *c, const char *id, const char *event,
+		  const char *detail, char *err, size_t errlen)
+{
+	char now[24], tid[24], eid[80], action[128], res[200];
+	char ev[ORCH_TIMELINE_EVENT_MAX + 1], det[ORCH_TIMELINE_DETAIL_MAX + 1];
+	int64_t t = clock_wall_ms();
+	PGresult *r = NULL;
+	/* Fitted once, so that the row and its audit event carry the same
+	 * bytes: `slipway evidence verify` compares them. */
+	outbox_fit_text(event, ev, ORCH_TIMELINE_EVENT_MAX);
+	outbox_fit_text(detail ? detail : "", det, ORCH_TIMELINE_DETAIL_MAX);
+	int rc = db_q(c,
+		      "INSERT INTO timeline (deployment_id, time_ms, event, detail)"
+		      " VALUES ($1, $2, $3, $4) RETURNING id",
+		      4, (const char *[]){ id, db_i64(now, t), ev, det }, &r, err, errlen);
+	if (rc != 0)
+		return rc;
+	snprintf(tid, sizeof tid, "%s", db_text(r, 0, 0));
+	PQclear(r);
+	/* The same row as an audit event, in this transaction: stable id
+	 * (a retried relay delivers it once), the deployment as resource. */
+	snprintf(eid, sizeof eid, "tl:%s:%s", id, tid);
+	timeline_action(ev, action, sizeof action);
+	resource(res, sizeof res, id);
+	struct outbox_event e = { .event_id = eid,
+				  .actor = o->self_id,
+				  .action = action,
+				  .resource = res,
+				  .outcome = (Slipway__V1__Outcome)timeline_outcome(ev),
+				  .time_unix_ms = t };
+	outbox_detail(&e, "deployment_id", id);
+	outbox_detail(&e, "timeline_id", tid);
+	outbox_detail(&e, "event", ev);
+	outbox_detail(&e, "detail", det);
+	/* No kick: the relay's next round (at most its idle interval away)
+	 * takes the line, and a rollout's target results then travel in a few
+	 * large batches instead of one call each. */
+	return outbox_add(c, "orchestrator", &e, err, errlen);
 }
 
 /* ---- approvals ---- */
@@ -101,7 +166,7 @@ static int turned_away(struct db_conn *c, struct orch *o, const char *actor, con
 {
 	char res[200];
 	resource(res, sizeof res, id);
-	int rc = orch_timeline(c, id, event, detail, err, errlen);
+	int rc = orch_timeline(o, c, id, event, detail, err, errlen);
 	if (rc == 0)
 		rc = orch_audit(o, c, actor, action, res, SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, key,
 				detail, NULL, NULL, err, errlen);
@@ -152,9 +217,9 @@ int store_approval_verdict(struct db_conn *c, struct orch *o, const char *id, in
 			  " RETURNING id",
 			  3, (const char *[]){ id, st(s1, PLAN_D_QUEUED), s0 }, &u, err, errlen);
 		if (rc == 0 && PQntuples(u) == 1) {
-			rc = orch_timeline(c, id, "approved", reason, err, errlen);
+			rc = orch_timeline(o, c, id, "approved", reason, err, errlen);
 			if (rc == 0)
-				rc = orch_timeline(c, id, "queued", "", err, errlen);
+				rc = orch_timeline(o, c, id, "queued", "", err, errlen);
 			if (rc == 0)
 				rc = orch_audit(o, c, o->self_id, "deploy.approved", res,
 						SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "policy", reason, NULL,
@@ -244,7 +309,7 @@ int store_admit(struct db_conn *c, struct orch *o, int64_t now, int *asked, char
 			  " stepped_ms = $2, reason = '' WHERE id = $1 AND state = $6",
 			  6, (const char *[]){ id, ms, o->replica, lease, sr, sq }, NULL, err, errlen);
 		if (rc == 0)
-			rc = orch_timeline(c, id, "started", o->replica, err, errlen);
+			rc = orch_timeline(o, c, id, "started", o->replica, err, errlen);
 		char res[200];
 		resource(res, sizeof res, id);
 		if (rc == 0)
@@ -453,7 +518,7 @@ int store_load(struct db_conn *c, struct orch *o, const char *id, int64_t now,
 			char detail[200];
 			snprintf(detail, sizeof detail, "%s took over from %s (lease expired)", o->replica,
 				 owner);
-			rc = orch_timeline(c, id, "taken over", detail, err, errlen);
+			rc = orch_timeline(o, c, id, "taken over", detail, err, errlen);
 			log_info("took over a deployment", "deployment=%s from=%s", id, owner);
 		}
 	} else {
@@ -530,7 +595,7 @@ static int cmp_str(const void *a, const void *b)
  * every agent is notified at commit. A target whose agent turned lost in
  * the meantime fails.
  */
-static int dispatch(struct db_conn *c, struct plan_deployment *d, const int *idx, int n,
+static int dispatch(struct db_conn *c, struct orch *o, struct plan_deployment *d, const int *idx, int n,
 		    int64_t now, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
@@ -587,7 +652,7 @@ static int dispatch(struct db_conn *c, struct plan_deployment *d, const int *idx
 			  4, (const char *[]){ d->id, t->agent, st(sf, PLAN_T_FAILED), ms }, NULL, err,
 			  errlen);
 		if (rc == 0)
-			rc = orch_timeline(c, d->id, "target failed", "agent lost", err, errlen);
+			rc = orch_timeline(o, c, d->id, "target failed", "agent lost", err, errlen);
 	}
 	if (rc != 0)
 		goto out;
@@ -673,7 +738,7 @@ static int set_state(struct db_conn *c, struct orch *o, struct plan_deployment *
 					   db_i64(ms, now) },
 		      NULL, err, errlen);
 	if (rc == 0)
-		rc = orch_timeline(c, d->id, event, reason, err, errlen);
+		rc = orch_timeline(o, c, d->id, event, reason, err, errlen);
 	resource(res, sizeof res, d->id);
 	if (rc == 0)
 		rc = orch_audit(o, c, o->self_id, action, res, outcome, "release", d->digest, "reason",
@@ -710,7 +775,7 @@ static int start_rollback(struct db_conn *c, struct orch *o, struct plan_deploym
 			  NULL, err, errlen);
 	snprintf(detail, sizeof detail, "%.600s; rolling back to %s@%s", why, d->app, d->good_version);
 	if (rc == 0)
-		rc = orch_timeline(c, d->id, "rolling back", detail, err, errlen);
+		rc = orch_timeline(o, c, d->id, "rolling back", detail, err, errlen);
 	resource(res, sizeof res, d->id);
 	if (rc == 0)
 		rc = orch_audit(o, c, o->self_id, "rollback.start", res,
@@ -831,7 +896,7 @@ int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 					       now, err, errlen);
 			break;
 		case PLAN_TIMELINE:
-			rc = orch_timeline(c, d->id, x->event, x->detail, err, errlen);
+			rc = orch_timeline(o, c, d->id, x->event, x->detail, err, errlen);
 			break;
 		default:
 			break;
@@ -840,7 +905,7 @@ int store_apply(struct db_conn *c, struct orch *o, struct plan_deployment *d,
 	if (rc == 0)
 		rc = want_grants(c, d, gidx, ng, now, err, errlen);
 	if (rc == 0)
-		rc = dispatch(c, d, idx, ni, now, err, errlen);
+		rc = dispatch(c, o, d, idx, ni, now, err, errlen);
 	*grants = ng;
 out:
 	free(idx);
@@ -938,7 +1003,7 @@ int store_grant_refused(struct db_conn *c, struct orch *o, const char *deploymen
 		rc = db_q(c, "DELETE FROM grants WHERE deployment_id = $1 AND NOT done", 1,
 			  (const char *[]){ deployment }, NULL, err, errlen);
 	if (rc == 0)
-		rc = orch_timeline(c, deployment, "failed", detail, err, errlen);
+		rc = orch_timeline(o, c, deployment, "failed", detail, err, errlen);
 	resource(res, sizeof res, deployment);
 	if (rc == 0)
 		rc = orch_audit(o, c, o->self_id, "deploy.failed", res,
@@ -1184,6 +1249,11 @@ int store_report(struct db_conn *c, struct orch *o, const char *agent,
 					       st(s, phase == PLAN_PHASE_ROLLBACK ? PLAN_T_ROLLED_BACK
 										: PLAN_T_SUCCEEDED) },
 			  NULL, err, errlen);
+		if (rc == 0)
+			rc = orch_timeline(o, c, out->deployment,
+					   phase == PLAN_PHASE_ROLLBACK ? "target rolled back"
+									: "target succeeded",
+					   agent, err, errlen);
 		break;
 	case SLIPWAY__V1__TASK_RESULT__TASK_FAILED: {
 		char detail[600], next[24];
@@ -1206,14 +1276,16 @@ int store_report(struct db_conn *c, struct orch *o, const char *agent,
 			snprintf(detail, sizeof detail, "%s: %s", agent, msg);
 		}
 		if (rc == 0)
-			rc = orch_timeline(c, out->deployment,
+			rc = orch_timeline(o, c, out->deployment,
 					   phase == PLAN_PHASE_ROLLBACK ? "rollback failed on a target"
 									: "target failed",
 					   detail, err, errlen);
+		char res[200];
+		resource(res, sizeof res, out->deployment);
 		if (rc == 0)
 			rc = orch_audit(o, c, agent,
 					phase == PLAN_PHASE_ROLLBACK ? "rollback.target" : "deploy.target",
-					out->deployment, SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "reason", msg,
+					res, SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE, "reason", msg,
 					"attempt", gen, err, errlen);
 		break;
 	}
@@ -1229,7 +1301,7 @@ out:
 
 /* ---- the registry's part ---- */
 
-int store_resend_running(struct db_conn *c, const char *agent, int64_t now, char *deployment,
+int store_resend_running(struct db_conn *c, struct orch *o, const char *agent, int64_t now, char *deployment,
 			 size_t dlen, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
@@ -1253,7 +1325,7 @@ int store_resend_running(struct db_conn *c, const char *agent, int64_t now, char
 		return rc;
 	if (PQntuples(r) > 0) {
 		snprintf(deployment, dlen, "%s", db_text(r, 0, 0));
-		rc = orch_timeline(c, deployment, "task re-sent", agent, err, errlen);
+		rc = orch_timeline(o, c, deployment, "task re-sent", agent, err, errlen);
 		if (rc == 0)
 			rc = orch_notify_agent(c, agent, err, errlen);
 	}
@@ -1538,18 +1610,33 @@ int store_create(struct db_conn *c, struct orch_new_deployment *t, char *err, si
 	const char *note = t->note ? t->note : "";
 	snprintf(detail, sizeof detail, "%s@%s (%s) to %s by %s%s%s", t->app, t->version, t->digest,
 		 t->env, t->requester, note[0] ? ": " : "", note);
-	rc = orch_timeline(c, t->id, t->is_rollback ? "rollback requested" : "created", detail, err,
+	rc = orch_timeline(t->o, c, t->id, t->is_rollback ? "rollback requested" : "created", detail, err,
 			   errlen);
 	if (rc == 0)
-		rc = orch_timeline(c, t->id,
+		rc = orch_timeline(t->o, c, t->id,
 				   t->state == OS_PENDING_APPROVAL ? "waiting for approval" : "queued",
 				   t->reason, err, errlen);
 	char res[200];
 	snprintf(res, sizeof res, "deployment/%s", t->id);
+	/* The request names what is deployed, so that an evidence bundle
+	 * rests on the log alone (docs/evidence-format.md). */
+	struct outbox_event e = { .actor = t->requester,
+				  .action = t->is_rollback ? "rollback.request" : "deploy.request",
+				  .resource = res,
+				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
+	outbox_detail(&e, "release", detail);
+	outbox_detail(&e, "state", t->state == OS_PENDING_APPROVAL ? "pending_approval" : "queued");
+	outbox_detail(&e, "app", t->app);
+	outbox_detail(&e, "environment", t->env);
+	outbox_detail(&e, "version", t->version);
+	outbox_detail(&e, "digest", t->digest);
+	outbox_detail(&e, "break_glass", t->break_glass ? "true" : "false");
+	outbox_detail(&e, "break_glass_reason", t->bg_reason ? t->bg_reason : "");
+	outbox_detail(&e, "rollback_of", t->rollback_of ? t->rollback_of : "");
 	if (rc == 0)
-		rc = orch_audit(t->o, c, t->requester, t->is_rollback ? "rollback.request" : "deploy.request",
-				res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "release", detail, "state",
-				t->state == OS_PENDING_APPROVAL ? "pending_approval" : "queued", err, errlen);
+		rc = outbox_add(c, "orchestrator", &e, err, errlen);
+	if (rc == 0)
+		outbox_relay_kick(t->o->relay);
 	if (rc == 0)
 		rc = orch_notify_deployment(c, t->id, err, errlen);
 	return rc;
@@ -1646,7 +1733,7 @@ int store_action(struct db_conn *c, struct orch *o, const char *id, const char *
 	snprintf(detail, sizeof detail, "by %s%s%s", actor, reason[0] ? ": " : "", reason);
 	resource(res, sizeof res, id);
 	if (rc == 0)
-		rc = orch_timeline(c, id, event, detail, err, errlen);
+		rc = orch_timeline(o, c, id, event, detail, err, errlen);
 	snprintf(act, sizeof act, "deploy.%s", action);
 	if (rc == 0)
 		rc = orch_audit(o, c, actor, act, res, SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS, "reason",
