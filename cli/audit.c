@@ -50,26 +50,10 @@ static double mono_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* "2026-11-26T17:00:00Z", unix milliseconds, or a duration ago ("15m"). */
+/* --since/--until: RFC 3339, unix milliseconds, or a duration ago. */
 static int parse_time(const char *s, int64_t *out)
 {
-	struct tm tm;
-	memset(&tm, 0, sizeof tm);
-	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	if (end != NULL && *end == '\0') {
-		*out = (int64_t)timegm(&tm) * 1000;
-		return 0;
-	}
-	long long v;
-	if (cfg_parse_ll(s, &v) == 0 && v > 0) {
-		*out = v;
-		return 0;
-	}
-	if (cfg_parse_ms(s, &v) == 0) {
-		*out = clock_wall_ms() - v;
-		return 0;
-	}
-	return -1;
+	return cli_parse_time(s, out);
 }
 
 static json_t *entry_json(const Slipway__V1__AuditEntry *e)
@@ -349,6 +333,187 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 			fprintf(stderr, "slipway: more entries: --from-seq %s, or --all\n", token);
 		else
 			printf("(more: --from-seq %s, or --all)\n", token);
+	}
+	cli_table_free(&tab);
+	rpc_client_free(cl);
+	return rc;
+}
+
+/* ---- search ---- */
+
+static const struct cli_opt search_opts[] = {
+	{ "app", required_argument, 'P', "APP", "only entries about this app (filtered by the service)" },
+	{ "env", required_argument, 'E', "ENV", "only entries about this environment (filtered by the service)" },
+	{ "actor", required_argument, 'a', "SPIFFE-ID", "only entries caused by this principal" },
+	{ "action", required_argument, 'x', "ACTION", "only this action (deploy.request, deployment.approve, ...)" },
+	{ "service", required_argument, 's', "NAME", "only entries from this service" },
+	{ "resource", required_argument, 'r', "PREFIX", "only resources starting with PREFIX" },
+	{ "outcome", required_argument, 'O', "OUTCOME", "success, failure or denied" },
+	{ "since", required_argument, 'S', "TIME", "from TIME: RFC 3339 (2026-11-26T17:00:00Z), unix ms, or a duration ago (24h, 7d)" },
+	{ "until", required_argument, 'U', "TIME", "before TIME (same forms as --since)" },
+	{ "limit", required_argument, 'n', "N", "at most N entries (default 100)" },
+	{ "page-token", required_argument, 'f', "TOKEN", "continue where a previous search stopped" },
+	{ "all", no_argument, 'A', NULL, "every matching entry, page after page" },
+	{ "addr", required_argument, 'D', "HOST:PORT", "the audit service (else SLIPWAY_AUDIT_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
+static int parse_outcome(const char *s, Slipway__V1__Outcome *out)
+{
+	if (!strcmp(s, "success")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
+	else if (!strcmp(s, "failure")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
+	else if (!strcmp(s, "denied")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
+	else return -1;
+	return 0;
+}
+
+/* A detail's value, or "". */
+static const char *detail_of(const Slipway__V1__AuditEvent *ev, const char *key)
+{
+	for (size_t i = 0; ev && i < ev->n_details; i++)
+		if (strcmp(ev->details[i]->key, key) == 0)
+			return ev->details[i]->value;
+	return "";
+}
+
+static const char *const search_csv_head[] = {
+	"seq", "logged", "time", "outcome", "service", "action", "actor", "resource",
+	"app", "environment", "request_id", "event_id", "details",
+};
+
+static void search_csv_row(const Slipway__V1__AuditEntry *e)
+{
+	const Slipway__V1__AuditEvent *ev = e->event;
+	char seq[24], logged[32], when[32];
+	json_t *d = json_object();
+	for (size_t i = 0; i < ev->n_details; i++)
+		json_object_set_new(d, ev->details[i]->key, json_string(ev->details[i]->value));
+	char *dj = json_dumps(d, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(d);
+	snprintf(seq, sizeof seq, "%llu", (unsigned long long)e->seq);
+	const char *f[] = { seq, cli_rfc3339(e->logged_unix_ms, logged),
+			    cli_rfc3339(ev->time_unix_ms, when), outcome_name(ev->outcome),
+			    ev->service, ev->action, ev->actor, ev->resource, detail_of(ev, "app"),
+			    detail_of(ev, "environment"), ev->request_id, ev->event_id,
+			    dj ? dj : "{}" };
+	cli_csv_row(stdout, (int)(sizeof f / sizeof f[0]), f);
+	free(dj);
+}
+
+static int cmd_search(struct cli *c, int argc, char **argv)
+{
+	Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
+	const char *addr = NULL;
+	long long limit = 100, from = 0;
+	int all = 0, o;
+	optind = 0;
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
+		switch (o) {
+		case 'P': f.app = optarg; break;
+		case 'E': f.environment = optarg; break;
+		case 'a': f.actor = optarg; break;
+		case 'x': f.action = optarg; break;
+		case 's': f.service = optarg; break;
+		case 'r': f.resource_prefix = optarg; break;
+		case 'D': addr = optarg; break;
+		case 'A': all = 1; break;
+		case 'O':
+			if (parse_outcome(optarg, &f.outcome) != 0)
+				return cli_usage("--outcome wants success, failure or denied");
+			break;
+		case 'S':
+			if (parse_time(optarg, &f.from_unix_ms) != 0)
+				return cli_usage("--since wants RFC 3339 (2026-11-26T17:00:00Z), unix ms, "
+						 "or a duration ago (24h, 7d)");
+			break;
+		case 'U':
+			if (parse_time(optarg, &f.to_unix_ms) != 0)
+				return cli_usage("--until wants RFC 3339 (2026-11-26T17:00:00Z), unix ms, "
+						 "or a duration ago (24h, 7d)");
+			break;
+		case 'n':
+			if (cfg_parse_ll(optarg, &limit) != 0 || limit < 1 || limit > 1000000)
+				return cli_usage("--limit wants 1..1000000");
+			break;
+		case 'f':
+			if (cfg_parse_ll(optarg, &from) != 0 || from < 0)
+				return cli_usage("--page-token wants the token a search printed");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (optind != argc)
+		return cli_usage("unexpected argument '%s'", argv[optind]);
+	if (f.from_unix_ms > 0 && f.to_unix_ms > 0 && f.from_unix_ms >= f.to_unix_ms)
+		return cli_usage("--since must be before --until");
+	struct rpc_client *cl = NULL;
+	if (cli_connect(c, "audit", addr, &cl) != 0)
+		return CLI_FAIL;
+	json_t *arr = c->output == CLI_JSON ? json_array() : NULL;
+	char token[32], err[512], when[32];
+	snprintf(token, sizeof token, "%lld", from);
+	long long shown = 0;
+	int rc = CLI_OK, left = 0;
+	struct cli_table tab;
+	cli_table_init(&tab, "rlllllll", "SEQ", "LOGGED", "OUTCOME", "ACTION", "APP", "ENV",
+		       "ACTOR", "RESOURCE");
+	if (c->output == CLI_CSV)
+		cli_csv_row(stdout, (int)(sizeof search_csv_head / sizeof search_csv_head[0]),
+			    search_csv_head);
+	for (;;) {
+		Slipway__V1__ListEntriesRequest req = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
+		req.filter = &f;
+		req.page_token = token;
+		long long want = all ? 1000 : limit - shown;
+		req.page_size = (uint32_t)(want > 1000 ? 1000 : want);
+		ProtobufCMessage *m = NULL;
+		struct rpc_call_opts co = cli_call_opts(c);
+		int crc = rpc_call(cl, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m,
+				   &co, err, sizeof err);
+		if (crc != 0) {
+			rc = cli_fail_rc(crc, "audit search: %s", err);
+			break;
+		}
+		Slipway__V1__ListEntriesResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_entries; i++, shown++) {
+			const Slipway__V1__AuditEntry *e = r->entries[i];
+			const Slipway__V1__AuditEvent *ev = e->event;
+			if (ev == NULL)
+				continue;
+			if (c->output == CLI_JSON) {
+				json_array_append_new(arr, entry_json(e));
+			} else if (c->output == CLI_JSONL) {
+				cli_print_jsonl(entry_json(e));
+			} else if (c->output == CLI_CSV) {
+				search_csv_row(e);
+			} else {
+				char seqs[24];
+				snprintf(seqs, sizeof seqs, "%llu", (unsigned long long)e->seq);
+				cli_table_row(&tab, seqs, cli_time(e->logged_unix_ms, when),
+					      outcome_name(ev->outcome), ev->action,
+					      detail_of(ev, "app"), detail_of(ev, "environment"),
+					      ev->actor, ev->resource);
+			}
+		}
+		int more = r->next_page_token[0] != '\0' && (all || shown < limit);
+		left = r->next_page_token[0] != '\0' && !more;
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (!more)
+			break;
+	}
+	if (c->output == CLI_JSON && rc == CLI_OK)
+		cli_print_json(arr);
+	else
+		json_decref(arr);
+	if (c->output == CLI_TABLE && rc == CLI_OK)
+		cli_table_print(&tab, stdout);
+	/* More exist: machine formats keep stdout clean and say it on stderr. */
+	if (rc == CLI_OK && left) {
+		if (c->output == CLI_TABLE)
+			printf("(more: --page-token %s, or --all)\n", token);
+		else
+			fprintf(stderr, "slipway: more entries: --page-token %s, or --all\n", token);
 	}
 	cli_table_free(&tab);
 	rpc_client_free(cl);
@@ -969,6 +1134,17 @@ const struct cli_cmd cli_audit_cmds[] = {
 	  log_opts,
 	  "slipway audit log --service orchestrator --limit 20\n"
 	  "slipway audit log --outcome denied --since 1h --all", NULL, NULL },
+	{ "search", cmd_search, "search the log by app, environment, actor, action, time, outcome",
+	  "[--app APP] [--env ENV] [--actor ID] [--action A] [--service S] [--resource PREFIX] "
+	  "[--outcome O] [--since T] [--until T] [--limit N] [--page-token T] [--all] "
+	  "[-o table|json|csv|jsonl]",
+	  search_opts,
+	  "slipway audit search --app web --env prod --since 24h\n"
+	  "slipway audit search --env prod --action deploy.request --outcome denied --since 7d\n"
+	  "slipway audit search --actor spiffe://example.org/user/alice --since "
+	  "2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z --all -o csv > november.csv\n"
+	  "slipway audit search --app web --all -o jsonl | jq -r .action",
+	  NULL, NULL },
 	{ "show", cmd_show, "show one entry and prove it is in the signed log",
 	  "SEQ [--size N] [--verifier-key KEY] [--state FILE] [--trust]", common_opts,
 	  "slipway audit show 42", NULL, NULL },

@@ -56,6 +56,23 @@ static const struct db_migration migrations[] = {
 	  "REVOKE UPDATE, DELETE, TRUNCATE ON entries, tree_nodes, checkpoints FROM PUBLIC;"
 	  "REVOKE UPDATE, DELETE, TRUNCATE ON entries, tree_nodes, checkpoints FROM CURRENT_USER;"
 	  "REVOKE DELETE, TRUNCATE ON head FROM CURRENT_USER" },
+	/* App and environment of each entry, for an auditor's search by app and
+	 * environment (ListEntries filter.app, filter.environment). They are
+	 * derived from the entry's own details ("app", "environment"), which
+	 * the hashes cover, so they cannot disagree with the signed log; as
+	 * stored generated columns they are filled for the existing rows by
+	 * the table rewrite of ALTER TABLE (no UPDATE, which the append-only
+	 * triggers would reject) and for every new row by PostgreSQL itself. */
+	{ 2, "app_env",
+	  "CREATE FUNCTION detail(d json, k text) RETURNS text LANGUAGE sql IMMUTABLE"
+	  " PARALLEL SAFE AS $$ SELECT p->>1 FROM json_array_elements(d) AS p"
+	  " WHERE p->>0 = k LIMIT 1 $$;"
+	  "ALTER TABLE entries"
+	  " ADD COLUMN app text GENERATED ALWAYS AS (coalesce(detail(details, 'app'), '')) STORED,"
+	  " ADD COLUMN env text GENERATED ALWAYS AS"
+	  " (coalesce(detail(details, 'environment'), '')) STORED;"
+	  "CREATE INDEX entries_app_env ON entries (app, env, seq);"
+	  "CREATE INDEX entries_env ON entries (env, seq)" },
 };
 
 static int probe(void *arg, char *why, size_t whylen)
