@@ -124,6 +124,10 @@ int main(int argc, char **argv)
 		{ "checkpoint-prefix", CFG_STR, "checkpoints/", 0, 0, 0,
 		  "S3 key prefix for published checkpoints (several logs may share a bucket)",
 		  &c->cp_prefix },
+		{ "checkpoint-dir", CFG_PATH, NULL, 0, 0, 0,
+		  "also publish every signed checkpoint as a file here (a mount auditors read "
+		  "and the log's operators cannot rewrite)",
+		  &c->cp_dir },
 		{ "checkpoint-interval", CFG_MS, "10s", 100, 86400000, 0,
 		  "how often to sign a checkpoint when the log grew", &c->checkpoint_ms },
 		{ "max-pending", CFG_INT, "20000", 1, 10000000, 0,
