@@ -331,7 +331,7 @@ static int check_and_sign(struct aud *a, int sign, Slipway__V1__Checkpoint **out
 		snprintf(latest_key, sizeof latest_key, "%slatest", a->c.cp_prefix);
 		if ((rc = s3_put(a->s3, key, note, strlen(note), err, errlen)) != 0 ||
 		    (rc = s3_put(a->s3, latest_key, note, strlen(note), err, errlen)) != 0 ||
-		    (a->c.cp_dir != NULL &&
+		    (a->c.cp_dir != NULL && a->c.cp_dir[0] != '\0' &&
 		     (rc = publish_dir(a->c.cp_dir, size, note, err, errlen)) != 0)) {
 			if (rc == SW_EDATALOSS)
 				fail_integrity(a, err);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const struct db_migration migrations[] = {
 	{ 1, "log",
@@ -153,6 +154,12 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	snprintf(a.trust_domain, sizeof a.trust_domain, "%s", c->svc.trust_domain);
+	if (c->cp_dir != NULL && c->cp_dir[0] != '\0' &&
+	    (c->cp_dir[0] != '/' || access(c->cp_dir, W_OK | X_OK) != 0)) {
+		snprintf(err, sizeof err, "--checkpoint-dir must be an absolute path of a writable "
+					  "directory");
+		goto fail;
+	}
 	size_t pl = strlen(c->cp_prefix);
 	char probe_key[300];
 	snprintf(probe_key, sizeof probe_key, "%slatest", c->cp_prefix);
