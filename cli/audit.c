@@ -758,7 +758,7 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 	rpc_client_free(cl);
 	auditstate_free(&st.s);
 	if (rc != 0)
-		return cli_fail("checkpoint: %s", err);
+		return cli_fail_rc(rc, "checkpoint: %s", err);
 	Slipway__V1__Checkpoint *cp = (void *)m;
 	rc = check_checkpoint(&v, cp, origin, sizeof origin, err, sizeof err);
 	char root[65], when[32];
