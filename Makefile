@@ -9,8 +9,9 @@
 #   make fuzz          build the libFuzzer harnesses (clang); make fuzz-run FUZZ=<name> runs one
 #   make bundles       the demo application's release bundles (build/demo/web-*.tar.gz)
 #   make clean         remove build/
-#   make install       binaries, systemd units, man pages (PREFIX=/usr/local DESTDIR=...)
+#   make install       binaries, systemd units, man pages, shell completion (PREFIX=/usr/local DESTDIR=...)
 #   make deb           build/slipway_<version>_<arch>.deb (dpkg-deb)
+#   make lint-proto    buf lint on proto/ (also part of the unit tests)
 #   V=1                show the commands
 
 SHELL := /bin/bash
@@ -212,7 +213,7 @@ build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lssl -lcmocka
 
 # ---- top-level targets ----
-.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles
+.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles lint-proto
 
 all: bins tests bundles
 
@@ -224,6 +225,11 @@ tests: $(TEST_BINS)
 
 bootstrap:
 	$(Q)scripts/bootstrap
+
+# make lint-proto: buf lint on proto/ with buf.yaml (proto/README.md); the
+# unit tests run it too (tests/packaging/proto_lint.sh).
+lint-proto: bootstrap
+	$(Q).deps/buf/node_modules/.bin/buf lint
 
 # `make test` installs what is missing first, so a new machine needs nothing else.
 test: bootstrap
@@ -261,7 +267,8 @@ clean:
 # make install [PREFIX=/usr/local] [DESTDIR=...]: the CLI to bin/, the
 # daemons (services and agent) to sbin/ (they are started by systemd, not
 # typed), systemd units, the sysusers.d file, man pages made from each
-# binary's --help, the docs and example configuration. /etc is never
+# binary's --help, bash and zsh completion made by `slipway completion`,
+# the docs and example configuration. /etc is never
 # written: configuration is the operator's (docs/operations.md).
 # make deb: build/slipway_$(VERSION)_<arch>.deb with dpkg-deb (PREFIX=/usr).
 # NOBUILD=1 installs or packages what build/bin holds without building
@@ -272,6 +279,13 @@ BINDIR ?= $(PREFIX)/bin
 SBINDIR ?= $(PREFIX)/sbin
 DOCDIR ?= $(PREFIX)/share/doc/slipway
 MANDIR ?= $(PREFIX)/share/man
+# Completion files go where the shells look for them: bash-completion
+# searches <dir>/bash-completion/completions for each dir of XDG_DATA_DIRS
+# (/usr/local/share:/usr/share by default); Debian's zsh has
+# /usr/share/zsh/vendor-completions (packages) and
+# /usr/local/share/zsh/site-functions (local installs) on its fpath.
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 # Units go where systemd looks for them: /lib/systemd/system for the
 # distribution's prefix (Debian 12 packages ship there), else under PREFIX
 # (/usr/local/lib/systemd/system is on systemd's search path).
@@ -294,7 +308,7 @@ install: $(INSTALL_DEPS)
 	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
 	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
-		$(DESTDIR)$(DOCDIR)/examples
+		$(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR)
 	$(Q)install -m 0755 build/bin/slipway $(DESTDIR)$(BINDIR)/slipway
 	$(Q)install -m 0755 $(SERVICE_BINS) $(DESTDIR)$(SBINDIR)/
 	$(Q)for u in $(UNITS); do \
@@ -311,6 +325,10 @@ install: $(INSTALL_DEPS)
 	$(Q)for b in $(MAN8); do DOCDIR=$(DOCDIR) VERSION=$(VERSION) packaging/man/mkman build/bin/$$b 8 \
 		"the Slipway $${b#slipway-} $$([ $$b = slipway-agent ] && echo daemon || echo service)" \
 		| gzip -9n > $(DESTDIR)$(MANDIR)/man8/$$b.8.gz || exit 1; done
+	$(Q)build/bin/slipway completion bash > $(DESTDIR)$(BASHCOMPDIR)/slipway \
+		&& chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/slipway
+	$(Q)build/bin/slipway completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_slipway \
+		&& chmod 0644 $(DESTDIR)$(ZSHCOMPDIR)/_slipway
 
 deb: $(INSTALL_DEPS)
 	$(Q)rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/debian/slipway/DEBIAN $(DEB_OUT)

@@ -16,10 +16,16 @@
 #    be refused, so that the check is known to catch one.
 # 3. Each example configuration passes `slipway-<name> --check-config`
 #    with the credential paths the unit sets.
+# 3b. Shell completion: the installed bash and zsh files are what
+#    `slipway completion bash|zsh` prints (make install generates them
+#    from the binary, like the man pages), the bash one parses and
+#    completes, and the copies checked in under cli/completion/ are not
+#    stale.
 # 4. `make deb NOBUILD=1`: dpkg-deb -I shows the package with the runtime
 #    libraries in Depends and the maintainer scripts; dpkg-deb -c lists the
-#    binaries under /usr/bin and /usr/sbin and the units under
-#    /lib/systemd/system; the units extracted from the package verify too.
+#    binaries under /usr/bin and /usr/sbin, the units under
+#    /lib/systemd/system and the completion files under /usr/share; the
+#    units extracted from the package verify too.
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +53,8 @@ p=$root/usr/local
 missing=()
 want=("$p/bin/slipway" "$p/share/man/man1/slipway.1.gz" "$p/lib/systemd/system/slipway.target"
       "$p/lib/sysusers.d/slipway.conf" "$p/share/doc/slipway/LICENSE" "$p/share/doc/slipway/operations.md"
-      "$p/share/doc/slipway/architecture.md" "$p/share/doc/slipway/README.md")
+      "$p/share/doc/slipway/architecture.md" "$p/share/doc/slipway/README.md"
+      "$p/share/bash-completion/completions/slipway" "$p/share/zsh/site-functions/_slipway")
 for d in "${daemons[@]}"; do
   want+=("$p/sbin/slipway-$d" "$p/lib/systemd/system/slipway-$d.service"
          "$p/share/man/man8/slipway-$d.8.gz" "$p/share/doc/slipway/examples/$d.env"
@@ -138,6 +145,42 @@ for d in "${daemons[@]}"; do
   check "examples/$d.env with the unit's credentials passes --check-config" $rc
 done
 
+# ---- 3b. shell completion ----
+# What the binary prints is the reference: the installed files must be it,
+# and so must the copies in cli/completion/ (regenerate them with
+# `build/bin/slipway completion bash > cli/completion/slipway.bash` and
+# `... zsh > cli/completion/_slipway` after changing a command table).
+bashc=$p/share/bash-completion/completions/slipway
+zshc=$p/share/zsh/site-functions/_slipway
+build/bin/slipway completion bash >"$tmp/want.bash" 2>&1 || die "slipway completion bash failed"
+build/bin/slipway completion zsh >"$tmp/want.zsh" 2>&1 || die "slipway completion zsh failed"
+check "the installed bash completion is what slipway completion bash prints" \
+  "$(cmp -s "$tmp/want.bash" "$bashc" && echo 0 || echo 1)"
+check "the installed zsh completion is what slipway completion zsh prints" \
+  "$(cmp -s "$tmp/want.zsh" "$zshc" && echo 0 || echo 1)"
+n=0
+for f in "$bashc" "$zshc"; do
+  m=$(stat -c %a "$f" 2>/dev/null)
+  [ "$m" = 644 ] || { echo "    ${f#"$root"}: mode ${m:-missing}"; n=$((n + 1)); }
+done
+check "the completion files are mode 0644" "$n"
+head -1 "$zshc" | grep -qx '#compdef slipway'
+check "the zsh file starts with #compdef slipway (zsh's compinit needs it)" $?
+out=$(bash -c '
+  . "$1" || exit 1
+  COMP_WORDS=(slipway deploym); COMP_CWORD=1; _slipway
+  [ "${COMPREPLY[*]}" = "deployments deployment" ] || [ "${COMPREPLY[*]}" = "deployment deployments" ] ||
+    { echo "got: ${COMPREPLY[*]}"; exit 1; }
+  complete -p slipway' _ "$bashc" 2>&1)
+rc=$?
+[ $rc = 0 ] || printf '    %s\n' "$out" | head -3
+check "the installed bash completion loads and completes 'slipway deploym'" $rc
+for f in slipway.bash _slipway; do
+  w=$tmp/want.bash; [ "$f" = _slipway ] && w=$tmp/want.zsh
+  cmp -s "$w" "cli/completion/$f"
+  check "cli/completion/$f is what slipway completion prints (else regenerate it)" $?
+done
+
 # ---- 4. make deb ----
 make --no-print-directory deb NOBUILD=1 DEB_OUT="$tmp/out" DEB_WORK="$tmp/debwork" >"$tmp/deb.log" 2>&1 \
   || die "make deb failed: $(cat "$tmp/deb.log")"
@@ -158,7 +201,8 @@ check "the package has its postinst and postrm" \
 list=$(dpkg-deb -c "$deb" | awk '{print $6}')
 n=0
 for f in ./usr/bin/slipway ./lib/systemd/system/slipway.target ./usr/lib/sysusers.d/slipway.conf \
-         ./usr/share/doc/slipway/operations.md ./usr/share/man/man1/slipway.1.gz; do
+         ./usr/share/doc/slipway/operations.md ./usr/share/man/man1/slipway.1.gz \
+         ./usr/share/bash-completion/completions/slipway ./usr/share/zsh/vendor-completions/_slipway; do
   grep -qx -- "$f" <<<"$list" || { echo "    missing $f"; n=$((n + 1)); }
 done
 for d in "${daemons[@]}"; do
@@ -166,7 +210,7 @@ for d in "${daemons[@]}"; do
     grep -qx -- "$f" <<<"$list" || { echo "    missing $f"; n=$((n + 1)); }
   done
 done
-check "dpkg-deb -c lists the binaries, units and man pages" "$n"
+check "dpkg-deb -c lists the binaries, units, man pages and completion files" "$n"
 n=$(grep -c '^\./etc/' <<<"$list")
 check "the package writes nothing under /etc (configuration is the operator's)" "$n"
 droot=$tmp/deb-root
