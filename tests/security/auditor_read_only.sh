@@ -30,11 +30,18 @@ printf 'hunter2' | slipway secrets put db-password --scope $app/prod >/dev/null 
   || fail "secrets put: $(cat "$T/err")"
 id=$(deploy $app prod 1.0.0 --wait)
 wait_state "$id" SUCCEEDED 60
+# Then prod needs one approval: bob approves 2.0.0.
 node -e "const fs=require('fs'); const d=JSON.parse(fs.readFileSync('$T/policy-before.json','utf8'));
-  d.bindings=(d.bindings||[]).concat([{role:'auditor',principal:'$aid'}]);
+  d.bindings=(d.bindings||[]).concat([{role:'auditor',principal:'$aid'},
+    {role:'approver',principal:'spiffe://$td/user/ro-bob',scope:{app:'$app'}}]);
+  d.approval_policies=(d.approval_policies||[]).concat([{name:'$app-prod',apps:['$app'],environments:['prod'],required:1}]);
   fs.writeFileSync('$T/policy.json', JSON.stringify(d))" || fail "cannot edit the policy"
 slipway policy apply "$T/policy.json" >/dev/null 2>"$T/err" || fail "policy apply: $(cat "$T/err")"
-ok "setup: $app@1.0.0 (commit ${commit:0:12}) deployed to prod as $id; $A bound to the auditor role only"
+id2=$(deploy $app prod 2.0.0)
+wait_state "$id2" PENDING_APPROVAL 30
+as_user ro-bob slipway approve "$id2" --comment "reviewed" >/dev/null 2>"$T/err" || fail "bob approves: $(cat "$T/err")"
+wait_state "$id2" SUCCEEDED 60
+ok "setup: $app@1.0.0 (commit ${commit:0:12}) deployed to prod as $id, 2.0.0 as $id2 approved by ro-bob; $A bound to the auditor role only"
 
 aud() { as_user "$A" "$@"; }
 
@@ -52,6 +59,14 @@ js "j.every(e => e.details.app === '$app' && e.details.environment === 'prod')" 
   || fail "audit search returned entries of another app or environment"
 js "j.some(e => e.action === 'deploy.request' && e.resource === 'deployment/$id')" <"$T/search.json" | grep -qx true \
   || fail "the deployment's request is not among the results: $(cat "$T/search.json")"
+for want in orchestrator:deploy.start policy:deployment.approve policy:policy.decision secrets:secret.put; do
+  js "j.some(e => e.service === '${want%%:*}' && e.action === '${want#*:}')" <"$T/search.json" | grep -qx true \
+    || fail "no ${want#*:} event of the ${want%%:*} service carries app=$app environment=prod"
+done
+# Releases belong to an app, not an environment.
+aud slipway -o json audit search --app $app --service artifact --action artifact.push --all >"$T/s.json" 2>"$T/err" \
+  || fail "search --app --service: $(cat "$T/err")"
+[ "$(js 'j.length' <"$T/s.json")" -ge 2 ] || fail "the releases' pushes are not found by app: $(cat "$T/s.json")"
 [ "$(wc -l <"$T/search.jsonl")" -eq "$n" ] || fail "-o jsonl has not one line per entry"
 node -e "require('fs').readFileSync('$T/search.jsonl','utf8').trim().split('\n').forEach(l=>JSON.parse(l))" \
   || fail "-o jsonl: a line is not JSON"
@@ -60,7 +75,7 @@ head -1 "$T/search.csv" | grep -q '^seq,logged,time,outcome,service,action,actor
 grep -q $'\r$' "$T/search.csv" || fail "-o csv records do not end in CRLF (RFC 4180)"
 grep -q '"{""' "$T/search.csv" || fail "-o csv does not quote the details JSON with doubled quotes (RFC 4180)"
 grep -q "deployment/$id" "$T/search.table" || fail "the table lacks the deployment"
-ok "audit search --app --env (filtered by the service) as table, json, csv (RFC 4180) and jsonl: $n entries"
+ok "audit search --app --env (filtered by the service; events of every producer) as table, json, csv (RFC 4180) and jsonl: $n entries"
 
 aud slipway -o json audit search --actor "spiffe://$td/user/admin" --action deploy.request --outcome success \
   --since "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" --until 1ms >"$T/s2.json" 2>"$T/err" \
@@ -87,12 +102,15 @@ for fmt in table json csv jsonl; do
   aud slipway -o $fmt report changes --env prod --app $app --since 1h >"$T/report.$fmt" 2>"$T/err" \
     || fail "report changes -o $fmt: $(cat "$T/err")"
 done
-js "j.length === 1 && j[0].id === '$id' && j[0].commit === '$commit' && j[0].outcome === 'SUCCEEDED'
-    && j[0].requester === 'spiffe://$td/user/admin' && j[0].digest.startsWith('sha256:') && j[0].break_glass === false" \
+js "j.length === 2 && j[1].id === '$id' && j[0].id === '$id2' && j.every(r => r.commit === '$commit'
+    && r.outcome === 'SUCCEEDED' && r.requester === 'spiffe://$td/user/admin' && r.digest.startsWith('sha256:')
+    && r.break_glass === false) && j[1].approvers.length === 0
+    && j[0].approvers.map(a => a.principal).join() === 'spiffe://$td/user/ro-bob' && j[0].approvers[0].digest === j[0].digest" \
   <"$T/report.json" | grep -qx true || fail "report changes: $(cat "$T/report.json")"
-grep -q "$commit" "$T/report.csv" && grep -q "${commit:0:12}" "$T/report.table" \
-  && [ "$(wc -l <"$T/report.jsonl")" -eq 1 ] || fail "report changes csv/table/jsonl: $(cat "$T/report.csv" "$T/report.table")"
-ok "report changes --env prod: $id with digest, source commit, requester, approvers, outcome, break-glass in all four formats"
+grep -q "$commit" "$T/report.csv" && grep -q "${commit:0:12}" "$T/report.table" && grep -q "user/ro-bob" "$T/report.csv" \
+  && grep -q "user/ro-bob" "$T/report.table" && [ "$(wc -l <"$T/report.jsonl")" -eq 2 ] \
+  || fail "report changes csv/table/jsonl: $(cat "$T/report.csv" "$T/report.table")"
+ok "report changes --env prod: both deployments with digest, source commit, requester, approver (bound to the digest), outcome, break-glass, in all four formats"
 
 seq_=$(js "j.find(e => e.resource === 'deployment/$id').seq" <"$T/search.json")
 aud slipway audit log --limit 5 >/dev/null 2>"$T/err" || fail "audit log: $(cat "$T/err")"
