@@ -41,7 +41,19 @@ id2=$(deploy $app prod 2.0.0)
 wait_state "$id2" PENDING_APPROVAL 30
 as_user ro-bob slipway approve "$id2" --comment "reviewed" >/dev/null 2>"$T/err" || fail "bob approves: $(cat "$T/err")"
 wait_state "$id2" SUCCEEDED 60
-ok "setup: $app@1.0.0 (commit ${commit:0:12}) deployed to prod as $id, 2.0.0 as $id2 approved by ro-bob; $A bound to the auditor role only"
+# Then a freeze over today, with break-glass by one approver: the admin
+# deploys 1.0.0 through it, bob approves.
+from=$(date -u -d '-1 day' +%Y-%m-%dT00:00) to=$(date -u -d '+2 day' +%Y-%m-%dT00:00)
+node -e "const fs=require('fs'); const d=JSON.parse(fs.readFileSync('$T/policy.json','utf8'));
+  const p=d.approval_policies[d.approval_policies.length-1];
+  p.freeze={timezone:'UTC',dates:[{start:'$from',end:'$to'}]}; p.break_glass={required:1};
+  fs.writeFileSync('$T/policy-freeze.json', JSON.stringify(d))" || fail "cannot edit the policy"
+slipway policy apply "$T/policy-freeze.json" >/dev/null 2>"$T/err" || fail "policy apply (freeze): $(cat "$T/err")"
+id3=$(deploy $app prod 1.0.0 --break-glass "incident 42")
+wait_state "$id3" PENDING_APPROVAL 30
+as_user ro-bob slipway approve "$id3" --comment "break-glass ok" >/dev/null 2>"$T/err" || fail "bob approves the break-glass: $(cat "$T/err")"
+wait_state "$id3" SUCCEEDED 60
+ok "setup: $app@1.0.0 (commit ${commit:0:12}) deployed to prod as $id, 2.0.0 as $id2 approved by ro-bob, 1.0.0 again through a freeze with break-glass as $id3; $A bound to the auditor role only"
 
 aud() { as_user "$A" "$@"; }
 
@@ -102,15 +114,19 @@ for fmt in table json csv jsonl; do
   aud slipway -o $fmt report changes --env prod --app $app --since 1h >"$T/report.$fmt" 2>"$T/err" \
     || fail "report changes -o $fmt: $(cat "$T/err")"
 done
-js "j.length === 2 && j[1].id === '$id' && j[0].id === '$id2' && j.every(r => r.commit === '$commit'
-    && r.outcome === 'SUCCEEDED' && r.requester === 'spiffe://$td/user/admin' && r.digest.startsWith('sha256:')
-    && r.break_glass === false) && j[1].approvers.length === 0
-    && j[0].approvers.map(a => a.principal).join() === 'spiffe://$td/user/ro-bob' && j[0].approvers[0].digest === j[0].digest" \
+js "j.length === 3 && j[2].id === '$id' && j[1].id === '$id2' && j[0].id === '$id3' && j.every(r => r.commit === '$commit'
+    && r.outcome === 'SUCCEEDED' && r.requester === 'spiffe://$td/user/admin' && r.digest.startsWith('sha256:'))
+    && j[2].approvers.length === 0 && !j[2].break_glass && !j[1].break_glass
+    && j[1].approvers.map(a => a.principal).join() === 'spiffe://$td/user/ro-bob' && j[1].approvers[0].digest === j[1].digest
+    && j[0].break_glass === true && j[0].break_glass_by === 'spiffe://$td/user/admin' && j[0].break_glass_reason === 'incident 42'
+    && Number.isInteger(j[0].break_glass_audit_seq)
+    && j[0].approvers.map(a => a.principal).join() === 'spiffe://$td/user/ro-bob'" \
   <"$T/report.json" | grep -qx true || fail "report changes: $(cat "$T/report.json")"
 grep -q "$commit" "$T/report.csv" && grep -q "${commit:0:12}" "$T/report.table" && grep -q "user/ro-bob" "$T/report.csv" \
-  && grep -q "user/ro-bob" "$T/report.table" && [ "$(wc -l <"$T/report.jsonl")" -eq 2 ] \
+  && grep -q "user/ro-bob" "$T/report.table" && grep -q "incident 42" "$T/report.csv" \
+  && grep -q "yes (spiffe://$td/user/admin)" "$T/report.table" && [ "$(wc -l <"$T/report.jsonl")" -eq 3 ] \
   || fail "report changes csv/table/jsonl: $(cat "$T/report.csv" "$T/report.table")"
-ok "report changes --env prod: both deployments with digest, source commit, requester, approver (bound to the digest), outcome, break-glass, in all four formats"
+ok "report changes --env prod: the three deployments with digest, source commit, requester, approvers (bound to the digest), outcome, break-glass (who, why), in all four formats"
 
 seq_=$(js "j.find(e => e.resource === 'deployment/$id').seq" <"$T/search.json")
 aud slipway audit log --limit 5 >/dev/null 2>"$T/err" || fail "audit log: $(cat "$T/err")"
