@@ -46,11 +46,6 @@ static const char *dstate(int s)
 	}
 }
 
-/* One row of the report; strings are owned (free with row_free). */
-struct row {
-	json_t *j;
-};
-
 static const char *const csv_head[] = {
 	"deployment", "app", "environment", "version", "digest", "repository", "commit",
 	"ref", "provenance_signed", "requester", "approvers", "outcome", "reason",
@@ -122,9 +117,10 @@ static int add_provenance(struct cli *c, struct rpc_client *art, const Slipway__
 	struct rpc_call_opts co = cli_call_opts(c);
 	int crc = rpc_call(art, &slipway__v1__artifact__descriptor, "GetProvenance", &req.base, &m,
 			   &co, err, sizeof err);
-	if (crc == SW_ENOTFOUND) /* collected since: say so rather than fail the report */
-		return json_object_set_new(j, "provenance_note", json_string("release not found")),
-		       CLI_OK;
+	if (crc == SW_ENOTFOUND) { /* collected since: say so rather than fail the report */
+		json_object_set_new(j, "provenance_note", json_string("release not found"));
+		return CLI_OK;
+	}
 	if (crc != 0)
 		return cli_fail_rc(crc, "report: provenance of %s: %s", d->digest, err);
 	Slipway__V1__GetProvenanceResponse *r = (void *)m;
