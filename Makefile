@@ -182,8 +182,18 @@ build/tests/slipway-flood: $(FLOOD_OBJS) $(LIBA) $(MODE_STAMP)
 	@echo "  LINK    $@"
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(FLOOD_OBJS) $(LIBA) $(PKG_LIBS)
 
+# The one-call client of tests/security/auditor_read_only.sh (write RPCs
+# the CLI has no command for).
+RPCCALL_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(wildcard tests/rpccall/*.c))
+
+build/tests/slipway-rpc: $(RPCCALL_OBJS) $(LIBA) $(MODE_STAMP)
+	@mkdir -p build/tests
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RPCCALL_OBJS) $(LIBA) $(PKG_LIBS)
+
 TEST_BINS := $(UNIT_BINS) $(IT_BINS) $(if $(TESTSVC_SRCS),build/tests/slipway-testsvc) \
-             $(if $(FLOOD_OBJS),build/tests/slipway-flood)
+             $(if $(FLOOD_OBJS),build/tests/slipway-flood) \
+             $(if $(RPCCALL_OBJS),build/tests/slipway-rpc)
 # Every fuzz harness also replays its corpus as a unit test (tests/fuzz/rules.mk).
 include tests/fuzz/rules.mk
 TEST_BINS += $(FUZZ_REPLAY_BINS)

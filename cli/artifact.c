@@ -569,7 +569,8 @@ static int cmd_push(struct cli *c, int argc, char **argv)
 	int frc = rpc_stream_finish(st, err, sizeof err);
 	st = NULL;
 	if (frc != 0) {
-		rc = cli_fail("push %s@%s failed: %s", app, version, err);
+		/* exit 3 when denied, 4 when unreachable, like every command */
+		rc = cli_fail_rc(frc, "push %s@%s failed: %s", app, version, err);
 		goto out;
 	}
 	if (got != 1 || resp == NULL) {
@@ -1104,7 +1105,7 @@ static int cmd_show(struct cli *c, int argc, char **argv)
 		Slipway__V1__ResolveRequest req = SLIPWAY__V1__RESOLVE_REQUEST__INIT;
 		req.app = app;
 		req.version = version;
-		if (call(c, cl, "Resolve", &req.base, &r1) != 0)
+		if ((rc = call(c, cl, "Resolve", &req.base, &r1)) != 0)
 			goto out;
 		if (c->output == CLI_JSON)
 			cli_print_json(release_json((void *)r1));
@@ -1115,11 +1116,11 @@ static int cmd_show(struct cli *c, int argc, char **argv)
 	}
 	Slipway__V1__StatRequest sreq = SLIPWAY__V1__STAT_REQUEST__INIT;
 	sreq.digest = (char *)target;
-	if (call(c, cl, "Stat", &sreq.base, &r1) != 0)
+	if ((rc = call(c, cl, "Stat", &sreq.base, &r1)) != 0)
 		goto out;
 	Slipway__V1__GetProvenanceRequest preq = SLIPWAY__V1__GET_PROVENANCE_REQUEST__INIT;
 	preq.digest = (char *)target;
-	if (call(c, cl, "GetProvenance", &preq.base, &r2) != 0)
+	if ((rc = call(c, cl, "GetProvenance", &preq.base, &r2)) != 0)
 		goto out;
 	Slipway__V1__BlobInfo *bi = (void *)r1;
 	Slipway__V1__GetProvenanceResponse *pr = (void *)r2;
@@ -1193,7 +1194,7 @@ static int cmd_gc(struct cli *c, int argc, char **argv)
 	struct cli c2 = *c;
 	if (c2.timeout_ms < 600000)
 		c2.timeout_ms = 600000;
-	if (call(&c2, cl, "GarbageCollect", &req.base, &resp) != 0)
+	if ((rc = call(&c2, cl, "GarbageCollect", &req.base, &resp)) != 0)
 		goto out;
 	Slipway__V1__GarbageCollectResponse *r = (void *)resp;
 	if (c->output == CLI_JSON) {
@@ -1264,7 +1265,7 @@ static int cmd_pin(struct cli *c, int argc, char **argv)
 	req.environment = argv[optind + 1];
 	req.current_digest = (char *)cur;
 	req.last_good_digest = (char *)good;
-	if (call(c, cl, "SetPins", &req.base, &resp) != 0)
+	if ((rc = call(c, cl, "SetPins", &req.base, &resp)) != 0)
 		goto out;
 	if (c->output == CLI_JSON)
 		cli_print_json(json_pack("{s:s,s:s,s:s,s:s}", "app", req.app, "environment",

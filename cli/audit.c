@@ -24,12 +24,14 @@
 #include "slipway/v1/audit.pb-c.h"
 #include "clock.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,26 +53,10 @@ static double mono_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* "2026-11-26T17:00:00Z", unix milliseconds, or a duration ago ("15m"). */
+/* --since/--until: RFC 3339, unix milliseconds, or a duration ago. */
 static int parse_time(const char *s, int64_t *out)
 {
-	struct tm tm;
-	memset(&tm, 0, sizeof tm);
-	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	if (end != NULL && *end == '\0') {
-		*out = (int64_t)timegm(&tm) * 1000;
-		return 0;
-	}
-	long long v;
-	if (cfg_parse_ll(s, &v) == 0 && v > 0) {
-		*out = v;
-		return 0;
-	}
-	if (cfg_parse_ms(s, &v) == 0) {
-		*out = clock_wall_ms() - v;
-		return 0;
-	}
-	return -1;
+	return cli_parse_time(s, out);
 }
 
 static json_t *entry_json(const Slipway__V1__AuditEntry *e)
@@ -94,14 +80,29 @@ static json_t *entry_json(const Slipway__V1__AuditEntry *e)
 
 /* ---- verifier key and state file ---- */
 
+/* The verifier state file (lib/auditstate: format in docs/operations.md). */
+struct state {
+	char path[4096];
+	struct auditstate s;
+};
+
+static void default_state_path(char *out, size_t len)
+{
+	const char *x = getenv("XDG_CONFIG_HOME"), *h = getenv("HOME");
+	if (x && *x)
+		snprintf(out, len, "%s/slipway/audit-state.json", x);
+	else
+		snprintf(out, len, "%s/.config/slipway/audit-state.json", h ? h : ".");
+}
+
 /* Resolves the verifier key. */
 static int get_verifier(struct cli *c, struct rpc_client *cl, const char *flag, int trust,
-			struct auditstate *st, struct note_verifier *v)
+			const char *fingerprint, struct state *st, struct note_verifier *v)
 {
 	char err[256];
 	const char *text = flag ? flag : getenv("SLIPWAY_AUDIT_VERIFIER_KEY");
-	if ((text == NULL || !*text) && st->verifier[0])
-		text = st->verifier;
+	if ((text == NULL || !*text) && st->s.verifier[0])
+		text = st->s.verifier;
 	if (text == NULL || !*text) {
 		if (!trust)
 			return cli_fail("no verifier key: pass --verifier-key, set "
@@ -114,17 +115,25 @@ static int get_verifier(struct cli *c, struct rpc_client *cl, const char *flag, 
 				   &resp, &o, err, sizeof err);
 		if (crc != 0)
 			return cli_fail_rc(crc, "get log info: %s", err);
-		snprintf(st->verifier, sizeof st->verifier, "%s",
+		snprintf(st->s.verifier, sizeof st->s.verifier, "%s",
 			 ((Slipway__V1__GetLogInfoResponse *)resp)->verifier_key);
 		protobuf_c_message_free_unpacked(resp, NULL);
-		text = st->verifier;
+		text = st->s.verifier;
 		fprintf(stderr, "slipway: trusting the announced key %s\n", text);
+	}
+	if (fingerprint != NULL) {
+		char fp[65];
+		auditstate_fingerprint(text, fp);
+		if (strcasecmp(fp, fingerprint) != 0)
+			return cli_fail("the verifier key's fingerprint is %s, not the %s you were given "
+					"out of band: do not trust this key",
+					fp, fingerprint);
 	}
 	if (note_verifier_parse(text, v, err, sizeof err) != 0)
 		return cli_fail("verifier key: %s", err);
-	if (st->verifier[0] && strcmp(st->verifier, text) != 0 && !trust)
+	if (st->s.verifier[0] && strcmp(st->s.verifier, text) != 0 && !trust)
 		return cli_fail("the verifier key differs from the one pinned in %s", st->path);
-	snprintf(st->verifier, sizeof st->verifier, "%s", text);
+	snprintf(st->s.verifier, sizeof st->s.verifier, "%s", text);
 	return 0;
 }
 
@@ -279,11 +288,195 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 	return rc;
 }
 
+/* ---- search ---- */
+
+static const struct cli_opt search_opts[] = {
+	{ "app", required_argument, 'P', "APP", "only entries about this app (filtered by the service)" },
+	{ "env", required_argument, 'E', "ENV", "only entries about this environment (filtered by the service)" },
+	{ "actor", required_argument, 'a', "SPIFFE-ID", "only entries caused by this principal" },
+	{ "action", required_argument, 'x', "ACTION", "only this action (deploy.request, deployment.approve, ...)" },
+	{ "service", required_argument, 's', "NAME", "only entries from this service" },
+	{ "resource", required_argument, 'r', "PREFIX", "only resources starting with PREFIX" },
+	{ "outcome", required_argument, 'O', "OUTCOME", "success, failure or denied" },
+	{ "since", required_argument, 'S', "TIME", "from TIME: RFC 3339 (2026-11-26T17:00:00Z), unix ms, or a duration ago (24h, 7d)" },
+	{ "until", required_argument, 'U', "TIME", "before TIME (same forms as --since)" },
+	{ "limit", required_argument, 'n', "N", "at most N entries (default 100)" },
+	{ "page-token", required_argument, 'f', "TOKEN", "continue where a previous search stopped" },
+	{ "all", no_argument, 'A', NULL, "every matching entry, page after page" },
+	{ "addr", required_argument, 'D', "HOST:PORT", "the audit service (else SLIPWAY_AUDIT_ADDR)" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
+static int parse_outcome(const char *s, Slipway__V1__Outcome *out)
+{
+	if (!strcmp(s, "success")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
+	else if (!strcmp(s, "failure")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
+	else if (!strcmp(s, "denied")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
+	else return -1;
+	return 0;
+}
+
+/* A detail's value, or "". */
+static const char *detail_of(const Slipway__V1__AuditEvent *ev, const char *key)
+{
+	for (size_t i = 0; ev && i < ev->n_details; i++)
+		if (strcmp(ev->details[i]->key, key) == 0)
+			return ev->details[i]->value;
+	return "";
+}
+
+static const char *const search_csv_head[] = {
+	"seq", "logged", "time", "outcome", "service", "action", "actor", "resource",
+	"app", "environment", "request_id", "event_id", "details",
+};
+
+static void search_csv_row(const Slipway__V1__AuditEntry *e)
+{
+	const Slipway__V1__AuditEvent *ev = e->event;
+	char seq[24], logged[32], when[32];
+	json_t *d = json_object();
+	for (size_t i = 0; i < ev->n_details; i++)
+		json_object_set_new(d, ev->details[i]->key, json_string(ev->details[i]->value));
+	char *dj = json_dumps(d, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(d);
+	snprintf(seq, sizeof seq, "%llu", (unsigned long long)e->seq);
+	const char *f[] = { seq, cli_rfc3339(e->logged_unix_ms, logged),
+			    cli_rfc3339(ev->time_unix_ms, when), outcome_name(ev->outcome),
+			    ev->service, ev->action, ev->actor, ev->resource, detail_of(ev, "app"),
+			    detail_of(ev, "environment"), ev->request_id, ev->event_id,
+			    dj ? dj : "{}" };
+	cli_csv_row(stdout, (int)(sizeof f / sizeof f[0]), f);
+	free(dj);
+}
+
+static int cmd_search(struct cli *c, int argc, char **argv)
+{
+	Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
+	const char *addr = NULL;
+	long long limit = 100, from = 0;
+	int all = 0, o;
+	optind = 0;
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
+		switch (o) {
+		case 'P': f.app = optarg; break;
+		case 'E': f.environment = optarg; break;
+		case 'a': f.actor = optarg; break;
+		case 'x': f.action = optarg; break;
+		case 's': f.service = optarg; break;
+		case 'r': f.resource_prefix = optarg; break;
+		case 'D': addr = optarg; break;
+		case 'A': all = 1; break;
+		case 'O':
+			if (parse_outcome(optarg, &f.outcome) != 0)
+				return cli_usage("--outcome wants success, failure or denied");
+			break;
+		case 'S':
+			if (parse_time(optarg, &f.from_unix_ms) != 0)
+				return cli_usage("--since wants RFC 3339 (2026-11-26T17:00:00Z), unix ms, "
+						 "or a duration ago (24h, 7d)");
+			break;
+		case 'U':
+			if (parse_time(optarg, &f.to_unix_ms) != 0)
+				return cli_usage("--until wants RFC 3339 (2026-11-26T17:00:00Z), unix ms, "
+						 "or a duration ago (24h, 7d)");
+			break;
+		case 'n':
+			if (cfg_parse_ll(optarg, &limit) != 0 || limit < 1 || limit > 1000000)
+				return cli_usage("--limit wants 1..1000000");
+			break;
+		case 'f':
+			if (cfg_parse_ll(optarg, &from) != 0 || from < 0)
+				return cli_usage("--page-token wants the token a search printed");
+			break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (optind != argc)
+		return cli_usage("unexpected argument '%s'", argv[optind]);
+	if (f.from_unix_ms > 0 && f.to_unix_ms > 0 && f.from_unix_ms >= f.to_unix_ms)
+		return cli_usage("--since must be before --until");
+	struct rpc_client *cl = NULL;
+	if (cli_connect(c, "audit", addr, &cl) != 0)
+		return CLI_FAIL;
+	json_t *arr = c->output == CLI_JSON ? json_array() : NULL;
+	char token[32], err[512], when[32];
+	snprintf(token, sizeof token, "%lld", from);
+	long long shown = 0;
+	int rc = CLI_OK, left = 0;
+	struct cli_table tab;
+	cli_table_init(&tab, "rlllllll", "SEQ", "LOGGED", "OUTCOME", "ACTION", "APP", "ENV",
+		       "ACTOR", "RESOURCE");
+	if (c->output == CLI_CSV)
+		cli_csv_row(stdout, (int)(sizeof search_csv_head / sizeof search_csv_head[0]),
+			    search_csv_head);
+	for (;;) {
+		Slipway__V1__ListEntriesRequest req = SLIPWAY__V1__LIST_ENTRIES_REQUEST__INIT;
+		req.filter = &f;
+		req.page_token = token;
+		long long want = all ? 1000 : limit - shown;
+		req.page_size = (uint32_t)(want > 1000 ? 1000 : want);
+		ProtobufCMessage *m = NULL;
+		struct rpc_call_opts co = cli_call_opts(c);
+		int crc = rpc_call(cl, &slipway__v1__audit__descriptor, "ListEntries", &req.base, &m,
+				   &co, err, sizeof err);
+		if (crc != 0) {
+			rc = cli_fail_rc(crc, "audit search: %s", err);
+			break;
+		}
+		Slipway__V1__ListEntriesResponse *r = (void *)m;
+		for (size_t i = 0; i < r->n_entries; i++, shown++) {
+			const Slipway__V1__AuditEntry *e = r->entries[i];
+			const Slipway__V1__AuditEvent *ev = e->event;
+			if (ev == NULL)
+				continue;
+			if (c->output == CLI_JSON) {
+				json_array_append_new(arr, entry_json(e));
+			} else if (c->output == CLI_JSONL) {
+				cli_print_jsonl(entry_json(e));
+			} else if (c->output == CLI_CSV) {
+				search_csv_row(e);
+			} else {
+				char seqs[24];
+				snprintf(seqs, sizeof seqs, "%llu", (unsigned long long)e->seq);
+				cli_table_row(&tab, seqs, cli_time(e->logged_unix_ms, when),
+					      outcome_name(ev->outcome), ev->action,
+					      detail_of(ev, "app"), detail_of(ev, "environment"),
+					      ev->actor, ev->resource);
+			}
+		}
+		int more = r->next_page_token[0] != '\0' && (all || shown < limit);
+		left = r->next_page_token[0] != '\0' && !more;
+		snprintf(token, sizeof token, "%s", r->next_page_token);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (!more)
+			break;
+	}
+	if (c->output == CLI_JSON && rc == CLI_OK)
+		cli_print_json(arr);
+	else
+		json_decref(arr);
+	if (c->output == CLI_TABLE && rc == CLI_OK)
+		cli_table_print(&tab, stdout);
+	/* More exist: machine formats keep stdout clean and say it on stderr. */
+	if (rc == CLI_OK && left) {
+		if (c->output == CLI_TABLE)
+			printf("(more: --page-token %s, or --all)\n", token);
+		else
+			fprintf(stderr, "slipway: more entries: --page-token %s, or --all\n", token);
+	}
+	cli_table_free(&tab);
+	rpc_client_free(cl);
+	return rc;
+}
+
 /* ---- show / proof ---- */
 
+enum { MAX_PUBLISHED = 8 };
+
 struct common {
-	const char *addr, *key, *state, *s3_prefix;
-	int trust;
+	const char *addr, *key, *state, *s3_prefix, *fingerprint;
+	const char *published[MAX_PUBLISHED];
+	int trust, npublished;
 	long long size;
 };
 
@@ -294,6 +487,8 @@ static const struct cli_opt common_opts[] = {
 	{ "trust", no_argument, 't', NULL, "trust and pin the key the service announces, the first time" },
 	{ "size", required_argument, 'z', "N", "prove against the tree of this size" },
 	{ "s3-prefix", required_argument, 'p', "PREFIX", "also check the checkpoints published on S3 under this prefix" },
+	{ "fingerprint", required_argument, 'F', "HEX", "the SHA-256 of the verifier key, got out of band: refuse any other key" },
+	{ "published", required_argument, 'P', "DIR|s3://BUCKET/PREFIX", "also check the checkpoints published there (verify; repeatable)" },
 	{ NULL, 0, 0, NULL, NULL },
 };
 
@@ -309,6 +504,12 @@ static int parse_common(struct cli *c, int argc, char **argv, struct common *cm,
 		case 's': cm->state = optarg; break;
 		case 't': cm->trust = 1; break;
 		case 'p': cm->s3_prefix = optarg; break;
+		case 'F': cm->fingerprint = optarg; break;
+		case 'P':
+			if (cm->npublished == MAX_PUBLISHED)
+				return cli_usage("at most %d --published", MAX_PUBLISHED);
+			cm->published[cm->npublished++] = optarg;
+			break;
 		case 'z':
 			if (cfg_parse_ll(optarg, &cm->size) != 0 || cm->size < 1)
 				return cli_usage("--size wants a tree size");
@@ -325,22 +526,32 @@ static int parse_common(struct cli *c, int argc, char **argv, struct common *cm,
 	return 0;
 }
 
-static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struct auditstate *st,
+static int setup(struct cli *c, struct common *cm, struct rpc_client **cl, struct state *st,
 		 struct note_verifier *v)
 {
+	char err[512];
 	memset(st, 0, sizeof *st);
 	if (cm->state)
 		snprintf(st->path, sizeof st->path, "%s", cm->state);
 	else
-		auditstate_default_path(st->path, sizeof st->path);
-	if (auditstate_load(st) != 0)
-		return cli_fail("cannot read the state file %s", st->path);
-	if (cli_connect(c, "audit", cm->addr, cl) != 0)
+		default_state_path(st->path, sizeof st->path);
+	if (auditstate_load(st->path, &st->s, err, sizeof err) != 0) {
+		auditstate_free(&st->s);
+		return cli_fail("the state file: %s", err);
+	}
+	if (cli_connect(c, "audit", cm->addr, cl) != 0) {
+		auditstate_free(&st->s);
 		return CLI_FAIL;
-	int rc = get_verifier(c, *cl, cm->key, cm->trust, st, v);
+	}
+	int rc = get_verifier(c, *cl, cm->key, cm->trust, cm->fingerprint, st, v);
+	/* A state file whose checkpoints this key did not sign was edited:
+	 * it must not vouch for anything. */
+	if (rc == 0 && auditstate_check(&st->s, v, err, sizeof err) != 0)
+		rc = cli_fail("the state file %s: %s", st->path, err);
 	if (rc != 0) {
 		rpc_client_free(*cl);
 		*cl = NULL;
+		auditstate_free(&st->s);
 		return rc;
 	}
 	return 0;
@@ -356,7 +567,7 @@ static int prove(struct cli *c, int argc, char **argv, int show_entry)
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
-	struct auditstate st;
+	struct state st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -474,6 +685,7 @@ out:
 	if (cm2)
 		protobuf_c_message_free_unpacked(cm2, NULL);
 	rpc_client_free(cl);
+	auditstate_free(&st.s);
 	return rc;
 }
 
@@ -520,7 +732,7 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 		}
 	}
 	struct rpc_client *cl = NULL;
-	struct auditstate st;
+	struct state st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -544,8 +756,9 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 			      err, sizeof err);
 	}
 	rpc_client_free(cl);
+	auditstate_free(&st.s);
 	if (rc != 0)
-		return cli_fail("checkpoint: %s", err);
+		return cli_fail_rc(rc, "checkpoint: %s", err);
 	Slipway__V1__Checkpoint *cp = (void *)m;
 	rc = check_checkpoint(&v, cp, origin, sizeof origin, err, sizeof err);
 	char root[65], when[32];
@@ -570,9 +783,87 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 struct cpref {
 	uint64_t size;
 	uint8_t root[32];
-	const char *from; /* "service", "S3", "state file" */
+	char from[300]; /* "the service", "S3", "the state file", "published in DIR (file F)" */
+	int outside;    /* kept outside the service's database */
 	char note[NOTE_MAX];
 };
+
+/* Appends a checkpoint reference to *cps (grown). 0 or -1 (memory). */
+static int cps_push(struct cpref **cps, size_t *n, size_t *cap, const struct cpref *r)
+{
+	if (*n == *cap) {
+		if (*cap >= 1000000)
+			return -1;
+		size_t nc = *cap ? *cap * 2 : 64;
+		struct cpref *x = realloc(*cps, nc * sizeof *x);
+		if (x == NULL)
+			return -1;
+		*cps = x;
+		*cap = nc;
+	}
+	(*cps)[(*n)++] = *r;
+	return 0;
+}
+
+/* Verifies a published note (text) with v into *out. 0, or SW_EINVAL with
+ * err naming where it came from. */
+static int published_note(const struct note_verifier *v, const char *text, const char *from,
+			  const char *origin, struct cpref *out, char *err, size_t errlen)
+{
+	char body[NOTE_MAX], o[256], why[512];
+	memset(out, 0, sizeof *out);
+	if (strlen(text) >= sizeof out->note)
+		return sw_errf(err, errlen, SW_EINVAL, "%s: too long for a checkpoint", from);
+	if (note_verify(v, text, body, sizeof body, why, sizeof why) != 0 ||
+	    note_checkpoint_parse(body, o, sizeof o, &out->size, out->root, why, sizeof why) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "%s: %s", from, why);
+	if (origin[0] && strcmp(o, origin) != 0)
+		return sw_errf(err, errlen, SW_EINVAL, "%s is a checkpoint of log '%s', not '%s'", from,
+			       o, origin);
+	snprintf(out->note, sizeof out->note, "%s", text);
+	snprintf(out->from, sizeof out->from, "%s", from);
+	out->outside = 1;
+	return 0;
+}
+
+/* Reads every checkpoint published in directory dir (files named by 20
+ * digits, and latest) into *cps. 0, or SW_E* with err. */
+static int published_dir(const struct note_verifier *v, const char *dir, const char *origin,
+			 struct cpref **cps, size_t *n, size_t *cap, char *err, size_t errlen)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int rc = 0;
+	if (d == NULL)
+		return sw_errf(err, errlen, SW_EIO, "--published %s: %s", dir, strerror(errno));
+	while (rc == 0 && (e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+		int digits = len == 20 && strspn(e->d_name, "0123456789") == 20;
+		if (!digits && strcmp(e->d_name, "latest") != 0)
+			continue;
+		char path[4400], text[NOTE_MAX], from[300];
+		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+		FILE *f = fopen(path, "r");
+		size_t got = f ? fread(text, 1, sizeof text - 1, f) : 0;
+		if (f == NULL || ferror(f)) {
+			rc = sw_errf(err, errlen, SW_EIO, "%s: cannot read", path);
+		} else {
+			text[got] = '\0';
+			snprintf(from, sizeof from, "published in %.200s (file %s)", dir, e->d_name);
+			struct cpref r;
+			if ((rc = published_note(v, text, from, origin, &r, err, errlen)) == 0 &&
+			    digits && r.size != strtoull(e->d_name, NULL, 10))
+				rc = sw_errf(err, errlen, SW_EINVAL, "%s holds a checkpoint of size %llu",
+					     from, (unsigned long long)r.size);
+			if (rc == 0 && cps_push(cps, n, cap, &r) != 0)
+				rc = sw_errf(err, errlen, SW_ENOMEM, "too many published checkpoints");
+		}
+		if (f)
+			fclose(f);
+	}
+	closedir(d);
+	return rc;
+}
 
 static int cmp_cpref(const void *a, const void *b)
 {
@@ -606,15 +897,22 @@ static int verify_fail(struct cli *c, json_t *report, long long seq, const char 
 	return CLI_FAIL;
 }
 
-/* Adds S3's checkpoints/latest when the S3 settings are in the
- * environment (an auditor with read access to the bucket). */
-static int s3_checkpoint(const struct note_verifier *v, const char *prefix, struct cpref *out,
-			 char *err, size_t errlen)
+/* Reads <prefix>latest from the bucket (NULL: SLIPWAY_S3_BUCKET) when the
+ * S3 settings are in the environment (an auditor with read access to the
+ * bucket). 1 and *out, 0 when there is nothing to read, or SW_E* with err. */
+static int s3_checkpoint(const struct note_verifier *v, const char *bucket_, const char *prefix,
+			 const char *origin, struct cpref *out, char *err, size_t errlen)
 {
-	const char *host = getenv("SLIPWAY_S3_HOST"), *bucket = getenv("SLIPWAY_S3_BUCKET");
+	const char *host = getenv("SLIPWAY_S3_HOST"), *bucket = bucket_ ? bucket_ : getenv("SLIPWAY_S3_BUCKET");
 	const char *ak = getenv("SLIPWAY_S3_ACCESS_KEY"), *sk = getenv("SLIPWAY_S3_SECRET_KEY");
-	if (!host || !bucket || !ak || !sk)
+	if (!host || !bucket || !ak || !sk) {
+		if (bucket_ != NULL)
+			return sw_errf(err, errlen, SW_EINVAL,
+				       "--published s3://%s/... needs SLIPWAY_S3_HOST, "
+				       "SLIPWAY_S3_ACCESS_KEY and SLIPWAY_S3_SECRET_KEY",
+				       bucket_);
 		return 0;
+	}
 	struct s3 *s = NULL;
 	struct s3_opts so = { .host = host, .bucket = bucket, .access_key = ak, .secret_key = sk,
 			      .stall_ms = 3000, .deadline_ms = 10000 };
@@ -623,7 +921,7 @@ static int s3_checkpoint(const struct note_verifier *v, const char *prefix, stru
 	int rc = s3_global_init(err, errlen);
 	if (rc == 0)
 		rc = s3_new(&so, &s, err, errlen);
-	char key[300];
+	char key[300], from[400];
 	snprintf(key, sizeof key, "%slatest", prefix);
 	if (rc == 0)
 		rc = s3_get_small(s, key, NOTE_MAX - 1, &buf, &len, err, errlen);
@@ -632,14 +930,13 @@ static int s3_checkpoint(const struct note_verifier *v, const char *prefix, stru
 		return 0;
 	if (rc != 0)
 		return rc;
-	char body[NOTE_MAX], origin[256];
-	memcpy(out->note, buf, len);
-	out->note[len] = '\0';
+	char text[NOTE_MAX];
+	memcpy(text, buf, len);
+	text[len] = '\0';
 	free(buf);
-	if (note_verify(v, out->note, body, sizeof body, err, errlen) != 0 ||
-	    note_checkpoint_parse(body, origin, sizeof origin, &out->size, out->root, err, errlen) != 0)
-		return sw_errf(err, errlen, SW_EINVAL, "%s on S3: %s", key, err);
-	out->from = "S3";
+	snprintf(from, sizeof from, "S3 (s3://%s/%s)", bucket, key);
+	if ((rc = published_note(v, text, from, origin, out, err, errlen)) != 0)
+		return rc;
 	return 1;
 }
 
@@ -651,7 +948,7 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 	if (rc != 0)
 		return rc;
 	struct rpc_client *cl = NULL;
-	struct auditstate st;
+	struct state st;
 	struct note_verifier v;
 	if ((rc = setup(c, &cm, &cl, &st, &v)) != 0)
 		return rc;
@@ -697,13 +994,14 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 			cps[ncp].size = r->checkpoints[i]->size;
 			memcpy(cps[ncp].root, r->checkpoints[i]->root_hash.data, 32);
 			snprintf(cps[ncp].note, sizeof cps[ncp].note, "%s", r->checkpoints[i]->note);
-			cps[ncp++].from = "service";
-			if (st.origin[0] == '\0')
-				snprintf(st.origin, sizeof st.origin, "%s", origin);
-			else if (strcmp(st.origin, origin) != 0) {
+			snprintf(cps[ncp].from, sizeof cps[ncp].from, "the service");
+			cps[ncp++].outside = 0;
+			if (st.s.origin[0] == '\0')
+				snprintf(st.s.origin, sizeof st.s.origin, "%s", origin);
+			else if (strcmp(st.s.origin, origin) != 0) {
 				protobuf_c_message_free_unpacked(m, NULL);
 				rc = verify_fail(c, report, -1, "checkpoint origin '%s' is not '%s'",
-						 origin, st.origin);
+						 origin, st.s.origin);
 				goto out;
 			}
 		}
@@ -712,34 +1010,81 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 		if (token[0] == '\0')
 			break;
 	}
-	/* 2. Checkpoints kept outside the service's database. */
-	struct cpref extra[2];
-	size_t nextra = 0;
-	memset(extra, 0, sizeof extra);
-	int s3rc = s3_checkpoint(&v, cm.s3_prefix ? cm.s3_prefix : "checkpoints/", &extra[nextra], err,
-				 sizeof err);
+	/* 2. Checkpoints kept outside the service's database: on S3 (when the
+	 * auditor has the bucket's credentials), published (--published), and
+	 * every one this auditor saw before (the state file). */
+	size_t nsvc = ncp;
+	uint64_t svc_max = 0;
+	for (size_t i = 0; i < nsvc; i++)
+		svc_max = cps[i].size > svc_max ? cps[i].size : svc_max;
+	struct cpref extra;
+	int s3rc = s3_checkpoint(&v, NULL, cm.s3_prefix ? cm.s3_prefix : "checkpoints/", st.s.origin,
+				 &extra, err, sizeof err);
 	if (s3rc < 0) {
 		rc = verify_fail(c, report, -1, "%s", err);
 		goto out;
 	}
-	nextra += (size_t)s3rc;
-	if (st.size > 0) {
-		extra[nextra].size = st.size;
-		memcpy(extra[nextra].root, st.root, 32);
-		snprintf(extra[nextra].note, sizeof extra[nextra].note, "%s", st.note);
-		extra[nextra++].from = "the state file";
+	if (s3rc == 1 && cps_push(&cps, &ncp, &capcp, &extra) != 0) {
+		rc = cli_fail("out of memory");
+		goto out;
 	}
-	for (size_t i = 0; i < nextra; i++) {
-		if (ncp == capcp) {
-			capcp = capcp ? capcp * 2 : 64;
-			struct cpref *n = realloc(cps, capcp * sizeof *n);
-			if (n == NULL) {
-				rc = cli_fail("out of memory");
+	for (int p = 0; p < cm.npublished; p++) {
+		const char *src = cm.published[p];
+		int prc;
+		if (strncmp(src, "s3://", 5) == 0) {
+			char bucket[64];
+			const char *slash = strchr(src + 5, '/');
+			size_t bl = slash ? (size_t)(slash - src - 5) : strlen(src + 5);
+			if (bl == 0 || bl >= sizeof bucket) {
+				rc = cli_usage("--published wants DIR or s3://BUCKET/PREFIX/");
 				goto out;
 			}
-			cps = n;
+			memcpy(bucket, src + 5, bl);
+			bucket[bl] = '\0';
+			prc = s3_checkpoint(&v, bucket, slash ? slash + 1 : "", st.s.origin, &extra, err,
+					    sizeof err);
+			if (prc == 0)
+				prc = sw_errf(err, sizeof err, SW_ENOTFOUND,
+					      "--published %s: no checkpoint there", src);
+			if (prc == 1 && cps_push(&cps, &ncp, &capcp, &extra) != 0)
+				prc = sw_errf(err, sizeof err, SW_ENOMEM, "out of memory");
+		} else {
+			prc = published_dir(&v, src, st.s.origin, &cps, &ncp, &capcp, err, sizeof err);
 		}
-		cps[ncp++] = extra[i];
+		if (prc < 0) {
+			rc = verify_fail(c, report, -1, "%s", err);
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < st.s.n; i++) {
+		struct cpref r;
+		memset(&r, 0, sizeof r);
+		r.size = st.s.cps[i].size;
+		memcpy(r.root, st.s.cps[i].root, 32);
+		snprintf(r.note, sizeof r.note, "%s", st.s.cps[i].note);
+		snprintf(r.from, sizeof r.from, "the state file %.250s", st.path);
+		r.outside = 1;
+		if (cps_push(&cps, &ncp, &capcp, &r) != 0) {
+			rc = cli_fail("out of memory");
+			goto out;
+		}
+	}
+	/* A checkpoint kept outside that the service now signs differently at
+	 * the same size: two signed histories. */
+	for (size_t i = nsvc; i < ncp; i++) {
+		for (size_t k = 0; k < nsvc; k++) {
+			if (cps[k].size != cps[i].size || memcmp(cps[k].root, cps[i].root, 32) == 0)
+				continue;
+			char a[65], b[65];
+			hash_hex(cps[k].root, 32, a);
+			hash_hex(cps[i].root, 32, b);
+			rc = verify_fail(c, report, (long long)cps[i].size - 1,
+					 "the log was rolled back and re-signed: the service's checkpoint "
+					 "of size %llu (root %s) is not the one signed at that size that "
+					 "%s holds (root %s)",
+					 (unsigned long long)cps[i].size, a, cps[i].from, b);
+			goto out;
+		}
 	}
 	qsort(cps, ncp, sizeof *cps, cmp_cpref);
 
@@ -812,9 +1157,14 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 				if (memcmp(root, cps[ci].root, 32) != 0) {
 					bad_seq = (long long)next - 1;
 					snprintf(why, sizeof why,
-						 "the entries up to size %llu do not match the checkpoint "
-						 "signed at that size (from %s): entries before it were "
-						 "rewritten",
+						 cps[ci].outside && cps[ci].size > svc_max
+							 ? "the log was rolled back: the entries up to size "
+							   "%llu do not match the checkpoint signed at that "
+							   "size that %s holds, and the service no longer "
+							   "shows it"
+							 : "the entries up to size %llu do not match the "
+							   "checkpoint signed at that size (from %s): entries "
+							   "before it were rewritten",
 						 (unsigned long long)cps[ci].size, cps[ci].from);
 					break;
 				}
@@ -849,13 +1199,11 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 	}
 	/* 4. Success: remember the newest checkpoint for next time. */
 	const struct cpref *latest = ncp ? &cps[ncp - 1] : NULL;
-	if (latest != NULL) {
-		st.size = latest->size;
-		memcpy(st.root, latest->root, 32);
-		snprintf(st.note, sizeof st.note, "%s", latest->note);
-	}
-	if (auditstate_save(&st) != 0)
-		fprintf(stderr, "slipway: warning: cannot write %s\n", st.path);
+	if (latest != NULL &&
+	    auditstate_add(&st.s, latest->size, latest->root, latest->note, err, sizeof err) != 0)
+		fprintf(stderr, "slipway: warning: %s\n", err);
+	if (auditstate_save(st.path, &st.s, err, sizeof err) != 0)
+		fprintf(stderr, "slipway: warning: %s\n", err);
 	char root[65] = "";
 	if (latest)
 		hash_hex(latest->root, 32, root);
@@ -882,6 +1230,154 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 out:
 	free(cps);
 	rpc_client_free(cl);
+	auditstate_free(&st.s);
+	return rc;
+}
+
+/* ---- state: merge and show verifier state files ---- */
+
+static const struct cli_opt state_opts[] = {
+	{ "out", required_argument, 'O', "FILE", "merge: write the merged state here" },
+	{ "verifier-key", required_argument, 'k', "KEY", "the log's public key (else the one the files pin)" },
+	{ "fingerprint", required_argument, 'F', "HEX", "refuse a key whose SHA-256 is not HEX" },
+	{ NULL, 0, 0, NULL, NULL },
+};
+
+static json_t *state_json(const char *path, const struct auditstate *st, int verified)
+{
+	char fp[65] = "";
+	if (st->verifier[0])
+		auditstate_fingerprint(st->verifier, fp);
+	json_t *cps = json_array();
+	for (size_t i = 0; i < st->n; i++) {
+		char root[65];
+		hash_hex(st->cps[i].root, 32, root);
+		json_array_append_new(cps, json_pack("{s:I,s:s}", "size", (json_int_t)st->cps[i].size,
+						     "root", root));
+	}
+	return json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:b}", "path", path, "format", AUDITSTATE_FORMAT,
+			 "origin", st->origin, "verifier_key", st->verifier, "verifier_fingerprint",
+			 fp, "checkpoints", cps, "signatures_verified", verified);
+}
+
+static int cmd_state(struct cli *c, int argc, char **argv)
+{
+	const char *out = NULL, *key = NULL, *fpr = NULL;
+	int o, rc = CLI_FAIL;
+	optind = 0;
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
+		switch (o) {
+		case 'O': out = optarg; break;
+		case 'k': key = optarg; break;
+		case 'F': fpr = optarg; break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (optind >= argc)
+		return cli_usage_cmd(c);
+	const char *what = argv[optind++];
+	int nfiles = argc - optind;
+	int merge = strcmp(what, "merge") == 0;
+	if (!merge && strcmp(what, "show") != 0)
+		return cli_usage("audit state wants 'merge A B... --out FILE' or 'show [FILE]'");
+	if (merge && (nfiles < 2 || out == NULL))
+		return cli_usage("audit state merge wants two or more files and --out FILE");
+	if (!merge && nfiles > 1)
+		return cli_usage("audit state show takes one file");
+	char def[4096], err[1024];
+	default_state_path(def, sizeof def);
+	struct auditstate *sts = calloc((size_t)(nfiles ? nfiles : 1), sizeof *sts);
+	struct auditstate merged;
+	memset(&merged, 0, sizeof merged);
+	if (sts == NULL)
+		return cli_fail("out of memory");
+	const char *first = nfiles ? argv[optind] : def;
+	for (int i = 0; i < (nfiles ? nfiles : 1); i++) {
+		const char *path = nfiles ? argv[optind + i] : def;
+		if (access(path, F_OK) != 0) {
+			cli_fail("%s: %s", path, strerror(errno));
+			goto out;
+		}
+		if (auditstate_load(path, &sts[i], err, sizeof err) != 0) {
+			cli_fail("%s", err);
+			goto out;
+		}
+		if (key == NULL && sts[i].verifier[0])
+			key = sts[i].verifier; /* the first file's pinned key */
+	}
+	struct note_verifier v;
+	int verified = 0;
+	if (key != NULL) {
+		char fp[65];
+		auditstate_fingerprint(key, fp);
+		if (fpr != NULL && strcasecmp(fp, fpr) != 0) {
+			cli_fail("the key's fingerprint is %s, not %s: do not trust it", fp, fpr);
+			goto out;
+		}
+		if (note_verifier_parse(key, &v, err, sizeof err) != 0) {
+			cli_fail("verifier key: %s", err);
+			goto out;
+		}
+		verified = 1;
+	} else if (merge) {
+		cli_fail("no file pins a verifier key: pass --verifier-key");
+		goto out;
+	}
+	if (!merge) {
+		if (verified && auditstate_check(&sts[0], &v, err, sizeof err) != 0) {
+			cli_fail("%s: %s", first, err);
+			goto out;
+		}
+		if (c->output == CLI_JSON) {
+			cli_print_json(state_json(first, &sts[0], verified));
+		} else {
+			char fp[65] = "-";
+			if (sts[0].verifier[0])
+				auditstate_fingerprint(sts[0].verifier, fp);
+			printf("state file:   %s\norigin:       %s\nverifier key: %s\nfingerprint:  %s\n"
+			       "checkpoints:  %zu (signatures %s)\n",
+			       first, sts[0].origin[0] ? sts[0].origin : "-",
+			       sts[0].verifier[0] ? sts[0].verifier : "-", fp, sts[0].n,
+			       verified ? "verified" : "not checked: no key");
+			for (size_t i = 0; i < sts[0].n; i++) {
+				char root[65];
+				hash_hex(sts[0].cps[i].root, 32, root);
+				printf("  size %llu  root %s\n", (unsigned long long)sts[0].cps[i].size,
+				       root);
+			}
+		}
+		rc = CLI_OK;
+		goto out;
+	}
+	snprintf(merged.verifier, sizeof merged.verifier, "%s", key);
+	for (int i = 0; i < nfiles; i++) {
+		if (sts[i].verifier[0] && strcmp(sts[i].verifier, key) != 0) {
+			cli_fail("%s pins another key (%s, not %s): the files pin different keys; "
+				 "compare each with the fingerprint published out of band",
+				 argv[optind + i], sts[i].verifier, key);
+			goto out;
+		}
+		if (auditstate_merge(&merged, &sts[i], &v, err, sizeof err) != 0) {
+			cli_fail("%s: %s", argv[optind + i], err);
+			goto out;
+		}
+	}
+	if (auditstate_save(out, &merged, err, sizeof err) != 0) {
+		cli_fail("%s", err);
+		goto out;
+	}
+	if (c->output == CLI_JSON)
+		cli_print_json(state_json(out, &merged, 1));
+	else
+		printf("merged %d files into %s: %zu checkpoints, newest size %llu\n", nfiles, out,
+		       merged.n,
+		       merged.n ? (unsigned long long)auditstate_latest(&merged)->size : 0ULL);
+	rc = CLI_OK;
+out:
+	for (int i = 0; i < (nfiles ? nfiles : 1); i++)
+		auditstate_free(&sts[i]);
+	free(sts);
+	auditstate_free(&merged);
 	return rc;
 }
 
@@ -893,6 +1389,17 @@ const struct cli_cmd cli_audit_cmds[] = {
 	  log_opts,
 	  "slipway audit log --service orchestrator --limit 20\n"
 	  "slipway audit log --outcome denied --since 1h --all", NULL, NULL },
+	{ "search", cmd_search, "search the log by app, environment, actor, action, time, outcome",
+	  "[--app APP] [--env ENV] [--actor ID] [--action A] [--service S] [--resource PREFIX] "
+	  "[--outcome O] [--since T] [--until T] [--limit N] [--page-token T] [--all] "
+	  "[-o table|json|csv|jsonl]",
+	  search_opts,
+	  "slipway audit search --app web --env prod --since 24h\n"
+	  "slipway audit search --env prod --action deploy.request --outcome denied --since 7d\n"
+	  "slipway audit search --actor spiffe://example.org/user/alice --since "
+	  "2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z --all -o csv > november.csv\n"
+	  "slipway audit search --app web --all -o jsonl | jq -r .action",
+	  NULL, NULL },
 	{ "show", cmd_show, "show one entry and prove it is in the signed log",
 	  "SEQ [--size N] [--verifier-key KEY] [--state FILE] [--trust]", common_opts,
 	  "slipway audit show 42", NULL, NULL },
@@ -903,8 +1410,21 @@ const struct cli_cmd cli_audit_cmds[] = {
 	  "[--sign] [--size N] [--verifier-key KEY] [--state FILE] [--trust]", checkpoint_opts,
 	  "slipway audit checkpoint\nslipway audit checkpoint --sign", NULL, NULL },
 	{ "verify", cmd_verify, "recompute the whole log and check it against every checkpoint",
-	  "[--verifier-key KEY] [--state FILE] [--trust] [--s3-prefix PREFIX]", common_opts,
-	  "slipway audit verify\nslipway audit verify --trust --state ./audit.state", NULL, NULL },
+	  "[--verifier-key KEY] [--fingerprint HEX] [--state FILE] [--trust] [--s3-prefix PREFIX] "
+	  "[--published DIR|s3://BUCKET/PREFIX]...",
+	  common_opts,
+	  "slipway audit verify\n"
+	  "slipway audit verify --trust --fingerprint 3f5e...c1 --state ./audit.state\n"
+	  "slipway audit verify --state ./audit.state --published /mnt/audit-checkpoints",
+	  NULL, NULL },
+	{ "state", cmd_state,
+	  "merge two auditors' state files of checkpoints seen, or show one",
+	  "merge A B... --out FILE [--verifier-key KEY] [--fingerprint HEX] | show [FILE]",
+	  state_opts,
+	  "slipway audit state show\n"
+	  "slipway audit state merge alice.state bob.state --out team.state\n"
+	  "slipway audit verify --state team.state",
+	  NULL, NULL },
 	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -12,7 +12,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
-enum cli_output { CLI_TABLE = 0, CLI_JSON = 1 };
+/* -o: table and json for every command; csv (RFC 4180) and jsonl (one JSON
+ * object a line) only for the commands that list records (record_cmds in
+ * main.c). */
+enum cli_output { CLI_TABLE = 0, CLI_JSON = 1, CLI_CSV = 2, CLI_JSONL = 3 };
 
 enum { CLI_CONF_NAME = 64, CLI_CONF_CONTEXTS = 64, CLI_CONF_KEYS = 32 };
 
@@ -170,6 +173,23 @@ void cli_table_free(struct cli_table *t);
 
 /* Prints j as indented JSON on stdout and releases it. */
 void cli_print_json(json_t *j);
+
+/* Writes one CSV record (RFC 4180) of n fields to f: a field holding a
+ * comma, a double quote, CR or LF is quoted and its quotes doubled; NULL
+ * is an empty field; the record ends in CRLF. */
+void cli_csv_row(FILE *f, int n, const char *const *fields);
+
+/* Writes j on one line (JSON Lines) and takes the reference. */
+void cli_print_jsonl(json_t *j);
+
+/* Parses a time for --since/--until: RFC 3339 ("2026-11-26T17:00:00Z",
+ * "2026-11-26T19:00:00.5+02:00"), unix milliseconds, or a duration ago
+ * ("15m", "24h", "7d"). 0 and *out_ms, or -1. */
+int cli_parse_time(const char *s, int64_t *out_ms);
+
+/* RFC 3339 UTC with milliseconds ("2026-11-26T17:00:00.000Z") into out;
+ * "" for 0. Returns out. */
+const char *cli_rfc3339(int64_t unix_ms, char out[32]);
 
 /* Formats ms since the epoch as "2026-11-26 17:54:19Z" into out[32]
  * ("-" for 0). */

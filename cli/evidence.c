@@ -349,25 +349,28 @@ static int export_one(struct exporter *x, const char *id, json_t **out)
 				     .consistency = (const uint8_t(*)[32])cons, .nconsistency = ncons };
 	if (x->state_path != NULL) {
 		struct auditstate st;
-		memset(&st, 0, sizeof st);
-		snprintf(st.path, sizeof st.path, "%s", x->state_path);
-		if (auditstate_load(&st) != 0) {
-			rc = sw_errf(x->err, sizeof x->err, SW_EINVAL, "cannot read the state file %s",
-				     x->state_path);
+		char serr[512];
+		if (auditstate_load(x->state_path, &st, serr, sizeof serr) != 0) {
+			auditstate_free(&st);
+			rc = sw_errf(x->err, sizeof x->err, SW_EINVAL,
+				     "cannot read the state file %s: %s", x->state_path, serr);
 			goto out;
 		}
-		if (st.size > nw->size) {
+		const struct auditstate_cp *lt = auditstate_latest(&st);
+		uint64_t st_size = lt != NULL ? lt->size : 0;
+		auditstate_free(&st);
+		if (st_size > nw->size) {
 			rc = sw_errf(x->err, sizeof x->err, SW_EPRECOND,
 				     "the log's newest checkpoint (size %llu) is older than the one in "
 				     "%s (size %llu): the log was rolled back",
 				     (unsigned long long)nw->size, x->state_path,
-				     (unsigned long long)st.size);
+				     (unsigned long long)st_size);
 			goto out;
 		}
-		if (st.size > 0 && st.size < nw->size) {
-			if ((rc = consistency(x, st.size, nw->size, sproof, &nsproof)) != 0)
+		if (st_size > 0 && st_size < nw->size) {
+			if ((rc = consistency(x, st_size, nw->size, sproof, &nsproof)) != 0)
 				goto out;
-			ex.state_size = st.size;
+			ex.state_size = st_size;
 			ex.state_proof = (const uint8_t(*)[32])sproof;
 			ex.nstate_proof = nsproof;
 		}
@@ -653,44 +656,23 @@ static const struct cli_opt verify_opts[] = {
 	{ NULL, 0, 0, NULL, NULL },
 };
 
-static int cmd_verify(struct cli *c, int argc, char **argv)
+/* Verifies the bundle at path with keytext (and builder keys bk), checks
+ * it against st when state_path is set, and records its newest checkpoint
+ * there on success. */
+static int evidence_verify_file(struct cli *c, const char *path, const char *keytext,
+				const char *bk, const char *state_path, struct auditstate *st,
+				char *err, size_t errlen)
 {
-	const char *keytext = NULL, *state_path = NULL, *bk = NULL;
-	int o;
-	optind = 0;
-	while ((o = cli_getopt(c, argc, argv)) != -1) {
-		switch (o) {
-		case 'k': keytext = optarg; break;
-		case 's': state_path = optarg; break;
-		case 'b': bk = optarg; break;
-		default: return CLI_USAGE;
-		}
-	}
-	if (optind != argc - 1)
-		return cli_usage_cmd(c);
-	const char *path = argv[optind];
-	if (keytext == NULL)
-		keytext = getenv("SLIPWAY_AUDIT_VERIFIER_KEY");
-	struct auditstate st;
-	memset(&st, 0, sizeof st);
-	if (state_path != NULL) {
-		snprintf(st.path, sizeof st.path, "%s", state_path);
-		if (auditstate_load(&st) != 0)
-			return cli_fail("cannot read the state file %s", state_path);
-		if ((keytext == NULL || !*keytext) && st.verifier[0])
-			keytext = st.verifier;
-	}
 	if (keytext == NULL || !*keytext)
 		return cli_usage("no verifier key: pass --verifier-key (the audit log's public key, "
 				 "obtained out of band)");
-	char err[1024];
 	struct note_verifier v;
-	if (note_verifier_parse(keytext, &v, err, sizeof err) != 0)
+	if (note_verifier_parse(keytext, &v, err, errlen) != 0)
 		return cli_usage("--verifier-key: %s", err);
-	if (st.verifier[0] && strcmp(st.verifier, keytext) != 0)
-		return cli_fail("the verifier key differs from the one pinned in %s", st.path);
+	if (st->verifier[0] && strcmp(st->verifier, keytext) != 0)
+		return cli_fail("the verifier key differs from the one pinned in %s", state_path);
 	struct prov_keys *keys = NULL;
-	if (bk != NULL && prov_keys_load(bk, &keys, err, sizeof err) != 0)
+	if (bk != NULL && prov_keys_load(bk, &keys, err, errlen) != 0)
 		return cli_fail("--builder-keys: %s", err);
 
 	/* The file, bounded. */
@@ -724,9 +706,9 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 		return cli_fail("out of memory");
 	}
 	struct evidence_verify_opts vo = { .key = &v, .builder_keys = keys,
-					   .state = state_path ? &st : NULL };
+					   .state = state_path ? st : NULL };
 	struct evidence_report r;
-	int rc = evidence_verify(buf, len, &vo, &r, err, sizeof err);
+	int rc = evidence_verify(buf, len, &vo, &r, err, errlen);
 	free(buf);
 	prov_keys_free(keys);
 	double secs = mono_s() - t0;
@@ -737,14 +719,17 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 			printf("FAIL: %s: %s\n", path, err);
 		return CLI_FAIL;
 	}
-	if (state_path != NULL && r.newest_size >= st.size) {
-		snprintf(st.origin, sizeof st.origin, "%s", r.origin);
-		snprintf(st.verifier, sizeof st.verifier, "%s", keytext);
-		st.size = r.newest_size;
-		memcpy(st.root, r.newest_root, 32);
-		snprintf(st.note, sizeof st.note, "%s", r.newest_note);
-		if (auditstate_save(&st) != 0)
-			fprintf(stderr, "slipway: warning: cannot write %s\n", st.path);
+	if (state_path != NULL) {
+		char serr[512];
+		if (auditstate_add(st, r.newest_size, r.newest_root, r.newest_note, serr,
+				   sizeof serr) != 0) {
+			printf("FAIL: %s: %s\n", path, serr);
+			return CLI_FAIL;
+		}
+		snprintf(st->origin, sizeof st->origin, "%s", r.origin);
+		snprintf(st->verifier, sizeof st->verifier, "%s", keytext);
+		if (auditstate_save(state_path, st, serr, sizeof serr) != 0)
+			fprintf(stderr, "slipway: warning: cannot write %s: %s\n", state_path, serr);
 	}
 	static const char *const prov[] = { "none (unsigned release)",
 					    "statement bound to the logged release; signature not "
@@ -768,6 +753,40 @@ static int cmd_verify(struct cli *c, int argc, char **argv)
 		       r.state_checked ? ", and with the state file's" : "", r.timeline, r.approvals,
 		       r.decisions, prov[r.provenance], secs);
 	return CLI_OK;
+}
+
+static int cmd_verify(struct cli *c, int argc, char **argv)
+{
+	const char *keytext = NULL, *state_path = NULL, *bk = NULL;
+	int o;
+	optind = 0;
+	while ((o = cli_getopt(c, argc, argv)) != -1) {
+		switch (o) {
+		case 'k': keytext = optarg; break;
+		case 's': state_path = optarg; break;
+		case 'b': bk = optarg; break;
+		default: return CLI_USAGE;
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage_cmd(c);
+	const char *path = argv[optind];
+	if (keytext == NULL)
+		keytext = getenv("SLIPWAY_AUDIT_VERIFIER_KEY");
+	struct auditstate st;
+	char err[1024];
+	memset(&st, 0, sizeof st);
+	if (state_path != NULL) {
+		if (auditstate_load(state_path, &st, err, sizeof err) != 0) {
+			auditstate_free(&st);
+			return cli_fail("cannot read the state file %s: %s", state_path, err);
+		}
+		if ((keytext == NULL || !*keytext) && st.verifier[0])
+			keytext = st.verifier;
+	}
+	int rc = evidence_verify_file(c, path, keytext, bk, state_path, &st, err, sizeof err);
+	auditstate_free(&st);
+	return rc;
 }
 
 extern const struct cli_cmd cli_evidence_cmds[];

@@ -52,12 +52,13 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv);
 int cli_cmd_agents(struct cli *c, int argc, char **argv);
 int cli_cmd_secrets(struct cli *c, int argc, char **argv);
 int cli_cmd_config(struct cli *c, int argc, char **argv);
+int cli_cmd_report(struct cli *c, int argc, char **argv);
 
 /* The commands of each group and the single commands' options live beside
  * their code, one file per group. */
 extern const struct cli_cmd cli_pki_cmds[], cli_audit_cmds[], cli_evidence_cmds[], cli_policy_cmds[],
 	cli_artifact_cmds[], cli_deployments_cmds[], cli_deployment_cmds[], cli_agents_cmds[],
-	cli_secrets_cmds[], cli_config_cmds[];
+	cli_secrets_cmds[], cli_config_cmds[], cli_report_cmds[];
 extern const struct cli_opt cli_health_opts[], cli_deploy_opts[], cli_action_opts[],
 	cli_rollback_opts[], cli_verdict_opts[];
 
@@ -69,6 +70,8 @@ static const struct cli_cmd groups[] = {
 	{ "audit", cli_cmd_audit, "read, prove and verify the audit log", .sub = cli_audit_cmds },
 	{ "evidence", cli_cmd_evidence, "export and verify offline evidence bundles of deployments",
 	  .sub = cli_evidence_cmds },
+	{ "report", cli_cmd_report, "reports for auditors (read-only): changes to an environment",
+	  .sub = cli_report_cmds },
 	{ "policy", cli_cmd_policy, "apply, get, diff and explain the authorization policy",
 	  .sub = cli_policy_cmds },
 	{ "approve", cli_cmd_approve, "approve a deployment waiting for approval",
@@ -143,6 +146,121 @@ void cli_print_json(json_t *j)
 	json_decref(j);
 }
 
+void cli_csv_row(FILE *f, int n, const char *const *fields)
+{
+	for (int i = 0; i < n; i++) {
+		const char *v = fields[i] ? fields[i] : "";
+		if (i > 0)
+			fputc(',', f);
+		if (strpbrk(v, ",\"\r\n") == NULL) {
+			fputs(v, f);
+			continue;
+		}
+		fputc('"', f);
+		for (const char *p = v; *p; p++) {
+			if (*p == '"')
+				fputc('"', f);
+			fputc(*p, f);
+		}
+		fputc('"', f);
+	}
+	fputs("\r\n", f);
+}
+
+void cli_print_jsonl(json_t *j)
+{
+	char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+	if (s != NULL) {
+		puts(s);
+		free(s);
+	}
+	json_decref(j);
+}
+
+/* Two digits at p into *out; -1 unless both are digits. */
+static int two(const char *p, int *out)
+{
+	if (!isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]))
+		return -1;
+	*out = (p[0] - '0') * 10 + (p[1] - '0');
+	return 0;
+}
+
+int cli_parse_time(const char *s, int64_t *out_ms)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (end == NULL)
+		end = strptime(s, "%Y-%m-%dt%H:%M:%S", &tm);
+	if (end != NULL) {
+		int64_t ms = 0, scale = 100;
+		if (*end == '.') {
+			end++;
+			if (!isdigit((unsigned char)*end))
+				return -1;
+			for (; isdigit((unsigned char)*end); end++, scale /= 10)
+				ms += scale * (*end - '0');
+		}
+		int64_t off = 0;
+		if (*end == 'Z' || *end == 'z') {
+			end++;
+		} else if (*end == '+' || *end == '-') {
+			int hh, mm;
+			if (two(end + 1, &hh) != 0 || end[3] != ':' || two(end + 4, &mm) != 0 ||
+			    hh > 23 || mm > 59)
+				return -1;
+			off = (int64_t)(hh * 3600 + mm * 60) * (*end == '+' ? 1 : -1);
+			end += 6;
+		} else {
+			return -1; /* RFC 3339 needs the offset */
+		}
+		if (*end != '\0' || tm.tm_year < 70)
+			return -1;
+		*out_ms = ((int64_t)timegm(&tm) - off) * 1000 + ms;
+		return 0;
+	}
+	long long v;
+	if (cfg_parse_ll(s, &v) == 0) {
+		if (v <= 0)
+			return -1;
+		*out_ms = v;
+		return 0;
+	}
+	size_t n = strlen(s);
+	if (n >= 2 && n < 24 && s[n - 1] == 'd') {
+		char num[24];
+		memcpy(num, s, n - 1);
+		num[n - 1] = '\0';
+		if (cfg_parse_ll(num, &v) != 0 || v < 0 || v > 100000)
+			return -1;
+		*out_ms = (int64_t)time(NULL) * 1000 - (int64_t)v * 86400000;
+		return 0;
+	}
+	if (cfg_parse_ms(s, &v) == 0 && v >= 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		*out_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - v;
+		return 0;
+	}
+	return -1;
+}
+
+const char *cli_rfc3339(int64_t unix_ms, char out[32])
+{
+	if (unix_ms <= 0) {
+		out[0] = '\0';
+		return out;
+	}
+	time_t t = (time_t)(unix_ms / 1000);
+	struct tm tm;
+	char base[24];
+	gmtime_r(&t, &tm);
+	strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, 32, "%s.%03dZ", base, (int)(unix_ms % 1000));
+	return out;
+}
+
 const char *cli_time(int64_t unix_ms, char out[32])
 {
 	if (unix_ms <= 0) {
@@ -199,7 +317,8 @@ int cli_fail_rc(int sw_err, const char *fmt, ...)
 
 static const char global_help[] =
 	"Global options (anywhere on the line):\n"
-	"  -o, --output table|json   output format (else SLIPWAY_OUTPUT)\n"
+	"  -o, --output table|json   output format (else SLIPWAY_OUTPUT); audit search and\n"
+	"                            report changes also take csv and jsonl\n"
 	"  --timeout DUR             per-call timeout, e.g. 30s (default 30s)\n"
 	"  --context NAME            a context of the config file (else SLIPWAY_CONTEXT, else\n"
 	"                            its current-context)\n"
@@ -367,12 +486,31 @@ int cli_usage_cmd(const struct cli *c)
 }
 
 /* Runs one command under group (NULL for a single command). */
+/* The commands that list records and so also take -o csv and -o jsonl
+ * (a list here rather than a field of every command table). */
+static int takes_records(const char *group, const char *name)
+{
+	static const char *const record_cmds[][2] = {
+		{ "audit", "search" },
+		{ "report", "changes" },
+	};
+	for (size_t i = 0; i < sizeof record_cmds / sizeof record_cmds[0]; i++)
+		if (group != NULL && strcmp(group, record_cmds[i][0]) == 0 &&
+		    strcmp(name, record_cmds[i][1]) == 0)
+			return 1;
+	return 0;
+}
+
 static int run_cmd(struct cli *c, const char *group, const struct cli_cmd *cmd, int argc,
 		   char **argv)
 {
 	int rc = precheck(group, cmd, argc, argv);
 	if (rc >= 0)
 		return rc;
+	if ((c->output == CLI_CSV || c->output == CLI_JSONL) && !takes_records(group, cmd->name))
+		return cli_usage("-o %s is for commands that list records (audit search, report "
+				 "changes); this one takes -o table or -o json",
+				 c->output == CLI_CSV ? "csv" : "jsonl");
 	c->group = group;
 	c->cmd = cmd;
 	return cmd->fn(c, argc, argv);
@@ -586,9 +724,13 @@ static int resolve(struct cli *c, const char *f_output, const char *f_timeout, c
 		out = strcmp(getenv("SLIPWAY_OUTPUT"), "json") == 0 ? "json" : "table";
 	if (out == NULL)
 		out = cli_config_get(c, "output");
-	if (out != NULL && strcmp(out, "json") != 0 && strcmp(out, "table") != 0)
+	if (out != NULL && out != f_output && strcmp(out, "json") != 0 && strcmp(out, "table") != 0)
 		return cli_usage("output in %s wants 'table' or 'json'", c->conf.path);
-	c->output = out != NULL && strcmp(out, "json") == 0 ? CLI_JSON : CLI_TABLE;
+	c->output = out == NULL ? CLI_TABLE
+		    : strcmp(out, "json") == 0 ? CLI_JSON
+		    : strcmp(out, "csv") == 0 && f_output == out ? CLI_CSV
+		    : strcmp(out, "jsonl") == 0 && f_output == out ? CLI_JSONL
+							     : CLI_TABLE;
 	const char *t = f_timeout ? f_timeout : cli_config_get(c, "timeout");
 	if (t != NULL) {
 		long long ms;
@@ -620,8 +762,9 @@ int main(int argc, char **argv)
 			break;
 		if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && has_val) {
 			f_output = take(&argc, argv, i, 1);
-			if (strcmp(f_output, "json") != 0 && strcmp(f_output, "table") != 0)
-				return cli_usage("-o wants 'table' or 'json'");
+			if (strcmp(f_output, "json") != 0 && strcmp(f_output, "table") != 0 &&
+			    strcmp(f_output, "csv") != 0 && strcmp(f_output, "jsonl") != 0)
+				return cli_usage("-o wants 'table', 'json', 'csv' or 'jsonl'");
 		} else if (strcmp(a, "--timeout") == 0 && has_val) {
 			f_timeout = take(&argc, argv, i, 1);
 		} else if (strcmp(a, "--context") == 0 && has_val) {

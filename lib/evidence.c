@@ -1049,23 +1049,24 @@ int evidence_verify(const char *buf, size_t len, const struct evidence_verify_op
 		}
 	}
 	const struct auditstate *st = o->state;
-	if (st != NULL && st->size > 0) {
+	const struct auditstate_cp *lt = st != NULL ? auditstate_latest(st) : NULL;
+	if (lt != NULL && lt->size > 0) {
 		if (st->origin[0] && strcmp(st->origin, cp.origin) != 0) {
 			sw_errf(err, errlen, SW_EINVAL,
 				"the bundle is from log '%s', the state file knows log '%s'", cp.origin,
 				st->origin);
 			goto out;
 		}
-		if (st->size > nw.size) {
+		if (lt->size > nw.size) {
 			sw_errf(err, errlen, SW_EINVAL,
 				"log.newest_checkpoint: size %llu is smaller than the checkpoint seen "
 				"before (size %llu, state file): the log was rolled back (or the bundle "
 				"predates the state: export it again)",
-				(unsigned long long)nw.size, (unsigned long long)st->size);
+				(unsigned long long)nw.size, (unsigned long long)lt->size);
 			goto out;
 		}
-		if (st->size == nw.size) {
-			if (memcmp(st->root, nw.root, 32) != 0) {
+		if (lt->size == nw.size) {
+			if (memcmp(lt->root, nw.root, 32) != 0) {
 				sw_errf(err, errlen, SW_EINVAL,
 					"log.newest_checkpoint: the root at size %llu differs from the "
 					"one seen before (state file): the log was forked or rewritten",
@@ -1074,21 +1075,21 @@ int evidence_verify(const char *buf, size_t len, const struct evidence_verify_op
 			}
 		} else {
 			if (sc == NULL ||
-			    (uint64_t)json_integer_value(json_object_get(sc, "from_size")) != st->size) {
+			    (uint64_t)json_integer_value(json_object_get(sc, "from_size")) != lt->size) {
 				sw_errf(err, errlen, SW_EINVAL,
 					"log.state_consistency: the bundle holds no consistency proof "
 					"from the checkpoint seen before (size %llu): export it with "
 					"--state",
-					(unsigned long long)st->size);
+					(unsigned long long)lt->size);
 				goto out;
 			}
-			if (merkle_verify_consistency(st->size, nw.size, st->root, nw.root,
+			if (merkle_verify_consistency(lt->size, nw.size, lt->root, nw.root,
 						      (const uint8_t(*)[32])proof, np) != 0) {
 				sw_errf(err, errlen, SW_EINVAL,
 					"log.state_consistency: the newest checkpoint (size %llu) does "
 					"not extend the one seen before (size %llu, state file): the log "
 					"was rolled back or forked",
-					(unsigned long long)nw.size, (unsigned long long)st->size);
+					(unsigned long long)nw.size, (unsigned long long)lt->size);
 				goto out;
 			}
 		}

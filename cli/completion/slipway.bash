@@ -7,20 +7,24 @@ _slipway() {
     if [ -z "$g" ]; then g="$w"; elif [ -z "$c" ]; then c="$w"; fi
   done
   case "$g/$c" in
-    /) words="help completion version pki health audit evidence policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config -o --output --timeout --context --ca --cert --key --verbose" ;;
+    /) words="help completion version pki health audit evidence report policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config -o --output --timeout --context --ca --cert --key --verbose" ;;
     pki/) words=" init issue" ;;
     pki/init) words=" --dir --trust-domain --days --help" ;;
     pki/issue) words=" --dir --service --agent --user --out --dns --ip --days --help" ;;
     health/*) words=" --addr --help" ;;
-    audit/) words=" log show proof checkpoint verify" ;;
+    audit/) words=" log search show proof checkpoint verify state" ;;
     audit/log) words=" --actor --service --action --resource --outcome --request-id --since --until --limit --from-seq --all --addr --help" ;;
-    audit/show) words=" --addr --verifier-key --state --trust --size --s3-prefix --help" ;;
-    audit/proof) words=" --addr --verifier-key --state --trust --size --s3-prefix --help" ;;
+    audit/search) words=" --app --env --actor --action --service --resource --outcome --since --until --limit --page-token --all --addr --help" ;;
+    audit/show) words=" --addr --verifier-key --state --trust --size --s3-prefix --fingerprint --published --help" ;;
+    audit/proof) words=" --addr --verifier-key --state --trust --size --s3-prefix --fingerprint --published --help" ;;
     audit/checkpoint) words=" --addr --verifier-key --state --trust --size --sign --help" ;;
-    audit/verify) words=" --addr --verifier-key --state --trust --size --s3-prefix --help" ;;
+    audit/verify) words=" --addr --verifier-key --state --trust --size --s3-prefix --fingerprint --published --help" ;;
+    audit/state) words=" --out --verifier-key --fingerprint --help" ;;
     evidence/) words=" export verify" ;;
     evidence/export) words=" --out --app --env --since --until --state --wait --help" ;;
     evidence/verify) words=" --verifier-key --state --builder-keys --help" ;;
+    report/) words=" changes" ;;
+    report/changes) words=" --env --app --since --until --help" ;;
     policy/) words=" apply get diff explain revision approvals" ;;
     policy/apply) words=" --expected-revision --dry-run --addr --help" ;;
     policy/get) words=" --revision --addr --help" ;;
@@ -69,7 +73,7 @@ _slipway() {
     config/) words=" view use-context" ;;
     config/view) words=" --help" ;;
     config/use-context) words=" --help" ;;
-    help/*) words=" pki health audit evidence policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config" ;;
+    help/*) words=" pki health audit evidence report policy approve reject artifact deploy status deployments deployment cancel pause resume rollback agents secrets config" ;;
     completion/*) words="bash zsh" ;;
   esac
   COMPREPLY=($(compgen -W "$words" -- "$cur"))

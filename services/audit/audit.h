@@ -42,6 +42,7 @@ struct aud_config {
 	char *origin;        /* checkpoint origin line */
 	char *key_name;      /* signer name (new keys only) */
 	char *cp_prefix;     /* S3 key prefix of the checkpoints, ends in '/' */
+	char *cp_dir;        /* also publish checkpoints here ("" or NULL = not) */
 	long long checkpoint_ms;
 	long long max_pending;
 	long long batch_max;

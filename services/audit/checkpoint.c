@@ -153,6 +153,60 @@ static int db_latest(struct aud *a, struct db_conn *c, uint64_t size, struct cp 
 	return 0;
 }
 
+/* Writes text to dir/name through a temporary file: with replace, renamed
+ * over it; without, linked (so an existing file is never replaced:
+ * SW_EEXIST). 0, SW_EEXIST or SW_EUNAVAIL with err. */
+static int write_file(const char *dir, const char *name, const char *text, int replace,
+		      char *err, size_t errlen)
+{
+	char tmp[4200], path[4200];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, name, (long)getpid());
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), rc = 0;
+	size_t len = strlen(text);
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) != 0) {
+		rc = sw_errf(err, errlen, SW_EUNAVAIL, "cannot write %s: %s", tmp, strerror(errno));
+	} else if (replace ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
+		rc = errno == EEXIST ? SW_EEXIST
+				     : sw_errf(err, errlen, SW_EUNAVAIL, "cannot publish %s: %s", path,
+					       strerror(errno));
+	}
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	return rc;
+}
+
+/* Publishes a signed checkpoint in the directory (--checkpoint-dir):
+ * <20-digit size> once and never replaced, and latest. A different
+ * checkpoint already published at the same size means this log was rolled
+ * back behind it: the signature is refused (SW_EDATALOSS). */
+static int publish_dir(const char *dir, uint64_t size, const char *note, char *err,
+		       size_t errlen)
+{
+	char name[32], path[4200];
+	snprintf(name, sizeof name, "%020llu", (unsigned long long)size);
+	int rc = write_file(dir, name, note, 0, err, errlen);
+	if (rc == SW_EEXIST) {
+		char old[NOTE_MAX];
+		snprintf(path, sizeof path, "%s/%s", dir, name);
+		FILE *f = fopen(path, "r");
+		size_t n = f ? fread(old, 1, sizeof old - 1, f) : 0;
+		if (f)
+			fclose(f);
+		old[n] = '\0';
+		if (strcmp(old, note) != 0)
+			return sw_errf(err, errlen, SW_EDATALOSS,
+				       "%s holds another checkpoint of size %llu: the log was rolled "
+				       "back behind a published checkpoint",
+				       path, (unsigned long long)size);
+		rc = 0;
+	}
+	if (rc == 0)
+		rc = write_file(dir, "latest", note, 1, err, errlen);
+	return rc;
+}
+
 /* Reads and verifies checkpoints/latest from S3. */
 static int s3_latest(struct aud *a, struct cp *out, char *err, size_t errlen)
 {
@@ -276,8 +330,13 @@ static int check_and_sign(struct aud *a, int sign, Slipway__V1__Checkpoint **out
 		snprintf(key, sizeof key, "%s%020llu", a->c.cp_prefix, (unsigned long long)size);
 		snprintf(latest_key, sizeof latest_key, "%slatest", a->c.cp_prefix);
 		if ((rc = s3_put(a->s3, key, note, strlen(note), err, errlen)) != 0 ||
-		    (rc = s3_put(a->s3, latest_key, note, strlen(note), err, errlen)) != 0)
+		    (rc = s3_put(a->s3, latest_key, note, strlen(note), err, errlen)) != 0 ||
+		    (a->c.cp_dir != NULL && a->c.cp_dir[0] != '\0' &&
+		     (rc = publish_dir(a->c.cp_dir, size, note, err, errlen)) != 0)) {
+			if (rc == SW_EDATALOSS)
+				fail_integrity(a, err);
 			goto unlock;
+		}
 		char sz[24], ts[24];
 		const char *v[4] = { db_i64(sz, (int64_t)size), (const char *)root, note,
 				     db_i64(ts, clock_wall_ms()) };

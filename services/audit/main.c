@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const struct db_migration migrations[] = {
 	{ 1, "log",
@@ -56,6 +57,23 @@ static const struct db_migration migrations[] = {
 	  "REVOKE UPDATE, DELETE, TRUNCATE ON entries, tree_nodes, checkpoints FROM PUBLIC;"
 	  "REVOKE UPDATE, DELETE, TRUNCATE ON entries, tree_nodes, checkpoints FROM CURRENT_USER;"
 	  "REVOKE DELETE, TRUNCATE ON head FROM CURRENT_USER" },
+	/* App and environment of each entry, for an auditor's search by app and
+	 * environment (ListEntries filter.app, filter.environment). They are
+	 * derived from the entry's own details ("app", "environment"), which
+	 * the hashes cover, so they cannot disagree with the signed log; as
+	 * stored generated columns they are filled for the existing rows by
+	 * the table rewrite of ALTER TABLE (no UPDATE, which the append-only
+	 * triggers would reject) and for every new row by PostgreSQL itself. */
+	{ 2, "app_env",
+	  "CREATE FUNCTION detail(d json, k text) RETURNS text LANGUAGE sql IMMUTABLE"
+	  " PARALLEL SAFE AS $$ SELECT p->>1 FROM json_array_elements(d) AS p"
+	  " WHERE p->>0 = k LIMIT 1 $$;"
+	  "ALTER TABLE entries"
+	  " ADD COLUMN app text GENERATED ALWAYS AS (coalesce(detail(details, 'app'), '')) STORED,"
+	  " ADD COLUMN env text GENERATED ALWAYS AS"
+	  " (coalesce(detail(details, 'environment'), '')) STORED;"
+	  "CREATE INDEX entries_app_env ON entries (app, env, seq);"
+	  "CREATE INDEX entries_env ON entries (env, seq)" },
 };
 
 static int probe(void *arg, char *why, size_t whylen)
@@ -107,6 +125,10 @@ int main(int argc, char **argv)
 		{ "checkpoint-prefix", CFG_STR, "checkpoints/", 0, 0, 0,
 		  "S3 key prefix for published checkpoints (several logs may share a bucket)",
 		  &c->cp_prefix },
+		{ "checkpoint-dir", CFG_PATH, NULL, 0, 0, 0,
+		  "also publish every signed checkpoint as a file here (a mount auditors read "
+		  "and the log's operators cannot rewrite)",
+		  &c->cp_dir },
 		{ "checkpoint-interval", CFG_MS, "10s", 100, 86400000, 0,
 		  "how often to sign a checkpoint when the log grew", &c->checkpoint_ms },
 		{ "max-pending", CFG_INT, "20000", 1, 10000000, 0,
@@ -132,6 +154,12 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	snprintf(a.trust_domain, sizeof a.trust_domain, "%s", c->svc.trust_domain);
+	if (c->cp_dir != NULL && c->cp_dir[0] != '\0' &&
+	    (c->cp_dir[0] != '/' || access(c->cp_dir, W_OK | X_OK) != 0)) {
+		snprintf(err, sizeof err, "--checkpoint-dir must be an absolute path of a writable "
+					  "directory");
+		goto fail;
+	}
 	size_t pl = strlen(c->cp_prefix);
 	char probe_key[300];
 	snprintf(probe_key, sizeof probe_key, "%slatest", c->cp_prefix);

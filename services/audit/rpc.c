@@ -372,6 +372,45 @@ static Slipway__V1__AuditEntry *dup_entry(struct rpc_ctx *ctx, const Slipway__V1
 	return out;
 }
 
+/* A filter string: at most max bytes of printable ASCII, so a search
+ * cannot carry control characters into the query or the logs. */
+static int filter_text(struct rpc_ctx *ctx, const char *name, const char *v, size_t max)
+{
+	size_t n = v ? strlen(v) : 0;
+	if (n > max)
+		return rpc_errorf(ctx, SW_EINVAL, "filter.%s: at most %zu characters", name, max);
+	for (size_t i = 0; i < n; i++)
+		if (v[i] < 0x20 || v[i] > 0x7e)
+			return rpc_errorf(ctx, SW_EINVAL,
+					  "filter.%s: only printable ASCII characters", name);
+	return 0;
+}
+
+/* Checks a ListEntries/ExportEntries filter; a bad one gets
+ * INVALID_ARGUMENT and nothing is read. NULL is "no filter". */
+static int check_filter(struct rpc_ctx *ctx, const Slipway__V1__EntryFilter *f)
+{
+	int rc;
+	if (f == NULL)
+		return 0;
+	if (f->outcome < 0 || f->outcome > SLIPWAY__V1__OUTCOME__OUTCOME_DENIED)
+		return rpc_errorf(ctx, SW_EINVAL, "filter.outcome: unknown value %d", (int)f->outcome);
+	if (f->from_unix_ms < 0 || f->to_unix_ms < 0)
+		return rpc_errorf(ctx, SW_EINVAL, "filter times are unix milliseconds, not negative");
+	if (f->from_unix_ms > 0 && f->to_unix_ms > 0 && f->from_unix_ms >= f->to_unix_ms)
+		return rpc_errorf(ctx, SW_EINVAL,
+				  "filter.from_unix_ms must be before filter.to_unix_ms");
+	if ((rc = filter_text(ctx, "actor", f->actor, 512)) != 0 ||
+	    (rc = filter_text(ctx, "service", f->service, 64)) != 0 ||
+	    (rc = filter_text(ctx, "action", f->action, 128)) != 0 ||
+	    (rc = filter_text(ctx, "resource_prefix", f->resource_prefix, 512)) != 0 ||
+	    (rc = filter_text(ctx, "request_id", f->request_id, 128)) != 0 ||
+	    (rc = filter_text(ctx, "app", f->app, 128)) != 0 ||
+	    (rc = filter_text(ctx, "environment", f->environment, 128)) != 0)
+		return rc;
+	return 0;
+}
+
 static int list_entries(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage *respm,
 			void *data)
 {
@@ -386,8 +425,8 @@ static int list_entries(struct rpc_ctx *ctx, const ProtobufCMessage *reqm, Proto
 	if (req->page_token[0] != '\0' && (cfg_parse_ll(req->page_token, &from) != 0 || from < 0))
 		return rpc_errorf(ctx, SW_EINVAL, "page_token is not one this service issued");
 	const Slipway__V1__EntryFilter *f = req->filter;
-	if (f != NULL && (f->outcome < 0 || f->outcome > SLIPWAY__V1__OUTCOME__OUTCOME_DENIED))
-		return rpc_errorf(ctx, SW_EINVAL, "filter.outcome: unknown value %d", (int)f->outcome);
+	if ((rc = check_filter(ctx, f)) != 0)
+		return rc;
 	int limit = req->page_size == 0 ? PAGE_DEFAULT
 		    : req->page_size > PAGE_MAX ? PAGE_MAX
 						  : (int)req->page_size;
@@ -419,6 +458,8 @@ static int export_entries(struct rpc_ctx *ctx, const ProtobufCMessage *reqm,
 	char err[256];
 	int rc = can_read(a, ctx, "read");
 	if (rc != 0)
+		return rc;
+	if ((rc = check_filter(ctx, req->filter)) != 0)
 		return rc;
 	uint64_t to = req->to_seq;
 	if (to == 0 && (rc = aud_size(a, &to, err, sizeof err)) != 0)

@@ -656,8 +656,8 @@ static int entry_from_row(struct aud_page *pg, PGresult *r, int row, Slipway__V1
 int aud_read_page(struct aud *a, uint64_t from, uint64_t to, const Slipway__V1__EntryFilter *f,
 		  int limit, struct aud_page *out, char *err, size_t errlen)
 {
-	char sql[1024], nums[6][24];
-	const char *vals[12];
+	char sql[1280], nums[6][24];
+	const char *vals[14];
 	int n = 0, rc;
 	size_t off;
 	struct db_conn *c = NULL;
@@ -695,6 +695,11 @@ int aud_read_page(struct aud *a, uint64_t from, uint64_t to, const Slipway__V1__
 			COND("outcome = $%d", db_i64(nums[4], f->outcome));
 		if (f->request_id[0])
 			COND("request_id = $%d", f->request_id);
+		/* Indexed: entries_app_env (app, env, seq) and entries_env. */
+		if (f->app != NULL && f->app[0])
+			COND("app = $%d", f->app);
+		if (f->environment != NULL && f->environment[0])
+			COND("env = $%d", f->environment);
 	}
 #undef COND
 	vals[n++] = db_i64(nums[5], limit);

@@ -40,9 +40,10 @@ void orch_clients_close(struct orch *o)
 	o->audit = o->policy = o->artifact = o->secrets = NULL;
 }
 
-int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char *action,
-	       const char *resource, int outcome, const char *k1, const char *v1, const char *k2,
-	       const char *v2, char *err, size_t errlen)
+int orch_audit_scoped(struct orch *o, struct db_conn *c, const char *actor, const char *action,
+		      const char *resource, int outcome, const char *app, const char *env,
+		      const char *k1, const char *v1, const char *k2, const char *v2, char *err,
+		      size_t errlen)
 {
 	struct outbox_event e = {
 		.actor = actor,
@@ -54,8 +55,36 @@ int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char 
 		outbox_detail(&e, k1, v1);
 	if (k2 != NULL)
 		outbox_detail(&e, k2, v2);
+	if (app != NULL && app[0] != '\0')
+		outbox_detail(&e, "app", app);
+	if (env != NULL && env[0] != '\0')
+		outbox_detail(&e, "environment", env);
 	int rc = outbox_add(c, "orchestrator", &e, err, errlen);
 	if (rc == 0)
 		outbox_relay_kick(o->relay);
+	return rc;
+}
+
+int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char *action,
+	       const char *resource, int outcome, const char *k1, const char *v1, const char *k2,
+	       const char *v2, char *err, size_t errlen)
+{
+	static const char prefix[] = "deployment/";
+	PGresult *r = NULL;
+	const char *app = NULL, *env = NULL;
+	int rc;
+	if (resource != NULL && strncmp(resource, prefix, sizeof prefix - 1) == 0) {
+		const char *id = resource + sizeof prefix - 1;
+		if ((rc = db_q(c, "SELECT app, environment FROM deployments WHERE id = $1", 1, &id,
+			       &r, err, errlen)) != 0)
+			return rc;
+		if (PQntuples(r) == 1) {
+			app = PQgetvalue(r, 0, 0);
+			env = PQgetvalue(r, 0, 1);
+		}
+	}
+	rc = orch_audit_scoped(o, c, actor, action, resource, outcome, app, env, k1, v1, k2, v2,
+			       err, errlen);
+	PQclear(r);
 	return rc;
 }

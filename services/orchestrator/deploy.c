@@ -436,9 +436,10 @@ static int create_common(struct orch *o, struct rpc_ctx *ctx, struct orch_new_de
 			snprintf(res, sizeof res, "deployment/%s", t->id);
 			if (db_acquire(o->db, &ac, 5000, ignored, sizeof ignored) == 0) {
 				db_q(ac, "BEGIN", 0, NULL, NULL, ignored, sizeof ignored);
-				if (orch_audit(o, ac, t->requester, "deploy.request", res,
-					       SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, "reason", reason,
-					       "release", rel->digest, ignored, sizeof ignored) == 0)
+				if (orch_audit_scoped(o, ac, t->requester, "deploy.request", res,
+						      SLIPWAY__V1__OUTCOME__OUTCOME_DENIED, t->app,
+						      t->env, "reason", reason, "release",
+						      rel->digest, ignored, sizeof ignored) == 0)
 					db_q(ac, "COMMIT", 0, NULL, NULL, ignored, sizeof ignored);
 				else
 					db_q(ac, "ROLLBACK", 0, NULL, NULL, ignored, sizeof ignored);

@@ -135,10 +135,19 @@ extern const size_t orch_nmigrations;
 /* ---- clients.c ---- */
 int orch_clients_open(struct orch *o, char *err, size_t errlen);
 void orch_clients_close(struct orch *o);
-/* Writes an audit event in the caller's transaction. */
+/* Writes an audit event in the caller's transaction. An event about a
+ * deployment ("deployment/<id>") also carries the deployment's app and
+ * environment as details, read in the same transaction, so that the audit
+ * service can search by them (EntryFilter.app, .environment). */
 int orch_audit(struct orch *o, struct db_conn *c, const char *actor, const char *action,
 	       const char *resource, int outcome, const char *k1, const char *v1, const char *k2,
 	       const char *v2, char *err, size_t errlen);
+/* orch_audit for a deployment that has no row (yet): app and env are given
+ * (NULL or "" = unknown) instead of read. */
+int orch_audit_scoped(struct orch *o, struct db_conn *c, const char *actor, const char *action,
+		      const char *resource, int outcome, const char *app, const char *env,
+		      const char *k1, const char *v1, const char *k2, const char *v2, char *err,
+		      size_t errlen);
 
 /* ---- registry.c ---- */
 int orch_registry_start(struct orch *o, char *err, size_t errlen);

@@ -691,6 +691,8 @@ static int eval_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 		outbox_detail(&ev, "approval_policy", e->a->name);
 		outbox_detail(&ev, "decision_id", d.id);
 		outbox_detail(&ev, "revision", db_i64(rb, (int64_t)e->p->revision));
+		outbox_detail(&ev, "app", f->app);
+		outbox_detail(&ev, "environment", f->environment);
 		if ((rc = outbox_add(c, "policy", &ev, err, errlen)) != 0)
 			return rc;
 		rc = db_q(c,
@@ -877,6 +879,8 @@ static int approve_tx(struct db_conn *c, void *arg, char *err, size_t errlen)
 	outbox_detail(&e, "approval_policy", ap ? ap->name : "");
 	outbox_detail(&e, "expires_unix_ms", ex);
 	outbox_detail(&e, "break_glass", a->bg ? "true" : "false");
+	outbox_detail(&e, "app", app);
+	outbox_detail(&e, "environment", env);
 	return outbox_add(c, "policy", &e, err, errlen);
 }
 

@@ -401,6 +401,11 @@ int pol_record(struct db_conn *c, const struct pol_decision *d, char *err, size_
 	outbox_detail(&e, "reasons", joined);
 	outbox_detail(&e, "revision", rev);
 	outbox_detail(&e, "caller", d->caller ? d->caller : "");
+	/* The scope, for the auditor's search by app and environment. */
+	if (d->app != NULL && d->app[0] != '\0')
+		outbox_detail(&e, "app", d->app);
+	if (d->env != NULL && d->env[0] != '\0')
+		outbox_detail(&e, "environment", d->env);
 	if (d->note != NULL)
 		outbox_detail(&e, "note", d->note);
 	for (size_t i = 0; i < d->nextra && i < 12; i++)

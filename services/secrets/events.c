@@ -76,6 +76,10 @@ int sec_authorize(struct sec *s, struct rpc_ctx *parent, const char *peer, const
 				  .outcome = rc == SW_EPERM ? SLIPWAY__V1__OUTCOME__OUTCOME_DENIED
 							    : SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE };
 	outbox_detail(&e, "permission", action);
+	if (app != NULL && app[0] != '\0')
+		outbox_detail(&e, "app", app);
+	if (env != NULL && env[0] != '\0')
+		outbox_detail(&e, "environment", env);
 	outbox_detail(&e, "reason", rc == SW_EPERM ? "denied by policy" : "policy unavailable");
 	sec_audit_alone(s, &e);
 	if (rc == SW_EPERM)

@@ -35,8 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ready = 1;
 	}
 	struct auditstate st;
+	struct auditstate_cp cp;
 	memset(&st, 0, sizeof st);
-	st.size = 3;
+	memset(&cp, 0, sizeof cp);
+	cp.size = 3;
+	st.cps = &cp;
+	st.n = st.cap = 1;
 	struct evidence_verify_opts o = { .key = &verifier, .state = size % 2 ? &st : NULL };
 	struct evidence_report r;
 	err[0] = '\0';

@@ -324,12 +324,18 @@ static void test_verify_clean_log(void **st)
 	assert_non_null(strstr(out, "hash chain intact"));
 }
 
+/* The stored columns of audit.entries (app and env are generated from the
+ * details and cannot be written). */
+#define ENTRY_COLS                                                                               \
+	"seq, event_id, actor, service, action, resource, outcome, request_id, time_ms, "         \
+	"logged_ms, details, prev_hash, entry_hash"
+
 static void snapshot(const char *suffix)
 {
 	char q[1024];
 	snprintf(q, sizeof q,
 		 "DROP TABLE IF EXISTS audit.entries_%s, audit.nodes_%s, audit.head_%s, audit.cp_%s;"
-		 "CREATE TABLE audit.entries_%s AS SELECT * FROM audit.entries;"
+		 "CREATE TABLE audit.entries_%s AS SELECT " ENTRY_COLS " FROM audit.entries;"
 		 "CREATE TABLE audit.nodes_%s AS SELECT * FROM audit.tree_nodes;"
 		 "CREATE TABLE audit.head_%s AS SELECT * FROM audit.head;"
 		 "CREATE TABLE audit.cp_%s AS SELECT * FROM audit.checkpoints",
@@ -341,7 +347,8 @@ static void restore(const char *suffix)
 {
 	char q[1024];
 	snprintf(q, sizeof q,
-		 "DELETE FROM audit.entries; INSERT INTO audit.entries SELECT * FROM audit.entries_%s;"
+		 "DELETE FROM audit.entries; INSERT INTO audit.entries (" ENTRY_COLS ") SELECT * FROM "
+		 "audit.entries_%s;"
 		 "DELETE FROM audit.tree_nodes; INSERT INTO audit.tree_nodes SELECT * FROM audit.nodes_%s;"
 		 "DELETE FROM audit.head; INSERT INTO audit.head SELECT * FROM audit.head_%s;"
 		 "DELETE FROM audit.checkpoints; INSERT INTO audit.checkpoints SELECT * FROM audit.cp_%s",

@@ -343,30 +343,34 @@ static void test_state_file(void **state)
 	char *plain = bundle_text(l, 0, &rc), *with = bundle_text(l, 1, &rc), err[512];
 	struct evidence_report r;
 	struct auditstate st;
+	struct auditstate_cp cp;
 	memset(&st, 0, sizeof st);
+	memset(&cp, 0, sizeof cp);
+	st.cps = &cp; /* one checkpoint seen: the newest */
+	st.n = st.cap = 1;
 	snprintf(st.origin, sizeof st.origin, "test.slipway/log");
 	/* Seen at 10: the newest (12) must be proved to extend it. */
-	st.size = 10;
-	memcpy(st.root, l->root10, 32);
+	cp.size = 10;
+	memcpy(cp.root, l->root10, 32);
 	assert_int_equal(verify(l, with, &l->v, &st, err, sizeof err, &r), 0);
 	assert_true(r.state_checked);
 	assert_int_equal(verify(l, plain, &l->v, &st, err, sizeof err, &r), SW_EINVAL);
 	assert_non_null(strstr(err, "export it with --state"));
 	/* Another root at 10: forked. */
-	st.root[0] ^= 1;
+	cp.root[0] ^= 1;
 	assert_int_equal(verify(l, with, &l->v, &st, err, sizeof err, &r), SW_EINVAL);
 	assert_non_null(strstr(err, "rolled back or forked"));
 	/* Same size as the newest, another root. */
-	st.size = 12;
+	cp.size = 12;
 	assert_int_equal(verify(l, plain, &l->v, &st, err, sizeof err, &r), SW_EINVAL);
 	assert_non_null(strstr(err, "forked"));
 	/* Seen further than the bundle's newest: rolled back. */
-	st.size = 20;
+	cp.size = 20;
 	assert_int_equal(verify(l, plain, &l->v, &st, err, sizeof err, &r), SW_EINVAL);
 	assert_non_null(strstr(err, "rolled back"));
 	/* Another log in the state. */
-	st.size = 12;
-	memcpy(st.root, l->root12, 32);
+	cp.size = 12;
+	memcpy(cp.root, l->root12, 32);
 	assert_int_equal(verify(l, plain, &l->v, &st, err, sizeof err, &r), 0);
 	snprintf(st.origin, sizeof st.origin, "elsewhere");
 	assert_int_equal(verify(l, plain, &l->v, &st, err, sizeof err, &r), SW_EINVAL);
