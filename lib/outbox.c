@@ -59,17 +59,23 @@ static size_t fit_text(const char *in, char *out, size_t max)
 	return o;
 }
 
-int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
-	       size_t errlen)
+/* Builds, checks and packs e: id[33] gets its event id, *out a new buffer
+ * (free()) of *outlen bytes. 0, SW_EINVAL (an event no fitting can fix) or
+ * SW_ENOMEM. */
+static int pack_event(const char *service, const struct outbox_event *e, char id[33],
+		      uint8_t **out, size_t *outlen, char *err, size_t errlen)
 {
 	Slipway__V1__AuditEvent ev = SLIPWAY__V1__AUDIT_EVENT__INIT;
 	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS + 1];
 	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS + 1];
-	char id[33], resource[AUDITLOG_MAX_RESOURCE + 1];
+	char resource[AUDITLOG_MAX_RESOURCE + 1];
 	char *values = NULL;
 
+	*out = NULL;
+	*outlen = 0;
+
 	if (e->event_id != NULL && e->event_id[0] != '\0')
-		snprintf(id, sizeof id, "%s", e->event_id);
+		snprintf(id, 33, "%s", e->event_id);
 	else
 		rpc_new_request_id(id);
 	ev.event_id = id;
@@ -132,14 +138,187 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
 	slipway__v1__audit_event__pack(&ev, buf);
+	free(values);
+	*out = buf;
+	*outlen = n;
+	return 0;
+}
+
+#define ADD_STMT "slipway_outbox_add"
+#define ADD_SQL "INSERT INTO outbox (event_id, event) VALUES ($1, $2)"
+
+int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
+	       size_t errlen)
+{
+	char id[33];
+	uint8_t *buf = NULL;
+	size_t n = 0;
+	int rc = pack_event(service, e, id, &buf, &n, err, errlen);
+	if (rc != 0)
+		return rc;
 	const char *vals[2] = { id, (const char *)buf };
 	int lens[2] = { 0, (int)n };
 	int fmts[2] = { 0, 1 };
-	int rc = db_exec(c, "INSERT INTO outbox (event_id, event) VALUES ($1, $2)", 2, vals, lens,
-			 fmts, 0, NULL, err, errlen);
+	rc = db_exec_prepared(c, ADD_STMT, ADD_SQL, 2, vals, lens, fmts, 0, NULL, err, errlen);
 	free(buf);
-	free(values);
 	return rc;
+}
+
+/* ---------------------------------------------------------------- group commit */
+
+/* One caller of outbox_group_commit, on its own stack. */
+struct waiter {
+	char id[33];
+	uint8_t *buf;
+	size_t len;
+	int done, rc;
+	char err[256];
+	struct waiter *next;
+};
+
+struct outbox_group {
+	struct db *db;
+	char *service;
+	int max_batch;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct waiter *head, **tail; /* queued, not yet taken by a leader */
+	int leading;                 /* a leader is writing a batch */
+	unsigned long long commits, events;
+};
+
+int outbox_group_new(struct db *db, const char *service, int max_batch,
+		     struct outbox_group **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct outbox_group *g = calloc(1, sizeof *g);
+	if (g == NULL || (g->service = strdup(service)) == NULL) {
+		free(g);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
+	g->db = db;
+	g->max_batch = max_batch > 0 ? (max_batch > OUTBOX_GROUP_MAX ? OUTBOX_GROUP_MAX : max_batch)
+				     : 64;
+	g->tail = &g->head;
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	*out = g;
+	return 0;
+}
+
+void outbox_group_free(struct outbox_group *g)
+{
+	if (g == NULL)
+		return;
+	pthread_mutex_destroy(&g->mu);
+	pthread_cond_destroy(&g->cv);
+	free(g->service);
+	free(g);
+}
+
+void outbox_group_stats(struct outbox_group *g, unsigned long long *commits,
+			unsigned long long *events)
+{
+	pthread_mutex_lock(&g->mu);
+	*commits = g->commits;
+	*events = g->events;
+	pthread_mutex_unlock(&g->mu);
+}
+
+/* Writes a batch of n events as one statement outside any transaction
+ * block: PostgreSQL runs it as one transaction, so the rows commit
+ * together (one WAL flush, one turn of the commit-order lock) or not at
+ * all. Retried once when aborted (a lock timeout: nothing committed). */
+static int write_batch(struct outbox_group *g, struct waiter *const *w, int n, char *err,
+		       size_t errlen)
+{
+	const char **vals = calloc((size_t)n * 2, sizeof *vals);
+	int *lens = calloc((size_t)n * 2, sizeof *lens), *fmts = calloc((size_t)n * 2, sizeof *fmts);
+	char *sql = n > 1 ? db_values_sql("INSERT INTO outbox (event_id, event) VALUES",
+					  (size_t)n, 2, "")
+			  : NULL;
+	struct db_conn *c = NULL;
+	int rc = 0;
+	if (vals == NULL || lens == NULL || fmts == NULL || (n > 1 && sql == NULL)) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		vals[2 * i] = w[i]->id;
+		vals[2 * i + 1] = (const char *)w[i]->buf;
+		lens[2 * i + 1] = (int)w[i]->len;
+		fmts[2 * i + 1] = 1;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		rc = db_acquire(g->db, &c, 10000, err, errlen);
+		if (rc != 0)
+			goto out;
+		/* One event (the usual case at low load) takes the prepared
+		 * statement; a batch's text differs with its size. */
+		rc = n == 1 ? db_exec_prepared(c, ADD_STMT, ADD_SQL, 2, vals, lens, fmts, 0, NULL, err,
+					       errlen)
+			    : db_exec(c, sql, n * 2, vals, lens, fmts, 0, NULL, err, errlen);
+		db_release(g->db, c);
+		c = NULL;
+		if (rc != SW_EABORTED)
+			break;
+	}
+out:
+	free(sql);
+	free(vals);
+	free(lens);
+	free(fmts);
+	return rc;
+}
+
+int outbox_group_commit(struct outbox_group *g, const struct outbox_event *e, char *err,
+			size_t errlen)
+{
+	struct waiter me = { 0 };
+	struct waiter *batch[OUTBOX_GROUP_MAX];
+	int rc = pack_event(g->service, e, me.id, &me.buf, &me.len, err, errlen);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&g->mu);
+	*g->tail = &me;
+	g->tail = &me.next;
+	while (!me.done) {
+		if (g->leading) {
+			pthread_cond_wait(&g->cv, &g->mu);
+			continue;
+		}
+		/* Lead: take what is queued (in order, up to the cap), write it
+		 * as one transaction, then answer everyone in it. */
+		g->leading = 1;
+		int n = 0;
+		while (g->head != NULL && n < g->max_batch) {
+			batch[n++] = g->head;
+			g->head = g->head->next;
+		}
+		if (g->head == NULL)
+			g->tail = &g->head;
+		pthread_mutex_unlock(&g->mu);
+		char why[256];
+		int brc = write_batch(g, batch, n, why, sizeof why);
+		pthread_mutex_lock(&g->mu);
+		for (int i = 0; i < n; i++) {
+			batch[i]->rc = brc;
+			if (brc != 0)
+				snprintf(batch[i]->err, sizeof batch[i]->err, "%s", why);
+			batch[i]->done = 1;
+		}
+		if (brc == 0) {
+			g->commits++;
+			g->events += (unsigned long long)n;
+		}
+		g->leading = 0;
+		pthread_cond_broadcast(&g->cv);
+	}
+	pthread_mutex_unlock(&g->mu);
+	free(me.buf);
+	if (me.rc != 0)
+		return sw_errf(err, errlen, me.rc, "%s", me.err);
+	return 0;
 }
 
 /* Waits up to ms for a kick or stop. */
