@@ -4,11 +4,15 @@
  * parsing, refusal of exposed or malformed files, rotation, retirement,
  * adoption of keys another replica added), wrapping, and the identity
  * binding of both layers (a ciphertext under another app, environment,
- * name, version or master key version does not open).
+ * name, version or master key version does not open). Every open goes
+ * through a data key cache (dkcache.c) that is hot after the first one,
+ * so each refusal below is also a cache miss where it must be one: another
+ * identity, another master key version, altered bytes, a changed keyring.
  *
  * The service's files are compiled into this test directly: they are not
  * part of lib/.
  */
+#include "../../services/secrets/dkcache.c"
 #include "../../services/secrets/envelope.c"
 #include "../../services/secrets/keys.c"
 #include "../../services/secrets/scratch.c"
@@ -23,6 +27,7 @@
 #include <cmocka.h>
 
 static char dir[256], ring[300], seal[300], sign[300];
+static struct sec_dkcache *dkc;
 
 static int setup(void **state)
 {
@@ -33,12 +38,14 @@ static int setup(void **state)
 	snprintf(ring, sizeof ring, "%s/master.keyring", dir);
 	snprintf(seal, sizeof seal, "%s/seal.key", dir);
 	snprintf(sign, sizeof sign, "%s/sign.key", dir);
-	return 0;
+	char err[256];
+	return sec_dkcache_new(64, 60000, &dkc, err, sizeof err) == 0 && dkc != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
 	(void)state;
+	sec_dkcache_free(dkc);
 	char cmd[400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
@@ -186,31 +193,43 @@ static void test_envelope_binds_identity(void **state)
 	assert_int_equal(sec_env_seal(k, &id, value, len, ct, wrapped, &mk, err, sizeof err), 0);
 	assert_int_equal(mk, 1);
 	assert_null(memmem(ct, len + SEC_CT_OVERHEAD, value, len));
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 0);
 	assert_memory_equal(plain, value, len);
+	/* Again: from the cache this time, same value. */
+	size_t live = 0;
+	unsigned long long hits = 0, misses = 0, hits0;
+	sec_dkcache_stats(dkc, &live, &hits0, &misses);
+	memset(plain, 0, sizeof plain);
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+				      sizeof err),
+			 0);
+	assert_memory_equal(plain, value, len);
+	sec_dkcache_stats(dkc, &live, &hits, &misses);
+	assert_int_equal(hits, hits0 + 1);
+	assert_true(live >= 1);
 	/* Any other identity: does not open. */
 	const struct sec_ident others[] = {
 		{ "web2", "prod", "DB", 3 }, { "web", "staging", "DB", 3 }, { "web", "", "DB", 3 },
 		{ "web", "prod", "DB2", 3 }, { "web", "prod", "DB", 4 },    { "webp", "rod", "DB", 3 },
 	};
 	for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
-		assert_int_equal(sec_env_open(k, &others[i], ct, len + SEC_CT_OVERHEAD, wrapped, mk,
+		assert_int_equal(sec_env_open(k, dkc, &others[i], ct, len + SEC_CT_OVERHEAD, wrapped, mk,
 					      plain, err, sizeof err),
 				 SW_EDATALOSS);
 	/* Another master key version label: not held. */
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
 				      sizeof err),
 			 SW_EPRECOND);
 	/* Flipped bits in either layer. */
 	ct[SEC_NONCE_BYTES + 1] ^= 1;
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	ct[SEC_NONCE_BYTES + 1] ^= 1;
 	wrapped[SEC_NONCE_BYTES] ^= 1;
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	wrapped[SEC_NONCE_BYTES] ^= 1;
@@ -224,15 +243,15 @@ static void test_envelope_binds_identity(void **state)
 	assert_int_equal(sec_env_rewrap(k, &id, wrapped, 1, rewrapped, 2, err, sizeof err), 0);
 	assert_memory_not_equal(wrapped, rewrapped, SEC_WRAPPED_BYTES);
 	/* The rewrapped key is bound to its new version too. */
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 1, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 1, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	assert_int_equal(sec_keys_retire_except(k, 2, err, sizeof err), 0);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	assert_memory_equal(plain, value, len);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 1, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 1, plain, err,
 				      sizeof err),
 			 SW_EPRECOND);
 	sec_keys_free(k);
@@ -241,7 +260,7 @@ static void test_envelope_binds_identity(void **state)
 	uint32_t vs[8];
 	assert_int_equal(sec_keys_versions(k, vs, 8), 1);
 	assert_int_equal(vs[0], 2);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	sec_keys_free(k);
@@ -265,7 +284,7 @@ static void test_keys_of_another_replica_are_adopted(void **state)
 	assert_int_equal(sec_env_seal(a, &id, value, 1, ct, wrapped, &mk, err, sizeof err), 0);
 	assert_int_equal(mk, 2);
 	b->last_reload_ms = 0; /* let b re-read now rather than in a second */
-	assert_int_equal(sec_env_open(b, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(b, dkc, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 0);
 	assert_int_equal(sec_keys_add(b, &v, err, sizeof err), 0);
@@ -274,7 +293,7 @@ static void test_keys_of_another_replica_are_adopted(void **state)
 	a = load(0, 0, 0);
 	uint32_t vs[8];
 	assert_int_equal(sec_keys_versions(a, vs, 8), 3);
-	assert_int_equal(sec_env_open(a, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(a, dkc, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	sec_keys_free(a);
