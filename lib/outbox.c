@@ -173,6 +173,7 @@ struct waiter {
 	size_t len;
 	int done, rc;
 	char err[256];
+	pthread_cond_t cv; /* signalled when done, or when it is to lead */
 	struct waiter *next;
 };
 
@@ -181,7 +182,6 @@ struct outbox_group {
 	char *service;
 	int max_batch;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
 	struct waiter *head, **tail; /* queued, not yet taken by a leader */
 	int leading;                 /* a leader is writing a batch */
 	unsigned long long commits, events;
@@ -201,7 +201,6 @@ int outbox_group_new(struct db *db, const char *service, int max_batch,
 				     : 64;
 	g->tail = &g->head;
 	pthread_mutex_init(&g->mu, NULL);
-	pthread_cond_init(&g->cv, NULL);
 	*out = g;
 	return 0;
 }
@@ -211,7 +210,6 @@ void outbox_group_free(struct outbox_group *g)
 	if (g == NULL)
 		return;
 	pthread_mutex_destroy(&g->mu);
-	pthread_cond_destroy(&g->cv);
 	free(g->service);
 	free(g);
 }
@@ -279,12 +277,15 @@ int outbox_group_commit(struct outbox_group *g, const struct outbox_event *e, ch
 	int rc = pack_event(g->service, e, me.id, &me.buf, &me.len, err, errlen);
 	if (rc != 0)
 		return rc;
+	/* Each caller sleeps on its own condition variable: a commit wakes the
+	 * callers it answered and the next leader, not every waiter. */
+	pthread_cond_init(&me.cv, NULL);
 	pthread_mutex_lock(&g->mu);
 	*g->tail = &me;
 	g->tail = &me.next;
 	while (!me.done) {
 		if (g->leading) {
-			pthread_cond_wait(&g->cv, &g->mu);
+			pthread_cond_wait(&me.cv, &g->mu);
 			continue;
 		}
 		/* Lead: take what is queued (in order, up to the cap), write it
@@ -306,15 +307,19 @@ int outbox_group_commit(struct outbox_group *g, const struct outbox_event *e, ch
 			if (brc != 0)
 				snprintf(batch[i]->err, sizeof batch[i]->err, "%s", why);
 			batch[i]->done = 1;
+			if (batch[i] != &me)
+				pthread_cond_signal(&batch[i]->cv);
 		}
 		if (brc == 0) {
 			g->commits++;
 			g->events += (unsigned long long)n;
 		}
 		g->leading = 0;
-		pthread_cond_broadcast(&g->cv);
+		if (g->head != NULL)
+			pthread_cond_signal(&g->head->cv); /* the next leader */
 	}
 	pthread_mutex_unlock(&g->mu);
+	pthread_cond_destroy(&me.cv);
 	free(me.buf);
 	if (me.rc != 0)
 		return sw_errf(err, errlen, me.rc, "%s", me.err);

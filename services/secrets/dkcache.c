@@ -30,7 +30,8 @@
 #include <string.h>
 #include <time.h>
 
-#define PROBE 8 /* slots an entry may use, from its home slot on */
+#define PROBE 8   /* slots an entry may use, from its home slot on */
+#define SHARDS 16 /* locks: concurrent fetches rarely meet on one */
 
 struct entry {
 	int64_t expires_ms; /* 0: empty */
@@ -42,7 +43,8 @@ struct entry {
 };
 
 struct sec_dkcache {
-	pthread_mutex_t mu;
+	pthread_mutex_t shard[SHARDS]; /* shard i guards slots [i * n / SHARDS, (i + 1) * n / SHARDS) */
+	pthread_mutex_t mu;            /* the sweeper's sleep, and the counters */
 	pthread_cond_t cv;
 	pthread_t sweeper;
 	int stopping, have_sweeper;
@@ -65,9 +67,14 @@ static void *sweep_main(void *arg)
 		struct timespec dl = clock_after(CLOCK_REALTIME, 1000);
 		pthread_cond_timedwait(&c->cv, &c->mu, &dl);
 		int64_t now = clock_mono_ms();
-		for (size_t i = 0; i < c->n; i++)
-			if (c->e[i].expires_ms != 0 && c->e[i].expires_ms <= now)
-				wipe(&c->e[i]);
+		size_t per = c->n / SHARDS;
+		for (size_t sh = 0; sh < SHARDS; sh++) {
+			pthread_mutex_lock(&c->shard[sh]);
+			for (size_t i = sh * per; i < (sh + 1) * per; i++)
+				if (c->e[i].expires_ms != 0 && c->e[i].expires_ms <= now)
+					wipe(&c->e[i]);
+			pthread_mutex_unlock(&c->shard[sh]);
+		}
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;
@@ -82,7 +89,7 @@ int sec_dkcache_new(size_t entries, int64_t ttl_ms, struct sec_dkcache **out, ch
 	struct sec_dkcache *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
-	c->n = PROBE;
+	c->n = PROBE * SHARDS;
 	while (c->n < entries && c->n < ((size_t)1 << 20))
 		c->n <<= 1;
 	c->ttl_ms = ttl_ms;
@@ -93,6 +100,8 @@ int sec_dkcache_new(size_t entries, int64_t ttl_ms, struct sec_dkcache **out, ch
 		return sw_errf(err, errlen, SW_ENOMEM, "cannot allocate %zu data key cache entries", n);
 	}
 	memset(c->e, 0, c->n * sizeof *c->e);
+	for (int i = 0; i < SHARDS; i++)
+		pthread_mutex_init(&c->shard[i], NULL);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	if (pthread_create(&c->sweeper, NULL, sweep_main, c) != 0) {
@@ -116,17 +125,28 @@ void sec_dkcache_free(struct sec_dkcache *c)
 		pthread_join(c->sweeper, NULL);
 	}
 	sodium_free(c->e); /* wipes */
+	for (int i = 0; i < SHARDS; i++)
+		pthread_mutex_destroy(&c->shard[i]);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
 	free(c);
 }
 
-static size_t home(const struct sec_dkcache *c, const uint8_t *wrapped)
+/* An entry's shard and its home slot's index inside the shard: the wrap's
+ * nonce is random, so its first bytes spread entries evenly. Probing stays
+ * inside the shard. */
+static size_t shard_of(const uint8_t *wrapped)
 {
-	/* The wrap's nonce is random: its first bytes spread entries evenly. */
+	return wrapped[0] % SHARDS;
+}
+
+static struct entry *slot_at(struct sec_dkcache *c, size_t shard, const uint8_t *wrapped,
+			     size_t i)
+{
+	size_t per = c->n / SHARDS;
 	uint64_t h;
-	memcpy(&h, wrapped, sizeof h);
-	return (size_t)h & (c->n - 1);
+	memcpy(&h, wrapped + 1, sizeof h);
+	return &c->e[shard * per + (((size_t)h + i) & (per - 1))];
 }
 
 static int same(const struct entry *e, uint64_t gen, uint32_t mk, const uint8_t aad_hash[32],
@@ -147,11 +167,11 @@ int sec_dkcache_get(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_versio
 	if (c == NULL)
 		return 0;
 	int64_t now = clock_mono_ms();
-	size_t h = home(c, wrapped);
+	size_t sh = shard_of(wrapped);
 	int hit = 0;
-	pthread_mutex_lock(&c->mu);
+	pthread_mutex_lock(&c->shard[sh]);
 	for (size_t i = 0; i < PROBE && !hit; i++) {
-		struct entry *e = &c->e[(h + i) & (c->n - 1)];
+		struct entry *e = slot_at(c, sh, wrapped, i);
 		if (e->expires_ms == 0 || !same(e, keys_gen, mk_version, aad_hash, wrapped))
 			continue;
 		if (e->expires_ms <= now) {
@@ -161,11 +181,8 @@ int sec_dkcache_get(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_versio
 		memcpy(dk, e->dk, SEC_KEY_BYTES);
 		hit = 1;
 	}
-	if (hit)
-		c->hits++;
-	else
-		c->misses++;
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_unlock(&c->shard[sh]);
+	__atomic_add_fetch(hit ? &c->hits : &c->misses, 1, __ATOMIC_RELAXED);
 	return hit;
 }
 
@@ -175,11 +192,11 @@ void sec_dkcache_put(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_versi
 	if (c == NULL)
 		return;
 	int64_t now = clock_mono_ms();
-	size_t h = home(c, wrapped);
-	pthread_mutex_lock(&c->mu);
+	size_t sh = shard_of(wrapped);
+	pthread_mutex_lock(&c->shard[sh]);
 	struct entry *slot = NULL;
 	for (size_t i = 0; i < PROBE; i++) {
-		struct entry *e = &c->e[(h + i) & (c->n - 1)];
+		struct entry *e = slot_at(c, sh, wrapped, i);
 		if (e->expires_ms == 0 || e->expires_ms <= now || same(e, keys_gen, mk_version, aad_hash, wrapped)) {
 			slot = e;
 			break;
@@ -194,16 +211,19 @@ void sec_dkcache_put(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_versi
 	memcpy(slot->aad_hash, aad_hash, 32);
 	memcpy(slot->wrapped, wrapped, SEC_WRAPPED_BYTES);
 	memcpy(slot->dk, dk, SEC_KEY_BYTES);
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_unlock(&c->shard[sh]);
 }
 
 void sec_dkcache_clear(struct sec_dkcache *c)
 {
 	if (c == NULL)
 		return;
-	pthread_mutex_lock(&c->mu);
-	sodium_memzero(c->e, c->n * sizeof *c->e);
-	pthread_mutex_unlock(&c->mu);
+	size_t per = c->n / SHARDS;
+	for (size_t sh = 0; sh < SHARDS; sh++) {
+		pthread_mutex_lock(&c->shard[sh]);
+		sodium_memzero(c->e + sh * per, per * sizeof *c->e);
+		pthread_mutex_unlock(&c->shard[sh]);
+	}
 }
 
 void sec_dkcache_stats(struct sec_dkcache *c, size_t *live, unsigned long long *hits,
@@ -213,10 +233,13 @@ void sec_dkcache_stats(struct sec_dkcache *c, size_t *live, unsigned long long *
 	*hits = *misses = 0;
 	if (c == NULL)
 		return;
-	pthread_mutex_lock(&c->mu);
-	for (size_t i = 0; i < c->n; i++)
-		*live += c->e[i].expires_ms != 0;
-	*hits = c->hits;
-	*misses = c->misses;
-	pthread_mutex_unlock(&c->mu);
+	size_t per = c->n / SHARDS;
+	for (size_t sh = 0; sh < SHARDS; sh++) {
+		pthread_mutex_lock(&c->shard[sh]);
+		for (size_t i = sh * per; i < (sh + 1) * per; i++)
+			*live += c->e[i].expires_ms != 0;
+		pthread_mutex_unlock(&c->shard[sh]);
+	}
+	*hits = __atomic_load_n(&c->hits, __ATOMIC_RELAXED);
+	*misses = __atomic_load_n(&c->misses, __ATOMIC_RELAXED);
 }

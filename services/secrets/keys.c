@@ -422,7 +422,7 @@ static void reload(struct sec_keys *k, int force)
 	}
 	if (find_locked(k, cur) != NULL && cur > k->current)
 		k->current = cur;
-	k->gen++;
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	ring_free(fresh, n);
 	pthread_mutex_unlock(&k->reload_mu);
@@ -462,10 +462,9 @@ int sec_keys_unwrap(struct sec_keys *k, uint32_t version, const uint8_t *aad, si
 
 uint64_t sec_keys_generation(struct sec_keys *k)
 {
-	pthread_rwlock_rdlock(&k->lock);
-	uint64_t g = k->gen;
-	pthread_rwlock_unlock(&k->lock);
-	return g;
+	/* Written under the write lock; read without one (once per data key
+	 * on the Fetch path). */
+	return __atomic_load_n(&k->gen, __ATOMIC_ACQUIRE);
 }
 
 int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen)
@@ -499,7 +498,7 @@ int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen
 	*version = nm.version;
 	nm.key = NULL;
 out:
-	k->gen++;
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	master_free(&nm);
 	return rc;
@@ -527,7 +526,7 @@ int sec_keys_retire_except(struct sec_keys *k, uint32_t keep, char *err, size_t 
 	k->nm = j;
 	k->current = keep;
 out:
-	k->gen++;
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	return rc;
 }
