@@ -266,6 +266,66 @@ static void test_envelope_binds_identity(void **state)
 	sec_keys_free(k);
 }
 
+/* The data key cache: a hit only for the very wrapped key, master key
+ * version, identity and keyring generation; entries die at their TTL (on
+ * lookup, and by the sweeper without one) and on clear. */
+static void test_dkcache_bounds(void **state)
+{
+	(void)state;
+	struct sec_dkcache *c = NULL, *s = NULL;
+	char err[256];
+	uint8_t wrapped[SEC_WRAPPED_BYTES], ah[32], dk[SEC_KEY_BYTES], out[SEC_KEY_BYTES];
+	size_t live = 0;
+	unsigned long long hits = 0, misses = 0;
+	randombytes_buf(wrapped, sizeof wrapped);
+	randombytes_buf(dk, sizeof dk);
+	sec_dkcache_hash_aad((const uint8_t *)"aad", 3, ah);
+	assert_int_equal(sec_dkcache_new(0, 60000, &c, err, sizeof err), 0);
+	assert_null(c); /* off */
+	assert_int_equal(sec_dkcache_get(NULL, 1, 1, ah, wrapped, out), 0);
+	assert_int_equal(sec_dkcache_new(16, 60000, &c, err, sizeof err), 0);
+	sec_dkcache_put(c, 7, 1, ah, wrapped, dk);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 1);
+	assert_memory_equal(out, dk, sizeof dk);
+	assert_int_equal(sec_dkcache_get(c, 8, 1, ah, wrapped, out), 0); /* keyring changed */
+	assert_int_equal(sec_dkcache_get(c, 7, 2, ah, wrapped, out), 0); /* master version */
+	uint8_t other[32];
+	sec_dkcache_hash_aad((const uint8_t *)"aae", 3, other);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, other, wrapped, out), 0); /* identity */
+	wrapped[SEC_WRAPPED_BYTES - 1] ^= 1;
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 0); /* bytes */
+	wrapped[SEC_WRAPPED_BYTES - 1] ^= 1;
+	sec_dkcache_clear(c);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 0);
+	sec_dkcache_stats(c, &live, &hits, &misses);
+	assert_int_equal(live, 0);
+	/* Many more keys than slots: bounded, and the newest ones are there. */
+	for (int i = 0; i < 1000; i++) {
+		wrapped[0] = (uint8_t)i;
+		wrapped[1] = (uint8_t)(i >> 8);
+		sec_dkcache_put(c, 7, 1, ah, wrapped, dk);
+		assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 1);
+	}
+	sec_dkcache_stats(c, &live, &hits, &misses);
+	assert_true(live <= 128);
+	sec_dkcache_free(c);
+	/* A 1 ms lifetime: gone at the next lookup, and by the sweeper alone. */
+	assert_int_equal(sec_dkcache_new(16, 1, &s, err, sizeof err), 0);
+	sec_dkcache_put(s, 7, 1, ah, wrapped, dk);
+	usleep(5000);
+	assert_int_equal(sec_dkcache_get(s, 7, 1, ah, wrapped, out), 0);
+	wrapped[0] ^= 0x55;
+	sec_dkcache_put(s, 7, 1, ah, wrapped, dk);
+	for (int i = 0; i < 100; i++) {
+		sec_dkcache_stats(s, &live, &hits, &misses);
+		if (live == 0)
+			break;
+		usleep(50000);
+	}
+	assert_int_equal(live, 0);
+	sec_dkcache_free(s);
+}
+
 static void test_keys_of_another_replica_are_adopted(void **state)
 {
 	(void)state;
@@ -341,6 +401,7 @@ int main(void)
 		cmocka_unit_test(test_created_once_then_loaded),
 		cmocka_unit_test(test_malformed_keyrings_are_refused),
 		cmocka_unit_test(test_envelope_binds_identity),
+		cmocka_unit_test(test_dkcache_bounds),
 		cmocka_unit_test(test_keys_of_another_replica_are_adopted),
 		cmocka_unit_test(test_sealed_values_open_only_with_the_service_key),
 	};
