@@ -11,6 +11,56 @@
 # the fetch's audit event committed before the answer. bench-sealed adds the
 # cryptographic floor (build and open of the same bundle, no I/O).
 
+# profile_run TMP PAYLOAD: see BENCH_PROFILE above. Runs inside
+# bench_secrets' subshell (uses its load, pg_app, st and P).
+profile_run() {
+  local tmp=$1 payload=$2 prof pids comp perfs=() p
+  command -v perf >/dev/null || { log "secrets: BENCH_PROFILE=1 needs perf"; return 0; }
+  psql -X -q "$SLIPWAY_PGURL" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1 || true
+  for comp in secrets pg_secrets audit pg_audit; do
+    case $comp in
+      pg_secrets) pids=$(pg_app slipway-secrets) ;;
+      pg_audit) pids=$(pg_app slipway-audit) ;;
+      *) pids=$(cat "$st/run/$comp.pid") ;;
+    esac
+    pids=$(echo $pids | tr ' ' ',')
+    [ -n "$pids" ] || continue
+    perf record -q -e cpu-clock -F 2000 -g -p "$pids" -o "$tmp/perf-$comp.data" \
+      -- sleep "$((SECS + 1))" >/dev/null 2>"$tmp/perf-$comp.log" &
+    perfs+=($!)
+  done
+  sleep 0.2
+  o=$(load "$SLIPWAY_SECRETS_ADDR" /slipway.v1.Secrets/Fetch 8 "$payload" "$tmp/agent")
+  for p in "${perfs[@]}"; do wait "$p" || true; done
+  local calls; calls=$(awk -v r="$(field rps "$o")" -v s="$SECS" 'BEGIN { printf "%d", r * (s + 1) }')
+  for comp in secrets pg_secrets audit pg_audit; do
+    [ -s "$tmp/perf-$comp.data" ] || continue
+    prof=$out_dir/secrets-profile-$comp.txt
+    {
+      echo "# perf record -e cpu-clock -F 2000 -g: $comp during 8 callers, ${SECS}s + 1s warm-up, ~$calls fetches"
+      echo "# self time by shared object"
+      perf report -i "$tmp/perf-$comp.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 || true
+      echo "# self time by symbol"
+      perf report -i "$tmp/perf-$comp.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40 || true
+      echo "# inclusive time by symbol (callers included)"
+      perf report -i "$tmp/perf-$comp.data" --children --sort sym --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40 || true
+    } >"$prof"
+    echo "--- profile: $comp (head of $prof)"
+    sed -n '1,14p' "$prof"
+  done
+  if psql -X -At "$SLIPWAY_PGURL" -c "SELECT 1 FROM pg_stat_statements LIMIT 1" >/dev/null 2>&1; then
+    prof=$out_dir/secrets-profile-sql.txt
+    psql -X "$SLIPWAY_PGURL" -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
+        round((total_exec_time / calls * 1000)::numeric, 1) AS mean_us, rows,
+        left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+      FROM pg_stat_statements WHERE calls > 0 ORDER BY total_exec_time DESC LIMIT 15" >"$prof" 2>&1 || true
+    echo "--- statements by time (pg_stat_statements, $prof)"
+    cat "$prof"
+  fi
+}
+
 bench_secrets() {
   local tmp; tmp=$(mktemp -d /tmp/slipway-bench-secrets.XXXXXX)
   chmod 755 "$tmp" # PostgreSQL (another user) must reach the stack inside
@@ -27,6 +77,7 @@ bench_secrets() {
       scripts/stack down "$st" >/dev/null 2>&1 || true
     }
     trap cleanup EXIT
+    [ "${BENCH_PROFILE:-0}" = 1 ] && export SLIPWAY_STACK_PG_STATEMENTS=1
     scripts/stack up "$st" >"$tmp/stack.log" 2>&1 || { cat "$tmp/stack.log" >&2; log "secrets: the stack did not start"; exit 1; }
     # shellcheck disable=SC1091
     . "$st/env"
@@ -109,6 +160,16 @@ bench_secrets() {
         log "secrets: $c caller(s), round $r done"
       done
     done
+    # BENCH_PROFILE=1: one more 8-caller run under `perf record` (software
+    # cpu-clock sampling, call graphs), one profile per process group: the
+    # secrets service, PostgreSQL's backends serving it, the audit service
+    # and PostgreSQL's backends serving that; plus the statements PostgreSQL
+    # spent its time on (pg_stat_statements, loaded by the stack when
+    # SLIPWAY_STACK_PG_STATEMENTS=1). Reports land in
+    # build/bench/secrets-profile-*.txt and their heads are printed.
+    if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+      profile_run "$tmp" "$fetch_payload"
+    fi
     o=$(build/bench/bench-sealed --items 20 --value-bytes 40 --seconds 2)
     # Every fetch was audited: wait for the relay, then count what arrived.
     for _ in $(seq 1 300); do

@@ -25,12 +25,17 @@
 #include <string.h>
 #include <time.h>
 
+/* Statements prepared on one connection (db_exec_prepared), by name. */
+#define DB_MAX_PREPARED 32
+
 struct db_conn {
 	struct db *db;
 	PGconn *pg;
 	int in_use;
 	int broken;
 	uint64_t gen; /* db->gen when this connection was opened */
+	int nprepared;
+	const char *prepared[DB_MAX_PREPARED]; /* names (the caller's constants) */
 };
 
 struct db {
@@ -328,6 +333,7 @@ static int connect_conn(struct db *db, struct db_conn *c, char *err, size_t errl
 		    session_setup(db, c->pg, err, errlen) == 0) {
 			c->broken = 0;
 			c->gen = gen;
+			c->nprepared = 0; /* a new session has none */
 			return 0;
 		}
 		if (c->pg != NULL && PQstatus(c->pg) != CONNECTION_OK) {
@@ -404,16 +410,11 @@ PGconn *db_pg(struct db_conn *c)
 	return c->pg;
 }
 
-int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
-	    const int *lens, const int *fmts, int binary_result, PGresult **res, char *err,
-	    size_t errlen)
+/* Takes r (any PGresult, NULL too): on success hands it to *res (or clears
+ * it) and returns 0; otherwise maps the failure as db_exec documents,
+ * marks a lost connection, clears r and returns the code. */
+static int finish(struct db_conn *c, PGresult *r, PGresult **res, char *err, size_t errlen)
 {
-	if (res != NULL)
-		*res = NULL;
-	struct timespec t0;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	PGresult *r = PQexecParams(c->pg, sql, n, NULL, vals, lens, fmts, binary_result);
-	metrics_observe(c->db->m_query, seconds_since(&t0));
 	ExecStatusType st = PQresultStatus(r);
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (res != NULL)
@@ -443,6 +444,71 @@ int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
 			  msg ? msg : "?");
 	PQclear(r);
 	return code;
+}
+
+int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
+	    const int *lens, const int *fmts, int binary_result, PGresult **res, char *err,
+	    size_t errlen)
+{
+	if (res != NULL)
+		*res = NULL;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	PGresult *r = PQexecParams(c->pg, sql, n, NULL, vals, lens, fmts, binary_result);
+	metrics_observe(c->db->m_query, seconds_since(&t0));
+	return finish(c, r, res, err, errlen);
+}
+
+static int prepared_index(const struct db_conn *c, const char *name)
+{
+	for (int i = 0; i < c->nprepared; i++)
+		if (c->prepared[i] == name || strcmp(c->prepared[i], name) == 0)
+			return i;
+	return -1;
+}
+
+static int is_sqlstate(const PGresult *r, const char *want)
+{
+	const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+	return st != NULL && strcmp(st, want) == 0;
+}
+
+int db_exec_prepared(struct db_conn *c, const char *name, const char *sql, int n,
+		     const char *const *vals, const int *lens, const int *fmts, int binary_result,
+		     PGresult **res, char *err, size_t errlen)
+{
+	if (res != NULL)
+		*res = NULL;
+	int known = prepared_index(c, name) >= 0;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (!known) {
+			PGresult *p = PQprepare(c->pg, name, sql, n, NULL);
+			/* 42P05: prepared on this session already (by an earlier
+			 * attempt whose answer was lost to us): usable. */
+			if (PQresultStatus(p) != PGRES_COMMAND_OK && !is_sqlstate(p, "42P05"))
+				return finish(c, p, NULL, err, errlen);
+			PQclear(p);
+			if (prepared_index(c, name) < 0 && c->nprepared < DB_MAX_PREPARED)
+				c->prepared[c->nprepared++] = name;
+			known = 1;
+		}
+		struct timespec t0;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		PGresult *r = PQexecPrepared(c->pg, name, n, vals, lens, fmts, binary_result);
+		metrics_observe(c->db->m_query, seconds_since(&t0));
+		/* 26000: the session lost it (DISCARD ALL by hand, a pooler that
+		 * switched sessions): prepare again, once. */
+		if (attempt == 0 && is_sqlstate(r, "26000")) {
+			PQclear(r);
+			int i = prepared_index(c, name);
+			if (i >= 0)
+				c->prepared[i] = c->prepared[--c->nprepared];
+			known = 0;
+			continue;
+		}
+		return finish(c, r, res, err, errlen);
+	}
+	return sw_errf(err, errlen, SW_EINTERNAL, "statement %s could not be prepared", name);
 }
 
 int db_q(struct db_conn *c, const char *sql, int n, const char *const *vals, PGresult **res,

@@ -110,6 +110,19 @@ int db_exec(struct db_conn *c, const char *sql, int n, const char *const *vals,
 	    const int *lens, const int *fmts, int binary_result, PGresult **res, char *err,
 	    size_t errlen);
 
+/* db_exec through a statement prepared once per connection: the first
+ * call on a connection prepares `sql` under `name` (one more round trip),
+ * later ones only bind and execute it, so PostgreSQL neither parses nor
+ * plans it again (for a join, planning can cost more than running). The
+ * same name must always come with the same sql; both are borrowed for the
+ * pool's lifetime (string constants). A connection remembers up to 32
+ * names (more still work, prepared each time a name is missing from the
+ * session). A reconnected session starts empty, and a session that lost
+ * the statement (26000) gets it prepared again, once. Errors as db_exec. */
+int db_exec_prepared(struct db_conn *c, const char *name, const char *sql, int n,
+		     const char *const *vals, const int *lens, const int *fmts, int binary_result,
+		     PGresult **res, char *err, size_t errlen);
+
 /* Text-parameter shorthand for db_exec. */
 int db_q(struct db_conn *c, const char *sql, int n, const char *const *vals, PGresult **res,
 	 char *err, size_t errlen);

@@ -32,6 +32,7 @@ struct outbox_relay {
 };
 
 #define OUTBOX_STATS_MS 5000
+#define OUTBOX_ID_SIZE 65 /* an event id (1-64 characters) and its NUL */
 
 /* Backlog and oldest age of the outbox (every replica reports the shared
  * table; take the max across replicas). Relay thread only. */
@@ -84,22 +85,27 @@ size_t outbox_fit_text(const char *in, char *out, size_t max)
 	return o;
 }
 
-int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
-	       size_t errlen)
+/* Builds, checks and packs e: id[] gets its event id, *out a new buffer
+ * (free()) of *outlen bytes. 0, SW_EINVAL (an event no fitting can fix) or
+ * SW_ENOMEM. */
+static int pack_event(const char *service, const struct outbox_event *e, char id[OUTBOX_ID_SIZE],
+		      uint8_t **out, size_t *outlen, char *err, size_t errlen)
 {
 	Slipway__V1__AuditEvent ev = SLIPWAY__V1__AUDIT_EVENT__INIT;
 	Slipway__V1__KeyValue kv[OUTBOX_MAX_DETAILS + 1];
 	Slipway__V1__KeyValue *kvp[OUTBOX_MAX_DETAILS + 1];
-	char id[65], resource[AUDITLOG_MAX_RESOURCE + 1];
+	char resource[AUDITLOG_MAX_RESOURCE + 1];
 	char *values = NULL;
 
+	*out = NULL;
+	*outlen = 0;
 	/* An event id is 1-64 characters (audit-canonical.md): a longer one
-	 * is a bug, refused below, never cut (two cut ids could collide). */
-	if (e->event_id != NULL && strlen(e->event_id) >= sizeof id)
+	 * is a bug, refused here, never cut (two cut ids could collide). */
+	if (e->event_id != NULL && strlen(e->event_id) >= OUTBOX_ID_SIZE)
 		return sw_errf(err, errlen, SW_EINVAL, "invalid audit event (a bug in %s): event id "
 			       "longer than 64 characters", service);
 	if (e->event_id != NULL && e->event_id[0] != '\0')
-		snprintf(id, sizeof id, "%s", e->event_id);
+		snprintf(id, OUTBOX_ID_SIZE, "%s", e->event_id);
 	else
 		rpc_new_request_id(id);
 	ev.event_id = id;
@@ -162,16 +168,199 @@ int outbox_add(struct db_conn *c, const char *service, const struct outbox_event
 		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
 	}
 	slipway__v1__audit_event__pack(&ev, buf);
+	free(values);
+	*out = buf;
+	*outlen = n;
+	return 0;
+}
+
+#define ADD_STMT "slipway_outbox_add"
+#define ADD_SQL "INSERT INTO outbox (event_id, event, trace_id) VALUES ($1, $2, $3)"
+
+int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
+	       size_t errlen)
+{
+	char id[OUTBOX_ID_SIZE];
+	uint8_t *buf = NULL;
+	size_t n = 0;
+	int rc = pack_event(service, e, id, &buf, &n, err, errlen);
+	if (rc != 0)
+		return rc;
+	/* The trace current when the event was written: the relay delivers
+	 * it under that trace. */
 	char trace_hex[TRACE_ID_HEX + 1];
 	trace_id_hex(trace_current(), trace_hex);
 	const char *vals[3] = { id, (const char *)buf, trace_hex };
 	int lens[3] = { 0, (int)n, 0 };
 	int fmts[3] = { 0, 1, 0 };
-	int rc = db_exec(c, "INSERT INTO outbox (event_id, event, trace_id) VALUES ($1, $2, $3)", 3,
-			 vals, lens, fmts, 0, NULL, err, errlen);
+	rc = db_exec_prepared(c, ADD_STMT, ADD_SQL, 3, vals, lens, fmts, 0, NULL, err, errlen);
 	free(buf);
-	free(values);
 	return rc;
+}
+
+/* ---------------------------------------------------------------- group commit */
+
+/* One caller of outbox_group_commit, on its own stack. */
+struct waiter {
+	char id[OUTBOX_ID_SIZE];
+	char trace[TRACE_ID_HEX + 1]; /* the caller's trace, "" for none */
+	uint8_t *buf;
+	size_t len;
+	int done, rc;
+	char err[256];
+	pthread_cond_t cv; /* signalled when done, or when it is to lead */
+	struct waiter *next;
+};
+
+struct outbox_group {
+	struct db *db;
+	char *service;
+	int max_batch;
+	pthread_mutex_t mu;
+	struct waiter *head, **tail; /* queued, not yet taken by a leader */
+	int leading;                 /* a leader is writing a batch */
+	unsigned long long commits, events;
+};
+
+int outbox_group_new(struct db *db, const char *service, int max_batch,
+		     struct outbox_group **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct outbox_group *g = calloc(1, sizeof *g);
+	if (g == NULL || (g->service = strdup(service)) == NULL) {
+		free(g);
+		return sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+	}
+	g->db = db;
+	g->max_batch = max_batch > 0 ? (max_batch > OUTBOX_GROUP_MAX ? OUTBOX_GROUP_MAX : max_batch)
+				     : 64;
+	g->tail = &g->head;
+	pthread_mutex_init(&g->mu, NULL);
+	*out = g;
+	return 0;
+}
+
+void outbox_group_free(struct outbox_group *g)
+{
+	if (g == NULL)
+		return;
+	pthread_mutex_destroy(&g->mu);
+	free(g->service);
+	free(g);
+}
+
+void outbox_group_stats(struct outbox_group *g, unsigned long long *commits,
+			unsigned long long *events)
+{
+	pthread_mutex_lock(&g->mu);
+	*commits = g->commits;
+	*events = g->events;
+	pthread_mutex_unlock(&g->mu);
+}
+
+/* Writes a batch of n events as one statement outside any transaction
+ * block: PostgreSQL runs it as one transaction, so the rows commit
+ * together (one WAL flush, one turn of the commit-order lock) or not at
+ * all. Retried once when aborted (a lock timeout: nothing committed). */
+static int write_batch(struct outbox_group *g, struct waiter *const *w, int n, char *err,
+		       size_t errlen)
+{
+	const char **vals = calloc((size_t)n * 3, sizeof *vals);
+	int *lens = calloc((size_t)n * 3, sizeof *lens), *fmts = calloc((size_t)n * 3, sizeof *fmts);
+	char *sql = n > 1 ? db_values_sql("INSERT INTO outbox (event_id, event, trace_id) VALUES",
+					  (size_t)n, 3, "")
+			  : NULL;
+	struct db_conn *c = NULL;
+	int rc = 0;
+	if (vals == NULL || lens == NULL || fmts == NULL || (n > 1 && sql == NULL)) {
+		rc = sw_errf(err, errlen, SW_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		vals[3 * i] = w[i]->id;
+		vals[3 * i + 1] = (const char *)w[i]->buf;
+		lens[3 * i + 1] = (int)w[i]->len;
+		fmts[3 * i + 1] = 1;
+		vals[3 * i + 2] = w[i]->trace;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		rc = db_acquire(g->db, &c, 10000, err, errlen);
+		if (rc != 0)
+			goto out;
+		/* One event (the usual case at low load) takes the prepared
+		 * statement; a batch's text differs with its size. */
+		rc = n == 1 ? db_exec_prepared(c, ADD_STMT, ADD_SQL, 3, vals, lens, fmts, 0, NULL, err,
+					       errlen)
+			    : db_exec(c, sql, n * 3, vals, lens, fmts, 0, NULL, err, errlen);
+		db_release(g->db, c);
+		c = NULL;
+		if (rc != SW_EABORTED)
+			break;
+	}
+out:
+	free(sql);
+	free(vals);
+	free(lens);
+	free(fmts);
+	return rc;
+}
+
+int outbox_group_commit(struct outbox_group *g, const struct outbox_event *e, char *err,
+			size_t errlen)
+{
+	struct waiter me = { 0 };
+	struct waiter *batch[OUTBOX_GROUP_MAX];
+	int rc = pack_event(g->service, e, me.id, &me.buf, &me.len, err, errlen);
+	if (rc != 0)
+		return rc;
+	trace_id_hex(trace_current(), me.trace);
+	/* Each caller sleeps on its own condition variable: a commit wakes the
+	 * callers it answered and the next leader, not every waiter. */
+	pthread_cond_init(&me.cv, NULL);
+	pthread_mutex_lock(&g->mu);
+	*g->tail = &me;
+	g->tail = &me.next;
+	while (!me.done) {
+		if (g->leading) {
+			pthread_cond_wait(&me.cv, &g->mu);
+			continue;
+		}
+		/* Lead: take what is queued (in order, up to the cap), write it
+		 * as one transaction, then answer everyone in it. */
+		g->leading = 1;
+		int n = 0;
+		while (g->head != NULL && n < g->max_batch) {
+			batch[n++] = g->head;
+			g->head = g->head->next;
+		}
+		if (g->head == NULL)
+			g->tail = &g->head;
+		pthread_mutex_unlock(&g->mu);
+		char why[256];
+		int brc = write_batch(g, batch, n, why, sizeof why);
+		pthread_mutex_lock(&g->mu);
+		for (int i = 0; i < n; i++) {
+			batch[i]->rc = brc;
+			if (brc != 0)
+				snprintf(batch[i]->err, sizeof batch[i]->err, "%s", why);
+			batch[i]->done = 1;
+			if (batch[i] != &me)
+				pthread_cond_signal(&batch[i]->cv);
+		}
+		if (brc == 0) {
+			g->commits++;
+			g->events += (unsigned long long)n;
+		}
+		g->leading = 0;
+		if (g->head != NULL)
+			pthread_cond_signal(&g->head->cv); /* the next leader */
+	}
+	pthread_mutex_unlock(&g->mu);
+	pthread_cond_destroy(&me.cv);
+	free(me.buf);
+	if (me.rc != 0)
+		return sw_errf(err, errlen, me.rc, "%s", me.err);
+	return 0;
 }
 
 /* Waits up to ms for a kick or stop. */

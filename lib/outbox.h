@@ -116,6 +116,45 @@ void outbox_detail(struct outbox_event *e, const char *key, const char *value);
 int outbox_add(struct db_conn *c, const char *service, const struct outbox_event *e, char *err,
 	       size_t errlen);
 
+/*
+ * Group commit, for events that must be on record before the caller acts
+ * on the decision they describe (the secrets service delivers a bundle
+ * only once its fetch event is durable), with no change of its own to
+ * commit alongside. outbox_group_commit returns only after the event's
+ * transaction has committed (0), or with the error that kept it from
+ * committing; meanwhile concurrent callers' events join the same
+ * transaction. The first caller to find no commit in progress leads: it
+ * takes every event queued (up to the batch cap), writes them as one
+ * multi-row INSERT (its own transaction: one WAL flush and one turn of
+ * the commit-order lock for all of them, instead of one each), and
+ * answers each of them with the outcome; the next leader takes what
+ * queued meanwhile. No extra thread; no caller waits for a timer.
+ * All or nothing: a failed batch fails every event in it (SW_EUNAVAIL when
+ * the database went away; the outcome is then unknown, so an event may be
+ * on record for an action the caller did not take, never the reverse).
+ */
+#define OUTBOX_GROUP_MAX 128
+
+struct outbox_group;
+
+/* max_batch: events per transaction (0 = 64, at most OUTBOX_GROUP_MAX).
+ * service is copied. Free with outbox_group_free (no caller may be inside
+ * outbox_group_commit then). */
+int outbox_group_new(struct db *db, const char *service, int max_batch,
+		     struct outbox_group **out, char *err, size_t errlen);
+void outbox_group_free(struct outbox_group *g);
+
+/* Records e durably (see above). Blocks for about one commit, two when a
+ * batch is being written as it arrives. Any thread, never while holding a
+ * connection of the same pool (the leader needs one). 0 or an SW_E* code
+ * with err. */
+int outbox_group_commit(struct outbox_group *g, const struct outbox_event *e, char *err,
+			size_t errlen);
+
+/* Transactions committed and events in them since start (tests, bench). */
+void outbox_group_stats(struct outbox_group *g, unsigned long long *commits,
+			unsigned long long *events);
+
 struct outbox_relay;
 
 struct outbox_relay_opts {

@@ -92,10 +92,11 @@ int sec_env_seal(struct sec_keys *k, const struct sec_ident *id, const uint8_t *
 	return rc;
 }
 
-int sec_env_open(struct sec_keys *k, const struct sec_ident *id, const uint8_t *ct, size_t ctlen,
-		 const uint8_t wrapped[SEC_WRAPPED_BYTES], uint32_t mk_version, uint8_t *plain,
-		 char *err, size_t errlen)
+int sec_env_open(struct sec_keys *k, struct sec_dkcache *dkc, const struct sec_ident *id,
+		 const uint8_t *ct, size_t ctlen, const uint8_t wrapped[SEC_WRAPPED_BYTES],
+		 uint32_t mk_version, uint8_t *plain, char *err, size_t errlen)
 {
+	uint8_t ah[32];
 	uint8_t va[AAD_MAX], ka[AAD_MAX];
 	unsigned long long plen = 0;
 	int rc = 0;
@@ -107,7 +108,16 @@ int sec_env_open(struct sec_keys *k, const struct sec_ident *id, const uint8_t *
 	uint8_t *dk = sec_scratch(SEC_SCRATCH_KEY, SEC_KEY_BYTES);
 	if (dk == NULL)
 		return sw_errf(err, errlen, SW_ENOMEM, "out of secure memory");
-	rc = sec_keys_unwrap(k, mk_version, ka, kn, wrapped, dk, err, errlen);
+	uint64_t gen = 0;
+	if (dkc != NULL) {
+		sec_dkcache_hash_aad(ka, kn, ah);
+		gen = sec_keys_generation(k);
+	}
+	if (dkc == NULL || !sec_dkcache_get(dkc, gen, mk_version, ah, wrapped, dk)) {
+		rc = sec_keys_unwrap(k, mk_version, ka, kn, wrapped, dk, err, errlen);
+		if (rc == 0)
+			sec_dkcache_put(dkc, gen, mk_version, ah, wrapped, dk);
+	}
 	if (rc == 0 &&
 	    crypto_aead_xchacha20poly1305_ietf_decrypt(plain, &plen, NULL, ct + SEC_NONCE_BYTES,
 						       ctlen - SEC_NONCE_BYTES, va, vn, ct,

@@ -9,11 +9,13 @@
  * delivered. A grant is usable by its agent only, for its deployment only,
  * until it expires; Fetch picks the caller's newest unexpired grant.
  *
- * Fetch is the hot path: one query reads the grant, its references and
- * their ciphertexts; values are decrypted into per-thread secure scratch,
- * packed, signed and sealed; the fetch's audit event is committed before
- * the bundle is returned (a bundle whose delivery is not on record is never
- * handed out), and every buffer that held plaintext is wiped.
+ * Fetch is the hot path: one prepared query reads the grant, its
+ * references and their ciphertexts; data keys come from the bounded-time
+ * cache or are unwrapped; values are decrypted into per-thread secure
+ * scratch, packed, signed and sealed; the fetch's audit event is committed
+ * before the bundle is returned (a bundle whose delivery is not on record
+ * is never handed out), group-committed with those of concurrent fetches;
+ * and every buffer that held plaintext is wiped.
  */
 #include "secrets.h"
 
@@ -307,42 +309,6 @@ static int classify_missing(struct db_conn *c, const char *agent, const char *de
 	" LEFT JOIN versions v ON v.secret_id = gs.secret_id AND v.version = gs.version"    \
 	" ORDER BY gs.ord"
 
-static int fetch_query(struct db_conn *c, const char *const *v, PGresult **out, char *err,
-		       size_t errlen)
-{
-	PGconn *pg = db_pg(c);
-	*out = NULL;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		PGresult *r = PQexecPrepared(pg, FETCH_STMT, 3, v, NULL, NULL, 1);
-		if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-			*out = r;
-			return 0;
-		}
-		const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-		if (attempt == 0 && st != NULL && strcmp(st, "26000") == 0) {
-			/* Not prepared on this connection yet (new or reconnected). */
-			PQclear(r);
-			r = PQprepare(pg, FETCH_STMT, FETCH_SQL, 3, NULL);
-			int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-			st = ok ? NULL : PQresultErrorField(r, PG_DIAG_SQLSTATE);
-			if (ok) {
-				PQclear(r);
-				continue;
-			}
-		}
-		int lost = PQstatus(pg) != CONNECTION_OK;
-		int code = lost ? SW_EUNAVAIL : db_err_from_sqlstate(st);
-		const char *m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-		if (lost)
-			sw_errf(err, errlen, 0, "database connection lost; retry");
-		else
-			sw_errf(err, errlen, 0, "database: %s (%s)", m ? m : "?", st ? st : "?");
-		PQclear(r);
-		return code;
-	}
-	return sw_errf(err, errlen, SW_EINTERNAL, "the fetch statement could not be prepared");
-}
-
 int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
 		    const char *deployment, uint8_t **box, size_t *boxlen, char *err, size_t errlen)
 {
@@ -363,7 +329,7 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
 		return rc;
 	int64_t now = sec_now_ms();
 	const char *v[3] = { deployment, agent, db_i64(nowb, now) };
-	rc = fetch_query(c, v, &r, err, errlen);
+	rc = db_exec_prepared(c, FETCH_STMT, FETCH_SQL, 3, v, NULL, NULL, 1, &r, err, errlen);
 	if (rc != 0)
 		goto out;
 	int n = PQntuples(r);
@@ -428,7 +394,7 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
 	for (int i = 0; i < n; i++) {
 		struct sec_ident id = { PQgetvalue(r, i, 11), PQgetvalue(r, i, 12), items[i].name,
 					items[i].version };
-		rc = sec_env_open(s->keys, &id, (const uint8_t *)PQgetvalue(r, i, 10),
+		rc = sec_env_open(s->keys, s->dkcache, &id, (const uint8_t *)PQgetvalue(r, i, 10),
 				  (size_t)PQgetlength(r, i, 10), (const uint8_t *)PQgetvalue(r, i, 9),
 				  be32(PQgetvalue(r, i, 8)), values + pos, why, sizeof why);
 		if (rc != 0) {
@@ -486,9 +452,9 @@ int sec_grant_fetch(struct sec *s, struct rpc_ctx *ctx, const char *agent,
 	outbox_detail(&e, "count", db_i64(cnt, n));
 	outbox_detail(&e, "secrets", list);
 	outbox_detail(&e, "bundle_expires_unix_ms", db_i64(eb, bexp));
-	rc = db_acquire(s->db, &c, 10000, why, sizeof why);
-	if (rc == 0)
-		rc = sec_audit_add(c, &e, why, sizeof why); /* one statement: autocommit */
+	/* Group commit: concurrent fetches' events share one transaction, and
+	 * this call returns only once the one holding ours has committed. */
+	rc = outbox_group_commit(s->fetch_log, &e, why, sizeof why);
 	if (rc != 0) {
 		*box = NULL;
 		*boxlen = 0;

@@ -43,6 +43,7 @@ struct sec_keys {
 	size_t nm;
 	uint32_t current;
 	int64_t last_reload_ms;
+	uint64_t gen; /* bumped (under the write lock) whenever the keyring changes */
 	pthread_mutex_t reload_mu;
 	uint8_t *seal_sk; /* X25519, read-only */
 	uint8_t seal_pk[32];
@@ -421,6 +422,7 @@ static void reload(struct sec_keys *k, int force)
 	}
 	if (find_locked(k, cur) != NULL && cur > k->current)
 		k->current = cur;
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	ring_free(fresh, n);
 	pthread_mutex_unlock(&k->reload_mu);
@@ -458,6 +460,13 @@ int sec_keys_unwrap(struct sec_keys *k, uint32_t version, const uint8_t *aad, si
 		       version);
 }
 
+uint64_t sec_keys_generation(struct sec_keys *k)
+{
+	/* Written under the write lock; read without one (once per data key
+	 * on the Fetch path). */
+	return __atomic_load_n(&k->gen, __ATOMIC_ACQUIRE);
+}
+
 int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen)
 {
 	struct master nm = { 0, NULL };
@@ -489,6 +498,7 @@ int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen
 	*version = nm.version;
 	nm.key = NULL;
 out:
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	master_free(&nm);
 	return rc;
@@ -516,6 +526,7 @@ int sec_keys_retire_except(struct sec_keys *k, uint32_t keep, char *err, size_t 
 	k->nm = j;
 	k->current = keep;
 out:
+	__atomic_add_fetch(&k->gen, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&k->lock);
 	return rc;
 }

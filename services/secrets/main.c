@@ -24,6 +24,7 @@ struct opts {
 	char *keyring, *seal_key, *sign_key, *grantors;
 	int generate_keys;
 	long long db_pool, max_value, grant_ttl, grant_max_ttl, bundle_ttl, max_grant_secrets;
+	long long dk_cache_ttl, dk_cache_entries, fetch_batch;
 };
 
 static int probe(void *arg, char *why, size_t whylen)
@@ -95,6 +96,14 @@ int main(int argc, char **argv)
 		  "lifetime of a fetched bundle (never past its grant)", &o.bundle_ttl },
 		{ "max-grant-secrets", CFG_INT, "256", 1, SEALED_MAX_ITEMS, 0,
 		  "secrets one grant may reference", &o.max_grant_secrets },
+		{ "dk-cache-ttl", CFG_MS, "60s", 0, 3600LL * 1000, 0,
+		  "how long an unwrapped data key is kept in locked memory for later "
+		  "fetches (0: off); rotation and destroy wipe the cache", &o.dk_cache_ttl },
+		{ "dk-cache-entries", CFG_INT, "4096", 0, 1 << 20, 0,
+		  "data keys the cache holds (0: off)", &o.dk_cache_entries },
+		{ "fetch-batch", CFG_INT, "64", 1, OUTBOX_GROUP_MAX, 0,
+		  "fetch audit events committed together at most (group commit)",
+		  &o.fetch_batch },
 		{ "grantors", CFG_STR, NULL, 0, 0, 0,
 		  "comma-separated principals allowed to create grants "
 		  "(default spiffe://<trust-domain>/service/orchestrator)",
@@ -173,7 +182,11 @@ int main(int argc, char **argv)
 				    .generate = o.generate_keys,
 				    .keyring_may_be_new = known_keys == 0 };
 	if (sec_keys_load(&ko, &s.keys, err, sizeof err) != 0 ||
-	    sec_store_check_keys(&s, err, sizeof err) != 0)
+	    sec_store_check_keys(&s, err, sizeof err) != 0 ||
+	    outbox_group_new(s.db, SEC_SERVICE, (int)o.fetch_batch, &s.fetch_log, err,
+			     sizeof err) != 0 ||
+	    sec_dkcache_new((size_t)o.dk_cache_entries, o.dk_cache_ttl, &s.dkcache, err,
+			    sizeof err) != 0)
 		goto fail;
 	{
 		uint8_t spk[32], gpk[32];
@@ -221,6 +234,8 @@ out:
 	authz_free(s.authz);
 	rpc_client_free(audit);
 	rpc_client_free(policy);
+	sec_dkcache_free(s.dkcache);
+	outbox_group_free(s.fetch_log);
 	sec_keys_free(s.keys);
 	db_close(s.db);
 	svc_free(sv);

@@ -80,6 +80,11 @@ int sec_keys_wrap(struct sec_keys *k, uint32_t version, const uint8_t *aad, size
 int sec_keys_unwrap(struct sec_keys *k, uint32_t version, const uint8_t *aad, size_t aadlen,
 		    const uint8_t *wrapped, uint8_t *dk, char *err, size_t errlen);
 
+/* Changes whenever the keyring in memory changes (a key added, retired or
+ * re-read from the file): data keys cached under an older generation are
+ * not used. */
+uint64_t sec_keys_generation(struct sec_keys *k);
+
 /* Adds a new master key version, writes the keyring file (atomically)
  * and makes it current. *version gets it. */
 int sec_keys_add(struct sec_keys *k, uint32_t *version, char *err, size_t errlen);
@@ -113,6 +118,32 @@ enum { SEC_SCRATCH_KEY = 0, SEC_SCRATCH_DATA = 1, SEC_SCRATCH_WORK = 2 };
 uint8_t *sec_scratch(int slot, size_t n);
 void sec_scratch_wipe(int slot);
 
+/* ---------------------------------------------------------------- dkcache.c */
+
+/* Unwrapped data keys for a bounded time (see dkcache.c). NULL is a cache
+ * that is off: every call does nothing (get misses). */
+struct sec_dkcache;
+
+/* entries (rounded up to a power of two) and ttl_ms; either 0: off, *out
+ * NULL. Starts the sweeper thread. Free with sec_dkcache_free. */
+int sec_dkcache_new(size_t entries, int64_t ttl_ms, struct sec_dkcache **out, char *err,
+		    size_t errlen);
+void sec_dkcache_free(struct sec_dkcache *c);
+/* BLAKE2b-256 of a wrap's associated data: half of an entry's name. */
+void sec_dkcache_hash_aad(const uint8_t *aad, size_t aadlen, uint8_t out[32]);
+/* 1 and dk (SEC_KEY_BYTES of the caller's secure memory) on a live entry
+ * for exactly this wrapped key, master key version and AAD, made under
+ * keyring generation keys_gen (sec_keys_generation); else 0. */
+int sec_dkcache_get(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_version,
+		    const uint8_t aad_hash[32], const uint8_t *wrapped, uint8_t *dk);
+void sec_dkcache_put(struct sec_dkcache *c, uint64_t keys_gen, uint32_t mk_version,
+		     const uint8_t aad_hash[32], const uint8_t *wrapped, const uint8_t *dk);
+/* Wipes every entry (master key rotation, a destroyed version). */
+void sec_dkcache_clear(struct sec_dkcache *c);
+/* Live entries, hits and misses (tests). */
+void sec_dkcache_stats(struct sec_dkcache *c, size_t *live, unsigned long long *hits,
+		       unsigned long long *misses);
+
 /* ---------------------------------------------------------------- envelope.c */
 
 /* Who a ciphertext belongs to: bound into the associated data. */
@@ -131,11 +162,12 @@ int sec_env_seal(struct sec_keys *k, const struct sec_ident *id, const uint8_t *
 		 char *err, size_t errlen);
 
 /* Decrypts ct[ctlen] into plain (ctlen - SEC_CT_OVERHEAD bytes of secure
- * memory). SW_EDATALOSS when either layer does not authenticate (the row
+ * memory). The data key comes from dkc when it holds this very wrapped key
+ * (dkc may be NULL), else it is unwrapped and put there. SW_EDATALOSS when either layer does not authenticate (the row
  * was altered or copied from another name, scope or version). */
-int sec_env_open(struct sec_keys *k, const struct sec_ident *id, const uint8_t *ct, size_t ctlen,
-		 const uint8_t wrapped[SEC_WRAPPED_BYTES], uint32_t mk_version, uint8_t *plain,
-		 char *err, size_t errlen);
+int sec_env_open(struct sec_keys *k, struct sec_dkcache *dkc, const struct sec_ident *id,
+		 const uint8_t *ct, size_t ctlen, const uint8_t wrapped[SEC_WRAPPED_BYTES],
+		 uint32_t mk_version, uint8_t *plain, char *err, size_t errlen);
 
 /* Rewraps a data key from master key old_version to new_version without
  * touching the value. */
@@ -151,6 +183,8 @@ struct sec {
 	struct authz *authz;          /* NULL: no policy service, deny everything */
 	struct rpc_client *policy;    /* enrollments (NULL: no grant is made) */
 	struct outbox_relay *relay;   /* NULL: events stay in the outbox */
+	struct outbox_group *fetch_log; /* group commit of fetch events */
+	struct sec_dkcache *dkcache;  /* NULL: off */
 	const char *trust_domain;
 	char *grantors;               /* comma-separated SPIFFE IDs */
 	size_t max_value;

@@ -431,6 +431,10 @@ int sec_store_version_op(struct sec *s, struct sec_version_op *op, char *err, si
 	int rc = db_tx(s->db, NULL, version_tx, op, err, errlen);
 	if (rc == 0 && op->changed)
 		sec_audit_kick(s);
+	/* A destroyed version's data key must not outlive its ciphertext in
+	 * our memory either (crypto-shredding): wipe the cache. */
+	if (rc == 0 && op->changed && op->act == SEC_ACT_DESTROY)
+		sec_dkcache_clear(s->dkcache);
 	return rc;
 }
 
@@ -751,6 +755,9 @@ out:
 		db_release(s->db, lock);
 	}
 	pthread_mutex_unlock(&s->rotate_mu);
+	/* Data keys unwrapped before the rotation go (a changed keyring also
+	 * makes them misses: sec_keys_generation). */
+	sec_dkcache_clear(s->dkcache);
 	if (rc == 0)
 		sec_audit_kick(s);
 	return rc;

@@ -106,7 +106,7 @@ static void mode_envelope(struct fz *f)
 		goto out;
 	}
 	FUZZ_CHECK(mk == sec_keys_current(keys), "sealed under master key %u", mk);
-	rc = sec_env_open(keys, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, back, err, sizeof err);
+	rc = sec_env_open(keys, NULL, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, back, err, sizeof err);
 	FUZZ_CHECK(rc == 0, "a sealed value does not open: %s", err);
 	FUZZ_CHECK(len == 0 || memcmp(back, plain, len) == 0, "opened to other bytes");
 
@@ -148,7 +148,7 @@ static void mode_envelope(struct fz *f)
 	if (strlen(id2.app) > SEC_APP_MAX || strlen(id2.env) > SEC_APP_MAX ||
 	    strlen(id2.name) > SEALED_NAME_MAX)
 		goto out;
-	rc = sec_env_open(keys, &id2, ct, ctlen, wrapped, mk2, back, err, sizeof err);
+	rc = sec_env_open(keys, NULL, &id2, ct, ctlen, wrapped, mk2, back, err, sizeof err);
 	FUZZ_CHECK(rc == SW_EDATALOSS || rc == SW_EPRECOND,
 		   "change %d still opened (%d): the value is not bound to what it belongs to",
 		   what % 7, rc);
@@ -167,7 +167,7 @@ static void mode_arbitrary(struct fz *f)
 	uint8_t *back = sodium_malloc(f->n + 1);
 	char err[512];
 	FUZZ_CHECK(back != NULL, "alloc");
-	int rc = sec_env_open(keys, &id, f->p, f->n, wrapped, mk, back, err, sizeof err);
+	int rc = sec_env_open(keys, NULL, &id, f->p, f->n, wrapped, mk, back, err, sizeof err);
 	FUZZ_CHECK(rc == SW_EDATALOSS || rc == SW_EPRECOND, "arbitrary ciphertext gave %d", rc);
 	sodium_free(back);
 }

@@ -3,11 +3,13 @@
  * transactions, error mapping, reconnect, a database that is down, and one
  * that crashes and comes back (the stack's own PostgreSQL, stopped with
  * pg_ctl -m immediate: every service must be SERVING again without a
- * restart).
+ * restart); statements prepared once per connection; and the outbox's
+ * group commit.
  */
 #include "db.h"
 #include "err.h"
 #include "harness.h"
+#include "outbox.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -123,6 +125,175 @@ static void test_transactions_and_error_mapping(void **state)
 	struct ins e = { "4", "x'); DROP TABLE things; --", 0 };
 	assert_int_equal(db_tx(db, NULL, insert_tx, &e, err, sizeof err), 0);
 	assert_int_equal(count_things(db), 2);
+	db_close(db);
+}
+
+#define PREP_NAME "it_db_things_by_id"
+#define PREP_SQL "SELECT name FROM things WHERE id = $1"
+
+static int64_t prepared_here(struct db_conn *c)
+{
+	PGresult *r;
+	char err[256];
+	assert_int_equal(db_q(c, "SELECT count(*) FROM pg_prepared_statements WHERE name = '" PREP_NAME
+				 "'",
+			      0, NULL, &r, err, sizeof err),
+			 0);
+	int64_t n = db_int64(r, 0, 0);
+	PQclear(r);
+	return n;
+}
+
+static void prepared_name(struct db_conn *c, const char *id, const char *want, int want_rc)
+{
+	PGresult *r = NULL;
+	char err[256];
+	const char *v[1] = { id };
+	assert_int_equal(db_exec_prepared(c, PREP_NAME, PREP_SQL, 1, v, NULL, NULL, 0, &r, err,
+					  sizeof err),
+			 want_rc);
+	if (want_rc == 0)
+		assert_string_equal(db_text(r, 0, 0), want);
+	else
+		assert_null(r);
+	PQclear(r);
+}
+
+static void terminate_backend(const char *pid);
+static void backend_pid(struct db_conn *c, char pid[24]);
+
+/* db_exec_prepared: prepared once per session, used again and again;
+ * prepared afresh on a new session (after a loss) and when the session
+ * dropped it (DEALLOCATE); errors mapped as db_exec maps them. */
+static void test_prepared_statements(void **state)
+{
+	(void)state;
+	struct db *db = open_db("it_db_tx");
+	char err[256], pid[24];
+	struct db_conn *c;
+	assert_int_equal(db_migrate(db, migs_v1, 1, err, sizeof err), 0);
+	struct ins a = { "101", "prepared", 0 };
+	assert_int_equal(db_tx(db, NULL, insert_tx, &a, err, sizeof err), 0);
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	assert_int_equal(prepared_here(c), 0);
+	for (int i = 0; i < 3; i++)
+		prepared_name(c, "101", "prepared", 0);
+	assert_int_equal(prepared_here(c), 1);
+	prepared_name(c, "not a number", NULL, SW_EINVAL);
+	prepared_name(c, "101", "prepared", 0);
+	/* The session forgets it: prepared again. */
+	assert_int_equal(db_q(c, "DEALLOCATE ALL", 0, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(prepared_here(c), 0);
+	prepared_name(c, "101", "prepared", 0);
+	assert_int_equal(prepared_here(c), 1);
+	/* The session is lost: the next one prepares it again. */
+	backend_pid(c, pid);
+	db_release(db, c);
+	terminate_backend(pid);
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	assert_int_equal(prepared_here(c), 0);
+	prepared_name(c, "101", "prepared", 0);
+	assert_int_equal(prepared_here(c), 1);
+	db_release(db, c);
+	db_close(db);
+}
+
+/* ---- outbox group commit ---- */
+
+static const struct db_migration outbox_migs[] = {
+	{ 1, "outbox", OUTBOX_MIGRATION_SQL },
+};
+
+struct gc_arg {
+	struct outbox_group *g;
+	pthread_t t;
+	int rc, done;
+	char id[33], err[256];
+};
+
+static void *gc_main(void *arg)
+{
+	struct gc_arg *a = arg;
+	struct outbox_event e = { .event_id = a->id, .actor = "spiffe://it.test/agent/x",
+				  .action = "thing.use", .resource = "thing/1",
+				  .outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS };
+	a->rc = outbox_group_commit(a->g, &e, a->err, sizeof a->err);
+	__atomic_store_n(&a->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static int64_t outbox_rows(struct db *db, const char *where)
+{
+	struct db_conn *c;
+	PGresult *r;
+	char err[256], q[256];
+	snprintf(q, sizeof q, "SELECT count(*) FROM outbox WHERE %s", where);
+	assert_int_equal(db_acquire(db, &c, 1000, err, sizeof err), 0);
+	assert_int_equal(db_q(c, q, 0, NULL, &r, err, sizeof err), 0);
+	int64_t n = db_int64(r, 0, 0);
+	PQclear(r);
+	db_release(db, c);
+	return n;
+}
+
+/* outbox_group_commit returns only after its event committed; callers
+ * that arrive while a commit is in progress share the next transaction;
+ * every committed row has its commit-order seq; a batch that fails fails
+ * every caller in it and leaves no row. The test stops commits by holding
+ * the commit-order lock of the schema from another session. */
+static void test_outbox_group_commit(void **state)
+{
+	(void)state;
+	enum { N = 8 };
+	struct db *db = open_db("it_db_outbox"), *admin = open_db("public");
+	struct outbox_group *g = NULL;
+	struct db_conn *lk;
+	char err[256];
+	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(outbox_group_new(db, "it", 0, &g, err, sizeof err), 0);
+	assert_int_equal(db_acquire(admin, &lk, 1000, err, sizeof err), 0);
+	assert_int_equal(db_q(lk, "SELECT pg_advisory_lock(hashtext('slipway.outbox.commit.it_db_outbox'))",
+			      0, NULL, NULL, err, sizeof err),
+			 0);
+	struct gc_arg a[N];
+	memset(a, 0, sizeof a);
+	for (int i = 0; i < N; i++) {
+		a[i].g = g;
+		snprintf(a[i].id, sizeof a[i].id, "it-db-gc-%d", i);
+		assert_int_equal(pthread_create(&a[i].t, NULL, gc_main, &a[i]), 0);
+	}
+	h_sleep_ms(500);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(__atomic_load_n(&a[i].done, __ATOMIC_SEQ_CST), 0);
+	assert_int_equal(outbox_rows(db, "true"), 0); /* nothing visible: not committed */
+	assert_int_equal(db_q(lk, "SELECT pg_advisory_unlock(hashtext('slipway.outbox.commit.it_db_outbox'))",
+			      0, NULL, NULL, err, sizeof err),
+			 0);
+	db_release(admin, lk);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(pthread_join(a[i].t, NULL), 0);
+		if (a[i].rc != 0)
+			fail_msg("group commit %d: %s", i, a[i].err);
+	}
+	unsigned long long commits = 0, events = 0;
+	outbox_group_stats(g, &commits, &events);
+	assert_int_equal(events, N);
+	assert_true(commits < N); /* the ones that queued shared a transaction */
+	assert_int_equal(outbox_rows(db, "event_id LIKE 'it-db-gc-%' AND seq IS NOT NULL"), N);
+	/* A batch that fails: no row, the caller told why. */
+	assert_int_equal(db_acquire(db, &lk, 1000, err, sizeof err), 0);
+	assert_int_equal(db_q(lk, "ALTER TABLE outbox ADD CONSTRAINT no_poison CHECK (event_id <> 'poison')",
+			      0, NULL, NULL, err, sizeof err),
+			 0);
+	db_release(db, lk);
+	struct gc_arg p = { .g = g };
+	snprintf(p.id, sizeof p.id, "poison");
+	gc_main(&p);
+	assert_int_equal(p.rc, SW_EINVAL);
+	assert_non_null(strstr(p.err, "no_poison"));
+	assert_int_equal(outbox_rows(db, "event_id = 'poison'"), 0);
+	outbox_group_free(g);
+	db_close(admin);
 	db_close(db);
 }
 
@@ -458,6 +629,8 @@ int main(void)
 		cmocka_unit_test(test_migrations_versioned_and_idempotent),
 		cmocka_unit_test(test_transactions_and_error_mapping),
 		cmocka_unit_test(test_reconnect_after_connection_loss),
+		cmocka_unit_test(test_prepared_statements),
+		cmocka_unit_test(test_outbox_group_commit),
 		cmocka_unit_test(test_session_timeouts_in_force),
 		cmocka_unit_test(test_lock_timeout_fails_clearly_and_is_retried),
 		cmocka_unit_test(test_database_down_is_unavailable),

@@ -770,6 +770,112 @@ static void test_fetch_after_database_connections_are_lost(void **state)
 	expect_fetch("dep-1", "G_DB", 2, g_db_v2);
 }
 
+/* Fetch events recorded so far (delivered to the audit log, or still in
+ * the outbox). */
+static int64_t fetch_events_recorded(void)
+{
+	const char *audit = getenv("SLIPWAY_AUDIT_ADDR");
+	int64_t n = sql_int("SELECT count(*) FROM secrets.outbox"
+			    " WHERE position('secret.fetch'::bytea in event) > 0",
+			    0, NULL);
+	if (audit != NULL && audit[0] != '\0')
+		n += sql_int("SELECT count(*) FROM audit.entries"
+			     " WHERE service = 'secrets' AND action = 'secret.fetch' AND outcome = 1",
+			     0, NULL);
+	return n;
+}
+
+struct bg_fetch {
+	pthread_t t;
+	int rc, done;
+	char err[512];
+};
+
+static void *bg_fetch_main(void *arg)
+{
+	struct bg_fetch *f = arg;
+	/* One attempt (call() retries UNAVAILABLE, which is what is tested). */
+	Slipway__V1__FetchRequest req = SLIPWAY__V1__FETCH_REQUEST__INIT;
+	req.deployment_id = "dep-1";
+	ProtobufCMessage *m = NULL;
+	struct rpc_call_opts o = { .timeout_ms = 20000 };
+	f->rc = rpc_call(agent1, &slipway__v1__secrets__descriptor, "Fetch", &req.base, &m, &o,
+			 f->err, sizeof f->err);
+	if (f->rc == 0 && ((Slipway__V1__FetchResponse *)m)->sealed_bundle.len == 0)
+		f->rc = SW_EINTERNAL;
+	if (m != NULL)
+		protobuf_c_message_free_unpacked(m, NULL);
+	__atomic_store_n(&f->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static int fetches_done(struct bg_fetch *f, int n)
+{
+	int d = 0;
+	for (int i = 0; i < n; i++)
+		d += __atomic_load_n(&f[i].done, __ATOMIC_SEQ_CST);
+	return d;
+}
+
+/* Concurrent fetches' audit events are group-committed: no bundle leaves
+ * before the transaction holding its event has committed, a transaction
+ * that dies takes only its own fetches down (they get UNAVAILABLE and no
+ * bundle), and the others' events commit in the next one. Exactly the
+ * fetches answered with a bundle are on record. The test holds the outbox's
+ * commit-order lock (taken by every outbox commit of the schema) to stop
+ * commits, and kills the one transaction waiting for it. */
+static void test_fetch_answered_only_after_its_event_commits(void **state)
+{
+	(void)state;
+	enum { N = 6 };
+	struct bg_fetch f[N];
+	memset(f, 0, sizeof f);
+	expect_fetch("dep-1", "G_DB", 2, g_db_v2); /* warm: prepared, authorized, cached */
+	for (int i = 0; i < 300 && sql_int("SELECT count(*) FROM secrets.outbox", 0, NULL) > 0; i++)
+		h_sleep_ms(100);
+	int64_t before = fetch_events_recorded();
+	PQclear(sql("SELECT pg_advisory_lock(hashtext('slipway.outbox.commit.secrets'))", 0, NULL));
+	for (int i = 0; i < N; i++)
+		assert_int_equal(pthread_create(&f[i].t, NULL, bg_fetch_main, &f[i]), 0);
+	/* Wait until one commit is stuck on the lock and the rest queued behind it. */
+	int stuck = 0;
+	for (int i = 0; i < 100 && !stuck; i++) {
+		h_sleep_ms(50);
+		stuck = sql_int("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+				" 'slipway-secrets' AND wait_event_type = 'Lock'",
+				0, NULL) > 0;
+	}
+	assert_true(stuck);
+	h_sleep_ms(300);
+	assert_int_equal(fetches_done(f, N), 0); /* nothing answered before its commit */
+	assert_int_equal(sql_int("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+				 " 'slipway-secrets' AND wait_event_type = 'Lock'",
+				 0, NULL),
+			 1); /* one transaction for every fetch waiting, not one each */
+	PQclear(sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+		    " application_name = 'slipway-secrets' AND wait_event_type = 'Lock'",
+		    0, NULL));
+	for (int i = 0; i < 100 && fetches_done(f, N) == 0; i++)
+		h_sleep_ms(50);
+	PQclear(sql("SELECT pg_advisory_unlock(hashtext('slipway.outbox.commit.secrets'))", 0, NULL));
+	int ok = 0, unavailable = 0;
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(pthread_join(f[i].t, NULL), 0);
+		if (f[i].rc == 0)
+			ok++;
+		else if (f[i].rc == SW_EUNAVAIL && strstr(f[i].err, "not delivering") != NULL)
+			unavailable++;
+		else
+			fail_msg("fetch %d: %d %s", i, f[i].rc, f[i].err);
+	}
+	assert_true(unavailable >= 1);
+	assert_true(ok >= 1);
+	for (int i = 0; i < 300 && sql_int("SELECT count(*) FROM secrets.outbox", 0, NULL) > 0; i++)
+		h_sleep_ms(100);
+	assert_int_equal(fetch_events_recorded() - before, ok);
+	expect_fetch("dep-1", "G_DB", 2, g_db_v2); /* and the service carries on */
+}
+
 static void test_grant_validation(void **state)
 {
 	(void)state;
@@ -1637,6 +1743,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_check_and_set),
 		cmocka_unit_test(test_grant_and_fetch),
 		cmocka_unit_test(test_fetch_after_database_connections_are_lost),
+		cmocka_unit_test(test_fetch_answered_only_after_its_event_commits),
 		cmocka_unit_test(test_grant_validation),
 		cmocka_unit_test(test_grant_request_id_is_idempotent),
 		cmocka_unit_test(test_grant_of_many_secrets),

@@ -4,11 +4,15 @@
  * parsing, refusal of exposed or malformed files, rotation, retirement,
  * adoption of keys another replica added), wrapping, and the identity
  * binding of both layers (a ciphertext under another app, environment,
- * name, version or master key version does not open).
+ * name, version or master key version does not open). Every open goes
+ * through a data key cache (dkcache.c) that is hot after the first one,
+ * so each refusal below is also a cache miss where it must be one: another
+ * identity, another master key version, altered bytes, a changed keyring.
  *
  * The service's files are compiled into this test directly: they are not
  * part of lib/.
  */
+#include "../../services/secrets/dkcache.c"
 #include "../../services/secrets/envelope.c"
 #include "../../services/secrets/keys.c"
 #include "../../services/secrets/scratch.c"
@@ -23,6 +27,7 @@
 #include <cmocka.h>
 
 static char dir[256], ring[300], seal[300], sign[300];
+static struct sec_dkcache *dkc;
 
 static int setup(void **state)
 {
@@ -33,12 +38,14 @@ static int setup(void **state)
 	snprintf(ring, sizeof ring, "%s/master.keyring", dir);
 	snprintf(seal, sizeof seal, "%s/seal.key", dir);
 	snprintf(sign, sizeof sign, "%s/sign.key", dir);
-	return 0;
+	char err[256];
+	return sec_dkcache_new(64, 60000, &dkc, err, sizeof err) == 0 && dkc != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
 	(void)state;
+	sec_dkcache_free(dkc);
 	char cmd[400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
@@ -186,31 +193,43 @@ static void test_envelope_binds_identity(void **state)
 	assert_int_equal(sec_env_seal(k, &id, value, len, ct, wrapped, &mk, err, sizeof err), 0);
 	assert_int_equal(mk, 1);
 	assert_null(memmem(ct, len + SEC_CT_OVERHEAD, value, len));
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 0);
 	assert_memory_equal(plain, value, len);
+	/* Again: from the cache this time, same value. */
+	size_t live = 0;
+	unsigned long long hits = 0, misses = 0, hits0;
+	sec_dkcache_stats(dkc, &live, &hits0, &misses);
+	memset(plain, 0, sizeof plain);
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+				      sizeof err),
+			 0);
+	assert_memory_equal(plain, value, len);
+	sec_dkcache_stats(dkc, &live, &hits, &misses);
+	assert_int_equal(hits, hits0 + 1);
+	assert_true(live >= 1);
 	/* Any other identity: does not open. */
 	const struct sec_ident others[] = {
 		{ "web2", "prod", "DB", 3 }, { "web", "staging", "DB", 3 }, { "web", "", "DB", 3 },
 		{ "web", "prod", "DB2", 3 }, { "web", "prod", "DB", 4 },    { "webp", "rod", "DB", 3 },
 	};
 	for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
-		assert_int_equal(sec_env_open(k, &others[i], ct, len + SEC_CT_OVERHEAD, wrapped, mk,
+		assert_int_equal(sec_env_open(k, dkc, &others[i], ct, len + SEC_CT_OVERHEAD, wrapped, mk,
 					      plain, err, sizeof err),
 				 SW_EDATALOSS);
 	/* Another master key version label: not held. */
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
 				      sizeof err),
 			 SW_EPRECOND);
 	/* Flipped bits in either layer. */
 	ct[SEC_NONCE_BYTES + 1] ^= 1;
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	ct[SEC_NONCE_BYTES + 1] ^= 1;
 	wrapped[SEC_NONCE_BYTES] ^= 1;
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	wrapped[SEC_NONCE_BYTES] ^= 1;
@@ -224,15 +243,15 @@ static void test_envelope_binds_identity(void **state)
 	assert_int_equal(sec_env_rewrap(k, &id, wrapped, 1, rewrapped, 2, err, sizeof err), 0);
 	assert_memory_not_equal(wrapped, rewrapped, SEC_WRAPPED_BYTES);
 	/* The rewrapped key is bound to its new version too. */
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 1, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 1, plain, err,
 				      sizeof err),
 			 SW_EDATALOSS);
 	assert_int_equal(sec_keys_retire_except(k, 2, err, sizeof err), 0);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	assert_memory_equal(plain, value, len);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 1, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, wrapped, 1, plain, err,
 				      sizeof err),
 			 SW_EPRECOND);
 	sec_keys_free(k);
@@ -241,10 +260,70 @@ static void test_envelope_binds_identity(void **state)
 	uint32_t vs[8];
 	assert_int_equal(sec_keys_versions(k, vs, 8), 1);
 	assert_int_equal(vs[0], 2);
-	assert_int_equal(sec_env_open(k, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(k, dkc, &id, ct, len + SEC_CT_OVERHEAD, rewrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	sec_keys_free(k);
+}
+
+/* The data key cache: a hit only for the very wrapped key, master key
+ * version, identity and keyring generation; entries die at their TTL (on
+ * lookup, and by the sweeper without one) and on clear. */
+static void test_dkcache_bounds(void **state)
+{
+	(void)state;
+	struct sec_dkcache *c = NULL, *s = NULL;
+	char err[256];
+	uint8_t wrapped[SEC_WRAPPED_BYTES], ah[32], dk[SEC_KEY_BYTES], out[SEC_KEY_BYTES];
+	size_t live = 0;
+	unsigned long long hits = 0, misses = 0;
+	randombytes_buf(wrapped, sizeof wrapped);
+	randombytes_buf(dk, sizeof dk);
+	sec_dkcache_hash_aad((const uint8_t *)"aad", 3, ah);
+	assert_int_equal(sec_dkcache_new(0, 60000, &c, err, sizeof err), 0);
+	assert_null(c); /* off */
+	assert_int_equal(sec_dkcache_get(NULL, 1, 1, ah, wrapped, out), 0);
+	assert_int_equal(sec_dkcache_new(16, 60000, &c, err, sizeof err), 0);
+	sec_dkcache_put(c, 7, 1, ah, wrapped, dk);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 1);
+	assert_memory_equal(out, dk, sizeof dk);
+	assert_int_equal(sec_dkcache_get(c, 8, 1, ah, wrapped, out), 0); /* keyring changed */
+	assert_int_equal(sec_dkcache_get(c, 7, 2, ah, wrapped, out), 0); /* master version */
+	uint8_t other[32];
+	sec_dkcache_hash_aad((const uint8_t *)"aae", 3, other);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, other, wrapped, out), 0); /* identity */
+	wrapped[SEC_WRAPPED_BYTES - 1] ^= 1;
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 0); /* bytes */
+	wrapped[SEC_WRAPPED_BYTES - 1] ^= 1;
+	sec_dkcache_clear(c);
+	assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 0);
+	sec_dkcache_stats(c, &live, &hits, &misses);
+	assert_int_equal(live, 0);
+	/* Many more keys than slots: bounded, and the newest ones are there. */
+	for (int i = 0; i < 1000; i++) {
+		wrapped[0] = (uint8_t)i;
+		wrapped[1] = (uint8_t)(i >> 8);
+		sec_dkcache_put(c, 7, 1, ah, wrapped, dk);
+		assert_int_equal(sec_dkcache_get(c, 7, 1, ah, wrapped, out), 1);
+	}
+	sec_dkcache_stats(c, &live, &hits, &misses);
+	assert_true(live <= 128);
+	sec_dkcache_free(c);
+	/* A 1 ms lifetime: gone at the next lookup, and by the sweeper alone. */
+	assert_int_equal(sec_dkcache_new(16, 1, &s, err, sizeof err), 0);
+	sec_dkcache_put(s, 7, 1, ah, wrapped, dk);
+	usleep(5000);
+	assert_int_equal(sec_dkcache_get(s, 7, 1, ah, wrapped, out), 0);
+	wrapped[0] ^= 0x55;
+	sec_dkcache_put(s, 7, 1, ah, wrapped, dk);
+	for (int i = 0; i < 100; i++) {
+		sec_dkcache_stats(s, &live, &hits, &misses);
+		if (live == 0)
+			break;
+		usleep(50000);
+	}
+	assert_int_equal(live, 0);
+	sec_dkcache_free(s);
 }
 
 static void test_keys_of_another_replica_are_adopted(void **state)
@@ -265,7 +344,7 @@ static void test_keys_of_another_replica_are_adopted(void **state)
 	assert_int_equal(sec_env_seal(a, &id, value, 1, ct, wrapped, &mk, err, sizeof err), 0);
 	assert_int_equal(mk, 2);
 	b->last_reload_ms = 0; /* let b re-read now rather than in a second */
-	assert_int_equal(sec_env_open(b, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
+	assert_int_equal(sec_env_open(b, dkc, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, mk, plain, err,
 				      sizeof err),
 			 0);
 	assert_int_equal(sec_keys_add(b, &v, err, sizeof err), 0);
@@ -274,7 +353,7 @@ static void test_keys_of_another_replica_are_adopted(void **state)
 	a = load(0, 0, 0);
 	uint32_t vs[8];
 	assert_int_equal(sec_keys_versions(a, vs, 8), 3);
-	assert_int_equal(sec_env_open(a, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
+	assert_int_equal(sec_env_open(a, dkc, &id, ct, 1 + SEC_CT_OVERHEAD, wrapped, 2, plain, err,
 				      sizeof err),
 			 0);
 	sec_keys_free(a);
@@ -322,6 +401,7 @@ int main(void)
 		cmocka_unit_test(test_created_once_then_loaded),
 		cmocka_unit_test(test_malformed_keyrings_are_refused),
 		cmocka_unit_test(test_envelope_binds_identity),
+		cmocka_unit_test(test_dkcache_bounds),
 		cmocka_unit_test(test_keys_of_another_replica_are_adopted),
 		cmocka_unit_test(test_sealed_values_open_only_with_the_service_key),
 	};
