@@ -9,7 +9,8 @@
 # 2.0.0 and 3.0.0, deploys 1.0.0 then 2.0.0, rolls back to 1.0.0, deploys
 # 3.0.0 (its health check fails: the orchestrator rolls it back on its own),
 # checks what answers on each agent's application port and that the
-# applications run as slipway-app, not root, signs a checkpoint and
+# applications run as slipway-app, not root, restarts an agent's container
+# and sees its release started again, signs a checkpoint and
 # verifies the audit log with the log's public key. `down -v` removes
 # everything at exit, whatever happened. Prints how long each phase took.
 #
@@ -88,6 +89,18 @@ expect_versions() {
   done
   cli agents ls --app web >&2 || true
   fail "want both agents online running web $1, got '$got'"
+}
+
+# check_endpoints V: what answers on each agent's application port is web V.
+check_endpoints() {
+  local eps ep got
+  eps=$(cli -o json agents ls --app web | js 'j.map(a=>a.endpoint).filter(e=>e).join(" ")')
+  [ "$(wc -w <<<"$eps")" = 2 ] || fail "the agents do not report where web listens: '$eps'"
+  for ep in $eps; do
+    got=$(curl -sS --max-time 5 "http://$ep/") || fail "web at $ep does not answer"
+    echo "  $ep: $got"
+    [[ "$got" == *"\"version\":\"$1\""* ]] || fail "web at $ep is not $1: $got"
+  done
 }
 
 cleanup() {
@@ -244,13 +257,7 @@ cli rollback web prod --to 1.0.0 --reason "compose-test" --wait || fail "the rol
 expect_versions 1.0.0 20
 # What answers on each agent's application port is 1.0.0 again, and the
 # applications run as slipway-app (uid 10002), not as the agent's root.
-eps=$(cli -o json agents ls --app web | js 'j.map(a=>a.endpoint).filter(e=>e).join(" ")')
-[ "$(wc -w <<<"$eps")" = 2 ] || fail "the agents do not report where web listens: '$eps'"
-for ep in $eps; do
-  got=$(curl -sS --max-time 5 "http://$ep/") || fail "web at $ep does not answer"
-  echo "  $ep: $got"
-  [[ "$got" == *'"version":"1.0.0"'* ]] || fail "web at $ep is not 1.0.0: $got"
-done
+check_endpoints 1.0.0
 for s in agent-1 agent-2; do
   id=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$s")
   uids=$(docker top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" {print $2}' | sort -u | tr '\n' ' ')
@@ -265,6 +272,20 @@ state=$(cli -o json deployment show "$id3" | js 'j.state') || true
 [ "$state" = ROLLED_BACK ] || fail "web 3.0.0 ($id3) is '$state', want ROLLED_BACK"
 expect_versions 1.0.0 20
 echo "web 3.0.0 rolled back on its own; both agents run 1.0.0"
+
+phase "restart agent-1's container"
+# Its application stops with the container; the new agent starts the
+# current release again (docs/operations.md, Containers).
+id=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=agent-1")
+timeout 90 docker restart "$id" >/dev/null || fail "cannot restart agent-1"
+for i in $(seq 1 30); do
+  docker top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" && $2 == 10002 {f = 1} END {exit !f}' && break
+  [ "$i" = 30 ] && fail "agent-1 did not start web again within 30 s of its restart"
+  sleep 1
+done
+expect_versions 1.0.0 30
+check_endpoints 1.0.0
+echo "agent-1 is back and runs web 1.0.0 again"
 
 phase "audit log: sign a checkpoint, verify"
 # The log's public key, as an auditor is handed it (docs/operations.md).
