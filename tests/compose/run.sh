@@ -67,6 +67,12 @@ fi
 export COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0
 export SLIPWAY_COMPOSE_SECRETS="$work/secrets"
 C() { "${compose_cmd[@]}" -p "$project" -f compose/compose.yaml -f compose/compose.local.yaml "$@"; }
+# D ARGS...: docker, bounded (a daemon that hangs fails the test, not CI).
+D() { timeout 60 docker "$@"; }
+# svc_id SERVICE: the running container of SERVICE in this project.
+svc_id() {
+  D ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$1"
+}
 
 # cli ARGS...: the slipway CLI as the admin user, in the suite's `cli`
 # container (started once, below, and exec'd into: a `run --rm` per command
@@ -110,7 +116,7 @@ cleanup() {
     echo "---- compose ps" >&2; C ps >&2
     echo "---- compose logs (last 40 lines each)" >&2; C logs --no-color --tail 40 >&2
   fi
-  [ -n "$cli_id" ] && docker rm -f "$cli_id" >/dev/null 2>&1
+  [ -n "$cli_id" ] && D rm -f "$cli_id" >/dev/null 2>&1
   if [ $up = 1 ]; then
     phase "tear down (down -v)"
     timeout 120 "${compose_cmd[@]}" -p "$project" -f compose/compose.yaml -f compose/compose.local.yaml \
@@ -151,16 +157,16 @@ if ! timeout 20 docker info >/dev/null 2>&1; then
   done
   echo "started dockerd (pid $dockerd_pid)"
 fi
-docker version --format 'docker server {{.Server.Version}}' 2>/dev/null || true
+D version --format 'docker server {{.Server.Version}}' 2>/dev/null || true
 "${compose_cmd[@]}" version 2>/dev/null | head -n 1 || true
 
 # ---- The suite's ports must be free (host networking: a clash is a failure).
 busy=$(ss -Htln 2>/dev/null | awk '{print $4}' | grep -E '^127\.0\.0\.1:77(0[1-6]|1[0-2])$' || true)
-[ -z "$busy" ] || fail "ports in use: $(echo $busy) (another compose suite? docker-compose -p NAME down -v)"
+[ -z "$busy" ] || fail "ports in use: $(tr '\n' ' ' <<<"$busy")(another compose suite? docker-compose -p NAME down -v)"
 
 # ---- The base image: Debian 12 from Debian's packages, made once.
 phase "base image ($base_image)"
-if docker image inspect "$base_image" >/dev/null 2>&1; then
+if D image inspect "$base_image" >/dev/null 2>&1; then
   echo "$base_image exists (kept between runs)"
 else
   command -v debootstrap >/dev/null 2>&1 || fail "no debootstrap (run scripts/bootstrap --containers)"
@@ -197,7 +203,7 @@ timeout 120 "${compose_cmd[@]}" -p "$project" -f compose/compose.yaml -f compose
   down -v --remove-orphans >/dev/null 2>&1 || true
 timeout 1800 "${compose_cmd[@]}" -p "$project" -f compose/compose.yaml -f compose/compose.local.yaml \
   build >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; fail "build"; }
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^slipway(-local)?:' || true
+D image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^slipway(-local)?:' || true
 
 # ---- Up: compose waits for each health check and one-shot step in order
 # (init, then audit, policy, secrets and artifact, the orchestrators,
@@ -209,8 +215,10 @@ timeout 300 "${compose_cmd[@]}" -p "$project" -f compose/compose.yaml -f compose
 # Every container of the project as SERVICE STATUS EXIT HEALTH, in one call.
 states=""
 read_states() {
-  states=$(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' \
-    $(docker ps -aq --filter "label=com.docker.compose.project=$project"))
+  local ids
+  mapfile -t ids < <(D ps -aq --filter "label=com.docker.compose.project=$project")
+  [ ${#ids[@]} -gt 0 ] || fail "no container of project $project"
+  states=$(D inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "${ids[@]}")
 }
 state_of() { awk -v s="$1" '$1 == s {print $2, $3, $4}' <<<"$states"; }
 # Nothing waits for the agents' health checks (nothing depends on them):
@@ -259,8 +267,8 @@ expect_versions 1.0.0 20
 # applications run as slipway-app (uid 10002), not as the agent's root.
 check_endpoints 1.0.0
 for s in agent-1 agent-2; do
-  id=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$s")
-  uids=$(docker top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" {print $2}' | sort -u | tr '\n' ' ')
+  id=$(svc_id "$s")
+  uids=$(D top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" {print $2}' | sort -u | tr '\n' ' ')
   [ "$uids" = "10002 " ] || fail "$s runs web as uid(s) '$uids', want 10002 (slipway-app)"
 done
 echo "web runs as slipway-app (uid 10002) in both agents' containers"
@@ -276,10 +284,10 @@ echo "web 3.0.0 rolled back on its own; both agents run 1.0.0"
 phase "restart agent-1's container"
 # Its application stops with the container; the new agent starts the
 # current release again (docs/operations.md, Containers).
-id=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=agent-1")
+id=$(svc_id agent-1)
 timeout 90 docker restart "$id" >/dev/null || fail "cannot restart agent-1"
 for i in $(seq 1 30); do
-  docker top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" && $2 == 10002 {f = 1} END {exit !f}' && break
+  D top "$id" -eo pid,uid,comm | awk '$3 == "demo-app" && $2 == 10002 {f = 1} END {exit !f}' && break
   [ "$i" = 30 ] && fail "agent-1 did not start web again within 30 s of its restart"
   sleep 1
 done
@@ -289,8 +297,8 @@ echo "agent-1 is back and runs web 1.0.0 again"
 
 phase "audit log: sign a checkpoint, verify"
 # The log's public key, as an auditor is handed it (docs/operations.md).
-id=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=audit")
-key=$(docker exec "$id" cat /var/lib/slipway/state/audit-signing.key.pub) || fail "no audit public key"
+id=$(svc_id audit)
+key=$(D exec "$id" cat /var/lib/slipway/state/audit-signing.key.pub) || fail "no audit public key"
 [ -n "$key" ] || fail "empty audit public key"
 cli_env=(-e "SLIPWAY_AUDIT_VERIFIER_KEY=$key")
 cli audit checkpoint --sign >/dev/null || fail "audit checkpoint --sign"
