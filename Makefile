@@ -12,6 +12,8 @@
 #   make install       binaries, systemd units, man pages, shell completion (PREFIX=/usr/local DESTDIR=...)
 #   make deb           build/slipway_<version>_<arch>.deb (dpkg-deb)
 #   make lint-proto    buf lint on proto/ (also part of the unit tests)
+#   make compose-test  build the images, run the compose suite, deploy and roll
+#                      back (tests/compose/run.sh; installs Docker when missing)
 #   V=1                show the commands
 
 SHELL := /bin/bash
@@ -213,7 +215,8 @@ build/tests/it_agent_%: $(OBJ)/tests/integration/it_agent_%.o $(AGENT_OBJS) $(IT
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(AGENT_OBJS) $(IT_COMMON_OBJS) $(TEST_PROTO_OBJS) $(LIBA) $(PKG_LIBS) -lssl -lcmocka
 
 # ---- top-level targets ----
-.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles lint-proto
+.PHONY: all bins tests test unit integration faults demo bench fuzz fuzz-run clean bootstrap bundles \
+        lint-proto compose-test
 
 all: bins tests bundles
 
@@ -244,6 +247,13 @@ integration: all
 
 faults: all
 	$(Q)SANITIZE=$(SANITIZE) tests/run faults
+
+# The images build the project themselves (compose/Dockerfile): nothing
+# from build/ is needed. Docker, docker-compose and debootstrap are
+# installed here only, never by `make test`.
+compose-test:
+	$(Q)scripts/bootstrap --containers
+	$(Q)tests/compose/run.sh
 
 demo: bootstrap
 	$(Q)$(MAKE) --no-print-directory all
