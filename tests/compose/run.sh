@@ -161,7 +161,7 @@ D version --format 'docker server {{.Server.Version}}' 2>/dev/null || true
 "${compose_cmd[@]}" version 2>/dev/null | head -n 1 || true
 
 # ---- The suite's ports must be free (host networking: a clash is a failure).
-busy=$(ss -Htln 2>/dev/null | awk '{print $4}' | grep -E '^127\.0\.0\.1:77(0[1-6]|1[0-2])$' || true)
+busy=$(ss -Htln 2>/dev/null | awk '{print $4}' | grep -E '^127\.0\.0\.1:(77(0[1-6]|1[0-2])|1946[1-8])$' || true)
 [ -z "$busy" ] || fail "ports in use: $(tr '\n' ' ' <<<"$busy")(another compose suite? docker-compose -p NAME down -v)"
 
 # ---- The base image: Debian 12 from Debian's packages, made once.
@@ -248,6 +248,14 @@ for i in $(seq 1 30); do
   sleep 1
 done
 cli agents ls --app web
+
+# Every service and both agents serve Prometheus metrics on loopback
+# (compose/prometheus/prometheus.yml scrapes these addresses).
+for port in 19461 19462 19463 19464 19465 19466 19467 19468; do
+  curl -sS --max-time 5 "http://127.0.0.1:$port/metrics" | grep -q '^slipway_build_info{' \
+    || fail "no metrics at 127.0.0.1:$port/metrics"
+done
+echo "metrics served on 127.0.0.1:19461-19468"
 
 phase "push web 1.0.0, 2.0.0, 3.0.0"
 for v in 1.0.0 2.0.0 3.0.0; do
