@@ -191,6 +191,9 @@ int cli_parse_time(const char *s, int64_t *out_ms);
  * "" for 0. Returns out. */
 const char *cli_rfc3339(int64_t unix_ms, char out[32]);
 
+/* A deployment state's name ("RUNNING"; "?" for an unknown value). */
+const char *cli_deployment_state(int state);
+
 /* Formats ms since the epoch as "2026-11-26 17:54:19Z" into out[32]
  * ("-" for 0). */
 const char *cli_time(int64_t unix_ms, char out[32]);

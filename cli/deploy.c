@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *state_name(int s)
+const char *cli_deployment_state(int s)
 {
 	switch (s) {
 	case SLIPWAY__V1__DEPLOYMENT_STATE__PENDING_APPROVAL: return "PENDING_APPROVAL";
@@ -52,7 +52,7 @@ static const char *state_name(int s)
 static int parse_state(const char *s)
 {
 	for (int i = 1; i <= 9; i++)
-		if (strcasecmp(s, state_name(i)) == 0)
+		if (strcasecmp(s, cli_deployment_state(i)) == 0)
 			return i;
 	return -1;
 }
@@ -76,7 +76,7 @@ static json_t *deployment_json(const Slipway__V1__Deployment *d)
 {
 	json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:b,s:i,s:i,s:i,s:i,s:i,s:I,s:b,s:i}",
 			      "id", d->id, "app", d->app, "environment", d->environment, "version",
-			      d->version, "digest", d->digest, "state", state_name(d->state),
+			      d->version, "digest", d->digest, "state", cli_deployment_state(d->state),
 			      "requester", d->requester, "created_unix_ms", (json_int_t)d->created_unix_ms,
 			      "started_unix_ms", (json_int_t)d->started_unix_ms, "finished_unix_ms",
 			      (json_int_t)d->finished_unix_ms, "reason", d->reason, "is_rollback",
@@ -137,7 +137,7 @@ static void print_deployment(const Slipway__V1__Deployment *d)
 {
 	char t[32];
 	printf("deployment %s: %s@%s to %s — %s\n", d->id, d->app, d->version, d->environment,
-	       state_name(d->state));
+	       cli_deployment_state(d->state));
 	printf("  digest     %s\n  requester  %s\n  created    %s\n", d->digest, d->requester,
 	       cli_time(d->created_unix_ms, t));
 	printf("  batches    %u of %u; targets %u ok, %u failed of %u\n", d->current_batch,
@@ -276,7 +276,7 @@ static int watch(struct cli *c, const char *id)
 			if (tty) {
 				const Slipway__V1__Deployment *dep = d->deployment;
 				fprintf(stderr, "== %s %s@%s -> %s: %s (batch %u/%u)\n", dep->id, dep->app,
-					dep->version, dep->environment, state_name(dep->state),
+					dep->version, dep->environment, cli_deployment_state(dep->state),
 					dep->current_batch, dep->total_batches);
 				lines++;
 				for (uint32_t b = 1; b <= dep->total_batches && lines < 40; b++) {
@@ -310,7 +310,7 @@ static int watch(struct cli *c, const char *id)
 	if (rc != 0 && !terminal(last_state))
 		return cli_fail_rc(rc, "watch: %s", err);
 	if (c->output == CLI_TABLE)
-		printf("deployment %s %s\n", id, state_name(last_state));
+		printf("deployment %s %s\n", id, cli_deployment_state(last_state));
 	return last_state == SLIPWAY__V1__DEPLOYMENT_STATE__SUCCEEDED ? CLI_OK : CLI_FAIL;
 }
 
@@ -451,7 +451,7 @@ int cli_cmd_deploy(struct cli *c, int argc, char **argv)
 	if (c->output == CLI_JSON && !wait)
 		cli_print_json(deployment_json(d));
 	else if (c->output == CLI_TABLE) {
-		printf("deployment %s created: %s", d->id, state_name(d->state));
+		printf("deployment %s created: %s", d->id, cli_deployment_state(d->state));
 		if (d->reason[0])
 			printf(" (%s)", d->reason);
 		printf("\n");
@@ -498,11 +498,11 @@ int cli_cmd_status(struct cli *c, int argc, char **argv)
 		printf("  targets     %u, %u on the current release\n", s->targets, s->targets_healthy);
 		if (s->active)
 			printf("  active      %s %s@%s %s (batch %u/%u)\n", s->active->id, s->active->app,
-			       s->active->version, state_name(s->active->state), s->active->current_batch,
+			       s->active->version, cli_deployment_state(s->active->state), s->active->current_batch,
 			       s->active->total_batches);
 		for (size_t i = 0; i < s->n_waiting; i++)
 			printf("  waiting     %s %s@%s %s: %s\n", s->waiting[i]->id, s->waiting[i]->app,
-			       s->waiting[i]->version, state_name(s->waiting[i]->state),
+			       s->waiting[i]->version, cli_deployment_state(s->waiting[i]->state),
 			       s->waiting[i]->reason);
 		for (size_t i = 0; i < s->n_drifted; i++)
 			printf("  drifted     %s\n", s->drifted[i]);
@@ -565,7 +565,7 @@ static int cmd_ls(struct cli *c, int argc, char **argv)
 				json_array_append_new(arr, deployment_json(d));
 			else
 				cli_table_row(&tab, d->id, d->app, d->environment, d->version,
-					      state_name(d->state), cli_time(d->created_unix_ms, t));
+					      cli_deployment_state(d->state), cli_time(d->created_unix_ms, t));
 		}
 		if (strlen(r->next_page_token) >= sizeof token) {
 			protobuf_c_message_free_unpacked(m, NULL);
@@ -672,7 +672,7 @@ static int action(struct cli *c, int argc, char **argv, const char *method)
 	if (c->output == CLI_JSON)
 		cli_print_json(deployment_json(d));
 	else
-		printf("deployment %s: %s\n", d->id, state_name(d->state));
+		printf("deployment %s: %s\n", d->id, cli_deployment_state(d->state));
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CLI_OK;
 }
@@ -737,7 +737,7 @@ int cli_cmd_rollback(struct cli *c, int argc, char **argv)
 	if (c->output == CLI_JSON && !wait)
 		cli_print_json(deployment_json(d));
 	else if (c->output == CLI_TABLE)
-		printf("rollback %s to %s@%s: %s\n", d->id, d->app, d->version, state_name(d->state));
+		printf("rollback %s to %s@%s: %s\n", d->id, d->app, d->version, cli_deployment_state(d->state));
 	protobuf_c_message_free_unpacked(m, NULL);
 	return wait ? watch(c, id) : CLI_OK;
 }

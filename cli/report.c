@@ -30,22 +30,6 @@
 
 enum { REPORT_MAX_DEPLOYMENTS = 100000 };
 
-static const char *dstate(int s)
-{
-	switch (s) {
-	case SLIPWAY__V1__DEPLOYMENT_STATE__PENDING_APPROVAL: return "PENDING_APPROVAL";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__QUEUED: return "QUEUED";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__RUNNING: return "RUNNING";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__PAUSED: return "PAUSED";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__SUCCEEDED: return "SUCCEEDED";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__FAILED: return "FAILED";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__CANCELLED: return "CANCELLED";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__ROLLING_BACK: return "ROLLING_BACK";
-	case SLIPWAY__V1__DEPLOYMENT_STATE__ROLLED_BACK: return "ROLLED_BACK";
-	default: return "?";
-	}
-}
-
 static const char *const csv_head[] = {
 	"deployment", "app", "environment", "version", "digest", "repository", "commit",
 	"ref", "provenance_signed", "requester", "approvers", "outcome", "reason",
@@ -280,7 +264,7 @@ static int cmd_changes(struct cli *c, int argc, char **argv)
 				"{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:b,s:s,s:s,s:I,s:I,s:I}",
 				"id", d->id, "app", d->app, "environment", d->environment, "version",
 				d->version, "digest", d->digest, "requester", d->requester, "outcome",
-				dstate(d->state), "reason", d->reason, "rollback", d->is_rollback,
+				cli_deployment_state(d->state), "reason", d->reason, "rollback", d->is_rollback,
 				"rollback_of", d->rollback_of, "break_glass",
 				d->break_glass || bgj != NULL, "break_glass_by",
 				bgj ? jstr(bgj, "by") : d->break_glass ? d->requester : "",
