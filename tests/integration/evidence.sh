@@ -194,6 +194,16 @@ slipway evidence export d20990101-000000-000000000000 --out "$T/none.json" >"$T/
 ok "export of an unknown deployment is NOT_FOUND (exit 3) and writes nothing"
 
 # ---- 6. the auditor's state file across time
+# state_edit IN OUT JS: OUT is the state file IN whose newest checkpoint
+# (kept as "checkpoint" and as the last of "checkpoints",
+# docs/operations.md) had JS applied to it as c: what the auditor would
+# have seen had the log been at another size or root.
+state_edit() {
+  node -e "const fs=require('fs'); const s=JSON.parse(fs.readFileSync('$1','utf8'));
+    const cps=s.checkpoints||[]; const ed=(c)=>{ $3; };
+    if (s.checkpoint) ed(s.checkpoint); if (cps.length) ed(cps[cps.length-1]);
+    fs.writeFileSync('$2', JSON.stringify(s))"
+}
 slipway audit verify --state "$T/state" >/dev/null 2>"$T/err" || fail "audit verify --state: $(cat "$T/err")"
 slipway audit checkpoint --sign >/dev/null 2>&1 || true
 export_ok "$a" "$T/a2.json" --state "$T/state"
@@ -203,17 +213,17 @@ size=$(js 'j.checkpoint.size' <"$T/state")
 [ "$size" = "$(js 'j.newest_size' <"$T/r")" ] || fail "the state was not advanced to the bundle's newest checkpoint"
 ok "a bundle exported with --state extends the auditor's last checkpoint, which advances"
 # The log rolled back since: the state knows a later checkpoint than the bundle's newest.
-node -e "const fs=require('fs'); const s=JSON.parse(fs.readFileSync('$T/state','utf8')); s.checkpoint.size += 1000; fs.writeFileSync('$T/state.ahead', JSON.stringify(s))"
+state_edit "$T/state" "$T/state.ahead" 'c.size += 1000'
 verify_fails "a log rolled back since the state" "$T/a2.json" 'rolled back' --state "$T/state.ahead"
 # Forked: same size, another root.
-node -e "const fs=require('fs'); const s=JSON.parse(fs.readFileSync('$T/state','utf8')); s.checkpoint.root = 'ab'.repeat(32); fs.writeFileSync('$T/state.fork', JSON.stringify(s))"
+state_edit "$T/state" "$T/state.fork" "c.root = 'ab'.repeat(32)"
 verify_fails "a forked log" "$T/a2.json" 'forked' --state "$T/state.fork"
 # A bundle without a proof from the state's checkpoint.
 slipway audit checkpoint --sign >/dev/null 2>&1 || true
 sleep 0.5
 export_ok "$b" "$T/b2.json"
 cp "$T/state" "$T/state.old"
-node -e "const fs=require('fs'); const s=JSON.parse(fs.readFileSync('$T/state','utf8')); s.checkpoint.size -= 1; fs.writeFileSync('$T/state.old', JSON.stringify(s))"
+state_edit "$T/state" "$T/state.old" 'c.size -= 1'
 verify_fails "no consistency proof from the state's checkpoint" "$T/b2.json" '(state_consistency|rolled back|forked)' --state "$T/state.old"
 ok "a log rolled back or forked since the state's checkpoint is detected offline"
 

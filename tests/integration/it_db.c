@@ -202,6 +202,7 @@ static void test_prepared_statements(void **state)
 
 static const struct db_migration outbox_migs[] = {
 	{ 1, "outbox", OUTBOX_MIGRATION_SQL },
+	{ 2, "outbox trace", OUTBOX_TRACE_SQL },
 };
 
 struct gc_arg {
@@ -249,7 +250,7 @@ static void test_outbox_group_commit(void **state)
 	struct outbox_group *g = NULL;
 	struct db_conn *lk;
 	char err[256];
-	assert_int_equal(db_migrate(db, outbox_migs, 1, err, sizeof err), 0);
+	assert_int_equal(db_migrate(db, outbox_migs, 2, err, sizeof err), 0);
 	assert_int_equal(outbox_group_new(db, "it", 0, &g, err, sizeof err), 0);
 	assert_int_equal(db_acquire(admin, &lk, 1000, err, sizeof err), 0);
 	assert_int_equal(db_q(lk, "SELECT pg_advisory_lock(hashtext('slipway.outbox.commit.it_db_outbox'))",
