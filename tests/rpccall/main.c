@@ -48,6 +48,11 @@ static int usage(void)
 	return 2;
 }
 
+/* Nested messages set_field made: kept reachable until the process ends
+ * (the request's strings point into argv, so it is never freed as a tree). */
+static void *made[64];
+static size_t nmade;
+
 /* Sets one scalar field of m from text; "event.actor" sets a field of a
  * nested message (made on first use; freed with the process). 0 or -1. */
 static int set_field(ProtobufCMessage *m, char *name, const char *value)
@@ -65,8 +70,10 @@ static int set_field(ProtobufCMessage *m, char *name, const char *value)
 		ProtobufCMessage **sub = (ProtobufCMessage **)((char *)m + f->offset);
 		const ProtobufCMessageDescriptor *d = f->descriptor;
 		if (*sub == NULL) {
-			if ((*sub = calloc(1, d->sizeof_message)) == NULL)
+			if (nmade == sizeof made / sizeof made[0] ||
+			    (*sub = calloc(1, d->sizeof_message)) == NULL)
 				return -1;
+			made[nmade++] = *sub;
 			protobuf_c_message_init(d, *sub);
 		}
 		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
