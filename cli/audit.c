@@ -186,6 +186,16 @@ static const struct cli_opt log_opts[] = {
 	{ NULL, 0, 0, NULL, NULL },
 };
 
+/* --outcome of audit log and audit search: success, failure or denied. 0 or -1. */
+static int parse_outcome(const char *s, Slipway__V1__Outcome *out)
+{
+	if (!strcmp(s, "success")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
+	else if (!strcmp(s, "failure")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
+	else if (!strcmp(s, "denied")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
+	else return -1;
+	return 0;
+}
+
 static int cmd_log(struct cli *c, int argc, char **argv)
 {
 	Slipway__V1__EntryFilter f = SLIPWAY__V1__ENTRY_FILTER__INIT;
@@ -203,10 +213,8 @@ static int cmd_log(struct cli *c, int argc, char **argv)
 		case 'D': addr = optarg; break;
 		case 'A': all = 1; break;
 		case 'o':
-			if (!strcmp(optarg, "success")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
-			else if (!strcmp(optarg, "failure")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
-			else if (!strcmp(optarg, "denied")) f.outcome = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
-			else return cli_usage("--outcome wants success, failure or denied");
+			if (parse_outcome(optarg, &f.outcome) != 0)
+				return cli_usage("--outcome wants success, failure or denied");
 			break;
 		case 'S':
 			if (parse_time(optarg, &f.from_unix_ms) != 0)
@@ -306,15 +314,6 @@ static const struct cli_opt search_opts[] = {
 	{ "addr", required_argument, 'D', "HOST:PORT", "the audit service (else SLIPWAY_AUDIT_ADDR)" },
 	{ NULL, 0, 0, NULL, NULL },
 };
-
-static int parse_outcome(const char *s, Slipway__V1__Outcome *out)
-{
-	if (!strcmp(s, "success")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_SUCCESS;
-	else if (!strcmp(s, "failure")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_FAILURE;
-	else if (!strcmp(s, "denied")) *out = SLIPWAY__V1__OUTCOME__OUTCOME_DENIED;
-	else return -1;
-	return 0;
-}
 
 /* A detail's value, or "". */
 static const char *detail_of(const Slipway__V1__AuditEvent *ev, const char *key)
